@@ -1,0 +1,1 @@
+//! fortigate (work in progress).

@@ -1,0 +1,18 @@
+//! fortimisp-core: everything the two daemons share.
+//!
+//! # Layout
+//! - [`syslog`]: framing (UDP datagram, RFC 6587 octet counting, LF) and the pure FortiGate log parser that turns
+//!   one message into a borrowed [`syslog::LogRecord`]. No I/O.
+//! - [`misp`]: the MISP REST client (restSearch, feeds, sightings, warninglists) and the [`misp::Indicator`] type.
+//!   Only this module knows MISP's URLs and JSON.
+//! - [`fortigate`]: the FortiOS REST client (address objects, groups, child-table members, banned IPs). Only this
+//!   module knows FortiOS paths, percent-encoding and the response envelope.
+//! - [`config`]: the operator contract's `config.toml`, parsed then validated into a [`config::Config`].
+//! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod fortigate;
+pub mod misp;
+pub mod policy;
+pub mod syslog;

@@ -1,0 +1,1 @@
+//! misp (work in progress).

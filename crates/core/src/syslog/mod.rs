@@ -1,0 +1,1 @@
+//! syslog (work in progress).

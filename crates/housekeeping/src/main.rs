@@ -1,0 +1,2 @@
+//! `housekeeping` binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! `integration` binary.
+fn main() {}

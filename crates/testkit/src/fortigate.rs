@@ -1,0 +1,1 @@
+//! FortiGate emulator (work in progress).

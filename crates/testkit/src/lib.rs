@@ -1,0 +1,10 @@
+//! fortimisp-testkit: emulators of the servers fortimisp talks to, for tests, the lab and benchmarks.
+//!
+//! # Layout
+//! - [`fortigate`]: an axum FortiGate REST emulator (cmdb address/addrgrp, members, banned IPs) with test hooks.
+//! - [`misp`]: an axum MISP emulator (restSearch, feeds, sightings, warninglists) with test hooks.
+//!
+//! Never a dependency of the daemons.
+
+pub mod fortigate;
+pub mod misp;

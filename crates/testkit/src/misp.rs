@@ -1,0 +1,1 @@
+//! MISP emulator (work in progress).
