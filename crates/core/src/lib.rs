@@ -9,10 +9,12 @@
 //!   module knows FortiOS paths, percent-encoding and the response envelope.
 //! - [`config`]: the operator contract's `config.toml`, parsed then validated into a [`config::Config`].
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
+//! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod fortigate;
 pub mod misp;
 pub mod policy;
+pub mod secret;
 pub mod syslog;
