@@ -1,1 +1,1134 @@
-//! config (work in progress).
+//! The operator contract's `config.toml`: parsed, then validated into a [`Config`].
+//!
+//! Two steps, as in rathole: [`RawConfig`] mirrors the TOML one to one (`deny_unknown_fields` everywhere, durations
+//! as humantime strings, closed choices as enums), then [`RawConfig::validate`] resolves secrets (environment over
+//! `api_key` over `api_key_file`), parses CIDRs and checks the rules that involve several keys. Later code only
+//! ever sees a [`Config`].
+//!
+//! Every error names the full key path (`misp.timeout: invalid value ...`) on one line and never contains a
+//! secret. Problems that are not fatal (a config file readable by others, `verify_tls = false`) are returned in
+//! [`Config::warnings`] so the binary logs them once at start.
+//!
+//! Field names match the TOML keys, which match `../shared/contract.md`: extend, never rename.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::secret::ApiKey;
+
+/// Environment variable that overrides `misp.api_key` / `misp.api_key_file`.
+pub const ENV_MISP_API_KEY: &str = "FORTIMISP_MISP_API_KEY";
+/// Environment variable that overrides `fortigate.api_key` / `fortigate.api_key_file`.
+pub const ENV_FORTIGATE_API_KEY: &str = "FORTIMISP_FORTIGATE_API_KEY";
+/// Environment variable naming the config file when `--config` is not given.
+pub const ENV_CONFIG: &str = "FORTIMISP_CONFIG";
+/// The config file used when neither `--config` nor `$FORTIMISP_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fortimisp/config.toml";
+
+/// A config problem: the key at fault and what is wrong with it. Displays as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl Error {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid { key: key.into(), message: message.into() }
+    }
+
+    /// The key path at fault (`misp.url`), or `config` for a file that cannot be read.
+    pub fn key(&self) -> &str {
+        match self {
+            Error::Read { .. } => "config",
+            Error::Invalid { key, .. } => key,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Raw: the TOML as written.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The config file as written, before validation. See `config/config.toml` for every key with its default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub misp: RawMisp,
+    pub fortigate: RawFortiGate,
+    #[serde(default)]
+    pub syslog: Syslog,
+    #[serde(default)]
+    pub trigger: Vec<TriggerRule>,
+    #[serde(default)]
+    pub blocking: RawBlocking,
+    #[serde(default)]
+    pub housekeeping: Housekeeping,
+    #[serde(default)]
+    pub state: State,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// `[misp]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMisp {
+    /// Base URL of the MISP server, `https://misp.example.org`.
+    pub url: String,
+    /// The MISP auth key (40 characters). Prefer `api_key_file` or the environment.
+    pub api_key: Option<String>,
+    /// A file holding the MISP auth key.
+    pub api_key_file: Option<PathBuf>,
+    /// Extra trust root (PEM) on top of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// `false` disables TLS verification, with a loud warning at start.
+    #[serde(default = "yes")]
+    pub verify_tls: bool,
+    /// Request timeout.
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attribute types that count as a hit.
+    #[serde(default = "default_types")]
+    pub types: Vec<String>,
+    /// Only attributes with the IDS flag count.
+    #[serde(default = "yes")]
+    pub to_ids_only: bool,
+    /// Only attributes of published events count.
+    #[serde(default)]
+    pub published_only: bool,
+    /// Attributes on an enabled MISP warninglist never count.
+    #[serde(default = "yes")]
+    pub enforce_warninglist: bool,
+    /// A hit needs one of these tags (empty: any).
+    #[serde(default)]
+    pub tags_include: Vec<String>,
+    /// A hit must carry none of these tags.
+    #[serde(default)]
+    pub tags_exclude: Vec<String>,
+    /// Local indicator mirror refresh (incremental); `0s` = on-demand lookups only.
+    #[serde(default = "d_5m", with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Full mirror resync (drops hard-deleted and unpublished indicators). Extension of the contract.
+    #[serde(default = "d_24h", with = "humantime_serde")]
+    pub full_sync_interval: Duration,
+    /// How long on-demand answers (hit and miss) are cached.
+    #[serde(default = "d_10m", with = "humantime_serde")]
+    pub lookup_cache_ttl: Duration,
+    /// Housekeeping asks MISP to fetch its feeds this often; `0s` disables.
+    #[serde(default = "d_12h", with = "humantime_serde")]
+    pub feed_update_interval: Duration,
+    /// Add a MISP sighting when an IP is blocked.
+    #[serde(default)]
+    pub sightings: bool,
+    /// CIDR indicators wider than this (IPv4) are ignored and reported.
+    #[serde(default = "d_16")]
+    pub min_prefix_v4: u8,
+    /// CIDR indicators wider than this (IPv6) are ignored and reported.
+    #[serde(default = "d_48")]
+    pub min_prefix_v6: u8,
+}
+
+/// How the daemon changes the FortiGate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Address objects in a block group referenced by a deny policy.
+    AddressGroup,
+    /// The banned-IP (quarantine) monitor API, with native expiry.
+    BannedIp,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::AddressGroup => "address-group",
+            Backend::BannedIp => "banned-ip",
+        })
+    }
+}
+
+/// `[fortigate]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFortiGate {
+    /// Base URL of the FortiGate management interface.
+    pub url: String,
+    /// REST API admin token, sent as `Authorization: Bearer`.
+    pub api_key: Option<String>,
+    /// A file holding the REST API token.
+    pub api_key_file: Option<PathBuf>,
+    /// Extra trust root (PEM) on top of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// `false` disables TLS verification, with a loud warning at start.
+    #[serde(default = "yes")]
+    pub verify_tls: bool,
+    /// Request timeout. Extension of the contract.
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The VDOM every call targets.
+    #[serde(default = "default_vdom")]
+    pub vdom: String,
+    /// `address-group` or `banned-ip`.
+    #[serde(default = "default_backend")]
+    pub backend: Backend,
+    /// IPv4 address group referenced by a deny policy; created if missing.
+    #[serde(default = "default_group")]
+    pub block_group: String,
+    /// IPv6 address group; created if missing.
+    #[serde(default = "default_group6")]
+    pub block_group6: String,
+    /// Members per group before overflowing into `<group>-2`, `<group>-3` ...
+    #[serde(default = "d_600")]
+    pub max_group_members: u32,
+    /// Client-side rate limit.
+    #[serde(default = "d_10f")]
+    pub requests_per_second: f64,
+    /// Name prefix of created address objects: prefix + IP.
+    #[serde(default = "default_prefix")]
+    pub object_prefix: String,
+}
+
+/// `[syslog]`: the listeners. Used as is after validation of the addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Syslog {
+    /// UDP listen address; `""` disables.
+    #[serde(default = "default_udp")]
+    pub udp: String,
+    /// TCP listen address (RFC 6587 octet counting and LF framing); `""` disables.
+    #[serde(default)]
+    pub tcp: String,
+    /// Syslog over TLS listen address; needs `tls_cert` and `tls_key`; `""` disables.
+    #[serde(default)]
+    pub tls: String,
+    /// PEM certificate chain for the TLS listener.
+    #[serde(default)]
+    pub tls_cert: String,
+    /// PEM private key for the TLS listener.
+    #[serde(default)]
+    pub tls_key: String,
+    /// CIDRs allowed to send; empty: any sender.
+    #[serde(default)]
+    pub allowed_senders: Vec<String>,
+    /// A message longer than this is counted and dropped, never truncated.
+    #[serde(default = "d_65535")]
+    pub max_message_bytes: usize,
+    /// UDP socket receive buffer (SO_RCVBUF) requested at start. Extension of the contract.
+    #[serde(default = "d_rcvbuf")]
+    pub recv_buffer_bytes: usize,
+}
+
+impl Default for Syslog {
+    fn default() -> Self {
+        Syslog {
+            udp: default_udp(),
+            tcp: String::new(),
+            tls: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            allowed_senders: Vec::new(),
+            max_message_bytes: d_65535(),
+            recv_buffer_bytes: d_rcvbuf(),
+        }
+    }
+}
+
+/// Which address of a matching line is looked up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    #[default]
+    Src,
+    Dst,
+    Both,
+}
+
+/// One `[[trigger]]` table. A line triggers a lookup if it matches any rule; every key set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRule {
+    /// FortiGate `policyid`.
+    pub policy_id: Option<u64>,
+    /// FortiGate `action` (accept, deny, close, timeout, server-rst, ...).
+    pub action: Option<String>,
+    /// FortiGate `type` (traffic, utm, event ...).
+    #[serde(rename = "type")]
+    pub log_type: Option<String>,
+    /// FortiGate `subtype` (forward, local ...).
+    pub subtype: Option<String>,
+    /// FortiGate `srcintf`.
+    pub srcintf: Option<String>,
+    /// Which address to look up.
+    #[serde(default)]
+    pub check: Check,
+}
+
+/// `[blocking]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBlocking {
+    /// CIDRs or IPs never blocked, on top of the built-in reserved ranges.
+    #[serde(default)]
+    pub never_block: Vec<String>,
+    /// Decide and log, change nothing on the FortiGate.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Beyond this, new blocks wait in the journal and an alert metric is set.
+    #[serde(default = "d_600")]
+    pub max_blocks_per_minute: u32,
+}
+
+impl Default for RawBlocking {
+    fn default() -> Self {
+        RawBlocking { never_block: Vec::new(), dry_run: false, max_blocks_per_minute: d_600() }
+    }
+}
+
+/// `[housekeeping]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Housekeeping {
+    /// Blocks older than this are removed.
+    #[serde(default = "d_90d", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How often the prune pass runs.
+    #[serde(default = "d_1h", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Also remove blocks whose indicator is gone from MISP.
+    #[serde(default = "yes")]
+    pub unblock_revoked: bool,
+    /// Also prune block-group members whose comment is a bare timestamp (the earlier Python service).
+    #[serde(default)]
+    pub adopt_legacy: bool,
+    /// A revocation pass that would remove more than this share of blocks stops and alerts instead.
+    #[serde(default = "d_half")]
+    pub max_unblock_fraction: f64,
+    /// Feed ids to fetch one by one; empty: fetchFromAllFeeds.
+    #[serde(default)]
+    pub feeds: Vec<u64>,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Self {
+        Housekeeping {
+            max_age: d_90d(),
+            interval: d_1h(),
+            unblock_revoked: true,
+            adopt_legacy: false,
+            max_unblock_fraction: d_half(),
+            feeds: Vec::new(),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// The SQLite journal: pending actions and audit trail.
+    #[serde(default = "default_state_path")]
+    pub path: PathBuf,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { path: default_state_path() }
+    }
+}
+
+/// `[metrics]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Prometheus text at /metrics, liveness at /healthz; `""` disables.
+    #[serde(default = "default_metrics")]
+    pub listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics { listen: default_metrics() }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `pretty` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `fortimisp_core=debug,info` ...
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: LogFormat::Pretty, level: default_level() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_5m() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_10m() -> Duration {
+    Duration::from_secs(600)
+}
+fn d_1h() -> Duration {
+    Duration::from_secs(3600)
+}
+fn d_12h() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn d_24h() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn d_90d() -> Duration {
+    Duration::from_secs(90 * 86400)
+}
+fn d_16() -> u8 {
+    16
+}
+fn d_48() -> u8 {
+    48
+}
+fn d_600() -> u32 {
+    600
+}
+fn d_10f() -> f64 {
+    10.0
+}
+fn d_half() -> f64 {
+    0.5
+}
+fn d_65535() -> usize {
+    65535
+}
+fn d_rcvbuf() -> usize {
+    8 * 1024 * 1024
+}
+fn default_types() -> Vec<String> {
+    ["ip-src", "ip-dst", "ip-src|port", "ip-dst|port"].map(String::from).to_vec()
+}
+fn default_vdom() -> String {
+    "root".into()
+}
+fn default_backend() -> Backend {
+    Backend::AddressGroup
+}
+fn default_group() -> String {
+    "MISP_BLOCK".into()
+}
+fn default_group6() -> String {
+    "MISP_BLOCK6".into()
+}
+fn default_prefix() -> String {
+    "misp-".into()
+}
+fn default_udp() -> String {
+    "0.0.0.0:514".into()
+}
+fn default_state_path() -> PathBuf {
+    PathBuf::from("/var/lib/fortimisp/state.db")
+}
+fn default_metrics() -> String {
+    "127.0.0.1:9514".into()
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Validated.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A validated configuration: secrets resolved, addresses and CIDRs parsed, cross-key rules checked.
+#[derive(Debug)]
+pub struct Config {
+    pub misp: Misp,
+    pub fortigate: FortiGate,
+    pub syslog: Listeners,
+    pub trigger: Vec<TriggerRule>,
+    pub blocking: Blocking,
+    pub housekeeping: Housekeeping,
+    pub state: State,
+    pub metrics: Metrics,
+    pub log: Log,
+    /// Non-fatal problems the binary logs once at start (never containing a secret).
+    pub warnings: Vec<String>,
+}
+
+/// `[misp]`, validated.
+#[derive(Debug, Clone)]
+pub struct Misp {
+    pub url: url::Url,
+    pub api_key: ApiKey,
+    pub ca_file: Option<PathBuf>,
+    pub verify_tls: bool,
+    pub timeout: Duration,
+    pub types: Vec<String>,
+    pub to_ids_only: bool,
+    pub published_only: bool,
+    pub enforce_warninglist: bool,
+    pub tags_include: Vec<String>,
+    pub tags_exclude: Vec<String>,
+    /// `None`: no local mirror, on-demand lookups only.
+    pub sync_interval: Option<Duration>,
+    pub full_sync_interval: Duration,
+    pub lookup_cache_ttl: Duration,
+    /// `None`: feed updates disabled.
+    pub feed_update_interval: Option<Duration>,
+    pub sightings: bool,
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+}
+
+/// `[fortigate]`, validated.
+#[derive(Debug, Clone)]
+pub struct FortiGate {
+    pub url: url::Url,
+    pub api_key: ApiKey,
+    pub ca_file: Option<PathBuf>,
+    pub verify_tls: bool,
+    pub timeout: Duration,
+    pub vdom: String,
+    pub backend: Backend,
+    pub block_group: String,
+    pub block_group6: String,
+    pub max_group_members: u32,
+    pub requests_per_second: f64,
+    pub object_prefix: String,
+}
+
+/// `[syslog]`, validated: each listener present only when enabled.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<TlsListener>,
+    /// Empty: any sender.
+    pub allowed_senders: Vec<IpNet>,
+    pub max_message_bytes: usize,
+    pub recv_buffer_bytes: usize,
+}
+
+/// The syslog-over-TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[blocking]`, validated.
+#[derive(Debug, Clone)]
+pub struct Blocking {
+    pub never_block: Vec<IpNet>,
+    pub dry_run: bool,
+    pub max_blocks_per_minute: u32,
+}
+
+/// `[metrics]`, validated. `None`: no metrics server.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`, reading secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        Self::load_with_env(path, &|name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::load`], with the environment given as a function (for tests).
+    pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let raw = RawConfig::parse(&text)?;
+        let mut config = raw.validate(env)?;
+        if let Some(warning) = permission_warning(path) {
+            config.warnings.push(warning);
+        }
+        Ok(config)
+    }
+
+    /// The config file to use: `--config`, then `$FORTIMISP_CONFIG`, then [`DEFAULT_CONFIG_PATH`].
+    pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
+        cli.or_else(|| std::env::var_os(ENV_CONFIG).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+    }
+}
+
+/// A config file holding a secret should not be readable by others.
+#[cfg(unix)]
+fn permission_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "config: {} is readable by other users (mode {:o}); if it holds an api_key, run chmod o-r on it",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn permission_warning(_path: &Path) -> Option<String> {
+    None
+}
+
+impl RawConfig {
+    /// Parses TOML text. Errors name the key path (`misp.timeout`) and fit on one line.
+    pub fn parse(text: &str) -> Result<RawConfig, Error> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            // toml's message carries a multi-line source snippet; keep its first line of substance.
+            let message = inner.message().lines().next().unwrap_or("invalid value").to_string();
+            let key = if path == "." || path.is_empty() { "config".to_string() } else { path };
+            // serde_path_to_error stops at the table for unknown and missing fields: name the field itself.
+            let key = match field_in_message(&message) {
+                Some(field) if !message.starts_with("unknown variant") && !key.ends_with(&field) => {
+                    if key == "config" {
+                        field
+                    } else {
+                        format!("{key}.{field}")
+                    }
+                }
+                _ => key,
+            };
+            Error::invalid(key, message)
+        })
+    }
+
+    /// Resolves secrets and checks every rule. `env` reads an environment variable.
+    pub fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let mut warnings = Vec::new();
+
+        let misp_url = parse_url("misp.url", &self.misp.url)?;
+        let misp_key = resolve_key(
+            "misp",
+            ENV_MISP_API_KEY,
+            self.misp.api_key.as_deref(),
+            self.misp.api_key_file.as_deref(),
+            env,
+        )?;
+        check_ca("misp.ca_file", self.misp.ca_file.as_deref())?;
+        if !self.misp.verify_tls {
+            warnings.push("misp.verify_tls is false: the MISP server's certificate is NOT verified".into());
+        }
+        if self.misp.types.is_empty() {
+            return Err(Error::invalid("misp.types", "at least one attribute type is required"));
+        }
+        if self.misp.min_prefix_v4 > 32 {
+            return Err(Error::invalid("misp.min_prefix_v4", "must be between 0 and 32"));
+        }
+        if self.misp.min_prefix_v6 > 128 {
+            return Err(Error::invalid("misp.min_prefix_v6", "must be between 0 and 128"));
+        }
+        if self.misp.timeout.is_zero() {
+            return Err(Error::invalid("misp.timeout", "must be greater than 0s"));
+        }
+        if self.misp.lookup_cache_ttl.is_zero() {
+            return Err(Error::invalid("misp.lookup_cache_ttl", "must be greater than 0s"));
+        }
+        if self.misp.full_sync_interval.is_zero() {
+            return Err(Error::invalid("misp.full_sync_interval", "must be greater than 0s"));
+        }
+        let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
+
+        let fg_url = parse_url("fortigate.url", &self.fortigate.url)?;
+        let fg_key = resolve_key(
+            "fortigate",
+            ENV_FORTIGATE_API_KEY,
+            self.fortigate.api_key.as_deref(),
+            self.fortigate.api_key_file.as_deref(),
+            env,
+        )?;
+        check_ca("fortigate.ca_file", self.fortigate.ca_file.as_deref())?;
+        if !self.fortigate.verify_tls {
+            warnings.push("fortigate.verify_tls is false: the FortiGate's certificate is NOT verified".into());
+        }
+        if self.fortigate.timeout.is_zero() {
+            return Err(Error::invalid("fortigate.timeout", "must be greater than 0s"));
+        }
+        if self.fortigate.vdom.is_empty() {
+            return Err(Error::invalid("fortigate.vdom", "must not be empty"));
+        }
+        for (key, name) in [
+            ("fortigate.block_group", &self.fortigate.block_group),
+            ("fortigate.block_group6", &self.fortigate.block_group6),
+        ] {
+            check_object_name(key, name)?;
+        }
+        if self.fortigate.block_group == self.fortigate.block_group6 {
+            return Err(Error::invalid(
+                "fortigate.block_group6",
+                "must differ from fortigate.block_group (names are one namespace on FortiOS)",
+            ));
+        }
+        check_object_name("fortigate.object_prefix", &self.fortigate.object_prefix)?;
+        if self.fortigate.object_prefix.is_empty() {
+            return Err(Error::invalid(
+                "fortigate.object_prefix",
+                "must not be empty: it tells fortimisp's objects apart",
+            ));
+        }
+        if self.fortigate.max_group_members < 2 {
+            return Err(Error::invalid("fortigate.max_group_members", "must be at least 2"));
+        }
+        let rps = self.fortigate.requests_per_second;
+        if !(rps.is_finite() && rps > 0.0) {
+            return Err(Error::invalid("fortigate.requests_per_second", "must be a number greater than 0"));
+        }
+
+        let syslog = validate_syslog(self.syslog)?;
+
+        for (i, rule) in self.trigger.iter().enumerate() {
+            if rule.policy_id.is_none()
+                && rule.action.is_none()
+                && rule.log_type.is_none()
+                && rule.subtype.is_none()
+                && rule.srcintf.is_none()
+            {
+                warnings.push(format!("trigger[{i}]: no condition set, every log line matches this rule"));
+            }
+        }
+
+        let never_block = self
+            .blocking
+            .never_block
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_net(&format!("blocking.never_block[{i}]"), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.blocking.max_blocks_per_minute == 0 {
+            return Err(Error::invalid("blocking.max_blocks_per_minute", "must be at least 1"));
+        }
+
+        let hk = &self.housekeeping;
+        if hk.max_age.is_zero() {
+            return Err(Error::invalid("housekeeping.max_age", "must be greater than 0s"));
+        }
+        if hk.interval.is_zero() {
+            return Err(Error::invalid("housekeeping.interval", "must be greater than 0s"));
+        }
+        if !(0.0..=1.0).contains(&hk.max_unblock_fraction) {
+            return Err(Error::invalid("housekeeping.max_unblock_fraction", "must be between 0.0 and 1.0"));
+        }
+
+        if self.state.path.as_os_str().is_empty() {
+            return Err(Error::invalid("state.path", "must not be empty"));
+        }
+
+        let metrics = Metrics { listen: parse_listen("metrics.listen", &self.metrics.listen)? };
+        if let Err(message) = tracing_filter_check(&self.log.level) {
+            return Err(Error::invalid("log.level", message));
+        }
+
+        Ok(Config {
+            misp: Misp {
+                url: misp_url,
+                api_key: misp_key,
+                ca_file: self.misp.ca_file,
+                verify_tls: self.misp.verify_tls,
+                timeout: self.misp.timeout,
+                types: self.misp.types,
+                to_ids_only: self.misp.to_ids_only,
+                published_only: self.misp.published_only,
+                enforce_warninglist: self.misp.enforce_warninglist,
+                tags_include: self.misp.tags_include,
+                tags_exclude: self.misp.tags_exclude,
+                sync_interval: non_zero(self.misp.sync_interval),
+                full_sync_interval: self.misp.full_sync_interval,
+                lookup_cache_ttl: self.misp.lookup_cache_ttl,
+                feed_update_interval: non_zero(self.misp.feed_update_interval),
+                sightings: self.misp.sightings,
+                min_prefix_v4: self.misp.min_prefix_v4,
+                min_prefix_v6: self.misp.min_prefix_v6,
+            },
+            fortigate: FortiGate {
+                url: fg_url,
+                api_key: fg_key,
+                ca_file: self.fortigate.ca_file,
+                verify_tls: self.fortigate.verify_tls,
+                timeout: self.fortigate.timeout,
+                vdom: self.fortigate.vdom,
+                backend: self.fortigate.backend,
+                block_group: self.fortigate.block_group,
+                block_group6: self.fortigate.block_group6,
+                max_group_members: self.fortigate.max_group_members,
+                requests_per_second: rps,
+                object_prefix: self.fortigate.object_prefix,
+            },
+            syslog,
+            trigger: self.trigger,
+            blocking: Blocking {
+                never_block,
+                dry_run: self.blocking.dry_run,
+                max_blocks_per_minute: self.blocking.max_blocks_per_minute,
+            },
+            housekeeping: self.housekeeping,
+            state: self.state,
+            metrics,
+            log: self.log,
+            warnings,
+        })
+    }
+}
+
+/// Pulls the field name out of serde's "unknown field `x`" / "missing field `x`" messages.
+fn field_in_message(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("missing field `"))?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+fn parse_url(key: &str, value: &str) -> Result<url::Url, Error> {
+    let url = url::Url::parse(value).map_err(|e| Error::invalid(key, format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(Error::invalid(key, "scheme must be https (or http for a lab)"));
+    }
+    if url.host_str().is_none() {
+        return Err(Error::invalid(key, "has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::invalid(key, "must not carry credentials; use api_key_file"));
+    }
+    Ok(url)
+}
+
+/// Environment wins, then `api_key`, then `api_key_file`.
+fn resolve_key(
+    section: &str,
+    env_name: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ApiKey, Error> {
+    let key = if let Some(value) = env(env_name).filter(|v| !v.trim().is_empty()) {
+        ApiKey::new(value)
+    } else if let Some(value) = inline {
+        ApiKey::new(value)
+    } else if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid(format!("{section}.api_key_file"), format!("cannot read {}: {e}", path.display()))
+        })?;
+        ApiKey::new(text)
+    } else {
+        return Err(Error::invalid(
+            format!("{section}.api_key"),
+            format!("required: set api_key, api_key_file or ${env_name}"),
+        ));
+    };
+    if key.is_empty() {
+        return Err(Error::invalid(format!("{section}.api_key"), "is empty"));
+    }
+    if key.expose().chars().any(|c| c.is_control() || c == ' ') {
+        return Err(Error::invalid(
+            format!("{section}.api_key"),
+            "contains spaces or control characters (value not shown)",
+        ));
+    }
+    Ok(key)
+}
+
+fn check_ca(key: &str, path: Option<&Path>) -> Result<(), Error> {
+    let Some(path) = path else { return Ok(()) };
+    let bytes = std::fs::read(path).map_err(|e| Error::invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let mut reader = std::io::BufReader::new(bytes.as_slice());
+    let certs: Vec<_> = rustls_pemfile::certs(&mut reader)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::invalid(key, format!("{} is not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::invalid(key, format!("{} holds no PEM certificate", path.display())));
+    }
+    Ok(())
+}
+
+/// FortiOS names: at most 63 characters, no `/`, no control characters, no quotes.
+fn check_object_name(key: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty() && key != "fortigate.object_prefix" {
+        return Err(Error::invalid(key, "must not be empty"));
+    }
+    if name.len() > 40 {
+        return Err(Error::invalid(key, "longer than 40 characters (FortiOS names are limited to 63)"));
+    }
+    if name.chars().any(|c| c == '/' || c == '"' || c == '\\' || c.is_control()) {
+        return Err(Error::invalid(key, "must not contain '/', quotes, backslashes or control characters"));
+    }
+    Ok(())
+}
+
+fn parse_net(key: &str, value: &str) -> Result<IpNet, Error> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| Error::invalid(key, format!("`{value}` is not an IP address or CIDR")))
+}
+
+fn parse_listen(key: &str, value: &str) -> Result<Option<SocketAddr>, Error> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    value
+        .trim()
+        .parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| Error::invalid(key, format!("`{value}` is not an address:port (\"\" disables)")))
+}
+
+fn validate_syslog(raw: Syslog) -> Result<Listeners, Error> {
+    let udp = parse_listen("syslog.udp", &raw.udp)?;
+    let tcp = parse_listen("syslog.tcp", &raw.tcp)?;
+    let tls = match parse_listen("syslog.tls", &raw.tls)? {
+        None => None,
+        Some(listen) => {
+            if raw.tls_cert.is_empty() {
+                return Err(Error::invalid("syslog.tls_cert", "required when syslog.tls is set"));
+            }
+            if raw.tls_key.is_empty() {
+                return Err(Error::invalid("syslog.tls_key", "required when syslog.tls is set"));
+            }
+            for (key, path) in [("syslog.tls_cert", &raw.tls_cert), ("syslog.tls_key", &raw.tls_key)] {
+                std::fs::metadata(path).map_err(|e| Error::invalid(key, format!("cannot read {path}: {e}")))?;
+            }
+            Some(TlsListener { listen, cert: PathBuf::from(raw.tls_cert), key: PathBuf::from(raw.tls_key) })
+        }
+    };
+    if udp.is_none() && tcp.is_none() && tls.is_none() {
+        return Err(Error::invalid("syslog.udp", "no listener enabled: set syslog.udp, syslog.tcp or syslog.tls"));
+    }
+    let allowed_senders = raw
+        .allowed_senders
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_net(&format!("syslog.allowed_senders[{i}]"), s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !(480..=1024 * 1024).contains(&raw.max_message_bytes) {
+        return Err(Error::invalid("syslog.max_message_bytes", "must be between 480 and 1048576"));
+    }
+    if raw.recv_buffer_bytes < 65536 {
+        return Err(Error::invalid("syslog.recv_buffer_bytes", "must be at least 65536"));
+    }
+    Ok(Listeners {
+        udp,
+        tcp,
+        tls,
+        allowed_senders,
+        max_message_bytes: raw.max_message_bytes,
+        recv_buffer_bytes: raw.recv_buffer_bytes,
+    })
+}
+
+/// A light check of a tracing filter directive list, so a typo fails at start rather than silently.
+fn tracing_filter_check(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if level.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    for directive in level.split(',') {
+        let lvl = directive.rsplit('=').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !LEVELS.contains(&lvl.as_str()) {
+            return Err(format!("`{directive}` is not a level (trace, debug, info, warn, error, off)"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[misp]
+url = "https://misp.example.org"
+api_key = "0123456789012345678901234567890123456789"
+[fortigate]
+url = "https://fortigate.example.org"
+api_key = "fgtoken"
+[[trigger]]
+policy_id = 7
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn check_ok(text: &str) -> Config {
+        RawConfig::parse(text)
+            .and_then(|raw| raw.validate(&no_env))
+            .unwrap_or_else(|e| panic!("expected a valid config, got: {e}"))
+    }
+
+    /// Each case: a change to the minimal config and the start of the expected one-line error.
+    fn check_err(text: &str, expected: &str) {
+        let err = match RawConfig::parse(text).and_then(|raw| raw.validate(&no_env)) {
+            Ok(_) => panic!("expected an error starting with {expected:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.starts_with(expected), "error {err:?} should start with {expected:?}");
+        assert!(!err.contains('\n'), "error must be one line: {err:?}");
+        assert!(!err.contains("0123456789012345678901234567890123456789"), "secret leaked: {err}");
+    }
+
+    #[test]
+    fn minimal_config_gets_the_contract_defaults() {
+        let c = check_ok(MINIMAL);
+        assert_eq!(c.misp.timeout, Duration::from_secs(10));
+        assert_eq!(c.misp.sync_interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.misp.types, default_types());
+        assert!(c.misp.to_ids_only && c.misp.enforce_warninglist && !c.misp.published_only);
+        assert_eq!((c.misp.min_prefix_v4, c.misp.min_prefix_v6), (16, 48));
+        assert_eq!(c.fortigate.block_group, "MISP_BLOCK");
+        assert_eq!(c.fortigate.block_group6, "MISP_BLOCK6");
+        assert_eq!(c.fortigate.backend, Backend::AddressGroup);
+        assert_eq!(c.fortigate.object_prefix, "misp-");
+        assert_eq!(c.syslog.udp, Some("0.0.0.0:514".parse().unwrap()));
+        assert_eq!(c.housekeeping.max_age, Duration::from_secs(90 * 86400));
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9514".parse().unwrap()));
+        assert_eq!(c.trigger[0].check, Check::Src);
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn zero_durations_disable() {
+        let c = check_ok(
+            &MINIMAL.replace("[fortigate]", "sync_interval = \"0s\"\nfeed_update_interval = \"0s\"\n[fortigate]"),
+        );
+        assert_eq!(c.misp.sync_interval, None);
+        assert_eq!(c.misp.feed_update_interval, None);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[misp]", "[misp]\nbogus = 1", "misp.bogus: unknown field"),
+            ("[misp]", "[misp]\ntimeout = \"ten\"", "misp.timeout:"),
+            ("[misp]", "[misp]\ntimeout = 10", "misp.timeout:"),
+            ("url = \"https://misp.example.org\"", "url = \"misp\"", "misp.url: not a URL"),
+            ("url = \"https://misp.example.org\"", "url = \"ftp://misp\"", "misp.url: scheme"),
+            ("[misp]", "[misp]\nmin_prefix_v4 = 33", "misp.min_prefix_v4:"),
+            ("[misp]", "[misp]\nmin_prefix_v6 = 300", "misp.min_prefix_v6:"),
+            ("[misp]", "[misp]\ntypes = []", "misp.types:"),
+            ("[misp]", "[misp]\nca_file = \"/nonexistent/ca.pem\"", "misp.ca_file: cannot read"),
+            ("api_key = \"fgtoken\"", "", "fortigate.api_key: required"),
+            ("api_key = \"fgtoken\"", "api_key_file = \"/nonexistent/key\"", "fortigate.api_key_file: cannot read"),
+            ("[fortigate]", "[fortigate]\nbackend = \"acl\"", "fortigate.backend:"),
+            ("[fortigate]", "[fortigate]\nblock_group = \"a/b\"", "fortigate.block_group:"),
+            ("[fortigate]", "[fortigate]\nblock_group6 = \"MISP_BLOCK\"", "fortigate.block_group6:"),
+            ("[fortigate]", "[fortigate]\nmax_group_members = 0", "fortigate.max_group_members:"),
+            ("[fortigate]", "[fortigate]\nmax_group_members = -1", "fortigate.max_group_members:"),
+            ("[fortigate]", "[fortigate]\nrequests_per_second = 0", "fortigate.requests_per_second:"),
+            ("[fortigate]", "[fortigate]\nobject_prefix = \"\"", "fortigate.object_prefix:"),
+            ("[fortigate]", "[fortigate]\nvdom = \"\"", "fortigate.vdom:"),
+            ("policy_id = 7", "policy_id = \"seven\"", "trigger[0].policy_id:"),
+            ("policy_id = 7", "check = \"srcdst\"", "trigger[0].check:"),
+            ("policy_id = 7", "port = 7", "trigger[0].port: unknown field"),
+            ("[[trigger]]", "[syslog]\nudp = \"nope\"\n[[trigger]]", "syslog.udp:"),
+            ("[[trigger]]", "[syslog]\nudp = \"\"\n[[trigger]]", "syslog.udp: no listener"),
+            ("[[trigger]]", "[syslog]\ntls = \"127.0.0.1:6514\"\n[[trigger]]", "syslog.tls_cert: required"),
+            ("[[trigger]]", "[syslog]\nallowed_senders = [\"10.0.0.0/33\"]\n[[trigger]]", "syslog.allowed_senders[0]:"),
+            ("[[trigger]]", "[syslog]\nmax_message_bytes = 10\n[[trigger]]", "syslog.max_message_bytes:"),
+            ("[[trigger]]", "[blocking]\nnever_block = [\"x\"]\n[[trigger]]", "blocking.never_block[0]:"),
+            ("[[trigger]]", "[blocking]\nmax_blocks_per_minute = 0\n[[trigger]]", "blocking.max_blocks_per_minute:"),
+            ("[[trigger]]", "[housekeeping]\nmax_age = \"0s\"\n[[trigger]]", "housekeeping.max_age:"),
+            (
+                "[[trigger]]",
+                "[housekeeping]\nmax_unblock_fraction = 1.5\n[[trigger]]",
+                "housekeeping.max_unblock_fraction:",
+            ),
+            ("[[trigger]]", "[housekeeping]\nfeeds = [\"a\"]\n[[trigger]]", "housekeeping.feeds[0]:"),
+            ("[[trigger]]", "[metrics]\nlisten = \"localhost\"\n[[trigger]]", "metrics.listen:"),
+            ("[[trigger]]", "[log]\nformat = \"xml\"\n[[trigger]]", "log.format:"),
+            ("[[trigger]]", "[log]\nlevel = \"loud\"\n[[trigger]]", "log.level:"),
+            ("[[trigger]]", "[state]\npath = \"\"\n[[trigger]]", "state.path:"),
+            ("[[trigger]]", "[bogus]\n[[trigger]]", "bogus: unknown field"),
+            ("[misp]\nurl = \"https://misp.example.org\"", "[misp]", "misp.url: missing field"),
+        ];
+        for (from, to, expected) in cases {
+            assert!(MINIMAL.contains(from), "case {expected}: {from:?} not in the minimal config");
+            check_err(&MINIMAL.replacen(from, to, 1), expected);
+        }
+    }
+
+    #[test]
+    fn environment_wins_over_inline_and_file() {
+        let env = |name: &str| (name == ENV_FORTIGATE_API_KEY).then(|| "from-env".to_string());
+        let c = RawConfig::parse(MINIMAL).unwrap().validate(&env).unwrap();
+        assert_eq!(c.fortigate.api_key.expose(), "from-env");
+        assert_eq!(c.misp.api_key.expose(), "0123456789012345678901234567890123456789");
+    }
+
+    #[test]
+    fn key_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fg.key");
+        std::fs::write(&path, "tok-from-file\n").unwrap();
+        let text =
+            MINIMAL.replace("api_key = \"fgtoken\"", &format!("api_key_file = {:?}", path.display().to_string()));
+        assert_eq!(check_ok(&text).fortigate.api_key.expose(), "tok-from-file");
+    }
+
+    #[test]
+    fn disabled_verification_is_a_warning() {
+        let c = check_ok(&MINIMAL.replace("[fortigate]", "[fortigate]\nverify_tls = false"));
+        assert!(c.warnings.iter().any(|w| w.starts_with("fortigate.verify_tls")));
+    }
+
+    #[test]
+    fn never_block_accepts_ips_and_cidrs() {
+        let c = check_ok(&MINIMAL.replace(
+            "[[trigger]]",
+            "[blocking]\nnever_block = [\"198.51.100.7\", \"203.0.113.9/24\", \"2001:db8::/48\"]\n[[trigger]]",
+        ));
+        let nets: Vec<String> = c.blocking.never_block.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["198.51.100.7/32", "203.0.113.0/24", "2001:db8::/48"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_file_is_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Config::load_with_env(&path, &no_env).unwrap();
+        assert!(c.warnings.iter().any(|w| w.contains("readable by other users")), "{:?}", c.warnings);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load_with_env(&path, &no_env).unwrap().warnings.is_empty());
+    }
+}
