@@ -8,12 +8,14 @@
 //! - [`fortigate`]: the FortiOS REST client (address objects, groups, child-table members, banned IPs). Only this
 //!   module knows FortiOS paths, percent-encoding and the response envelope.
 //! - [`config`]: the operator contract's `config.toml`, parsed then validated into a [`config::Config`].
+//! - [`indicators`]: the local set of blocking IPs and networks (longest-prefix match, keyed by uuid).
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod fortigate;
+pub mod indicators;
 pub mod misp;
 pub mod policy;
 pub mod secret;
