@@ -9,6 +9,7 @@
 //!   module knows FortiOS paths, percent-encoding and the response envelope.
 //! - [`config`]: the operator contract's `config.toml`, parsed then validated into a [`config::Config`].
 //! - [`indicators`]: the local set of blocking IPs and networks (longest-prefix match, keyed by uuid).
+//! - [`metrics`]: every exported metric, and the `/metrics` + `/healthz` server.
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod fortigate;
 pub mod indicators;
+pub mod metrics;
 pub mod misp;
 pub mod policy;
 pub mod secret;

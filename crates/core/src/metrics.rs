@@ -1,0 +1,333 @@
+//! Every metric fortimisp exports, in one place, and the tiny HTTP server for `/metrics` and `/healthz`.
+//!
+//! [`Metrics`] holds the counters, gauges and histograms of both daemons (a daemon leaves the other's at zero) and
+//! the [`Registry`] they are registered in. Names follow `fortimisp_<noun>_<unit|total>`; label values come from
+//! small closed sets (`stage`, `reason`, `outcome`, `server`), never an IP, object name or event id.
+//!
+//! The metric types are atomics: the hot path (one log line) bumps a counter without a lock.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// A `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+/// An `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+/// A `stage` label (queue depths).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Stage {
+    pub stage: &'static str,
+}
+
+/// A `listener` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Listener {
+    pub listener: &'static str,
+}
+
+/// Label sets made of one static string, so [`Metrics::inc`] and [`Metrics::count`] serve every family.
+pub trait OneLabel: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static {
+    fn of(value: &'static str) -> Self;
+}
+
+macro_rules! one_label {
+    ($($t:ident => $f:ident),*) => {$(
+        impl OneLabel for $t {
+            fn of(value: &'static str) -> Self {
+                $t { $f: value }
+            }
+        }
+    )*};
+}
+one_label!(Reason => reason, Outcome => outcome, Stage => stage, Listener => listener);
+
+/// `server` and `outcome` labels of a request latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub server: &'static str,
+    pub outcome: &'static str,
+}
+
+fn histogram() -> Histogram {
+    // 1 ms .. ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The metrics of both daemons. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    pub registry: Registry,
+    // Ingest.
+    /// Messages received, by listener (`udp`, `tcp`, `tls`, `replay`).
+    pub received: Family<Listener, Counter>,
+    /// Messages dropped before parsing, by reason (`sender_not_allowed`, `oversize`, `queue_full`, `framing`).
+    pub dropped: Family<Reason, Counter>,
+    /// Messages that are not FortiGate logs, by error kind.
+    pub parse_errors: Family<Reason, Counter>,
+    /// Parsed lines that matched a trigger rule.
+    pub triggered: Counter,
+    /// Parsed lines that matched no trigger rule (dropped early).
+    pub untriggered: Counter,
+    /// Candidate addresses by what happened to them (`never_block`, `known_blocked`, `known_clean`, `in_flight`,
+    /// `queued`, `queue_full`).
+    pub candidates: Family<Outcome, Counter>,
+    // Decision.
+    /// Lookups by source and result (`mirror_hit`, `mirror_miss`, `cache_hit`, `cache_miss`, `misp_hit`,
+    /// `misp_miss`, `misp_error`).
+    pub lookups: Family<Outcome, Counter>,
+    /// MISP restSearch requests sent for on-demand lookups.
+    pub misp_lookup_requests: Counter,
+    /// Indicators in the local mirror.
+    pub mirror_indicators: Gauge,
+    /// Unix time of the last successful mirror sync.
+    pub mirror_last_sync: Gauge,
+    /// Mirror syncs by outcome (`full_ok`, `incremental_ok`, `error`).
+    pub mirror_syncs: Family<Outcome, Counter>,
+    /// CIDR indicators ignored as wider than min_prefix.
+    pub mirror_rejected_wide: Gauge,
+    // Blocking.
+    /// Block actions by outcome (`blocked`, `already_blocked`, `dry_run`, `failed`, `retry`, `foreign`).
+    pub blocks: Family<Outcome, Counter>,
+    /// Actions waiting in the journal.
+    pub pending_actions: Gauge,
+    /// 1 while new blocks are held back by `max_blocks_per_minute`.
+    pub block_rate_limited: Gauge,
+    /// 1 while the FortiGate rejects the token (401): writes stopped, operator must act.
+    pub fortigate_unauthorized: Gauge,
+    /// 1 while the journal file cannot be written (actions kept in memory).
+    pub journal_degraded: Gauge,
+    /// Queue depth between stages, by stage.
+    pub queue_depth: Family<Stage, Gauge>,
+    /// Request latency by server (`misp`, `fortigate`) and outcome (`ok`, `error`).
+    pub request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Time from receipt of the first triggering line to the block being in place.
+    pub block_latency_seconds: Histogram,
+    // Housekeeping.
+    /// Owned objects examined by prune passes.
+    pub hk_examined: Counter,
+    /// Blocks removed, by reason (`max_age`, `revoked`, `legacy`).
+    pub hk_pruned: Family<Reason, Counter>,
+    /// Prune failures, by reason (`in_use`, `error`, `safety_rail`, `misp_unavailable`).
+    pub hk_failures: Family<Reason, Counter>,
+    /// Feed updates by outcome (`queued`, `no_feed_enabled`, `completed`, `error`).
+    pub feed_updates: Family<Outcome, Counter>,
+    /// Unix time of the last successful prune pass.
+    pub hk_last_success: Gauge,
+    /// Unix time of the last successful feed update.
+    pub feed_last_success: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fortimisp");
+        let m = Metrics {
+            received: Family::default(),
+            dropped: Family::default(),
+            parse_errors: Family::default(),
+            triggered: Counter::default(),
+            untriggered: Counter::default(),
+            candidates: Family::default(),
+            lookups: Family::default(),
+            misp_lookup_requests: Counter::default(),
+            mirror_indicators: Gauge::default(),
+            mirror_last_sync: Gauge::default(),
+            mirror_syncs: Family::default(),
+            mirror_rejected_wide: Gauge::default(),
+            blocks: Family::default(),
+            pending_actions: Gauge::default(),
+            block_rate_limited: Gauge::default(),
+            fortigate_unauthorized: Gauge::default(),
+            journal_degraded: Gauge::default(),
+            queue_depth: Family::default(),
+            request_seconds: Family::new_with_constructor(histogram),
+            block_latency_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            hk_examined: Counter::default(),
+            hk_pruned: Family::default(),
+            hk_failures: Family::default(),
+            feed_updates: Family::default(),
+            hk_last_success: Gauge::default(),
+            feed_last_success: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("messages_received", "Syslog messages received, by listener", m.received.clone());
+        r.register("messages_dropped", "Messages dropped before parsing, by reason", m.dropped.clone());
+        r.register("parse_errors", "Messages that are not FortiGate logs, by kind", m.parse_errors.clone());
+        r.register("lines_triggered", "Parsed lines that matched a trigger rule", m.triggered.clone());
+        r.register("lines_untriggered", "Parsed lines that matched no trigger rule", m.untriggered.clone());
+        r.register("candidates", "Candidate addresses by outcome", m.candidates.clone());
+        r.register("lookups", "Indicator lookups by source and result", m.lookups.clone());
+        r.register(
+            "misp_lookup_requests",
+            "MISP restSearch requests for on-demand lookups",
+            m.misp_lookup_requests.clone(),
+        );
+        r.register("mirror_indicators", "Indicators in the local mirror", m.mirror_indicators.clone());
+        r.register(
+            "mirror_last_sync_timestamp_seconds",
+            "Unix time of the last good mirror sync",
+            m.mirror_last_sync.clone(),
+        );
+        r.register("mirror_syncs", "Mirror syncs by outcome", m.mirror_syncs.clone());
+        r.register(
+            "mirror_rejected_wide",
+            "CIDR indicators wider than min_prefix, ignored",
+            m.mirror_rejected_wide.clone(),
+        );
+        r.register("blocks", "Block actions by outcome", m.blocks.clone());
+        r.register("pending_actions", "Actions waiting in the journal", m.pending_actions.clone());
+        r.register(
+            "block_rate_limited",
+            "1 while max_blocks_per_minute holds blocks back",
+            m.block_rate_limited.clone(),
+        );
+        r.register(
+            "fortigate_unauthorized",
+            "1 while the FortiGate rejects the API token",
+            m.fortigate_unauthorized.clone(),
+        );
+        r.register("journal_degraded", "1 while the journal cannot be written", m.journal_degraded.clone());
+        r.register("queue_depth", "Messages waiting between stages", m.queue_depth.clone());
+        r.register("request_duration_seconds", "REST request latency by server and outcome", m.request_seconds.clone());
+        r.register(
+            "block_latency_seconds",
+            "From the first triggering line to the block in place",
+            m.block_latency_seconds.clone(),
+        );
+        r.register("housekeeping_examined", "Owned objects examined by prune passes", m.hk_examined.clone());
+        r.register("housekeeping_pruned", "Blocks removed, by reason", m.hk_pruned.clone());
+        r.register("housekeeping_failures", "Prune failures, by reason", m.hk_failures.clone());
+        r.register("feed_updates", "MISP feed updates by outcome", m.feed_updates.clone());
+        r.register(
+            "housekeeping_last_success_timestamp_seconds",
+            "Unix time of the last good prune pass",
+            m.hk_last_success.clone(),
+        );
+        r.register(
+            "feed_last_success_timestamp_seconds",
+            "Unix time of the last good feed update",
+            m.feed_last_success.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Bumps a labelled counter.
+    pub fn inc<L: OneLabel>(family: &Family<L, Counter>, label: &'static str) {
+        family.get_or_create(&L::of(label)).inc();
+    }
+
+    /// Records one REST request's latency.
+    pub fn observe_request(&self, server: &'static str, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.request_seconds.get_or_create(&RequestLabels { server, outcome }).observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The value of a labelled counter (for tests, the lab and `loadgen`).
+    pub fn count<L: OneLabel>(family: &Family<L, Counter>, label: &'static str) -> u64 {
+        family.get_or_create(&L::of(label)).get()
+    }
+}
+
+/// Liveness as `/healthz` reports it: 200 while every task is alive, 503 once one has died or shutdown began.
+#[derive(Clone, Default)]
+pub struct Health {
+    unhealthy: Arc<AtomicBool>,
+    started: Arc<AtomicI64>,
+}
+
+impl Health {
+    pub fn set_unhealthy(&self) {
+        self.unhealthy.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        !self.unhealthy.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_started(&self) {
+        self.started.store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()) }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let healthy = health.is_healthy();
+                async move {
+                    if healthy {
+                        (StatusCode::OK, "ok\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_prefixed_names_and_labels() {
+        let m = Metrics::new();
+        Metrics::inc(&m.dropped, "queue_full");
+        m.triggered.inc();
+        m.observe_request("misp", true, Duration::from_millis(3));
+        let text = m.render();
+        assert!(text.contains("fortimisp_messages_dropped_total{reason=\"queue_full\"} 1"), "{text}");
+        assert!(text.contains("fortimisp_lines_triggered_total 1"), "{text}");
+        assert!(text.contains("fortimisp_request_duration_seconds_count{server=\"misp\",outcome=\"ok\"} 1"), "{text}");
+        assert_eq!(Metrics::count(&m.dropped, "queue_full"), 1);
+    }
+}
