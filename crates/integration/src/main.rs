@@ -1,2 +1,4 @@
-//! `integration` binary.
+//! `integration`: the blocking daemon and its operator subcommands.
+mod decide;
+
 fn main() {}
