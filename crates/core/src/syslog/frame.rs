@@ -284,17 +284,133 @@ fn incomplete(consumed: usize) -> Step {
 /// One UDP datagram as a message: trailing `\n`, `\r`, `\0` stripped.
 ///
 /// # Errors
-/// [`FrameError::TooLong`] if the datagram is longer than `max_message_bytes`.
+/// [`FrameError::TooLong`] if the message (trailer excluded) is longer than `max_message_bytes`.
 pub fn datagram(datagram: &[u8], max_message_bytes: usize) -> Result<&[u8], FrameError> {
-    if datagram.len() > max_message_bytes {
-        return Err(FrameError::TooLong {
-            len: datagram.len(),
-            max: max_message_bytes,
-        });
-    }
     let mut end = datagram.len();
     while end > 0 && matches!(datagram[end - 1], b'\n' | b'\r' | b'\0') {
         end -= 1;
     }
+    if end > max_message_bytes {
+        return Err(FrameError::TooLong {
+            len: end,
+            max: max_message_bytes,
+        });
+    }
     Ok(&datagram[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Ev {
+        Msg(&'static str),
+        Err(FrameError),
+    }
+
+    /// The one caller of the decoder in these tests: feeds `chunks` one after another into a `BytesMut` (as a
+    /// socket would deliver them), drains after each, then signals end of stream. Returns everything seen.
+    fn run(max: usize, chunks: &[&[u8]]) -> Vec<Result<String, FrameError>> {
+        let mut decoder = FrameDecoder::new(max);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(msg)) => out.push(Ok(String::from_utf8_lossy(&msg).into_owned())),
+                    Ok(None) => break,
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+        }
+        match decoder.decode_eof(&mut buf) {
+            Ok(Some(msg)) => out.push(Ok(String::from_utf8_lossy(&msg).into_owned())),
+            Ok(None) => {}
+            Err(e) => out.push(Err(e)),
+        }
+        out
+    }
+
+    fn check(name: &str, max: usize, chunks: &[&[u8]], want: &[Ev]) {
+        let want: Vec<Result<String, FrameError>> = want
+            .iter()
+            .map(|e| match e {
+                Ev::Msg(m) => Ok((*m).to_string()),
+                Ev::Err(e) => Err(*e),
+            })
+            .collect();
+        assert_eq!(run(max, chunks), want, "{name}: chunked");
+        // Same stream, one byte at a time: partial reads must not change the result (except that an oversized
+        // LF line is given up on as soon as it passes `max`, so its reported length is "at least max + 1").
+        let joined: Vec<u8> = chunks.concat();
+        let bytes: Vec<&[u8]> = joined.chunks(1).collect();
+        let at_least = |r: &Result<String, FrameError>| match r {
+            Err(FrameError::TooLong { len, max }) => Err(FrameError::TooLong { len: (*len).min(max + 1), max: *max }),
+            other => other.clone(),
+        };
+        let got: Vec<_> = run(max, &bytes).iter().map(at_least).collect();
+        let want: Vec<_> = want.iter().map(at_least).collect();
+        assert_eq!(got, want, "{name}: byte by byte");
+    }
+
+    #[test]
+    fn table() {
+        use Ev::{Err as E, Msg as M};
+        let too_long = |len| E(FrameError::TooLong { len, max: 16 });
+        let cases: &[(&str, &[&[u8]], &[Ev])] = &[
+            ("octet counting", &[b"5 <1>ab3 <2>"], &[M("<1>ab"), M("<2>")]),
+            ("octet counting split", &[b"1", b"1 <189>ty", b"pe=x10 <189>a=b\nc"], &[M("<189>type=x"), M("<189>a=b\nc")]),
+            ("octet frame keeps inner newline, strips trailer", &[b"6 a\nb\r\n\n4 cdef"], &[M("a\nb"), M("cdef")]),
+            ("lf", &[b"<1>a=1\n<2>b=2\r\n\n<3>c=3"], &[M("<1>a=1"), M("<2>b=2"), M("<3>c=3")]),
+            ("lf split", &[b"<1>a", b"=1\n<2", b">b=2\n"], &[M("<1>a=1"), M("<2>b=2")]),
+            ("mixed on one connection", &[b"3 abc<1>lf line\n4 defg"], &[M("abc"), M("<1>lf line"), M("defg")]),
+            ("digits without space are lf", &[b"2026-04 a=b\n", b"42\n"], &[M("2026-04 a=b"), M("42")]),
+            ("nul trailer", &[b"<1>a=1\0\n"], &[M("<1>a=1")]),
+            ("octet oversize skipped whole", &[b"20 0123456789", b"0123456789", b"3 abc"], &[too_long(20), M("abc")]),
+            ("lf oversize skipped whole", &[b"<1>0123456789", b"0123456789\n<2>ok\n"], &[too_long(23), M("<2>ok")]),
+            ("exactly max is fine", &[b"16 0123456789abcdef"], &[M("0123456789abcdef")]),
+            ("eof inside octet frame", &[b"10 abc"], &[E(FrameError::Truncated { missing: 7 })]),
+            ("eof after only a length", &[b"12 "], &[E(FrameError::Truncated { missing: 12 })]),
+            ("empty stream", &[b"", b"\n\n"], &[]),
+        ];
+        for (name, chunks, want) in cases {
+            check(name, 16, chunks, want);
+        }
+    }
+
+    #[test]
+    fn lf_oversize_byte_by_byte_reports_once() {
+        let out = run(4, &[b"<1>abcdefgh\n", b"ok\n"]);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(out[0], Err(FrameError::TooLong { max: 4, .. })));
+        assert_eq!(out[1], Ok("ok".to_string()));
+    }
+
+    #[test]
+    fn slice_api_is_zero_copy_ranges() {
+        let mut d = FrameDecoder::new(100);
+        let buf = b"3 abc<1>x=1\n";
+        let step = d.decode_slice(buf);
+        assert_eq!(step, Step { consumed: 5, outcome: Outcome::Message(2..5) });
+        assert_eq!(d.framing(), Some(Framing::OctetCounting));
+        let step = d.decode_slice(&buf[5..]);
+        assert_eq!(step, Step { consumed: 7, outcome: Outcome::Message(0..6) });
+        assert_eq!(d.framing(), Some(Framing::LineFeed));
+    }
+
+    #[test]
+    fn datagrams() {
+        let cases: &[(&[u8], Result<&[u8], FrameError>)] = &[
+            (b"<189>a=b\n", Ok(b"<189>a=b")),
+            (b"<189>a=b\r\n", Ok(b"<189>a=b")),
+            (b"<189>a=b\0", Ok(b"<189>a=b")),
+            (b"<189>a\nb", Ok(b"<189>a\nb")),
+            (b"0123456789", Err(FrameError::TooLong { len: 10, max: 8 })),
+        ];
+        for (input, want) in cases {
+            assert_eq!(datagram(input, 8), *want, "{input:?}");
+        }
+    }
 }
