@@ -1,0 +1,446 @@
+//! [`LogRecord`]: one parsed FortiGate log message, borrowing from the input buffer.
+//!
+//! A record is a `Vec` of [`Field`]s in line order (duplicates kept, so parsing never looks back) plus a small
+//! fixed table that remembers, for the keys the daemon reads on every line (srcip, policyid, action, type, subtype,
+//! srcintf, ...), where their first occurrence sits. Those accessors are O(1); any other key is a linear
+//! [`LogRecord::get`], fine for the ~50 keys of a FortiGate line.
+//!
+//! Values are `Cow<'a, str>`: borrowed from the message unless unescaping (or a lossy UTF-8 repair) had to
+//! allocate. Duplicate keys: the first occurrence wins everywhere (`get`, the typed accessors, [`LogRecord::fields`]);
+//! the rest are counted by [`LogRecord::duplicate_keys`] on demand.
+//!
+//! FortiOS 4 names resolve through the typed accessors: `src`→srcip, `dst`→dstip, `src_port`→srcport,
+//! `dst_port`→dstport, `log_id`→logid, `device_id`→devid, `src_int`→srcintf, `dst_int`→dstintf, and `status`→action
+//! but only on a legacy line (one with `log_id`/`device_id` and no `logid`), because FortiOS 5+ event logs carry
+//! both `action=login` and `status=failed`. [`LogRecord::get`] never aliases: it returns what the line says.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+/// The wire format of a message, as `integration parse` prints it.
+///
+/// The body decides first (csv, cef, json); a `key=value` body is named after its syslog header: `rfc3164`
+/// (a BSD or relay timestamp header), `rfc5424`, or `default` (nothing or only `<PRI>` before the body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Default,
+    Rfc3164,
+    Rfc5424,
+    Csv,
+    Cef,
+    Json,
+}
+
+impl Format {
+    /// The contract's name: `default`, `rfc3164`, `rfc5424`, `csv`, `cef` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Default => "default",
+            Format::Rfc3164 => "rfc3164",
+            Format::Rfc5424 => "rfc5424",
+            Format::Csv => "csv",
+            Format::Cef => "cef",
+            Format::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decoded `<PRI>`: `facility * 8 + severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pri {
+    /// 0..=23 (16..=23 are local0..local7; FortiGate's default is local7 = 23).
+    pub facility: u8,
+    /// 0 (emergency) ..= 7 (debug).
+    pub severity: u8,
+}
+
+impl Pri {
+    /// Splits a PRI value; `None` above 191.
+    pub fn from_value(value: u8) -> Option<Pri> {
+        (value <= 191).then_some(Pri {
+            facility: value / 8,
+            severity: value % 8,
+        })
+    }
+
+    /// The PRI number again (`facility * 8 + severity`).
+    pub fn value(self) -> u8 {
+        self.facility * 8 + self.severity
+    }
+
+    /// The RFC 5424 severity keyword: `emerg`, `alert`, `crit`, `err`, `warning`, `notice`, `info`, `debug`.
+    pub fn severity_name(self) -> &'static str {
+        const NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+        NAMES[usize::from(self.severity & 7)]
+    }
+}
+
+/// The syslog header in front of the body, if any. Fields are as sent (`None` for RFC 5424's `-`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Header<'a> {
+    /// Nothing, or only `<PRI>`, before the body (FortiOS "default", "csv" and "cef" formats).
+    #[default]
+    None,
+    /// `Mmm dd hh:mm:ss [host] `, wazuh's `YYYY Mmm dd hh:mm:ss host->ip `, or a relay's
+    /// `YYYY-MM-DDThh:mm:ss[.frac]TZ host `.
+    Rfc3164 {
+        timestamp: Cow<'a, str>,
+        hostname: Option<Cow<'a, str>>,
+    },
+    /// `VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA`.
+    Rfc5424 {
+        version: u16,
+        timestamp: Option<Cow<'a, str>>,
+        hostname: Option<Cow<'a, str>>,
+        app_name: Option<Cow<'a, str>>,
+        procid: Option<Cow<'a, str>>,
+        msgid: Option<Cow<'a, str>>,
+        /// The raw structured data (`[id k="v"]...`), not interpreted.
+        structured_data: Option<Cow<'a, str>>,
+    },
+}
+
+/// The CEF header fields (`CEF:Version|Vendor|Product|DeviceVersion|SignatureID|Name|Severity|`), unescaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CefHeader<'a> {
+    pub version: Cow<'a, str>,
+    pub vendor: Cow<'a, str>,
+    pub product: Cow<'a, str>,
+    pub device_version: Cow<'a, str>,
+    pub signature_id: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+    pub severity: Cow<'a, str>,
+}
+
+/// One `key=value` pair, with FortiGate's key name (CEF keys already mapped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field<'a> {
+    pub key: Cow<'a, str>,
+    pub value: Cow<'a, str>,
+}
+
+/// Slots of the keys read on the hot path, by first occurrence. `u16::MAX` = absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Hot {
+    SrcIp,
+    DstIp,
+    SrcPort,
+    DstPort,
+    Proto,
+    PolicyId,
+    Action,
+    Type,
+    Subtype,
+    DevName,
+    DevId,
+    Vd,
+    SrcIntf,
+    DstIntf,
+    LogId,
+    // FortiOS 4 spellings.
+    Src,
+    Dst,
+    SrcPortV4,
+    DstPortV4,
+    Status,
+    LogIdV4,
+    DeviceId,
+    SrcInt,
+    DstInt,
+}
+
+pub(crate) const HOT_COUNT: usize = Hot::DstInt as usize + 1;
+const ABSENT: u16 = u16::MAX;
+
+/// What a key means to the parser: a hot slot, a key that only FortiGate uses (proof that a `key=value` body is a
+/// FortiGate log), or nothing special.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyClass {
+    Hot(Hot),
+    Marker,
+    Other,
+}
+
+/// Classifies a key. Called once per pair: keep it a plain `match` on bytes.
+#[inline]
+pub(crate) fn classify(key: &[u8]) -> KeyClass {
+    use Hot::*;
+    use KeyClass::{Hot as H, Marker, Other};
+    match key {
+        b"srcip" => H(SrcIp),
+        b"dstip" => H(DstIp),
+        b"srcport" => H(SrcPort),
+        b"dstport" => H(DstPort),
+        b"proto" => H(Proto),
+        b"policyid" => H(PolicyId),
+        b"action" => H(Action),
+        b"type" => H(Type),
+        b"subtype" => H(Subtype),
+        b"devname" => H(DevName),
+        b"devid" => H(DevId),
+        b"vd" => H(Vd),
+        b"srcintf" => H(SrcIntf),
+        b"dstintf" => H(DstIntf),
+        b"logid" => H(LogId),
+        b"src" => H(Src),
+        b"dst" => H(Dst),
+        b"src_port" => H(SrcPortV4),
+        b"dst_port" => H(DstPortV4),
+        b"status" => H(Status),
+        b"log_id" => H(LogIdV4),
+        b"device_id" => H(DeviceId),
+        b"src_int" => H(SrcInt),
+        b"dst_int" => H(DstInt),
+        b"date" | b"time" | b"eventtime" | b"logver" | b"itime" | b"tz" | b"logdesc" | b"sessionid" => Marker,
+        _ => Other,
+    }
+}
+
+/// One parsed FortiGate log message. Borrows from the message bytes (`'a`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord<'a> {
+    pub(crate) format: Format,
+    pub(crate) pri: Option<Pri>,
+    pub(crate) header: Header<'a>,
+    pub(crate) cef: Option<Box<CefHeader<'a>>>,
+    pub(crate) fields: Vec<Field<'a>>,
+    pub(crate) hot: [u16; HOT_COUNT],
+    pub(crate) marker: bool,
+    pub(crate) lossy: bool,
+    pub(crate) unterminated: bool,
+    pub(crate) skipped: u32,
+}
+
+impl<'a> LogRecord<'a> {
+    pub(crate) fn new(format: Format, pri: Option<Pri>, header: Header<'a>, capacity: usize) -> Self {
+        LogRecord {
+            format,
+            pri,
+            header,
+            cef: None,
+            fields: Vec::with_capacity(capacity),
+            hot: [ABSENT; HOT_COUNT],
+            marker: false,
+            lossy: false,
+            unterminated: false,
+            skipped: 0,
+        }
+    }
+
+    /// Appends a pair; `class` is `classify(key)` (computed by the caller from the raw key bytes).
+    #[inline]
+    pub(crate) fn push(&mut self, class: KeyClass, key: Cow<'a, str>, value: Cow<'a, str>) {
+        match class {
+            KeyClass::Hot(slot) => {
+                let index = self.fields.len();
+                let cell = &mut self.hot[slot as usize];
+                if *cell == ABSENT && index < usize::from(ABSENT) {
+                    // Lossless: index < u16::MAX was just checked.
+                    *cell = index as u16;
+                }
+            }
+            KeyClass::Marker => self.marker = true,
+            KeyClass::Other => {}
+        }
+        self.fields.push(Field { key, value });
+    }
+
+    /// The wire format (see [`Format`]).
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The decoded `<PRI>`, if the message had one.
+    pub fn pri(&self) -> Option<Pri> {
+        self.pri
+    }
+
+    /// The syslog header in front of the body.
+    pub fn header(&self) -> &Header<'a> {
+        &self.header
+    }
+
+    /// The CEF header, for CEF bodies.
+    pub fn cef_header(&self) -> Option<&CefHeader<'a>> {
+        self.cef.as_deref()
+    }
+
+    /// Number of pairs, duplicates included.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// True if the body carried no pair at all.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Every pair in line order, duplicates included (see [`LogRecord::fields`] for first-wins).
+    pub fn raw_fields(&self) -> &[Field<'a>] {
+        &self.fields
+    }
+
+    /// Pairs in line order, each key once (its first occurrence). O(n²) in the number of keys: for output and
+    /// tests, not for the per-line hot path.
+    pub fn fields(&self) -> impl Iterator<Item = &Field<'a>> + '_ {
+        self.fields
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| !self.fields[..*i].iter().any(|g| g.key == f.key))
+            .map(|(_, f)| f)
+    }
+
+    /// How many pairs repeat a key seen earlier on the line (those values are ignored: the first one wins).
+    pub fn duplicate_keys(&self) -> usize {
+        let mut keys: Vec<&str> = self.fields.iter().map(|f| f.key.as_ref()).collect();
+        keys.sort_unstable();
+        keys.windows(2).filter(|w| w[0] == w[1]).count()
+    }
+
+    /// True if some bytes were not UTF-8 and were replaced by U+FFFD in the values that held them.
+    pub fn is_lossy(&self) -> bool {
+        self.lossy
+    }
+
+    /// True if the last quoted value had no closing quote (the value runs to the end of the message).
+    pub fn has_unterminated_quote(&self) -> bool {
+        self.unterminated
+    }
+
+    /// Tokens that were not `key=value` pairs and were skipped (e.g. the `13:03` in FortiOS 4's `time=10: 13:03`).
+    pub fn skipped_tokens(&self) -> u32 {
+        self.skipped
+    }
+
+    /// The value of `key` as the line spells it (first occurrence, no aliasing), CEF keys already mapped.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        if let KeyClass::Hot(slot) = classify(key.as_bytes()) {
+            return self.slot(slot);
+        }
+        self.fields
+            .iter()
+            .find(|f| f.key == key)
+            .map(|f| f.value.as_ref())
+    }
+
+    #[inline]
+    fn slot(&self, slot: Hot) -> Option<&str> {
+        let index = self.hot[slot as usize];
+        if index == ABSENT {
+            return None;
+        }
+        self.fields.get(usize::from(index)).map(|f| f.value.as_ref())
+    }
+
+    #[inline]
+    fn slot_or(&self, slot: Hot, alias: Hot) -> Option<&str> {
+        self.slot(slot).or_else(|| self.slot(alias))
+    }
+
+    /// A FortiOS 4 line: `log_id`/`device_id` spelling and no `logid`.
+    pub fn is_legacy(&self) -> bool {
+        self.hot[Hot::LogId as usize] == ABSENT
+            && (self.hot[Hot::LogIdV4 as usize] != ABSENT || self.hot[Hot::DeviceId as usize] != ABSENT)
+    }
+
+    /// `srcip` (or FortiOS 4 `src`) as written; may be a hostname in CEF (`src=example.com`).
+    pub fn srcip_str(&self) -> Option<&str> {
+        self.slot_or(Hot::SrcIp, Hot::Src)
+    }
+
+    /// `dstip` (or `dst`) as written.
+    pub fn dstip_str(&self) -> Option<&str> {
+        self.slot_or(Hot::DstIp, Hot::Dst)
+    }
+
+    /// `srcip` as an address (v4 or v6); `None` if absent or not an address (`N/A`, a hostname).
+    pub fn srcip(&self) -> Option<IpAddr> {
+        self.srcip_str().and_then(|s| s.parse().ok())
+    }
+
+    /// `dstip` as an address (v4 or v6).
+    pub fn dstip(&self) -> Option<IpAddr> {
+        self.dstip_str().and_then(|s| s.parse().ok())
+    }
+
+    /// `srcport` (or `src_port`).
+    pub fn srcport(&self) -> Option<u16> {
+        self.slot_or(Hot::SrcPort, Hot::SrcPortV4)
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// `dstport` (or `dst_port`).
+    pub fn dstport(&self) -> Option<u16> {
+        self.slot_or(Hot::DstPort, Hot::DstPortV4)
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// `proto`, the IP protocol number.
+    pub fn proto(&self) -> Option<u8> {
+        self.slot(Hot::Proto).and_then(|s| s.parse().ok())
+    }
+
+    /// `policyid`.
+    pub fn policyid(&self) -> Option<u32> {
+        self.slot(Hot::PolicyId).and_then(|s| s.parse().ok())
+    }
+
+    /// `action` (on a FortiOS 4 line: `status`).
+    pub fn action(&self) -> Option<&str> {
+        self.slot(Hot::Action).or_else(|| {
+            if self.is_legacy() {
+                self.slot(Hot::Status)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// `type` (traffic, event, utm, anomaly, ...).
+    pub fn log_type(&self) -> Option<&str> {
+        self.slot(Hot::Type)
+    }
+
+    /// `subtype` (forward, local, system, ...).
+    pub fn subtype(&self) -> Option<&str> {
+        self.slot(Hot::Subtype)
+    }
+
+    /// `devname`.
+    pub fn devname(&self) -> Option<&str> {
+        self.slot(Hot::DevName)
+    }
+
+    /// `devid` (or `device_id`), the FortiGate serial number.
+    pub fn devid(&self) -> Option<&str> {
+        self.slot_or(Hot::DevId, Hot::DeviceId)
+    }
+
+    /// `vd`, the VDOM.
+    pub fn vd(&self) -> Option<&str> {
+        self.slot(Hot::Vd)
+    }
+
+    /// `srcintf` (or `src_int`).
+    pub fn srcintf(&self) -> Option<&str> {
+        self.slot_or(Hot::SrcIntf, Hot::SrcInt)
+    }
+
+    /// `dstintf` (or `dst_int`).
+    pub fn dstintf(&self) -> Option<&str> {
+        self.slot_or(Hot::DstIntf, Hot::DstInt)
+    }
+
+    /// `logid` (or `log_id`).
+    pub fn logid(&self) -> Option<&str> {
+        self.slot_or(Hot::LogId, Hot::LogIdV4)
+    }
+}
