@@ -100,7 +100,8 @@ fn every_corpus_line_matches_expected() {
             }
             if !diffs.is_empty() {
                 let shown = String::from_utf8_lossy(&line[..line.len().min(300)]).into_owned();
-                failures.push(format!("{name}:{line_no}:\n{}\n  line: {shown}\n  printed: {described}", diffs.join("\n")));
+                failures
+                    .push(format!("{name}:{line_no}:\n{}\n  line: {shown}\n  printed: {described}", diffs.join("\n")));
             }
         }
     }

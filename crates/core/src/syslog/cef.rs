@@ -121,11 +121,8 @@ fn parse_extension<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) {
             value_end -= 1;
         }
         let raw = &b[value_start.min(value_end)..value_end];
-        let value = if raw.contains(&b'\\') {
-            Text::owned(unescape_value(raw))
-        } else {
-            text.cow(value_start, value_end)
-        };
+        let value =
+            if raw.contains(&b'\\') { Text::owned(unescape_value(raw)) } else { text.cow(value_start, value_end) };
         push_mapped(text, key_start, eq, value, rec);
         match next {
             Some((ks, e2)) => {

@@ -26,11 +26,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn peek(&self) -> Result<u8, ParseError> {
-        self.text
-            .bytes
-            .get(self.pos)
-            .copied()
-            .ok_or_else(|| self.err(ErrorKind::Truncated))
+        self.text.bytes.get(self.pos).copied().ok_or_else(|| self.err(ErrorKind::Truncated))
     }
 
     fn ws(&mut self) {
@@ -104,9 +100,7 @@ impl<'a> Cursor<'a> {
         };
         let mut v = 0u32;
         for &d in digits {
-            let x = (d as char)
-                .to_digit(16)
-                .ok_or(ParseError::new(ErrorKind::BadEscape, escape_at))?;
+            let x = (d as char).to_digit(16).ok_or(ParseError::new(ErrorKind::BadEscape, escape_at))?;
             v = v * 16 + x;
         }
         self.pos += 4;
@@ -169,9 +163,7 @@ impl<'a> Cursor<'a> {
         let raw = &b[start..self.pos];
         let valid = matches!(raw, b"true" | b"false" | b"null")
             || (!raw.is_empty()
-                && raw
-                    .iter()
-                    .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')));
+                && raw.iter().all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')));
         if !valid {
             return Err(ParseError::new(ErrorKind::BadJson, start));
         }

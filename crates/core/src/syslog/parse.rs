@@ -112,19 +112,13 @@ fn parse_pri(b: &[u8], pos: usize) -> Result<(Pri, usize), ParseError> {
     if digits == 0 || b[i] != b'>' || (digits > 1 && b[pos + 1] == b'0') {
         return Err(ParseError::new(ErrorKind::BadPri, i));
     }
-    let pri = u8::try_from(value)
-        .ok()
-        .and_then(Pri::from_value)
-        .ok_or(ParseError::new(ErrorKind::BadPri, pos + 1))?;
+    let pri = u8::try_from(value).ok().and_then(Pri::from_value).ok_or(ParseError::new(ErrorKind::BadPri, pos + 1))?;
     Ok((pri, i + 1))
 }
 
 /// An RFC 5424 VERSION (1-3 digits, not starting with 0) followed by a space.
 fn starts_version(b: &[u8], pos: usize) -> bool {
-    let digits = b[pos.min(b.len())..]
-        .iter()
-        .take_while(|c| c.is_ascii_digit())
-        .count();
+    let digits = b[pos.min(b.len())..].iter().take_while(|c| c.is_ascii_digit()).count();
     (1..=3).contains(&digits) && b[pos] != b'0' && b.get(pos + digits) == Some(&b' ')
 }
 
@@ -151,9 +145,7 @@ fn nil_or<'a>(text: Text<'a>, (s, e): (usize, usize)) -> Option<Cow<'a, str>> {
 fn rfc5424(text: Text<'_>, pos: usize) -> Result<(Header<'_>, usize), ParseError> {
     let b = text.bytes;
     let (vs, ve) = token(b, pos)?;
-    let version = b[vs..ve]
-        .iter()
-        .fold(0u16, |v, d| v * 10 + u16::from(d - b'0'));
+    let version = b[vs..ve].iter().fold(0u16, |v, d| v * 10 + u16::from(d - b'0'));
     let mut spans = [(0usize, 0usize); 5];
     let mut i = ve + 1;
     for span in spans.iter_mut() {
@@ -208,13 +200,11 @@ fn rfc5424(text: Text<'_>, pos: usize) -> Result<(Header<'_>, usize), ParseError
     Ok((header, body))
 }
 
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
+const MONTHS: [&[u8; 3]; 12] =
+    [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
 
 fn digits(b: &[u8], pos: usize, count: usize) -> bool {
-    b.get(pos..pos + count)
-        .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    b.get(pos..pos + count).is_some_and(|d| d.iter().all(u8::is_ascii_digit))
 }
 
 /// `Mmm dd hh:mm:ss` (day as `d`, ` d` or `dd`) at `pos`; returns the end.
@@ -227,10 +217,7 @@ fn bsd_timestamp(b: &[u8], pos: usize) -> Option<usize> {
     if b.get(i) == Some(&b' ') {
         i += 1;
     }
-    let day = b[i.min(b.len())..]
-        .iter()
-        .take_while(|c| c.is_ascii_digit())
-        .count();
+    let day = b[i.min(b.len())..].iter().take_while(|c| c.is_ascii_digit()).count();
     if !(1..=2).contains(&day) || b.get(i + day) != Some(&b' ') {
         return None;
     }
@@ -411,7 +398,10 @@ mod tests {
         assert_eq!(r.srcip(), Some("10.3.3.3".parse::<IpAddr>().expect("literal")));
         assert_eq!(r.dstip(), Some("10.4.4.4".parse::<IpAddr>().expect("literal")));
         assert_eq!((r.srcport(), r.dstport()), (Some(1111), Some(2222)));
-        assert_eq!((r.action(), r.devid(), r.logid(), r.srcintf()), (Some("deny"), Some("FGT9"), Some("0038016004"), Some("N/A")));
+        assert_eq!(
+            (r.action(), r.devid(), r.logid(), r.srcintf()),
+            (Some("deny"), Some("FGT9"), Some("0038016004"), Some("N/A"))
+        );
         assert_eq!(r.get("srcip"), None);
         assert_eq!(r.skipped_tokens(), 0);
         assert_eq!(r.header(), &Header::Rfc3164 { timestamp: "Dec 23 11:13:03".into(), hostname: None });
@@ -456,7 +446,8 @@ mod tests {
 
     #[test]
     fn rfc5424_header_fields() {
-        let r = parse(b"<165>1 2003-10-11T22:14:15.003Z fw.example.com fortigate - ID47 [x@1 k=\"v\"] type=traffic").expect("parses");
+        let r = parse(b"<165>1 2003-10-11T22:14:15.003Z fw.example.com fortigate - ID47 [x@1 k=\"v\"] type=traffic")
+            .expect("parses");
         assert_eq!(
             r.header(),
             &Header::Rfc5424 {

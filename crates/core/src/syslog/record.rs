@@ -64,10 +64,7 @@ pub struct Pri {
 impl Pri {
     /// Splits a PRI value; `None` above 191.
     pub fn from_value(value: u8) -> Option<Pri> {
-        (value <= 191).then_some(Pri {
-            facility: value / 8,
-            severity: value % 8,
-        })
+        (value <= 191).then_some(Pri { facility: value / 8, severity: value % 8 })
     }
 
     /// The PRI number again (`facility * 8 + severity`).
@@ -90,10 +87,7 @@ pub enum Header<'a> {
     None,
     /// `Mmm dd hh:mm:ss [host] `, wazuh's `YYYY Mmm dd hh:mm:ss host->ip `, or a relay's
     /// `YYYY-MM-DDThh:mm:ss[.frac]TZ host `.
-    Rfc3164 {
-        timestamp: Cow<'a, str>,
-        hostname: Option<Cow<'a, str>>,
-    },
+    Rfc3164 { timestamp: Cow<'a, str>, hostname: Option<Cow<'a, str>> },
     /// `VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA`.
     Rfc5424 {
         version: u16,
@@ -325,10 +319,7 @@ impl<'a> LogRecord<'a> {
         if let KeyClass::Hot(slot) = classify(key.as_bytes()) {
             return self.slot(slot);
         }
-        self.fields
-            .iter()
-            .find(|f| f.key == key)
-            .map(|f| f.value.as_ref())
+        self.fields.iter().find(|f| f.key == key).map(|f| f.value.as_ref())
     }
 
     #[inline]
@@ -373,14 +364,12 @@ impl<'a> LogRecord<'a> {
 
     /// `srcport` (or `src_port`).
     pub fn srcport(&self) -> Option<u16> {
-        self.slot_or(Hot::SrcPort, Hot::SrcPortV4)
-            .and_then(|s| s.parse().ok())
+        self.slot_or(Hot::SrcPort, Hot::SrcPortV4).and_then(|s| s.parse().ok())
     }
 
     /// `dstport` (or `dst_port`).
     pub fn dstport(&self) -> Option<u16> {
-        self.slot_or(Hot::DstPort, Hot::DstPortV4)
-            .and_then(|s| s.parse().ok())
+        self.slot_or(Hot::DstPort, Hot::DstPortV4).and_then(|s| s.parse().ok())
     }
 
     /// `proto`, the IP protocol number.
@@ -395,13 +384,7 @@ impl<'a> LogRecord<'a> {
 
     /// `action` (on a FortiOS 4 line: `status`).
     pub fn action(&self) -> Option<&str> {
-        self.slot(Hot::Action).or_else(|| {
-            if self.is_legacy() {
-                self.slot(Hot::Status)
-            } else {
-                None
-            }
-        })
+        self.slot(Hot::Action).or_else(|| if self.is_legacy() { self.slot(Hot::Status) } else { None })
     }
 
     /// `type` (traffic, event, utm, anomaly, ...).

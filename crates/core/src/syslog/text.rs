@@ -18,10 +18,7 @@ pub(crate) struct Text<'a> {
 
 impl<'a> Text<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        Text {
-            bytes,
-            utf8: std::str::from_utf8(bytes).ok(),
-        }
+        Text { bytes, utf8: std::str::from_utf8(bytes).ok() }
     }
 
     /// True if the message was not valid UTF-8.

@@ -1,0 +1,202 @@
+//! From one syslog message to at most two candidate addresses, on the listener's own task.
+//!
+//! Sender allowlist → parse → trigger rules → never-block. Every step that drops a message counts it in the
+//! metrics, by reason; nothing here waits on MISP or the FortiGate, and nothing allocates for a line that does not
+//! trigger (the record borrows from the receive buffer).
+//!
+//! The parse-and-decide part ([`Ingest::evaluate`]) is pure and is what `replay` and the tests call; the
+//! listeners call [`Ingest::offer_nowait`] (UDP: drop and count when the next stage is full) or [`Ingest::offer`]
+//! (TCP/TLS: wait, which pushes back on the sender).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use fortimisp_core::metrics::Metrics;
+use fortimisp_core::policy::{LineFacts, NeverBlock, Triggers};
+use fortimisp_core::syslog;
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::decide::Candidate;
+
+/// What one message turned into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluation {
+    /// Not a FortiGate log line (error kind for the metric).
+    Unparsed(&'static str),
+    /// Parsed, matched no trigger rule.
+    Untriggered,
+    /// Matched rule `rule`; up to two addresses to look up (protected ones already removed).
+    Triggered { rule: usize, ips: [Option<IpAddr>; 2] },
+}
+
+/// The ingest stage's settings and its handle on the next stage.
+pub struct Ingest {
+    triggers: Triggers,
+    never_block: NeverBlock,
+    allowed_senders: Vec<IpNet>,
+    metrics: Arc<Metrics>,
+    out: mpsc::Sender<Candidate>,
+}
+
+impl Ingest {
+    pub fn new(
+        triggers: Triggers,
+        never_block: NeverBlock,
+        allowed_senders: Vec<IpNet>,
+        metrics: Arc<Metrics>,
+        out: mpsc::Sender<Candidate>,
+    ) -> Self {
+        Ingest { triggers, never_block, allowed_senders, metrics, out }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether `peer` may send logs (an empty allowlist allows everyone). Counts a refusal.
+    pub fn sender_allowed(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
+            v4 => v4,
+        };
+        let ok = self.allowed_senders.is_empty() || self.allowed_senders.iter().any(|n| n.contains(&peer));
+        if !ok {
+            Metrics::inc(&self.metrics.dropped, "sender_not_allowed");
+        }
+        ok
+    }
+
+    /// Parses one message and applies the trigger rules and the never-block list. Counts what it drops.
+    pub fn evaluate(&self, message: &[u8]) -> Evaluation {
+        let record = match syslog::parse(message) {
+            Ok(record) => record,
+            Err(error) => {
+                Metrics::inc(&self.metrics.parse_errors, error.kind.as_str());
+                return Evaluation::Unparsed(error.kind.as_str());
+            }
+        };
+        let facts = LineFacts {
+            policyid: record.policyid().map(u64::from),
+            action: record.action(),
+            log_type: record.log_type(),
+            subtype: record.subtype(),
+            srcintf: record.srcintf(),
+            srcip: record.srcip(),
+            dstip: record.dstip(),
+        };
+        let Some(rule) = self.triggers.first_match(&facts) else {
+            self.metrics.untriggered.inc();
+            return Evaluation::Untriggered;
+        };
+        self.metrics.triggered.inc();
+        let mut ips = [None, None];
+        for (slot, ip) in ips.iter_mut().zip(self.triggers.targets(&facts).iter()) {
+            match self.never_block.check(ip) {
+                Some(protected) => {
+                    Metrics::inc(&self.metrics.candidates, "never_block");
+                    debug!(message = "Address is protected, not looked up.", %ip, %protected);
+                }
+                None => *slot = Some(ip),
+            }
+        }
+        Evaluation::Triggered { rule, ips }
+    }
+
+    /// UDP path: evaluate and hand over without waiting. A full queue drops the candidate and counts it.
+    pub fn offer_nowait(&self, message: &[u8], received: Instant) {
+        if let Evaluation::Triggered { rule, ips } = self.evaluate(message) {
+            for ip in ips.into_iter().flatten() {
+                if self.out.try_send(Candidate { ip, rule, received }).is_err() {
+                    Metrics::inc(&self.metrics.candidates, "queue_full");
+                }
+            }
+        }
+    }
+
+    /// TCP/TLS path: evaluate and wait for room in the next stage (back-pressure on the sender).
+    /// Returns `false` once the next stage is gone (shutdown).
+    pub async fn offer(&self, message: &[u8], received: Instant) -> bool {
+        if let Evaluation::Triggered { rule, ips } = self.evaluate(message) {
+            for ip in ips.into_iter().flatten() {
+                if self.out.send(Candidate { ip, rule, received }).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fortimisp_core::config::{Check, TriggerRule};
+
+    fn ingest(rules: Vec<TriggerRule>, never: &[&str], allowed: &[&str]) -> (Ingest, mpsc::Receiver<Candidate>) {
+        let (tx, rx) = mpsc::channel(2);
+        let nets = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<IpNet>>();
+        let ingest = Ingest::new(
+            Triggers::new(rules),
+            NeverBlock::new(nets(never)),
+            nets(allowed),
+            Arc::new(Metrics::new()),
+            tx,
+        );
+        (ingest, rx)
+    }
+
+    fn rule7(check: Check) -> TriggerRule {
+        TriggerRule { policy_id: Some(7), action: Some("accept".into()), check, ..TriggerRule::default() }
+    }
+
+    const LINE: &[u8] = br#"<189>date=2024-05-01 time=10:00:00 devname="fw1" type="traffic" subtype="forward" srcip=198.51.100.7 dstip=10.0.0.5 srcintf="wan1" policyid=7 action="accept""#;
+
+    #[test]
+    fn evaluation_table() {
+        let (ing, _rx) = ingest(vec![rule7(Check::Both)], &["203.0.113.0/24"], &[]);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let cases: Vec<(Vec<u8>, Evaluation)> = vec![
+            (LINE.to_vec(), Evaluation::Triggered { rule: 0, ips: [ip("198.51.100.7"), None] }),
+            (
+                String::from_utf8_lossy(LINE).replace("dstip=10.0.0.5", "dstip=192.0.2.9").into_bytes(),
+                Evaluation::Triggered { rule: 0, ips: [ip("198.51.100.7"), ip("192.0.2.9")] },
+            ),
+            (
+                String::from_utf8_lossy(LINE).replace("srcip=198.51.100.7", "srcip=203.0.113.5").into_bytes(),
+                Evaluation::Triggered { rule: 0, ips: [None, None] },
+            ),
+            (String::from_utf8_lossy(LINE).replace("policyid=7", "policyid=8").into_bytes(), Evaluation::Untriggered),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(ing.evaluate(&line), expected, "{}", String::from_utf8_lossy(&line));
+        }
+        assert!(matches!(ing.evaluate(b"\x00\xff garbage"), Evaluation::Unparsed(_)));
+        assert_eq!(ing.metrics().untriggered.get(), 1);
+        assert_eq!(Metrics::count(&ing.metrics().candidates, "never_block"), 2, "10.0.0.5 and 203.0.113.5");
+    }
+
+    #[test]
+    fn allowlist() {
+        let (ing, _rx) = ingest(vec![], &[], &["192.0.2.0/24", "2001:db8::/32"]);
+        assert!(ing.sender_allowed("192.0.2.10".parse().unwrap()));
+        assert!(ing.sender_allowed("::ffff:192.0.2.10".parse().unwrap()));
+        assert!(ing.sender_allowed("2001:db8::1".parse().unwrap()));
+        assert!(!ing.sender_allowed("198.51.100.1".parse().unwrap()));
+        assert_eq!(Metrics::count(&ing.metrics().dropped, "sender_not_allowed"), 1);
+        let (open, _rx) = ingest(vec![], &[], &[]);
+        assert!(open.sender_allowed("198.51.100.1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts() {
+        let (ing, mut rx) = ingest(vec![rule7(Check::Src)], &[], &[]);
+        for _ in 0..5 {
+            ing.offer_nowait(LINE, Instant::now());
+        }
+        assert_eq!(Metrics::count(&ing.metrics().candidates, "queue_full"), 3);
+        assert!(rx.recv().await.is_some());
+    }
+}

@@ -1,0 +1,225 @@
+//! The syslog listeners: UDP, TCP (RFC 6587 octet counting and LF framing) and TCP over TLS.
+//!
+//! Each listener owns its socket and hands every message to [`Ingest`] on its own task. The UDP loop never
+//! waits on anything but the socket: it parses in place from its receive buffer and drops (counting) when the
+//! decision stage is full. Stream listeners read with a [`FrameDecoder`] per connection and wait for room
+//! downstream, which pushes back on the sender through TCP flow control.
+//!
+//! Limits: at most [`MAX_CONNECTIONS`] stream connections at once; a further connection waits in the accept
+//! backlog until one closes. A connection silent for [`IDLE_TIMEOUT`] is closed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fortimisp_core::metrics::Metrics;
+use fortimisp_core::syslog::{self, FrameDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::ingest::Ingest;
+
+/// Stream connections served at once; beyond it, new connections wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 512;
+/// A stream connection that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Binds the UDP socket with the requested receive buffer (the kernel may grant less; that is logged).
+pub fn bind_udp(addr: SocketAddr, recv_buffer_bytes: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too on `[::]`.
+        let _ = socket.set_only_v6(false);
+    }
+    if let Err(error) = socket.set_recv_buffer_size(recv_buffer_bytes) {
+        warn!(message = "Could not set the UDP receive buffer.", %error, requested = recv_buffer_bytes);
+    }
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    if granted < recv_buffer_bytes {
+        warn!(
+            message = "Kernel granted a smaller UDP receive buffer than requested; raise net.core.rmem_max to avoid drops under bursts.",
+            requested = recv_buffer_bytes,
+            granted
+        );
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Receives datagrams until `shutdown`. One datagram is one message.
+pub async fn run_udp(socket: UdpSocket, ingest: Arc<Ingest>, max_message_bytes: usize, shutdown: CancellationToken) {
+    // One byte more than the largest datagram so an oversize one is seen as such, not truncated silently.
+    let mut buf = vec![0u8; 65536];
+    let metrics = ingest.metrics();
+    loop {
+        let (len, peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                Err(error) => {
+                    // ICMP errors surface here on some systems; the socket stays usable.
+                    debug!(message = "UDP receive error.", %error);
+                    continue;
+                }
+            },
+        };
+        let received = Instant::now();
+        Metrics::inc(&metrics.received, "udp");
+        if !ingest.sender_allowed(peer.ip()) {
+            continue;
+        }
+        match syslog::datagram(&buf[..len], max_message_bytes) {
+            Ok(message) => ingest.offer_nowait(message, received),
+            Err(_) => Metrics::inc(&metrics.dropped, "oversize"),
+        }
+    }
+}
+
+/// A TLS acceptor from PEM files.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).map_err(|e| format!("syslog.tls_cert: cannot read {}: {e}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| format!("syslog.tls_cert: {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("syslog.tls_cert: {} holds no certificate", cert.display()));
+    }
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).map_err(|e| format!("syslog.tls_key: cannot read {}: {e}", key.display()))?,
+    ))
+    .map_err(|e| format!("syslog.tls_key: {}: {e}", key.display()))?
+    .ok_or_else(|| format!("syslog.tls_key: {} holds no private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("syslog.tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("syslog.tls_key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts stream connections until `shutdown`; with `tls`, each is wrapped in TLS first.
+pub async fn run_stream(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ingest: Arc<Ingest>,
+    max_message_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let kind: &'static str = if tls.is_some() { "tls" } else { "tcp" };
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    warn!(message = "Accept failed.", %error, listener = kind);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if !ingest.sender_allowed(peer.ip()) {
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let ingest = ingest.clone();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        let span = tracing::info_span!("syslog_connection", %peer, listener = kind);
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                debug!(message = "Connection opened.");
+                match tls {
+                    None => read_stream(stream, kind, &ingest, max_message_bytes, &shutdown).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => read_stream(stream, kind, &ingest, max_message_bytes, &shutdown).await,
+                            Ok(Err(error)) => {
+                                Metrics::inc(&ingest.metrics().dropped, "tls_handshake");
+                                info!(message = "TLS handshake failed.", %error);
+                            }
+                            Err(_) => Metrics::inc(&ingest.metrics().dropped, "tls_handshake"),
+                        }
+                    }
+                }
+                debug!(message = "Connection closed.");
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Reads framed messages from one connection until it closes, goes idle, or `shutdown`.
+async fn read_stream<S: AsyncRead + Unpin>(
+    mut stream: S,
+    kind: &'static str,
+    ingest: &Ingest,
+    max_message_bytes: usize,
+    shutdown: &CancellationToken,
+) {
+    let metrics = ingest.metrics();
+    let mut decoder = FrameDecoder::new(max_message_bytes);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        // Drain every complete message already buffered.
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(message)) => {
+                    Metrics::inc(&metrics.received, kind);
+                    if !ingest.offer(&message, Instant::now()).await {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    Metrics::inc(&metrics.dropped, "framing");
+                    debug!(message = "Framing error; message skipped.", %error);
+                }
+            }
+        }
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(&mut buf)) => r,
+        };
+        match read {
+            Ok(Ok(0)) => {
+                match decoder.decode_eof(&mut buf) {
+                    Ok(Some(message)) => {
+                        Metrics::inc(&metrics.received, kind);
+                        ingest.offer(&message, Instant::now()).await;
+                    }
+                    Ok(None) => {}
+                    Err(_) => Metrics::inc(&metrics.dropped, "framing"),
+                }
+                return;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                debug!(message = "Read error; closing connection.", %error);
+                return;
+            }
+            Err(_) => {
+                debug!(message = "Idle connection closed.");
+                return;
+            }
+        }
+    }
+}
