@@ -175,7 +175,7 @@ mod tests {
         }
         assert!(matches!(ing.evaluate(b"\x00\xff garbage"), Evaluation::Unparsed(_)));
         assert_eq!(ing.metrics().untriggered.get(), 1);
-        assert_eq!(Metrics::count(&ing.metrics().candidates, "never_block"), 2, "10.0.0.5 and 203.0.113.5");
+        assert_eq!(Metrics::count(&ing.metrics().candidates, "never_block"), 3, "10.0.0.5 twice and 203.0.113.5");
     }
 
     #[test]
