@@ -7,6 +7,7 @@
 //!   Only this module knows MISP's URLs and JSON.
 //! - [`fortigate`]: the FortiOS REST client (address objects, groups, child-table members, banned IPs). Only this
 //!   module knows FortiOS paths, percent-encoding and the response envelope.
+//! - [`clients`]: the MISP and FortiGate clients built from the validated config.
 //! - [`config`]: the operator contract's `config.toml`, parsed then validated into a [`config::Config`].
 //! - [`indicators`]: the local set of blocking IPs and networks (longest-prefix match, keyed by uuid).
 //! - [`metrics`]: every exported metric, and the `/metrics` + `/healthz` server.
@@ -14,6 +15,7 @@
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 #![forbid(unsafe_code)]
 
+pub mod clients;
 pub mod config;
 pub mod fortigate;
 pub mod indicators;

@@ -1,6 +1,158 @@
 //! `integration`: the blocking daemon and its operator subcommands.
+//!
+//! This file does four things: parse the command line, load the config (one line naming the key on error, exit
+//! 2), set up logging, and turn SIGTERM/SIGINT into a cancellation token. Everything else is in the modules:
+//! [`run`] wires the daemon's stages ([`listen`] → [`ingest`] → [`decide`] → [`block`]), [`mirror`] keeps the
+//! local copy of MISP's indicators, [`commands`] holds the hand-run subcommands, which call the same stages.
+
+mod backend;
+mod block;
+mod commands;
 mod decide;
 mod ingest;
 mod listen;
+mod mirror;
+mod run;
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fortimisp_core::config::{Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a config that cannot be loaded (the contract's "bad config fails at start").
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "integration", version, about = "fortimisp: block on the FortiGate what MISP lists, as FortiGate logs show it")]
+struct Cli {
+    /// Config file [default: $FORTIMISP_CONFIG, then /etc/fortimisp/config.toml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the blocking daemon (the default).
+    Run,
+    /// Check the config and the reachability and permissions of MISP and the FortiGate; exit 0 or 1.
+    Validate,
+    /// Show what MISP knows about IP and what the daemon would decide. Changes nothing.
+    Lookup { ip: std::net::IpAddr },
+    /// Block IP by hand, through the same path as the daemon.
+    Block {
+        ip: std::net::IpAddr,
+        /// Text added to the object comment.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Block even an address in never_block (reserved ranges can never be blocked).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a block fortimisp made.
+    Unblock { ip: std::net::IpAddr },
+    /// List the blocks fortimisp owns on the FortiGate, with age and reason.
+    List,
+    /// Feed a file of log lines through the pipeline.
+    Replay {
+        logfile: PathBuf,
+        /// Decide and log, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print how each line is read, one JSON object per line. Needs no config.
+    Parse {
+        /// A file of log lines, or - for standard input.
+        #[arg(default_value = "-")]
+        logfile: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Command::Parse { logfile }) = &cli.command {
+        return match commands::parse(logfile) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let path = Config::resolve_path(cli.config.clone());
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config);
+    for warning in &config.warnings {
+        tracing::warn!(message = "Config warning.", warning = %warning);
+    }
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signal_to(shutdown.clone()));
+                run::run(config, shutdown).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Validate => commands::validate(config).await,
+            Command::Lookup { ip } => commands::lookup(config, ip).await,
+            Command::Block { ip, comment, force } => commands::block(config, ip, comment, force).await,
+            Command::Unblock { ip } => commands::unblock(config, ip).await,
+            Command::List => commands::list(config).await,
+            Command::Replay { logfile, dry_run } => commands::replay(config, &logfile, dry_run).await,
+            Command::Parse { .. } => unreachable!("handled before the config is loaded"),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(message = "Failed.", error = %format!("{error:#}"));
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logging from `[log]`; `RUST_LOG` overrides the level.
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn signal_to(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    token.cancel();
+}

@@ -1,0 +1,493 @@
+//! The blocking stage: journal first, then the FortiGate, retried until done.
+//!
+//! Every [`BlockRequest`] is written to the journal as a pending action *before* any FortiGate call, so a crash,
+//! a SIGKILL or an outage loses nothing: at start the [`Blocker`] resumes every pending block from the journal.
+//!
+//! [`Executor::execute`] is the one code path that changes the FortiGate for a block; the daemon's [`Blocker`]
+//! task and the hand-run `integration block` both call it. It re-checks the never-block list right before the
+//! write (defence in depth), honours `dry_run`, and classifies the outcome:
+//! - done (created, or already there) → journal `done`, block ledger, optional MISP sighting;
+//! - retryable (timeouts, 5xx, 429) → stays pending, retried with capped exponential backoff;
+//! - fatal (401/403: token revoked, not a trusted host) → every write pauses for [`FATAL_PAUSE`], an alert
+//!   metric is set, actions stay pending in the journal;
+//! - permanent (a foreign object with our name, an invalid name) → journal `failed` with the reason.
+//!
+//! `max_blocks_per_minute` is a token bucket in front of the executor; what exceeds it waits in the queue (and
+//! the journal) and sets the `block_rate_limited` alert metric.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use fortimisp_core::fortigate::{self, Comment};
+use fortimisp_core::indicators::{format_uuid, Hit};
+use fortimisp_core::journal::{ActionId, ActionKind, BlockRecord, Decision, Journal, NewAction, Outcome};
+use fortimisp_core::metrics::Metrics;
+use fortimisp_core::policy::NeverBlock;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::decide::BlockRequest;
+
+/// How long every write pauses after the FortiGate refused the token (retrying sooner extends its lockout).
+pub const FATAL_PAUSE: Duration = Duration::from_secs(300);
+/// Block executions in flight at once (the FortiGate client's own rate limit applies below this).
+pub const MAX_IN_FLIGHT: usize = 8;
+/// Longest wait between two attempts of one action.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
+
+/// What a backend did for one block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Blocked { object: String, group: Option<String> },
+    AlreadyBlocked { object: String, group: Option<String> },
+}
+
+/// The FortiGate side of a block: address-group or banned-ip.
+pub trait Backend: Send + Sync + 'static {
+    fn block(&self, ip: IpAddr, comment: &Comment) -> impl Future<Output = Result<Applied, fortigate::Error>> + Send;
+    /// `address-group` or `banned-ip`.
+    fn name(&self) -> &'static str;
+}
+
+/// Adds a MISP sighting after a block (best effort).
+pub trait Sighter: Send + Sync + 'static {
+    fn sight(&self, ip: IpAddr) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// One block to carry out.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub action: ActionId,
+    pub ip: IpAddr,
+    pub event_id: Option<u64>,
+    pub rule: Option<usize>,
+    pub comment: String,
+    pub reason: String,
+    pub received: Option<Instant>,
+    pub attempts: u32,
+    pub not_before: Instant,
+}
+
+/// How one execution ended.
+#[derive(Debug)]
+pub enum Executed {
+    Done(Applied),
+    DryRun,
+    Protected(String),
+    Retry(String),
+    Fatal(String),
+    Failed(String),
+}
+
+/// Carries out blocks. Shared by the daemon and the `block` subcommand.
+pub struct Executor<B: Backend, S: Sighter> {
+    pub backend: B,
+    pub sighter: Option<S>,
+    pub journal: Journal,
+    pub never_block: NeverBlock,
+    pub dry_run: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<B: Backend, S: Sighter> Executor<B, S> {
+    /// Journals a new block decision as pending and returns the job to execute.
+    pub async fn enqueue(&self, request: &BlockRequest) -> Job {
+        let event_id = (request.hit.entry.event_id != 0).then_some(request.hit.entry.event_id);
+        let more = match &request.note {
+            Some(note) => note.clone(),
+            None => format!(
+                "indicator={} attr={} rule={}",
+                request.hit.network,
+                format_uuid(request.hit.entry.uuid),
+                request.rule.map(|r| r.to_string()).unwrap_or_else(|| "-".into())
+            ),
+        };
+        let event_label = event_id.map(|e| e.to_string()).unwrap_or_else(|| "manual".into());
+        let comment = Comment::new(Utc::now(), &event_label, &more).as_str().to_string();
+        let reason = match (event_id, request.rule) {
+            (Some(e), Some(r)) => format!("misp-event={e} rule={r}"),
+            (Some(e), None) => format!("misp-event={e}"),
+            (None, _) => "manual".to_string(),
+        };
+        let action = NewAction {
+            kind: ActionKind::Block,
+            ip: request.ip,
+            reason: reason.clone(),
+            event_id,
+            rule: request.rule,
+            comment: Some(comment.clone()),
+            requested_at: Utc::now(),
+        };
+        let journal = self.journal.clone();
+        let id = blocking(move || journal.enqueue(&action)).await;
+        let id = match id {
+            Ok(id) => id,
+            Err(error) => {
+                // The journal keeps a memory copy when the file fails; an error here means even that failed.
+                error!(message = "Journal refused a block; executing without a durable record.", %error, ip = %request.ip);
+                ActionId::from(0)
+            }
+        };
+        Job {
+            action: id,
+            ip: request.ip,
+            event_id,
+            rule: request.rule,
+            comment,
+            reason,
+            received: Some(request.received),
+            attempts: 0,
+            not_before: Instant::now(),
+        }
+    }
+
+    /// Executes one block and journals its outcome.
+    pub async fn execute(&self, job: &Job) -> Executed {
+        if let Some(protected) = self.never_block.check(job.ip) {
+            let reason = format!("protected: {protected}");
+            warn!(message = "Refusing to block a protected address.", ip = %job.ip, %protected);
+            self.finish(job, Outcome::Skipped { reason: reason.clone() }, "never-block", &reason).await;
+            return Executed::Protected(reason);
+        }
+        if self.dry_run {
+            info!(message = "Dry run: would block.", ip = %job.ip, reason = %job.reason);
+            Metrics::inc(&self.metrics.blocks, "dry_run");
+            self.finish(job, Outcome::Skipped { reason: "dry_run".into() }, "dry-run", &job.reason).await;
+            return Executed::DryRun;
+        }
+        let started = std::time::Instant::now();
+        let result = self.backend.block(job.ip, &Comment::from_raw(&job.comment)).await;
+        self.metrics.observe_request("fortigate", result.is_ok(), started.elapsed());
+        match result {
+            Ok(applied) => {
+                let (outcome, object, group) = match &applied {
+                    Applied::Blocked { object, group } => ("blocked", object.clone(), group.clone()),
+                    Applied::AlreadyBlocked { object, group } => ("already_blocked", object.clone(), group.clone()),
+                };
+                Metrics::inc(&self.metrics.blocks, outcome);
+                if let Some(received) = job.received {
+                    self.metrics.block_latency_seconds.observe(received.elapsed().as_secs_f64());
+                }
+                info!(message = "Blocked.", ip = %job.ip, %object, group = group.as_deref().unwrap_or("-"),
+                      reason = %job.reason, outcome);
+                let record = BlockRecord {
+                    ip: job.ip,
+                    object,
+                    group,
+                    event_id: job.event_id,
+                    rule: job.rule,
+                    reason: job.reason.clone(),
+                    blocked_at: Utc::now(),
+                    backend: self.backend.name().to_string(),
+                };
+                let journal = self.journal.clone();
+                if let Err(error) = blocking(move || journal.record_block(&record)).await {
+                    warn!(message = "Could not record the block in the journal ledger.", %error, ip = %job.ip);
+                }
+                self.finish(job, Outcome::Done, "block", &job.reason).await;
+                if let (Some(sighter), Applied::Blocked { .. }) = (&self.sighter, &applied) {
+                    if let Err(error) = sighter.sight(job.ip).await {
+                        warn!(message = "MISP sighting failed.", %error, ip = %job.ip);
+                    }
+                }
+                Executed::Done(applied)
+            }
+            Err(error) if error.is_fatal() => Executed::Fatal(error.to_string()),
+            Err(error) if error.is_retryable() => {
+                Metrics::inc(&self.metrics.blocks, "retry");
+                let text = error.to_string();
+                let journal = self.journal.clone();
+                let (id, t) = (job.action, text.clone());
+                let _ = blocking(move || journal.record_attempt(id, &t)).await;
+                Executed::Retry(text)
+            }
+            Err(error) => {
+                let outcome = if matches!(error, fortigate::Error::Foreign { .. }) { "foreign" } else { "failed" };
+                Metrics::inc(&self.metrics.blocks, outcome);
+                let reason = error.to_string();
+                error!(message = "Block failed and will not be retried.", ip = %job.ip, error = %reason);
+                self.finish(job, Outcome::Failed { reason: reason.clone() }, "failed", &reason).await;
+                Executed::Failed(reason)
+            }
+        }
+    }
+
+    async fn finish(&self, job: &Job, outcome: Outcome, verdict: &str, detail: &str) {
+        let journal = self.journal.clone();
+        let decision = Decision {
+            at: Utc::now(),
+            ip: job.ip,
+            verdict: verdict.to_string(),
+            detail: detail.to_string(),
+            event_id: job.event_id,
+            rule: job.rule,
+        };
+        let id = job.action;
+        let result = blocking(move || {
+            journal.record_decision(&decision)?;
+            journal.complete(id, &outcome)
+        })
+        .await;
+        if let Err(error) = result {
+            warn!(message = "Could not journal an outcome.", %error, ip = %job.ip);
+        }
+    }
+}
+
+/// Runs a journal call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, fortimisp_core::journal::Error> + Send + 'static,
+) -> Result<T, fortimisp_core::journal::Error> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// The token bucket behind `max_blocks_per_minute`.
+#[derive(Debug)]
+struct RateLimit {
+    per_minute: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_minute: u32) -> Self {
+        RateLimit { per_minute: per_minute as f64, tokens: per_minute as f64, last: Instant::now() }
+    }
+
+    fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_minute / 60.0;
+        self.tokens = (self.tokens + refill).min(self.per_minute);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token will be there.
+    fn next_token(&self) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.last + Duration::from_secs_f64(missing * 60.0 / self.per_minute)
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(10)));
+    let capped = base.min(MAX_BACKOFF);
+    // Up to 25 % jitter so many pending actions do not retry in lockstep.
+    let jitter = capped.mul_f64(rand_fraction() * 0.25);
+    capped + jitter
+}
+
+fn rand_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    (h.finish() % 1000) as f64 / 1000.0
+}
+
+/// The daemon's blocking task.
+pub struct Blocker<B: Backend, S: Sighter> {
+    executor: Arc<Executor<B, S>>,
+    rate: RateLimit,
+    queue: VecDeque<Job>,
+    paused_until: Option<Instant>,
+}
+
+impl<B: Backend, S: Sighter> Blocker<B, S> {
+    pub fn new(executor: Executor<B, S>, max_blocks_per_minute: u32) -> Self {
+        Blocker {
+            executor: Arc::new(executor),
+            rate: RateLimit::new(max_blocks_per_minute),
+            queue: VecDeque::new(),
+            paused_until: None,
+        }
+    }
+
+    /// Queues the blocks a previous run left pending in the journal.
+    pub async fn resume_pending(&mut self) -> usize {
+        let journal = self.executor.journal.clone();
+        let pending = match blocking(move || journal.pending_of(ActionKind::Block)).await {
+            Ok(p) => p,
+            Err(error) => {
+                error!(message = "Could not read pending actions from the journal.", %error);
+                return 0;
+            }
+        };
+        let n = pending.len();
+        for p in pending {
+            let comment = p.comment.clone().unwrap_or_else(|| {
+                let event = p.event_id.map(|e| e.to_string()).unwrap_or_else(|| "manual".into());
+                Comment::new(Utc::now(), &event, "resumed").as_str().to_string()
+            });
+            self.queue.push_back(Job {
+                action: p.id,
+                ip: p.ip,
+                event_id: p.event_id,
+                rule: p.rule,
+                comment,
+                reason: p.reason,
+                received: None,
+                attempts: p.attempts,
+                not_before: Instant::now(),
+            });
+        }
+        if n > 0 {
+            info!(message = "Resuming pending blocks from the journal.", count = n);
+        }
+        n
+    }
+
+    /// Runs until the input closes or `shutdown` fires; then lets in-flight executions finish (bounded by
+    /// `drain`). Whatever is still queued stays pending in the journal for the next start.
+    pub async fn run(mut self, mut input: mpsc::Receiver<BlockRequest>, shutdown: CancellationToken, drain: Duration) {
+        let mut running: JoinSet<(Job, Executed)> = JoinSet::new();
+        let mut input_open = true;
+        loop {
+            self.dispatch(&mut running);
+            self.publish_gauges();
+            let wake = if running.len() < MAX_IN_FLIGHT { self.next_wake() } else { None };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(joined) = running.join_next(), if !running.is_empty() => {
+                    let (job, executed) = joined.expect("block executions do not panic");
+                    self.on_executed(job, executed);
+                }
+                request = input.recv(), if input_open => match request {
+                    Some(request) => {
+                        let job = self.executor.enqueue(&request).await;
+                        self.queue.push_back(job);
+                    }
+                    None => input_open = false,
+                },
+                _ = sleep_until_opt(wake) => {}
+            }
+            if !input_open && self.queue.is_empty() && running.is_empty() {
+                break;
+            }
+        }
+        // Shutdown: no new executions; the running ones finish (each is journaled either way).
+        let deadline = Instant::now() + drain;
+        while !running.is_empty() {
+            match tokio::time::timeout_at(deadline, running.join_next()).await {
+                Ok(Some(Ok((job, executed)))) => self.on_executed(job, executed),
+                Ok(_) => break,
+                Err(_) => {
+                    warn!(message = "Shutdown deadline reached; unfinished blocks stay pending in the journal.",
+                          running = running.len());
+                    running.abort_all();
+                    break;
+                }
+            }
+        }
+        // Requests that reached the channel but not the journal yet are journaled now, so nothing is lost.
+        input.close();
+        while let Ok(request) = input.try_recv() {
+            self.executor.enqueue(&request).await;
+        }
+        self.publish_gauges();
+    }
+
+    fn dispatch(&mut self, running: &mut JoinSet<(Job, Executed)>) {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|until| until > now) {
+            return;
+        }
+        if self.paused_until.take().is_some() {
+            self.executor.metrics.fortigate_unauthorized.set(0);
+            info!(message = "Resuming FortiGate writes after the pause.");
+        }
+        let mut limited = false;
+        let mut deferred = VecDeque::new();
+        while running.len() < MAX_IN_FLIGHT {
+            let Some(job) = self.queue.pop_front() else { break };
+            if job.not_before > now {
+                deferred.push_back(job);
+                continue;
+            }
+            // Retries of an already-counted action do not take a new token.
+            if job.attempts == 0 && !self.rate.try_take() {
+                limited = true;
+                self.queue.push_front(job);
+                break;
+            }
+            let executor = self.executor.clone();
+            running.spawn(async move {
+                let executed = executor.execute(&job).await;
+                (job, executed)
+            });
+        }
+        deferred.append(&mut self.queue);
+        self.queue = deferred;
+        self.executor.metrics.block_rate_limited.set(i64::from(limited));
+        if limited {
+            warn!(message = "max_blocks_per_minute reached; further blocks wait in the journal.",
+                  waiting = self.queue.len());
+        }
+    }
+
+    fn on_executed(&mut self, mut job: Job, executed: Executed) {
+        match executed {
+            Executed::Done(_) | Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {}
+            Executed::Retry(error) => {
+                job.attempts += 1;
+                let wait = backoff(job.attempts);
+                warn!(message = "Block failed; will retry.", ip = %job.ip, %error, attempts = job.attempts,
+                      retry_in = ?wait);
+                job.not_before = Instant::now() + wait;
+                self.queue.push_back(job);
+            }
+            Executed::Fatal(error) => {
+                if self.paused_until.is_none() {
+                    error!(message = "FortiGate refused our credentials; pausing all writes. Check the API token and trusted hosts.",
+                           %error, pause = ?FATAL_PAUSE);
+                }
+                self.executor.metrics.fortigate_unauthorized.set(1);
+                self.paused_until = Some(Instant::now() + FATAL_PAUSE);
+                job.not_before = Instant::now();
+                self.queue.push_front(job);
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        if let Some(until) = self.paused_until {
+            return Some(until);
+        }
+        let earliest = self.queue.iter().map(|j| j.not_before).min()?;
+        Some(earliest.max(self.rate.next_token().min(earliest + Duration::from_secs(60))))
+    }
+
+    fn publish_gauges(&self) {
+        self.executor.metrics.pending_actions.set(self.queue.len() as i64);
+        self.executor.metrics.journal_degraded.set(i64::from(self.executor.journal.is_degraded()));
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A block request made by hand (`integration block IP`): no MISP hit behind it.
+pub fn manual_request(ip: IpAddr, note: Option<String>, hit: Option<Hit>) -> BlockRequest {
+    use fortimisp_core::indicators::Entry;
+    let hit = hit.unwrap_or(Hit { network: ip.into(), entry: Entry { event_id: 0, uuid: 0 } });
+    BlockRequest { ip, hit, rule: None, received: Instant::now(), note: Some(note.unwrap_or_else(|| "manual".into())) }
+}

@@ -1,0 +1,284 @@
+//! The hand-run subcommands. Each goes through the same stages as the daemon (ingest, decide, execute), so what
+//! an operator tries by hand is what the daemon does.
+
+use std::io::{BufRead, Write};
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use fortimisp_core::config::{Backend as BackendKind, Config};
+use fortimisp_core::fortigate::UnblockOutcome;
+use fortimisp_core::metrics::Metrics;
+use fortimisp_core::misp::SearchQuery;
+use fortimisp_core::policy::Protected;
+use fortimisp_core::syslog;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::block::{self, Blocker, Executed};
+use crate::decide::SharedMirror;
+use crate::mirror;
+use crate::run::Parts;
+
+/// `integration parse [LOGFILE|-]`: one JSON object per input line.
+pub fn parse(logfile: &str) -> Result<()> {
+    let reader: Box<dyn BufRead> = if logfile == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(logfile).with_context(|| format!("cannot open {logfile}"))?))
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("reading {logfile}"))?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        writeln!(out, "{}", syslog::describe_line(i + 1, line))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `integration validate`: config (already loaded), MISP and FortiGate reachability and permissions.
+pub async fn validate(config: Config) -> Result<ExitCode> {
+    let parts = Parts::build(config)?;
+    let cfg = &parts.config;
+    let mut ok = true;
+    println!("ok    config: {} trigger rule(s), backend {}", cfg.trigger.len(), cfg.fortigate.backend);
+    for warning in &cfg.warnings {
+        println!("warn  {warning}");
+    }
+    match parts.misp.check(cfg.misp.sightings, false).await {
+        Ok(info) => {
+            println!("ok    misp: {} (version {})", cfg.misp.url, info.version.version);
+            if cfg.misp.sightings && !info.user.role.perm_sighting {
+                ok = false;
+                println!("FAIL  misp: misp.sightings is on but the key's role lacks perm_sighting");
+            }
+            if cfg.misp.feed_update_interval.is_some() && !info.user.role.perm_site_admin {
+                println!("warn  misp: feed updates need a site admin key; housekeeping's feed update will fail");
+            }
+        }
+        Err(error) => {
+            ok = false;
+            println!("FAIL  misp: {}: {error}", cfg.misp.url);
+        }
+    }
+    match parts.fortigate.system_status().await {
+        Ok(status) => {
+            println!("ok    fortigate: {} (version {}, vdom {})", cfg.fortigate.url, status.version, cfg.fortigate.vdom);
+            match parts.fortigate.list_owned().await {
+                Ok(owned) => println!("ok    fortigate: can read address objects ({} owned by fortimisp)", owned.len()),
+                Err(error) => {
+                    ok = false;
+                    println!("FAIL  fortigate: cannot list address objects: {error}");
+                }
+            }
+        }
+        Err(error) => {
+            ok = false;
+            println!("FAIL  fortigate: {}: {error}", cfg.fortigate.url);
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `integration lookup IP`: what MISP knows and what the daemon would decide. No change made.
+pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
+    let parts = Parts::build(config)?;
+    let cfg = &parts.config.misp;
+    println!("address: {ip}");
+    if let Some(protected) = parts.never_block.check(ip) {
+        println!("decision: never blocked ({protected})");
+    }
+    // Everything MISP holds for the value, unfiltered, so the operator sees why a filter excludes it.
+    let all = parts.misp.search_values(&SearchQuery::new(), &[ip]).await.context("MISP restSearch")?;
+    if all.is_empty() {
+        println!("misp: no attribute matches {ip} exactly (CIDR indicators only show through the mirror)");
+    }
+    for ind in &all {
+        println!(
+            "misp: event {} attribute {} type {} value {} to_ids={} deleted={} tags=[{}] -> {}",
+            ind.event_id,
+            ind.uuid,
+            ind.kind,
+            ind.network,
+            ind.to_ids,
+            ind.deleted,
+            ind.tags.join(","),
+            if mirror::is_blocking(cfg, ind) { "counts as a hit" } else { "filtered out by [misp]" }
+        );
+    }
+    match parts.misp.check_warninglist(&[ip]).await {
+        Ok(hits) => match hits.get(&ip) {
+            Some(lists) => {
+                let names: Vec<&str> = lists.iter().map(|h| h.name.as_str()).collect();
+                println!("warninglists: {}{}", names.join(", "), if cfg.enforce_warninglist { " (enforced: not blocked)" } else { "" });
+            }
+            None => println!("warninglists: none"),
+        },
+        Err(error) => println!("warninglists: check failed: {error}"),
+    }
+    let filtered = parts.misp.search_values(&mirror::base_query(cfg), &[ip]).await.context("MISP restSearch")?;
+    let hit = filtered.iter().any(|ind| mirror::is_blocking(cfg, ind) && ind.network.contains(&ip));
+    let decision = match (parts.never_block.check(ip), hit) {
+        (Some(_), _) => "not blocked (protected address)",
+        (None, true) => "would block",
+        (None, false) => "would not block (no blocking indicator)",
+    };
+    println!("decision: {decision}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `integration block IP`: the daemon's execution path, by hand.
+pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: bool) -> Result<ExitCode> {
+    let mut parts = Parts::build(config)?;
+    match parts.never_block.check(ip) {
+        Some(Protected::Reserved { range, name }) => {
+            bail!("{ip} is in the reserved range {range} ({name}); it can never be blocked")
+        }
+        Some(Protected::Configured { range }) if !force => {
+            bail!("{ip} is in blocking.never_block ({range}); add --force to block it anyway")
+        }
+        Some(Protected::Configured { .. }) => {
+            // --force: this one call may block it; reserved ranges stay protected.
+            parts.never_block = fortimisp_core::policy::NeverBlock::new(Vec::new());
+        }
+        None => {}
+    }
+    let executor = parts.executor(false);
+    let request = block::manual_request(ip, Some(comment.unwrap_or_else(|| "manual".into())), None);
+    let job = executor.enqueue(&request).await;
+    match executor.execute(&job).await {
+        Executed::Done(applied) => {
+            println!("{applied:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Executed::DryRun => {
+            println!("dry run: {ip} would be blocked");
+            Ok(ExitCode::SUCCESS)
+        }
+        Executed::Protected(reason) => bail!("not blocked: {reason}"),
+        Executed::Retry(error) => bail!("not blocked yet (the daemon will retry it from the journal): {error}"),
+        Executed::Fatal(error) | Executed::Failed(error) => bail!("not blocked: {error}"),
+    }
+}
+
+/// `integration unblock IP`: removes fortimisp's block (never a foreign object).
+pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
+    let parts = Parts::build(config)?;
+    match parts.config.fortigate.backend {
+        BackendKind::AddressGroup => match parts.fortigate.unblock(ip).await.context("FortiGate")? {
+            UnblockOutcome::Unblocked => println!("unblocked {ip}"),
+            UnblockOutcome::NotBlocked => println!("{ip} was not blocked by fortimisp"),
+        },
+        BackendKind::BannedIp => {
+            parts.fortigate.unban(ip).await.context("FortiGate")?;
+            println!("unbanned {ip}");
+        }
+    }
+    let journal = parts.journal.clone();
+    tokio::task::spawn_blocking(move || journal.record_unblock(ip, "manual", Utc::now())).await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `integration list`: the FortiGate's view joined with the journal's.
+pub async fn list(config: Config) -> Result<ExitCode> {
+    let parts = Parts::build(config)?;
+    let journal = parts.journal.clone();
+    let ledger = tokio::task::spawn_blocking(move || journal.active_blocks()).await??;
+    let now = Utc::now();
+    println!("{:<40} {:<48} {:>8}  {:<10} REASON", "IP", "OBJECT", "AGE", "EVENT");
+    match parts.config.fortigate.backend {
+        BackendKind::AddressGroup => {
+            let owned = parts.fortigate.list_owned().await.context("FortiGate")?;
+            for obj in &owned {
+                let age = now.signed_duration_since(obj.comment.created_at);
+                let reason = ledger.iter().find(|b| b.ip == obj.ip).map(|b| b.reason.clone()).unwrap_or_else(|| obj.comment.rest.clone());
+                println!(
+                    "{:<40} {:<48} {:>8}  {:<10} {}",
+                    obj.ip,
+                    obj.name,
+                    format_age(age),
+                    obj.comment.event_id.as_deref().unwrap_or("-"),
+                    reason
+                );
+            }
+            let missing: Vec<_> = ledger.iter().filter(|b| !owned.iter().any(|o| o.ip == b.ip)).collect();
+            for b in missing {
+                println!("{:<40} {:<48} {:>8}  {:<10} journal only (not on the FortiGate): {}", b.ip, b.object, "-", b.event_id.map(|e| e.to_string()).unwrap_or("-".into()), b.reason);
+            }
+        }
+        BackendKind::BannedIp => {
+            for banned in parts.fortigate.list_banned().await.context("FortiGate")? {
+                let reason = ledger.iter().find(|b| b.ip == banned.ip).map(|b| b.reason.clone()).unwrap_or_default();
+                println!("{:<40} {:<48} {:>8}  {:<10} {}", banned.ip, "(banned ip)", "-", "-", reason);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_age(age: chrono::Duration) -> String {
+    let secs = age.num_seconds().max(0);
+    if secs >= 86400 {
+        format!("{}d", secs / 86400)
+    } else if secs >= 3600 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}m", secs / 60)
+    }
+}
+
+/// `integration replay LOGFILE`: the file's lines through ingest, decide and block, then a summary.
+pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<ExitCode> {
+    let parts = Parts::build(config)?;
+    let text = tokio::fs::read(logfile).await.with_context(|| format!("cannot read {}", logfile.display()))?;
+    let (candidate_tx, candidate_rx) = mpsc::channel(1024);
+    let (block_tx, block_rx) = mpsc::channel(1024);
+    let shutdown = CancellationToken::new();
+    // No mirror: every address is looked up on demand (batched, cached).
+    let mirror: SharedMirror = Arc::new(RwLock::new(None));
+    let decider = tokio::spawn(parts.decider(mirror).run(candidate_rx, block_tx, shutdown.clone()));
+    let mut blocker = Blocker::new(parts.executor(dry_run), parts.config.blocking.max_blocks_per_minute);
+    blocker.resume_pending().await;
+    let blocker = tokio::spawn(blocker.run(block_rx, CancellationToken::new(), Duration::from_secs(30)));
+    let ingest = parts.ingest(candidate_tx);
+    let mut lines = 0u64;
+    for line in text.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        lines += 1;
+        Metrics::inc(&parts.metrics.received, "replay");
+        ingest.offer(line, tokio::time::Instant::now()).await;
+    }
+    drop(ingest);
+    decider.await?;
+    blocker.await?;
+    let m = &parts.metrics;
+    println!(
+        "lines {lines}, parse errors {}, triggered {}, MISP requests {}, blocked {}, already blocked {}, dry run {}, failed {}",
+        count_all(m, |t| t.contains("fortimisp_parse_errors_total")),
+        m.triggered.get(),
+        m.misp_lookup_requests.get(),
+        Metrics::count(&m.blocks, "blocked"),
+        Metrics::count(&m.blocks, "already_blocked"),
+        Metrics::count(&m.blocks, "dry_run"),
+        Metrics::count(&m.blocks, "failed"),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sums the samples of the metric lines selected by `pick` in the text exposition.
+fn count_all(m: &Metrics, pick: impl Fn(&str) -> bool) -> u64 {
+    m.render()
+        .lines()
+        .filter(|l| !l.starts_with('#') && pick(l))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}

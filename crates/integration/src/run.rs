@@ -1,0 +1,264 @@
+//! Wiring of the daemon: builds each stage from the validated config, joins them with bounded channels, and runs
+//! them until shutdown.
+//!
+//! ```text
+//! listeners ──Candidate──▶ decider ──BlockRequest──▶ blocker ──▶ FortiGate
+//!  (udp/tcp/tls,           (dedup, mirror,          (journal first,
+//!   parse, triggers,        on-demand MISP)          rate limit, retries)
+//!   never-block)
+//! ```
+//!
+//! Shutdown order (SIGTERM/SIGINT): listeners stop first; the decider drains what it holds and closes its output;
+//! the blocker journals everything it received, lets running executions finish, and returns. The whole sequence
+//! is bounded by [`SHUTDOWN_BUDGET`], inside the contract's 10 s.
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fortimisp_core::clients;
+use fortimisp_core::config::{Backend as BackendKind, Config};
+use fortimisp_core::journal::Journal;
+use fortimisp_core::metrics::{self, Health, Metrics};
+use fortimisp_core::policy::{NeverBlock, Triggers};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn, Instrument};
+
+use crate::backend::{AddressGroup, AnyBackend, BannedIp, MispSighter};
+use crate::block::{Blocker, Executor};
+use crate::decide::{self, Decider, SharedMirror};
+use crate::ingest::Ingest;
+use crate::listen;
+use crate::mirror::{self, Mirror, MispLookup};
+
+/// Candidates waiting for the decision stage. When full, UDP drops (counted) and TCP/TLS senders wait.
+pub const CANDIDATE_QUEUE: usize = 65_536;
+/// Block requests waiting for the blocker (which journals them on receipt). When full, the decider waits.
+pub const BLOCK_QUEUE: usize = 4_096;
+/// Time allowed for the whole shutdown sequence.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
+
+/// Everything the daemon and the hand-run subcommands share.
+pub struct Parts {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub journal: Journal,
+    pub fortigate: Arc<fortimisp_core::fortigate::Client>,
+    pub misp: Arc<fortimisp_core::misp::Client>,
+    pub never_block: NeverBlock,
+}
+
+impl Parts {
+    /// Builds the clients and opens the journal. A journal that cannot be opened is reported and replaced by an
+    /// in-memory one, so blocking goes on.
+    pub fn build(config: Config) -> Result<Parts> {
+        let metrics = Arc::new(Metrics::new());
+        let (journal, journal_error) = Journal::open_or_memory(&config.state.path);
+        if let Some(error) = journal_error {
+            error!(message = "Journal cannot be opened; keeping actions in memory only. Fix state.path.",
+                   %error, path = %config.state.path.display());
+            metrics.journal_degraded.set(1);
+        }
+        let fortigate = Arc::new(clients::fortigate(&config.fortigate).context("fortigate")?);
+        let misp = Arc::new(clients::misp(&config.misp).context("misp")?);
+        let never_block = NeverBlock::new(config.blocking.never_block.clone());
+        Ok(Parts { config, metrics, journal, fortigate, misp, never_block })
+    }
+
+    pub fn backend(&self) -> AnyBackend {
+        match self.config.fortigate.backend {
+            BackendKind::AddressGroup => AnyBackend::AddressGroup(AddressGroup(self.fortigate.clone())),
+            BackendKind::BannedIp => {
+                AnyBackend::BannedIp(BannedIp { client: self.fortigate.clone(), expiry: self.config.housekeeping.max_age })
+            }
+        }
+    }
+
+    pub fn executor(&self, dry_run: bool) -> Executor<AnyBackend, MispSighter> {
+        Executor {
+            backend: self.backend(),
+            sighter: self.config.misp.sightings.then(|| MispSighter(self.misp.clone())),
+            journal: self.journal.clone(),
+            never_block: self.never_block.clone(),
+            dry_run: dry_run || self.config.blocking.dry_run,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    pub fn decider(&self, mirror: SharedMirror) -> Decider<MispLookup> {
+        let lookup = MispLookup {
+            client: self.misp.clone(),
+            query: mirror::base_query(&self.config.misp),
+            config: self.config.misp.clone(),
+        };
+        let settings = decide::Settings { cache_ttl: self.config.misp.lookup_cache_ttl, ..decide::Settings::default() };
+        Decider::new(settings, mirror, Arc::new(lookup), self.metrics.clone())
+    }
+
+    pub fn ingest(&self, out: mpsc::Sender<decide::Candidate>) -> Ingest {
+        Ingest::new(
+            Triggers::new(self.config.trigger.clone()),
+            self.never_block.clone(),
+            self.config.syslog.allowed_senders.clone(),
+            self.metrics.clone(),
+            out,
+        )
+    }
+
+    /// Reads the blocks already on the FortiGate (ours), so the decider does not redo them. Best effort.
+    pub async fn known_blocks(&self) -> Vec<IpAddr> {
+        let result = match self.config.fortigate.backend {
+            BackendKind::AddressGroup => {
+                self.fortigate.list_owned().await.map(|objs| objs.into_iter().map(|o| o.ip).collect())
+            }
+            BackendKind::BannedIp => {
+                self.fortigate.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect())
+            }
+        };
+        match result {
+            Ok(ips) => ips,
+            Err(error) => {
+                warn!(message = "Could not list existing blocks at start; repeats will cost an API call each.", %error);
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let parts = Parts::build(config)?;
+    let cfg = &parts.config;
+    let health = Health::default();
+    let tracker = TaskTracker::new();
+
+    // Bind everything first so a bad address fails at start, naming its key.
+    let udp = match cfg.syslog.udp {
+        Some(addr) => Some(
+            listen::bind_udp(addr, cfg.syslog.recv_buffer_bytes)
+                .with_context(|| format!("syslog.udp: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let tcp = match cfg.syslog.tcp {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("syslog.tcp: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let tls = match &cfg.syslog.tls {
+        Some(t) => {
+            let acceptor = listen::tls_acceptor(&t.cert, &t.key).map_err(anyhow::Error::msg)?;
+            let listener = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .with_context(|| format!("syslog.tls: cannot listen on {}", t.listen))?;
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics.listen: cannot listen on {addr}"))?)
+        }
+        None => None,
+    };
+
+    // Start-up checks are reported, never fatal: MISP or the FortiGate may come back later.
+    match parts.misp.check(cfg.misp.sightings, false).await {
+        Ok(info) => info!(message = "MISP reachable.", version = %info.version.version),
+        Err(error) => warn!(message = "MISP not reachable at start; lookups retry as lines arrive.", %error),
+    }
+    if cfg.fortigate.backend == BackendKind::AddressGroup && !cfg.blocking.dry_run {
+        if let Err(error) = parts.fortigate.ensure_groups().await {
+            warn!(message = "Could not ensure the block groups at start; each block retries it.", %error);
+        }
+    }
+
+    let listeners_stop = shutdown.child_token();
+    let decider_stop = CancellationToken::new();
+    let blocker_stop = CancellationToken::new();
+    let aux_stop = CancellationToken::new();
+
+    if let Some(listener) = metrics_listener {
+        let (m, h, stop) = (parts.metrics.clone(), health.clone(), aux_stop.clone());
+        tracker.spawn(async move {
+            if let Err(error) = metrics::serve(listener, m, h, stop).await {
+                error!(message = "Metrics server failed.", %error);
+            }
+        });
+    }
+
+    let shared_mirror: SharedMirror = Arc::new(RwLock::new(None));
+    if let Some(interval) = cfg.misp.sync_interval {
+        let mirror = Mirror {
+            client: parts.misp.clone(),
+            config: cfg.misp.clone(),
+            shared: shared_mirror.clone(),
+            metrics: parts.metrics.clone(),
+        };
+        let stop = aux_stop.clone();
+        tracker.spawn(mirror.run(interval, stop).instrument(tracing::info_span!("mirror")));
+    }
+
+    let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
+    let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
+
+    let mut blocker = Blocker::new(parts.executor(false), cfg.blocking.max_blocks_per_minute);
+    blocker.resume_pending().await;
+    let blocker_task = tokio::spawn(
+        blocker.run(block_rx, blocker_stop.clone(), Duration::from_secs(3)).instrument(tracing::info_span!("blocker")),
+    );
+
+    let mut decider = parts.decider(shared_mirror.clone());
+    decider.seed_blocked(parts.known_blocks().await);
+    let decider_task =
+        tokio::spawn(decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")));
+
+    let ingest = Arc::new(parts.ingest(candidate_tx));
+    let max = cfg.syslog.max_message_bytes;
+    let listeners = TaskTracker::new();
+    if let Some(socket) = udp {
+        info!(message = "Listening for syslog.", listener = "udp", addr = %socket.local_addr()?);
+        listeners.spawn(listen::run_udp(socket, ingest.clone(), max, listeners_stop.clone()));
+    }
+    if let Some(listener) = tcp {
+        info!(message = "Listening for syslog.", listener = "tcp", addr = %listener.local_addr()?);
+        listeners.spawn(listen::run_stream(listener, None, ingest.clone(), max, listeners_stop.clone()));
+    }
+    if let Some((listener, acceptor)) = tls {
+        info!(message = "Listening for syslog.", listener = "tls", addr = %listener.local_addr()?);
+        listeners.spawn(listen::run_stream(listener, Some(acceptor), ingest.clone(), max, listeners_stop.clone()));
+    }
+    drop(ingest);
+    listeners.close();
+    health.mark_started();
+    info!(message = "fortimisp integration running.", backend = %cfg.fortigate.backend, dry_run = cfg.blocking.dry_run,
+          triggers = cfg.trigger.len(), mirror = cfg.misp.sync_interval.is_some());
+
+    shutdown.cancelled().await;
+    info!(message = "Shutting down.");
+    health.set_unhealthy();
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
+    // 1. Listeners stop (stream connections end with them); their Ingest handles drop, closing the candidate queue.
+    listeners_stop.cancel();
+    let _ = tokio::time::timeout_at(deadline, listeners.wait()).await;
+    // 2. The decider drains its queue and in-flight lookups, then drops its output.
+    let decider_deadline = deadline - Duration::from_secs(4);
+    if tokio::time::timeout_at(decider_deadline, decider_task).await.is_err() {
+        warn!(message = "Decision stage did not drain in time; its undecided candidates are dropped.");
+        decider_stop.cancel();
+    }
+    // 3. The blocker journals what it received and lets running executions finish.
+    blocker_stop.cancel();
+    if tokio::time::timeout_at(deadline, blocker_task).await.is_err() {
+        warn!(message = "Blocker did not stop in time; its pending actions are in the journal.");
+    }
+    aux_stop.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+    info!(message = "Stopped.");
+    Ok(())
+}
