@@ -12,6 +12,7 @@
 //! - [`indicators`]: the local set of blocking IPs and networks (longest-prefix match, keyed by uuid).
 //! - [`metrics`]: every exported metric, and the `/metrics` + `/healthz` server.
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
+//! - [`view`]: a complete view of the blocking indicators in MISP (shared by the mirror and housekeeping).
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 #![forbid(unsafe_code)]
 
@@ -24,3 +25,4 @@ pub mod misp;
 pub mod policy;
 pub mod secret;
 pub mod syslog;
+pub mod view;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::block::{self, Blocker, Executed};
 use crate::decide::SharedMirror;
-use crate::mirror;
+use fortimisp_core::view;
 use crate::run::Parts;
 
 /// `integration parse [LOGFILE|-]`: one JSON object per input line.
@@ -109,7 +109,7 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
             ind.to_ids,
             ind.deleted,
             ind.tags.join(","),
-            if mirror::is_blocking(cfg, ind) { "counts as a hit" } else { "filtered out by [misp]" }
+            if view::is_blocking(cfg, ind) { "counts as a hit" } else { "filtered out by [misp]" }
         );
     }
     match parts.misp.check_warninglist(&[ip]).await {
@@ -122,8 +122,8 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
         },
         Err(error) => println!("warninglists: check failed: {error}"),
     }
-    let filtered = parts.misp.search_values(&mirror::base_query(cfg), &[ip]).await.context("MISP restSearch")?;
-    let hit = filtered.iter().any(|ind| mirror::is_blocking(cfg, ind) && ind.network.contains(&ip));
+    let filtered = parts.misp.search_values(&view::base_query(cfg), &[ip]).await.context("MISP restSearch")?;
+    let hit = filtered.iter().any(|ind| view::is_blocking(cfg, ind) && ind.network.contains(&ip));
     let decision = match (parts.never_block.check(ip), hit) {
         (Some(_), _) => "not blocked (protected address)",
         (None, true) => "would block",

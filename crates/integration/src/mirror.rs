@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fortimisp_core::config::Misp as MispConfig;
-use fortimisp_core::indicators::{parse_uuid, Entry, Hit, IndicatorSet, Inserted};
+use fortimisp_core::indicators::{parse_uuid, Entry, Hit, IndicatorSet};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::misp::{self, Deleted, Indicator, SearchQuery};
+use fortimisp_core::view::{self, base_query, is_blocking};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -29,32 +30,6 @@ use crate::decide::{Lookup, SharedMirror};
 /// which covers clock skew and edits committed during the previous sync.
 const OVERLAP_SECONDS: i64 = 120;
 
-/// The restSearch filters of `[misp]` (for full syncs and lookups).
-pub fn base_query(cfg: &MispConfig) -> SearchQuery {
-    let mut q = SearchQuery::new()
-        .types(cfg.types.iter().cloned())
-        .enforce_warninglist(cfg.enforce_warninglist)
-        .tags(cfg.tags_include.iter().cloned())
-        .exclude_tags(cfg.tags_exclude.iter().cloned());
-    if cfg.to_ids_only {
-        q = q.to_ids(true);
-    }
-    if cfg.published_only {
-        q = q.published(true);
-    }
-    q
-}
-
-/// Whether an attribute counts as blocking under `[misp]` (the server filtered already; this re-checks what an
-/// incremental sync deliberately asks wider).
-pub fn is_blocking(cfg: &MispConfig, ind: &Indicator) -> bool {
-    !ind.deleted
-        && (!cfg.to_ids_only || ind.to_ids)
-        && cfg.types.iter().any(|t| t == ind.kind.as_str())
-        && !ind.tags.iter().any(|t| cfg.tags_exclude.contains(t))
-        && (cfg.tags_include.is_empty() || ind.tags.iter().any(|t| cfg.tags_include.contains(t)))
-}
-
 /// Keeps the shared mirror in sync with MISP.
 pub struct Mirror {
     pub client: Arc<misp::Client>,
@@ -64,21 +39,9 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Full sync: every page, into a new set. Returns the set and the highest attribute timestamp seen.
+    /// Full sync: every page, into a new set (see [`view::full`]).
     pub async fn full_sync(&self) -> Result<(IndicatorSet, i64), misp::Error> {
-        let mut set = IndicatorSet::new(self.config.min_prefix_v4, self.config.min_prefix_v6);
-        let mut max_ts = 0i64;
-        let mut pages = self.client.pages(base_query(&self.config));
-        while let Some(page) = pages.next_page().await {
-            let page = page?;
-            max_ts = max_ts.max(page.max_timestamp.unwrap_or(0));
-            for ind in page.indicators {
-                if is_blocking(&self.config, &ind) {
-                    insert(&mut set, &ind);
-                }
-            }
-        }
-        Ok((set, max_ts))
+        view::full(&self.client, &self.config).await
     }
 
     /// Incremental sync since `since`: applies inserts and removals to the shared set once every page arrived.
@@ -110,7 +73,7 @@ impl Mirror {
         if let Some(set) = guard.as_mut() {
             for ind in &changes {
                 if is_blocking(&self.config, ind) {
-                    insert(set, ind);
+                    view::insert(set, ind);
                 } else {
                     set.remove(parse_uuid(&ind.uuid));
                 }
@@ -191,9 +154,6 @@ impl Mirror {
     }
 }
 
-fn insert(set: &mut IndicatorSet, ind: &Indicator) -> Inserted {
-    set.insert(ind.network, Entry { event_id: ind.event_id, uuid: parse_uuid(&ind.uuid) })
-}
 
 /// On-demand lookups through MISP restSearch (value lists, batched by the client).
 pub struct MispLookup {

@@ -32,7 +32,8 @@ use crate::block::{Blocker, Executor};
 use crate::decide::{self, Decider, SharedMirror};
 use crate::ingest::Ingest;
 use crate::listen;
-use crate::mirror::{self, Mirror, MispLookup};
+use crate::mirror::{Mirror, MispLookup};
+use fortimisp_core::view;
 
 /// Candidates waiting for the decision stage. When full, UDP drops (counted) and TCP/TLS senders wait.
 pub const CANDIDATE_QUEUE: usize = 65_536;
@@ -91,7 +92,7 @@ impl Parts {
     pub fn decider(&self, mirror: SharedMirror) -> Decider<MispLookup> {
         let lookup = MispLookup {
             client: self.misp.clone(),
-            query: mirror::base_query(&self.config.misp),
+            query: view::base_query(&self.config.misp),
             config: self.config.misp.clone(),
         };
         let settings = decide::Settings { cache_ttl: self.config.misp.lookup_cache_ttl, ..decide::Settings::default() };
