@@ -354,14 +354,17 @@ impl Default for State {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
-    /// Prometheus text at /metrics, liveness at /healthz; `""` disables.
+    /// Prometheus text at /metrics, liveness at /healthz (integration daemon); `""` disables.
     #[serde(default = "default_metrics")]
     pub listen: String,
+    /// The same for the housekeeping daemon, which may run on the same host. Extension of the contract.
+    #[serde(default = "default_hk_metrics")]
+    pub housekeeping_listen: String,
 }
 
 impl Default for RawMetrics {
     fn default() -> Self {
-        RawMetrics { listen: default_metrics() }
+        RawMetrics { listen: default_metrics(), housekeeping_listen: default_hk_metrics() }
     }
 }
 
@@ -464,6 +467,9 @@ fn default_state_path() -> PathBuf {
 fn default_metrics() -> String {
     "127.0.0.1:9514".into()
 }
+fn default_hk_metrics() -> String {
+    "127.0.0.1:9515".into()
+}
 fn default_level() -> String {
     "info".into()
 }
@@ -562,6 +568,7 @@ pub struct Blocking {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub listen: Option<SocketAddr>,
+    pub housekeeping_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -752,7 +759,10 @@ impl RawConfig {
             return Err(Error::invalid("state.path", "must not be empty"));
         }
 
-        let metrics = Metrics { listen: parse_listen("metrics.listen", &self.metrics.listen)? };
+        let metrics = Metrics {
+            listen: parse_listen("metrics.listen", &self.metrics.listen)?,
+            housekeeping_listen: parse_listen("metrics.housekeeping_listen", &self.metrics.housekeeping_listen)?,
+        };
         if let Err(message) = tracing_filter_check(&self.log.level) {
             return Err(Error::invalid("log.level", message));
         }

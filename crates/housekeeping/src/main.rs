@@ -1,2 +1,209 @@
-//! `housekeeping` binary.
-fn main() {}
+//! `housekeeping`: removes the blocks fortimisp created once they are too old or their indicator was revoked,
+//! and asks MISP to fetch its feeds on a timer.
+//!
+//! This file parses the command line, loads the config (one line naming the key on error, exit 2), sets up
+//! logging and signals, and runs the two timers. A prune pass is [`pass::Pass`] (I/O) around [`plan::plan`]
+//! (pure); the feed update is [`feeds::update`].
+
+mod feeds;
+mod pass;
+mod plan;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fortimisp_core::clients;
+use fortimisp_core::config::{Config, LogFormat};
+use fortimisp_core::journal::Journal;
+use fortimisp_core::metrics::{self, Health, Metrics};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Exit code for a config that cannot be loaded.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "housekeeping",
+    version,
+    about = "fortimisp housekeeping: prune old and revoked blocks, refresh MISP feeds"
+)]
+struct Cli {
+    /// Config file [default: $FORTIMISP_CONFIG, then /etc/fortimisp/config.toml]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run one prune pass and one feed update, then exit (0 on success).
+    #[arg(long)]
+    once: bool,
+    /// Print what would be removed; change nothing (no feed update either).
+    #[arg(long)]
+    dry_run: bool,
+    /// Proceed with a revocation that the max_unblock_fraction safety rail would hold back.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = Config::resolve_path(cli.config.clone());
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config);
+    for warning in &config.warnings {
+        warn!(message = "Config warning.", warning = %warning);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    match runtime.block_on(run(config, cli, shutdown)) {
+        Ok(code) => code,
+        Err(error) => {
+            error!(message = "Failed.", error = %format!("{error:#}"));
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Daemon {
+    config: Config,
+    fortigate: fortimisp_core::fortigate::Client,
+    misp: fortimisp_core::misp::Client,
+    journal: Journal,
+    metrics: Arc<Metrics>,
+}
+
+impl Daemon {
+    async fn prune(&self, dry_run: bool, force: bool, shutdown: &CancellationToken) -> bool {
+        let pass = pass::Pass {
+            config: &self.config,
+            fortigate: &self.fortigate,
+            misp: &self.misp,
+            journal: &self.journal,
+            metrics: &self.metrics,
+            dry_run,
+            force,
+        };
+        let started = std::time::Instant::now();
+        match pass.run(shutdown).await {
+            Ok(report) => {
+                info!(message = "Prune pass done.", examined = report.examined, removed = report.removed,
+                      failed = report.failed, readded = report.readded, dangling = report.dangling,
+                      misp_view = report.misp_view, held_back = ?report.held_back, dry_run, took = ?started.elapsed());
+                if report.is_success() && !dry_run {
+                    self.metrics.hk_last_success.set(chrono::Utc::now().timestamp());
+                }
+                report.is_success()
+            }
+            Err(error) => {
+                Metrics::inc(&self.metrics.hk_failures, "error");
+                error!(message = "Prune pass failed: cannot read the FortiGate.", %error);
+                false
+            }
+        }
+    }
+}
+
+async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
+    let metrics = Arc::new(Metrics::new());
+    let (journal, journal_error) = Journal::open_or_memory(&config.state.path);
+    if let Some(error) = journal_error {
+        error!(message = "Journal cannot be opened; removals are not recorded durably. Fix state.path.", %error);
+        metrics.journal_degraded.set(1);
+    }
+    let daemon = Daemon {
+        fortigate: clients::fortigate(&config.fortigate).context("fortigate")?,
+        misp: clients::misp(&config.misp).context("misp")?,
+        journal,
+        metrics: metrics.clone(),
+        config,
+    };
+    tokio::spawn(signal_to(shutdown.clone()));
+
+    if cli.once || cli.dry_run {
+        let pruned = daemon.prune(cli.dry_run, cli.force, &shutdown).await;
+        let fed = match (cli.dry_run, &daemon.config.misp.feed_update_interval) {
+            (false, Some(_)) => {
+                feeds::update(&daemon.misp, &daemon.config.housekeeping.feeds, &metrics, &shutdown).await
+            }
+            _ => true,
+        };
+        return Ok(if pruned && fed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+
+    let health = Health::default();
+    if let Some(addr) = daemon.config.metrics.housekeeping_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics.housekeeping_listen: cannot listen on {addr}"))?;
+        let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = metrics::serve(listener, m, h, stop).await {
+                error!(message = "Metrics server failed.", %error);
+            }
+        });
+    }
+    health.mark_started();
+    info!(message = "fortimisp housekeeping running.", interval = ?daemon.config.housekeeping.interval,
+          max_age = ?daemon.config.housekeeping.max_age, feed_update_interval = ?daemon.config.misp.feed_update_interval);
+
+    // Interval timers keep their schedule (no drift) and skip missed ticks (no pile-up after a slow pass).
+    let mut prune_timer = tokio::time::interval(daemon.config.housekeeping.interval);
+    prune_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let feed_every = daemon.config.misp.feed_update_interval.unwrap_or(Duration::from_secs(86400 * 365 * 100));
+    let mut feed_timer = tokio::time::interval(feed_every);
+    feed_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let feeds_on = daemon.config.misp.feed_update_interval.is_some();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = prune_timer.tick() => { daemon.prune(false, cli.force, &shutdown).await; }
+            _ = feed_timer.tick(), if feeds_on => {
+                feeds::update(&daemon.misp, &daemon.config.housekeeping.feeds, &metrics, &shutdown).await;
+            }
+        }
+    }
+    health.set_unhealthy();
+    info!(message = "Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn signal_to(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    token.cancel();
+}

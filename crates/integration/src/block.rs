@@ -387,8 +387,10 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                 Ok(Some(Ok((job, executed)))) => self.on_executed(job, executed),
                 Ok(_) => break,
                 Err(_) => {
-                    warn!(message = "Shutdown deadline reached; unfinished blocks stay pending in the journal.",
-                          running = running.len());
+                    warn!(
+                        message = "Shutdown deadline reached; unfinished blocks stay pending in the journal.",
+                        running = running.len()
+                    );
                     running.abort_all();
                     break;
                 }
@@ -435,8 +437,10 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         self.queue = deferred;
         self.executor.metrics.block_rate_limited.set(i64::from(limited));
         if limited {
-            warn!(message = "max_blocks_per_minute reached; further blocks wait in the journal.",
-                  waiting = self.queue.len());
+            warn!(
+                message = "max_blocks_per_minute reached; further blocks wait in the journal.",
+                waiting = self.queue.len()
+            );
         }
     }
 

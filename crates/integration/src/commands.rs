@@ -21,15 +21,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::block::{self, Blocker, Executed};
 use crate::decide::SharedMirror;
-use fortimisp_core::view;
 use crate::run::Parts;
+use fortimisp_core::view;
 
 /// `integration parse [LOGFILE|-]`: one JSON object per input line.
 pub fn parse(logfile: &str) -> Result<()> {
     let reader: Box<dyn BufRead> = if logfile == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(logfile).with_context(|| format!("cannot open {logfile}"))?))
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(logfile).with_context(|| format!("cannot open {logfile}"))?,
+        ))
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -69,7 +71,10 @@ pub async fn validate(config: Config) -> Result<ExitCode> {
     }
     match parts.fortigate.system_status().await {
         Ok(status) => {
-            println!("ok    fortigate: {} (version {}, vdom {})", cfg.fortigate.url, status.version, cfg.fortigate.vdom);
+            println!(
+                "ok    fortigate: {} (version {}, vdom {})",
+                cfg.fortigate.url, status.version, cfg.fortigate.vdom
+            );
             match parts.fortigate.list_owned().await {
                 Ok(owned) => println!("ok    fortigate: can read address objects ({} owned by fortimisp)", owned.len()),
                 Err(error) => {
@@ -116,7 +121,11 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
         Ok(hits) => match hits.get(&ip) {
             Some(lists) => {
                 let names: Vec<&str> = lists.iter().map(|h| h.name.as_str()).collect();
-                println!("warninglists: {}{}", names.join(", "), if cfg.enforce_warninglist { " (enforced: not blocked)" } else { "" });
+                println!(
+                    "warninglists: {}{}",
+                    names.join(", "),
+                    if cfg.enforce_warninglist { " (enforced: not blocked)" } else { "" }
+                );
             }
             None => println!("warninglists: none"),
         },
@@ -197,7 +206,11 @@ pub async fn list(config: Config) -> Result<ExitCode> {
             let owned = parts.fortigate.list_owned().await.context("FortiGate")?;
             for obj in &owned {
                 let age = now.signed_duration_since(obj.comment.created_at);
-                let reason = ledger.iter().find(|b| b.ip == obj.ip).map(|b| b.reason.clone()).unwrap_or_else(|| obj.comment.rest.clone());
+                let reason = ledger
+                    .iter()
+                    .find(|b| b.ip == obj.ip)
+                    .map(|b| b.reason.clone())
+                    .unwrap_or_else(|| obj.comment.rest.clone());
                 println!(
                     "{:<40} {:<48} {:>8}  {:<10} {}",
                     obj.ip,
@@ -209,7 +222,14 @@ pub async fn list(config: Config) -> Result<ExitCode> {
             }
             let missing: Vec<_> = ledger.iter().filter(|b| !owned.iter().any(|o| o.ip == b.ip)).collect();
             for b in missing {
-                println!("{:<40} {:<48} {:>8}  {:<10} journal only (not on the FortiGate): {}", b.ip, b.object, "-", b.event_id.map(|e| e.to_string()).unwrap_or("-".into()), b.reason);
+                println!(
+                    "{:<40} {:<48} {:>8}  {:<10} journal only (not on the FortiGate): {}",
+                    b.ip,
+                    b.object,
+                    "-",
+                    b.event_id.map(|e| e.to_string()).unwrap_or("-".into()),
+                    b.reason
+                );
             }
         }
         BackendKind::BannedIp => {

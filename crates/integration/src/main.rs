@@ -25,7 +25,11 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "integration", version, about = "fortimisp: block on the FortiGate what MISP lists, as FortiGate logs show it")]
+#[command(
+    name = "integration",
+    version,
+    about = "fortimisp: block on the FortiGate what MISP lists, as FortiGate logs show it"
+)]
 struct Cli {
     /// Config file [default: $FORTIMISP_CONFIG, then /etc/fortimisp/config.toml]
     #[arg(long, global = true)]

@@ -112,8 +112,10 @@ impl Mirror {
                         info!(message = "Mirror full sync done.", indicators = count, rejected_too_wide = wide,
                               took = ?started.elapsed());
                         if wide > 0 {
-                            warn!(message = "Some CIDR indicators are wider than min_prefix and are ignored.",
-                                  count = wide);
+                            warn!(
+                                message = "Some CIDR indicators are wider than min_prefix and are ignored.",
+                                count = wide
+                            );
                         }
                         Ok(())
                     }
@@ -154,7 +156,6 @@ impl Mirror {
     }
 }
 
-
 /// On-demand lookups through MISP restSearch (value lists, batched by the client).
 pub struct MispLookup {
     pub client: Arc<misp::Client>,
@@ -174,7 +175,10 @@ impl Lookup for MispLookup {
                 .filter(|ind| within_limits(&self.config, ind))
                 .max_by_key(|ind| ind.network.prefix_len());
             if let Some(ind) = best {
-                hits.push((ip, Hit { network: ind.network, entry: Entry { event_id: ind.event_id, uuid: parse_uuid(&ind.uuid) } }));
+                hits.push((
+                    ip,
+                    Hit { network: ind.network, entry: Entry { event_id: ind.event_id, uuid: parse_uuid(&ind.uuid) } },
+                ));
             }
         }
         Ok(hits)

@@ -72,9 +72,10 @@ impl Parts {
     pub fn backend(&self) -> AnyBackend {
         match self.config.fortigate.backend {
             BackendKind::AddressGroup => AnyBackend::AddressGroup(AddressGroup(self.fortigate.clone())),
-            BackendKind::BannedIp => {
-                AnyBackend::BannedIp(BannedIp { client: self.fortigate.clone(), expiry: self.config.housekeeping.max_age })
-            }
+            BackendKind::BannedIp => AnyBackend::BannedIp(BannedIp {
+                client: self.fortigate.clone(),
+                expiry: self.config.housekeeping.max_age,
+            }),
         }
     }
 
@@ -115,9 +116,7 @@ impl Parts {
             BackendKind::AddressGroup => {
                 self.fortigate.list_owned().await.map(|objs| objs.into_iter().map(|o| o.ip).collect())
             }
-            BackendKind::BannedIp => {
-                self.fortigate.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect())
-            }
+            BackendKind::BannedIp => self.fortigate.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect()),
         };
         match result {
             Ok(ips) => ips,
@@ -146,7 +145,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
     let tcp = match cfg.syslog.tcp {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("syslog.tcp: cannot listen on {addr}"))?,
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("syslog.tcp: cannot listen on {addr}"))?,
         ),
         None => None,
     };
@@ -161,9 +162,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         None => None,
     };
     let metrics_listener = match cfg.metrics.listen {
-        Some(addr) => {
-            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics.listen: cannot listen on {addr}"))?)
-        }
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?,
+        ),
         None => None,
     };
 
@@ -215,8 +218,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let mut decider = parts.decider(shared_mirror.clone());
     decider.seed_blocked(parts.known_blocks().await);
-    let decider_task =
-        tokio::spawn(decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")));
+    let decider_task = tokio::spawn(
+        decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")),
+    );
 
     let ingest = Arc::new(parts.ingest(candidate_tx));
     let max = cfg.syslog.max_message_bytes;

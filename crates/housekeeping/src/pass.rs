@@ -1,0 +1,291 @@
+//! One prune pass against the FortiGate: read, plan ([`crate::plan`]), reconcile, remove, journal.
+//!
+//! Order of a removal: the journal gets a pending `unblock` action, then the FortiGate client removes the member
+//! from every block group and deletes the object (member first, then object), then the action is completed and
+//! the block ledger closed. An object still referenced elsewhere (-23) is reported and its action completed as
+//! failed: it is not retried in a loop; the next pass sees it again and reports it again.
+//!
+//! Reconciliation: an owned object that is not a member of any block group (an admin edited the group) is
+//! reported and, when it is neither expired nor revoked, added back; a block-group member named like ours whose
+//! object is gone is reported.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::Utc;
+use fortimisp_core::config::{Backend, Config};
+use fortimisp_core::fortigate::{self, Comment, Family, OwnedObject, UnblockOutcome};
+use fortimisp_core::journal::{ActionKind, Journal, NewAction, Outcome};
+use fortimisp_core::metrics::Metrics;
+use fortimisp_core::{misp, view};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::plan::{self, Plan, Removal, Rules};
+
+/// What a pass did, for `--once`'s exit code and the log.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub examined: usize,
+    pub removed: usize,
+    pub failed: usize,
+    pub held_back: Option<(usize, usize)>,
+    pub misp_view: bool,
+    pub readded: usize,
+    pub dangling: usize,
+    pub interrupted: bool,
+}
+
+impl Report {
+    /// A pass fails when a removal failed or the safety rail tripped: the operator must look.
+    pub fn is_success(&self) -> bool {
+        self.failed == 0 && self.held_back.is_none() && !self.interrupted
+    }
+}
+
+/// The shared handles of a pass.
+pub struct Pass<'a> {
+    pub config: &'a Config,
+    pub fortigate: &'a fortigate::Client,
+    pub misp: &'a misp::Client,
+    pub journal: &'a Journal,
+    pub metrics: &'a Arc<Metrics>,
+    pub dry_run: bool,
+    pub force: bool,
+}
+
+impl Pass<'_> {
+    /// Runs one pass. Errors reading the FortiGate fail the pass; everything after is per object.
+    pub async fn run(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
+        if self.config.fortigate.backend == Backend::BannedIp {
+            return self.run_banned(shutdown).await;
+        }
+        if !self.dry_run {
+            // Keeps the groups (and their placeholders) valid, whatever an admin did since the last pass.
+            self.fortigate.ensure_groups().await?;
+        }
+        let owned = self.fortigate.list_owned().await?;
+        let legacy =
+            if self.config.housekeeping.adopt_legacy { self.fortigate.legacy_members().await? } else { Vec::new() };
+        let still_listed = self.misp_view(&owned).await;
+        let rules = Rules {
+            max_age: self.config.housekeeping.max_age,
+            unblock_revoked: self.config.housekeeping.unblock_revoked,
+            max_unblock_fraction: self.config.housekeeping.max_unblock_fraction,
+            force: self.force,
+        };
+        let plan = plan::plan(Utc::now(), &owned, &legacy, still_listed.as_ref(), &rules);
+        self.metrics.hk_examined.inc_by(plan.examined as u64);
+        let mut report = Report { examined: plan.examined, misp_view: still_listed.is_some(), ..Report::default() };
+        if let Some((would, of)) = plan.held_back {
+            Metrics::inc(&self.metrics.hk_failures, "safety_rail");
+            error!(message = "Revocation held back: it would remove more than max_unblock_fraction of the blocks. Check MISP; rerun with --force to proceed.",
+                   would_remove = would, blocks = of, max_unblock_fraction = rules.max_unblock_fraction);
+            report.held_back = Some((would, of));
+        }
+        self.reconcile(&owned, &plan, still_listed.as_ref(), &mut report).await?;
+        self.remove(plan, shutdown, &mut report).await;
+        Ok(report)
+    }
+
+    /// The owned addresses MISP still lists as blocking, or `None` if no complete view could be read.
+    async fn misp_view(&self, owned: &[OwnedObject]) -> Option<HashSet<IpAddr>> {
+        if !self.config.housekeeping.unblock_revoked || owned.is_empty() {
+            return None;
+        }
+        match view::full(self.misp, &self.config.misp).await {
+            Ok((set, _)) => Some(owned.iter().map(|o| o.ip).filter(|ip| set.lookup(*ip).is_some()).collect()),
+            Err(error) => {
+                Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
+                warn!(message = "No complete view of MISP; nothing is unblocked for revocation this pass.", %error);
+                None
+            }
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        owned: &[OwnedObject],
+        plan: &Plan,
+        still_listed: Option<&HashSet<IpAddr>>,
+        report: &mut Report,
+    ) -> Result<(), fortigate::Error> {
+        let mut members = HashSet::new();
+        for family in [Family::V4, Family::V6] {
+            for group in self.fortigate.block_groups(family).await? {
+                members.extend(self.fortigate.group_members(family, &group).await?);
+            }
+        }
+        let leaving: HashSet<&str> = plan.removals.iter().map(Removal::name).collect();
+        for object in owned {
+            if members.contains(object.name.as_str()) || leaving.contains(object.name.as_str()) {
+                continue;
+            }
+            let valid = still_listed.is_none_or(|l| l.contains(&object.ip));
+            warn!(message = "Owned object is not in any block group (edited by hand?).", object = %object.name,
+                  readd = valid && !self.dry_run);
+            if valid && !self.dry_run {
+                let comment = Comment::new(
+                    object.comment.created_at,
+                    object.comment.event_id.as_deref().unwrap_or("manual"),
+                    &object.comment.rest,
+                );
+                match self.fortigate.block(object.ip, &comment).await {
+                    Ok(_) => report.readded += 1,
+                    Err(error) => warn!(message = "Could not re-add the object to a block group.", %error,
+                                        object = %object.name),
+                }
+            }
+        }
+        let names: HashSet<&str> = owned.iter().map(|o| o.name.as_str()).collect();
+        let prefix = &self.config.fortigate.object_prefix;
+        for member in &members {
+            if member.starts_with(prefix.as_str())
+                && !names.contains(member.as_str())
+                && !member.ends_with("placeholder")
+                && !member.ends_with("placeholder6")
+                && member.parse::<IpAddr>().is_err()
+                && member[prefix.len()..].parse::<IpAddr>().is_ok()
+            {
+                report.dangling += 1;
+                warn!(message = "Block-group member named like ours has no owned object (comment changed or object replaced).",
+                      member = %member);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, plan: Plan, shutdown: &CancellationToken, report: &mut Report) {
+        let total = plan.removals.len();
+        let progress = total >= 100 && std::io::stderr().is_terminal();
+        for (i, removal) in plan.removals.into_iter().enumerate() {
+            if shutdown.is_cancelled() {
+                report.interrupted = true;
+                info!(message = "Shutdown requested; the pass stops between two removals.", done = i, total);
+                break;
+            }
+            let reason = removal.reason().as_str();
+            let ip = removal_ip(&removal);
+            if self.dry_run {
+                println!("would remove {} ({})", removal.name(), reason);
+                report.removed += 1;
+                continue;
+            }
+            let action = ip.map(|ip| NewAction {
+                kind: ActionKind::Unblock,
+                ip,
+                reason: reason.to_string(),
+                event_id: None,
+                rule: None,
+                comment: None,
+                requested_at: Utc::now(),
+            });
+            let id = action.as_ref().and_then(|a| self.journal.enqueue(a).ok());
+            let result = match &removal {
+                Removal::Owned { object, .. } => self.fortigate.unblock(object.ip).await,
+                Removal::Legacy { member } => self.fortigate.unblock_legacy(member).await,
+            };
+            let outcome = match result {
+                Ok(UnblockOutcome::Unblocked) | Ok(UnblockOutcome::NotBlocked) => {
+                    report.removed += 1;
+                    Metrics::inc(&self.metrics.hk_pruned, reason);
+                    info!(message = "Removed block.", object = %removal.name(), reason);
+                    if let Some(ip) = ip {
+                        let _ = self.journal.record_unblock(ip, reason, Utc::now());
+                    }
+                    Outcome::Done
+                }
+                Err(error) => {
+                    report.failed += 1;
+                    let label = if matches!(error, fortigate::Error::InUse { .. }) { "in_use" } else { "error" };
+                    Metrics::inc(&self.metrics.hk_failures, label);
+                    warn!(message = "Could not remove block; left in place.", object = %removal.name(), %error);
+                    Outcome::Failed { reason: error.to_string() }
+                }
+            };
+            if let Some(id) = id {
+                let _ = self.journal.complete(id, &outcome);
+            }
+            if progress && (i + 1) % 100 == 0 {
+                eprint!("\rpruned {}/{total}", i + 1);
+            }
+        }
+        if progress {
+            eprintln!("\rpruned {total}/{total}");
+        }
+    }
+
+    /// `backend = "banned-ip"`: bans expire natively; only revocations are removed, and only bans the journal
+    /// says fortimisp made.
+    async fn run_banned(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
+        let ours: HashSet<IpAddr> = self
+            .journal
+            .active_blocks()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| b.backend == "banned-ip")
+            .map(|b| b.ip)
+            .collect();
+        let banned: Vec<IpAddr> =
+            self.fortigate.list_banned().await?.into_iter().map(|b| b.ip).filter(|ip| ours.contains(ip)).collect();
+        let mut report = Report { examined: banned.len(), ..Report::default() };
+        self.metrics.hk_examined.inc_by(banned.len() as u64);
+        if !self.config.housekeeping.unblock_revoked || banned.is_empty() {
+            return Ok(report);
+        }
+        let set = match view::full(self.misp, &self.config.misp).await {
+            Ok((set, _)) => set,
+            Err(error) => {
+                Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
+                warn!(message = "No complete view of MISP; nothing is unbanned this pass.", %error);
+                return Ok(report);
+            }
+        };
+        report.misp_view = true;
+        let revoked: Vec<IpAddr> = banned.iter().copied().filter(|ip| set.lookup(*ip).is_none()).collect();
+        let fraction = revoked.len() as f64 / banned.len() as f64;
+        if fraction > self.config.housekeeping.max_unblock_fraction && !self.force {
+            Metrics::inc(&self.metrics.hk_failures, "safety_rail");
+            error!(
+                message = "Revocation held back: too large a share of the bans.",
+                would_remove = revoked.len(),
+                blocks = banned.len()
+            );
+            report.held_back = Some((revoked.len(), banned.len()));
+            return Ok(report);
+        }
+        for ip in revoked {
+            if shutdown.is_cancelled() {
+                report.interrupted = true;
+                break;
+            }
+            if self.dry_run {
+                println!("would unban {ip} (revoked)");
+                report.removed += 1;
+                continue;
+            }
+            match self.fortigate.unban(ip).await {
+                Ok(()) => {
+                    report.removed += 1;
+                    Metrics::inc(&self.metrics.hk_pruned, "revoked");
+                    let _ = self.journal.record_unblock(ip, "revoked", Utc::now());
+                }
+                Err(error) => {
+                    report.failed += 1;
+                    Metrics::inc(&self.metrics.hk_failures, "error");
+                    warn!(message = "Could not unban.", %ip, %error);
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn removal_ip(removal: &Removal) -> Option<IpAddr> {
+    match removal {
+        Removal::Owned { object, .. } => Some(object.ip),
+        Removal::Legacy { member } => member.network.filter(|n| n.prefix_len() == n.max_prefix_len()).map(|n| n.addr()),
+    }
+}

@@ -1,0 +1,223 @@
+//! What a prune pass removes, decided without I/O.
+//!
+//! [`plan`] takes what the FortiGate holds (objects fortimisp owns, and with `adopt_legacy` the legacy members of
+//! the block groups), the clock, and — only when a complete view of MISP could be read — which owned addresses
+//! MISP still lists as blocking. It returns the removals with their reason, and whether the revocation safety rail
+//! tripped.
+//!
+//! Invariants, each tested below:
+//! - only objects in `owned` (our comment marker) or `legacy` (block-group members with the legacy timestamp) can
+//!   ever be in the plan; nothing else is given to this function, so nothing else can be removed;
+//! - without a MISP view (`still_listed == None`: MISP down, a page failed) nothing is removed for revocation;
+//! - a manual block (`misp-event=manual`) is never revoked, only aged out;
+//! - a revocation that would remove more than `max_unblock_fraction` of the blocks is held back (unless forced).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fortimisp_core::fortigate::{LegacyMember, OwnedObject};
+
+/// Why a block is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Older than `max_age`.
+    MaxAge,
+    /// MISP no longer lists the indicator as blocking (deleted, IDS flag off, warninglisted, filtered out).
+    Revoked,
+    /// A legacy member older than `max_age`.
+    Legacy,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MaxAge => "max_age",
+            Reason::Revoked => "revoked",
+            Reason::Legacy => "legacy",
+        }
+    }
+}
+
+/// One removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    Owned { object: OwnedObject, reason: Reason },
+    Legacy { member: LegacyMember },
+}
+
+impl Removal {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Removal::Owned { reason, .. } => *reason,
+            Removal::Legacy { .. } => Reason::Legacy,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Removal::Owned { object, .. } => object.name.as_str(),
+            Removal::Legacy { member } => &member.name,
+        }
+    }
+}
+
+/// The rule inputs of a pass.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub max_age: Duration,
+    pub unblock_revoked: bool,
+    pub max_unblock_fraction: f64,
+    pub force: bool,
+}
+
+/// The outcome of planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub removals: Vec<Removal>,
+    /// Revocations held back by the safety rail: (would remove, out of).
+    pub held_back: Option<(usize, usize)>,
+    /// Owned objects examined.
+    pub examined: usize,
+}
+
+/// Decides the removals of one pass. `still_listed`: the owned addresses MISP still lists as blocking, or `None`
+/// when no complete view of MISP could be read.
+pub fn plan(
+    now: DateTime<Utc>,
+    owned: &[OwnedObject],
+    legacy: &[LegacyMember],
+    still_listed: Option<&HashSet<IpAddr>>,
+    rules: &Rules,
+) -> Plan {
+    let max_age = chrono::Duration::from_std(rules.max_age).unwrap_or(chrono::Duration::MAX);
+    let expired = |created: DateTime<Utc>| now.signed_duration_since(created) > max_age;
+    let mut plan = Plan { examined: owned.len(), ..Plan::default() };
+    let mut revoked = Vec::new();
+    for object in owned {
+        if expired(object.comment.created_at) {
+            plan.removals.push(Removal::Owned { object: object.clone(), reason: Reason::MaxAge });
+        } else if rules.unblock_revoked && !is_manual(object) {
+            if let Some(listed) = still_listed {
+                if !listed.contains(&object.ip) {
+                    revoked.push(Removal::Owned { object: object.clone(), reason: Reason::Revoked });
+                }
+            }
+        }
+    }
+    if !revoked.is_empty() {
+        let fraction = revoked.len() as f64 / owned.len().max(1) as f64;
+        if fraction > rules.max_unblock_fraction && !rules.force {
+            plan.held_back = Some((revoked.len(), owned.len()));
+        } else {
+            plan.removals.extend(revoked);
+        }
+    }
+    for member in legacy {
+        if expired(member.created_at) {
+            plan.removals.push(Removal::Legacy { member: member.clone() });
+        }
+    }
+    plan
+}
+
+fn is_manual(object: &OwnedObject) -> bool {
+    object.comment.event_id.as_deref().is_none_or(|e| e == "manual")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fortimisp_core::fortigate::{Family, Marker, ObjectName};
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-25T12:00:00Z".parse().unwrap()
+    }
+
+    fn owned(ip: &str, age_days: i64, event: &str) -> OwnedObject {
+        let ip: IpAddr = ip.parse().unwrap();
+        OwnedObject {
+            name: ObjectName::for_ip("misp-", ip).unwrap(),
+            ip,
+            comment: Marker {
+                created_at: now() - chrono::Duration::days(age_days),
+                event_id: Some(event.to_string()),
+                rest: String::new(),
+            },
+        }
+    }
+
+    fn legacy(name: &str, age_days: i64) -> LegacyMember {
+        LegacyMember {
+            name: name.to_string(),
+            family: Family::V4,
+            group: "MISP_BLOCK".into(),
+            network: name.parse().ok(),
+            created_at: now() - chrono::Duration::days(age_days),
+        }
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            max_age: Duration::from_secs(90 * 86400),
+            unblock_revoked: true,
+            max_unblock_fraction: 0.5,
+            force: false,
+        }
+    }
+
+    fn names(plan: &Plan) -> Vec<(String, &'static str)> {
+        plan.removals.iter().map(|r| (r.name().to_string(), r.reason().as_str())).collect()
+    }
+
+    #[test]
+    fn ages_out_old_blocks_and_legacy_members_only() {
+        let objs = [owned("198.51.100.1", 91, "1"), owned("198.51.100.2", 89, "1"), owned("2001:db8::1", 100, "2")];
+        let leg = [legacy("198.51.100.7/32", 120), legacy("198.51.100.8/32", 10)];
+        let listed: HashSet<IpAddr> = objs.iter().map(|o| o.ip).collect();
+        let plan = plan(now(), &objs, &leg, Some(&listed), &rules());
+        assert_eq!(
+            names(&plan),
+            [
+                ("misp-198.51.100.1".to_string(), "max_age"),
+                ("misp-2001:db8::1".to_string(), "max_age"),
+                ("198.51.100.7/32".to_string(), "legacy")
+            ]
+        );
+        assert_eq!(plan.held_back, None);
+        assert_eq!(plan.examined, 3);
+    }
+
+    #[test]
+    fn revocation_needs_a_complete_view_and_respects_the_rail() {
+        let objs: Vec<_> = (1..=10).map(|i| owned(&format!("198.51.100.{i}"), 1, "5")).collect();
+        let mut listed: HashSet<IpAddr> = objs.iter().map(|o| o.ip).collect();
+        // No view: nothing revoked.
+        assert!(plan(now(), &objs, &[], None, &rules()).removals.is_empty());
+        // Two revoked: under the 50 % rail.
+        listed.remove(&objs[0].ip);
+        listed.remove(&objs[1].ip);
+        let p = plan(now(), &objs, &[], Some(&listed), &rules());
+        assert_eq!(p.removals.len(), 2);
+        assert!(p.removals.iter().all(|r| r.reason() == Reason::Revoked));
+        // Eight revoked (80 %): held back, unless forced.
+        let few: HashSet<IpAddr> = objs[8..].iter().map(|o| o.ip).collect();
+        let p = plan(now(), &objs, &[], Some(&few), &rules());
+        assert!(p.removals.is_empty());
+        assert_eq!(p.held_back, Some((8, 10)));
+        let forced = plan(now(), &objs, &[], Some(&few), &Rules { force: true, ..rules() });
+        assert_eq!(forced.removals.len(), 8);
+        // Without unblock_revoked nothing is revoked.
+        let off = plan(now(), &objs, &[], Some(&few), &Rules { unblock_revoked: false, ..rules() });
+        assert!(off.removals.is_empty() && off.held_back.is_none());
+    }
+
+    #[test]
+    fn manual_blocks_are_never_revoked() {
+        let objs = [owned("198.51.100.1", 1, "manual"), owned("198.51.100.2", 1, "7"), owned("198.51.100.3", 1, "7")];
+        let listed: HashSet<IpAddr> = [objs[2].ip].into_iter().collect();
+        let p = plan(now(), &objs, &[], Some(&listed), &rules());
+        assert_eq!(names(&p), [("misp-198.51.100.2".to_string(), "revoked")]);
+    }
+}
