@@ -10,10 +10,13 @@
 //! - [`config`]: the operator contract's `config.toml`, parsed then validated into a [`config::Config`].
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
+//! - [`journal`]: the SQLite journal (`[state] path`) both daemons share: the durable queue of pending actions, the
+//!   audit trail of decisions and the ledger of blocks; keeps working from memory when the file refuses writes.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod fortigate;
+pub mod journal;
 pub mod misp;
 pub mod policy;
 pub mod secret;
