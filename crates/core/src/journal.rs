@@ -135,6 +135,8 @@ pub enum Error {
     TooNew { path: PathBuf, found: i64, supported: i64 },
     #[error("journal {}: not open (degraded, working from memory)", path.display())]
     Unavailable { path: PathBuf },
+    #[error("journal {}: the file was deleted or replaced while open", path.display())]
+    Moved { path: PathBuf },
     #[error("journal: no action with id {0}")]
     UnknownAction(ActionId),
 }
@@ -224,9 +226,13 @@ impl PendingAction {
 pub enum Outcome {
     Done,
     /// Gave up (e.g. the FortiGate rejected it as invalid); not retried.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// Deliberately not done (never-block, dry run, already gone).
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -367,8 +373,8 @@ impl Journal {
     /// Queues an action. Idempotent: if an action of the same kind for the same IP is already pending, its id is
     /// returned and nothing is added.
     pub fn enqueue(&self, action: &NewAction) -> Result<ActionId, Error> {
-        let ids = self.lock().enqueue_many(std::slice::from_ref(action))?;
-        ids.into_iter().next().ok_or(Error::UnknownAction(ActionId(0)))
+        let mut ids = self.lock().enqueue_many(std::slice::from_ref(action))?;
+        Ok(ids.pop().expect("enqueue_many returns one id per action"))
     }
 
     /// Queues several actions in one transaction (one lock, one commit), ids in the same order.
@@ -483,12 +489,27 @@ impl Journal {
 #[derive(Debug, Clone)]
 enum Op {
     /// `mem_id`: the negative id handed out while degraded; 0 when written directly.
-    Enqueue { mem_id: i64, action: NewAction },
-    Attempt { id: i64, error: String, at: DateTime<Utc> },
-    Complete { id: i64, outcome: Outcome, at: DateTime<Utc> },
+    Enqueue {
+        mem_id: i64,
+        action: NewAction,
+    },
+    Attempt {
+        id: i64,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    Complete {
+        id: i64,
+        outcome: Outcome,
+        at: DateTime<Utc>,
+    },
     Decision(Decision),
     Block(BlockRecord),
-    Unblock { ip: IpAddr, reason: String, at: DateTime<Utc> },
+    Unblock {
+        ip: IpAddr,
+        reason: String,
+        at: DateTime<Utc>,
+    },
 }
 
 /// What an [`Op`] did to the file.
@@ -560,6 +581,11 @@ struct Inner {
     db: Option<Connection>,
     /// `None` for an in-memory journal.
     path: Option<PathBuf>,
+    /// Identity of the file `db` has open, to notice it being deleted or replaced: in WAL mode SQLite would
+    /// otherwise keep writing, successfully, into the unlinked file.
+    file_id: Option<FileId>,
+    /// The connection was dropped because its file went away: on reopen, write the shadow queue into the new file.
+    reseed: bool,
     shadow: Shadow,
     /// Writes the file refused, oldest first. Non-empty implies `degraded`.
     backlog: Vec<Op>,
@@ -578,8 +604,10 @@ struct Inner {
 impl Inner {
     fn new(db: Option<Connection>, path: Option<PathBuf>) -> Inner {
         Inner {
+            file_id: path.as_deref().and_then(file_id),
             db,
             path,
+            reseed: false,
             shadow: Shadow::default(),
             backlog: Vec::new(),
             buffered_decisions: 0,
@@ -619,6 +647,10 @@ impl Inner {
                 return Ok(None);
             }
         }
+        if self.file_moved() {
+            self.lose_file();
+            return Ok(None);
+        }
         let Some(db) = self.db.as_mut() else {
             return Ok(None);
         };
@@ -639,6 +671,23 @@ impl Inner {
             }
             Err(source) => Err(self.sql_error(source)),
         }
+    }
+
+    /// True if the path no longer names the file the connection has open.
+    fn file_moved(&self) -> bool {
+        match (&self.path, self.file_id, &self.db) {
+            (Some(path), Some(id), Some(_)) => file_id(path) != Some(id),
+            _ => false,
+        }
+    }
+
+    /// Drops the connection to a file that is gone; the shadow queue is written to the next file opened at path.
+    fn lose_file(&mut self) {
+        let error = Error::Moved { path: self.display_path() };
+        self.note_failure(&error);
+        self.db = None;
+        self.file_id = None;
+        self.reseed = true;
     }
 
     fn buffer(&mut self, op: Op) {
@@ -665,7 +714,7 @@ impl Inner {
                 error = %source,
                 path = %path.display(),
             );
-        } else if self.last_loud.map_or(true, |t| now.duration_since(t) >= LOUD_INTERVAL) {
+        } else if !matches!(self.last_loud, Some(t) if now.duration_since(t) < LOUD_INTERVAL) {
             self.last_loud = Some(now);
             error!(
                 message = "Journal is still not writable; pending actions are in memory only.",
@@ -682,8 +731,8 @@ impl Inner {
     }
 
     fn retry_if_due(&mut self) {
-        let due = self.last_retry.map_or(true, |t| t.elapsed() >= self.retry_interval);
-        if due && self.path.is_some() | self.db.is_some() {
+        let due = !matches!(self.last_retry, Some(t) if t.elapsed() < self.retry_interval);
+        if due && (self.path.is_some() || self.db.is_some()) {
             // The failure is logged (rate-limited) inside.
             let _ = self.flush();
         }
@@ -700,7 +749,10 @@ impl Inner {
                 return Err(Error::Unavailable { path: self.display_path() });
             };
             match open_file(&path) {
-                Ok(conn) => self.db = Some(conn),
+                Ok(conn) => {
+                    self.db = Some(conn);
+                    self.file_id = file_id(&path);
+                }
                 Err(error) => {
                     self.note_failure(&error);
                     return Err(error);
@@ -710,8 +762,11 @@ impl Inner {
         let Some(db) = self.db.as_mut() else {
             return Err(Error::Unavailable { path: self.display_path() });
         };
+        // Actions the lost file held (positive ids) go first, under their old ids, so ids callers hold stay valid.
+        let restore: Vec<PendingAction> =
+            if self.reseed { self.shadow.by_id.values().filter(|p| p.id.0 > 0).cloned().collect() } else { Vec::new() };
         let mut skipped = Vec::new();
-        let result = replay(db, &self.backlog, &self.remap, &mut skipped);
+        let result = replay(db, &restore, &self.backlog, &self.remap, &mut skipped);
         for (op, problem) in skipped {
             warn!(message = "Buffered journal entry could not be written; skipped.", entry = ?op, error = %problem);
         }
@@ -723,6 +778,7 @@ impl Inner {
                 self.buffered_decisions = 0;
                 self.shadow = Shadow::from_rows(pending);
                 self.degraded = false;
+                self.reseed = false;
                 info!(
                     message = "Journal is writable again; buffered entries written.",
                     path = %self.display_path().display(),
@@ -926,11 +982,32 @@ impl Drop for Inner {
 /// are skipped and reported in `skipped`, so one bad entry cannot keep the journal degraded forever.
 fn replay(
     db: &mut Connection,
+    restore: &[PendingAction],
     backlog: &[Op],
     known: &HashMap<i64, i64>,
     skipped: &mut Vec<(Op, String)>,
 ) -> rusqlite::Result<(HashMap<i64, i64>, Vec<PendingAction>)> {
     let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for p in restore {
+        // Ignored if the id or a pending (kind, IP) is already there (the same file came back).
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO actions
+               (id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            p.id.0,
+            p.kind,
+            p.ip.to_string(),
+            p.reason,
+            p.event_id,
+            p.rule,
+            p.comment,
+            ts(&p.requested_at),
+            p.attempts,
+            p.last_error
+        ])?;
+    }
     let mut remap: HashMap<i64, i64> = HashMap::new();
     for op in backlog {
         let translate = |id: i64| remap.get(&id).or_else(|| known.get(&id)).copied().unwrap_or(id);
@@ -949,6 +1026,20 @@ fn replay(
     let pending = load_pending(&tx)?;
     tx.commit()?;
     Ok((remap, pending))
+}
+
+/// (device, inode) of the file at `path`, if there is one.
+type FileId = (u64, u64);
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<FileId> {
+    None
 }
 
 fn sql_error(path: &Path, source: rusqlite::Error) -> Error {
@@ -1076,7 +1167,8 @@ fn pending_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingAction> {
 }
 
 fn load_pending(db: &Connection) -> rusqlite::Result<Vec<PendingAction>> {
-    let mut stmt = db.prepare_cached(&format!("{PENDING_COLUMNS} WHERE state = 'pending' ORDER BY requested_at, id"))?;
+    let mut stmt =
+        db.prepare_cached(&format!("{PENDING_COLUMNS} WHERE state = 'pending' ORDER BY requested_at, id"))?;
     let rows = stmt.query_map([], pending_row)?;
     rows.collect()
 }
@@ -1102,9 +1194,8 @@ fn load_active_blocks(db: &Connection) -> rusqlite::Result<Vec<BlockRecord>> {
 }
 
 fn load_recent_decisions(db: &Connection, limit: usize) -> rusqlite::Result<Vec<Decision>> {
-    let mut stmt = db.prepare_cached(
-        "SELECT at, ip, verdict, detail, event_id, rule FROM decisions ORDER BY id DESC LIMIT ?1",
-    )?;
+    let mut stmt =
+        db.prepare_cached("SELECT at, ip, verdict, detail, event_id, rule FROM decisions ORDER BY id DESC LIMIT ?1")?;
     let rows = stmt.query_map([limit], |row| {
         Ok(Decision {
             at: row.get::<_, SqlTime>(0)?.0,
@@ -1336,10 +1427,7 @@ mod tests {
         let done = || Outcome::Done;
         let cases: Vec<Vec<(Step, &[&str])>> = vec![
             // enqueue → pending → complete
-            vec![
-                (Enqueue(block("198.51.100.7", 0)), &["block 198.51.100.7"]),
-                (Complete(0, done()), &[]),
-            ],
+            vec![(Enqueue(block("198.51.100.7", 0)), &["block 198.51.100.7"]), (Complete(0, done()), &[])],
             // idempotent: same kind + IP while pending is one action; a different kind is another
             vec![
                 (Enqueue(block("198.51.100.7", 0)), &["block 198.51.100.7"]),
@@ -1358,10 +1446,16 @@ mod tests {
             vec![
                 (Enqueue(block("198.51.100.1", 1)), &["block 198.51.100.1"]),
                 (Enqueue(block("198.51.100.2", 2)), &["block 198.51.100.1", "block 198.51.100.2"]),
-                (Enqueue(block("198.51.100.3", 3)), &["block 198.51.100.1", "block 198.51.100.2", "block 198.51.100.3"]),
+                (
+                    Enqueue(block("198.51.100.3", 3)),
+                    &["block 198.51.100.1", "block 198.51.100.2", "block 198.51.100.3"],
+                ),
                 (Reopen, &["block 198.51.100.1", "block 198.51.100.2", "block 198.51.100.3"]),
                 (Attempt(0, "fortigate: 503"), &["block 198.51.100.1", "block 198.51.100.2", "block 198.51.100.3"]),
-                (Complete(0, Outcome::Failed { reason: "invalid".into() }), &["block 198.51.100.2", "block 198.51.100.3"]),
+                (
+                    Complete(0, Outcome::Failed { reason: "invalid".into() }),
+                    &["block 198.51.100.2", "block 198.51.100.3"],
+                ),
                 (Complete(1, Outcome::Skipped { reason: "never-block".into() }), &["block 198.51.100.3"]),
                 (Complete(1, done()), &["block 198.51.100.3"]),
                 (Reopen, &["block 198.51.100.3"]),
@@ -1424,6 +1518,33 @@ mod tests {
     }
 
     #[test]
+    fn two_processes_writing_at_once_wait_for_each_other() {
+        let (_dir, path, integration) = file_journal();
+        let housekeeping = Journal::open(&path).expect("second open");
+        let writers: Vec<_> = [(integration.clone(), 1u8), (housekeeping.clone(), 2u8)]
+            .into_iter()
+            .map(|(journal, net)| {
+                std::thread::spawn(move || {
+                    for host in 0..100u8 {
+                        let addr = format!("10.{net}.0.{host}");
+                        let id = journal.enqueue(&block(&addr, i64::from(host))).expect("enqueue");
+                        journal.record_decision(&decision(&addr, i64::from(host), "block")).expect("decision");
+                        if host % 2 == 0 {
+                            journal.complete(id, &Outcome::Done).expect("complete");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer thread");
+        }
+        assert!(!integration.is_degraded() && !housekeeping.is_degraded());
+        assert_eq!(integration.pending().expect("pending").len(), 100);
+        assert_eq!(housekeeping.recent_decisions(1000).expect("decisions").len(), 200);
+    }
+
+    #[test]
     fn open_errors_name_the_path() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("not-a-dir");
@@ -1451,7 +1572,10 @@ mod tests {
     fn migrations_are_applied_once_and_recorded() {
         let (_dir, path, journal) = file_journal();
         let (version, mode): (i64, String) = journal.with_conn(|c| {
-            Ok((c.pragma_query_value(None, "user_version", |r| r.get(0))?, c.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
+            Ok((
+                c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+                c.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+            ))
         });
         assert_eq!((version, mode.as_str()), (SCHEMA_VERSION, "wal"));
         drop(journal);
@@ -1472,7 +1596,8 @@ mod tests {
         journal.record_unblock(ip("198.51.100.77"), "adopt_legacy", at(5)).expect("unblock");
         assert_eq!(journal.active_blocks().expect("active"), vec![reblocked]);
         let closed: Vec<(String, String)> = journal.with_conn(|c| {
-            let mut s = c.prepare("SELECT ip, unblock_reason FROM blocks WHERE unblocked_at IS NOT NULL ORDER BY id")?;
+            let mut s =
+                c.prepare("SELECT ip, unblock_reason FROM blocks WHERE unblocked_at IS NOT NULL ORDER BY id")?;
             let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         });
@@ -1490,12 +1615,16 @@ mod tests {
             decision("198.51.100.1", 10, "block"), // repeat: counted, not a new row
             decision("198.51.100.2", 20, "clean"),
             decision("198.51.100.1", 30, "never-block"), // changed verdict: new row
-            decision("198.51.100.2", 100, "clean"), // repeat much later keeps the row alive
+            decision("198.51.100.2", 100, "clean"),      // repeat much later keeps the row alive
         ] {
             journal.record_decision(&d).expect("decision");
         }
         let verdicts = |j: &Journal| {
-            j.recent_decisions(10).expect("recent").into_iter().map(|d| format!("{} {}", d.ip, d.verdict)).collect::<Vec<_>>()
+            j.recent_decisions(10)
+                .expect("recent")
+                .into_iter()
+                .map(|d| format!("{} {}", d.ip, d.verdict))
+                .collect::<Vec<_>>()
         };
         assert_eq!(verdicts(&journal), ["198.51.100.1 never-block", "198.51.100.2 clean", "198.51.100.1 block"]);
         assert_eq!(journal.recent_decisions(1).expect("recent").len(), 1);
@@ -1570,19 +1699,37 @@ mod tests {
     }
 
     #[test]
-    fn file_replaced_by_a_directory_degrades() {
-        // Works as root too: the open connection notices its file is gone and refuses writes.
-        let (dir, path, journal) = file_journal();
-        journal.enqueue(&block("198.51.100.1", 1)).expect("enqueue");
+    fn file_deleted_or_replaced_degrades_then_moves_to_the_new_file() {
+        // Works as root: the journal notices the path no longer names its file (WAL mode alone would keep writing
+        // into the unlinked file and lose everything at exit).
+        let (_dir, path, journal) = file_journal();
+        let first = journal.enqueue(&block("198.51.100.1", 1)).expect("enqueue");
+        let second = journal.enqueue(&block("198.51.100.3", 3)).expect("enqueue");
+        journal.record_attempt(second, "timeout").expect("attempt");
         let state_dir = path.parent().expect("parent");
         std::fs::remove_dir_all(state_dir).expect("remove");
         std::fs::create_dir_all(&path).expect("directory where the file was");
+
         let id = journal.enqueue(&block("198.51.100.2", 2)).expect("enqueue while degraded");
         assert!(journal.is_degraded());
-        assert_eq!(ips(&journal.pending().expect("pending")), ["block 198.51.100.1", "block 198.51.100.2"]);
+        let expected = ["block 198.51.100.1", "block 198.51.100.2", "block 198.51.100.3"];
+        assert_eq!(ips(&journal.pending().expect("pending")), expected);
         journal.complete(id, &Outcome::Done).expect("complete while degraded");
-        assert_eq!(ips(&journal.pending().expect("pending")), ["block 198.51.100.1"]);
-        drop(dir);
+        journal.complete(first, &Outcome::Done).expect("complete of a lost-file id while degraded");
+        assert_eq!(ips(&journal.pending().expect("pending")), ["block 198.51.100.3"]);
+        assert!(journal.flush().is_err(), "a directory is in the way");
+
+        // the operator fixes it: the queue moves to the new file, old ids still work
+        std::fs::remove_dir(&path).expect("remove directory");
+        assert_eq!(journal.flush().expect("flush"), 3);
+        let other = Journal::open(&path).expect("new file");
+        let pending = other.pending().expect("pending");
+        assert_eq!(ips(&pending), ["block 198.51.100.3"]);
+        assert_eq!((pending[0].id, pending[0].attempts), (second, 1));
+        journal.complete(second, &Outcome::Done).expect("complete by old id");
+        assert_eq!(other.pending().expect("pending"), vec![]);
+        let next = journal.enqueue(&block("198.51.100.4", 4)).expect("enqueue");
+        assert!(next > second, "new ids do not reuse old ones");
     }
 
     #[test]
