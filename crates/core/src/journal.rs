@@ -46,8 +46,9 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 /// How long a write waits for the other daemon's write lock. Longer counts as "unavailable": the write is
-/// buffered in memory (degraded mode) rather than stalling the blocker.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// buffered in memory (degraded mode) rather than stalling the blocker. Kept well under the 10 s SIGTERM budget:
+/// the writes of the two daemons take milliseconds, so a lock held this long means something is wrong.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// While degraded, a write or `pending()` tries to write the buffered entries back at most this often.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(5);
@@ -939,6 +940,9 @@ impl Inner {
 
     fn prune(&mut self, older_than: DateTime<Utc>, everything: bool) -> Result<Pruned, Error> {
         let cutoff = ts(&older_than);
+        if self.file_moved() {
+            self.lose_file();
+        }
         let path = self.display_path();
         let db = self.db.as_mut().ok_or_else(|| Error::Unavailable { path: path.clone() })?;
         let result = (|| {
@@ -1196,6 +1200,7 @@ fn load_active_blocks(db: &Connection) -> rusqlite::Result<Vec<BlockRecord>> {
 fn load_recent_decisions(db: &Connection, limit: usize) -> rusqlite::Result<Vec<Decision>> {
     let mut stmt =
         db.prepare_cached("SELECT at, ip, verdict, detail, event_id, rule FROM decisions ORDER BY id DESC LIMIT ?1")?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map([limit], |row| {
         Ok(Decision {
             at: row.get::<_, SqlTime>(0)?.0,
@@ -1753,6 +1758,22 @@ mod tests {
         assert!(!journal.is_degraded());
         let reopened = Journal::open(&path).expect("file now exists");
         assert_eq!(ips(&reopened.pending().expect("pending")), ["block 198.51.100.2"]);
+    }
+
+    #[test]
+    fn buffered_decisions_are_capped_actions_are_not() {
+        let (_dir, _path, journal) = file_journal();
+        refuse_writes(&journal, true);
+        for n in 0..=MAX_BUFFERED_DECISIONS {
+            let addr = format!("10.0.{}.{}", n / 256 % 256, n % 256);
+            journal.record_decision(&decision(&addr, 0, "clean")).expect("decision");
+        }
+        journal.enqueue(&block("198.51.100.1", 1)).expect("enqueue");
+        assert_eq!(journal.buffered(), MAX_BUFFERED_DECISIONS + 1);
+        refuse_writes(&journal, false);
+        assert_eq!(journal.flush().expect("flush"), MAX_BUFFERED_DECISIONS + 1);
+        assert_eq!(journal.recent_decisions(usize::MAX).expect("decisions").len(), MAX_BUFFERED_DECISIONS);
+        assert_eq!(ips(&journal.pending().expect("pending")), ["block 198.51.100.1"]);
     }
 
     #[test]
