@@ -14,12 +14,15 @@
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
 //! - [`view`]: a complete view of the blocking indicators in MISP (shared by the mirror and housekeeping).
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
+//! - [`journal`]: the SQLite journal (`[state] path`) both daemons share: the durable queue of pending actions, the
+//!   audit trail of decisions and the ledger of blocks; keeps working from memory when the file refuses writes.
 #![forbid(unsafe_code)]
 
 pub mod clients;
 pub mod config;
 pub mod fortigate;
 pub mod indicators;
+pub mod journal;
 pub mod metrics;
 pub mod misp;
 pub mod policy;
