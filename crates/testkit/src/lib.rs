@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`fortigate`]: an axum FortiGate REST emulator (cmdb address/addrgrp, members, banned IPs) with test hooks.
+//! - [`tls`]: a throw-away rcgen CA issuing loopback server certificates, and the rustls server config.
 //! - [`misp`]: an axum MISP emulator (restSearch, feeds, sightings, warninglists) with test hooks.
 //!
 //! Never a dependency of the daemons.
 
 pub mod fortigate;
 pub mod misp;
+pub mod tls;

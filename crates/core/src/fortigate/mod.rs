@@ -1,1 +1,246 @@
-//! fortigate (work in progress).
+//! The FortiGate side of fortimisp: a FortiOS REST client that blocks an IP by putting an address object into a
+//! block group that a deny policy references, and undoes it; plus the banned-IP (quarantine) backend.
+//!
+//! # Layout
+//! - [`objects`]: pure domain types: [`ObjectName`] (`object_prefix + IP`, never a `/`), [`Comment`] (the
+//!   `fortimisp <RFC 3339 UTC> misp-event=<id> …` marker) and [`CommentKind`] (ours / placeholder / legacy /
+//!   foreign).
+//! - `client`: [`Client`]: transport (reqwest + rustls, `Authorization: Bearer`, `vdom=`), the rate limit, retries,
+//!   the FortiOS envelope and error codes, and one typed method per REST operation. It is the only code that knows
+//!   FortiOS paths, percent-encoding and the envelope.
+//! - `groups`: the idempotent domain operations the daemons call: [`Client::ensure_groups`], [`Client::block`],
+//!   [`Client::unblock`], [`Client::list_owned`], [`Client::legacy_members`], [`Client::unblock_legacy`].
+//!
+//! # Invariants
+//! - Errors are decided on the envelope's `error` code, never on message text, and on the HTTP status only where
+//!   there is no code (404, 401, 429, 5xx without a JSON body). -5 is "already exists" whether it comes with 500 or
+//!   424.
+//! - A DELETE is never sent without a non-empty object name: `DELETE …/firewall/address` purges the table. The
+//!   check sits in the one function that sends requests.
+//! - Group membership changes only through the child-table calls (`POST …/addrgrp/{g}/member`,
+//!   `DELETE …/member/{m}`); the member list is never PUT (two writers would drop each other's members).
+//! - Only objects whose comment is our marker are ever deleted; an existing object with any other comment is a
+//!   [`Error::Foreign`] conflict and is left untouched.
+//! - `requests_per_second` is enforced in exactly one place (before every attempt, retries included).
+//! - 401 is [`Error::Unauthorized`]: fatal, never retried (FortiOS locks the source IP out after a few failures,
+//!   doubling each time). 429, 5xx, timeouts and dropped connections are retried with bounded exponential
+//!   backoff and jitter ([`RetryPolicy`]).
+//!
+//! # Design decisions
+//! - **Placeholder member.** Older FortiOS refuses an address group without members, so the last real member
+//!   could not be removed. [`Client::ensure_groups`] creates each missing group with one permanent member:
+//!   `<prefix>placeholder` (`192.0.2.255/32`, TEST-NET-1) in the IPv4 groups and `<prefix>placeholder6`
+//!   (`2001:db8::ffff:ffff/128`, documentation prefix) in the IPv6 groups, commented `fortimisp placeholder`.
+//!   That comment is not a marker ([`CommentKind::Placeholder`]), so housekeeping never prunes it. Blocking
+//!   TEST-NET addresses is harmless.
+//! - **Overflow.** When a group holds `max_group_members` blocked addresses (placeholder and nested groups not
+//!   counted), or FortiOS answers "full" (-4 or -52), the next group `NAME-2`, `NAME-3`, … is used, created on
+//!   demand with the placeholder, and added **once as a nested member of the base group**, so the operator's deny
+//!   policy keeps referencing only `block_group`/`block_group6`. The base group therefore holds the placeholder
+//!   plus one member per overflow group on top of its addresses: keep `max_group_members` a few entries below the
+//!   model's per-group limit. If the base group is so full that the overflow group cannot be nested, `block`
+//!   returns [`Error::Full`] naming the base group (lower `max_group_members`).
+//! - Group changes of one address family are serialised inside one [`Client`] (a `tokio::sync::Mutex` held for the
+//!   membership step only), so concurrent `block`s of one IP end with one object and one membership.
+//!
+//! # Example
+//! ```no_run
+//! # async fn demo() -> Result<(), fortimisp_core::fortigate::Error> {
+//! use fortimisp_core::fortigate::{Client, ClientOptions, Comment};
+//! use fortimisp_core::secret::ApiKey;
+//! let client = Client::new(ClientOptions::new("https://fw.example.org", ApiKey::new("token")))?;
+//! client.ensure_groups().await?;
+//! let comment = Comment::new(chrono::Utc::now(), "1234", "ip-src");
+//! client.block("198.51.100.7".parse().unwrap(), &comment).await?;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod groups;
+pub mod objects;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use client::{AddressEntry, BannedIp, Change, Client, Group, SystemStatus};
+pub use groups::{BlockOutcome, LegacyMember, OwnedObject, UnblockOutcome};
+pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
+
+use crate::secret::ApiKey;
+
+/// Everything needed to build a [`Client`]. Field names follow `[fortigate]` in config.toml.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Base URL, e.g. `https://fortigate.example.org` (no path).
+    pub url: String,
+    /// REST API admin token, sent as `Authorization: Bearer`.
+    pub api_key: ApiKey,
+    /// VDOM sent as `vdom=` on every call.
+    pub vdom: String,
+    /// Extra PEM trust roots (added to the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// `false` accepts any certificate; the caller logs the warning.
+    pub verify_tls: bool,
+    /// Per-request timeout (connect included).
+    pub timeout: Duration,
+    /// Client-side rate limit for all requests of this client; 0 = unlimited.
+    pub requests_per_second: f64,
+    /// IPv4 block group referenced by the deny policy.
+    pub block_group: String,
+    /// IPv6 block group.
+    pub block_group6: String,
+    /// Blocked addresses per group before overflowing to `NAME-2`, `NAME-3`, …
+    pub max_group_members: usize,
+    /// Prefix of created object names.
+    pub object_prefix: String,
+    /// Retry policy for retryable errors.
+    pub retry: RetryPolicy,
+}
+
+impl ClientOptions {
+    /// Options with the contract's defaults (`vdom = "root"`, `MISP_BLOCK`/`MISP_BLOCK6`, 600 members, 10 rps,
+    /// `misp-` prefix, 10 s timeout, TLS verified).
+    pub fn new(url: impl Into<String>, api_key: ApiKey) -> Self {
+        ClientOptions {
+            url: url.into(),
+            api_key,
+            vdom: "root".into(),
+            ca_file: None,
+            verify_tls: true,
+            timeout: Duration::from_secs(10),
+            requests_per_second: 10.0,
+            block_group: "MISP_BLOCK".into(),
+            block_group6: "MISP_BLOCK6".into(),
+            max_group_members: 600,
+            object_prefix: "misp-".into(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Bounded exponential backoff with jitter: attempt `n` (1-based) waits a random time in
+/// `[d/2, d]` where `d = min(max_delay, base_delay * 2^(n-1))`; a 429's `Retry-After` is a lower bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total (1 = no retry).
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The upper bound of the wait after failed attempt `attempt` (1-based), before jitter.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+/// Errors of the FortiGate boundary. Each carries what an operator needs (status, FortiOS code, object name).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 401: bad or revoked token, or this host is not a trusted host. Fatal: retrying extends the lockout.
+    #[error("fortigate refused the api token (http 401): bad or revoked token, or source not a trusted host")]
+    Unauthorized,
+    /// 429: rate limited, or this source IP is locked out after failed logins.
+    #[error("fortigate answered http 429 (rate limited or source locked out)")]
+    TooManyRequests { retry_after: Option<Duration> },
+    /// 403 / -14 / -37: the admin profile lacks a permission.
+    #[error("permission denied (http {status}, error {code:?})")]
+    Forbidden { status: u16, code: Option<i64> },
+    /// 404 or -3 on an entry.
+    #[error("{name}: not found")]
+    NotFound { name: String },
+    /// -5.
+    #[error("{name}: already exists")]
+    AlreadyExists { name: String },
+    /// -23: still referenced by a group or a policy. Report; do not retry in a loop.
+    #[error("{name}: in use by a group or policy (error -23)")]
+    InUse { name: String },
+    /// -3 on a member add: the object to add does not exist (or has the wrong family).
+    #[error("{name}: references a missing entry (error -3)")]
+    MissingReference { name: String },
+    /// -4 (table full) or -52 (group member limit).
+    #[error("{name}: table or group is full (error {code})")]
+    Full { name: String, code: i64 },
+    /// -163/-164 or an object of another type with our name.
+    #[error("{name}: name clashes with an object of another type (error {code:?})")]
+    NameClash { name: String, code: Option<i64> },
+    /// The object exists but its comment is not our marker; nothing was changed.
+    #[error("{name}: exists on the fortigate and is not fortimisp's (comment {comment:?})")]
+    Foreign { name: String, comment: String },
+    /// Any other FortiOS error.
+    #[error("fortigate error {code:?} (http {status}) on {name:?}: {cli_error:?}")]
+    Api {
+        status: u16,
+        code: Option<i64>,
+        name: Option<String>,
+        cli_error: Option<String>,
+    },
+    /// An HTTP error status without a FortiOS envelope (a 5xx page from httpsd or a proxy).
+    #[error("fortigate answered http {status} without a json envelope")]
+    Http { status: u16 },
+    #[error("request timed out")]
+    Timeout,
+    /// Connection refused/reset/closed, TLS failure (including certificate verification).
+    #[error("connection to fortigate failed")]
+    Transport(#[source] reqwest::Error),
+    /// A 2xx answer we cannot read.
+    #[error("unexpected fortigate response: {detail}")]
+    Protocol { detail: String },
+    #[error("invalid object name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    /// Guard: a DELETE without an object name would purge the whole table.
+    #[error("refusing to send a delete without an object name")]
+    EmptyMkey,
+    #[error("ca_file {path}: {detail}")]
+    CaFile { path: PathBuf, detail: String },
+    #[error("cannot build the http client")]
+    Build(#[source] reqwest::Error),
+}
+
+impl Error {
+    /// Worth retrying later: timeouts, dropped connections, 5xx without a FortiOS code, 429.
+    /// Never: 401/403, validation, conflicts, anything FortiOS answered with an error code.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::TooManyRequests { .. } | Error::Timeout => true,
+            Error::Transport(e) => !is_certificate_error(e),
+            Error::Http { status } => *status >= 500,
+            Error::Api { status, code, .. } => code.is_none() && *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The operator must act (token, trusted hosts, profile permissions); the daemon should alert and stop calling.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Unauthorized | Error::Forbidden { .. })
+    }
+}
+
+/// A TLS verification failure will not heal by retrying.
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return true;
+            }
+        }
+        if s.is::<rustls::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}

@@ -1,0 +1,93 @@
+//! `fortigate-emulator`: the FortiGate REST emulator as a process, for the lab and docker compose.
+//!
+//! ```text
+//! fortigate-emulator --listen 127.0.0.1:8443 [--tls-dir DIR] [--token T] [--version v7.4.4]
+//!                    [--group-member-limit N] [--refuse-empty-groups] [--duplicate-status 500|424]
+//! ```
+//! Prints its URL on the first line of stdout, then serves until SIGINT/SIGTERM. With `--tls-dir`, `cert.pem` and
+//! `key.pem` there are used; if absent, a throw-away CA is generated and `ca.pem`, `cert.pem`, `key.pem` are written
+//! there (point the client's `ca_file` at `ca.pem`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator};
+use fortimisp_testkit::tls;
+
+#[derive(Parser, Debug)]
+#[command(name = "fortigate-emulator", about = "Emulated FortiGate REST API (cmdb address/addrgrp, members, banned IPs)")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Serve HTTPS with cert.pem/key.pem from this directory (generated with ca.pem when missing).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Accepted REST API token.
+    #[arg(long, env = "FORTIGATE_EMULATOR_TOKEN", default_value = "fortimisp-emulator-token")]
+    token: String,
+    /// Reported FortiOS version.
+    #[arg(long, default_value = "v7.4.4")]
+    version: String,
+    /// Entries per address group before -52.
+    #[arg(long, default_value_t = 2500)]
+    group_member_limit: usize,
+    /// Emulate an older FortiOS that refuses empty groups.
+    #[arg(long)]
+    refuse_empty_groups: bool,
+    /// HTTP status sent with error -5 (duplicate).
+    #[arg(long, default_value_t = 500)]
+    duplicate_status: u16,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter("info").init();
+    let args = Args::parse();
+    let config = EmulatorConfig {
+        token: args.token,
+        version: args.version,
+        group_member_limit: args.group_member_limit,
+        refuse_empty_groups: args.refuse_empty_groups,
+        duplicate_status: args.duplicate_status,
+        ..EmulatorConfig::default()
+    };
+    let tls_config = match &args.tls_dir {
+        None => None,
+        Some(dir) => Some(load_or_create_tls(dir).with_context(|| format!("--tls-dir {}", dir.display()))?),
+    };
+    let emulator = FortiGateEmulator::bind(args.listen, config, tls_config)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    println!("{}", emulator.url());
+    wait_for_signal().await;
+    drop(emulator);
+    Ok(())
+}
+
+fn load_or_create_tls(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert.exists() || !key.exists() {
+        std::fs::create_dir_all(dir)?;
+        let ca = tls::TestCa::new();
+        ca.write_ca_file(&dir.join("ca.pem"))?;
+        ca.issue_server_cert().write_to_dir(dir)?;
+    }
+    Ok(tls::server_config_from_pem(&std::fs::read(&cert)?, &std::fs::read(&key)?)?)
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,0 @@
-//! FortiGate emulator (work in progress).

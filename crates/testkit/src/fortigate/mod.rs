@@ -1,0 +1,980 @@
+//! An emulated FortiGate REST API (FortiOS 7.x cmdb + monitor), faithful to `/work/shared/reference/fortios-rest.md`,
+//! for tests, the lab and docker compose.
+//!
+//! [`FortiGateEmulator::start`] binds `127.0.0.1:0` (plain HTTP) or [`FortiGateEmulator::start_tls`] (rustls, a cert
+//! from [`crate::tls`]) and returns a handle whose [`url`](FortiGateEmulator::url) the client is pointed at. The
+//! handle is also the test hook: seed objects, inspect state, inject faults, count requests by route. Dropping it
+//! stops the server.
+//!
+//! # What is emulated
+//! - `/api/v2/cmdb/firewall/{address,address6,addrgrp,addrgrp6}[/{name}[/member[/{member}]]]`, GET/POST/PUT/DELETE,
+//!   names percent-decoded per path segment (an unencoded `/` in a name gives 400), one name space across the
+//!   four tables, `filter=` (`==`, `!=`, `=@`, `!@`; repeated = AND, comma = OR), `format=a|b`, `start`/`count`.
+//! - The envelope (`http_method`, `revision`, `results` array, `vdom`, `path`, `name`, `mkey`, `status`,
+//!   `http_status`, `error`, `cli_error`, `serial`, `version`, `build`). GET of a missing mkey is the recorded 404
+//!   body (no `error` field); DELETE of a missing entry is 404 with -3.
+//! - Error numbers: -5 duplicate (HTTP 500 or 424, see [`EmulatorConfig::duplicate_status`]), -3 missing member
+//!   reference (424), -23 delete of a referenced entry (500), -52 group member limit (500), -4 table full (500),
+//!   -163 name clash address/addrgrp (500), -651 invalid input.
+//! - `DELETE` on a collection purges every unreferenced entry (so a test can prove the client never sends it).
+//! - Auth: `Authorization: Bearer`; bad/revoked token or untrusted host -> 401 HTML page with
+//!   `WWW-Authenticate: error="invalid_token"`; after [`EmulatorConfig::lockout_threshold`] failures the source IP
+//!   gets 429 for [`EmulatorConfig::lockout_duration`], doubling on each further lockout; calls during the lockout
+//!   are refused without checking the token; a success resets the counter.
+//! - Older FortiOS refusing empty groups ([`EmulatorConfig::refuse_empty_groups`]).
+//! - Monitor: `GET /api/v2/monitor/system/status`, `GET /api/v2/monitor/user/banned`,
+//!   `POST …/banned/{add_users,clear_users,clear_all}`.
+//!
+//! Emulator choices where the reference is silent: an unknown `vdom` answers 404 without `error`; an empty group
+//! refusal is -651; -163 is used for an address/group name clash; banned entries list as
+//! `{ip_address, ipv6, created, expires, source}` with Unix seconds (`expires` 0 = never).
+
+mod state;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use percent_encoding::percent_decode_str;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub use state::{normalise_subnet, BannedEntry, Table};
+use state::{Db, Filter, Outcome, Rules};
+
+/// How the emulated box is set up. `Default` is a FortiOS v7.4.4 VM with generous limits.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// The REST API admin token accepted as `Authorization: Bearer`.
+    pub token: String,
+    /// Reported `version`, e.g. `v7.4.4`.
+    pub version: String,
+    pub build: u64,
+    pub serial: String,
+    /// VDOMs that exist; `vdom=` naming another answers 404.
+    pub vdoms: Vec<String>,
+    /// Entries per group; one more answers -52 with HTTP 500.
+    pub group_member_limit: usize,
+    /// Entries per address table; one more answers -4 with HTTP 500.
+    pub table_limit: usize,
+    /// Emulate an older FortiOS that refuses a group with no member.
+    pub refuse_empty_groups: bool,
+    /// HTTP status sent with error -5 (500 on some builds, 424 on others).
+    pub duplicate_status: u16,
+    /// Failed logins (per source IP) before a lockout.
+    pub lockout_threshold: u32,
+    /// First lockout length; doubles on each further lockout of the same IP.
+    pub lockout_duration: Duration,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            token: "fortimisp-emulator-token".into(),
+            version: "v7.4.4".into(),
+            build: 2662,
+            serial: "FGVMEVEMULATOR01".into(),
+            vdoms: vec!["root".into()],
+            group_member_limit: 2500,
+            table_limit: 50_000,
+            refuse_empty_groups: false,
+            duplicate_status: 500,
+            lockout_threshold: 3,
+            lockout_duration: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A fault to inject; see [`FortiGateEmulator::inject`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and a plain-text body (a proxy or httpsd failing: 500, 502, 503).
+    Status(u16),
+    /// Answer 429 (no token check).
+    TooManyRequests,
+    /// Close the connection without an answer.
+    Drop,
+}
+
+/// One request as the emulator saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Raw path, still percent-encoded.
+    pub path: String,
+    pub query: Option<String>,
+    /// Method + path template, e.g. `DELETE /api/v2/cmdb/firewall/addrgrp/{name}/member/{member}`.
+    pub route: String,
+    pub body: String,
+}
+
+struct FaultRule {
+    route: Option<String>,
+    fault: Fault,
+    remaining: usize,
+}
+
+#[derive(Default)]
+struct LockState {
+    failures: u32,
+    lockouts: u32,
+    locked_until: Option<Instant>,
+}
+
+struct Inner {
+    config: EmulatorConfig,
+    db: Db,
+    latency: Duration,
+    faults: VecDeque<FaultRule>,
+    token_revoked: bool,
+    untrusted: bool,
+    locks: BTreeMap<IpAddr, LockState>,
+    counts: BTreeMap<String, u64>,
+    log: Vec<RecordedRequest>,
+}
+
+impl Inner {
+    fn rules(&self) -> Rules {
+        Rules {
+            group_member_limit: self.config.group_member_limit,
+            table_limit: self.config.table_limit,
+            refuse_empty_groups: self.config.refuse_empty_groups,
+            duplicate_status: self.config.duplicate_status,
+        }
+    }
+
+    fn take_fault(&mut self, route: &str) -> Option<Fault> {
+        let rule = self
+            .faults
+            .iter_mut()
+            .find(|r| r.remaining > 0 && r.route.as_deref().map_or(true, |want| want == route))?;
+        rule.remaining -= 1;
+        let fault = rule.fault.clone();
+        self.faults.retain(|r| r.remaining > 0);
+        Some(fault)
+    }
+}
+
+#[derive(Clone)]
+struct Shared(Arc<Mutex<Inner>>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panicking test thread must not hide the state from the others.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Per-connection context handed to the handler: the peer and a way to drop the connection.
+#[derive(Clone)]
+struct Conn {
+    peer: IpAddr,
+    kill: Arc<Notify>,
+}
+
+/// A running emulator. Dropping it stops the listener and all connections.
+pub struct FortiGateEmulator {
+    url: String,
+    addr: SocketAddr,
+    shared: Shared,
+    cancel: CancellationToken,
+}
+
+impl Drop for FortiGateEmulator {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl FortiGateEmulator {
+    /// Plain HTTP on an ephemeral loopback port.
+    pub async fn start(config: EmulatorConfig) -> std::io::Result<Self> {
+        Self::bind("127.0.0.1:0".parse().expect("invariant: literal address"), config, None).await
+    }
+
+    /// HTTPS on an ephemeral loopback port.
+    pub async fn start_tls(config: EmulatorConfig, tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Self::bind("127.0.0.1:0".parse().expect("invariant: literal address"), config, Some(tls)).await
+    }
+
+    /// Binds `addr` (HTTPS when `tls` is given) and serves until dropped.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: EmulatorConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
+        let shared = Shared(Arc::new(Mutex::new(Inner {
+            config,
+            db: Db::default(),
+            latency: Duration::ZERO,
+            faults: VecDeque::new(),
+            token_revoked: false,
+            untrusted: false,
+            locks: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            log: Vec::new(),
+        })));
+        let cancel = CancellationToken::new();
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(accept_loop(listener, app, acceptor, cancel.clone()));
+        Ok(FortiGateEmulator {
+            url,
+            addr,
+            shared,
+            cancel,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://…`, no trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The token the emulator currently accepts.
+    pub fn token(&self) -> String {
+        self.shared.lock().config.token.clone()
+    }
+
+    // ---- state inspection ----
+
+    /// An object of any table with its fields as the API would return them.
+    pub fn object(&self, name: &str) -> Option<(Table, Value)> {
+        self.shared
+            .lock()
+            .db
+            .get(name)
+            .map(|(t, e)| (*t, Value::Object(e.clone())))
+    }
+
+    /// Names in one table, sorted.
+    pub fn names(&self, table: Table) -> Vec<String> {
+        self.shared.lock().db.names(table)
+    }
+
+    /// Member names of a group (`None` if no such group).
+    pub fn members(&self, group: &str) -> Option<Vec<String>> {
+        self.shared.lock().db.members(group)
+    }
+
+    /// Current banned-IP entries.
+    pub fn banned(&self) -> Vec<BannedEntry> {
+        self.shared.lock().db.banned.clone()
+    }
+
+    // ---- seeding ----
+
+    /// Seeds an IPv4 address (`subnet` as CIDR or dotted mask) with no API checks.
+    pub fn seed_address(&self, name: &str, subnet: &str, comment: &str) {
+        self.seed(
+            Table::Address,
+            json!({"name": name, "type": "ipmask", "subnet": subnet, "comment": comment}),
+        );
+    }
+
+    /// Seeds an IPv6 address.
+    pub fn seed_address6(&self, name: &str, ip6: &str, comment: &str) {
+        self.seed(
+            Table::Address6,
+            json!({"name": name, "type": "ipprefix", "ip6": ip6, "comment": comment}),
+        );
+    }
+
+    /// Seeds a group (`Table::Addrgrp` or `Table::Addrgrp6`) with members; members are not checked.
+    pub fn seed_group(&self, table: Table, name: &str, members: &[&str], comment: &str) {
+        let member: Vec<Value> = members.iter().map(|m| json!({"name": m})).collect();
+        self.seed(table, json!({"name": name, "member": member, "comment": comment}));
+    }
+
+    /// Seeds any entry (must be a JSON object with `name`).
+    pub fn seed(&self, table: Table, entry: Value) {
+        if let Value::Object(m) = entry {
+            self.shared.lock().db.seed(table, m);
+        }
+    }
+
+    /// Marks `name` as referenced by a firewall policy (deleting it then answers -23).
+    pub fn reference_by_policy(&self, name: &str) {
+        self.shared.lock().db.add_policy_ref(name);
+    }
+
+    /// Seeds a banned-IP entry.
+    pub fn seed_banned(&self, ip: IpAddr, expiry_secs: u64) {
+        let now = unix_now();
+        let expires = if expiry_secs == 0 { 0 } else { now + expiry_secs as i64 };
+        self.shared.lock().db.banned.push(BannedEntry {
+            ip,
+            created: now,
+            expires,
+        });
+    }
+
+    // ---- behaviour switches ----
+
+    pub fn set_group_member_limit(&self, n: usize) {
+        self.shared.lock().config.group_member_limit = n;
+    }
+
+    pub fn set_table_limit(&self, n: usize) {
+        self.shared.lock().config.table_limit = n;
+    }
+
+    pub fn set_refuse_empty_groups(&self, refuse: bool) {
+        self.shared.lock().config.refuse_empty_groups = refuse;
+    }
+
+    pub fn set_duplicate_status(&self, status: u16) {
+        self.shared.lock().config.duplicate_status = status;
+    }
+
+    // ---- faults ----
+
+    /// Every answer waits this long first (0 = none).
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
+    }
+
+    /// The next `times` requests (matching `route`, e.g. `POST /api/v2/cmdb/firewall/address`, or any) get `fault`.
+    /// Rules fire in the order injected.
+    pub fn inject(&self, route: Option<&str>, fault: Fault, times: usize) {
+        self.shared.lock().faults.push_back(FaultRule {
+            route: route.map(str::to_string),
+            fault,
+            remaining: times,
+        });
+    }
+
+    /// The next `n` requests answer `status` (plain text body).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.inject(None, Fault::Status(status), n);
+    }
+
+    /// The next `n` requests answer 429.
+    pub fn throttle_next(&self, n: usize) {
+        self.inject(None, Fault::TooManyRequests, n);
+    }
+
+    /// The next `n` requests get their connection closed without an answer.
+    pub fn drop_next(&self, n: usize) {
+        self.inject(None, Fault::Drop, n);
+    }
+
+    pub fn clear_faults(&self) {
+        let mut inner = self.shared.lock();
+        inner.faults.clear();
+        inner.latency = Duration::ZERO;
+    }
+
+    /// The token stops working (401) until [`set_token`](Self::set_token).
+    pub fn revoke_token(&self) {
+        self.shared.lock().token_revoked = true;
+    }
+
+    /// Accept a new token (and un-revoke).
+    pub fn set_token(&self, token: &str) {
+        let mut inner = self.shared.lock();
+        inner.config.token = token.to_string();
+        inner.token_revoked = false;
+    }
+
+    /// When false, every request is refused as if the token were bad (source not in trusted hosts).
+    pub fn set_trusted_host(&self, trusted: bool) {
+        self.shared.lock().untrusted = !trusted;
+    }
+
+    // ---- request log ----
+
+    /// Requests seen for a route (`"METHOD /path/{template}"`).
+    pub fn route_count(&self, route: &str) -> u64 {
+        self.shared.lock().counts.get(route).copied().unwrap_or(0)
+    }
+
+    /// All route counters.
+    pub fn route_counts(&self) -> BTreeMap<String, u64> {
+        self.shared.lock().counts.clone()
+    }
+
+    /// Every request seen, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().log.clone()
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.shared.lock().counts.values().sum()
+    }
+
+    pub fn reset_requests(&self) {
+        let mut inner = self.shared.lock();
+        inner.counts.clear();
+        inner.log.clear();
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            res = listener.accept() => match res {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::warn!(message = "Emulator accept failed.", %error);
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(serve_conn(tcp, peer, app.clone(), tls.clone(), cancel.clone()));
+    }
+}
+
+async fn serve_conn(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cancel: CancellationToken,
+) {
+    let conn = Conn {
+        peer: peer.ip(),
+        kill: Arc::new(Notify::new()),
+    };
+    match tls {
+        Some(acceptor) => {
+            // A client that refuses our certificate ends the handshake; nothing to serve.
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                serve_io(stream, app, conn, cancel).await;
+            }
+        }
+        None => serve_io(tcp, app, conn, cancel).await,
+    }
+}
+
+async fn serve_io<I>(io: I, app: Router, conn: Conn, cancel: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let kill = conn.kill.clone();
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+    });
+    let serving = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = serving => {}
+        _ = kill.notified() => {}
+        _ = cancel.cancelled() => {}
+    }
+}
+
+/// Which endpoint a path is, and its template for counting.
+enum Route {
+    Collection(Table),
+    Entry(Table, String),
+    Members(Table, String),
+    Member(Table, String, String),
+    Status,
+    Banned,
+    BannedAction(&'static str),
+    BadPath,
+    Unknown,
+}
+
+const CMDB: &str = "/api/v2/cmdb/firewall/";
+
+fn decode(seg: &str) -> String {
+    percent_decode_str(seg).decode_utf8_lossy().into_owned()
+}
+
+fn classify(path: &str) -> (Route, String) {
+    if let Some(rest) = path.strip_prefix(CMDB) {
+        let segs: Vec<&str> = rest.split('/').collect();
+        let Some(table) = segs.first().and_then(|s| Table::from_segment(s)) else {
+            return (Route::Unknown, path.to_string());
+        };
+        let base = format!("{CMDB}{}", table.as_str());
+        return match segs.as_slice() {
+            [_] | [_, ""] => (Route::Collection(table), base),
+            [_, name] => (Route::Entry(table, decode(name)), format!("{base}/{{name}}")),
+            [_, g, "member"] if table.is_group() => (Route::Members(table, decode(g)), format!("{base}/{{name}}/member")),
+            [_, g, "member", m] if table.is_group() && !m.is_empty() => (
+                Route::Member(table, decode(g), decode(m)),
+                format!("{base}/{{name}}/member/{{member}}"),
+            ),
+            _ => (Route::BadPath, format!("{base}/<bad path>")),
+        };
+    }
+    let route = match path {
+        "/api/v2/monitor/system/status" => Route::Status,
+        "/api/v2/monitor/user/banned" => Route::Banned,
+        "/api/v2/monitor/user/banned/add_users" => Route::BannedAction("add_users"),
+        "/api/v2/monitor/user/banned/clear_users" => Route::BannedAction("clear_users"),
+        "/api/v2/monitor/user/banned/clear_all" => Route::BannedAction("clear_all"),
+        _ => Route::Unknown,
+    };
+    (route, path.to_string())
+}
+
+/// Query pairs, `+` as space, percent-decoded, repeated keys kept.
+fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(&k.replace('+', " ")), decode(&v.replace('+', " ")))
+        })
+        .collect()
+}
+
+fn unauthorized() -> Response {
+    let body = "<html><head><title>401 Unauthorized</title></head><body><h1>Unauthorized</h1>\
+                <p>This server could not verify that you are authorized to access the document requested.</p>\
+                </body></html>";
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::WWW_AUTHENTICATE, HeaderValue::from_static("error=\"invalid_token\"")),
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/html")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn plain(status: u16, text: &'static str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], text).into_response()
+}
+
+/// Checks the token and the lockout for `peer`; `Some(response)` refuses the request.
+fn authenticate(inner: &mut Inner, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
+    let now = Instant::now();
+    let threshold = inner.config.lockout_threshold.max(1);
+    let base = inner.config.lockout_duration;
+    let token_ok = !inner.token_revoked
+        && !inner.untrusted
+        && headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == inner.config.token);
+    let lock = inner.locks.entry(peer).or_default();
+    if lock.locked_until.is_some_and(|until| now < until) {
+        return Some(plain(429, "Access temporarily blocked - maximum failed authentications reached"));
+    }
+    if token_ok {
+        lock.failures = 0;
+        return None;
+    }
+    lock.failures += 1;
+    if lock.failures >= threshold {
+        lock.failures = 0;
+        lock.locked_until = Some(now + base * 2u32.saturating_pow(lock.lockouts.min(16)));
+        lock.lockouts += 1;
+    }
+    Some(unauthorized())
+}
+
+async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let conn = parts.extensions.get::<Conn>().cloned();
+    let body = axum::body::to_bytes(body, 4 << 20).await.unwrap_or_default();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let (route, template) = classify(&path);
+    let route_key = format!("{method} {template}");
+
+    let (latency, fault) = {
+        let mut inner = shared.lock();
+        *inner.counts.entry(route_key.clone()).or_default() += 1;
+        inner.log.push(RecordedRequest {
+            method: method.to_string(),
+            path: path.clone(),
+            query: parts.uri.query().map(str::to_string),
+            route: route_key.clone(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        (inner.latency, inner.take_fault(&route_key))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match fault {
+        Some(Fault::Drop) => {
+            if let Some(conn) = &conn {
+                conn.kill.notify_one();
+            }
+            return std::future::pending().await;
+        }
+        Some(Fault::Status(s)) => return plain(s, "Service Unavailable"),
+        Some(Fault::TooManyRequests) => return plain(429, "Too Many Requests"),
+        None => {}
+    }
+
+    let mut inner = shared.lock();
+    let peer = conn.map(|c| c.peer).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    if let Some(refusal) = authenticate(&mut inner, &parts.headers, peer) {
+        return refusal;
+    }
+    let query = query_pairs(parts.uri.query());
+    let vdom = query
+        .iter()
+        .find(|(k, _)| k == "vdom")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "root".into());
+    let ctx = EnvelopeCtx {
+        method: method.as_str().to_string(),
+        vdom: vdom.clone(),
+        serial: inner.config.serial.clone(),
+        version: inner.config.version.clone(),
+        build: inner.config.build,
+    };
+    if !inner.config.vdoms.contains(&vdom) {
+        return ctx.reply(&inner.db, "", "", None, None, Outcome::Err { http: 404, code: None, cli_error: None });
+    }
+    let json_body: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => {
+                return ctx.reply(
+                    &inner.db,
+                    "",
+                    "",
+                    None,
+                    None,
+                    Outcome::Err {
+                        http: 400,
+                        code: Some(-651),
+                        cli_error: Some("body is not valid JSON"),
+                    },
+                )
+            }
+        }
+    };
+    let rules = inner.rules();
+    let db = &mut inner.db;
+    match (route, &method) {
+        (Route::Collection(t), &Method::GET) => {
+            let outcome = list(db, t, &query);
+            ctx.reply(db, "firewall", t.as_str(), None, None, outcome)
+        }
+        (Route::Collection(t), &Method::POST) => {
+            let outcome = db.create(t, &json_body, &rules);
+            let mkey = json_body.get("name").cloned();
+            ctx.reply(db, "firewall", t.as_str(), mkey, None, outcome)
+        }
+        (Route::Collection(t), &Method::DELETE) => {
+            let outcome = db.purge(t);
+            ctx.reply(db, "firewall", t.as_str(), None, None, outcome)
+        }
+        (Route::Entry(t, name), &Method::GET) => {
+            let outcome = db.get_entry(t, &name);
+            let outcome = project_outcome(outcome, &query);
+            ctx.reply(db, "firewall", t.as_str(), Some(name.into()), None, outcome)
+        }
+        (Route::Entry(t, name), &Method::PUT) => {
+            let outcome = db.update(t, &name, &json_body, &rules);
+            ctx.reply(db, "firewall", t.as_str(), Some(name.into()), None, outcome)
+        }
+        (Route::Entry(t, name), &Method::DELETE) => {
+            let outcome = db.delete(t, &name);
+            ctx.reply(db, "firewall", t.as_str(), Some(name.into()), None, outcome)
+        }
+        (Route::Members(t, g), &Method::GET) => {
+            let outcome = db.get_members(t, &g);
+            ctx.reply(db, "firewall", t.as_str(), Some(g.into()), None, outcome)
+        }
+        (Route::Members(t, g), &Method::POST) => {
+            let outcome = db.add_member(t, &g, &json_body, &rules);
+            let mkey = json_body.get("name").cloned();
+            ctx.reply(db, "firewall", t.as_str(), mkey, None, outcome)
+        }
+        (Route::Member(t, g, m), &Method::GET) => {
+            let outcome = db.get_member(t, &g, &m);
+            ctx.reply(db, "firewall", t.as_str(), Some(m.into()), None, outcome)
+        }
+        (Route::Member(t, g, m), &Method::DELETE) => {
+            let outcome = db.remove_member(t, &g, &m, &rules);
+            ctx.reply(db, "firewall", t.as_str(), Some(m.into()), None, outcome)
+        }
+        (Route::Status, &Method::GET) => {
+            let results = json!({
+                "model_name": "FortiGate",
+                "model_number": "VM64",
+                "model": "FGVM64",
+                "hostname": "fortigate-emulator",
+                "log_disk_status": "available",
+            });
+            ctx.reply(db, "system", "status", None, Some(""), Outcome::Ok { results: Some(results) })
+        }
+        (Route::Banned, &Method::GET) => {
+            let now = unix_now();
+            db.banned.retain(|b| b.expires == 0 || b.expires > now);
+            let results = Value::Array(
+                db.banned
+                    .iter()
+                    .map(|b| {
+                        json!({"ip_address": b.ip.to_string(), "ipv6": b.ip.is_ipv6(), "created": b.created,
+                               "expires": b.expires, "source": "rest-api"})
+                    })
+                    .collect(),
+            );
+            ctx.reply(db, "user", "banned", None, Some("select"), Outcome::Ok { results: Some(results) })
+        }
+        (Route::BannedAction(action), &Method::POST) => {
+            let outcome = banned_action(db, action, &json_body);
+            ctx.reply(db, "user", "banned", None, Some(action), outcome)
+        }
+        (Route::BadPath, _) => ctx.reply(
+            db,
+            "firewall",
+            "",
+            None,
+            None,
+            Outcome::Err {
+                http: 400,
+                code: None,
+                cli_error: None,
+            },
+        ),
+        (Route::Unknown, _) => ctx.reply(
+            db,
+            "",
+            "",
+            None,
+            None,
+            Outcome::Err {
+                http: 404,
+                code: None,
+                cli_error: None,
+            },
+        ),
+        _ => ctx.reply(
+            db,
+            "",
+            "",
+            None,
+            None,
+            Outcome::Err {
+                http: 405,
+                code: None,
+                cli_error: None,
+            },
+        ),
+    }
+}
+
+fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
+    if action == "clear_all" {
+        db.banned.clear();
+        return Outcome::Ok {
+            results: Some(json!({})),
+        };
+    }
+    let Some(list) = body.get("ip_addresses").and_then(Value::as_array) else {
+        return Outcome::Err {
+            http: 400,
+            code: Some(-651),
+            cli_error: Some("ip_addresses: required"),
+        };
+    };
+    let mut ips = Vec::new();
+    for v in list {
+        match v.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+            Some(ip) => ips.push(ip),
+            None => {
+                return Outcome::Err {
+                    http: 400,
+                    code: Some(-651),
+                    cli_error: Some("ip_addresses: invalid"),
+                }
+            }
+        }
+    }
+    let now = unix_now();
+    db.banned.retain(|b| !ips.contains(&b.ip));
+    if action == "add_users" {
+        let expiry = body.get("expiry").and_then(Value::as_i64).unwrap_or(0);
+        for ip in ips {
+            db.banned.push(BannedEntry {
+                ip,
+                created: now,
+                expires: if expiry <= 0 { 0 } else { now + expiry },
+            });
+        }
+    }
+    Outcome::Ok {
+        results: Some(json!({})),
+    }
+}
+
+fn format_fields(query: &[(String, String)]) -> Option<Vec<String>> {
+    query
+        .iter()
+        .find(|(k, _)| k == "format")
+        .map(|(_, v)| v.split('|').map(str::to_string).collect())
+}
+
+fn project_outcome(outcome: Outcome, query: &[(String, String)]) -> Outcome {
+    let fields = format_fields(query);
+    match outcome {
+        Outcome::Ok {
+            results: Some(Value::Array(items)),
+        } => Outcome::Ok {
+            results: Some(Value::Array(
+                items.into_iter().map(|e| state::project(e, fields.as_deref())).collect(),
+            )),
+        },
+        other => other,
+    }
+}
+
+fn list(db: &Db, table: Table, query: &[(String, String)]) -> Outcome {
+    let mut groups = Vec::new();
+    for (_, v) in query.iter().filter(|(k, _)| k == "filter") {
+        let mut any = Vec::new();
+        for expr in v.split(',') {
+            match Filter::parse(expr) {
+                Some(f) => any.push(f),
+                None => {
+                    return Outcome::Err {
+                        http: 400,
+                        code: Some(-651),
+                        cli_error: Some("invalid filter"),
+                    }
+                }
+            }
+        }
+        groups.push(any);
+    }
+    let num = |key: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+    };
+    let start = num("start").unwrap_or(0);
+    let count = num("count").unwrap_or(usize::MAX);
+    let fields = format_fields(query);
+    let items: Vec<Value> = state::listing(
+        db.entries(table)
+            .into_iter()
+            .filter(|e| state::matches_all(&groups, e))
+            .collect(),
+    )
+    .into_iter()
+    .skip(start)
+    .take(count)
+    .map(|e| state::project(e, fields.as_deref()))
+    .collect();
+    Outcome::Ok {
+        results: Some(Value::Array(items)),
+    }
+}
+
+struct EnvelopeCtx {
+    method: String,
+    vdom: String,
+    serial: String,
+    version: String,
+    build: u64,
+}
+
+impl EnvelopeCtx {
+    fn reply(
+        &self,
+        db: &Db,
+        path: &str,
+        name: &str,
+        mkey: Option<Value>,
+        action: Option<&str>,
+        outcome: Outcome,
+    ) -> Response {
+        let mut env = Map::new();
+        env.insert("http_method".into(), self.method.clone().into());
+        let revision = format!("{:032x}", db.revision);
+        let mut http = 200u16;
+        match outcome {
+            Outcome::Ok { results } => {
+                if let Some(r) = results {
+                    env.insert("results".into(), r);
+                }
+                if self.method != "GET" && action.is_none() {
+                    env.insert("revision".into(), revision.into());
+                    env.insert("revision_changed".into(), true.into());
+                    env.insert("old_revision".into(), format!("{:032x}", db.revision.saturating_sub(1)).into());
+                } else {
+                    env.insert("revision".into(), revision.into());
+                }
+                env.insert("vdom".into(), self.vdom.clone().into());
+                env.insert("path".into(), path.into());
+                env.insert("name".into(), name.into());
+                if let Some(a) = action {
+                    env.insert("action".into(), a.into());
+                }
+                if let Some(m) = mkey {
+                    env.insert("mkey".into(), m);
+                }
+                env.insert("status".into(), "success".into());
+            }
+            Outcome::Err { http: h, code, cli_error } => {
+                http = h;
+                env.insert("revision".into(), revision.into());
+                env.insert("status".into(), "error".into());
+                if let Some(c) = code {
+                    env.insert("error".into(), c.into());
+                }
+                if let Some(c) = cli_error {
+                    env.insert("cli_error".into(), c.into());
+                }
+                env.insert("vdom".into(), self.vdom.clone().into());
+                env.insert("path".into(), path.into());
+                env.insert("name".into(), name.into());
+                if let Some(m) = mkey {
+                    env.insert("mkey".into(), m);
+                }
+            }
+        }
+        env.insert("http_status".into(), http.into());
+        env.insert("serial".into(), self.serial.clone().into());
+        env.insert("version".into(), self.version.clone().into());
+        env.insert("build".into(), self.build.into());
+        let status = StatusCode::from_u16(http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(Value::Object(env))).into_response()
+    }
+}
