@@ -693,21 +693,17 @@ fn transport_error(path: &str, error: reqwest::Error) -> Error {
     Error::Transport { path: path.into(), source: error }
 }
 
-/// Finds a rustls certificate error in the source chain (io::Error hides its payload from `source()`).
+/// Finds a rustls error in the source chain. `io::Error` hides its payload from `source()`, so step into it.
 fn tls_reason(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(err) = current {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                    return Some(tls.to_string());
-                }
-            }
-        }
-        current = err.source();
+        current = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
