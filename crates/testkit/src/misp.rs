@@ -1,1 +1,0 @@
-//! MISP emulator (work in progress).

@@ -1,0 +1,102 @@
+//! The seed file (`misp-emulator --seed FILE.json`, [`super::MispEmulator::seed`]).
+//!
+//! ```json
+//! {
+//!   "keys": ["<40 alphanumeric chars>"],
+//!   "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true,
+//!            "enforce_rate_limit": false, "rate_limit_count": 0},
+//!   "background_jobs": true,
+//!   "events": [{"info": "C2 servers", "published": true, "tags": ["tlp:white"],
+//!               "attributes": [{"type": "ip-dst", "value": "198.51.100.7", "to_ids": true, "tags": [],
+//!                               "timestamp": 1700000000, "deleted": false, "uuid": "...", "comment": ""}]}],
+//!   "warninglists": [{"name": "RFC 1918", "type": "cidr", "entries": ["10.0.0.0/8"], "enabled": true}],
+//!   "feeds": [{"name": "CIRCL OSINT", "enabled": true}]
+//! }
+//! ```
+//! Every key is optional; attribute fields other than `type` and `value` too (`to_ids` defaults to true,
+//! `timestamp` to now). Unknown keys are rejected.
+
+use serde::Deserialize;
+
+use super::store::AttributeSpec;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seed {
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub background_jobs: Option<bool>,
+    #[serde(default)]
+    pub events: Vec<SeedEvent>,
+    #[serde(default)]
+    pub warninglists: Vec<SeedWarninglist>,
+    #[serde(default)]
+    pub feeds: Vec<SeedFeed>,
+}
+
+/// The key's role, as `/users/view/me` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Role {
+    pub name: String,
+    pub perm_sighting: bool,
+    pub perm_site_admin: bool,
+    pub enforce_rate_limit: bool,
+    pub rate_limit_count: u64,
+}
+
+impl Default for Role {
+    fn default() -> Self {
+        Role {
+            name: "admin".into(),
+            perm_sighting: true,
+            perm_site_admin: true,
+            enforce_rate_limit: false,
+            rate_limit_count: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedEvent {
+    #[serde(default)]
+    pub info: String,
+    #[serde(default = "yes")]
+    pub published: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub attributes: Vec<AttributeSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedWarninglist {
+    pub name: String,
+    #[serde(rename = "type", default = "cidr")]
+    pub kind: String,
+    #[serde(default)]
+    pub entries: Vec<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedFeed {
+    pub name: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn cidr() -> String {
+    "cidr".into()
+}
