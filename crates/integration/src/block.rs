@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use fortimisp_core::fortigate::{self, Comment};
+use fortimisp_core::fortigate::{self, Comment, CommentKind};
 use fortimisp_core::indicators::{format_uuid, Hit};
 use fortimisp_core::journal::{ActionId, ActionKind, BlockRecord, Decision, Journal, NewAction, Outcome};
 use fortimisp_core::metrics::Metrics;
@@ -64,11 +64,12 @@ pub trait Sighter: Send + Sync + 'static {
 /// One block to carry out.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub action: ActionId,
+    /// The journal's id; `None` only if even the journal's memory fallback refused it.
+    pub action: Option<ActionId>,
     pub ip: IpAddr,
     pub event_id: Option<u64>,
     pub rule: Option<usize>,
-    pub comment: String,
+    pub comment: Comment,
     pub reason: String,
     pub received: Option<Instant>,
     pub attempts: u32,
@@ -110,7 +111,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             ),
         };
         let event_label = event_id.map(|e| e.to_string()).unwrap_or_else(|| "manual".into());
-        let comment = Comment::new(Utc::now(), &event_label, &more).as_str().to_string();
+        let comment = Comment::new(Utc::now(), &event_label, &more);
         let reason = match (event_id, request.rule) {
             (Some(e), Some(r)) => format!("misp-event={e} rule={r}"),
             (Some(e), None) => format!("misp-event={e}"),
@@ -122,17 +123,17 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             reason: reason.clone(),
             event_id,
             rule: request.rule,
-            comment: Some(comment.clone()),
+            comment: Some(comment.as_str().to_string()),
             requested_at: Utc::now(),
         };
         let journal = self.journal.clone();
         let id = blocking(move || journal.enqueue(&action)).await;
         let id = match id {
-            Ok(id) => id,
+            Ok(id) => Some(id),
             Err(error) => {
                 // The journal keeps a memory copy when the file fails; an error here means even that failed.
                 error!(message = "Journal refused a block; executing without a durable record.", %error, ip = %request.ip);
-                ActionId::from(0)
+                None
             }
         };
         Job {
@@ -163,7 +164,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             return Executed::DryRun;
         }
         let started = std::time::Instant::now();
-        let result = self.backend.block(job.ip, &Comment::from_raw(&job.comment)).await;
+        let result = self.backend.block(job.ip, &job.comment).await;
         self.metrics.observe_request("fortigate", result.is_ok(), started.elapsed());
         match result {
             Ok(applied) => {
@@ -203,9 +204,11 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             Err(error) if error.is_retryable() => {
                 Metrics::inc(&self.metrics.blocks, "retry");
                 let text = error.to_string();
-                let journal = self.journal.clone();
-                let (id, t) = (job.action, text.clone());
-                let _ = blocking(move || journal.record_attempt(id, &t)).await;
+                if let Some(id) = job.action {
+                    let journal = self.journal.clone();
+                    let t = text.clone();
+                    let _ = blocking(move || journal.record_attempt(id, &t)).await;
+                }
                 Executed::Retry(text)
             }
             Err(error) => {
@@ -232,7 +235,10 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
         let id = job.action;
         let result = blocking(move || {
             journal.record_decision(&decision)?;
-            journal.complete(id, &outcome)
+            match id {
+                Some(id) => journal.complete(id, &outcome),
+                None => Ok(()),
+            }
         })
         .await;
         if let Err(error) = result {
@@ -329,12 +335,16 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         };
         let n = pending.len();
         for p in pending {
-            let comment = p.comment.clone().unwrap_or_else(|| {
-                let event = p.event_id.map(|e| e.to_string()).unwrap_or_else(|| "manual".into());
-                Comment::new(Utc::now(), &event, "resumed").as_str().to_string()
-            });
+            // The comment decided at the time (creation time, event, indicator) is rebuilt from its stored text.
+            let event = p.event_id.map(|e| e.to_string()).unwrap_or_else(|| "manual".into());
+            let comment = match p.comment.as_deref().map(Comment::parse) {
+                Some(CommentKind::Ours(m)) => {
+                    Comment::new(m.created_at, m.event_id.as_deref().unwrap_or(&event), &m.rest)
+                }
+                _ => Comment::new(p.requested_at, &event, "resumed"),
+            };
             self.queue.push_back(Job {
-                action: p.id,
+                action: Some(p.id),
                 ip: p.ip,
                 event_id: p.event_id,
                 rule: p.rule,
