@@ -194,9 +194,8 @@ fn first_difference(a: &str, b: &str) -> String {
 
 #[test]
 fn example_parses_and_validates() {
-    let config = parse(EXAMPLE)
-        .validate(&env_with_keys)
-        .unwrap_or_else(|e| panic!("config/config.toml does not validate: {e}"));
+    let config =
+        parse(EXAMPLE).validate(&env_with_keys).unwrap_or_else(|e| panic!("config/config.toml does not validate: {e}"));
     assert!(config.warnings.is_empty(), "the example must start without warnings: {:?}", config.warnings);
     assert!(!config.trigger.is_empty(), "the example must have one real [[trigger]]");
 }
@@ -216,12 +215,8 @@ fn every_default_claim_is_the_built_in_default() {
             line.value,
             claim.trim()
         );
-        let without: String = lines
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != line.index)
-            .map(|(_, l)| format!("{l}\n"))
-            .collect();
+        let without: String =
+            lines.iter().enumerate().filter(|(i, _)| *i != line.index).map(|(_, l)| format!("{l}\n")).collect();
         let reparsed = format!("{:#?}", parse(&without));
         assert!(
             reparsed == full,
