@@ -118,13 +118,16 @@ fn header(text: &str) -> Option<&str> {
 }
 
 /// `key = value [# comment]` → its parts; `None` for anything else (prose, blank, headers).
-fn key_value(text: &str) -> Option<(&str, &str, Option<&str>)> {
+fn key_value(text: &str) -> Option<Parts<'_>> {
     let (code, comment) = split_comment(text);
     let (key, value) = code.split_once(" = ")?;
     let key = key.trim();
     let is_key = !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     (is_key && !value.trim().is_empty()).then(|| (key, value.trim(), comment))
 }
+
+/// What [`key_value`] reads from a line: key, value as written, trailing comment.
+type Parts<'a> = (&'a str, &'a str, Option<&'a str>);
 
 /// A commented-out line: the text after `#`.
 fn uncommented(line: &str) -> Option<&str> {
@@ -301,7 +304,7 @@ fn no_api_key_is_inline() {
 
 #[test]
 fn line_reader_handles_strings_and_comments() {
-    let cases: &[(&str, Option<(&str, &str, Option<&str>)>)] = &[
+    let cases: &[(&str, Option<Parts>)] = &[
         ("a = 1", Some(("a", "1", None))),
         ("a = \"x # y\"   # default: \"x # y\"", Some(("a", "\"x # y\"", Some("# default: \"x # y\"")))),
         ("types = [\"ip-src|port\"] # c", Some(("types", "[\"ip-src|port\"]", Some("# c")))),
