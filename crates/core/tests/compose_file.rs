@@ -1,0 +1,391 @@
+//! `docker-compose.yml` is how most operators run fortimisp, so its promises are tested here, together with the
+//! Dockerfiles and `config/config.toml` it relies on:
+//!
+//! - services: `integration` and `housekeeping` always; `fortigate-emulator`, `misp-emulator` and `lab` only in the
+//!   `lab` profile;
+//! - `integration` publishes 514/udp and 514/tcp onto the port `config.toml` listens on, as a non-root user;
+//! - both daemons share one named state volume holding `state.path`, read the config from a read-only bind mount,
+//!   and get their API keys as compose secrets at the paths `config.toml` names (never inline);
+//! - restart policies, hardening, and healthchecks identical to the images' `HEALTHCHECK` on `/healthz`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fortimisp_core::config::RawConfig;
+use serde_norway::Value;
+
+const COMPOSE: &str = include_str!("../../../docker-compose.yml");
+const CONFIG: &str = include_str!("../../../config/config.toml");
+const DOCKERIGNORE: &str = include_str!("../../../.dockerignore");
+/// Each Dockerfile a service builds from, with its text.
+const DOCKERFILES: &[(&str, &str)] = &[
+    ("Dockerfile.integration", include_str!("../../../Dockerfile.integration")),
+    ("Dockerfile.housekeeping", include_str!("../../../Dockerfile.housekeeping")),
+    ("Dockerfile.testkit", include_str!("../../../Dockerfile.testkit")),
+];
+
+const DAEMONS: [&str; 2] = ["integration", "housekeeping"];
+const LAB: [&str; 3] = ["fortigate-emulator", "misp-emulator", "lab"];
+const SECRETS: [&str; 2] = ["misp_api_key", "fortigate_api_key"];
+
+fn compose() -> Value {
+    serde_norway::from_str(COMPOSE).unwrap_or_else(|e| panic!("docker-compose.yml is not valid YAML: {e}"))
+}
+
+fn config() -> RawConfig {
+    RawConfig::parse(CONFIG).unwrap_or_else(|e| panic!("config/config.toml does not parse: {e}"))
+}
+
+fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    compose["services"].get(name).unwrap_or_else(|| panic!("docker-compose.yml has no service `{name}`"))
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("expected a scalar, got {other:?}"),
+    }
+}
+
+/// A sequence of scalars (missing: empty).
+fn list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(items)) => items.iter().map(text).collect(),
+        Some(other) => panic!("expected a list, got {other:?}"),
+    }
+}
+
+/// A mapping of scalars, or a `KEY=value` list as compose also accepts for `environment`.
+fn map(value: Option<&Value>) -> Vec<(String, String)> {
+    match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Mapping(m)) => {
+            m.iter().map(|(k, v)| (text(k), if v.is_null() { String::new() } else { text(v) })).collect()
+        }
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|item| {
+                let item = text(item);
+                let (k, v) = item.split_once('=').unwrap_or((&item, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        Some(other) => panic!("expected a mapping, got {other:?}"),
+    }
+}
+
+/// One published port: (host port, container port, protocol).
+fn ports(service: &Value) -> Vec<(u16, u16, String)> {
+    let Some(Value::Sequence(items)) = service.get("ports") else { return Vec::new() };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::Mapping(_) => (
+                text(&item["published"]).parse().expect("ports[].published is a port"),
+                text(&item["target"]).parse().expect("ports[].target is a port"),
+                item.get("protocol").map(text).unwrap_or_else(|| "tcp".into()),
+            ),
+            short => {
+                // "[host-ip:]published:target[/protocol]"
+                let short = text(short);
+                let (mapping, protocol) = short.split_once('/').unwrap_or((&short, "tcp"));
+                let parts: Vec<&str> = mapping.rsplitn(3, ':').collect();
+                assert!(parts.len() >= 2, "port `{short}` must name both the host and the container port");
+                (
+                    parts[1].parse().unwrap_or_else(|_| panic!("port `{short}`: bad host port")),
+                    parts[0].parse().unwrap_or_else(|_| panic!("port `{short}`: bad container port")),
+                    protocol.to_string(),
+                )
+            }
+        })
+        .collect()
+}
+
+/// One mount: (type, source, target, read only), from the long or the short syntax.
+#[derive(Debug, PartialEq)]
+struct Mount {
+    kind: String,
+    source: String,
+    target: String,
+    read_only: bool,
+}
+
+fn mounts(service: &Value) -> Vec<Mount> {
+    let Some(Value::Sequence(items)) = service.get("volumes") else { return Vec::new() };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::Mapping(_) => Mount {
+                kind: text(&item["type"]),
+                source: text(&item["source"]),
+                target: text(&item["target"]),
+                read_only: item.get("read_only").is_some_and(|v| v.as_bool() == Some(true)),
+            },
+            short => {
+                let short = text(short);
+                let parts: Vec<&str> = short.split(':').collect();
+                let source = parts[0].to_string();
+                let kind = if source.starts_with('.') || source.starts_with('/') { "bind" } else { "volume" };
+                Mount {
+                    kind: kind.into(),
+                    source,
+                    target: parts.get(1).expect("a mount names its target").to_string(),
+                    read_only: parts.get(2).is_some_and(|o| o.split(',').any(|o| o == "ro")),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The secrets a service uses, short (`- name`) or long (`- source: name`) syntax.
+fn used_secrets(service: &Value) -> Vec<String> {
+    let Some(Value::Sequence(items)) = service.get("secrets") else { return Vec::new() };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::Mapping(_) => {
+                assert!(item.get("target").is_none(), "keep secrets at /run/secrets/<name>, where config.toml looks");
+                text(&item["source"])
+            }
+            short => text(short),
+        })
+        .collect()
+}
+
+/// The instructions of a Dockerfile's final stage, continuation lines joined, comments dropped.
+fn final_stage(dockerfile: &str) -> Vec<String> {
+    let mut instructions: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in dockerfile.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(trimmed);
+                instructions.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let last_from = instructions.iter().rposition(|i| i.starts_with("FROM ")).expect("a Dockerfile has a FROM");
+    instructions.split_off(last_from)
+}
+
+fn instruction<'a>(stage: &'a [String], name: &str) -> Option<&'a str> {
+    stage.iter().rev().find_map(|i| i.strip_prefix(name).filter(|rest| rest.starts_with(' ')).map(str::trim))
+}
+
+fn dockerfile(name: &str) -> &'static str {
+    DOCKERFILES.iter().find(|(n, _)| *n == name).map(|(_, text)| *text).unwrap_or_else(|| panic!("no {name}"))
+}
+
+/// The exec-form command of the final stage's `HEALTHCHECK ... CMD [...]`.
+fn healthcheck_command(dockerfile: &str) -> Vec<String> {
+    let stage = final_stage(dockerfile);
+    let healthcheck = instruction(&stage, "HEALTHCHECK").expect("the image has a HEALTHCHECK");
+    let (_, json) = healthcheck.split_once("CMD ").expect("HEALTHCHECK ... CMD [...]");
+    serde_json::from_str(json.trim()).expect("HEALTHCHECK uses the exec form (a JSON array)")
+}
+
+fn port_of(listen: &str) -> u16 {
+    listen.parse::<std::net::SocketAddr>().unwrap_or_else(|_| panic!("`{listen}` is not address:port")).port()
+}
+
+#[test]
+fn services_and_profiles() {
+    let c = compose();
+    let names: BTreeSet<String> = match &c["services"] {
+        Value::Mapping(m) => m.keys().map(text).collect(),
+        other => panic!("services must be a mapping, got {other:?}"),
+    };
+    let expected: BTreeSet<String> = DAEMONS.iter().chain(LAB.iter()).map(|s| s.to_string()).collect();
+    assert_eq!(names, expected);
+    for name in DAEMONS {
+        assert!(
+            list(service(&c, name).get("profiles")).is_empty(),
+            "{name} must start with a plain `docker compose up`"
+        );
+    }
+    for name in LAB {
+        assert_eq!(list(service(&c, name).get("profiles")), ["lab"], "{name} must only run with `--profile lab`");
+    }
+    assert_eq!(list(service(&c, "lab").get("command")), ["lab", "--config", "/etc/fortimisp/lab.toml"]);
+    for (name, binary) in [("fortigate-emulator", "fortigate-emulator"), ("misp-emulator", "misp-emulator")] {
+        assert_eq!(list(service(&c, name).get("command")).first().map(String::as_str), Some(binary));
+    }
+}
+
+#[test]
+fn integration_publishes_syslog_514_over_udp_and_tcp() {
+    let c = compose();
+    let published = ports(service(&c, "integration"));
+    // The container side must be the port config.toml listens on (and the TCP listener, when enabled, the same).
+    let listen = port_of(&config().syslog.udp);
+    for protocol in ["udp", "tcp"] {
+        assert!(
+            published.contains(&(514, listen, protocol.to_string())),
+            "integration must publish 514/{protocol} onto container port {listen}: {published:?}"
+        );
+    }
+    // The daemon runs as uid 10001 and binds the port itself: unprivileged binds must reach down to it.
+    let sysctls = map(service(&c, "integration").get("sysctls"));
+    let start = sysctls
+        .iter()
+        .find(|(k, _)| k == "net.ipv4.ip_unprivileged_port_start")
+        .map(|(_, v)| v.parse::<u16>().expect("a port number"))
+        .expect("integration sets net.ipv4.ip_unprivileged_port_start");
+    assert!(start <= listen, "ip_unprivileged_port_start {start} does not allow binding {listen} without a capability");
+    for name in ["housekeeping"].iter().chain(LAB.iter()) {
+        assert!(ports(service(&c, name)).is_empty(), "{name} must not publish ports");
+    }
+}
+
+#[test]
+fn both_daemons_share_the_state_volume() {
+    let c = compose();
+    let state_path = config().state.path;
+    let mut sources = BTreeSet::new();
+    for name in DAEMONS {
+        let state: Vec<Mount> =
+            mounts(service(&c, name)).into_iter().filter(|m| m.target == "/var/lib/fortimisp").collect();
+        assert_eq!(state.len(), 1, "{name} mounts /var/lib/fortimisp once");
+        assert_eq!(state[0].kind, "volume", "{name}: the state is a named volume");
+        assert!(!state[0].read_only, "{name}: the state volume is writable");
+        assert!(c["volumes"].get(state[0].source.as_str()).is_some(), "volume `{}` is not declared", state[0].source);
+        sources.insert(state[0].source.clone());
+    }
+    assert_eq!(sources.len(), 1, "both daemons share one state volume: {sources:?}");
+    assert!(state_path.starts_with("/var/lib/fortimisp"), "state.path {state_path:?} must be on the state volume");
+}
+
+#[test]
+fn config_is_mounted_read_only() {
+    let c = compose();
+    for name in DAEMONS {
+        let expected = Mount {
+            kind: "bind".into(),
+            source: "./config/config.toml".into(),
+            target: "/etc/fortimisp/config.toml".into(),
+            read_only: true,
+        };
+        assert!(mounts(service(&c, name)).contains(&expected), "{name} mounts config/config.toml read-only");
+        for (key, value) in map(service(&c, name).get("environment")) {
+            if key == "FORTIMISP_CONFIG" {
+                assert_eq!(value, "/etc/fortimisp/config.toml", "{name}: FORTIMISP_CONFIG points at the mount");
+            }
+        }
+    }
+}
+
+#[test]
+fn api_keys_are_compose_secrets() {
+    let c = compose();
+    let declared: BTreeSet<String> = match c.get("secrets") {
+        Some(Value::Mapping(m)) => m.keys().map(text).collect(),
+        other => panic!("top-level secrets must be a mapping, got {other:?}"),
+    };
+    assert_eq!(declared, SECRETS.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+    for name in SECRETS {
+        let secret = &c["secrets"][name];
+        assert_eq!(secret.get("file").map(text), Some(format!("./secrets/{name}")), "secret {name} comes from a file");
+        assert!(secret.get("environment").is_none(), "secret {name} must not come from an environment variable");
+    }
+    let mut used = BTreeSet::new();
+    for name in DAEMONS.iter().chain(LAB.iter()) {
+        for secret in used_secrets(service(&c, name)) {
+            assert!(declared.contains(&secret), "{name} uses undeclared secret {secret}");
+            used.insert(secret);
+        }
+        for (key, _) in map(service(&c, name).get("environment")) {
+            assert!(!key.contains("API_KEY"), "{name}: {key} would put a key in the compose file or the shell");
+        }
+    }
+    assert_eq!(used, declared, "every declared secret is used");
+    for name in DAEMONS {
+        let mut secrets = used_secrets(service(&c, name));
+        secrets.sort();
+        assert_eq!(secrets, ["fortigate_api_key", "misp_api_key"], "{name} needs both API keys");
+    }
+    // config.toml reads them where compose puts them.
+    let raw = config();
+    assert_eq!(raw.misp.api_key_file, Some("/run/secrets/misp_api_key".into()));
+    assert_eq!(raw.fortigate.api_key_file, Some("/run/secrets/fortigate_api_key".into()));
+    assert!(raw.misp.api_key.is_none() && raw.fortigate.api_key.is_none(), "no inline key in config.toml");
+    // Keys must never be baked into an image.
+    assert!(
+        DOCKERIGNORE.lines().any(|l| l.trim().trim_end_matches('/') == "secrets"),
+        ".dockerignore excludes secrets/"
+    );
+}
+
+#[test]
+fn restart_policies() {
+    let c = compose();
+    for name in DAEMONS.iter().chain(&["fortigate-emulator", "misp-emulator"]) {
+        assert_eq!(service(&c, name).get("restart").map(text).as_deref(), Some("unless-stopped"), "{name}");
+    }
+    assert_eq!(service(&c, "lab").get("restart").map(text).as_deref(), Some("no"), "lab is a one-shot");
+}
+
+#[test]
+fn daemons_are_hardened_and_stop_in_time() {
+    let c = compose();
+    for name in DAEMONS {
+        let s = service(&c, name);
+        assert_eq!(s.get("read_only").and_then(Value::as_bool), Some(true), "{name}: read-only root filesystem");
+        assert_eq!(list(s.get("cap_drop")), ["ALL"], "{name}: drop every capability");
+        assert!(list(s.get("security_opt")).contains(&"no-new-privileges:true".to_string()), "{name}");
+        let grace = s.get("stop_grace_period").map(text).expect("stop_grace_period is set");
+        let grace = humantime::parse_duration(&grace).expect("stop_grace_period is a duration");
+        // The contract promises exit within 10 s of SIGTERM; give it that plus margin before SIGKILL.
+        assert!(grace > Duration::from_secs(10), "{name}: stop_grace_period {grace:?} must exceed 10 s");
+    }
+}
+
+#[test]
+fn healthchecks_probe_healthz_like_the_images() {
+    let c = compose();
+    let metrics_port = port_of(&config().metrics.listen);
+    for (name, file) in [("integration", "Dockerfile.integration"), ("housekeeping", "Dockerfile.housekeeping")] {
+        let s = service(&c, name);
+        assert_eq!(s.get("build").and_then(|b| b.get("dockerfile")).map(text).as_deref(), Some(file));
+        let test = list(s.get("healthcheck").and_then(|h| h.get("test")));
+        assert_eq!(test.first().map(String::as_str), Some("CMD"), "{name}: exec-form healthcheck");
+        let command = &test[1..];
+        let joined = command.join(" ");
+        assert!(joined.contains("/healthz"), "{name}: the healthcheck GETs /healthz");
+        assert!(joined.contains(&format!("/dev/tcp/127.0.0.1/{metrics_port}")), "{name}: probes [metrics] listen");
+        // Compose would interpolate a `$` (and silently drop the variable).
+        assert!(!joined.contains('$'), "{name}: `$` in a compose healthcheck is interpolated by compose");
+        assert_eq!(command, healthcheck_command(dockerfile(file)), "{name}: same probe as the {file} HEALTHCHECK");
+    }
+}
+
+#[test]
+fn images_run_unprivileged_binaries() {
+    let c = compose();
+    for (file, text) in DOCKERFILES {
+        let stage = final_stage(text);
+        let user = instruction(&stage, "USER").unwrap_or_else(|| panic!("{file}: the final stage sets USER"));
+        let uid = user.split(':').next().unwrap_or_default();
+        assert!(!matches!(uid, "" | "0" | "root"), "{file}: runs as root ({user})");
+        assert!(instruction(&stage, "FROM").is_some_and(|from| from.starts_with("debian:bookworm-slim")), "{file}");
+    }
+    for (name, binary) in [("integration", "integration"), ("housekeeping", "housekeeping")] {
+        let file = text(&service(&c, name)["build"]["dockerfile"]);
+        let stage = final_stage(dockerfile(&file));
+        let entrypoint = instruction(&stage, "ENTRYPOINT").expect("an ENTRYPOINT");
+        assert_eq!(entrypoint, format!("[\"/usr/local/bin/{binary}\"]"), "{file}");
+    }
+    for name in LAB {
+        assert_eq!(text(&service(&c, name)["build"]["dockerfile"]), "Dockerfile.testkit", "{name}");
+    }
+    for ignored in ["target", ".git", "secrets"] {
+        assert!(DOCKERIGNORE.lines().any(|l| l.trim().trim_end_matches('/') == ignored), ".dockerignore: {ignored}/");
+    }
+}
