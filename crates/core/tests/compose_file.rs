@@ -350,8 +350,11 @@ fn daemons_are_hardened_and_stop_in_time() {
 #[test]
 fn healthchecks_probe_healthz_like_the_images() {
     let c = compose();
-    let metrics_port = port_of(&config().metrics.listen);
-    for (name, file) in [("integration", "Dockerfile.integration"), ("housekeeping", "Dockerfile.housekeeping")] {
+    let cfg = config();
+    let ports = [port_of(&cfg.metrics.listen), port_of(&cfg.metrics.housekeeping_listen)];
+    for ((name, file), metrics_port) in
+        [("integration", "Dockerfile.integration"), ("housekeeping", "Dockerfile.housekeeping")].into_iter().zip(ports)
+    {
         let s = service(&c, name);
         assert_eq!(s.get("build").and_then(|b| b.get("dockerfile")).map(text).as_deref(), Some(file));
         let test = list(s.get("healthcheck").and_then(|h| h.get("test")));

@@ -65,7 +65,7 @@ const CONTRACT: &[(&str, &[&str])] = &[
     ("blocking", &["never_block", "dry_run", "max_blocks_per_minute"]),
     ("housekeeping", &["max_age", "interval", "unblock_revoked", "adopt_legacy", "max_unblock_fraction", "feeds"]),
     ("state", &["path"]),
-    ("metrics", &["listen"]),
+    ("metrics", &["listen", "housekeeping_listen"]),
     ("log", &["format", "level"]),
 ];
 
