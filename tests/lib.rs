@@ -1,1 +1,353 @@
-//! Helpers for the end-to-end tests: locate the built binaries, start emulators, write configs.
+//! Helpers for the end-to-end tests: start the testkit emulators over TLS with private CAs, write a config, run the
+//! real `integration` / `housekeeping` binaries as child processes, send syslog, read metrics, wait on observable
+//! state.
+//!
+//! The binaries are the ones `cargo test` builds into the target directory (the `integration` and `housekeeping`
+//! packages have integration tests of their own, so cargo builds their binaries before any test runs);
+//! `FORTIMISP_BIN_DIR` overrides where they are looked for.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator};
+use fortimisp_testkit::misp::MispEmulator;
+use fortimisp_testkit::tls::{server_config, TestCa};
+
+pub use fortimisp_testkit;
+
+/// Where the built binaries are: `$FORTIMISP_BIN_DIR`, else the directory above this test executable's `deps/`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FORTIMISP_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("the test knows its own path");
+        exe.parent().and_then(Path::parent).expect("test executables live in target/<profile>/deps").to_path_buf()
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// A free loopback port (bound then released; the daemon binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A free UDP port.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A test environment: both emulators over HTTPS (each with its own private CA), a temp dir, a config.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub fortigate: FortiGateEmulator,
+    pub misp: MispEmulator,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub metrics: SocketAddr,
+    pub hk_metrics: SocketAddr,
+    pub state: PathBuf,
+    /// `[[trigger]]` tables and other sections appended to the config.
+    pub extra: String,
+    /// Replacements applied to the base config (`(from, to)`).
+    pub tweaks: Vec<(String, String)>,
+}
+
+impl Env {
+    /// Starts the emulators with a default FortiGate.
+    pub async fn start() -> Env {
+        Self::start_with(EmulatorConfig::default()).await
+    }
+
+    pub async fn start_with(fg_config: EmulatorConfig) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let cert = ca.issue_server_cert();
+        ca.write_ca_file(&dir.path().join("fortigate-ca.pem")).unwrap();
+        let fortigate = FortiGateEmulator::start_tls(fg_config, server_config(&cert)).await.unwrap();
+        let misp = MispEmulator::builder().tls().start().await.unwrap();
+        std::fs::write(dir.path().join("misp-ca.pem"), misp.ca_pem().expect("TLS emulator has a CA")).unwrap();
+        let state = dir.path().join("state.db");
+        Env {
+            udp: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+            tcp: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            hk_metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            state,
+            dir,
+            fortigate,
+            misp,
+            extra: "[[trigger]]\npolicy_id = 7\naction = \"accept\"\n".into(),
+            tweaks: Vec::new(),
+        }
+    }
+
+    /// Replaces `from` with `to` in the base config (e.g. `("sync_interval = \"0s\"", "sync_interval = \"1s\"")`).
+    pub fn tweak(&mut self, from: &str, to: &str) -> &mut Self {
+        self.tweaks.push((from.to_string(), to.to_string()));
+        self
+    }
+
+    /// The config text.
+    pub fn config_text(&self) -> String {
+        let d = self.dir.path();
+        let mut text = format!(
+            r#"[misp]
+url = "{misp}"
+api_key = "{misp_key}"
+ca_file = "{misp_ca}"
+timeout = "5s"
+sync_interval = "0s"
+lookup_cache_ttl = "10m"
+feed_update_interval = "12h"
+min_prefix_v4 = 16
+min_prefix_v6 = 48
+
+[fortigate]
+url = "{fg}"
+api_key = "{fg_key}"
+ca_file = "{fg_ca}"
+vdom = "root"
+requests_per_second = 200
+timeout = "5s"
+
+[syslog]
+udp = "{udp}"
+tcp = "{tcp}"
+allowed_senders = []
+
+[blocking]
+never_block = ["198.51.100.250"]
+dry_run = false
+max_blocks_per_minute = 600
+
+[housekeeping]
+max_age = "90d"
+interval = "1h"
+unblock_revoked = true
+adopt_legacy = false
+max_unblock_fraction = 0.5
+
+[state]
+path = "{state}"
+
+[metrics]
+listen = "{metrics}"
+housekeeping_listen = "{hk_metrics}"
+
+[log]
+level = "info,fortimisp_core=debug"
+"#,
+            misp = self.misp.url(),
+            misp_key = self.misp.key(),
+            misp_ca = d.join("misp-ca.pem").display(),
+            fg = self.fortigate.url(),
+            fg_key = self.fortigate.token(),
+            fg_ca = d.join("fortigate-ca.pem").display(),
+            udp = self.udp,
+            tcp = self.tcp,
+            state = self.state.display(),
+            metrics = self.metrics,
+            hk_metrics = self.hk_metrics,
+        );
+        for (from, to) in &self.tweaks {
+            assert!(text.contains(from.as_str()), "tweak {from:?} does not apply to the base config");
+            text = text.replacen(from.as_str(), to, 1);
+        }
+        text.push('\n');
+        text.push_str(&self.extra);
+        text
+    }
+
+    /// Writes the config (mode 0600) and returns its path.
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, self.config_text()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        path
+    }
+
+    /// Starts `integration --config <config>` (the daemon) and waits until it serves /healthz.
+    pub async fn integration(&self) -> Daemon {
+        let config = self.write_config();
+        let daemon = Daemon::spawn("integration", &["--config", config.to_str().unwrap()], self.dir.path());
+        daemon.wait_healthy(self.metrics).await;
+        daemon
+    }
+
+    /// Runs `integration --config <config> ARGS...` to completion.
+    pub fn integration_cmd(&self, args: &[&str]) -> std::process::Output {
+        let config = self.write_config();
+        Command::new(bin("integration")).arg("--config").arg(&config).args(args).output().unwrap()
+    }
+
+    /// Runs `housekeeping --config <config> ARGS...` to completion.
+    pub fn housekeeping_cmd(&self, args: &[&str]) -> std::process::Output {
+        let config = self.write_config();
+        Command::new(bin("housekeeping")).arg("--config").arg(&config).args(args).output().unwrap()
+    }
+
+    /// Scrapes one sample of the integration daemon's metrics (0 if absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        scrape(self.metrics, sample).await
+    }
+}
+
+/// A daemon child process; killed when dropped. Its stderr goes to a log file printed on failure.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(name: &str, args: &[&str], dir: &Path) -> Daemon {
+        let log = dir.join(format!("{name}-{}.log", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin(name))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .env("NO_COLOR", "1")
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Daemon { child, log }
+    }
+
+    /// Waits (30 s at most) until `/healthz` answers 200.
+    pub async fn wait_healthy(&self, metrics: SocketAddr) {
+        let url = format!("http://{metrics}/healthz");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "daemon not healthy within 30 s; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- daemon log {} ----\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish() as u128
+}
+
+/// Scrapes `sample` (a metric name with its labels, exactly as exposed) from a metrics endpoint.
+pub async fn scrape(metrics: SocketAddr, sample: &str) -> f64 {
+    let text = match reqwest::get(format!("http://{metrics}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return 0.0,
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls `check` every 50 ms until it is true; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A real FortiGate forward-traffic log line (from the corpus: elastic-beats.default.log line 5) with the
+/// addresses, policy id and action replaced.
+pub fn traffic_line(src: IpAddr, dst: IpAddr, policyid: u32, action: &str) -> String {
+    format!(
+        r#"<189>date=2020-04-23 time=12:14:28 devname="firewall3" devid="oldfwid" logid="0000000013" type="traffic" subtype="forward" level="notice" vd="root" eventtime=1587230069291463928 tz="-0500" srcip={src} srcport=56603 srcintf="port1" srcintfrole="lan" dstip={dst} dstport=442 dstintf="wan1" dstintfrole="wan" sessionid=2345 proto=6 action="{action}" policyid={policyid} policytype="policy" service="HTTPS" dstcountry="Russian Federation" srccountry="United Kingdom" trandisp="snat" transip=175.16.199.1 transport=56603 duration=1 sentbyte=1234 rcvdbyte=5678 sentpkt=5 rcvdpkt=4 appcat="unscanned""#
+    )
+}
+
+/// Sends each line as one UDP datagram.
+pub fn send_udp(to: SocketAddr, lines: &[String]) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for line in lines {
+        socket.send_to(line.as_bytes(), to).unwrap();
+    }
+}
+
+/// Sends lines over one TCP connection, RFC 6587 octet counting (`octets = true`) or LF-delimited.
+pub fn send_tcp(to: SocketAddr, lines: &[String], octets: bool) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(to).unwrap();
+    let mut buf = Vec::new();
+    for line in lines {
+        if octets {
+            buf.extend_from_slice(format!("{} {line}", line.len()).as_bytes());
+        } else {
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+    }
+    stream.write_all(&buf).unwrap();
+    stream.flush().unwrap();
+}
+
+/// The members of a group on the emulated FortiGate (empty if the group does not exist).
+pub fn members(env: &Env, group: &str) -> Vec<String> {
+    env.fortigate.members(group).unwrap_or_default()
+}

@@ -1,1 +1,5 @@
-//! End-to-end tests.
+//! End-to-end tests: the real `integration` and `housekeeping` binaries against the testkit emulators (HTTPS with
+//! private CAs), fed with real FortiGate log lines over UDP and TCP. One test binary, one module per area.
+
+/// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
+mod integration;

@@ -123,8 +123,17 @@ async fn search_values_matches_like_misp() {
     let (emulator, client) = setup().await;
     seed_lookup_data(&emulator);
     let all_ips = [
-        "198.51.100.7", "198.51.100.8", "198.51.100.9", "203.0.113.5", "203.0.113.0", "198.51.100.20",
-        "2001:db8::7", "198.51.100.10", "198.51.100.11", "198.51.100.12", "10.1.2.3",
+        "198.51.100.7",
+        "198.51.100.8",
+        "198.51.100.9",
+        "203.0.113.5",
+        "203.0.113.0",
+        "198.51.100.20",
+        "2001:db8::7",
+        "198.51.100.10",
+        "198.51.100.11",
+        "198.51.100.12",
+        "10.1.2.3",
     ]
     .map(ip);
     let unknown = [ip("192.0.2.99")];
@@ -157,7 +166,12 @@ async fn search_values_matches_like_misp() {
                 "ip-dst 2001:db8::7/128",
             ],
         ),
-        ("type filter", SearchQuery::new().types(["ip-src"]), &all_ips, &["ip-src 198.51.100.7/32", "ip-src 198.51.100.12/32"]),
+        (
+            "type filter",
+            SearchQuery::new().types(["ip-src"]),
+            &all_ips,
+            &["ip-src 198.51.100.7/32", "ip-src 198.51.100.12/32"],
+        ),
         ("deleted only", SearchQuery::new().deleted(Deleted::Only), &all_ips, &["ip-dst 198.51.100.10/32"]),
         ("tag include", SearchQuery::new().tags(["kill-chain:c2"]), &all_ips, &["ip-src 198.51.100.7/32"]),
         (
@@ -329,7 +343,9 @@ async fn failing_page_is_retried_then_reported_and_resumable() {
     let mut pager = client.pages(SearchQuery::new());
     assert!(pager.next_page().await.expect("page 1").is_ok());
     let error = pager.next_page().await.expect("page 2").expect_err("retries exhausted");
-    assert!(matches!(&error, Error::Server { status: 500, message: Some(m), .. } if m == "An Internal Error Has Occurred."));
+    assert!(
+        matches!(&error, Error::Server { status: 500, message: Some(m), .. } if m == "An Internal Error Has Occurred.")
+    );
     assert_eq!(pager.next_page_number(), 2, "a failed page is not skipped");
     let page = pager.next_page().await.expect("page 2 again").expect("fault used up");
     assert_eq!(page.page, 2);
@@ -510,7 +526,10 @@ async fn warninglists() {
     let hits = client.check_warninglist(&[ip("10.1.2.3"), ip("8.8.8.8"), ip("198.51.100.7")]).await.expect("check");
     assert_eq!(hits.len(), 2);
     let ten = &hits[&ip("10.1.2.3")];
-    assert_eq!((ten[0].id, ten[0].name.as_str(), ten[0].matched.as_deref()), (Some(rfc1918), "RFC 1918", Some("10.0.0.0/8")));
+    assert_eq!(
+        (ten[0].id, ten[0].name.as_str(), ten[0].matched.as_deref()),
+        (Some(rfc1918), "RFC 1918", Some("10.0.0.0/8"))
+    );
     assert_eq!(hits[&ip("8.8.8.8")][0].name, "resolvers");
     // No hit: MISP answers `[]`.
     assert!(client.check_warninglist(&[ip("198.51.100.7")]).await.expect("miss").is_empty());

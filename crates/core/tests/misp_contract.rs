@@ -26,7 +26,13 @@ impl Raw {
     }
 }
 
-async fn call(emulator: &MispEmulator, method: Method, path: &str, auth: Option<(&str, &str)>, body: Option<&str>) -> Raw {
+async fn call(
+    emulator: &MispEmulator,
+    method: Method,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&str>,
+) -> Raw {
     let mut request = reqwest::Client::new()
         .request(method, format!("{}{}", emulator.url(), path))
         .header("Accept", "application/json")
@@ -175,7 +181,12 @@ async fn feeds_results() {
             StatusCode::OK,
             json!({"result": "Pull queued for background execution."}),
         ),
-        ("/feeds/fetchFromFeed/1", Box::new(|_| {}), StatusCode::OK, json!({"result": "Pull queued for background execution."})),
+        (
+            "/feeds/fetchFromFeed/1",
+            Box::new(|_| {}),
+            StatusCode::OK,
+            json!({"result": "Pull queued for background execution."}),
+        ),
         (
             "/feeds/fetchFromFeed/1",
             Box::new(|e| e.set_background_jobs(false)),

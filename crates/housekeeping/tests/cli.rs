@@ -12,7 +12,8 @@ fn a_bad_config_fails_with_one_line_naming_the_key() {
         "[misp]\nurl = \"https://127.0.0.1:1\"\napi_key = \"k\"\n[fortigate]\nurl = \"https://127.0.0.1:1\"\napi_key = \"t\"\n[housekeeping]\nmax_age = \"ninety days\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_housekeeping")).arg("--config").arg(&path).arg("--once").output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_housekeeping")).arg("--config").arg(&path).arg("--once").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -39,21 +39,12 @@ impl TestCa {
     /// Generates a fresh CA ("fortimisp test CA").
     pub fn new() -> Self {
         let key = KeyPair::generate().expect("invariant: ring can generate a P-256 key");
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .expect("invariant: empty SAN list is valid");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("invariant: empty SAN list is valid");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "fortimisp test CA");
+        params.distinguished_name.push(DnType::CommonName, "fortimisp test CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params
-            .self_signed(&key)
-            .expect("invariant: self-signing a CA with a fresh key succeeds");
-        TestCa {
-            ca_pem: cert.pem(),
-            cert,
-            key,
-        }
+        let cert = params.self_signed(&key).expect("invariant: self-signing a CA with a fresh key succeeds");
+        TestCa { ca_pem: cert.pem(), cert, key }
     }
 
     /// Issues a server certificate valid for `127.0.0.1`, `::1` and `localhost`.
@@ -66,12 +57,8 @@ impl TestCa {
         let key = KeyPair::generate().expect("invariant: ring can generate a P-256 key");
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(sans).expect("invariant: SANs are valid names");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
-        let leaf = params
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("invariant: signing with the test CA succeeds");
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
+        let leaf = params.signed_by(&key, &self.cert, &self.key).expect("invariant: signing with the test CA succeeds");
         ServerCert {
             cert_pem: format!("{}{}", leaf.pem(), self.ca_pem),
             key_pem: key.serialize_pem(),

@@ -27,13 +27,7 @@ const MKEY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.')
 
 /// Query values: like [`MKEY`] but FortiOS's filter/format syntax stays readable (`filter=comment=@fortimisp%20`,
 /// `format=name|comment|subnet`), as in Fortinet's examples.
-const QUERY_VALUE: &AsciiSet = &MKEY
-    .remove(b'=')
-    .remove(b'@')
-    .remove(b'!')
-    .remove(b'|')
-    .remove(b',')
-    .remove(b':');
+const QUERY_VALUE: &AsciiSet = &MKEY.remove(b'=').remove(b'@').remove(b'!').remove(b'|').remove(b',').remove(b':');
 
 /// Page size of collection GETs.
 const PAGE: usize = 1000;
@@ -158,10 +152,7 @@ struct RateLimiter {
 impl RateLimiter {
     fn new(rps: f64) -> Self {
         let interval = (rps.is_finite() && rps > 0.0).then(|| Duration::from_secs_f64(1.0 / rps));
-        RateLimiter {
-            interval,
-            next: StdMutex::new(None),
-        }
+        RateLimiter { interval, next: StdMutex::new(None) }
     }
 
     async fn acquire(&self) {
@@ -192,10 +183,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("url", &self.base)
-            .field("vdom", &self.vdom)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("url", &self.base).field("vdom", &self.vdom).finish_non_exhaustive()
     }
 }
 
@@ -218,19 +206,11 @@ impl Client {
             .tcp_keepalive(Duration::from_secs(60))
             .user_agent(concat!("fortimisp/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &opts.ca_file {
-            let pem = std::fs::read(path).map_err(|e| Error::CaFile {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::CaFile {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
+            let pem = std::fs::read(path).map_err(|e| Error::CaFile { path: path.clone(), detail: e.to_string() })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::CaFile { path: path.clone(), detail: e.to_string() })?;
             if certs.is_empty() {
-                return Err(Error::CaFile {
-                    path: path.clone(),
-                    detail: "no certificate found".into(),
-                });
+                return Err(Error::CaFile { path: path.clone(), detail: "no certificate found".into() });
             }
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
@@ -240,12 +220,8 @@ impl Client {
             builder = builder.danger_accept_invalid_certs(true);
         }
         let http = builder.build().map_err(Error::Build)?;
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", opts.api_key.expose())).map_err(|_| {
-            Error::InvalidName {
-                name: "api_key".into(),
-                reason: "not a valid header value",
-            }
-        })?;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", opts.api_key.expose()))
+            .map_err(|_| Error::InvalidName { name: "api_key".into(), reason: "not a valid header value" })?;
         auth.set_sensitive(true);
         Ok(Client {
             http,
@@ -301,10 +277,7 @@ impl Client {
             return Err(if method == Method::DELETE {
                 Error::EmptyMkey
             } else {
-                Error::InvalidName {
-                    name: String::new(),
-                    reason: "empty",
-                }
+                Error::InvalidName { name: String::new(), reason: "empty" }
             });
         }
         let url = self.url(&endpoint, query);
@@ -330,9 +303,7 @@ impl Client {
         let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
         let delay = half + Duration::from_millis(jitter);
         match error {
-            Error::TooManyRequests {
-                retry_after: Some(after),
-            } => delay.max(*after),
+            Error::TooManyRequests { retry_after: Some(after) } => delay.max(*after),
             _ => delay,
         }
     }
@@ -345,10 +316,7 @@ impl Client {
         name: Option<&str>,
     ) -> Result<Envelope, Error> {
         self.limiter.acquire().await;
-        let mut request = self
-            .http
-            .request(method.clone(), url)
-            .header(AUTHORIZATION, self.auth.clone());
+        let mut request = self.http.request(method.clone(), url).header(AUTHORIZATION, self.auth.clone());
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -368,12 +336,9 @@ impl Client {
 
     /// `GET /api/v2/monitor/system/status`: version for feature detection (also a cheap auth check).
     pub async fn system_status(&self) -> Result<SystemStatus, Error> {
-        let env = self
-            .call(Method::GET, Endpoint::Monitor("system/status"), &[], None, None)
-            .await?;
-        let version = env.version.clone().ok_or_else(|| Error::Protocol {
-            detail: "system status without version".into(),
-        })?;
+        let env = self.call(Method::GET, Endpoint::Monitor("system/status"), &[], None, None).await?;
+        let version =
+            env.version.clone().ok_or_else(|| Error::Protocol { detail: "system status without version".into() })?;
         Ok(SystemStatus {
             version,
             build: env.build,
@@ -407,10 +372,7 @@ impl Client {
 
     /// `POST` to a collection; -5 = [`Change::Unchanged`].
     async fn create(&self, table: Table, name: &str, body: &Value) -> Result<Change, Error> {
-        match self
-            .call(Method::POST, Endpoint::Collection(table), &[], Some(body), Some(name))
-            .await
-        {
+        match self.call(Method::POST, Endpoint::Collection(table), &[], Some(body), Some(name)).await {
             Ok(_) => Ok(Change::Applied),
             Err(Error::AlreadyExists { .. }) => Ok(Change::Unchanged),
             Err(e) => Err(e),
@@ -424,10 +386,7 @@ impl Client {
     }
 
     async fn delete(&self, table: Table, name: &str) -> Result<Change, Error> {
-        match self
-            .call(Method::DELETE, Endpoint::Entry(table, name), &[], None, Some(name))
-            .await
-        {
+        match self.call(Method::DELETE, Endpoint::Entry(table, name), &[], None, Some(name)).await {
             Ok(_) => Ok(Change::Applied),
             Err(Error::NotFound { .. }) => Ok(Change::Unchanged),
             Err(e) => Err(e),
@@ -449,18 +408,12 @@ impl Client {
             if let Some(f) = filter {
                 query.push(("filter", f));
             }
-            let env = self
-                .call(
-                    Method::GET,
-                    Endpoint::Collection(Table::addresses(family)),
-                    &query,
-                    None,
-                    None,
-                )
-                .await?;
-            let page = env.results.as_array().ok_or_else(|| Error::Protocol {
-                detail: "collection results is not an array".into(),
-            })?;
+            let env =
+                self.call(Method::GET, Endpoint::Collection(Table::addresses(family)), &query, None, None).await?;
+            let page = env
+                .results
+                .as_array()
+                .ok_or_else(|| Error::Protocol { detail: "collection results is not an array".into() })?;
             out.extend(page.iter().map(|e| address_entry(family, e)));
             if page.len() < PAGE {
                 return Ok(out);
@@ -498,15 +451,8 @@ impl Client {
 
     /// Member names of a group via the child table (`GET …/addrgrp/{g}/member`).
     pub async fn group_members(&self, family: Family, group: &str) -> Result<Vec<String>, Error> {
-        let env = self
-            .call(
-                Method::GET,
-                Endpoint::Members(Table::groups(family), group),
-                &[],
-                None,
-                Some(group),
-            )
-            .await?;
+        let env =
+            self.call(Method::GET, Endpoint::Members(Table::groups(family), group), &[], None, Some(group)).await?;
         Ok(member_names(Some(&env.results)))
     }
 
@@ -528,10 +474,7 @@ impl Client {
         match self.call(Method::POST, endpoint, &[], Some(&body), Some(member)).await {
             Ok(_) => Ok(Change::Applied),
             Err(Error::AlreadyExists { .. }) => Ok(Change::Unchanged),
-            Err(Error::Full { code, .. }) => Err(Error::Full {
-                name: group.to_string(),
-                code,
-            }),
+            Err(Error::Full { code, .. }) => Err(Error::Full { name: group.to_string(), code }),
             Err(e) => Err(e),
         }
     }
@@ -553,41 +496,23 @@ impl Client {
         let secs = expiry.map_or(0, |d| d.as_secs().max(1));
         let body = json!({"ip_addresses": [ip.to_string()], "expiry": secs});
         let ip = ip.to_string();
-        self.call(
-            Method::POST,
-            Endpoint::Monitor("user/banned/add_users"),
-            &[],
-            Some(&body),
-            Some(&ip),
-        )
-        .await
-        .map(drop)
+        self.call(Method::POST, Endpoint::Monitor("user/banned/add_users"), &[], Some(&body), Some(&ip)).await.map(drop)
     }
 
     /// `POST /api/v2/monitor/user/banned/clear_users`.
     pub async fn unban(&self, ip: IpAddr) -> Result<(), Error> {
         let body = json!({"ip_addresses": [ip.to_string()]});
         let ip = ip.to_string();
-        self.call(
-            Method::POST,
-            Endpoint::Monitor("user/banned/clear_users"),
-            &[],
-            Some(&body),
-            Some(&ip),
-        )
-        .await
-        .map(drop)
+        self.call(Method::POST, Endpoint::Monitor("user/banned/clear_users"), &[], Some(&body), Some(&ip))
+            .await
+            .map(drop)
     }
 
     /// `GET /api/v2/monitor/user/banned`.
     pub async fn list_banned(&self) -> Result<Vec<BannedIp>, Error> {
-        let env = self
-            .call(Method::GET, Endpoint::Monitor("user/banned"), &[], None, None)
-            .await?;
+        let env = self.call(Method::GET, Endpoint::Monitor("user/banned"), &[], None, None).await?;
         let epoch = |v: Option<&Value>| {
-            v.and_then(Value::as_i64)
-                .filter(|s| *s > 0)
-                .and_then(|s| DateTime::from_timestamp(s, 0))
+            v.and_then(Value::as_i64).filter(|s| *s > 0).and_then(|s| DateTime::from_timestamp(s, 0))
         };
         Ok(env
             .results
@@ -634,9 +559,7 @@ fn classify(status: u16, retry_after: Option<Duration>, body: &[u8], name: Optio
     let Some(env) = envelope else {
         return Err(match status {
             403 => Error::Forbidden { status, code: None },
-            200..=299 => Error::Protocol {
-                detail: format!("http {status} without a json envelope"),
-            },
+            200..=299 => Error::Protocol { detail: format!("http {status} without a json envelope") },
             _ => Error::Http { status },
         });
     };
@@ -663,12 +586,7 @@ fn classify(status: u16, retry_after: Option<Duration>, body: &[u8], name: Optio
         Some(c @ (-163 | -164)) => Error::NameClash { name, code: Some(c) },
         None if http == 404 || status == 404 => Error::NotFound { name },
         None if http == 403 || status == 403 => Error::Forbidden { status: http, code: None },
-        code => Error::Api {
-            status: http,
-            code,
-            name: (!name.is_empty()).then_some(name),
-            cli_error: env.cli_error,
-        },
+        code => Error::Api { status: http, code, name: (!name.is_empty()).then_some(name), cli_error: env.cli_error },
     })
 }
 
@@ -686,11 +604,7 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 
 fn member_names(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|m| {
-            m.iter()
-                .filter_map(|e| str_field(e, "name").map(str::to_string))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|e| str_field(e, "name").map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -702,9 +616,7 @@ pub(crate) fn parse_network(s: &str) -> Option<IpNet> {
         let mask: IpAddr = mask.trim().parse().ok()?;
         return IpNet::with_netmask(ip, mask).ok();
     }
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 fn address_entry(family: Family, e: &Value) -> AddressEntry {
@@ -745,21 +657,23 @@ mod tests {
             (500, env("error", 500, Some(-4)), |r| matches!(r, Err(Error::Full { code: -4, .. }))),
             (403, env("error", 403, Some(-14)), |r| matches!(r, Err(Error::Forbidden { .. }))),
             (500, env("error", 500, Some(-163)), |r| matches!(r, Err(Error::NameClash { .. }))),
-            (500, env("error", 500, Some(-651)), |r| {
-                matches!(r, Err(e @ Error::Api { code: Some(-651), .. }) if !e.is_retryable())
-            }),
+            (
+                500,
+                env("error", 500, Some(-651)),
+                |r| matches!(r, Err(e @ Error::Api { code: Some(-651), .. }) if !e.is_retryable()),
+            ),
             (401, b"<html>401</html>".to_vec(), |r| matches!(r, Err(Error::Unauthorized))),
             (401, env("error", 401, None), |r| matches!(r, Err(Error::Unauthorized))),
             (429, Vec::new(), |r| matches!(r, Err(e @ Error::TooManyRequests { .. }) if e.is_retryable())),
-            (503, b"Service Unavailable".to_vec(), |r| {
-                matches!(r, Err(e @ Error::Http { status: 503 }) if e.is_retryable())
-            }),
+            (
+                503,
+                b"Service Unavailable".to_vec(),
+                |r| matches!(r, Err(e @ Error::Http { status: 503 }) if e.is_retryable()),
+            ),
             (500, env("error", 500, None), |r| matches!(r, Err(e @ Error::Api { .. }) if e.is_retryable())),
             (200, b"not json".to_vec(), |r| matches!(r, Err(Error::Protocol { .. }))),
             (200, br#"[{"status":"success","results":[]}]"#.to_vec(), |r| r.is_ok()),
-            (200, br#"{"status":"error","error":"-5"}"#.to_vec(), |r| {
-                matches!(r, Err(Error::AlreadyExists { .. }))
-            }),
+            (200, br#"{"status":"error","error":"-5"}"#.to_vec(), |r| matches!(r, Err(Error::AlreadyExists { .. }))),
         ];
         for (i, (status, body, check)) in cases.into_iter().enumerate() {
             let r = classify(status, None, &body, Some("n"));
@@ -797,12 +711,7 @@ mod tests {
 
     #[test]
     fn versions_parse() {
-        let s = |v: &str| SystemStatus {
-            version: v.into(),
-            build: None,
-            serial: None,
-            hostname: None,
-        };
+        let s = |v: &str| SystemStatus { version: v.into(), build: None, serial: None, hostname: None };
         assert_eq!(s("v7.4.4").version_triple(), Some((7, 4, 4)));
         assert_eq!(s("v6.2").version_triple(), Some((6, 2, 0)));
         assert_eq!(s("garbage").version_triple(), None);

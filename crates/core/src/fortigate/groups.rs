@@ -82,14 +82,8 @@ impl Client {
     fn placeholder(&self, family: Family) -> (String, IpAddr) {
         let prefix = &self.opts.object_prefix;
         match family {
-            Family::V4 => (
-                format!("{prefix}placeholder"),
-                PLACEHOLDER_V4.parse().expect("invariant: literal IPv4"),
-            ),
-            Family::V6 => (
-                format!("{prefix}placeholder6"),
-                PLACEHOLDER_V6.parse().expect("invariant: literal IPv6"),
-            ),
+            Family::V4 => (format!("{prefix}placeholder"), PLACEHOLDER_V4.parse().expect("invariant: literal IPv4")),
+            Family::V6 => (format!("{prefix}placeholder6"), PLACEHOLDER_V6.parse().expect("invariant: literal IPv6")),
         }
     }
 
@@ -102,20 +96,12 @@ impl Client {
 
     /// `base-N` names nested in the base group.
     fn overflow_number(&self, family: Family, member: &str) -> Option<u32> {
-        member
-            .strip_prefix(self.base_group(family))?
-            .strip_prefix('-')?
-            .parse()
-            .ok()
-            .filter(|n| *n >= 2)
+        member.strip_prefix(self.base_group(family))?.strip_prefix('-')?.parse().ok().filter(|n| *n >= 2)
     }
 
     fn count_blocked(&self, family: Family, members: &[String]) -> usize {
         let (placeholder, _) = self.placeholder(family);
-        members
-            .iter()
-            .filter(|m| **m != placeholder && self.overflow_number(family, m).is_none())
-            .count()
+        members.iter().filter(|m| **m != placeholder && self.overflow_number(family, m).is_none()).count()
     }
 
     /// Creates the missing block groups (`block_group`, `block_group6`), each with its placeholder member, and
@@ -160,9 +146,7 @@ impl Client {
             return Ok(());
         }
         let placeholder = self.ensure_placeholder(family).await?;
-        let change = self
-            .create_group(family, base, &[&placeholder], "fortimisp block group")
-            .await?;
+        let change = self.create_group(family, base, &[&placeholder], "fortimisp block group").await?;
         if change == Change::Applied {
             tracing::info!(message = "Created block group.", group = %base);
         }
@@ -175,16 +159,10 @@ impl Client {
             return Ok(());
         }
         let base = self.base_group(family).to_string();
-        let mut fresh = GroupCache {
-            loaded: true,
-            ..GroupCache::default()
-        };
+        let mut fresh = GroupCache { loaded: true, ..GroupCache::default() };
         if let Some(group) = self.get_group(family, &base).await? {
-            let mut overflow: Vec<(u32, String)> = group
-                .members
-                .iter()
-                .filter_map(|m| self.overflow_number(family, m).map(|n| (n, m.clone())))
-                .collect();
+            let mut overflow: Vec<(u32, String)> =
+                group.members.iter().filter_map(|m| self.overflow_number(family, m).map(|n| (n, m.clone()))).collect();
             overflow.sort();
             fresh.counts.insert(base.clone(), self.count_blocked(family, &group.members));
             fresh.known.push(base);
@@ -219,10 +197,7 @@ impl Client {
             }
             if let Some(existing) = self.get_address(family, name.as_str()).await? {
                 if !Comment::parse(&existing.comment).is_ours() {
-                    return Err(Error::Foreign {
-                        name: name.to_string(),
-                        comment: existing.comment,
-                    });
+                    return Err(Error::Foreign { name: name.to_string(), comment: existing.comment });
                 }
                 created = Some(false);
                 break;
@@ -230,10 +205,7 @@ impl Client {
         }
         let Some(created) = created else {
             // -5 on create but nothing of that name in our table: a group or another object type holds it.
-            return Err(Error::NameClash {
-                name: name.to_string(),
-                code: None,
-            });
+            return Err(Error::NameClash { name: name.to_string(), code: None });
         };
         let (group, change) = self.join_group(family, &name, created).await?;
         if created || change == Change::Applied {
@@ -341,10 +313,7 @@ impl Client {
             return Ok(UnblockOutcome::NotBlocked);
         };
         if !Comment::parse(&entry.comment).is_ours() {
-            return Err(Error::Foreign {
-                name: name.to_string(),
-                comment: entry.comment,
-            });
+            return Err(Error::Foreign { name: name.to_string(), comment: entry.comment });
         }
         self.remove_object(family, name.as_str()).await
     }
@@ -386,11 +355,7 @@ impl Client {
                 if net.prefix_len() != net.max_prefix_len() {
                     continue;
                 }
-                owned.push(OwnedObject {
-                    name,
-                    ip: net.addr(),
-                    comment: marker,
-                });
+                owned.push(OwnedObject { name, ip: net.addr(), comment: marker });
             }
         }
         Ok(owned)
@@ -438,10 +403,7 @@ impl Client {
             return Ok(UnblockOutcome::NotBlocked);
         };
         if !matches!(Comment::parse(&entry.comment), CommentKind::Legacy { .. }) {
-            return Err(Error::Foreign {
-                name: member.name.clone(),
-                comment: entry.comment,
-            });
+            return Err(Error::Foreign { name: member.name.clone(), comment: entry.comment });
         }
         self.remove_object(member.family, &member.name).await
     }

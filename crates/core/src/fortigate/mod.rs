@@ -130,11 +130,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 4,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-        }
+        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30) }
     }
 }
 
@@ -181,12 +177,7 @@ pub enum Error {
     Foreign { name: String, comment: String },
     /// Any other FortiOS error.
     #[error("fortigate error {code:?} (http {status}) on {name:?}: {cli_error:?}")]
-    Api {
-        status: u16,
-        code: Option<i64>,
-        name: Option<String>,
-        cli_error: Option<String>,
-    },
+    Api { status: u16, code: Option<i64>, name: Option<String>, cli_error: Option<String> },
     /// An HTTP error status without a FortiOS envelope (a 5xx page from httpsd or a proxy).
     #[error("fortigate answered http {status} without a json envelope")]
     Http { status: u16 },

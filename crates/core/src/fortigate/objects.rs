@@ -69,10 +69,7 @@ impl ObjectName {
             None
         };
         match reason {
-            Some(reason) => Err(Error::InvalidName {
-                name: name.to_string(),
-                reason,
-            }),
+            Some(reason) => Err(Error::InvalidName { name: name.to_string(), reason }),
             None => Ok(ObjectName(name.to_string())),
         }
     }
@@ -181,11 +178,7 @@ fn parse_comment(comment: &str) -> CommentKind {
                     }
                     None => (None, tail.to_string()),
                 };
-                CommentKind::Ours(Marker {
-                    created_at: t.with_timezone(&Utc),
-                    event_id,
-                    rest,
-                })
+                CommentKind::Ours(Marker { created_at: t.with_timezone(&Utc), event_id, rest })
             }
             Err(_) => CommentKind::Foreign,
         };
@@ -194,9 +187,7 @@ fn parse_comment(comment: &str) -> CommentKind {
     ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(trimmed, f).ok())
-        .map(|t| CommentKind::Legacy {
-            created_at: t.and_utc(),
-        })
+        .map(|t| CommentKind::Legacy { created_at: t.and_utc() })
         .unwrap_or(CommentKind::Foreign)
 }
 
@@ -279,14 +270,9 @@ mod tests {
         assert_eq!(Comment::parse("fortimisp placeholder"), CommentKind::Placeholder);
         assert_eq!(
             Comment::parse("2023-05-06 07:08:09.123456"),
-            CommentKind::Legacy {
-                created_at: legacy + chrono::Duration::microseconds(123_456)
-            }
+            CommentKind::Legacy { created_at: legacy + chrono::Duration::microseconds(123_456) }
         );
-        assert_eq!(
-            Comment::parse("2023-05-06 07:08:09"),
-            CommentKind::Legacy { created_at: legacy }
-        );
+        assert_eq!(Comment::parse("2023-05-06 07:08:09"), CommentKind::Legacy { created_at: legacy });
         assert_eq!(Comment::parse("2023-05-06"), CommentKind::Foreign);
         match Comment::parse("fortimisp 2025-01-02T03:04:05Z manual block") {
             CommentKind::Ours(m) => {

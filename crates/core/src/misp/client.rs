@@ -276,8 +276,8 @@ impl Client {
             .user_agent(concat!("fortimisp/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &options.ca_file {
             let pem = std::fs::read(path).map_err(|source| Error::CaFileRead { path: path.clone(), source })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|_| Error::CaFileInvalid { path: path.clone() })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| Error::CaFileInvalid { path: path.clone() })?;
             if certs.is_empty() {
                 return Err(Error::CaFileInvalid { path: path.clone() });
             }
@@ -418,15 +418,19 @@ impl Client {
             } else {
                 decode(path, last)?
             };
-            return Ok(SightingOutcome::Added { sighting_id: s.id, attribute_id: s.attribute_id, event_id: s.event_id });
+            return Ok(SightingOutcome::Added {
+                sighting_id: s.id,
+                attribute_id: s.attribute_id,
+                event_id: s.event_id,
+            });
         }
-        let message = ["message", "errors", "name"]
-            .iter()
-            .find_map(|k| body.get(*k).and_then(Value::as_str))
-            .map(str::to_string);
+        let message =
+            ["message", "errors", "name"].iter().find_map(|k| body.get(*k).and_then(Value::as_str)).map(str::to_string);
         match message {
             Some(message) => Ok(SightingOutcome::NotAdded { message }),
-            None => Err(Error::InvalidResponse { path: path.into(), reason: "neither \"Sighting\" nor \"message\"".into() }),
+            None => {
+                Err(Error::InvalidResponse { path: path.into(), reason: "neither \"Sighting\" nor \"message\"".into() })
+            }
         }
     }
 
@@ -446,10 +450,8 @@ impl Client {
                     debug!(message = "Ignoring a checkValue key that is not an IP.", value = %value);
                     continue;
                 };
-                let hits = hits
-                    .into_iter()
-                    .map(|h| WarninglistHit { id: h.id, name: h.name, matched: h.matched })
-                    .collect();
+                let hits =
+                    hits.into_iter().map(|h| WarninglistHit { id: h.id, name: h.name, matched: h.matched }).collect();
                 out.insert(ip, hits);
             }
         }
@@ -474,13 +476,7 @@ impl Client {
             },
             _ => return Err(invalid(path, "body is not an object")),
         };
-        let mut out = Page {
-            page,
-            returned: attributes.len(),
-            skipped_by_server,
-            result_count,
-            ..Page::default()
-        };
+        let mut out = Page { page, returned: attributes.len(), skipped_by_server, result_count, ..Page::default() };
         out.indicators.reserve(attributes.len());
         for raw in attributes {
             let attr: wire::WireAttribute = match serde_json::from_value(raw) {

@@ -53,7 +53,11 @@ pub enum Error {
     Tls { reason: String },
     /// Could not connect, or the connection broke before a full response arrived.
     #[error("connection to misp failed on {path}: {source}")]
-    Transport { path: String, #[source] source: reqwest::Error },
+    Transport {
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// A 2xx body that is not JSON (truncated, or an HTML page from a proxy). Treated as transient.
     #[error("misp sent a body that is not json on {path}: {reason}")]
     Decode { path: String, reason: String },

@@ -29,8 +29,7 @@ pub mod query;
 mod wire;
 
 pub use client::{
-    Client, ClientOptions, FeedOutcome, Page, Pager, RetryPolicy, RoleInfo, ServerInfo, SightingOutcome,
-    UserInfo,
+    Client, ClientOptions, FeedOutcome, Page, Pager, RetryPolicy, RoleInfo, ServerInfo, SightingOutcome, UserInfo,
     VersionInfo, WarninglistHit,
 };
 pub use error::Error;

@@ -218,11 +218,7 @@ mod tests {
     #[test]
     fn bodies() {
         let cases: Vec<(SearchQuery, Option<(u32, u32)>, Value)> = vec![
-            (
-                SearchQuery::new(),
-                None,
-                json!({"returnFormat":"json"}),
-            ),
+            (SearchQuery::new(), None, json!({"returnFormat":"json"})),
             (
                 SearchQuery::new()
                     .values(["198.51.100.7"])

@@ -17,7 +17,10 @@ use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator};
 use fortimisp_testkit::tls;
 
 #[derive(Parser, Debug)]
-#[command(name = "fortigate-emulator", about = "Emulated FortiGate REST API (cmdb address/addrgrp, members, banned IPs)")]
+#[command(
+    name = "fortigate-emulator",
+    about = "Emulated FortiGate REST API (cmdb address/addrgrp, members, banned IPs)"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]

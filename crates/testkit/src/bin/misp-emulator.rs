@@ -86,7 +86,11 @@ async fn main() -> anyhow::Result<()> {
         emulator.set_background_jobs(false);
     }
     println!("{}", emulator.url());
-    eprintln!("misp-emulator: {} attributes, key {}...", emulator.attribute_count(), &emulator.key().chars().take(4).collect::<String>());
+    eprintln!(
+        "misp-emulator: {} attributes, key {}...",
+        emulator.attribute_count(),
+        &emulator.key().chars().take(4).collect::<String>()
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -235,12 +235,7 @@ impl FortiGateEmulator {
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(accept_loop(listener, app, acceptor, cancel.clone()));
-        Ok(FortiGateEmulator {
-            url,
-            addr,
-            shared,
-            cancel,
-        })
+        Ok(FortiGateEmulator { url, addr, shared, cancel })
     }
 
     /// `http://127.0.0.1:PORT` or `https://…`, no trailing slash.
@@ -261,11 +256,7 @@ impl FortiGateEmulator {
 
     /// An object of any table with its fields as the API would return them.
     pub fn object(&self, name: &str) -> Option<(Table, Value)> {
-        self.shared
-            .lock()
-            .db
-            .get(name)
-            .map(|(t, e)| (*t, Value::Object(e.clone())))
+        self.shared.lock().db.get(name).map(|(t, e)| (*t, Value::Object(e.clone())))
     }
 
     /// Names in one table, sorted.
@@ -287,18 +278,12 @@ impl FortiGateEmulator {
 
     /// Seeds an IPv4 address (`subnet` as CIDR or dotted mask) with no API checks.
     pub fn seed_address(&self, name: &str, subnet: &str, comment: &str) {
-        self.seed(
-            Table::Address,
-            json!({"name": name, "type": "ipmask", "subnet": subnet, "comment": comment}),
-        );
+        self.seed(Table::Address, json!({"name": name, "type": "ipmask", "subnet": subnet, "comment": comment}));
     }
 
     /// Seeds an IPv6 address.
     pub fn seed_address6(&self, name: &str, ip6: &str, comment: &str) {
-        self.seed(
-            Table::Address6,
-            json!({"name": name, "type": "ipprefix", "ip6": ip6, "comment": comment}),
-        );
+        self.seed(Table::Address6, json!({"name": name, "type": "ipprefix", "ip6": ip6, "comment": comment}));
     }
 
     /// Seeds a group (`Table::Addrgrp` or `Table::Addrgrp6`) with members; members are not checked.
@@ -323,11 +308,7 @@ impl FortiGateEmulator {
     pub fn seed_banned(&self, ip: IpAddr, expiry_secs: u64) {
         let now = unix_now();
         let expires = if expiry_secs == 0 { 0 } else { now + expiry_secs as i64 };
-        self.shared.lock().db.banned.push(BannedEntry {
-            ip,
-            created: now,
-            expires,
-        });
+        self.shared.lock().db.banned.push(BannedEntry { ip, created: now, expires });
     }
 
     // ---- behaviour switches ----
@@ -358,11 +339,7 @@ impl FortiGateEmulator {
     /// The next `times` requests (matching `route`, e.g. `POST /api/v2/cmdb/firewall/address`, or any) get `fault`.
     /// Rules fire in the order injected.
     pub fn inject(&self, route: Option<&str>, fault: Fault, times: usize) {
-        self.shared.lock().faults.push_back(FaultRule {
-            route: route.map(str::to_string),
-            fault,
-            remaining: times,
-        });
+        self.shared.lock().faults.push_back(FaultRule { route: route.map(str::to_string), fault, remaining: times });
     }
 
     /// The next `n` requests answer `status` (plain text body).
@@ -432,10 +409,7 @@ impl FortiGateEmulator {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 async fn accept_loop(
@@ -466,10 +440,7 @@ async fn serve_conn(
     tls: Option<tokio_rustls::TlsAcceptor>,
     cancel: CancellationToken,
 ) {
-    let conn = Conn {
-        peer: peer.ip(),
-        kill: Arc::new(Notify::new()),
-    };
+    let conn = Conn { peer: peer.ip(), kill: Arc::new(Notify::new()) };
     match tls {
         Some(acceptor) => {
             // A client that refuses our certificate ends the handshake; nothing to serve.
@@ -528,11 +499,12 @@ fn classify(path: &str) -> (Route, String) {
         return match segs.as_slice() {
             [_] | [_, ""] => (Route::Collection(table), base),
             [_, name] => (Route::Entry(table, decode(name)), format!("{base}/{{name}}")),
-            [_, g, "member"] if table.is_group() => (Route::Members(table, decode(g)), format!("{base}/{{name}}/member")),
-            [_, g, "member", m] if table.is_group() && !m.is_empty() => (
-                Route::Member(table, decode(g), decode(m)),
-                format!("{base}/{{name}}/member/{{member}}"),
-            ),
+            [_, g, "member"] if table.is_group() => {
+                (Route::Members(table, decode(g)), format!("{base}/{{name}}/member"))
+            }
+            [_, g, "member", m] if table.is_group() && !m.is_empty() => {
+                (Route::Member(table, decode(g), decode(m)), format!("{base}/{{name}}/member/{{member}}"))
+            }
             _ => (Route::BadPath, format!("{base}/<bad path>")),
         };
     }
@@ -650,11 +622,7 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
         return refusal;
     }
     let query = query_pairs(parts.uri.query());
-    let vdom = query
-        .iter()
-        .find(|(k, _)| k == "vdom")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| "root".into());
+    let vdom = query.iter().find(|(k, _)| k == "vdom").map(|(_, v)| v.clone()).unwrap_or_else(|| "root".into());
     let ctx = EnvelopeCtx {
         method: method.as_str().to_string(),
         vdom: vdom.clone(),
@@ -677,11 +645,7 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
                     "",
                     None,
                     None,
-                    Outcome::Err {
-                        http: 400,
-                        code: Some(-651),
-                        cli_error: Some("body is not valid JSON"),
-                    },
+                    Outcome::Err { http: 400, code: Some(-651), cli_error: Some("body is not valid JSON") },
                 )
             }
         }
@@ -760,70 +724,29 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
             let outcome = banned_action(db, action, &json_body);
             ctx.reply(db, "user", "banned", None, Some(action), outcome)
         }
-        (Route::BadPath, _) => ctx.reply(
-            db,
-            "firewall",
-            "",
-            None,
-            None,
-            Outcome::Err {
-                http: 400,
-                code: None,
-                cli_error: None,
-            },
-        ),
-        (Route::Unknown, _) => ctx.reply(
-            db,
-            "",
-            "",
-            None,
-            None,
-            Outcome::Err {
-                http: 404,
-                code: None,
-                cli_error: None,
-            },
-        ),
-        _ => ctx.reply(
-            db,
-            "",
-            "",
-            None,
-            None,
-            Outcome::Err {
-                http: 405,
-                code: None,
-                cli_error: None,
-            },
-        ),
+        (Route::BadPath, _) => {
+            ctx.reply(db, "firewall", "", None, None, Outcome::Err { http: 400, code: None, cli_error: None })
+        }
+        (Route::Unknown, _) => {
+            ctx.reply(db, "", "", None, None, Outcome::Err { http: 404, code: None, cli_error: None })
+        }
+        _ => ctx.reply(db, "", "", None, None, Outcome::Err { http: 405, code: None, cli_error: None }),
     }
 }
 
 fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
     if action == "clear_all" {
         db.banned.clear();
-        return Outcome::Ok {
-            results: Some(json!({})),
-        };
+        return Outcome::Ok { results: Some(json!({})) };
     }
     let Some(list) = body.get("ip_addresses").and_then(Value::as_array) else {
-        return Outcome::Err {
-            http: 400,
-            code: Some(-651),
-            cli_error: Some("ip_addresses: required"),
-        };
+        return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("ip_addresses: required") };
     };
     let mut ips = Vec::new();
     for v in list {
         match v.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
             Some(ip) => ips.push(ip),
-            None => {
-                return Outcome::Err {
-                    http: 400,
-                    code: Some(-651),
-                    cli_error: Some("ip_addresses: invalid"),
-                }
-            }
+            None => return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("ip_addresses: invalid") },
         }
     }
     let now = unix_now();
@@ -831,34 +754,21 @@ fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
     if action == "add_users" {
         let expiry = body.get("expiry").and_then(Value::as_i64).unwrap_or(0);
         for ip in ips {
-            db.banned.push(BannedEntry {
-                ip,
-                created: now,
-                expires: if expiry <= 0 { 0 } else { now + expiry },
-            });
+            db.banned.push(BannedEntry { ip, created: now, expires: if expiry <= 0 { 0 } else { now + expiry } });
         }
     }
-    Outcome::Ok {
-        results: Some(json!({})),
-    }
+    Outcome::Ok { results: Some(json!({})) }
 }
 
 fn format_fields(query: &[(String, String)]) -> Option<Vec<String>> {
-    query
-        .iter()
-        .find(|(k, _)| k == "format")
-        .map(|(_, v)| v.split('|').map(str::to_string).collect())
+    query.iter().find(|(k, _)| k == "format").map(|(_, v)| v.split('|').map(str::to_string).collect())
 }
 
 fn project_outcome(outcome: Outcome, query: &[(String, String)]) -> Outcome {
     let fields = format_fields(query);
     match outcome {
-        Outcome::Ok {
-            results: Some(Value::Array(items)),
-        } => Outcome::Ok {
-            results: Some(Value::Array(
-                items.into_iter().map(|e| state::project(e, fields.as_deref())).collect(),
-            )),
+        Outcome::Ok { results: Some(Value::Array(items)) } => Outcome::Ok {
+            results: Some(Value::Array(items.into_iter().map(|e| state::project(e, fields.as_deref())).collect())),
         },
         other => other,
     }
@@ -871,40 +781,23 @@ fn list(db: &Db, table: Table, query: &[(String, String)]) -> Outcome {
         for expr in v.split(',') {
             match Filter::parse(expr) {
                 Some(f) => any.push(f),
-                None => {
-                    return Outcome::Err {
-                        http: 400,
-                        code: Some(-651),
-                        cli_error: Some("invalid filter"),
-                    }
-                }
+                None => return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("invalid filter") },
             }
         }
         groups.push(any);
     }
-    let num = |key: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-    };
+    let num = |key: &str| query.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse::<usize>().ok());
     let start = num("start").unwrap_or(0);
     let count = num("count").unwrap_or(usize::MAX);
     let fields = format_fields(query);
-    let items: Vec<Value> = state::listing(
-        db.entries(table)
+    let items: Vec<Value> =
+        state::listing(db.entries(table).into_iter().filter(|e| state::matches_all(&groups, e)).collect())
             .into_iter()
-            .filter(|e| state::matches_all(&groups, e))
-            .collect(),
-    )
-    .into_iter()
-    .skip(start)
-    .take(count)
-    .map(|e| state::project(e, fields.as_deref()))
-    .collect();
-    Outcome::Ok {
-        results: Some(Value::Array(items)),
-    }
+            .skip(start)
+            .take(count)
+            .map(|e| state::project(e, fields.as_deref()))
+            .collect();
+    Outcome::Ok { results: Some(Value::Array(items)) }
 }
 
 struct EnvelopeCtx {

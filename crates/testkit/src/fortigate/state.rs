@@ -56,11 +56,7 @@ pub enum Outcome {
     /// Success; `results` is `Some` for GETs.
     Ok { results: Option<Value> },
     /// Error: HTTP status and FortiOS error code (`None` = no `error` field, as in the real 404 body).
-    Err {
-        http: u16,
-        code: Option<i64>,
-        cli_error: Option<&'static str>,
-    },
+    Err { http: u16, code: Option<i64>, cli_error: Option<&'static str> },
 }
 
 fn ok() -> Outcome {
@@ -68,11 +64,7 @@ fn ok() -> Outcome {
 }
 
 fn err(http: u16, code: i64, cli_error: &'static str) -> Outcome {
-    Outcome::Err {
-        http,
-        code: Some(code),
-        cli_error: Some(cli_error),
-    }
+    Outcome::Err { http, code: Some(code), cli_error: Some(cli_error) }
 }
 
 /// Knobs that make the emulator behave like one FortiOS build or another.
@@ -143,21 +135,12 @@ fn member_names(entry: &Map<String, Value>) -> Vec<String> {
     entry
         .get("member")
         .and_then(Value::as_array)
-        .map(|m| {
-            m.iter()
-                .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
 fn member_list(names: &[String]) -> Value {
-    Value::Array(
-        names
-            .iter()
-            .map(|n| json!({"name": n, "q_origin_key": n}))
-            .collect(),
-    )
+    Value::Array(names.iter().map(|n| json!({"name": n, "q_origin_key": n})).collect())
 }
 
 impl Db {
@@ -170,19 +153,11 @@ impl Db {
     }
 
     pub fn entries(&self, table: Table) -> Vec<Map<String, Value>> {
-        self.objects
-            .values()
-            .filter(|(t, _)| *t == table)
-            .map(|(_, e)| e.clone())
-            .collect()
+        self.objects.values().filter(|(t, _)| *t == table).map(|(_, e)| e.clone()).collect()
     }
 
     pub fn names(&self, table: Table) -> Vec<String> {
-        self.objects
-            .iter()
-            .filter(|(_, (t, _))| *t == table)
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.objects.iter().filter(|(_, (t, _))| *t == table).map(|(n, _)| n.clone()).collect()
     }
 
     pub fn members(&self, group: &str) -> Option<Vec<String>> {
@@ -198,10 +173,7 @@ impl Db {
 
     fn is_referenced(&self, name: &str) -> bool {
         self.policy_refs.contains(name)
-            || self
-                .objects
-                .values()
-                .any(|(t, e)| t.is_group() && member_names(e).iter().any(|m| m == name))
+            || self.objects.values().any(|(t, e)| t.is_group() && member_names(e).iter().any(|m| m == name))
     }
 
     /// Inserts an entry without the API's checks (test seeding); normalises the address fields.
@@ -216,14 +188,8 @@ impl Db {
     /// `GET /cmdb/firewall/{table}/{name}`: the real 404 carries no `error` field.
     pub fn get_entry(&self, table: Table, name: &str) -> Outcome {
         match self.objects.get(name) {
-            Some((t, e)) if *t == table => Outcome::Ok {
-                results: Some(Value::Array(vec![with_origin_key(e)])),
-            },
-            _ => Outcome::Err {
-                http: 404,
-                code: None,
-                cli_error: None,
-            },
+            Some((t, e)) if *t == table => Outcome::Ok { results: Some(Value::Array(vec![with_origin_key(e)])) },
+            _ => Outcome::Err { http: 404, code: None, cli_error: None },
         }
     }
 
@@ -337,11 +303,7 @@ impl Db {
 
     /// `DELETE` on the collection: purges every unreferenced entry of the table (the danger the client must avoid).
     pub fn purge(&mut self, table: Table) -> Outcome {
-        let victims: Vec<String> = self
-            .names(table)
-            .into_iter()
-            .filter(|n| !self.is_referenced(n))
-            .collect();
+        let victims: Vec<String> = self.names(table).into_iter().filter(|n| !self.is_referenced(n)).collect();
         for v in victims {
             self.objects.remove(&v);
         }
@@ -351,23 +313,17 @@ impl Db {
 
     pub fn get_members(&self, table: Table, group: &str) -> Outcome {
         match self.objects.get(group) {
-            Some((t, e)) if *t == table => Outcome::Ok {
-                results: Some(member_list(&member_names(e))),
-            },
+            Some((t, e)) if *t == table => Outcome::Ok { results: Some(member_list(&member_names(e))) },
             _ => err(404, -3, "Entry not found."),
         }
     }
 
     pub fn get_member(&self, table: Table, group: &str, member: &str) -> Outcome {
         match self.objects.get(group) {
-            Some((t, e)) if *t == table && member_names(e).iter().any(|m| m == member) => Outcome::Ok {
-                results: Some(json!([{"name": member, "q_origin_key": member}])),
-            },
-            _ => Outcome::Err {
-                http: 404,
-                code: None,
-                cli_error: None,
-            },
+            Some((t, e)) if *t == table && member_names(e).iter().any(|m| m == member) => {
+                Outcome::Ok { results: Some(json!([{"name": member, "q_origin_key": member}])) }
+            }
+            _ => Outcome::Err { http: 404, code: None, cli_error: None },
         }
     }
 
@@ -438,12 +394,8 @@ pub fn listing(entries: Vec<Map<String, Value>>) -> Vec<Value> {
 fn normalise_fields(table: Table, entry: &mut Map<String, Value>) -> bool {
     match table {
         Table::Address => {
-            let ty = entry
-                .entry("type")
-                .or_insert_with(|| Value::from("ipmask"))
-                .as_str()
-                .unwrap_or("ipmask")
-                .to_string();
+            let ty =
+                entry.entry("type").or_insert_with(|| Value::from("ipmask")).as_str().unwrap_or("ipmask").to_string();
             if ty == "ipmask" {
                 let subnet = entry.get("subnet").and_then(Value::as_str).unwrap_or("0.0.0.0/0");
                 match normalise_subnet(subnet) {
@@ -502,21 +454,11 @@ enum FilterOp {
 impl Filter {
     /// Parses one expression; `None` if no known operator.
     pub fn parse(s: &str) -> Option<Filter> {
-        const OPS: [(&str, FilterOp); 4] = [
-            ("==", FilterOp::Eq),
-            ("!=", FilterOp::Ne),
-            ("=@", FilterOp::Contains),
-            ("!@", FilterOp::NotContains),
-        ];
-        let (at, op, len) = OPS
-            .iter()
-            .filter_map(|(tok, op)| s.find(tok).map(|i| (i, *op, tok.len())))
-            .min_by_key(|(i, _, _)| *i)?;
-        Some(Filter {
-            field: s[..at].to_string(),
-            op,
-            value: s[at + len..].to_string(),
-        })
+        const OPS: [(&str, FilterOp); 4] =
+            [("==", FilterOp::Eq), ("!=", FilterOp::Ne), ("=@", FilterOp::Contains), ("!@", FilterOp::NotContains)];
+        let (at, op, len) =
+            OPS.iter().filter_map(|(tok, op)| s.find(tok).map(|i| (i, *op, tok.len()))).min_by_key(|(i, _, _)| *i)?;
+        Some(Filter { field: s[..at].to_string(), op, value: s[at + len..].to_string() })
     }
 
     pub fn matches(&self, entry: &Map<String, Value>) -> bool {

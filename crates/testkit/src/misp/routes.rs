@@ -209,10 +209,15 @@ async fn handle(
             let rate = inner.rate_check();
             let mut response = match rate {
                 RateCheck::Forbidden => {
-                    return error(StatusCode::METHOD_NOT_ALLOWED, "API searches are not allowed for this user role.", &path)
+                    return error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "API searches are not allowed for this user role.",
+                        &path,
+                    )
                 }
                 RateCheck::Exceeded { limit, reset } => {
-                    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded.", "/attributes/restSearch");
+                    let mut response =
+                        error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded.", "/attributes/restSearch");
                     set_header(&mut response, "X-Rate-Limit-Limit", limit);
                     set_header(&mut response, "X-Rate-Limit-Remaining", 0);
                     set_header(&mut response, "X-Rate-Limit-Reset", reset);
@@ -406,7 +411,6 @@ fn add_sighting(inner: &mut super::Inner, body: &Value, path: &str) -> Response 
     }
     json_response(StatusCode::OK, &json!({"Sighting": last}))
 }
-
 
 #[cfg(test)]
 mod tests {
