@@ -683,7 +683,7 @@ pub struct Pager<'c> {
     done: bool,
 }
 
-impl Pager<'_> {
+impl<'c> Pager<'c> {
     /// The next page, or `None` after the last one. After an error, calling again retries the same page.
     pub async fn next_page(&mut self) -> Option<Result<Page, Error>> {
         if self.done {
@@ -700,6 +700,16 @@ impl Pager<'_> {
     /// The page number the next call will ask for.
     pub fn next_page_number(&self) -> u32 {
         self.next
+    }
+
+    /// The pages as a `Stream` (ends after the last page; an error is yielded, then the stream ends).
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Page, Error>> + 'c {
+        futures::stream::unfold(Some(self), |pager| async move {
+            let mut pager = pager?;
+            let item = pager.next_page().await?;
+            let next = if item.is_ok() { Some(pager) } else { None };
+            Some((item, next))
+        })
     }
 }
 
