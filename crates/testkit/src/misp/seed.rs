@@ -100,3 +100,38 @@ fn yes() -> bool {
 fn cidr() -> String {
     "cidr".into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_example_parses_and_unknown_keys_fail() {
+        let example = r#"{
+          "keys": ["0123456789abcdefghijABCDEFGHIJ0123456789"],
+          "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true,
+                   "enforce_rate_limit": false, "rate_limit_count": 0},
+          "background_jobs": true,
+          "events": [{"info": "C2 servers", "published": true, "tags": ["tlp:white"],
+                      "attributes": [{"type": "ip-dst", "value": "198.51.100.7", "to_ids": true, "tags": [],
+                                      "timestamp": 1700000000, "deleted": false, "uuid": "u", "comment": ""}]}],
+          "warninglists": [{"name": "RFC 1918", "type": "cidr", "entries": ["10.0.0.0/8"], "enabled": true}],
+          "feeds": [{"name": "CIRCL OSINT", "enabled": true}]
+        }"#;
+        let cases: [(&str, bool); 4] = [
+            (example, true),
+            ("{}", true),
+            (
+                r#"{"events": [{"attributes": [{"type": "ip-src", "value": "192.0.2.1"}]}]}"#,
+                true,
+            ),
+            (r#"{"event": []}"#, false),
+        ];
+        for (text, ok) in cases {
+            assert_eq!(serde_json::from_str::<Seed>(text).is_ok(), ok, "{text}");
+        }
+        let seed: Seed = serde_json::from_str(example).expect("example");
+        assert_eq!(seed.events[0].attributes[0].timestamp, Some(1_700_000_000));
+        assert_eq!(seed.role.map(|r| r.name), Some("Org Admin".to_string()));
+    }
+}
