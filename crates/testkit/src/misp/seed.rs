@@ -14,7 +14,8 @@
 //! }
 //! ```
 //! Every key is optional; attribute fields other than `type` and `value` too (`to_ids` defaults to true,
-//! `timestamp` to now). Unknown keys are rejected.
+//! `timestamp` to now). Unknown keys are rejected. A fuller example for the lab: `seed-example.json` next to this
+//! file (a unit test keeps it valid).
 
 use serde::Deserialize;
 
@@ -130,6 +131,12 @@ mod tests {
         for (text, ok) in cases {
             assert_eq!(serde_json::from_str::<Seed>(text).is_ok(), ok, "{text}");
         }
+        let lab: Seed = serde_json::from_str(include_str!("seed-example.json"))
+            .expect("seed-example.json parses");
+        assert_eq!(
+            (lab.events.len(), lab.warninglists.len(), lab.feeds.len()),
+            (2, 2, 2)
+        );
         let seed: Seed = serde_json::from_str(example).expect("example");
         assert_eq!(seed.events[0].attributes[0].timestamp, Some(1_700_000_000));
         assert_eq!(seed.role.map(|r| r.name), Some("Org Admin".to_string()));
