@@ -203,7 +203,10 @@ impl SearchQuery {
         if let Some((limit, page)) = paging {
             body.insert("limit".into(), json!(limit));
             body.insert("page".into(), json!(page));
-            body.insert("order".into(), json!(self.order.as_deref().unwrap_or(DEFAULT_ORDER)));
+            body.insert(
+                "order".into(),
+                json!(self.order.as_deref().unwrap_or(DEFAULT_ORDER)),
+            );
         } else if let Some(order) = &self.order {
             body.insert("order".into(), json!(order));
         }
@@ -217,7 +220,8 @@ mod tests {
 
     #[test]
     fn bodies() {
-        let cases: Vec<(SearchQuery, Option<(u32, u32)>, Value)> = vec![
+        type Case = (SearchQuery, Option<(u32, u32)>, Value);
+        let cases: Vec<Case> = vec![
             (SearchQuery::new(), None, json!({"returnFormat":"json"})),
             (
                 SearchQuery::new()
@@ -231,13 +235,20 @@ mod tests {
                        "published":0,"enforceWarninglist":1}),
             ),
             (
-                SearchQuery::new().tags(["tlp:white"]).exclude_tags(["fp"]).since(100).deleted(Deleted::Both),
+                SearchQuery::new()
+                    .tags(["tlp:white"])
+                    .exclude_tags(["fp"])
+                    .since(100)
+                    .deleted(Deleted::Both),
                 Some((500, 3)),
                 json!({"returnFormat":"json","tags":{"OR":["tlp:white"],"NOT":["fp"]},"timestamp":100,
                        "deleted":[0,1],"limit":500,"page":3,"order":"Attribute.id asc"}),
             ),
             (
-                SearchQuery::new().exclude_values(["%/%"]).deleted(Deleted::Only).order("timestamp desc"),
+                SearchQuery::new()
+                    .exclude_values(["%/%"])
+                    .deleted(Deleted::Only)
+                    .order("timestamp desc"),
                 None,
                 json!({"returnFormat":"json","value":{"NOT":["%/%"]},"deleted":1,
                        "order":"timestamp desc"}),
