@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use fortimisp_core::misp::{
-    AttributeKind, Client, ClientOptions, Deleted, Error, FeedOutcome, Indicator, RetryPolicy,
-    SearchQuery, SightingOutcome,
+    AttributeKind, Client, ClientOptions, Deleted, Error, FeedOutcome, Indicator, RetryPolicy, SearchQuery,
+    SightingOutcome,
 };
 use fortimisp_core::secret::ApiKey;
 use fortimisp_testkit::misp::{AttributeSpec, Fault, MispEmulator, Role, DEFAULT_KEY};
@@ -46,10 +46,7 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn nets(indicators: &[Indicator]) -> BTreeSet<String> {
-    indicators
-        .iter()
-        .map(|i| format!("{} {}", i.kind, i.network))
-        .collect()
+    indicators.iter().map(|i| format!("{} {}", i.kind, i.network)).collect()
 }
 
 // ---- connection check ---------------------------------------------------------------------------------------
@@ -63,21 +60,11 @@ async fn version_me_and_check() {
     let me = client.me().await.expect("me");
     assert!(me.role.perm_sighting && me.role.perm_site_admin);
     assert_eq!(me.id, 1);
-    client
-        .check(true, true)
-        .await
-        .expect("all permissions present");
+    client.check(true, true).await.expect("all permissions present");
 
-    emulator.set_role(Role {
-        perm_sighting: false,
-        perm_site_admin: false,
-        ..Role::default()
-    });
-    let cases: [(bool, bool, Option<&str>); 3] = [
-        (false, false, None),
-        (true, false, Some("perm_sighting")),
-        (false, true, Some("perm_site_admin")),
-    ];
+    emulator.set_role(Role { perm_sighting: false, perm_site_admin: false, ..Role::default() });
+    let cases: [(bool, bool, Option<&str>); 3] =
+        [(false, false, None), (true, false, Some("perm_sighting")), (false, true, Some("perm_site_admin"))];
     for (need_sighting, need_admin, missing) in cases {
         match (client.check(need_sighting, need_admin).await, missing) {
             (Ok(_), None) => {}
@@ -96,22 +83,13 @@ async fn wrong_key_and_key_rotation_are_fatal_and_not_retried() {
     other.api_key = ApiKey::new("X".repeat(40));
     let bad = Client::new(other).expect("client builds");
     let error = bad.version().await.expect_err("wrong key refused");
-    assert!(
-        matches!(error, Error::Unauthorized { status: 403, .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, Error::Unauthorized { status: 403, .. }), "{error:?}");
     assert!(error.is_fatal() && !error.is_retryable());
     assert_eq!(emulator.request_count("servers/getVersion"), 1);
 
-    client
-        .search(&SearchQuery::new().values(["192.0.2.1"]))
-        .await
-        .expect("key valid before rotation");
+    client.search(&SearchQuery::new().values(["192.0.2.1"])).await.expect("key valid before rotation");
     emulator.rotate_key(&"Y".repeat(40));
-    let error = client
-        .search(&SearchQuery::new().values(["192.0.2.1"]))
-        .await
-        .expect_err("old key refused");
+    let error = client.search(&SearchQuery::new().values(["192.0.2.1"])).await.expect_err("old key refused");
     assert!(matches!(error, Error::Unauthorized { .. }), "{error:?}");
     assert_eq!(emulator.request_count(SEARCH), 2, "403 is not retried");
     // The key never shows in errors.
@@ -139,11 +117,7 @@ fn seed_lookup_data(emulator: &MispEmulator) {
     }
     let unpublished = emulator.add_event("draft", false, &["fp"]);
     emulator.add_attribute(unpublished, AttributeSpec::new("ip-src", "198.51.100.12"));
-    emulator.add_warninglist(
-        "RFC 1918",
-        "cidr",
-        &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
-    );
+    emulator.add_warninglist("RFC 1918", "cidr", &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
 }
 
 #[tokio::test]
@@ -165,10 +139,7 @@ async fn search_values_matches_like_misp() {
     ]
     .map(ip);
     let unknown = [ip("192.0.2.99")];
-    let ip_types = AttributeKind::DEFAULT_IP_TYPES
-        .iter()
-        .copied()
-        .chain(["domain|ip"]);
+    let ip_types = AttributeKind::DEFAULT_IP_TYPES.iter().copied().chain(["domain|ip"]);
     let cases: Vec<(&str, SearchQuery, &[IpAddr], &[&str])> = vec![
         (
             "defaults: live only, either half of composites, no CIDR containment, /32 normalised, IPv6 compressed",
@@ -197,7 +168,12 @@ async fn search_values_matches_like_misp() {
                 "ip-dst 2001:db8::7/128",
             ],
         ),
-        ("type filter", SearchQuery::new().types(["ip-src"]), &all_ips, &["ip-src 198.51.100.7/32", "ip-src 198.51.100.12/32"]),
+        (
+            "type filter",
+            SearchQuery::new().types(["ip-src"]),
+            &all_ips,
+            &["ip-src 198.51.100.7/32", "ip-src 198.51.100.12/32"],
+        ),
         ("deleted only", SearchQuery::new().deleted(Deleted::Only), &all_ips, &["ip-dst 198.51.100.10/32"]),
         ("tag include", SearchQuery::new().tags(["kill-chain:c2"]), &all_ips, &["ip-src 198.51.100.7/32"]),
         (
@@ -221,16 +197,10 @@ async fn indicator_fields_and_tags() {
     let event = emulator.add_event("tagged", true, &["tlp:amber"]);
     let id = emulator.add_attribute(
         event,
-        AttributeSpec::new("ip-src|port", "198.51.100.7|8080")
-            .tags(["c2"])
-            .timestamp(1_700_000_000)
-            .uuid("u-1"),
+        AttributeSpec::new("ip-src|port", "198.51.100.7|8080").tags(["c2"]).timestamp(1_700_000_000).uuid("u-1"),
     );
     let query = SearchQuery::new().include_event_tags(true);
-    let found = client
-        .search_values(&query, &[ip("198.51.100.7")])
-        .await
-        .expect("search");
+    let found = client.search_values(&query, &[ip("198.51.100.7")]).await.expect("search");
     assert_eq!(
         found,
         vec![Indicator {
@@ -255,16 +225,8 @@ async fn cidr_pull_with_like_keeps_networks_and_counts_non_ips() {
     let event = emulator.add_event("odd", true, &[]);
     emulator.add_attribute(event, AttributeSpec::new("ip-dst", "not-an-ip/8"));
     emulator.add_attribute(event, AttributeSpec::new("ip-dst", "2001:db8:1::/48"));
-    let page = client
-        .search(&SearchQuery::new().values(["%/%"]))
-        .await
-        .expect("like search");
-    assert_eq!(
-        nets(&page.indicators),
-        ["ip-dst 203.0.113.0/24", "ip-dst 2001:db8:1::/48"]
-            .map(String::from)
-            .into()
-    );
+    let page = client.search(&SearchQuery::new().values(["%/%"])).await.expect("like search");
+    assert_eq!(nets(&page.indicators), ["ip-dst 203.0.113.0/24", "ip-dst 2001:db8:1::/48"].map(String::from).into());
     assert_eq!((page.returned, page.skipped), (3, 1));
     assert!(page.indicators.iter().all(|i| !i.is_single()));
 }
@@ -276,15 +238,8 @@ async fn search_values_batches_and_dedups() {
     opts.batch_size = 2;
     let client = Client::new(opts).expect("client");
     emulator.add_synthetic(5, "11.0.0.1".parse().expect("ip"), 1_000);
-    let ips: Vec<IpAddr> = [
-        "11.0.0.1", "11.0.0.2", "11.0.0.3", "11.0.0.4", "11.0.0.5", "11.0.0.1",
-    ]
-    .map(ip)
-    .into();
-    let found = client
-        .search_values(&SearchQuery::new(), &ips)
-        .await
-        .expect("search");
+    let ips: Vec<IpAddr> = ["11.0.0.1", "11.0.0.2", "11.0.0.3", "11.0.0.4", "11.0.0.5", "11.0.0.1"].map(ip).into();
+    let found = client.search_values(&SearchQuery::new(), &ips).await.expect("search");
     assert_eq!(found.len(), 5);
     let bodies: Vec<usize> = emulator
         .requests()
@@ -293,16 +248,8 @@ async fn search_values_batches_and_dedups() {
         .map(|r| r.body["value"].as_array().map_or(0, Vec::len))
         .collect();
     assert_eq!(bodies, vec![2, 2, 1]);
-    assert!(client
-        .search_values(&SearchQuery::new(), &[])
-        .await
-        .expect("empty")
-        .is_empty());
-    assert_eq!(
-        emulator.request_count(SEARCH),
-        3,
-        "no request for no values"
-    );
+    assert!(client.search_values(&SearchQuery::new(), &[]).await.expect("empty").is_empty());
+    assert_eq!(emulator.request_count(SEARCH), 3, "no request for no values");
 }
 
 // ---- paged and incremental sync -----------------------------------------------------------------------------
@@ -328,8 +275,7 @@ async fn paged_full_sync_uses_stable_order_and_stops_on_short_page() {
         let mut opts = options(&emulator);
         opts.page_size = 10;
         let client = Client::new(opts).expect("client");
-        let (all, sizes) =
-            sync_all(&client, SearchQuery::new().types(["ip-dst"]).to_ids(true)).await;
+        let (all, sizes) = sync_all(&client, SearchQuery::new().types(["ip-dst"]).to_ids(true)).await;
         assert_eq!(sizes, expected_sizes, "{n} attributes");
         let ids: Vec<u64> = all.iter().map(|i| i.attribute_id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "ascending ids");
@@ -364,39 +310,21 @@ async fn incremental_sync_sees_soft_deletes_and_to_ids_changes() {
     let (emulator, client) = setup().await;
     emulator.set_now(Some(2_000_000));
     emulator.add_synthetic(5, "11.0.0.1".parse().expect("ip"), 1_000_000);
-    let full = client
-        .search_page(&SearchQuery::new().to_ids(true), 1)
-        .await
-        .expect("full");
+    let full = client.search_page(&SearchQuery::new().to_ids(true), 1).await.expect("full");
     assert_eq!(full.indicators.len(), 5);
     let since = full.max_timestamp.expect("timestamps");
-    let (deleted_id, demoted_id) = (
-        full.indicators[1].attribute_id,
-        full.indicators[3].attribute_id,
-    );
+    let (deleted_id, demoted_id) = (full.indicators[1].attribute_id, full.indicators[3].attribute_id);
     assert!(emulator.soft_delete(deleted_id));
     assert!(emulator.set_to_ids(demoted_id, false));
 
     let incremental = SearchQuery::new().since(since + 1).deleted(Deleted::Both);
-    let page = client
-        .search_page(&incremental, 1)
-        .await
-        .expect("incremental");
-    let changes: Vec<(u64, bool, bool)> = page
-        .indicators
-        .iter()
-        .map(|i| (i.attribute_id, i.deleted, i.to_ids))
-        .collect();
-    assert_eq!(
-        changes,
-        vec![(deleted_id, true, true), (demoted_id, false, false)]
-    );
+    let page = client.search_page(&incremental, 1).await.expect("incremental");
+    let changes: Vec<(u64, bool, bool)> =
+        page.indicators.iter().map(|i| (i.attribute_id, i.deleted, i.to_ids)).collect();
+    assert_eq!(changes, vec![(deleted_id, true, true), (demoted_id, false, false)]);
     assert!(page.indicators.iter().all(|i| i.timestamp >= 2_000_000));
     // The default (live only) no longer returns the deleted one.
-    let live = client
-        .search_values(&SearchQuery::new(), &[full.indicators[1].network.addr()])
-        .await
-        .expect("live");
+    let live = client.search_values(&SearchQuery::new(), &[full.indicators[1].network.addr()]).await.expect("live");
     assert!(live.is_empty());
 }
 
@@ -416,20 +344,12 @@ async fn failing_page_is_retried_then_reported_and_resumable() {
     emulator.fail_page(2, 3, Fault::json_error(500, "/attributes/restSearch"));
     let mut pager = client.pages(SearchQuery::new());
     assert!(pager.next_page().await.expect("page 1").is_ok());
-    let error = pager
-        .next_page()
-        .await
-        .expect("page 2")
-        .expect_err("retries exhausted");
+    let error = pager.next_page().await.expect("page 2").expect_err("retries exhausted");
     assert!(
         matches!(&error, Error::Server { status: 500, message: Some(m), .. } if m == "An Internal Error Has Occurred.")
     );
     assert_eq!(pager.next_page_number(), 2, "a failed page is not skipped");
-    let page = pager
-        .next_page()
-        .await
-        .expect("page 2 again")
-        .expect("fault used up");
+    let page = pager.next_page().await.expect("page 2 again").expect("fault used up");
     assert_eq!(page.page, 2);
 }
 
@@ -449,27 +369,17 @@ async fn transient_failures_are_retried_with_bounded_backoff() {
         emulator.add_synthetic(1, "11.0.0.1".parse().expect("ip"), 1_000);
         emulator.fail_route(SEARCH, 2, fault.clone());
         let started = Instant::now();
-        let page = client
-            .search(&SearchQuery::new())
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let page = client.search(&SearchQuery::new()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         let waited = started.elapsed();
         assert_eq!(page.indicators.len(), 1, "{name}");
         assert_eq!(emulator.request_count(SEARCH), 3, "{name}");
         // Backoffs: [50,100] ms then [100,200] ms.
-        assert!(
-            waited >= Duration::from_millis(150) && waited <= Duration::from_millis(320),
-            "{name}: {waited:?}"
-        );
+        assert!(waited >= Duration::from_millis(150) && waited <= Duration::from_millis(320), "{name}: {waited:?}");
 
         emulator.fail_route(SEARCH, 3, fault);
         let error = client.search(&SearchQuery::new()).await.expect_err(name);
         assert!(error.is_retryable(), "{name}: {error:?}");
-        assert_eq!(
-            emulator.request_count(SEARCH),
-            6,
-            "{name}: max_attempts bounds the retries"
-        );
+        assert_eq!(emulator.request_count(SEARCH), 6, "{name}: max_attempts bounds the retries");
         match name {
             "invalid json" => assert!(matches!(error, Error::Decode { .. }), "{error:?}"),
             "dropped connection" => assert!(matches!(error, Error::Transport { .. }), "{error:?}"),
@@ -490,21 +400,11 @@ async fn timeouts_are_retried_then_reported() {
     assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
     assert_eq!(emulator.request_count("servers/getVersion"), 3);
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(15) && waited < Duration::from_secs(16),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_secs(15) && waited < Duration::from_secs(16), "{waited:?}");
 
     emulator.set_latency(None);
-    emulator.fail_route(
-        "servers/getVersion",
-        1,
-        Fault::Delay(Duration::from_secs(6)),
-    );
-    client
-        .version()
-        .await
-        .expect("one slow answer, then a fast one");
+    emulator.fail_route("servers/getVersion", 1, Fault::Delay(Duration::from_secs(6)));
+    client.version().await.expect("one slow answer, then a fast one");
 }
 
 #[tokio::test(start_paused = true)]
@@ -514,53 +414,28 @@ async fn rate_limit_429_waits_for_reset_within_the_cap() {
     // Cap below MISP's 900 s window: fail fast with the reset time.
     let client = client(&emulator);
     for _ in 0..2 {
-        client
-            .search(&SearchQuery::new().values(["192.0.2.1"]))
-            .await
-            .expect("within limit");
+        client.search(&SearchQuery::new().values(["192.0.2.1"])).await.expect("within limit");
     }
-    let error = client
-        .search(&SearchQuery::new().values(["192.0.2.1"]))
-        .await
-        .expect_err("limited");
+    let error = client.search(&SearchQuery::new().values(["192.0.2.1"])).await.expect_err("limited");
     match &error {
-        Error::RateLimited {
-            reset: Some(reset), ..
-        } => assert!(*reset > Duration::from_secs(800)),
+        Error::RateLimited { reset: Some(reset), .. } => assert!(*reset > Duration::from_secs(800)),
         other => panic!("{other:?}"),
     }
     assert!(error.is_retryable());
-    assert_eq!(
-        emulator.request_count(SEARCH),
-        3,
-        "reset beyond the cap: no retry"
-    );
+    assert_eq!(emulator.request_count(SEARCH), 3, "reset beyond the cap: no retry");
 
     // Cap above the window: sleep until the reset, then succeed.
     let mut opts = options(&emulator);
     opts.retry.max_rate_limit_wait = Duration::from_secs(1000);
     let patient = Client::new(opts).expect("client");
     let started = Instant::now();
-    patient
-        .search(&SearchQuery::new().values(["192.0.2.1"]))
-        .await
-        .expect("after reset");
-    assert!(
-        started.elapsed() >= Duration::from_secs(800),
-        "{:?}",
-        started.elapsed()
-    );
+    patient.search(&SearchQuery::new().values(["192.0.2.1"])).await.expect("after reset");
+    assert!(started.elapsed() >= Duration::from_secs(800), "{:?}", started.elapsed());
     assert_eq!(emulator.request_count(SEARCH), 5);
 
     emulator.set_rate_limit(Some(0));
-    let error = client
-        .search(&SearchQuery::new().values(["192.0.2.1"]))
-        .await
-        .expect_err("405");
-    assert!(
-        matches!(error, Error::NotAllowed { .. }) && !error.is_retryable(),
-        "{error:?}"
-    );
+    let error = client.search(&SearchQuery::new().values(["192.0.2.1"])).await.expect_err("405");
+    assert!(matches!(error, Error::NotAllowed { .. }) && !error.is_retryable(), "{error:?}");
     assert_eq!(emulator.request_count(SEARCH), 6);
 }
 
@@ -569,17 +444,11 @@ async fn writes_are_not_resent_after_the_server_may_have_acted() {
     let (emulator, client) = setup().await;
     emulator.add_attribute(1, AttributeSpec::new("ip-src", "198.51.100.7"));
     emulator.add_feed("osint", true);
-    let cases: Vec<(&str, Fault)> = vec![
-        ("sightings/add", Fault::html(500)),
-        ("sightings/add", Fault::Drop),
-    ];
+    let cases: Vec<(&str, Fault)> = vec![("sightings/add", Fault::html(500)), ("sightings/add", Fault::Drop)];
     for (route, fault) in cases {
         emulator.reset_records();
         emulator.fail_route(route, 1, fault);
-        let error = client
-            .add_sighting(ip("198.51.100.7"), "fortimisp")
-            .await
-            .expect_err("write failed");
+        let error = client.add_sighting(ip("198.51.100.7"), "fortimisp").await.expect_err("write failed");
         assert!(error.is_retryable());
         assert_eq!(emulator.request_count(route), 1, "{error:?}");
     }
@@ -595,54 +464,24 @@ async fn writes_are_not_resent_after_the_server_may_have_acted() {
 #[tokio::test]
 async fn feeds() {
     let (emulator, client) = setup().await;
-    assert_eq!(
-        client.fetch_all_feeds().await.expect("no feeds"),
-        FeedOutcome::NoFeedEnabled
-    );
+    assert_eq!(client.fetch_all_feeds().await.expect("no feeds"), FeedOutcome::NoFeedEnabled);
     let osint = emulator.add_feed("osint", true);
     let disabled = emulator.add_feed("old", false);
-    assert_eq!(
-        client.fetch_all_feeds().await.expect("queued"),
-        FeedOutcome::Queued
-    );
-    assert_eq!(
-        client.fetch_feed(osint).await.expect("queued"),
-        FeedOutcome::Queued
-    );
-    assert_eq!(
-        client.fetch_feed(disabled).await.expect("disabled"),
-        FeedOutcome::FeedDisabled
-    );
+    assert_eq!(client.fetch_all_feeds().await.expect("queued"), FeedOutcome::Queued);
+    assert_eq!(client.fetch_feed(osint).await.expect("queued"), FeedOutcome::Queued);
+    assert_eq!(client.fetch_feed(disabled).await.expect("disabled"), FeedOutcome::FeedDisabled);
     emulator.set_background_jobs(false);
-    assert_eq!(
-        client.fetch_all_feeds().await.expect("inline"),
-        FeedOutcome::Completed
-    );
+    assert_eq!(client.fetch_all_feeds().await.expect("inline"), FeedOutcome::Completed);
     emulator.set_feed_fails(osint, true);
-    assert_eq!(
-        client.fetch_feed(osint).await.expect("inline failure"),
-        FeedOutcome::Failed
-    );
+    assert_eq!(client.fetch_feed(osint).await.expect("inline failure"), FeedOutcome::Failed);
     let error = client.fetch_feed(99).await.expect_err("unknown feed");
-    assert!(
-        matches!(error, Error::NotFound { .. }) && !error.is_retryable(),
-        "{error:?}"
-    );
+    assert!(matches!(error, Error::NotFound { .. }) && !error.is_retryable(), "{error:?}");
     let ids: Vec<Option<u64>> = emulator.feed_fetches().iter().map(|f| f.feed_id).collect();
-    assert_eq!(
-        ids,
-        vec![None, None, Some(osint), Some(disabled), None, Some(osint)]
-    );
+    assert_eq!(ids, vec![None, None, Some(osint), Some(disabled), None, Some(osint)]);
 
-    emulator.set_role(Role {
-        perm_site_admin: false,
-        ..Role::default()
-    });
+    emulator.set_role(Role { perm_site_admin: false, ..Role::default() });
     let error = client.fetch_all_feeds().await.expect_err("not admin");
-    assert!(
-        matches!(error, Error::Forbidden { .. }) && error.is_fatal(),
-        "{error:?}"
-    );
+    assert!(matches!(error, Error::Forbidden { .. }) && error.is_fatal(), "{error:?}");
     assert_eq!(emulator.request_count("feeds/fetchFromAllFeeds"), 4);
 }
 
@@ -651,65 +490,33 @@ async fn sightings() {
     let (emulator, client) = setup().await;
     let event = emulator.add_event("e", true, &[]);
     let plain = emulator.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.7"));
-    let composite =
-        emulator.add_attribute(event, AttributeSpec::new("ip-dst|port", "198.51.100.8|443"));
-    emulator.add_attribute(
-        event,
-        AttributeSpec::new("ip-dst", "198.51.100.9").deleted(true),
-    );
+    let composite = emulator.add_attribute(event, AttributeSpec::new("ip-dst|port", "198.51.100.8|443"));
+    emulator.add_attribute(event, AttributeSpec::new("ip-dst", "198.51.100.9").deleted(true));
 
-    let cases: [(&str, Option<u64>); 3] = [
-        ("198.51.100.7", Some(plain)),
-        ("198.51.100.8", Some(composite)),
-        ("198.51.100.9", None),
-    ];
+    let cases: [(&str, Option<u64>); 3] =
+        [("198.51.100.7", Some(plain)), ("198.51.100.8", Some(composite)), ("198.51.100.9", None)];
     for (value, attribute) in cases {
-        let outcome = client
-            .add_sighting(ip(value), "fortimisp fw01")
-            .await
-            .expect(value);
+        let outcome = client.add_sighting(ip(value), "fortimisp fw01").await.expect(value);
         match (outcome, attribute) {
-            (
-                SightingOutcome::Added {
-                    attribute_id,
-                    event_id,
-                    sighting_id,
-                },
-                Some(expected),
-            ) => {
+            (SightingOutcome::Added { attribute_id, event_id, sighting_id }, Some(expected)) => {
                 assert_eq!((attribute_id, event_id), (Some(expected), Some(event)));
                 assert!(sighting_id.is_some());
             }
             (SightingOutcome::NotAdded { message }, None) => {
-                assert!(
-                    message.starts_with("Could not add the Sighting. Reason: No valid attributes"),
-                    "{message}"
-                )
+                assert!(message.starts_with("Could not add the Sighting. Reason: No valid attributes"), "{message}")
             }
             (other, _) => panic!("{value}: {other:?}"),
         }
     }
-    let recorded: Vec<(u64, String, String)> = emulator
-        .sightings()
-        .into_iter()
-        .map(|s| (s.attribute_id, s.source, s.kind))
-        .collect();
+    let recorded: Vec<(u64, String, String)> =
+        emulator.sightings().into_iter().map(|s| (s.attribute_id, s.source, s.kind)).collect();
     assert_eq!(
         recorded,
-        vec![
-            (plain, "fortimisp fw01".into(), "0".into()),
-            (composite, "fortimisp fw01".into(), "0".into())
-        ]
+        vec![(plain, "fortimisp fw01".into(), "0".into()), (composite, "fortimisp fw01".into(), "0".into())]
     );
 
-    emulator.set_role(Role {
-        perm_sighting: false,
-        ..Role::default()
-    });
-    let error = client
-        .add_sighting(ip("198.51.100.7"), "x")
-        .await
-        .expect_err("no perm_sighting");
+    emulator.set_role(Role { perm_sighting: false, ..Role::default() });
+    let error = client.add_sighting(ip("198.51.100.7"), "x").await.expect_err("no perm_sighting");
     assert!(matches!(error, Error::Forbidden { .. }), "{error:?}");
 }
 
@@ -718,10 +525,7 @@ async fn warninglists() {
     let (emulator, client) = setup().await;
     let rfc1918 = emulator.add_warninglist("RFC 1918", "cidr", &["10.0.0.0/8", "192.168.0.0/16"]);
     emulator.add_warninglist("resolvers", "string", &["8.8.8.8"]);
-    let hits = client
-        .check_warninglist(&[ip("10.1.2.3"), ip("8.8.8.8"), ip("198.51.100.7")])
-        .await
-        .expect("check");
+    let hits = client.check_warninglist(&[ip("10.1.2.3"), ip("8.8.8.8"), ip("198.51.100.7")]).await.expect("check");
     assert_eq!(hits.len(), 2);
     let ten = &hits[&ip("10.1.2.3")];
     assert_eq!(
@@ -730,22 +534,10 @@ async fn warninglists() {
     );
     assert_eq!(hits[&ip("8.8.8.8")][0].name, "resolvers");
     // No hit: MISP answers `[]`.
-    assert!(client
-        .check_warninglist(&[ip("198.51.100.7")])
-        .await
-        .expect("miss")
-        .is_empty());
+    assert!(client.check_warninglist(&[ip("198.51.100.7")]).await.expect("miss").is_empty());
     emulator.set_warninglist_enabled(rfc1918, false);
-    assert!(client
-        .check_warninglist(&[ip("10.1.2.3")])
-        .await
-        .expect("disabled")
-        .is_empty());
-    assert!(client
-        .check_warninglist(&[])
-        .await
-        .expect("nothing to ask")
-        .is_empty());
+    assert!(client.check_warninglist(&[ip("10.1.2.3")]).await.expect("disabled").is_empty());
+    assert!(client.check_warninglist(&[]).await.expect("nothing to ask").is_empty());
     assert_eq!(emulator.request_count("warninglists/checkValue"), 3);
 }
 
@@ -753,11 +545,7 @@ async fn warninglists() {
 
 #[tokio::test]
 async fn tls_verifies_with_the_ca_file_and_fails_closed_without_it() {
-    let emulator = MispEmulator::builder()
-        .tls()
-        .start()
-        .await
-        .expect("tls emulator");
+    let emulator = MispEmulator::builder().tls().start().await.expect("tls emulator");
     assert!(emulator.url().starts_with("https://127.0.0.1:"));
     let dir = tempfile::tempdir().expect("tempdir");
     let ca_file = dir.path().join("ca.pem");
@@ -765,44 +553,21 @@ async fn tls_verifies_with_the_ca_file_and_fails_closed_without_it() {
 
     let mut with_ca = options(&emulator);
     with_ca.ca_file = Some(ca_file.clone());
-    Client::new(with_ca)
-        .expect("client")
-        .version()
-        .await
-        .expect("trusted via ca_file");
+    Client::new(with_ca).expect("client").version().await.expect("trusted via ca_file");
 
     let without = Client::new(options(&emulator)).expect("client");
     let error = without.version().await.expect_err("unknown CA");
-    assert!(
-        matches!(error, Error::Tls { .. }) && error.is_fatal(),
-        "{error:?}"
-    );
-    assert_eq!(
-        emulator.request_count("servers/getVersion"),
-        1,
-        "a failed handshake reaches no handler"
-    );
+    assert!(matches!(error, Error::Tls { .. }) && error.is_fatal(), "{error:?}");
+    assert_eq!(emulator.request_count("servers/getVersion"), 1, "a failed handshake reaches no handler");
 
     let mut insecure = options(&emulator);
     insecure.verify_tls = false;
-    Client::new(insecure)
-        .expect("client")
-        .version()
-        .await
-        .expect("verify_tls = false");
+    Client::new(insecure).expect("client").version().await.expect("verify_tls = false");
 
-    let other = MispEmulator::builder()
-        .tls()
-        .start()
-        .await
-        .expect("second CA");
+    let other = MispEmulator::builder().tls().start().await.expect("second CA");
     let mut wrong_ca = options(&other);
     wrong_ca.ca_file = Some(ca_file);
-    let error = Client::new(wrong_ca)
-        .expect("client")
-        .version()
-        .await
-        .expect_err("other CA");
+    let error = Client::new(wrong_ca).expect("client").version().await.expect_err("other CA");
     assert!(matches!(error, Error::Tls { .. }), "{error:?}");
 }
 
@@ -819,10 +584,7 @@ fn construction_errors() {
     let cases: Vec<(Result<Client, Error>, &str)> = vec![
         (with("not a url", None), "InvalidUrl"),
         (with("ftp://misp.example", None), "InvalidUrl"),
-        (
-            with("https://misp.example", Some(dir.path().join("missing.pem"))),
-            "CaFileRead",
-        ),
+        (with("https://misp.example", Some(dir.path().join("missing.pem"))), "CaFileRead"),
         (with("https://misp.example", Some(garbage)), "CaFileInvalid"),
     ];
     for (result, expected) in cases {
@@ -837,11 +599,7 @@ fn construction_errors() {
 // ---- odd answers ----------------------------------------------------------------------------------------------
 
 fn status(code: u16, content_type: &str, body: &str) -> Fault {
-    Fault::Status {
-        status: code,
-        content_type: content_type.into(),
-        body: body.into(),
-    }
+    Fault::Status { status: code, content_type: content_type.into(), body: body.into() }
 }
 
 #[tokio::test]
@@ -850,69 +608,27 @@ async fn unexpected_answers_map_to_non_retryable_errors() {
     emulator.add_feed("osint", true);
     let json = "application/json";
     let cases: Vec<(&str, Fault, &str)> = vec![
-        (
-            SEARCH,
-            status(200, json, r#"{"unexpected": true}"#),
-            "InvalidResponse",
-        ),
-        (
-            SEARCH,
-            status(200, json, r#"{"response": {"Attribute": {"id": "1"}}}"#),
-            "InvalidResponse",
-        ),
-        (
-            SEARCH,
-            status(
-                400,
-                json,
-                r#"{"name": "Bad", "message": "Bad", "url": "/"}"#,
-            ),
-            "Rejected",
-        ),
+        (SEARCH, status(200, json, r#"{"unexpected": true}"#), "InvalidResponse"),
+        (SEARCH, status(200, json, r#"{"response": {"Attribute": {"id": "1"}}}"#), "InvalidResponse"),
+        (SEARCH, status(400, json, r#"{"name": "Bad", "message": "Bad", "url": "/"}"#), "Rejected"),
         (SEARCH, status(302, "text/html", ""), "Rejected"),
-        (
-            SEARCH,
-            status(404, "text/html", "<html>nginx</html>"),
-            "NotFound",
-        ),
-        (
-            SEARCH,
-            status(401, json, r#"{"message": "no"}"#),
-            "Unauthorized",
-        ),
-        (
-            "feeds/fetchFromAllFeeds",
-            status(200, json, r#"{"saved": true}"#),
-            "InvalidResponse",
-        ),
-        (
-            "sightings/add",
-            status(200, json, r#"{"saved": true}"#),
-            "InvalidResponse",
-        ),
-        (
-            "servers/getVersion",
-            status(200, json, r#"{"no_version": 1}"#),
-            "InvalidResponse",
-        ),
+        (SEARCH, status(404, "text/html", "<html>nginx</html>"), "NotFound"),
+        (SEARCH, status(401, json, r#"{"message": "no"}"#), "Unauthorized"),
+        ("feeds/fetchFromAllFeeds", status(200, json, r#"{"saved": true}"#), "InvalidResponse"),
+        ("sightings/add", status(200, json, r#"{"saved": true}"#), "InvalidResponse"),
+        ("servers/getVersion", status(200, json, r#"{"no_version": 1}"#), "InvalidResponse"),
     ];
     for (route, fault, expected) in cases {
         emulator.reset_records();
         emulator.fail_route(route, 1, fault);
         let error = match route {
-            SEARCH => client
-                .search(&SearchQuery::new().values(["x"]))
-                .await
-                .map(|_| ()),
+            SEARCH => client.search(&SearchQuery::new().values(["x"])).await.map(|_| ()),
             "feeds/fetchFromAllFeeds" => client.fetch_all_feeds().await.map(|_| ()),
             "sightings/add" => client.add_sighting(ip("192.0.2.1"), "t").await.map(|_| ()),
             _ => client.version().await.map(|_| ()),
         }
         .expect_err(expected);
-        assert!(
-            format!("{error:?}").starts_with(expected),
-            "{route}: {error:?}"
-        );
+        assert!(format!("{error:?}").starts_with(expected), "{route}: {error:?}");
         assert!(!error.is_retryable(), "{error:?}");
         assert_eq!(emulator.request_count(route), 1, "{route}: not retried");
     }
@@ -927,22 +643,12 @@ async fn malformed_attributes_are_skipped_not_fatal() {
         {"id": "not-a-number", "event_id": "1", "type": "ip-src", "value": "198.51.100.8"},
         {"id": "3", "event_id": "1", "type": "ip-dst", "value": "198.51.100.0/24", "timestamp": 1700000001}
     ]}}"#;
-    let cases: Vec<(&str, usize, usize, usize)> = vec![
-        (body, 3, 2, 1),
-        (r#"{"response": []}"#, 0, 0, 0),
-        (r#"{"response": {"Attribute": []}}"#, 0, 0, 0),
-    ];
+    let cases: Vec<(&str, usize, usize, usize)> =
+        vec![(body, 3, 2, 1), (r#"{"response": []}"#, 0, 0, 0), (r#"{"response": {"Attribute": []}}"#, 0, 0, 0)];
     for (body, returned, indicators, skipped) in cases {
         emulator.fail_route(SEARCH, 1, status(200, "application/json", body));
-        let page = client
-            .search(&SearchQuery::new().values(["x"]))
-            .await
-            .expect("lenient parse");
-        assert_eq!(
-            (page.returned, page.indicators.len(), page.skipped),
-            (returned, indicators, skipped),
-            "{body}"
-        );
+        let page = client.search(&SearchQuery::new().values(["x"])).await.expect("lenient parse");
+        assert_eq!((page.returned, page.indicators.len(), page.skipped), (returned, indicators, skipped), "{body}");
     }
 }
 
@@ -954,19 +660,10 @@ async fn pager_as_stream() {
     opts.page_size = 4;
     let client = Client::new(opts).expect("client");
     emulator.add_synthetic(10, "11.0.0.1".parse().expect("ip"), 1_000);
-    let sizes: Vec<usize> = client
-        .pages(SearchQuery::new())
-        .into_stream()
-        .map(|p| p.expect("page").returned)
-        .collect()
-        .await;
+    let sizes: Vec<usize> =
+        client.pages(SearchQuery::new()).into_stream().map(|p| p.expect("page").returned).collect().await;
     assert_eq!(sizes, vec![4, 4, 2]);
     emulator.fail_page(2, 5, Fault::html(500));
-    let results: Vec<bool> = client
-        .pages(SearchQuery::new())
-        .into_stream()
-        .map(|p| p.is_ok())
-        .collect()
-        .await;
+    let results: Vec<bool> = client.pages(SearchQuery::new()).into_stream().map(|p| p.is_ok()).collect().await;
     assert_eq!(results, vec![true, false], "the stream ends after an error");
 }

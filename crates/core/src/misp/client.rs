@@ -51,27 +51,17 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// No retries at all.
     pub fn none() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            ..Self::default()
-        }
+        RetryPolicy { max_attempts: 1, ..Self::default() }
     }
 
     /// The delay after failed attempt number `attempt` (1-based): `initial · 2^(attempt-1)`, capped at
     /// `max_backoff`, then a uniform draw from its upper half ("equal jitter") so clients do not retry in step.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(20);
-        let full = self
-            .initial_backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.max_backoff);
+        let full = self.initial_backoff.saturating_mul(1u32 << exp).min(self.max_backoff);
         let half = full / 2;
         let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        let extra = if jitter_ms == 0 {
-            0
-        } else {
-            rand::thread_rng().gen_range(0..=jitter_ms)
-        };
+        let extra = if jitter_ms == 0 { 0 } else { rand::thread_rng().gen_range(0..=jitter_ms) };
         half + Duration::from_millis(extra)
     }
 }
@@ -218,11 +208,7 @@ impl FeedOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SightingOutcome {
     /// A `Sighting` came back (the last one saved when several attributes matched).
-    Added {
-        sighting_id: Option<String>,
-        attribute_id: Option<u64>,
-        event_id: Option<u64>,
-    },
+    Added { sighting_id: Option<String>, attribute_id: Option<u64>, event_id: Option<u64> },
     /// No `Sighting` key: MISP's message, e.g. "Could not add the Sighting. Reason: No valid attributes found
     /// that match the criteria."
     NotAdded { message: String },
@@ -252,10 +238,7 @@ struct Reply {
 
 impl Reply {
     fn json(&self, path: &str) -> Result<Value, Error> {
-        serde_json::from_slice(&self.bytes).map_err(|e| Error::Decode {
-            path: path.into(),
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&self.bytes).map_err(|e| Error::Decode { path: path.into(), reason: e.to_string() })
     }
 }
 
@@ -276,21 +259,15 @@ impl Client {
     /// # Errors
     /// [`Error::InvalidUrl`], [`Error::CaFileRead`], [`Error::CaFileInvalid`], [`Error::Build`].
     pub fn new(options: ClientOptions) -> Result<Self, Error> {
-        let parsed = url::Url::parse(&options.url).map_err(|e| Error::InvalidUrl {
-            url: options.url.clone(),
-            reason: e.to_string(),
-        })?;
+        let parsed = url::Url::parse(&options.url)
+            .map_err(|e| Error::InvalidUrl { url: options.url.clone(), reason: e.to_string() })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(Error::InvalidUrl {
-                url: options.url.clone(),
-                reason: "scheme must be http or https".into(),
-            });
+            return Err(Error::InvalidUrl { url: options.url.clone(), reason: "scheme must be http or https".into() });
         }
-        let mut key =
-            HeaderValue::from_str(options.api_key.expose()).map_err(|_| Error::InvalidUrl {
-                url: options.url.clone(),
-                reason: "the api key holds characters not allowed in an http header".into(),
-            })?;
+        let mut key = HeaderValue::from_str(options.api_key.expose()).map_err(|_| Error::InvalidUrl {
+            url: options.url.clone(),
+            reason: "the api key holds characters not allowed in an http header".into(),
+        })?;
         key.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, key);
@@ -305,12 +282,9 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("fortimisp/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &options.ca_file {
-            let pem = std::fs::read(path).map_err(|source| Error::CaFileRead {
-                path: path.clone(),
-                source,
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|_| Error::CaFileInvalid { path: path.clone() })?;
+            let pem = std::fs::read(path).map_err(|source| Error::CaFileRead { path: path.clone(), source })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| Error::CaFileInvalid { path: path.clone() })?;
             if certs.is_empty() {
                 return Err(Error::CaFileInvalid { path: path.clone() });
             }
@@ -371,24 +345,14 @@ impl Client {
     /// The start-up check: [`Client::version`] then [`Client::me`]; fails with [`Error::MissingPermission`] when
     /// `need_sighting` (config `sightings = true`) and the role lacks `perm_sighting`, or `need_site_admin`
     /// (feed updates) and it lacks `perm_site_admin`.
-    pub async fn check(
-        &self,
-        need_sighting: bool,
-        need_site_admin: bool,
-    ) -> Result<ServerInfo, Error> {
+    pub async fn check(&self, need_sighting: bool, need_site_admin: bool) -> Result<ServerInfo, Error> {
         let version = self.version().await?;
         let user = self.me().await?;
         if need_sighting && !user.role.perm_sighting {
-            return Err(Error::MissingPermission {
-                role: user.role.name,
-                permission: "perm_sighting",
-            });
+            return Err(Error::MissingPermission { role: user.role.name, permission: "perm_sighting" });
         }
         if need_site_admin && !user.role.perm_site_admin {
-            return Err(Error::MissingPermission {
-                role: user.role.name,
-                permission: "perm_site_admin",
-            });
+            return Err(Error::MissingPermission { role: user.role.name, permission: "perm_site_admin" });
         }
         Ok(ServerInfo { version, user })
     }
@@ -401,11 +365,7 @@ impl Client {
     /// Looks up IPs: batches of `batch_size` values, one restSearch each, run one after the other. Returns the
     /// indicators whose network contains one of `ips` (composites match by their IP half; no CIDR containment
     /// happens on the server, so CIDR indicators come from the mirror, not from here).
-    pub async fn search_values(
-        &self,
-        base: &SearchQuery,
-        ips: &[IpAddr],
-    ) -> Result<Vec<Indicator>, Error> {
+    pub async fn search_values(&self, base: &SearchQuery, ips: &[IpAddr]) -> Result<Vec<Indicator>, Error> {
         let mut seen = HashSet::new();
         let unique: Vec<IpAddr> = ips.iter().copied().filter(|ip| seen.insert(*ip)).collect();
         let mut out = Vec::new();
@@ -413,11 +373,7 @@ impl Client {
             // Display of Ipv6Addr is the RFC 5952 compressed form, which is what MISP stores and matches.
             let query = base.clone().values(chunk.iter().map(IpAddr::to_string));
             let page = self.search(&query).await?;
-            out.extend(
-                page.indicators
-                    .into_iter()
-                    .filter(|ind| chunk.iter().any(|ip| ind.network.contains(ip))),
-            );
+            out.extend(page.indicators.into_iter().filter(|ind| chunk.iter().any(|ip| ind.network.contains(ip))));
         }
         Ok(out)
     }
@@ -425,22 +381,12 @@ impl Client {
     /// Page `page` (1-based) of a sync with `limit = page_size` and a stable order (default `Attribute.id asc`).
     pub async fn search_page(&self, query: &SearchQuery, page: u32) -> Result<Page, Error> {
         let page = page.max(1);
-        self.search_body(
-            query.to_body(Some((self.page_size, page))),
-            page,
-            Some(self.page_size),
-        )
-        .await
+        self.search_body(query.to_body(Some((self.page_size, page))), page, Some(self.page_size)).await
     }
 
     /// All pages of `query`, one request per [`Pager::next_page`] call.
     pub fn pages(&self, query: SearchQuery) -> Pager<'_> {
-        Pager {
-            client: self,
-            query,
-            next: 1,
-            done: false,
-        }
+        Pager { client: self, query, next: 1, done: false }
     }
 
     /// `POST /feeds/fetchFromAllFeeds` (site admin). Not resent after a timeout: the pull may be running.
@@ -450,20 +396,14 @@ impl Client {
 
     /// `POST /feeds/fetchFromFeed/{id}` (site admin). An unknown id is [`Error::NotFound`].
     pub async fn fetch_feed(&self, feed_id: u64) -> Result<FeedOutcome, Error> {
-        self.feed_call(format!("/feeds/fetchFromFeed/{feed_id}"))
-            .await
+        self.feed_call(format!("/feeds/fetchFromFeed/{feed_id}")).await
     }
 
     async fn feed_call(&self, path: String) -> Result<FeedOutcome, Error> {
-        let reply = self
-            .send(Method::POST, &path, Some(&json!({})), Effect::Write)
-            .await?;
+        let reply = self.send(Method::POST, &path, Some(&json!({})), Effect::Write).await?;
         match reply.json(&path)?.get("result") {
             Some(Value::String(text)) => Ok(FeedOutcome::from_result(text)),
-            _ => Err(Error::InvalidResponse {
-                path,
-                reason: "no \"result\" text".into(),
-            }),
+            _ => Err(Error::InvalidResponse { path, reason: "no \"result\" text".into() }),
         }
     }
 
@@ -472,9 +412,7 @@ impl Client {
     pub async fn add_sighting(&self, ip: IpAddr, source: &str) -> Result<SightingOutcome, Error> {
         let path = "/sightings/add";
         let body = json!({"value": ip.to_string(), "type": "0", "source": source});
-        let reply = self
-            .send(Method::POST, path, Some(&body), Effect::Write)
-            .await?;
+        let reply = self.send(Method::POST, path, Some(&body), Effect::Write).await?;
         let body = reply.json(path)?;
         if let Some(sighting) = body.get("Sighting") {
             // One object, or a list when several were saved: report the last one.
@@ -483,11 +421,7 @@ impl Client {
                 other => other.clone(),
             };
             let s: wire::WireSighting = if last.is_null() {
-                wire::WireSighting {
-                    id: None,
-                    attribute_id: None,
-                    event_id: None,
-                }
+                wire::WireSighting { id: None, attribute_id: None, event_id: None }
             } else {
                 decode(path, last)?
             };
@@ -497,32 +431,24 @@ impl Client {
                 event_id: s.event_id,
             });
         }
-        let message = ["message", "errors", "name"]
-            .iter()
-            .find_map(|k| body.get(*k).and_then(Value::as_str))
-            .map(str::to_string);
+        let message =
+            ["message", "errors", "name"].iter().find_map(|k| body.get(*k).and_then(Value::as_str)).map(str::to_string);
         match message {
             Some(message) => Ok(SightingOutcome::NotAdded { message }),
-            None => Err(Error::InvalidResponse {
-                path: path.into(),
-                reason: "neither \"Sighting\" nor \"message\"".into(),
-            }),
+            None => {
+                Err(Error::InvalidResponse { path: path.into(), reason: "neither \"Sighting\" nor \"message\"".into() })
+            }
         }
     }
 
     /// `POST /warninglists/checkValue`: which of `ips` hit an enabled warninglist. Misses are absent from the map.
-    pub async fn check_warninglist(
-        &self,
-        ips: &[IpAddr],
-    ) -> Result<HashMap<IpAddr, Vec<WarninglistHit>>, Error> {
+    pub async fn check_warninglist(&self, ips: &[IpAddr]) -> Result<HashMap<IpAddr, Vec<WarninglistHit>>, Error> {
         let path = "/warninglists/checkValue";
         if ips.is_empty() {
             return Ok(HashMap::new());
         }
         let values: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
-        let reply = self
-            .send(Method::POST, path, Some(&json!(values)), Effect::Read)
-            .await?;
+        let reply = self.send(Method::POST, path, Some(&json!(values)), Effect::Read).await?;
         let parsed: wire::WireCheckValue = decode(path, reply.json(path)?)?;
         let mut out = HashMap::new();
         if let wire::WireCheckValue::Hits(map) = parsed {
@@ -531,14 +457,8 @@ impl Client {
                     debug!(message = "Ignoring a checkValue key that is not an IP.", value = %value);
                     continue;
                 };
-                let hits = hits
-                    .into_iter()
-                    .map(|h| WarninglistHit {
-                        id: h.id,
-                        name: h.name,
-                        matched: h.matched,
-                    })
-                    .collect();
+                let hits =
+                    hits.into_iter().map(|h| WarninglistHit { id: h.id, name: h.name, matched: h.matched }).collect();
                 out.insert(ip, hits);
             }
         }
@@ -547,27 +467,19 @@ impl Client {
 
     async fn search_body(&self, body: Value, page: u32, limit: Option<u32>) -> Result<Page, Error> {
         let path = "/attributes/restSearch";
-        let reply = self
-            .send(Method::POST, path, Some(&body), Effect::Read)
-            .await?;
+        let reply = self.send(Method::POST, path, Some(&body), Effect::Read).await?;
         let result_count = header_u64(&reply.headers, "x-result-count");
         let skipped_by_server = header_u64(&reply.headers, "x-skipped-elements-count").unwrap_or(0);
-        let mut out = Page {
-            page,
-            skipped_by_server,
-            result_count,
-            ..Page::default()
-        };
+        let mut out = Page { page, skipped_by_server, result_count, ..Page::default() };
         // Fast path: one typed pass. A page with a malformed attribute (or `{"response": []}`) takes the lenient
         // path, which parses attribute by attribute and skips the bad ones.
-        let attributes: Vec<Result<wire::WireAttribute, serde_json::Error>> =
-            match serde_json::from_slice::<wire::SearchEnvelope>(&reply.bytes) {
-                Ok(envelope) => envelope.response.attribute.into_iter().map(Ok).collect(),
-                Err(_) => lenient_attributes(path, reply.json(path)?)?
-                    .into_iter()
-                    .map(serde_json::from_value)
-                    .collect(),
-            };
+        let attributes: Vec<Result<wire::WireAttribute, serde_json::Error>> = match serde_json::from_slice::<
+            wire::SearchEnvelope,
+        >(&reply.bytes)
+        {
+            Ok(envelope) => envelope.response.attribute.into_iter().map(Ok).collect(),
+            Err(_) => lenient_attributes(path, reply.json(path)?)?.into_iter().map(serde_json::from_value).collect(),
+        };
         out.returned = attributes.len();
         out.indicators.reserve(attributes.len());
         for attr in attributes {
@@ -588,22 +500,14 @@ impl Client {
         }
         out.is_last = match limit {
             // enforceWarninglist drops rows after LIMIT: count them as part of the page.
-            Some(limit) => {
-                (out.returned as u64).saturating_add(skipped_by_server) < u64::from(limit)
-            }
+            Some(limit) => (out.returned as u64).saturating_add(skipped_by_server) < u64::from(limit),
             None => true,
         };
         Ok(out)
     }
 
     /// Sends one request with the retry policy applied.
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        effect: Effect,
-    ) -> Result<Reply, Error> {
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>, effect: Effect) -> Result<Reply, Error> {
         let mut attempt = 1u32;
         loop {
             let error = match self.send_once(method.clone(), path, body).await {
@@ -618,9 +522,7 @@ impl Client {
                 return Err(error);
             }
             let delay = match &error {
-                Error::RateLimited {
-                    reset: Some(reset), ..
-                } if !reset.is_zero() => {
+                Error::RateLimited { reset: Some(reset), .. } if !reset.is_zero() => {
                     if *reset > self.retry.max_rate_limit_wait {
                         return Err(error);
                     }
@@ -640,12 +542,7 @@ impl Client {
         }
     }
 
-    async fn send_once(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Reply, Error> {
+    async fn send_once(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Reply, Error> {
         let url = format!("{}{}", self.base, path);
         let mut request = self.http.request(method, url);
         if let Some(body) = body {
@@ -655,18 +552,12 @@ impl Client {
         let response = request.send().await.map_err(|e| transport_error(path, e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(path, e))?;
+        let bytes = response.bytes().await.map_err(|e| transport_error(path, e))?;
         if status.is_success() {
             // Validate without building a tree; operations parse into their own types afterwards.
             return match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
                 Ok(_) => Ok(Reply { headers, bytes }),
-                Err(_) => Err(Error::Decode {
-                    path: path.into(),
-                    reason: body_hint(&bytes),
-                }),
+                Err(_) => Err(Error::Decode { path: path.into(), reason: body_hint(&bytes) }),
             };
         }
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
@@ -758,10 +649,7 @@ fn decode<T: serde::de::DeserializeOwned>(path: &str, body: Value) -> Result<T, 
 }
 
 fn invalid(path: &str, reason: &str) -> Error {
-    Error::InvalidResponse {
-        path: path.into(),
-        reason: reason.into(),
-    }
+    Error::InvalidResponse { path: path.into(), reason: reason.into() }
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -781,65 +669,32 @@ fn body_hint(bytes: &[u8]) -> String {
 
 /// MISP's error text: `message`, else `name`, else a hint of the raw body.
 fn error_text(json: Option<&Value>, bytes: &[u8]) -> String {
-    json.and_then(|j| {
-        j.get("message")
-            .or_else(|| j.get("name"))
-            .or_else(|| j.get("errors"))
-    })
-    .and_then(Value::as_str)
-    .map(str::to_string)
-    .unwrap_or_else(|| body_hint(bytes))
+    json.and_then(|j| j.get("message").or_else(|| j.get("name")).or_else(|| j.get("errors")))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| body_hint(bytes))
 }
 
-fn status_error(
-    path: &str,
-    status: StatusCode,
-    headers: &HeaderMap,
-    json: Option<&Value>,
-    bytes: &[u8],
-) -> Error {
+fn status_error(path: &str, status: StatusCode, headers: &HeaderMap, json: Option<&Value>, bytes: &[u8]) -> Error {
     let path = path.to_string();
     let code = status.as_u16();
     match code {
-        429 => Error::RateLimited {
-            path,
-            reset: header_u64(headers, "x-rate-limit-reset").map(Duration::from_secs),
-        },
-        401 => Error::Unauthorized {
-            path,
-            status: code,
-            reason: error_text(json, bytes),
-        },
+        429 => Error::RateLimited { path, reset: header_u64(headers, "x-rate-limit-reset").map(Duration::from_secs) },
+        401 => Error::Unauthorized { path, status: code, reason: error_text(json, bytes) },
         403 => {
             let reason = error_text(json, bytes);
             // MISP uses 403 both for a refused key and for a missing permission; only the text tells them apart.
             let lower = reason.to_ascii_lowercase();
-            if lower.contains("authentication failed")
-                || lower.contains("auth key")
-                || lower.contains("authkey")
-            {
-                Error::Unauthorized {
-                    path,
-                    status: code,
-                    reason,
-                }
+            if lower.contains("authentication failed") || lower.contains("auth key") || lower.contains("authkey") {
+                Error::Unauthorized { path, status: code, reason }
             } else {
                 Error::Forbidden { path, reason }
             }
         }
-        404 => Error::NotFound {
-            path,
-            reason: error_text(json, bytes),
-        },
-        405 => Error::NotAllowed {
-            path,
-            reason: error_text(json, bytes),
-        },
+        404 => Error::NotFound { path, reason: error_text(json, bytes) },
+        405 => Error::NotAllowed { path, reason: error_text(json, bytes) },
         300..=399 => {
-            let location = headers
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?");
+            let location = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("?");
             Error::Rejected {
                 path,
                 status: code,
@@ -849,16 +704,9 @@ fn status_error(
         500..=599 => Error::Server {
             path,
             status: code,
-            message: json
-                .and_then(|j| j.get("message"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            message: json.and_then(|j| j.get("message")).and_then(Value::as_str).map(str::to_string),
         },
-        _ => Error::Rejected {
-            path,
-            status: code,
-            reason: error_text(json, bytes),
-        },
+        _ => Error::Rejected { path, status: code, reason: error_text(json, bytes) },
     }
 }
 
@@ -869,10 +717,7 @@ fn transport_error(path: &str, error: reqwest::Error) -> Error {
     if let Some(reason) = tls_reason(&error) {
         return Error::Tls { reason };
     }
-    Error::Transport {
-        path: path.into(),
-        source: error,
-    }
+    Error::Transport { path: path.into(), source: error }
 }
 
 /// Finds a rustls error in the source chain. `io::Error` hides its payload from `source()`, so step into it.
@@ -883,9 +728,7 @@ fn tls_reason(error: &(dyn std::error::Error + 'static)) -> Option<String> {
             return Some(tls.to_string());
         }
         current = match err.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
             None => err.source(),
         };
     }
@@ -904,14 +747,7 @@ mod tests {
             max_backoff: Duration::from_secs(1),
             max_rate_limit_wait: Duration::from_secs(5),
         };
-        let cases = [
-            (1, 50, 100),
-            (2, 100, 200),
-            (3, 200, 400),
-            (4, 400, 800),
-            (5, 500, 1000),
-            (30, 500, 1000),
-        ];
+        let cases = [(1, 50, 100), (2, 100, 200), (3, 200, 400), (4, 400, 800), (5, 500, 1000), (30, 500, 1000)];
         for (attempt, min_ms, max_ms) in cases {
             for _ in 0..50 {
                 let d = policy.backoff(attempt).as_millis() as u64;
@@ -925,19 +761,10 @@ mod tests {
         let cases = [
             ("Pull queued for background execution.", FeedOutcome::Queued),
             ("No feed enabled.", FeedOutcome::NoFeedEnabled),
-            (
-                "Fetching the feed has successfully completed. Downloaded 2 new event(s).",
-                FeedOutcome::Completed,
-            ),
-            (
-                "Feed is currently not enabled. Make sure you enable it.",
-                FeedOutcome::FeedDisabled,
-            ),
+            ("Fetching the feed has successfully completed. Downloaded 2 new event(s).", FeedOutcome::Completed),
+            ("Feed is currently not enabled. Make sure you enable it.", FeedOutcome::FeedDisabled),
             ("Fetching the feed has failed.", FeedOutcome::Failed),
-            (
-                "Something else.",
-                FeedOutcome::Other("Something else.".into()),
-            ),
+            ("Something else.", FeedOutcome::Other("Something else.".into())),
         ];
         for (text, expected) in cases {
             assert_eq!(FeedOutcome::from_result(text), expected, "{text}");

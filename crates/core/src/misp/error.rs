@@ -14,10 +14,7 @@ pub enum Error {
     InvalidUrl { url: String, reason: String },
     /// `misp.ca_file` could not be read.
     #[error("cannot read misp.ca_file {path}: {source}")]
-    CaFileRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CaFileRead { path: PathBuf, source: std::io::Error },
     /// `misp.ca_file` holds no usable PEM certificate.
     #[error("misp.ca_file {path} holds no usable PEM certificate")]
     CaFileInvalid { path: PathBuf },
@@ -26,20 +23,13 @@ pub enum Error {
     Build(#[source] reqwest::Error),
     /// The key was refused (HTTP 401, or 403 "Authentication failed"). Fatal: fix the key.
     #[error("misp refused the api key on {path} (http {status}): {reason}")]
-    Unauthorized {
-        path: String,
-        status: u16,
-        reason: String,
-    },
+    Unauthorized { path: String, status: u16, reason: String },
     /// The key is valid but the role lacks the permission for `path` (HTTP 403). Fatal.
     #[error("misp forbids {path} for this user: {reason}")]
     Forbidden { path: String, reason: String },
     /// The connection check found the role lacks a permission fortimisp needs (e.g. `perm_sighting`).
     #[error("misp role {role:?} lacks {permission}")]
-    MissingPermission {
-        role: String,
-        permission: &'static str,
-    },
+    MissingPermission { role: String, permission: &'static str },
     /// HTTP 405, e.g. "API searches are not allowed for this user role." (`rate_limit_count = 0`).
     #[error("misp does not allow {path} (http 405): {reason}")]
     NotAllowed { path: String, reason: String },
@@ -48,24 +38,13 @@ pub enum Error {
     NotFound { path: String, reason: String },
     /// Another 4xx: the request itself is wrong; retrying will not help.
     #[error("misp rejected the request to {path} (http {status}): {reason}")]
-    Rejected {
-        path: String,
-        status: u16,
-        reason: String,
-    },
+    Rejected { path: String, status: u16, reason: String },
     /// HTTP 429. `reset` is `X-Rate-Limit-Reset` when the server sent it.
     #[error("misp rate limit exceeded on {path} (reset in {reset:?})")]
-    RateLimited {
-        path: String,
-        reset: Option<Duration>,
-    },
+    RateLimited { path: String, reset: Option<Duration> },
     /// HTTP 5xx (PHP memory or time limit, a proxy's 502/504). `message` is MISP's JSON `message` if any.
     #[error("misp server error on {path} (http {status}){}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
-    Server {
-        path: String,
-        status: u16,
-        message: Option<String>,
-    },
+    Server { path: String, status: u16, message: Option<String> },
     /// No complete answer within `misp.timeout`.
     #[error("misp request to {path} timed out")]
     Timeout { path: String },
@@ -128,9 +107,9 @@ impl Error {
     /// The HTTP status behind the error, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Error::Unauthorized { status, .. }
-            | Error::Rejected { status, .. }
-            | Error::Server { status, .. } => Some(*status),
+            Error::Unauthorized { status, .. } | Error::Rejected { status, .. } | Error::Server { status, .. } => {
+                Some(*status)
+            }
             Error::Forbidden { .. } => Some(403),
             Error::NotAllowed { .. } => Some(405),
             Error::NotFound { .. } => Some(404),
@@ -148,82 +127,16 @@ mod tests {
     fn retry_classification() {
         let p = || "/x".to_string();
         let cases: Vec<(Error, bool, bool)> = vec![
-            (
-                Error::RateLimited {
-                    path: p(),
-                    reset: None,
-                },
-                true,
-                false,
-            ),
-            (
-                Error::Server {
-                    path: p(),
-                    status: 500,
-                    message: None,
-                },
-                true,
-                false,
-            ),
+            (Error::RateLimited { path: p(), reset: None }, true, false),
+            (Error::Server { path: p(), status: 500, message: None }, true, false),
             (Error::Timeout { path: p() }, true, false),
-            (
-                Error::Decode {
-                    path: p(),
-                    reason: "x".into(),
-                },
-                true,
-                false,
-            ),
-            (
-                Error::Unauthorized {
-                    path: p(),
-                    status: 403,
-                    reason: "x".into(),
-                },
-                false,
-                true,
-            ),
-            (
-                Error::Forbidden {
-                    path: p(),
-                    reason: "x".into(),
-                },
-                false,
-                true,
-            ),
-            (
-                Error::NotAllowed {
-                    path: p(),
-                    reason: "x".into(),
-                },
-                false,
-                false,
-            ),
-            (
-                Error::NotFound {
-                    path: p(),
-                    reason: "x".into(),
-                },
-                false,
-                false,
-            ),
-            (
-                Error::Rejected {
-                    path: p(),
-                    status: 400,
-                    reason: "x".into(),
-                },
-                false,
-                false,
-            ),
-            (
-                Error::InvalidResponse {
-                    path: p(),
-                    reason: "x".into(),
-                },
-                false,
-                false,
-            ),
+            (Error::Decode { path: p(), reason: "x".into() }, true, false),
+            (Error::Unauthorized { path: p(), status: 403, reason: "x".into() }, false, true),
+            (Error::Forbidden { path: p(), reason: "x".into() }, false, true),
+            (Error::NotAllowed { path: p(), reason: "x".into() }, false, false),
+            (Error::NotFound { path: p(), reason: "x".into() }, false, false),
+            (Error::Rejected { path: p(), status: 400, reason: "x".into() }, false, false),
+            (Error::InvalidResponse { path: p(), reason: "x".into() }, false, false),
             (Error::Tls { reason: "x".into() }, false, true),
         ];
         for (error, retryable, fatal) in cases {

@@ -28,8 +28,7 @@ pub enum AttributeKind {
 
 impl AttributeKind {
     /// The four IP types fortimisp treats as hits by default (the contract's `types` default).
-    pub const DEFAULT_IP_TYPES: [&'static str; 4] =
-        ["ip-src", "ip-dst", "ip-src|port", "ip-dst|port"];
+    pub const DEFAULT_IP_TYPES: [&'static str; 4] = ["ip-src", "ip-dst", "ip-src|port", "ip-dst|port"];
 
     /// Maps a MISP type name.
     pub fn from_misp_type(misp_type: &str) -> Self {
@@ -60,9 +59,7 @@ impl AttributeKind {
         match self {
             AttributeKind::IpSrc | AttributeKind::IpDst => Some(value),
             // `IP|port`: the IP never contains '|'.
-            AttributeKind::IpSrcPort | AttributeKind::IpDstPort => {
-                value.split_once('|').map(|(ip, _)| ip)
-            }
+            AttributeKind::IpSrcPort | AttributeKind::IpDstPort => value.split_once('|').map(|(ip, _)| ip),
             AttributeKind::DomainIp => value.split_once('|').map(|(_, ip)| ip),
             // Unknown types: only a bare IP or network counts.
             AttributeKind::Other(_) => Some(value),
@@ -130,11 +127,7 @@ mod tests {
             ("ip-dst", "2001:db8::/48", Some("2001:db8::/48")),
             ("ip-src|port", "198.51.100.7|443", Some("198.51.100.7/32")),
             ("ip-dst|port", "2001:db8::7|8080", Some("2001:db8::7/128")),
-            (
-                "domain|ip",
-                "evil.example|203.0.113.5",
-                Some("203.0.113.5/32"),
-            ),
+            ("domain|ip", "evil.example|203.0.113.5", Some("203.0.113.5/32")),
             ("domain|ip", "evil.example", None),
             ("ip-src|port", "198.51.100.7", None),
             ("ip-src", "not-an-ip", None),
@@ -144,10 +137,7 @@ mod tests {
         for (misp_type, value, expected) in cases {
             let kind = AttributeKind::from_misp_type(misp_type);
             assert_eq!(kind.as_str(), *misp_type);
-            let got = kind
-                .ip_part(value)
-                .and_then(parse_network)
-                .map(|n| n.to_string());
+            let got = kind.ip_part(value).and_then(parse_network).map(|n| n.to_string());
             assert_eq!(got.as_deref(), *expected, "{misp_type} {value}");
         }
     }

@@ -52,8 +52,8 @@ pub mod query;
 mod wire;
 
 pub use client::{
-    Client, ClientOptions, FeedOutcome, Page, Pager, RetryPolicy, RoleInfo, ServerInfo,
-    SightingOutcome, UserInfo, VersionInfo, WarninglistHit,
+    Client, ClientOptions, FeedOutcome, Page, Pager, RetryPolicy, RoleInfo, ServerInfo, SightingOutcome, UserInfo,
+    VersionInfo, WarninglistHit,
 };
 pub use error::Error;
 pub use indicator::{AttributeKind, Indicator};

@@ -203,10 +203,7 @@ impl SearchQuery {
         if let Some((limit, page)) = paging {
             body.insert("limit".into(), json!(limit));
             body.insert("page".into(), json!(page));
-            body.insert(
-                "order".into(),
-                json!(self.order.as_deref().unwrap_or(DEFAULT_ORDER)),
-            );
+            body.insert("order".into(), json!(self.order.as_deref().unwrap_or(DEFAULT_ORDER)));
         } else if let Some(order) = &self.order {
             body.insert("order".into(), json!(order));
         }
@@ -235,20 +232,13 @@ mod tests {
                        "published":0,"enforceWarninglist":1}),
             ),
             (
-                SearchQuery::new()
-                    .tags(["tlp:white"])
-                    .exclude_tags(["fp"])
-                    .since(100)
-                    .deleted(Deleted::Both),
+                SearchQuery::new().tags(["tlp:white"]).exclude_tags(["fp"]).since(100).deleted(Deleted::Both),
                 Some((500, 3)),
                 json!({"returnFormat":"json","tags":{"OR":["tlp:white"],"NOT":["fp"]},"timestamp":100,
                        "deleted":[0,1],"limit":500,"page":3,"order":"Attribute.id asc"}),
             ),
             (
-                SearchQuery::new()
-                    .exclude_values(["%/%"])
-                    .deleted(Deleted::Only)
-                    .order("timestamp desc"),
+                SearchQuery::new().exclude_values(["%/%"]).deleted(Deleted::Only).order("timestamp desc"),
                 None,
                 json!({"returnFormat":"json","value":{"NOT":["%/%"]},"deleted":1,
                        "order":"timestamp desc"}),

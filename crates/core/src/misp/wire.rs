@@ -132,13 +132,8 @@ pub(crate) enum WireCheckValue {
 
 fn u64_from_value<E: de::Error>(value: &Value) -> Result<u64, E> {
     match value {
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| E::custom(format!("not an unsigned integer: {n}"))),
-        Value::String(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| E::custom(format!("not an unsigned integer: {s:?}"))),
+        Value::Number(n) => n.as_u64().ok_or_else(|| E::custom(format!("not an unsigned integer: {n}"))),
+        Value::String(s) => s.trim().parse().map_err(|_| E::custom(format!("not an unsigned integer: {s:?}"))),
         other => Err(E::custom(format!("expected an id, got {other}"))),
     }
 }
@@ -158,16 +153,9 @@ pub(crate) fn u64_lenient_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<
 pub(crate) fn i64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     match Value::deserialize(d)? {
         Value::Null => Ok(0),
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| de::Error::custom(format!("not an integer: {n}"))),
-        Value::String(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| de::Error::custom(format!("not an integer: {s:?}"))),
-        other => Err(de::Error::custom(format!(
-            "expected a timestamp, got {other}"
-        ))),
+        Value::Number(n) => n.as_i64().ok_or_else(|| de::Error::custom(format!("not an integer: {n}"))),
+        Value::String(s) => s.trim().parse().map_err(|_| de::Error::custom(format!("not an integer: {s:?}"))),
+        other => Err(de::Error::custom(format!("expected a timestamp, got {other}"))),
     }
 }
 
@@ -181,15 +169,11 @@ pub(crate) fn bool_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::E
             "1" | "true" => Ok(true),
             other => Err(de::Error::custom(format!("not a boolean: {other:?}"))),
         },
-        other => Err(de::Error::custom(format!(
-            "expected a boolean, got {other}"
-        ))),
+        other => Err(de::Error::custom(format!("expected a boolean, got {other}"))),
     }
 }
 
-pub(crate) fn string_lenient_opt<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<String>, D::Error> {
+pub(crate) fn string_lenient_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(match Value::deserialize(d)? {
         Value::Null => None,
         Value::String(s) => Some(s),
@@ -211,23 +195,14 @@ mod tests {
         ];
         for case in cases {
             let a: WireAttribute = serde_json::from_str(case).expect("fixture parses");
-            assert_eq!(
-                (a.id, a.event_id, a.to_ids, a.deleted, a.timestamp),
-                (12, 3, true, false, 1617875568)
-            );
+            assert_eq!((a.id, a.event_id, a.to_ids, a.deleted, a.timestamp), (12, 3, true, false, 1617875568));
         }
     }
 
     #[test]
     fn check_value_accepts_empty_array_and_object() {
-        let cases: [(&str, usize); 3] = [
-            ("[]", 0),
-            ("{}", 0),
-            (
-                r#"{"10.0.0.1":[{"id":"3","name":"RFC 1918","matched":"10.0.0.0/8"}]}"#,
-                1,
-            ),
-        ];
+        let cases: [(&str, usize); 3] =
+            [("[]", 0), ("{}", 0), (r#"{"10.0.0.1":[{"id":"3","name":"RFC 1918","matched":"10.0.0.0/8"}]}"#, 1)];
         for (body, hits) in cases {
             let parsed: WireCheckValue = serde_json::from_str(body).expect("fixture parses");
             let n = match parsed {

@@ -14,10 +14,7 @@ use clap::Parser;
 use fortimisp_testkit::misp::{MispEmulator, Role, Seed, TlsMaterial};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "misp-emulator",
-    about = "A MISP REST emulator for tests and the lab"
-)]
+#[command(name = "misp-emulator", about = "A MISP REST emulator for tests and the lab")]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -56,9 +53,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let args = Args::parse();
     let mut builder = MispEmulator::builder().listen(args.listen);
     for key in &args.keys {
@@ -70,22 +65,13 @@ async fn main() -> anyhow::Result<()> {
         builder = builder.tls_material(material);
     }
     if let Some(path) = &args.seed {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let seed: Seed = serde_json::from_str(&text)
-            .with_context(|| format!("invalid seed {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let seed: Seed = serde_json::from_str(&text).with_context(|| format!("invalid seed {}", path.display()))?;
         builder = builder.seed(seed);
     }
-    let emulator = builder
-        .start()
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let emulator = builder.start().await.with_context(|| format!("cannot listen on {}", args.listen))?;
     if args.synthetic > 0 {
-        emulator.add_synthetic(
-            args.synthetic,
-            args.synthetic_from,
-            chrono::Utc::now().timestamp() - 86_400,
-        );
+        emulator.add_synthetic(args.synthetic, args.synthetic_from, chrono::Utc::now().timestamp() - 86_400);
     }
     let role = emulator.role();
     emulator.set_role(Role {

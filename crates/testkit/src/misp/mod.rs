@@ -53,11 +53,7 @@ pub const REQUEST_LOG_CAPACITY: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Any status with a body and content type.
-    Status {
-        status: u16,
-        content_type: String,
-        body: String,
-    },
+    Status { status: u16, content_type: String, body: String },
     /// Answer `200` with a truncated JSON body.
     InvalidJson,
     /// Close the connection without answering.
@@ -83,11 +79,7 @@ impl Fault {
 
     /// MISP's JSON error (`{"name":"An Internal Error Has Occurred.",...}` for 500).
     pub fn json_error(status: u16, path: &str) -> Self {
-        let text = if status == 500 {
-            "An Internal Error Has Occurred."
-        } else {
-            "Error."
-        };
+        let text = if status == 500 { "An Internal Error Has Occurred." } else { "Error." };
         Fault::Status {
             status,
             content_type: "application/json".into(),
@@ -158,15 +150,8 @@ const RATE_WINDOW: Duration = Duration::from_secs(900);
 
 pub(crate) enum RateCheck {
     NotLimited,
-    Allowed {
-        limit: u64,
-        remaining: u64,
-        reset: u64,
-    },
-    Exceeded {
-        limit: u64,
-        reset: u64,
-    },
+    Allowed { limit: u64, remaining: u64, reset: u64 },
+    Exceeded { limit: u64, reset: u64 },
     Forbidden,
 }
 
@@ -182,24 +167,14 @@ impl Inner {
         let now = tokio::time::Instant::now();
         let window = match &mut self.rate {
             Some(w) if now.duration_since(w.started) < RATE_WINDOW => w,
-            _ => self.rate.insert(RateWindow {
-                started: now,
-                count: 0,
-            }),
+            _ => self.rate.insert(RateWindow { started: now, count: 0 }),
         };
-        let reset = RATE_WINDOW
-            .saturating_sub(now.duration_since(window.started))
-            .as_secs()
-            .max(1);
+        let reset = RATE_WINDOW.saturating_sub(now.duration_since(window.started)).as_secs().max(1);
         if window.count >= limit {
             return RateCheck::Exceeded { limit, reset };
         }
         window.count += 1;
-        RateCheck::Allowed {
-            limit,
-            remaining: limit - window.count,
-            reset,
-        }
+        RateCheck::Allowed { limit, remaining: limit - window.count, reset }
     }
 }
 
@@ -251,16 +226,10 @@ impl Builder {
             (None, true) => Some(TlsMaterial::generate(&[])?),
             (None, false) => None,
         };
-        let listen = self
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let keys = if self.keys.is_empty() {
-            vec![DEFAULT_KEY.to_string()]
-        } else {
-            self.keys
-        };
+        let keys = if self.keys.is_empty() { vec![DEFAULT_KEY.to_string()] } else { self.keys };
         let inner = Inner {
             store: store::Store::default(),
             keys,
@@ -277,11 +246,7 @@ impl Builder {
         let shared: Shared = Arc::new(Mutex::new(inner));
         let emulator = MispEmulator {
             shared: Arc::clone(&shared),
-            url: format!(
-                "{}://{}",
-                if tls.is_some() { "https" } else { "http" },
-                display_addr(addr)
-            ),
+            url: format!("{}://{}", if tls.is_some() { "https" } else { "http" }, display_addr(addr)),
             addr,
             ca_pem: tls.as_ref().map(|t| t.ca_pem.clone()),
             shutdown: CancellationToken::new(),
@@ -345,11 +310,10 @@ where
 {
     let kill = Arc::new(Notify::new());
     let conn_kill = ConnKill(Arc::clone(&kill));
-    let service =
-        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(conn_kill.clone());
-            router.clone().oneshot(request)
-        });
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(conn_kill.clone());
+        router.clone().oneshot(request)
+    });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(io), service);
     // Dropping the connection future closes the socket without a response.
@@ -412,9 +376,7 @@ impl MispEmulator {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock only happens in a failing test; keep serving the data.
-        self.shared
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     // ---- seeding --------------------------------------------------------------------------------------------
@@ -432,17 +394,13 @@ impl MispEmulator {
             inner.background_jobs = jobs;
         }
         for event in seed.events {
-            let id = inner
-                .store
-                .add_event(&event.info, event.published, event.tags);
+            let id = inner.store.add_event(&event.info, event.published, event.tags);
             for attribute in event.attributes {
                 inner.store.add_attribute(id, attribute);
             }
         }
         for list in seed.warninglists {
-            inner
-                .store
-                .add_warninglist(&list.name, &list.kind, list.entries, list.enabled);
+            inner.store.add_warninglist(&list.name, &list.kind, list.entries, list.enabled);
         }
         for feed in seed.feeds {
             inner.store.add_feed(&feed.name, feed.enabled);
@@ -451,11 +409,7 @@ impl MispEmulator {
 
     /// Creates an event; returns its id.
     pub fn add_event(&self, info: &str, published: bool, tags: &[&str]) -> u64 {
-        self.lock().store.add_event(
-            info,
-            published,
-            tags.iter().map(|t| t.to_string()).collect(),
-        )
+        self.lock().store.add_event(info, published, tags.iter().map(|t| t.to_string()).collect())
     }
 
     /// Adds an attribute to `event_id` (created if missing); returns the attribute id.
@@ -471,10 +425,7 @@ impl MispEmulator {
         let mut event = 0;
         for i in 0..n {
             if i % 10_000 == 0 {
-                event =
-                    inner
-                        .store
-                        .add_event(&format!("synthetic {}", i / 10_000), true, Vec::new());
+                event = inner.store.add_event(&format!("synthetic {}", i / 10_000), true, Vec::new());
             }
             let ip = std::net::Ipv4Addr::from(start.wrapping_add(i as u32));
             let spec = AttributeSpec::new("ip-dst", ip.to_string()).timestamp(base_ts + i as i64);
@@ -573,33 +524,18 @@ impl MispEmulator {
 
     /// The next `times` requests (any route) fail with `fault`.
     pub fn fail_next(&self, times: u32, fault: Fault) {
-        self.inject(FaultRule {
-            route: None,
-            page: None,
-            times: Some(times),
-            fault,
-        });
+        self.inject(FaultRule { route: None, page: None, times: Some(times), fault });
     }
 
     /// The next `times` requests to `route` fail with `fault`.
     pub fn fail_route(&self, route: &str, times: u32, fault: Fault) {
-        self.inject(FaultRule {
-            route: Some(route.into()),
-            page: None,
-            times: Some(times),
-            fault,
-        });
+        self.inject(FaultRule { route: Some(route.into()), page: None, times: Some(times), fault });
     }
 
     /// The next `times` restSearch requests for `page` fail with `fault`.
     pub fn fail_page(&self, page: u64, times: u32, fault: Fault) {
         let route = Some("attributes/restSearch".to_string());
-        self.inject(FaultRule {
-            route,
-            page: Some(page),
-            times: Some(times),
-            fault,
-        });
+        self.inject(FaultRule { route, page: Some(page), times: Some(times), fault });
     }
 
     /// Every request waits this long first (`None` = no added latency).

@@ -11,8 +11,7 @@ use serde_json::{json, Map, Value};
 use super::{ConnKill, Fault, FeedFetch, RateCheck, RecordedRequest, Shared, REQUEST_LOG_CAPACITY};
 
 /// MISP's text for a refused key (`AppController`, REST branch).
-pub const AUTH_FAILED: &str =
-    "Authentication failed. Please make sure you pass the API key of an API enabled user \
+pub const AUTH_FAILED: &str = "Authentication failed. Please make sure you pass the API key of an API enabled user \
                                along in the Authorization header.";
 const NO_PERMISSION: &str = "You do not have permission to use this functionality.";
 const NO_VALID_ATTRIBUTES: &str =
@@ -37,10 +36,7 @@ fn route_name(path: &str) -> String {
 fn json_response(status: StatusCode, value: &Value) -> Response {
     let mut response = Response::new(Body::from(value.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -78,14 +74,8 @@ fn presented_keys(headers: &HeaderMap) -> Vec<String> {
 }
 
 fn is_rest(headers: &HeaderMap, route: &str) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    accept.contains("json")
-        || accept.contains("xml")
-        || accept.contains("csv")
-        || route == "attributes/restSearch"
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.contains("json") || accept.contains("xml") || accept.contains("csv") || route == "attributes/restSearch"
 }
 
 /// Unwraps `{"request": {...}}` (and `{"Sighting": {...}}` for sightings).
@@ -115,9 +105,7 @@ async fn handle(
     let (latency, fault) = {
         let mut inner = shared.lock().unwrap_or_else(|p| p.into_inner());
         *inner.counts.entry(route.clone()).or_default() += 1;
-        let authorized = presented_keys(&headers)
-            .iter()
-            .any(|k| inner.keys.contains(k));
+        let authorized = presented_keys(&headers).iter().any(|k| inner.keys.contains(k));
         if inner.log.len() >= REQUEST_LOG_CAPACITY {
             inner.log.pop_front();
         }
@@ -128,13 +116,11 @@ async fn handle(
             body: json_body.clone(),
             authorized,
         });
-        let page = unwrap_body(&json_body, None)
-            .get("page")
-            .and_then(|p| match p {
-                Value::Number(n) => n.as_u64(),
-                Value::String(s) => s.parse().ok(),
-                _ => None,
-            });
+        let page = unwrap_body(&json_body, None).get("page").and_then(|p| match p {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        });
         let mut chosen = None;
         if let Some(i) = inner.faults.iter().position(|rule| {
             rule.route.as_ref().is_none_or(|r| *r == route)
@@ -164,23 +150,13 @@ async fn handle(
             std::future::pending::<()>().await;
         }
         Some(Fault::InvalidJson) => {
-            let mut response = Response::new(Body::from(
-                r#"{"response": {"Attribute": [{"id":"1","event_"#,
-            ));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            let mut response = Response::new(Body::from(r#"{"response": {"Attribute": [{"id":"1","event_"#));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return response;
         }
-        Some(Fault::Status {
-            status,
-            content_type,
-            body,
-        }) => {
+        Some(Fault::Status { status, content_type, body }) => {
             let mut response = Response::new(Body::from(body));
-            *response.status_mut() =
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             if let Ok(ct) = HeaderValue::from_str(&content_type) {
                 response.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
@@ -190,17 +166,12 @@ async fn handle(
     }
 
     let mut inner = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let authorized = !force_auth_failure
-        && presented_keys(&headers)
-            .iter()
-            .any(|k| inner.keys.contains(k));
+    let authorized = !force_auth_failure && presented_keys(&headers).iter().any(|k| inner.keys.contains(k));
     if !authorized {
         if !is_rest(&headers, &route) {
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::FOUND;
-            response
-                .headers_mut()
-                .insert(header::LOCATION, HeaderValue::from_static("/users/login"));
+            response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/users/login"));
             return response;
         }
         return error(StatusCode::FORBIDDEN, AUTH_FAILED, &path);
@@ -247,11 +218,8 @@ async fn handle(
                     )
                 }
                 RateCheck::Exceeded { limit, reset } => {
-                    let mut response = error(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "Rate limit exceeded.",
-                        "/attributes/restSearch",
-                    );
+                    let mut response =
+                        error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded.", "/attributes/restSearch");
                     set_header(&mut response, "X-Rate-Limit-Limit", limit);
                     set_header(&mut response, "X-Rate-Limit-Remaining", 0);
                     set_header(&mut response, "X-Rate-Limit-Reset", reset);
@@ -261,12 +229,7 @@ async fn handle(
                     rest_search(&mut inner, &method, &uri, &json_body, &path)
                 }
             };
-            if let RateCheck::Allowed {
-                limit,
-                remaining,
-                reset,
-            } = rate
-            {
+            if let RateCheck::Allowed { limit, remaining, reset } = rate {
                 set_header(&mut response, "X-Rate-Limit-Limit", limit);
                 set_header(&mut response, "X-Rate-Limit-Remaining", remaining);
                 set_header(&mut response, "X-Rate-Limit-Reset", reset);
@@ -278,13 +241,7 @@ async fn handle(
                 return error(StatusCode::FORBIDDEN, NO_PERMISSION, &path);
             }
             let mut message = None;
-            let feeds: Vec<_> = inner
-                .store
-                .feeds
-                .iter()
-                .filter(|f| f.enabled)
-                .cloned()
-                .collect();
+            let feeds: Vec<_> = inner.store.feeds.iter().filter(|f| f.enabled).cloned().collect();
             for feed in feeds {
                 if inner.background_jobs {
                     message = Some("Pull queued for background execution.");
@@ -293,24 +250,15 @@ async fn handle(
                 }
             }
             let result = message.unwrap_or("No feed enabled.").to_string();
-            inner.feed_fetches.push(FeedFetch {
-                feed_id: None,
-                result: result.clone(),
-            });
+            inner.feed_fetches.push(FeedFetch { feed_id: None, result: result.clone() });
             json_response(StatusCode::OK, &json!({"result": result}))
         }
         "feeds/fetchFromFeed" => {
             if !inner.role.perm_site_admin {
                 return error(StatusCode::FORBIDDEN, NO_PERMISSION, &path);
             }
-            let id = path
-                .trim_end_matches(".json")
-                .rsplit('/')
-                .next()
-                .and_then(|s| s.parse::<u64>().ok());
-            let Some(feed) =
-                id.and_then(|id| inner.store.feeds.iter().find(|f| f.id == id).cloned())
-            else {
+            let id = path.trim_end_matches(".json").rsplit('/').next().and_then(|s| s.parse::<u64>().ok());
+            let Some(feed) = id.and_then(|id| inner.store.feeds.iter().find(|f| f.id == id).cloned()) else {
                 return error(StatusCode::NOT_FOUND, "Invalid feed.", &path);
             };
             let result = if !feed.enabled {
@@ -322,10 +270,7 @@ async fn handle(
             } else {
                 "Fetching the feed has successfully completed."
             };
-            inner.feed_fetches.push(FeedFetch {
-                feed_id: Some(feed.id),
-                result: result.to_string(),
-            });
+            inner.feed_fetches.push(FeedFetch { feed_id: Some(feed.id), result: result.to_string() });
             json_response(StatusCode::OK, &json!({"result": result}))
         }
         "sightings/add" if method == Method::POST => {
@@ -364,24 +309,14 @@ async fn handle(
                 }
             }
             // PHP encodes an empty array as `[]`, not `{}`.
-            let body = if hits.is_empty() {
-                json!([])
-            } else {
-                Value::Object(hits)
-            };
+            let body = if hits.is_empty() { json!([]) } else { Value::Object(hits) };
             json_response(StatusCode::OK, &body)
         }
         _ => error(StatusCode::NOT_FOUND, "Not Found", &path),
     }
 }
 
-fn rest_search(
-    inner: &mut super::Inner,
-    method: &Method,
-    uri: &Uri,
-    body: &Value,
-    path: &str,
-) -> Response {
+fn rest_search(inner: &mut super::Inner, method: &Method, uri: &Uri, body: &Value, path: &str) -> Response {
     if *method == Method::GET {
         let text = if uri.query().is_none() {
             "Restsearch queries using GET and no parameters are not allowed. If you have passed parameters via a \
@@ -404,10 +339,7 @@ fn rest_search(
     match inner.store.rest_search(&filters) {
         Ok(outcome) => {
             let mut response = Response::new(Body::from(outcome.body));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             set_header(&mut response, "X-Result-Count", outcome.returned);
             set_header(&mut response, "X-Skipped-Elements-Count", outcome.skipped);
             set_header(&mut response, "X-Export-Module-Used", "json");
@@ -431,17 +363,9 @@ fn add_sighting(inner: &mut super::Inner, body: &Value, path: &str) -> Response 
             &json!({"message": "Could not add the Sighting. Reason: Invalid type, please change it before posting a sighting."}),
         );
     }
-    let source = data
-        .get("source")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let source = data.get("source").and_then(Value::as_str).unwrap_or("").trim().to_string();
     let now = inner.store.now();
-    let timestamp = data
-        .get("timestamp")
-        .and_then(|t| t.as_i64().or_else(|| t.as_str()?.parse().ok()))
-        .unwrap_or(now);
+    let timestamp = data.get("timestamp").and_then(|t| t.as_i64().or_else(|| t.as_str()?.parse().ok())).unwrap_or(now);
     let mut values: Vec<String> = Vec::new();
     if let Some(v) = data.get("value").and_then(Value::as_str) {
         values.push(v.to_string());
@@ -449,35 +373,19 @@ fn add_sighting(inner: &mut super::Inner, body: &Value, path: &str) -> Response 
     if let Some(Value::Array(list)) = data.get("values") {
         values.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
     }
-    let by_id = path
-        .trim_end_matches(".json")
-        .strip_prefix("/sightings/add/")
-        .map(str::to_string)
-        .or_else(|| {
-            data.get("id")
-                .or_else(|| data.get("uuid"))
-                .and_then(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-        });
+    let by_id = path.trim_end_matches(".json").strip_prefix("/sightings/add/").map(str::to_string).or_else(|| {
+        data.get("id").or_else(|| data.get("uuid")).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    });
     let mut targets: Vec<(u64, u64, String)> = Vec::new();
     for value in &values {
-        targets.extend(
-            inner
-                .store
-                .live_by_value(value)
-                .into_iter()
-                .map(|a| (a.id, a.event_id, value.clone())),
-        );
+        targets.extend(inner.store.live_by_value(value).into_iter().map(|a| (a.id, a.event_id, value.clone())));
     }
     if let Some(key) = by_id {
-        let found = key
-            .parse::<u64>()
-            .ok()
-            .and_then(|id| inner.store.attribute(id))
-            .filter(|a| !a.deleted);
+        let found = key.parse::<u64>().ok().and_then(|id| inner.store.attribute(id)).filter(|a| !a.deleted);
         if let Some(a) = found {
             targets.push((a.id, a.event_id, a.value.clone()));
         }

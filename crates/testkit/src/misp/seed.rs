@@ -122,21 +122,14 @@ mod tests {
         let cases: [(&str, bool); 4] = [
             (example, true),
             ("{}", true),
-            (
-                r#"{"events": [{"attributes": [{"type": "ip-src", "value": "192.0.2.1"}]}]}"#,
-                true,
-            ),
+            (r#"{"events": [{"attributes": [{"type": "ip-src", "value": "192.0.2.1"}]}]}"#, true),
             (r#"{"event": []}"#, false),
         ];
         for (text, ok) in cases {
             assert_eq!(serde_json::from_str::<Seed>(text).is_ok(), ok, "{text}");
         }
-        let lab: Seed = serde_json::from_str(include_str!("seed-example.json"))
-            .expect("seed-example.json parses");
-        assert_eq!(
-            (lab.events.len(), lab.warninglists.len(), lab.feeds.len()),
-            (2, 2, 2)
-        );
+        let lab: Seed = serde_json::from_str(include_str!("seed-example.json")).expect("seed-example.json parses");
+        assert_eq!((lab.events.len(), lab.warninglists.len(), lab.feeds.len()), (2, 2, 2));
         let seed: Seed = serde_json::from_str(example).expect("example");
         assert_eq!(seed.events[0].attributes[0].timestamp, Some(1_700_000_000));
         assert_eq!(seed.role.map(|r| r.name), Some("Org Admin".to_string()));

@@ -230,19 +230,13 @@ pub struct Store {
 
 impl Store {
     pub fn now(&self) -> i64 {
-        self.now_override
-            .unwrap_or_else(|| chrono::Utc::now().timestamp())
+        self.now_override.unwrap_or_else(|| chrono::Utc::now().timestamp())
     }
 
     fn next_uuid(&mut self) -> String {
         self.uuid_counter += 1;
         let n = self.uuid_counter;
-        format!(
-            "5f0c0000-{:04x}-4{:03x}-8000-{:012x}",
-            (n >> 40) & 0xffff,
-            (n >> 28) & 0xfff,
-            n & 0xffff_ffff_ffff
-        )
+        format!("5f0c0000-{:04x}-4{:03x}-8000-{:012x}", (n >> 40) & 0xffff, (n >> 28) & 0xfff, n & 0xffff_ffff_ffff)
     }
 
     fn tag_id(&mut self, name: &str) -> u64 {
@@ -259,17 +253,7 @@ impl Store {
             self.tag_id(tag);
         }
         let timestamp = self.now();
-        self.events.insert(
-            id,
-            Event {
-                id,
-                uuid,
-                info: info.to_string(),
-                published,
-                tags,
-                timestamp,
-            },
-        );
+        self.events.insert(id, Event { id, uuid, info: info.to_string(), published, tags, timestamp });
         self.generation += 1;
         id
     }
@@ -321,16 +305,12 @@ impl Store {
         };
         let pos = self.attributes.len() as u32;
         let (v1, v2) = attribute.halves();
-        let keys: Vec<String> = std::iter::once(v1)
-            .chain(v2)
-            .map(str::to_lowercase)
-            .collect();
+        let keys: Vec<String> = std::iter::once(v1).chain(v2).map(str::to_lowercase).collect();
         for key in keys {
             match self.by_value.get_mut(key.as_str()) {
                 Some(positions) => positions.push(pos),
                 None => {
-                    self.by_value
-                        .insert(key.into_boxed_str(), Positions::One(pos));
+                    self.by_value.insert(key.into_boxed_str(), Positions::One(pos));
                 }
             }
         }
@@ -350,9 +330,7 @@ impl Store {
     }
 
     pub fn attribute(&self, id: u64) -> Option<&Attribute> {
-        self.positions
-            .get(&id)
-            .map(|&p| &self.attributes[p as usize])
+        self.positions.get(&id).map(|&p| &self.attributes[p as usize])
     }
 
     pub fn attribute_count(&self) -> usize {
@@ -396,44 +374,22 @@ impl Store {
         true
     }
 
-    pub fn add_warninglist(
-        &mut self,
-        name: &str,
-        kind: &str,
-        entries: Vec<String>,
-        enabled: bool,
-    ) -> u64 {
+    pub fn add_warninglist(&mut self, name: &str, kind: &str, entries: Vec<String>, enabled: bool) -> u64 {
         let id = self.warninglists.len() as u64 + 1;
         let nets = entries.iter().filter_map(|e| parse_net(e)).collect();
-        self.warninglists.push(Warninglist {
-            id,
-            name: name.into(),
-            kind: kind.into(),
-            entries,
-            enabled,
-            nets,
-        });
+        self.warninglists.push(Warninglist { id, name: name.into(), kind: kind.into(), entries, enabled, nets });
         self.generation += 1;
         id
     }
 
     pub fn set_warninglist_enabled(&mut self, id: u64, enabled: bool) -> bool {
         self.generation += 1;
-        self.warninglists
-            .iter_mut()
-            .find(|w| w.id == id)
-            .map(|w| w.enabled = enabled)
-            .is_some()
+        self.warninglists.iter_mut().find(|w| w.id == id).map(|w| w.enabled = enabled).is_some()
     }
 
     pub fn add_feed(&mut self, name: &str, enabled: bool) -> u64 {
         let id = self.feeds.iter().map(|f| f.id).max().unwrap_or(0) + 1;
-        self.feeds.push(Feed {
-            id,
-            name: name.into(),
-            enabled,
-            fails: false,
-        });
+        self.feeds.push(Feed { id, name: name.into(), enabled, fails: false });
         id
     }
 
@@ -458,8 +414,7 @@ impl Store {
 
     fn attribute_warninglisted(&self, a: &Attribute) -> bool {
         let (v1, v2) = a.halves();
-        !self.warninglist_hits(v1).is_empty()
-            || v2.is_some_and(|v| !self.warninglist_hits(v).is_empty())
+        !self.warninglist_hits(v1).is_empty() || v2.is_some_and(|v| !self.warninglist_hits(v).is_empty())
     }
 
     /// Live attributes whose value1 or value2 equals `value` (sightings use this).
@@ -467,30 +422,19 @@ impl Store {
         let key = normalize_search(value).to_lowercase();
         self.by_value
             .get(key.as_str())
-            .map(|ps| {
-                ps.as_slice()
-                    .iter()
-                    .map(|&p| &self.attributes[p as usize])
-                    .filter(|a| !a.deleted)
-                    .collect()
-            })
+            .map(|ps| ps.as_slice().iter().map(|&p| &self.attributes[p as usize]).filter(|a| !a.deleted).collect())
             .unwrap_or_default()
     }
 
     /// Runs a restSearch. `filters` is the request body (already unwrapped from `{"request":...}`).
-    pub fn rest_search(
-        &mut self,
-        filters: &Map<String, Value>,
-    ) -> Result<SearchOutcome, BadFilter> {
+    pub fn rest_search(&mut self, filters: &Map<String, Value>) -> Result<SearchOutcome, BadFilter> {
         let parsed = Filters::parse(filters, self.now())?;
         let mut key_map = filters.clone();
         key_map.remove("page");
         key_map.remove("limit");
         let key = Value::Object(key_map).to_string();
         let matches = match &self.cache {
-            Some((k, generation, list)) if *k == key && *generation == self.generation => {
-                Arc::clone(list)
-            }
+            Some((k, generation, list)) if *k == key && *generation == self.generation => Arc::clone(list),
             _ => {
                 let list = Arc::new(self.matching_positions(&parsed));
                 self.cache = Some((key, self.generation, Arc::clone(&list)));
@@ -499,9 +443,7 @@ impl Store {
         };
         let window: &[u32] = match parsed.limit {
             Some(limit) => {
-                let start = limit
-                    .saturating_mul(parsed.page.saturating_sub(1))
-                    .min(matches.len());
+                let start = limit.saturating_mul(parsed.page.saturating_sub(1)).min(matches.len());
                 let end = start.saturating_add(limit).min(matches.len());
                 &matches[start..end]
             }
@@ -526,11 +468,7 @@ impl Store {
             returned += 1;
         }
         body.extend_from_slice(b"]}}\n");
-        Ok(SearchOutcome {
-            body,
-            returned,
-            skipped,
-        })
+        Ok(SearchOutcome { body, returned, skipped })
     }
 
     fn matching_positions(&self, f: &Filters) -> Vec<u32> {
@@ -548,21 +486,13 @@ impl Store {
             }
             _ => Box::new(0..self.attributes.len() as u32),
         };
-        let mut out: Vec<u32> = candidates
-            .filter(|&p| self.matches(&self.attributes[p as usize], f))
-            .collect();
+        let mut out: Vec<u32> = candidates.filter(|&p| self.matches(&self.attributes[p as usize], f)).collect();
         if let Some((field, desc)) = &f.order {
             let attrs = &self.attributes;
             match field.as_str() {
-                "timestamp" => {
-                    out.sort_by_key(|&p| (attrs[p as usize].timestamp, attrs[p as usize].id))
-                }
-                "event_id" => {
-                    out.sort_by_key(|&p| (attrs[p as usize].event_id, attrs[p as usize].id))
-                }
-                "value" => {
-                    out.sort_by(|&a, &b| attrs[a as usize].value.cmp(&attrs[b as usize].value))
-                }
+                "timestamp" => out.sort_by_key(|&p| (attrs[p as usize].timestamp, attrs[p as usize].id)),
+                "event_id" => out.sort_by_key(|&p| (attrs[p as usize].event_id, attrs[p as usize].id)),
+                "value" => out.sort_by(|&a, &b| attrs[a as usize].value.cmp(&attrs[b as usize].value)),
                 "type" => out.sort_by(|&a, &b| attrs[a as usize].kind.cmp(&attrs[b as usize].kind)),
                 _ => {} // id: positions are already in id order
             }
@@ -614,11 +544,7 @@ impl Store {
             }
         }
         if let Some(tags) = &f.tags {
-            let all: Vec<&String> = a
-                .tags
-                .iter()
-                .chain(event.map(|e| e.tags.iter()).into_iter().flatten())
-                .collect();
+            let all: Vec<&String> = a.tags.iter().chain(event.map(|e| e.tags.iter()).into_iter().flatten()).collect();
             let hit = |p: &Pattern| all.iter().any(|t| p.matches(t));
             if !tags.or.is_empty() && !tags.or.iter().any(hit) {
                 return false;
@@ -632,8 +558,7 @@ impl Store {
 
     fn render<'a>(&'a self, a: &'a Attribute, include_event_tags: bool) -> Rendered<'a> {
         let event = self.events.get(&a.event_id);
-        let mut tags: Vec<RenderedTag<'a>> =
-            a.tags.iter().map(|t| self.render_tag(t, None)).collect();
+        let mut tags: Vec<RenderedTag<'a>> = a.tags.iter().map(|t| self.render_tag(t, None)).collect();
         if include_event_tags {
             if let Some(event) = event {
                 tags.extend(event.tags.iter().map(|t| self.render_tag(t, Some(1))));
@@ -671,15 +596,7 @@ impl Store {
 
     fn render_tag<'a>(&self, name: &'a str, inherited: Option<u8>) -> RenderedTag<'a> {
         let id = self.tag_ids.get(name).copied().unwrap_or(0);
-        RenderedTag {
-            id,
-            name,
-            colour: "#0088cc",
-            numerical_value: None,
-            is_galaxy: false,
-            local: 0,
-            inherited,
-        }
+        RenderedTag { id, name, colour: "#0088cc", numerical_value: None, is_galaxy: false, local: 0, inherited }
     }
 }
 
@@ -737,10 +654,7 @@ struct RenderedTag<'a> {
     inherited: Option<u8>,
 }
 
-fn as_string<T: std::fmt::Display, S: serde::Serializer>(
-    value: &T,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+fn as_string<T: std::fmt::Display, S: serde::Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(value)
 }
 
@@ -768,11 +682,7 @@ fn normalize_ip(text: &str) -> String {
     if let Some((ip, prefix)) = text.split_once('/') {
         if let (Ok(ip), Ok(prefix)) = (IpAddr::from_str(ip), prefix.parse::<u8>()) {
             let max = if ip.is_ipv4() { 32 } else { 128 };
-            return if prefix == max {
-                ip.to_string()
-            } else {
-                format!("{ip}/{prefix}")
-            };
+            return if prefix == max { ip.to_string() } else { format!("{ip}/{prefix}") };
         }
     }
     text.to_string()
@@ -784,10 +694,7 @@ fn normalize_search(text: &str) -> String {
 }
 
 fn parse_net(text: &str) -> Option<IpNet> {
-    IpAddr::from_str(text.trim())
-        .map(IpNet::from)
-        .ok()
-        .or_else(|| IpNet::from_str(text.trim()).ok())
+    IpAddr::from_str(text.trim()).map(IpNet::from).ok().or_else(|| IpNet::from_str(text.trim()).ok())
 }
 
 #[derive(Debug, Clone)]
@@ -800,15 +707,8 @@ struct Pattern {
 impl Pattern {
     fn new(raw: &str, normalize: bool) -> Self {
         let like = raw.starts_with('%') || raw.ends_with('%');
-        let text = if normalize && !like {
-            normalize_search(raw)
-        } else {
-            raw.trim().to_string()
-        };
-        Pattern {
-            text: text.to_lowercase(),
-            like,
-        }
+        let text = if normalize && !like { normalize_search(raw) } else { raw.trim().to_string() };
+        Pattern { text: text.to_lowercase(), like }
     }
 
     /// Case-insensitive, as MySQL's default collation.
@@ -924,28 +824,21 @@ impl Filters {
         };
         let page = match m.get("page") {
             None | Some(Value::Null) => 1,
-            Some(v) => as_u64(v)
-                .ok_or_else(|| BadFilter("Invalid page.".into()))?
-                .max(1) as usize,
+            Some(v) => as_u64(v).ok_or_else(|| BadFilter("Invalid page.".into()))?.max(1) as usize,
         };
         let order = match m.get("order").and_then(Value::as_str) {
             None => None,
             Some(text) => {
                 let mut words = text.split_whitespace();
                 let field = words.next().unwrap_or("id");
-                let field = field
-                    .strip_prefix("Attribute.")
-                    .unwrap_or(field)
-                    .to_string();
+                let field = field.strip_prefix("Attribute.").unwrap_or(field).to_string();
                 let desc = words.next().is_some_and(|d| d.eq_ignore_ascii_case("desc"));
                 Some((field, desc))
             }
         };
         if let Some(format) = m.get("returnFormat").and_then(Value::as_str) {
             if format != "json" {
-                return Err(BadFilter(format!(
-                    "The emulator only speaks returnFormat json, not {format}."
-                )));
+                return Err(BadFilter(format!("The emulator only speaks returnFormat json, not {format}.")));
             }
         }
         Ok(Filters {
@@ -1042,17 +935,12 @@ fn parse_time(v: &Value, now: i64) -> Result<i64, BadFilter> {
     if let Some(n) = v.as_i64() {
         return Ok(n);
     }
-    let s = v
-        .as_str()
-        .ok_or_else(|| BadFilter("Invalid timestamp.".into()))?
-        .trim();
+    let s = v.as_str().ok_or_else(|| BadFilter("Invalid timestamp.".into()))?.trim();
     if let Ok(n) = s.parse::<i64>() {
         return Ok(n);
     }
     let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| BadFilter(format!("Invalid timestamp {s}.")))?;
+    let n: i64 = num.parse().map_err(|_| BadFilter(format!("Invalid timestamp {s}.")))?;
     let secs = match unit {
         "s" => 1,
         "m" => 60,
@@ -1086,20 +974,12 @@ mod tests {
     #[test]
     fn normalisation() {
         let cases = [
-            (
-                "ip-dst",
-                "2001:0db8:0000:0000:0000:0000:0000:0007",
-                "2001:db8::7",
-            ),
+            ("ip-dst", "2001:0db8:0000:0000:0000:0000:0000:0007", "2001:db8::7"),
             ("ip-dst", "198.51.100.7/32", "198.51.100.7"),
             ("ip-dst", "2001:db8::7/128", "2001:db8::7"),
             ("ip-dst", "198.51.100.0/24", "198.51.100.0/24"),
             ("ip-src|port", "2001:DB8:0:0::7|443", "2001:db8::7|443"),
-            (
-                "domain|ip",
-                "Evil.example|203.0.113.5",
-                "Evil.example|203.0.113.5",
-            ),
+            ("domain|ip", "Evil.example|203.0.113.5", "Evil.example|203.0.113.5"),
         ];
         for (kind, input, expected) in cases {
             assert_eq!(normalize_value(kind, input), expected, "{kind} {input}");
