@@ -318,7 +318,12 @@ impl Client {
         }
         match self.add_member(family, &base, &name).await {
             Ok(_) => {}
-            Err(Error::Full { code, .. }) => return Err(Error::Full { name: base, code }),
+            Err(Error::Full { code, .. }) => {
+                self.make_room_in_base(family, &base, &name, code).await?;
+                if let Some(c) = cache.counts.get_mut(&base) {
+                    *c = c.saturating_sub(1);
+                }
+            }
             Err(e) => return Err(e),
         }
         let members = self.group_members(family, &name).await?;
@@ -326,6 +331,44 @@ impl Client {
         tracing::info!(message = "Created overflow block group.", group = %name, %base);
         cache.known.push(name);
         Ok(())
+    }
+
+    /// The box's own limit filled the base group, so the new overflow group cannot be nested: move one of our
+    /// addresses from the base group into the (not yet nested) overflow group, then nest it in the freed slot.
+    /// That address is unblocked for the one request between its removal and the nesting.
+    async fn make_room_in_base(&self, family: Family, base: &str, overflow: &str, code: i64) -> Result<(), Error> {
+        let full = || Error::Full {
+            name: base.to_string(),
+            code,
+        };
+        let (placeholder, _) = self.placeholder(family);
+        let members = self.group_members(family, base).await?;
+        let candidates = members.iter().filter(|m| {
+            **m != placeholder
+                && self.overflow_number(family, m).is_none()
+                && m.starts_with(&self.opts.object_prefix)
+                && ObjectName::parse(m).is_ok()
+        });
+        for candidate in candidates {
+            let ours = self
+                .get_address(family, candidate)
+                .await?
+                .is_some_and(|e| Comment::parse(&e.comment).is_ours());
+            if !ours {
+                continue;
+            }
+            self.add_member(family, overflow, candidate).await?;
+            self.remove_member(family, base, candidate).await?;
+            return match self.add_member(family, base, overflow).await {
+                Ok(_) => {
+                    tracing::warn!(message = "Base block group hit the FortiGate member limit; moved one address to make room for an overflow group.", group = %base, object = %candidate, overflow = %overflow);
+                    Ok(())
+                }
+                Err(Error::Full { .. }) => Err(full()),
+                Err(e) => Err(e),
+            };
+        }
+        Err(full())
     }
 
     /// Unblocks `ip`: removes `object_prefix + ip` from every block group, then deletes it, only if its comment is

@@ -38,8 +38,10 @@
 //!   demand with the placeholder, and added **once as a nested member of the base group**, so the operator's deny
 //!   policy keeps referencing only `block_group`/`block_group6`. The base group therefore holds the placeholder
 //!   plus one member per overflow group on top of its addresses: keep `max_group_members` a few entries below the
-//!   model's per-group limit. If the base group is so full that the overflow group cannot be nested, `block`
-//!   returns [`Error::Full`] naming the base group (lower `max_group_members`).
+//!   model's per-group limit. If the box's own limit fills the base group first (so the overflow group cannot be
+//!   nested), one of our addresses is moved from the base group into the new overflow group to free the slot
+//!   (that address is unblocked for the duration of one request); if none can be moved, `block` returns
+//!   [`Error::Full`] naming the base group (lower `max_group_members`).
 //! - Group changes of one address family are serialised inside one [`Client`] (a `tokio::sync::Mutex` held for the
 //!   membership step only), so concurrent `block`s of one IP end with one object and one membership.
 //!
