@@ -143,11 +143,20 @@ impl Client {
     async fn ensure_placeholder(&self, family: Family) -> Result<String, Error> {
         let (name, ip) = self.placeholder(family);
         let object = ObjectName::parse(&name)?;
-        if self.create_address(&object, ip, &Comment::placeholder()).await? == Change::Unchanged {
+        if self
+            .create_address(&object, ip, &Comment::placeholder())
+            .await?
+            == Change::Unchanged
+        {
             let existing = self.get_address(family, &name).await?;
             match existing {
                 Some(e) if Comment::parse(&e.comment) == CommentKind::Placeholder => {}
-                Some(e) => return Err(Error::Foreign { name, comment: e.comment }),
+                Some(e) => {
+                    return Err(Error::Foreign {
+                        name,
+                        comment: e.comment,
+                    })
+                }
                 None => return Err(Error::NameClash { name, code: None }),
             }
         }
@@ -186,11 +195,15 @@ impl Client {
                 .filter_map(|m| self.overflow_number(family, m).map(|n| (n, m.clone())))
                 .collect();
             overflow.sort();
-            fresh.counts.insert(base.clone(), self.count_blocked(family, &group.members));
+            fresh
+                .counts
+                .insert(base.clone(), self.count_blocked(family, &group.members));
             fresh.known.push(base);
             for (_, name) in overflow {
                 if let Some(g) = self.get_group(family, &name).await? {
-                    fresh.counts.insert(name.clone(), self.count_blocked(family, &g.members));
+                    fresh
+                        .counts
+                        .insert(name.clone(), self.count_blocked(family, &g.members));
                     fresh.known.push(name);
                 }
             }
@@ -244,7 +257,12 @@ impl Client {
         }
     }
 
-    async fn join_group(&self, family: Family, name: &ObjectName, fresh: bool) -> Result<(String, Change), Error> {
+    async fn join_group(
+        &self,
+        family: Family,
+        name: &ObjectName,
+        fresh: bool,
+    ) -> Result<(String, Change), Error> {
         let mut cache = self.cache(family).lock().await;
         self.load(family, &mut cache).await?;
         if cache.known.is_empty() {
@@ -295,7 +313,9 @@ impl Client {
                 Err(Error::NotFound { .. }) => {
                     cache.loaded = false;
                     return Err(if self.get_group(family, &group).await?.is_some() {
-                        Error::MissingReference { name: name.to_string() }
+                        Error::MissingReference {
+                            name: name.to_string(),
+                        }
                     } else {
                         Error::NotFound { name: group }
                     });
@@ -306,12 +326,19 @@ impl Client {
     }
 
     /// Creates `base-N` (placeholder inside) and nests it in the base group.
-    async fn add_overflow_group(&self, family: Family, cache: &mut GroupCache) -> Result<(), Error> {
+    async fn add_overflow_group(
+        &self,
+        family: Family,
+        cache: &mut GroupCache,
+    ) -> Result<(), Error> {
         let base = self.base_group(family).to_string();
         let name = format!("{base}-{}", cache.known.len() + 1);
         let placeholder = self.ensure_placeholder(family).await?;
         let comment = format!("fortimisp overflow of {base}");
-        if self.create_group(family, &name, &[&placeholder], &comment).await? == Change::Unchanged
+        if self
+            .create_group(family, &name, &[&placeholder], &comment)
+            .await?
+            == Change::Unchanged
             && self.get_group(family, &name).await?.is_none()
         {
             return Err(Error::NameClash { name, code: None });
@@ -327,7 +354,9 @@ impl Client {
             Err(e) => return Err(e),
         }
         let members = self.group_members(family, &name).await?;
-        cache.counts.insert(name.clone(), self.count_blocked(family, &members));
+        cache
+            .counts
+            .insert(name.clone(), self.count_blocked(family, &members));
         tracing::info!(message = "Created overflow block group.", group = %name, %base);
         cache.known.push(name);
         Ok(())
@@ -336,7 +365,13 @@ impl Client {
     /// The box's own limit filled the base group, so the new overflow group cannot be nested: move one of our
     /// addresses from the base group into the (not yet nested) overflow group, then nest it in the freed slot.
     /// That address is unblocked for the one request between its removal and the nesting.
-    async fn make_room_in_base(&self, family: Family, base: &str, overflow: &str, code: i64) -> Result<(), Error> {
+    async fn make_room_in_base(
+        &self,
+        family: Family,
+        base: &str,
+        overflow: &str,
+        code: i64,
+    ) -> Result<(), Error> {
         let full = || Error::Full {
             name: base.to_string(),
             code,

@@ -234,15 +234,16 @@ impl Error {
 fn is_certificate_error(e: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                return true;
-            }
-        }
         if s.is::<rustls::Error>() {
             return true;
         }
-        source = s.source();
+        // io::Error::source() skips the wrapped error itself; descend through get_ref() instead.
+        source = match s.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
     }
     false
 }

@@ -17,7 +17,10 @@ use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator};
 use fortimisp_testkit::tls;
 
 #[derive(Parser, Debug)]
-#[command(name = "fortigate-emulator", about = "Emulated FortiGate REST API (cmdb address/addrgrp, members, banned IPs)")]
+#[command(
+    name = "fortigate-emulator",
+    about = "Emulated FortiGate REST API (cmdb address/addrgrp, members, banned IPs)"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]
@@ -26,7 +29,11 @@ struct Args {
     #[arg(long)]
     tls_dir: Option<PathBuf>,
     /// Accepted REST API token.
-    #[arg(long, env = "FORTIGATE_EMULATOR_TOKEN", default_value = "fortimisp-emulator-token")]
+    #[arg(
+        long,
+        env = "FORTIGATE_EMULATOR_TOKEN",
+        default_value = "fortimisp-emulator-token"
+    )]
     token: String,
     /// Reported FortiOS version.
     #[arg(long, default_value = "v7.4.4")]
@@ -56,7 +63,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let tls_config = match &args.tls_dir {
         None => None,
-        Some(dir) => Some(load_or_create_tls(dir).with_context(|| format!("--tls-dir {}", dir.display()))?),
+        Some(dir) => {
+            Some(load_or_create_tls(dir).with_context(|| format!("--tls-dir {}", dir.display()))?)
+        }
     };
     let emulator = FortiGateEmulator::bind(args.listen, config, tls_config)
         .await
@@ -67,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_or_create_tls(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+fn load_or_create_tls(
+    dir: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if !cert.exists() || !key.exists() {
         std::fs::create_dir_all(dir)?;
@@ -75,7 +86,10 @@ fn load_or_create_tls(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<ru
         ca.write_ca_file(&dir.join("ca.pem"))?;
         ca.issue_server_cert().write_to_dir(dir)?;
     }
-    Ok(tls::server_config_from_pem(&std::fs::read(&cert)?, &std::fs::read(&key)?)?)
+    Ok(tls::server_config_from_pem(
+        &std::fs::read(&cert)?,
+        &std::fs::read(&key)?,
+    )?)
 }
 
 async fn wait_for_signal() {

@@ -160,7 +160,7 @@ impl Inner {
         let rule = self
             .faults
             .iter_mut()
-            .find(|r| r.remaining > 0 && r.route.as_deref().map_or(true, |want| want == route))?;
+            .find(|r| r.remaining > 0 && r.route.iter().all(|want| want == route))?;
         rule.remaining -= 1;
         let fault = rule.fault.clone();
         self.faults.retain(|r| r.remaining > 0);
@@ -202,12 +202,25 @@ impl Drop for FortiGateEmulator {
 impl FortiGateEmulator {
     /// Plain HTTP on an ephemeral loopback port.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<Self> {
-        Self::bind("127.0.0.1:0".parse().expect("invariant: literal address"), config, None).await
+        Self::bind(
+            "127.0.0.1:0".parse().expect("invariant: literal address"),
+            config,
+            None,
+        )
+        .await
     }
 
     /// HTTPS on an ephemeral loopback port.
-    pub async fn start_tls(config: EmulatorConfig, tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        Self::bind("127.0.0.1:0".parse().expect("invariant: literal address"), config, Some(tls)).await
+    pub async fn start_tls(
+        config: EmulatorConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        Self::bind(
+            "127.0.0.1:0".parse().expect("invariant: literal address"),
+            config,
+            Some(tls),
+        )
+        .await
     }
 
     /// Binds `addr` (HTTPS when `tls` is given) and serves until dropped.
@@ -304,7 +317,10 @@ impl FortiGateEmulator {
     /// Seeds a group (`Table::Addrgrp` or `Table::Addrgrp6`) with members; members are not checked.
     pub fn seed_group(&self, table: Table, name: &str, members: &[&str], comment: &str) {
         let member: Vec<Value> = members.iter().map(|m| json!({"name": m})).collect();
-        self.seed(table, json!({"name": name, "member": member, "comment": comment}));
+        self.seed(
+            table,
+            json!({"name": name, "member": member, "comment": comment}),
+        );
     }
 
     /// Seeds any entry (must be a JSON object with `name`).
@@ -322,7 +338,11 @@ impl FortiGateEmulator {
     /// Seeds a banned-IP entry.
     pub fn seed_banned(&self, ip: IpAddr, expiry_secs: u64) {
         let now = unix_now();
-        let expires = if expiry_secs == 0 { 0 } else { now + expiry_secs as i64 };
+        let expires = if expiry_secs == 0 {
+            0
+        } else {
+            now + expiry_secs as i64
+        };
         self.shared.lock().db.banned.push(BannedEntry {
             ip,
             created: now,
@@ -455,7 +475,13 @@ async fn accept_loop(
                 }
             },
         };
-        tokio::spawn(serve_conn(tcp, peer, app.clone(), tls.clone(), cancel.clone()));
+        tokio::spawn(serve_conn(
+            tcp,
+            peer,
+            app.clone(),
+            tls.clone(),
+            cancel.clone(),
+        ));
     }
 }
 
@@ -489,9 +515,16 @@ where
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(conn.clone());
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+        async move {
+            Ok::<_, Infallible>(
+                app.oneshot(req.map(Body::new))
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            )
+        }
     });
-    let serving = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    let serving =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
     tokio::select! {
         _ = serving => {}
         _ = kill.notified() => {}
@@ -527,8 +560,14 @@ fn classify(path: &str) -> (Route, String) {
         let base = format!("{CMDB}{}", table.as_str());
         return match segs.as_slice() {
             [_] | [_, ""] => (Route::Collection(table), base),
-            [_, name] => (Route::Entry(table, decode(name)), format!("{base}/{{name}}")),
-            [_, g, "member"] if table.is_group() => (Route::Members(table, decode(g)), format!("{base}/{{name}}/member")),
+            [_, name] => (
+                Route::Entry(table, decode(name)),
+                format!("{base}/{{name}}"),
+            ),
+            [_, g, "member"] if table.is_group() => (
+                Route::Members(table, decode(g)),
+                format!("{base}/{{name}}/member"),
+            ),
             [_, g, "member", m] if table.is_group() && !m.is_empty() => (
                 Route::Member(table, decode(g), decode(m)),
                 format!("{base}/{{name}}/member/{{member}}"),
@@ -566,7 +605,10 @@ fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [
-            (header::WWW_AUTHENTICATE, HeaderValue::from_static("error=\"invalid_token\"")),
+            (
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("error=\"invalid_token\""),
+            ),
             (header::CONTENT_TYPE, HeaderValue::from_static("text/html")),
         ],
         body,
@@ -576,7 +618,12 @@ fn unauthorized() -> Response {
 
 fn plain(status: u16, text: &'static str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], text).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+        text,
+    )
+        .into_response()
 }
 
 /// Checks the token and the lockout for `peer`; `Some(response)` refuses the request.
@@ -593,7 +640,10 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap, peer: IpAddr) -> Option<
             .is_some_and(|t| t == inner.config.token);
     let lock = inner.locks.entry(peer).or_default();
     if lock.locked_until.is_some_and(|until| now < until) {
-        return Some(plain(429, "Access temporarily blocked - maximum failed authentications reached"));
+        return Some(plain(
+            429,
+            "Access temporarily blocked - maximum failed authentications reached",
+        ));
     }
     if token_ok {
         lock.failures = 0;
@@ -608,10 +658,15 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap, peer: IpAddr) -> Option<
     Some(unauthorized())
 }
 
-async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req: Request) -> Response {
+async fn handle(
+    axum::extract::State(shared): axum::extract::State<Shared>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let conn = parts.extensions.get::<Conn>().cloned();
-    let body = axum::body::to_bytes(body, 4 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 4 << 20)
+        .await
+        .unwrap_or_default();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
     let (route, template) = classify(&path);
@@ -663,7 +718,18 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
         build: inner.config.build,
     };
     if !inner.config.vdoms.contains(&vdom) {
-        return ctx.reply(&inner.db, "", "", None, None, Outcome::Err { http: 404, code: None, cli_error: None });
+        return ctx.reply(
+            &inner.db,
+            "",
+            "",
+            None,
+            None,
+            Outcome::Err {
+                http: 404,
+                code: None,
+                cli_error: None,
+            },
+        );
     }
     let json_body: Value = if body.is_empty() {
         Value::Null
@@ -740,7 +806,16 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
                 "hostname": "fortigate-emulator",
                 "log_disk_status": "available",
             });
-            ctx.reply(db, "system", "status", None, Some(""), Outcome::Ok { results: Some(results) })
+            ctx.reply(
+                db,
+                "system",
+                "status",
+                None,
+                Some(""),
+                Outcome::Ok {
+                    results: Some(results),
+                },
+            )
         }
         (Route::Banned, &Method::GET) => {
             let now = unix_now();
@@ -754,7 +829,16 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
                     })
                     .collect(),
             );
-            ctx.reply(db, "user", "banned", None, Some("select"), Outcome::Ok { results: Some(results) })
+            ctx.reply(
+                db,
+                "user",
+                "banned",
+                None,
+                Some("select"),
+                Outcome::Ok {
+                    results: Some(results),
+                },
+            )
         }
         (Route::BannedAction(action), &Method::POST) => {
             let outcome = banned_action(db, action, &json_body);
@@ -857,7 +941,10 @@ fn project_outcome(outcome: Outcome, query: &[(String, String)]) -> Outcome {
             results: Some(Value::Array(items)),
         } => Outcome::Ok {
             results: Some(Value::Array(
-                items.into_iter().map(|e| state::project(e, fields.as_deref())).collect(),
+                items
+                    .into_iter()
+                    .map(|e| state::project(e, fields.as_deref()))
+                    .collect(),
             )),
         },
         other => other,
@@ -937,7 +1024,10 @@ impl EnvelopeCtx {
                 if self.method != "GET" && action.is_none() {
                     env.insert("revision".into(), revision.into());
                     env.insert("revision_changed".into(), true.into());
-                    env.insert("old_revision".into(), format!("{:032x}", db.revision.saturating_sub(1)).into());
+                    env.insert(
+                        "old_revision".into(),
+                        format!("{:032x}", db.revision.saturating_sub(1)).into(),
+                    );
                 } else {
                     env.insert("revision".into(), revision.into());
                 }
@@ -952,7 +1042,11 @@ impl EnvelopeCtx {
                 }
                 env.insert("status".into(), "success".into());
             }
-            Outcome::Err { http: h, code, cli_error } => {
+            Outcome::Err {
+                http: h,
+                code,
+                cli_error,
+            } => {
                 http = h;
                 env.insert("revision".into(), revision.into());
                 env.insert("status".into(), "error".into());

@@ -207,7 +207,11 @@ impl Db {
     /// Inserts an entry without the API's checks (test seeding); normalises the address fields.
     pub fn seed(&mut self, table: Table, mut entry: Map<String, Value>) {
         normalise_fields(table, &mut entry);
-        if let Some(name) = entry.get("name").and_then(Value::as_str).map(str::to_string) {
+        if let Some(name) = entry
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        {
             self.objects.insert(name, (table, entry));
             self.bump();
         }
@@ -231,7 +235,11 @@ impl Db {
         let Some(mut entry) = body.as_object().cloned() else {
             return err(400, -651, "body is not a JSON object");
         };
-        let Some(name) = entry.get("name").and_then(Value::as_str).map(str::to_string) else {
+        let Some(name) = entry
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
             return err(424, -651, "name: missing");
         };
         if name.is_empty() || name.chars().count() > 79 {
@@ -239,9 +247,17 @@ impl Db {
         }
         if let Some((t, _)) = self.objects.get(&name) {
             return if *t == table {
-                err(rules.duplicate_status, -5, "A duplicate entry already exists.")
+                err(
+                    rules.duplicate_status,
+                    -5,
+                    "A duplicate entry already exists.",
+                )
             } else if table.is_group() != t.is_group() {
-                err(500, -163, "name clashes with an address/addrgrp of the same name")
+                err(
+                    500,
+                    -163,
+                    "name clashes with an address/addrgrp of the same name",
+                )
             } else {
                 err(500, -5, "A duplicate entry already exists.")
             };
@@ -360,9 +376,11 @@ impl Db {
 
     pub fn get_member(&self, table: Table, group: &str, member: &str) -> Outcome {
         match self.objects.get(group) {
-            Some((t, e)) if *t == table && member_names(e).iter().any(|m| m == member) => Outcome::Ok {
-                results: Some(json!([{"name": member, "q_origin_key": member}])),
-            },
+            Some((t, e)) if *t == table && member_names(e).iter().any(|m| m == member) => {
+                Outcome::Ok {
+                    results: Some(json!([{"name": member, "q_origin_key": member}])),
+                }
+            }
             _ => Outcome::Err {
                 http: 404,
                 code: None,
@@ -371,7 +389,13 @@ impl Db {
         }
     }
 
-    pub fn add_member(&mut self, table: Table, group: &str, body: &Value, rules: &Rules) -> Outcome {
+    pub fn add_member(
+        &mut self,
+        table: Table,
+        group: &str,
+        body: &Value,
+        rules: &Rules,
+    ) -> Outcome {
         let Some(member) = body.get("name").and_then(Value::as_str).map(str::to_string) else {
             return err(424, -651, "name: missing");
         };
@@ -386,7 +410,11 @@ impl Db {
             return err(424, -3, "Entry not found.");
         }
         if names.contains(&member) {
-            return err(rules.duplicate_status, -5, "A duplicate entry already exists.");
+            return err(
+                rules.duplicate_status,
+                -5,
+                "A duplicate entry already exists.",
+            );
         }
         if names.len() >= rules.group_member_limit {
             return err(500, -52, "group member limit reached");
@@ -396,7 +424,13 @@ impl Db {
         ok()
     }
 
-    pub fn remove_member(&mut self, table: Table, group: &str, member: &str, rules: &Rules) -> Outcome {
+    pub fn remove_member(
+        &mut self,
+        table: Table,
+        group: &str,
+        member: &str,
+        rules: &Rules,
+    ) -> Outcome {
         let mut names = match self.objects.get(group) {
             Some((t, e)) if *t == table => member_names(e),
             _ => return err(404, -3, "Entry not found."),
@@ -445,7 +479,10 @@ fn normalise_fields(table: Table, entry: &mut Map<String, Value>) -> bool {
                 .unwrap_or("ipmask")
                 .to_string();
             if ty == "ipmask" {
-                let subnet = entry.get("subnet").and_then(Value::as_str).unwrap_or("0.0.0.0/0");
+                let subnet = entry
+                    .get("subnet")
+                    .and_then(Value::as_str)
+                    .unwrap_or("0.0.0.0/0");
                 match normalise_subnet(subnet) {
                     Some(s) => {
                         entry.insert("subnet".into(), Value::from(s));
@@ -477,7 +514,9 @@ fn normalise_fields(table: Table, entry: &mut Map<String, Value>) -> bool {
         }
         Table::Addrgrp | Table::Addrgrp6 => {
             entry.entry("comment").or_insert_with(|| Value::from(""));
-            entry.entry("member").or_insert_with(|| Value::Array(vec![]));
+            entry
+                .entry("member")
+                .or_insert_with(|| Value::Array(vec![]));
             true
         }
     }
@@ -536,13 +575,17 @@ impl Filter {
 
 /// `filter` groups: each `filter=` parameter is ANDed; commas inside one parameter are ORed.
 pub fn matches_all(groups: &[Vec<Filter>], entry: &Map<String, Value>) -> bool {
-    groups.iter().all(|any| any.iter().any(|f| f.matches(entry)))
+    groups
+        .iter()
+        .all(|any| any.iter().any(|f| f.matches(entry)))
 }
 
 /// `format=name|comment` keeps only these fields.
 pub fn project(entry: Value, fields: Option<&[String]>) -> Value {
     match (entry, fields) {
-        (Value::Object(m), Some(keep)) => Value::Object(m.into_iter().filter(|(k, _)| keep.contains(k)).collect()),
+        (Value::Object(m), Some(keep)) => {
+            Value::Object(m.into_iter().filter(|(k, _)| keep.contains(k)).collect())
+        }
         (e, _) => e,
     }
 }
@@ -571,7 +614,10 @@ mod tests {
     fn filters_parse_and_match() {
         let mut e = Map::new();
         e.insert("name".into(), "misp-1.2.3.4".into());
-        e.insert("comment".into(), "fortimisp 2025-01-01T00:00:00Z misp-event=1".into());
+        e.insert(
+            "comment".into(),
+            "fortimisp 2025-01-01T00:00:00Z misp-event=1".into(),
+        );
         let cases = [
             ("name==misp-1.2.3.4", true),
             ("name!=misp-1.2.3.4", false),
