@@ -91,6 +91,19 @@ async fn system_status_reports_version() {
 }
 
 #[tokio::test]
+async fn connections_are_reused() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let c = client(&emu);
+    for _ in 0..20 {
+        c.system_status().await.expect("status");
+    }
+    c.block(ip("198.51.100.7"), &comment("1"))
+        .await
+        .expect("block");
+    assert_eq!(emu.connections(), 1);
+}
+
+#[tokio::test]
 async fn ensure_groups_creates_groups_with_placeholder_once() {
     for refuse_empty in [false, true] {
         let emu = emulator(EmulatorConfig {

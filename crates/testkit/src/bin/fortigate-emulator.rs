@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! fortigate-emulator --listen 127.0.0.1:8443 [--tls-dir DIR] [--token T] [--version v7.4.4]
-//!                    [--group-member-limit N] [--refuse-empty-groups] [--duplicate-status 500|424]
+//!                    [--tls-name fortigate]... [--group-member-limit N] [--refuse-empty-groups]
+//!                    [--duplicate-status 500|424]
 //! ```
 //! Prints its URL on the first line of stdout, then serves until SIGINT/SIGTERM. With `--tls-dir`, `cert.pem` and
 //! `key.pem` there are used; if absent, a throw-away CA is generated and `ca.pem`, `cert.pem`, `key.pem` are written
@@ -28,6 +29,9 @@ struct Args {
     /// Serve HTTPS with cert.pem/key.pem from this directory (generated with ca.pem when missing).
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// Extra DNS names / IPs for the generated certificate (e.g. the compose service name); repeatable.
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
     /// Accepted REST API token.
     #[arg(
         long,
@@ -63,9 +67,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let tls_config = match &args.tls_dir {
         None => None,
-        Some(dir) => {
-            Some(load_or_create_tls(dir).with_context(|| format!("--tls-dir {}", dir.display()))?)
-        }
+        Some(dir) => Some(
+            load_or_create_tls(dir, &args.tls_names)
+                .with_context(|| format!("--tls-dir {}", dir.display()))?,
+        ),
     };
     let emulator = FortiGateEmulator::bind(args.listen, config, tls_config)
         .await
@@ -78,13 +83,16 @@ async fn main() -> anyhow::Result<()> {
 
 fn load_or_create_tls(
     dir: &std::path::Path,
+    extra_names: &[String],
 ) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if !cert.exists() || !key.exists() {
         std::fs::create_dir_all(dir)?;
         let ca = tls::TestCa::new();
         ca.write_ca_file(&dir.join("ca.pem"))?;
-        ca.issue_server_cert().write_to_dir(dir)?;
+        let mut names = vec!["127.0.0.1", "::1", "localhost"];
+        names.extend(extra_names.iter().map(String::as_str));
+        ca.issue_server_cert_for(&names).write_to_dir(dir)?;
     }
     Ok(tls::server_config_from_pem(
         &std::fs::read(&cert)?,

@@ -144,6 +144,8 @@ struct Inner {
     locks: BTreeMap<IpAddr, LockState>,
     counts: BTreeMap<String, u64>,
     log: Vec<RecordedRequest>,
+    /// TCP connections accepted (to check the client reuses connections).
+    connections: u64,
 }
 
 impl Inner {
@@ -243,11 +245,18 @@ impl FortiGateEmulator {
             locks: BTreeMap::new(),
             counts: BTreeMap::new(),
             log: Vec::new(),
+            connections: 0,
         })));
         let cancel = CancellationToken::new();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        tokio::spawn(accept_loop(listener, app, acceptor, cancel.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            app,
+            acceptor,
+            shared.clone(),
+            cancel.clone(),
+        ));
         Ok(FortiGateEmulator {
             url,
             addr,
@@ -440,6 +449,11 @@ impl FortiGateEmulator {
         self.shared.lock().log.clone()
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.lock().connections
+    }
+
     pub fn total_requests(&self) -> u64 {
         self.shared.lock().counts.values().sum()
     }
@@ -462,6 +476,7 @@ async fn accept_loop(
     listener: TcpListener,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Shared,
     cancel: CancellationToken,
 ) {
     loop {
@@ -475,6 +490,7 @@ async fn accept_loop(
                 }
             },
         };
+        shared.lock().connections += 1;
         tokio::spawn(serve_conn(
             tcp,
             peer,
