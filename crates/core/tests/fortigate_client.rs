@@ -90,6 +90,48 @@ async fn system_status_reports_version() {
     assert_eq!(status.hostname.as_deref(), Some("fortigate-emulator"));
 }
 
+#[test]
+fn unusable_options_are_rejected() {
+    type Edit = fn(&mut ClientOptions);
+    let cases: [(&str, Edit, &str); 5] = [
+        (
+            "zero members",
+            |o| o.max_group_members = 0,
+            "max_group_members",
+        ),
+        (
+            "same groups",
+            |o| o.block_group6 = o.block_group.clone(),
+            "block_group6",
+        ),
+        (
+            "slash prefix",
+            |o| o.object_prefix = "a/b".into(),
+            "contains '/'",
+        ),
+        (
+            "long group",
+            |o| o.block_group = "G".repeat(70),
+            "longer than 63",
+        ),
+        (
+            "newline token",
+            |o| o.api_key = ApiKey::new("a\nb"),
+            "api_key",
+        ),
+    ];
+    for (label, edit, want) in cases {
+        let mut o = ClientOptions::new("http://127.0.0.1:1", ApiKey::new("t"));
+        edit(&mut o);
+        let err = Client::new(o).expect_err(label);
+        assert!(err.to_string().contains(want), "{label}: {err}");
+        assert!(
+            !err.to_string().contains("a\nb"),
+            "{label}: secret in message"
+        );
+    }
+}
+
 #[tokio::test]
 async fn connections_are_reused() {
     let emu = emulator(EmulatorConfig::default()).await;

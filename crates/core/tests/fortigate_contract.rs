@@ -386,6 +386,31 @@ async fn unauthorized_is_an_html_page_with_www_authenticate() {
     assert_eq!(resp.status().as_u16(), 401);
 }
 
+#[tokio::test]
+async fn url_query_token_is_refused_from_7_4_5() {
+    for (version, status) in [
+        ("v7.4.4", 200),
+        ("v7.4.5", 401),
+        ("v7.6.0", 200),
+        ("v7.6.1", 401),
+        ("v6.4.15", 200),
+    ] {
+        let emu = FortiGateEmulator::start(EmulatorConfig {
+            version: version.into(),
+            ..EmulatorConfig::default()
+        })
+        .await
+        .expect("start");
+        let url = format!(
+            "{}/api/v2/monitor/system/status?access_token={}",
+            emu.url(),
+            emu.token()
+        );
+        let got = reqwest::get(url).await.expect("answer").status().as_u16();
+        assert_eq!(got, status, "{version}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn lockout_after_failures_doubles_and_ignores_the_token() {
     let emu = FortiGateEmulator::start(EmulatorConfig {

@@ -218,8 +218,20 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::CaFile`] if `ca_file` cannot be read or holds no certificate, [`Error::InvalidName`] for a prefix
-    /// or group name that cannot be used, [`Error::Build`] if the TLS stack cannot be set up.
+    /// or group name that cannot be used, [`Error::InvalidOption`] for `max_group_members = 0` or equal group names, [`Error::Build`] if the TLS stack cannot be set up.
     pub fn new(opts: ClientOptions) -> Result<Client, Error> {
+        if opts.max_group_members == 0 {
+            return Err(Error::InvalidOption {
+                key: "max_group_members",
+                reason: "must be at least 1",
+            });
+        }
+        if opts.block_group == opts.block_group6 {
+            return Err(Error::InvalidOption {
+                key: "block_group6",
+                reason: "must differ from block_group (one name space on FortiOS)",
+            });
+        }
         ObjectName::parse(&format!("{}placeholder6", opts.object_prefix))?;
         for g in [&opts.block_group, &opts.block_group6] {
             ObjectName::parse(&format!("{g}-99"))?;
@@ -255,9 +267,9 @@ impl Client {
         }
         let http = builder.build().map_err(Error::Build)?;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", opts.api_key.expose()))
-            .map_err(|_| Error::InvalidName {
-                name: "api_key".into(),
-                reason: "not a valid header value",
+            .map_err(|_| Error::InvalidOption {
+                key: "api_key",
+                reason: "not a valid http header value",
             })?;
         auth.set_sensitive(true);
         Ok(Client {
@@ -495,7 +507,7 @@ impl Client {
 
     /// All entries of the address (v4) or address6 table matching `filter` (FortiOS syntax, e.g.
     /// `comment=@fortimisp `), only the fields `name|comment|subnet` (or `ip6`), paged with `start`/`count`.
-    pub async fn list_addresses(
+    pub(crate) async fn list_addresses(
         &self,
         family: Family,
         filter: Option<&str>,

@@ -332,6 +332,12 @@ impl Client {
         cache: &mut GroupCache,
     ) -> Result<(), Error> {
         let base = self.base_group(family).to_string();
+        if cache.known.len() > super::MAX_OVERFLOW_GROUPS {
+            return Err(Error::Full {
+                name: base,
+                code: -52,
+            });
+        }
         let name = format!("{base}-{}", cache.known.len() + 1);
         let placeholder = self.ensure_placeholder(family).await?;
         let comment = format!("fortimisp overflow of {base}");

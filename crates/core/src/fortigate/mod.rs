@@ -70,6 +70,10 @@ pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
 
 use crate::secret::ApiKey;
 
+/// Overflow groups per family beyond which `block` answers [`Error::Full`] instead of creating more (a runaway
+/// guard: 200 × 600 addresses is far beyond any FortiGate address table).
+pub const MAX_OVERFLOW_GROUPS: usize = 200;
+
 /// Everything needed to build a [`Client`]. Field names follow `[fortigate]` in config.toml.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -91,7 +95,8 @@ pub struct ClientOptions {
     pub block_group: String,
     /// IPv6 block group.
     pub block_group6: String,
-    /// Blocked addresses per group before overflowing to `NAME-2`, `NAME-3`, …
+    /// Blocked addresses per group before overflowing to `NAME-2`, `NAME-3`, … (at least 1; at most
+    /// [`MAX_OVERFLOW_GROUPS`] overflow groups are created).
     pub max_group_members: usize,
     /// Prefix of created object names.
     pub object_prefix: String,
@@ -200,6 +205,12 @@ pub enum Error {
     /// A 2xx answer we cannot read.
     #[error("unexpected fortigate response: {detail}")]
     Protocol { detail: String },
+    /// A [`ClientOptions`] value that cannot work.
+    #[error("fortigate.{key}: {reason}")]
+    InvalidOption {
+        key: &'static str,
+        reason: &'static str,
+    },
     #[error("invalid object name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     /// Guard: a DELETE without an object name would purge the whole table.

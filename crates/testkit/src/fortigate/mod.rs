@@ -17,7 +17,7 @@
 //!   reference (424), -23 delete of a referenced entry (500), -52 group member limit (500), -4 table full (500),
 //!   -163 name clash address/addrgrp (500), -651 invalid input.
 //! - `DELETE` on a collection purges every unreferenced entry (so a test can prove the client never sends it).
-//! - Auth: `Authorization: Bearer`; bad/revoked token or untrusted host -> 401 HTML page with
+//! - Auth: `Authorization: Bearer` (`?access_token=` only before 7.4.5 / 7.6.1); bad/revoked token or untrusted host -> 401 HTML page with
 //!   `WWW-Authenticate: error="invalid_token"`; after [`EmulatorConfig::lockout_threshold`] failures the source IP
 //!   gets 429 for [`EmulatorConfig::lockout_duration`], doubling on each further lockout; calls during the lockout
 //!   are refused without checking the token; a success resets the counter.
@@ -632,6 +632,21 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
+/// FortiOS 7.4.5+ (and 7.6.1+) refuse the token in the URL by default.
+fn url_token_disabled(version: &str) -> bool {
+    let v: Vec<u32> = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    let v = (
+        v.first().copied().unwrap_or(0),
+        v.get(1).copied().unwrap_or(0),
+        v.get(2).copied().unwrap_or(0),
+    );
+    v >= (7, 6, 1) || ((7, 4, 5)..(7, 6, 0)).contains(&v)
+}
+
 fn plain(status: u16, text: &'static str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
@@ -643,16 +658,29 @@ fn plain(status: u16, text: &'static str) -> Response {
 }
 
 /// Checks the token and the lockout for `peer`; `Some(response)` refuses the request.
-fn authenticate(inner: &mut Inner, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
+fn authenticate(
+    inner: &mut Inner,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    peer: IpAddr,
+) -> Option<Response> {
     let now = Instant::now();
     let threshold = inner.config.lockout_threshold.max(1);
     let base = inner.config.lockout_duration;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // `?access_token=` is refused from 7.4.5 / 7.6.1 on (rest-api-key-url-query disabled by default).
+    let url_token = query
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.as_str())
+        .filter(|_| !url_token_disabled(&inner.config.version));
     let token_ok = !inner.token_revoked
         && !inner.untrusted
-        && headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        && bearer
+            .or(url_token)
             .is_some_and(|t| t == inner.config.token);
     let lock = inner.locks.entry(peer).or_default();
     if lock.locked_until.is_some_and(|until| now < until) {
@@ -717,10 +745,10 @@ async fn handle(
 
     let mut inner = shared.lock();
     let peer = conn.map(|c| c.peer).unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    if let Some(refusal) = authenticate(&mut inner, &parts.headers, peer) {
+    let query = query_pairs(parts.uri.query());
+    if let Some(refusal) = authenticate(&mut inner, &parts.headers, &query, peer) {
         return refusal;
     }
-    let query = query_pairs(parts.uri.query());
     let vdom = query
         .iter()
         .find(|(k, _)| k == "vdom")
