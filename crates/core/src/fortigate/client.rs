@@ -658,27 +658,28 @@ impl Client {
     pub async fn ban(&self, ip: IpAddr, expiry: Option<Duration>) -> Result<(), Error> {
         let secs = expiry.map_or(0, |d| d.as_secs().max(1));
         let body = json!({"ip_addresses": [ip.to_string()], "expiry": secs});
-        let ip = ip.to_string();
-        self.call(
-            Method::POST,
-            Endpoint::Monitor("user/banned/add_users"),
-            &[],
-            Some(&body),
-            Some(&ip),
-        )
-        .await
-        .map(drop)
+        self.banned_action("user/banned/add_users", ip, &body).await
     }
 
     /// `POST /api/v2/monitor/user/banned/clear_users`.
     pub async fn unban(&self, ip: IpAddr) -> Result<(), Error> {
         let body = json!({"ip_addresses": [ip.to_string()]});
+        self.banned_action("user/banned/clear_users", ip, &body)
+            .await
+    }
+
+    async fn banned_action(
+        &self,
+        action: &'static str,
+        ip: IpAddr,
+        body: &Value,
+    ) -> Result<(), Error> {
         let ip = ip.to_string();
         self.call(
             Method::POST,
-            Endpoint::Monitor("user/banned/clear_users"),
+            Endpoint::Monitor(action),
             &[],
-            Some(&body),
+            Some(body),
             Some(&ip),
         )
         .await

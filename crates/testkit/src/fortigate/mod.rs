@@ -762,18 +762,7 @@ async fn handle(
         build: inner.config.build,
     };
     if !inner.config.vdoms.contains(&vdom) {
-        return ctx.reply(
-            &inner.db,
-            "",
-            "",
-            None,
-            None,
-            Outcome::Err {
-                http: 404,
-                code: None,
-                cli_error: None,
-            },
-        );
+        return ctx.reply(&inner.db, "", "", None, None, state::bare(404));
     }
     let json_body: Value = if body.is_empty() {
         Value::Null
@@ -787,11 +776,7 @@ async fn handle(
                     "",
                     None,
                     None,
-                    Outcome::Err {
-                        http: 400,
-                        code: Some(-651),
-                        cli_error: Some("body is not valid JSON"),
-                    },
+                    state::err(400, -651, "body is not valid JSON"),
                 )
             }
         }
@@ -888,42 +873,9 @@ async fn handle(
             let outcome = banned_action(db, action, &json_body);
             ctx.reply(db, "user", "banned", None, Some(action), outcome)
         }
-        (Route::BadPath, _) => ctx.reply(
-            db,
-            "firewall",
-            "",
-            None,
-            None,
-            Outcome::Err {
-                http: 400,
-                code: None,
-                cli_error: None,
-            },
-        ),
-        (Route::Unknown, _) => ctx.reply(
-            db,
-            "",
-            "",
-            None,
-            None,
-            Outcome::Err {
-                http: 404,
-                code: None,
-                cli_error: None,
-            },
-        ),
-        _ => ctx.reply(
-            db,
-            "",
-            "",
-            None,
-            None,
-            Outcome::Err {
-                http: 405,
-                code: None,
-                cli_error: None,
-            },
-        ),
+        (Route::BadPath, _) => ctx.reply(db, "firewall", "", None, None, state::bare(400)),
+        (Route::Unknown, _) => ctx.reply(db, "", "", None, None, state::bare(404)),
+        _ => ctx.reply(db, "", "", None, None, state::bare(405)),
     }
 }
 
@@ -935,23 +887,13 @@ fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
         };
     }
     let Some(list) = body.get("ip_addresses").and_then(Value::as_array) else {
-        return Outcome::Err {
-            http: 400,
-            code: Some(-651),
-            cli_error: Some("ip_addresses: required"),
-        };
+        return state::err(400, -651, "ip_addresses: required");
     };
     let mut ips = Vec::new();
     for v in list {
         match v.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
             Some(ip) => ips.push(ip),
-            None => {
-                return Outcome::Err {
-                    http: 400,
-                    code: Some(-651),
-                    cli_error: Some("ip_addresses: invalid"),
-                }
-            }
+            None => return state::err(400, -651, "ip_addresses: invalid"),
         }
     }
     let now = unix_now();
@@ -1002,13 +944,7 @@ fn list(db: &Db, table: Table, query: &[(String, String)]) -> Outcome {
         for expr in v.split(',') {
             match Filter::parse(expr) {
                 Some(f) => any.push(f),
-                None => {
-                    return Outcome::Err {
-                        http: 400,
-                        code: Some(-651),
-                        cli_error: Some("invalid filter"),
-                    }
-                }
+                None => return state::err(400, -651, "invalid filter"),
             }
         }
         groups.push(any);

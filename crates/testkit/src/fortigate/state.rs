@@ -63,11 +63,21 @@ pub enum Outcome {
     },
 }
 
+/// An error with no `error` field (the real 404 body, 400 on a bad path).
+pub fn bare(http: u16) -> Outcome {
+    Outcome::Err {
+        http,
+        code: None,
+        cli_error: None,
+    }
+}
+
 fn ok() -> Outcome {
     Outcome::Ok { results: None }
 }
 
-fn err(http: u16, code: i64, cli_error: &'static str) -> Outcome {
+/// An error with a FortiOS code and CLI text.
+pub fn err(http: u16, code: i64, cli_error: &'static str) -> Outcome {
     Outcome::Err {
         http,
         code: Some(code),
@@ -223,11 +233,7 @@ impl Db {
             Some((t, e)) if *t == table => Outcome::Ok {
                 results: Some(Value::Array(vec![with_origin_key(e)])),
             },
-            _ => Outcome::Err {
-                http: 404,
-                code: None,
-                cli_error: None,
-            },
+            _ => bare(404),
         }
     }
 
@@ -381,11 +387,7 @@ impl Db {
                     results: Some(json!([{"name": member, "q_origin_key": member}])),
                 }
             }
-            _ => Outcome::Err {
-                http: 404,
-                code: None,
-                cli_error: None,
-            },
+            _ => bare(404),
         }
     }
 
