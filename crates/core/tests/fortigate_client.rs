@@ -555,6 +555,48 @@ async fn fifty_concurrent_blocks_of_one_ip_leave_one_object_and_one_membership()
     assert_nothing_dangerous(&emu);
 }
 
+#[tokio::test(start_paused = true)]
+async fn concurrent_blocks_at_the_overflow_boundary_leave_one_membership() {
+    for round in 0..3 {
+        let emu = emulator(EmulatorConfig::default()).await;
+        let mut o = options(&emu);
+        o.max_group_members = 1;
+        let c = Arc::new(Client::new(o).expect("client"));
+        c.ensure_groups().await.expect("ensure");
+        // The creator's answer comes late: another task sees -5, finds the object ours and fills the group first.
+        emu.inject(
+            Some(&format!("POST {ADDR}")),
+            Fault::SlowAnswer(Duration::from_millis(500)),
+            1,
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let c = c.clone();
+            tasks.spawn(async move { c.block(ip("198.51.100.77"), &comment("1")).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.expect("task").expect("block");
+        }
+        let groups = c.block_groups(Family::V4).await.expect("groups");
+        let memberships: usize = groups
+            .iter()
+            .map(|g| {
+                let members = emu.members(g).expect("group");
+                members
+                    .iter()
+                    .filter(|m| *m == "misp-198.51.100.77")
+                    .count()
+            })
+            .sum();
+        assert_eq!(memberships, 1, "round {round}: {groups:?}");
+        assert_eq!(
+            groups,
+            vec!["MISP_BLOCK".to_string()],
+            "round {round}: no needless overflow"
+        );
+    }
+}
+
 #[tokio::test]
 async fn overflow_by_count_nests_new_groups_in_the_base_group() {
     let emu = emulator(EmulatorConfig::default()).await;

@@ -69,6 +69,22 @@ pub(crate) struct GroupCache {
     counts: HashMap<String, usize>,
     /// Groups the box answered "full" (-4/-52) for since the last load.
     full: HashSet<String>,
+    /// Objects this client made members of a group (object -> group), so a concurrent `block` of the same IP that
+    /// created the object does not add it to a second group when the first one just filled up. A hint only: it is
+    /// verified with a GET before use. Cleared when it reaches [`RECENT_CAPACITY`].
+    recent: HashMap<String, String>,
+}
+
+/// Bound of [`GroupCache::recent`]; reaching it clears the map (it is only a hint).
+const RECENT_CAPACITY: usize = 4096;
+
+impl GroupCache {
+    fn remember(&mut self, object: &str, group: &str) {
+        if self.recent.len() >= RECENT_CAPACITY {
+            self.recent.clear();
+        }
+        self.recent.insert(object.to_string(), group.to_string());
+    }
 }
 
 impl Client {
@@ -186,6 +202,7 @@ impl Client {
         let base = self.base_group(family).to_string();
         let mut fresh = GroupCache {
             loaded: true,
+            recent: std::mem::take(&mut cache.recent),
             ..GroupCache::default()
         };
         if let Some(group) = self.get_group(family, &base).await? {
@@ -270,7 +287,14 @@ impl Client {
             cache.loaded = false;
             self.load(family, &mut cache).await?;
         }
-        if !fresh {
+        if fresh {
+            // Another task of this client may have added the object (it saw our -5) while we waited for the lock.
+            if let Some(group) = cache.recent.get(name.as_str()).cloned() {
+                if self.is_member(family, &group, name.as_str()).await? {
+                    return Ok((group, Change::Unchanged));
+                }
+            }
+        } else {
             for group in cache.known.clone() {
                 if self.is_member(family, &group, name.as_str()).await? {
                     return Ok((group, Change::Unchanged));
@@ -303,6 +327,7 @@ impl Client {
                     if change == Change::Applied {
                         cache.counts.insert(group.clone(), count + 1);
                     }
+                    cache.remember(name.as_str(), &group);
                     return Ok((group, change));
                 }
                 Err(Error::Full { .. }) => {
@@ -438,6 +463,7 @@ impl Client {
         {
             let mut cache = self.cache(family).lock().await;
             self.load(family, &mut cache).await?;
+            cache.recent.remove(name);
             for group in cache.known.clone() {
                 if self.remove_member(family, &group, name).await? == Change::Applied {
                     if let Some(c) = cache.counts.get_mut(&group) {

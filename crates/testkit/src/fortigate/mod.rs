@@ -107,6 +107,8 @@ pub enum Fault {
     TooManyRequests,
     /// Close the connection without an answer.
     Drop,
+    /// Process the request, then hold the answer back this long (the change is already made).
+    SlowAnswer(Duration),
 }
 
 /// One request as the emulator saw it.
@@ -740,9 +742,25 @@ async fn handle(
         }
         Some(Fault::Status(s)) => return plain(s, "Service Unavailable"),
         Some(Fault::TooManyRequests) => return plain(429, "Too Many Requests"),
+        Some(Fault::SlowAnswer(delay)) => {
+            let response = respond(&shared, &parts, &body, route, conn);
+            tokio::time::sleep(delay).await;
+            return response;
+        }
         None => {}
     }
+    respond(&shared, &parts, &body, route, conn)
+}
 
+/// Authentication, then the endpoint itself, under one lock.
+fn respond(
+    shared: &Shared,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    route: Route,
+    conn: Option<Conn>,
+) -> Response {
+    let method = parts.method.clone();
     let mut inner = shared.lock();
     let peer = conn.map(|c| c.peer).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let query = query_pairs(parts.uri.query());
@@ -767,7 +785,7 @@ async fn handle(
     let json_body: Value = if body.is_empty() {
         Value::Null
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(_) => {
                 return ctx.reply(
