@@ -267,7 +267,7 @@ impl Client {
         };
         let (group, change) = self.join_group(family, &name, created).await?;
         if created || change == Change::Applied {
-            tracing::info!(message = "Blocked address.", %ip, object = %name, %group);
+            tracing::debug!(message = "Address object in block group.", %ip, object = %name, %group);
             Ok(BlockOutcome::Blocked { name, group })
         } else {
             Ok(BlockOutcome::AlreadyBlocked { name, group })
@@ -477,7 +477,7 @@ impl Client {
             Change::Applied => UnblockOutcome::Unblocked,
             Change::Unchanged => UnblockOutcome::NotBlocked,
         };
-        tracing::info!(message = "Unblocked address.", object = %name, ?outcome);
+        tracing::debug!(message = "Address object removed.", object = %name, ?outcome);
         Ok(outcome)
     }
 
