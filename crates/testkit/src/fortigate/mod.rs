@@ -17,7 +17,7 @@
 //!   reference (424), -23 delete of a referenced entry (500), -52 group member limit (500), -4 table full (500),
 //!   -163 name clash address/addrgrp (500), -651 invalid input.
 //! - `DELETE` on a collection purges every unreferenced entry (so a test can prove the client never sends it).
-//! - Auth: `Authorization: Bearer`; bad/revoked token or untrusted host -> 401 HTML page with
+//! - Auth: `Authorization: Bearer` (`?access_token=` only before 7.4.5 / 7.6.1); bad/revoked token or untrusted host -> 401 HTML page with
 //!   `WWW-Authenticate: error="invalid_token"`; after [`EmulatorConfig::lockout_threshold`] failures the source IP
 //!   gets 429 for [`EmulatorConfig::lockout_duration`], doubling on each further lockout; calls during the lockout
 //!   are refused without checking the token; a success resets the counter.
@@ -107,6 +107,8 @@ pub enum Fault {
     TooManyRequests,
     /// Close the connection without an answer.
     Drop,
+    /// Process the request, then hold the answer back this long (the change is already made).
+    SlowAnswer(Duration),
 }
 
 /// One request as the emulator saw it.
@@ -144,6 +146,8 @@ struct Inner {
     locks: BTreeMap<IpAddr, LockState>,
     counts: BTreeMap<String, u64>,
     log: Vec<RecordedRequest>,
+    /// TCP connections accepted (to check the client reuses connections).
+    connections: u64,
 }
 
 impl Inner {
@@ -160,7 +164,7 @@ impl Inner {
         let rule = self
             .faults
             .iter_mut()
-            .find(|r| r.remaining > 0 && r.route.as_deref().map_or(true, |want| want == route))?;
+            .find(|r| r.remaining > 0 && r.route.iter().all(|want| want == route))?;
         rule.remaining -= 1;
         let fault = rule.fault.clone();
         self.faults.retain(|r| r.remaining > 0);
@@ -202,12 +206,25 @@ impl Drop for FortiGateEmulator {
 impl FortiGateEmulator {
     /// Plain HTTP on an ephemeral loopback port.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<Self> {
-        Self::bind("127.0.0.1:0".parse().expect("invariant: literal address"), config, None).await
+        Self::bind(
+            "127.0.0.1:0".parse().expect("invariant: literal address"),
+            config,
+            None,
+        )
+        .await
     }
 
     /// HTTPS on an ephemeral loopback port.
-    pub async fn start_tls(config: EmulatorConfig, tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        Self::bind("127.0.0.1:0".parse().expect("invariant: literal address"), config, Some(tls)).await
+    pub async fn start_tls(
+        config: EmulatorConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        Self::bind(
+            "127.0.0.1:0".parse().expect("invariant: literal address"),
+            config,
+            Some(tls),
+        )
+        .await
     }
 
     /// Binds `addr` (HTTPS when `tls` is given) and serves until dropped.
@@ -230,12 +247,24 @@ impl FortiGateEmulator {
             locks: BTreeMap::new(),
             counts: BTreeMap::new(),
             log: Vec::new(),
+            connections: 0,
         })));
         let cancel = CancellationToken::new();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        tokio::spawn(accept_loop(listener, app, acceptor, cancel.clone()));
-        Ok(FortiGateEmulator { url, addr, shared, cancel })
+        tokio::spawn(accept_loop(
+            listener,
+            app,
+            acceptor,
+            shared.clone(),
+            cancel.clone(),
+        ));
+        Ok(FortiGateEmulator {
+            url,
+            addr,
+            shared,
+            cancel,
+        })
     }
 
     /// `http://127.0.0.1:PORT` or `https://…`, no trailing slash.
@@ -256,7 +285,11 @@ impl FortiGateEmulator {
 
     /// An object of any table with its fields as the API would return them.
     pub fn object(&self, name: &str) -> Option<(Table, Value)> {
-        self.shared.lock().db.get(name).map(|(t, e)| (*t, Value::Object(e.clone())))
+        self.shared
+            .lock()
+            .db
+            .get(name)
+            .map(|(t, e)| (*t, Value::Object(e.clone())))
     }
 
     /// Names in one table, sorted.
@@ -278,18 +311,27 @@ impl FortiGateEmulator {
 
     /// Seeds an IPv4 address (`subnet` as CIDR or dotted mask) with no API checks.
     pub fn seed_address(&self, name: &str, subnet: &str, comment: &str) {
-        self.seed(Table::Address, json!({"name": name, "type": "ipmask", "subnet": subnet, "comment": comment}));
+        self.seed(
+            Table::Address,
+            json!({"name": name, "type": "ipmask", "subnet": subnet, "comment": comment}),
+        );
     }
 
     /// Seeds an IPv6 address.
     pub fn seed_address6(&self, name: &str, ip6: &str, comment: &str) {
-        self.seed(Table::Address6, json!({"name": name, "type": "ipprefix", "ip6": ip6, "comment": comment}));
+        self.seed(
+            Table::Address6,
+            json!({"name": name, "type": "ipprefix", "ip6": ip6, "comment": comment}),
+        );
     }
 
     /// Seeds a group (`Table::Addrgrp` or `Table::Addrgrp6`) with members; members are not checked.
     pub fn seed_group(&self, table: Table, name: &str, members: &[&str], comment: &str) {
         let member: Vec<Value> = members.iter().map(|m| json!({"name": m})).collect();
-        self.seed(table, json!({"name": name, "member": member, "comment": comment}));
+        self.seed(
+            table,
+            json!({"name": name, "member": member, "comment": comment}),
+        );
     }
 
     /// Seeds any entry (must be a JSON object with `name`).
@@ -307,8 +349,16 @@ impl FortiGateEmulator {
     /// Seeds a banned-IP entry.
     pub fn seed_banned(&self, ip: IpAddr, expiry_secs: u64) {
         let now = unix_now();
-        let expires = if expiry_secs == 0 { 0 } else { now + expiry_secs as i64 };
-        self.shared.lock().db.banned.push(BannedEntry { ip, created: now, expires });
+        let expires = if expiry_secs == 0 {
+            0
+        } else {
+            now + expiry_secs as i64
+        };
+        self.shared.lock().db.banned.push(BannedEntry {
+            ip,
+            created: now,
+            expires,
+        });
     }
 
     // ---- behaviour switches ----
@@ -339,7 +389,11 @@ impl FortiGateEmulator {
     /// The next `times` requests (matching `route`, e.g. `POST /api/v2/cmdb/firewall/address`, or any) get `fault`.
     /// Rules fire in the order injected.
     pub fn inject(&self, route: Option<&str>, fault: Fault, times: usize) {
-        self.shared.lock().faults.push_back(FaultRule { route: route.map(str::to_string), fault, remaining: times });
+        self.shared.lock().faults.push_back(FaultRule {
+            route: route.map(str::to_string),
+            fault,
+            remaining: times,
+        });
     }
 
     /// The next `n` requests answer `status` (plain text body).
@@ -397,6 +451,11 @@ impl FortiGateEmulator {
         self.shared.lock().log.clone()
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.lock().connections
+    }
+
     pub fn total_requests(&self) -> u64 {
         self.shared.lock().counts.values().sum()
     }
@@ -409,13 +468,17 @@ impl FortiGateEmulator {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Shared,
     cancel: CancellationToken,
 ) {
     loop {
@@ -429,7 +492,14 @@ async fn accept_loop(
                 }
             },
         };
-        tokio::spawn(serve_conn(tcp, peer, app.clone(), tls.clone(), cancel.clone()));
+        shared.lock().connections += 1;
+        tokio::spawn(serve_conn(
+            tcp,
+            peer,
+            app.clone(),
+            tls.clone(),
+            cancel.clone(),
+        ));
     }
 }
 
@@ -440,7 +510,10 @@ async fn serve_conn(
     tls: Option<tokio_rustls::TlsAcceptor>,
     cancel: CancellationToken,
 ) {
-    let conn = Conn { peer: peer.ip(), kill: Arc::new(Notify::new()) };
+    let conn = Conn {
+        peer: peer.ip(),
+        kill: Arc::new(Notify::new()),
+    };
     match tls {
         Some(acceptor) => {
             // A client that refuses our certificate ends the handshake; nothing to serve.
@@ -460,9 +533,16 @@ where
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(conn.clone());
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+        async move {
+            Ok::<_, Infallible>(
+                app.oneshot(req.map(Body::new))
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            )
+        }
     });
-    let serving = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    let serving =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
     tokio::select! {
         _ = serving => {}
         _ = kill.notified() => {}
@@ -498,13 +578,18 @@ fn classify(path: &str) -> (Route, String) {
         let base = format!("{CMDB}{}", table.as_str());
         return match segs.as_slice() {
             [_] | [_, ""] => (Route::Collection(table), base),
-            [_, name] => (Route::Entry(table, decode(name)), format!("{base}/{{name}}")),
-            [_, g, "member"] if table.is_group() => {
-                (Route::Members(table, decode(g)), format!("{base}/{{name}}/member"))
-            }
-            [_, g, "member", m] if table.is_group() && !m.is_empty() => {
-                (Route::Member(table, decode(g), decode(m)), format!("{base}/{{name}}/member/{{member}}"))
-            }
+            [_, name] => (
+                Route::Entry(table, decode(name)),
+                format!("{base}/{{name}}"),
+            ),
+            [_, g, "member"] if table.is_group() => (
+                Route::Members(table, decode(g)),
+                format!("{base}/{{name}}/member"),
+            ),
+            [_, g, "member", m] if table.is_group() && !m.is_empty() => (
+                Route::Member(table, decode(g), decode(m)),
+                format!("{base}/{{name}}/member/{{member}}"),
+            ),
             _ => (Route::BadPath, format!("{base}/<bad path>")),
         };
     }
@@ -538,7 +623,10 @@ fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [
-            (header::WWW_AUTHENTICATE, HeaderValue::from_static("error=\"invalid_token\"")),
+            (
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("error=\"invalid_token\""),
+            ),
             (header::CONTENT_TYPE, HeaderValue::from_static("text/html")),
         ],
         body,
@@ -546,26 +634,62 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
+/// FortiOS 7.4.5+ (and 7.6.1+) refuse the token in the URL by default.
+fn url_token_disabled(version: &str) -> bool {
+    let v: Vec<u32> = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    let v = (
+        v.first().copied().unwrap_or(0),
+        v.get(1).copied().unwrap_or(0),
+        v.get(2).copied().unwrap_or(0),
+    );
+    v >= (7, 6, 1) || ((7, 4, 5)..(7, 6, 0)).contains(&v)
+}
+
 fn plain(status: u16, text: &'static str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], text).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+        text,
+    )
+        .into_response()
 }
 
 /// Checks the token and the lockout for `peer`; `Some(response)` refuses the request.
-fn authenticate(inner: &mut Inner, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
+fn authenticate(
+    inner: &mut Inner,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    peer: IpAddr,
+) -> Option<Response> {
     let now = Instant::now();
     let threshold = inner.config.lockout_threshold.max(1);
     let base = inner.config.lockout_duration;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // `?access_token=` is refused from 7.4.5 / 7.6.1 on (rest-api-key-url-query disabled by default).
+    let url_token = query
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.as_str())
+        .filter(|_| !url_token_disabled(&inner.config.version));
     let token_ok = !inner.token_revoked
         && !inner.untrusted
-        && headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        && bearer
+            .or(url_token)
             .is_some_and(|t| t == inner.config.token);
     let lock = inner.locks.entry(peer).or_default();
     if lock.locked_until.is_some_and(|until| now < until) {
-        return Some(plain(429, "Access temporarily blocked - maximum failed authentications reached"));
+        return Some(plain(
+            429,
+            "Access temporarily blocked - maximum failed authentications reached",
+        ));
     }
     if token_ok {
         lock.failures = 0;
@@ -580,10 +704,15 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap, peer: IpAddr) -> Option<
     Some(unauthorized())
 }
 
-async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req: Request) -> Response {
+async fn handle(
+    axum::extract::State(shared): axum::extract::State<Shared>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let conn = parts.extensions.get::<Conn>().cloned();
-    let body = axum::body::to_bytes(body, 4 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 4 << 20)
+        .await
+        .unwrap_or_default();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
     let (route, template) = classify(&path);
@@ -613,16 +742,36 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
         }
         Some(Fault::Status(s)) => return plain(s, "Service Unavailable"),
         Some(Fault::TooManyRequests) => return plain(429, "Too Many Requests"),
+        Some(Fault::SlowAnswer(delay)) => {
+            let response = respond(&shared, &parts, &body, route, conn);
+            tokio::time::sleep(delay).await;
+            return response;
+        }
         None => {}
     }
+    respond(&shared, &parts, &body, route, conn)
+}
 
+/// Authentication, then the endpoint itself, under one lock.
+fn respond(
+    shared: &Shared,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    route: Route,
+    conn: Option<Conn>,
+) -> Response {
+    let method = parts.method.clone();
     let mut inner = shared.lock();
     let peer = conn.map(|c| c.peer).unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    if let Some(refusal) = authenticate(&mut inner, &parts.headers, peer) {
+    let query = query_pairs(parts.uri.query());
+    if let Some(refusal) = authenticate(&mut inner, &parts.headers, &query, peer) {
         return refusal;
     }
-    let query = query_pairs(parts.uri.query());
-    let vdom = query.iter().find(|(k, _)| k == "vdom").map(|(_, v)| v.clone()).unwrap_or_else(|| "root".into());
+    let vdom = query
+        .iter()
+        .find(|(k, _)| k == "vdom")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "root".into());
     let ctx = EnvelopeCtx {
         method: method.as_str().to_string(),
         vdom: vdom.clone(),
@@ -631,12 +780,12 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
         build: inner.config.build,
     };
     if !inner.config.vdoms.contains(&vdom) {
-        return ctx.reply(&inner.db, "", "", None, None, Outcome::Err { http: 404, code: None, cli_error: None });
+        return ctx.reply(&inner.db, "", "", None, None, state::bare(404));
     }
     let json_body: Value = if body.is_empty() {
         Value::Null
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(_) => {
                 return ctx.reply(
@@ -645,7 +794,7 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
                     "",
                     None,
                     None,
-                    Outcome::Err { http: 400, code: Some(-651), cli_error: Some("body is not valid JSON") },
+                    state::err(400, -651, "body is not valid JSON"),
                 )
             }
         }
@@ -704,7 +853,16 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
                 "hostname": "fortigate-emulator",
                 "log_disk_status": "available",
             });
-            ctx.reply(db, "system", "status", None, Some(""), Outcome::Ok { results: Some(results) })
+            ctx.reply(
+                db,
+                "system",
+                "status",
+                None,
+                Some(""),
+                Outcome::Ok {
+                    results: Some(results),
+                },
+            )
         }
         (Route::Banned, &Method::GET) => {
             let now = unix_now();
@@ -718,35 +876,42 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
                     })
                     .collect(),
             );
-            ctx.reply(db, "user", "banned", None, Some("select"), Outcome::Ok { results: Some(results) })
+            ctx.reply(
+                db,
+                "user",
+                "banned",
+                None,
+                Some("select"),
+                Outcome::Ok {
+                    results: Some(results),
+                },
+            )
         }
         (Route::BannedAction(action), &Method::POST) => {
             let outcome = banned_action(db, action, &json_body);
             ctx.reply(db, "user", "banned", None, Some(action), outcome)
         }
-        (Route::BadPath, _) => {
-            ctx.reply(db, "firewall", "", None, None, Outcome::Err { http: 400, code: None, cli_error: None })
-        }
-        (Route::Unknown, _) => {
-            ctx.reply(db, "", "", None, None, Outcome::Err { http: 404, code: None, cli_error: None })
-        }
-        _ => ctx.reply(db, "", "", None, None, Outcome::Err { http: 405, code: None, cli_error: None }),
+        (Route::BadPath, _) => ctx.reply(db, "firewall", "", None, None, state::bare(400)),
+        (Route::Unknown, _) => ctx.reply(db, "", "", None, None, state::bare(404)),
+        _ => ctx.reply(db, "", "", None, None, state::bare(405)),
     }
 }
 
 fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
     if action == "clear_all" {
         db.banned.clear();
-        return Outcome::Ok { results: Some(json!({})) };
+        return Outcome::Ok {
+            results: Some(json!({})),
+        };
     }
     let Some(list) = body.get("ip_addresses").and_then(Value::as_array) else {
-        return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("ip_addresses: required") };
+        return state::err(400, -651, "ip_addresses: required");
     };
     let mut ips = Vec::new();
     for v in list {
         match v.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
             Some(ip) => ips.push(ip),
-            None => return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("ip_addresses: invalid") },
+            None => return state::err(400, -651, "ip_addresses: invalid"),
         }
     }
     let now = unix_now();
@@ -754,21 +919,37 @@ fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
     if action == "add_users" {
         let expiry = body.get("expiry").and_then(Value::as_i64).unwrap_or(0);
         for ip in ips {
-            db.banned.push(BannedEntry { ip, created: now, expires: if expiry <= 0 { 0 } else { now + expiry } });
+            db.banned.push(BannedEntry {
+                ip,
+                created: now,
+                expires: if expiry <= 0 { 0 } else { now + expiry },
+            });
         }
     }
-    Outcome::Ok { results: Some(json!({})) }
+    Outcome::Ok {
+        results: Some(json!({})),
+    }
 }
 
 fn format_fields(query: &[(String, String)]) -> Option<Vec<String>> {
-    query.iter().find(|(k, _)| k == "format").map(|(_, v)| v.split('|').map(str::to_string).collect())
+    query
+        .iter()
+        .find(|(k, _)| k == "format")
+        .map(|(_, v)| v.split('|').map(str::to_string).collect())
 }
 
 fn project_outcome(outcome: Outcome, query: &[(String, String)]) -> Outcome {
     let fields = format_fields(query);
     match outcome {
-        Outcome::Ok { results: Some(Value::Array(items)) } => Outcome::Ok {
-            results: Some(Value::Array(items.into_iter().map(|e| state::project(e, fields.as_deref())).collect())),
+        Outcome::Ok {
+            results: Some(Value::Array(items)),
+        } => Outcome::Ok {
+            results: Some(Value::Array(
+                items
+                    .into_iter()
+                    .map(|e| state::project(e, fields.as_deref()))
+                    .collect(),
+            )),
         },
         other => other,
     }
@@ -781,23 +962,34 @@ fn list(db: &Db, table: Table, query: &[(String, String)]) -> Outcome {
         for expr in v.split(',') {
             match Filter::parse(expr) {
                 Some(f) => any.push(f),
-                None => return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("invalid filter") },
+                None => return state::err(400, -651, "invalid filter"),
             }
         }
         groups.push(any);
     }
-    let num = |key: &str| query.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse::<usize>().ok());
+    let num = |key: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+    };
     let start = num("start").unwrap_or(0);
     let count = num("count").unwrap_or(usize::MAX);
     let fields = format_fields(query);
-    let items: Vec<Value> =
-        state::listing(db.entries(table).into_iter().filter(|e| state::matches_all(&groups, e)).collect())
+    let items: Vec<Value> = state::listing(
+        db.entries(table)
             .into_iter()
-            .skip(start)
-            .take(count)
-            .map(|e| state::project(e, fields.as_deref()))
-            .collect();
-    Outcome::Ok { results: Some(Value::Array(items)) }
+            .filter(|e| state::matches_all(&groups, e))
+            .collect(),
+    )
+    .into_iter()
+    .skip(start)
+    .take(count)
+    .map(|e| state::project(e, fields.as_deref()))
+    .collect();
+    Outcome::Ok {
+        results: Some(Value::Array(items)),
+    }
 }
 
 struct EnvelopeCtx {
@@ -830,7 +1022,10 @@ impl EnvelopeCtx {
                 if self.method != "GET" && action.is_none() {
                     env.insert("revision".into(), revision.into());
                     env.insert("revision_changed".into(), true.into());
-                    env.insert("old_revision".into(), format!("{:032x}", db.revision.saturating_sub(1)).into());
+                    env.insert(
+                        "old_revision".into(),
+                        format!("{:032x}", db.revision.saturating_sub(1)).into(),
+                    );
                 } else {
                     env.insert("revision".into(), revision.into());
                 }
@@ -845,7 +1040,11 @@ impl EnvelopeCtx {
                 }
                 env.insert("status".into(), "success".into());
             }
-            Outcome::Err { http: h, code, cli_error } => {
+            Outcome::Err {
+                http: h,
+                code,
+                cli_error,
+            } => {
                 http = h;
                 env.insert("revision".into(), revision.into());
                 env.insert("status".into(), "error".into());
