@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use fortimisp_core::fortigate::{
-    BlockOutcome, Change, Client, ClientOptions, Comment, Error, Family, RetryPolicy,
-    UnblockOutcome,
+    BlockOutcome, Change, Client, ClientOptions, Comment, Error, Family, RetryPolicy, UnblockOutcome,
 };
 use fortimisp_core::secret::ApiKey;
 use fortimisp_testkit::fortigate::{EmulatorConfig, Fault, FortiGateEmulator, Table};
@@ -22,20 +21,15 @@ const GRP: &str = "/api/v2/cmdb/firewall/addrgrp";
 const GRP6: &str = "/api/v2/cmdb/firewall/addrgrp6";
 
 async fn emulator(config: EmulatorConfig) -> FortiGateEmulator {
-    FortiGateEmulator::start(config)
-        .await
-        .expect("emulator starts")
+    FortiGateEmulator::start(config).await.expect("emulator starts")
 }
 
 fn options(emu: &FortiGateEmulator) -> ClientOptions {
     let mut o = ClientOptions::new(emu.url(), ApiKey::new(emu.token()));
     o.requests_per_second = 0.0;
     o.timeout = Duration::from_secs(5);
-    o.retry = RetryPolicy {
-        max_attempts: 4,
-        base_delay: Duration::from_millis(200),
-        max_delay: Duration::from_secs(5),
-    };
+    o.retry =
+        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) };
     o
 }
 
@@ -48,41 +42,25 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn comment(event: &str) -> Comment {
-    let at = Utc
-        .with_ymd_and_hms(2025, 6, 1, 12, 0, 0)
-        .single()
-        .expect("valid time");
+    let at = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).single().expect("valid time");
     Comment::new(at, event, "ip-src")
 }
 
 fn field(emu: &FortiGateEmulator, name: &str, key: &str) -> Option<String> {
-    emu.object(name)
-        .and_then(|(_, v)| v.get(key).and_then(Value::as_str).map(str::to_string))
+    emu.object(name).and_then(|(_, v)| v.get(key).and_then(Value::as_str).map(str::to_string))
 }
 
 /// The two requests the client must never send, and the one it must never use for members.
 fn assert_nothing_dangerous(emu: &FortiGateEmulator) {
     for table in [ADDR, ADDR6, GRP, GRP6] {
-        assert_eq!(
-            emu.route_count(&format!("DELETE {table}")),
-            0,
-            "DELETE on collection {table}"
-        );
-        assert_eq!(
-            emu.route_count(&format!("PUT {table}/{{name}}")),
-            0,
-            "PUT on {table}"
-        );
+        assert_eq!(emu.route_count(&format!("DELETE {table}")), 0, "DELETE on collection {table}");
+        assert_eq!(emu.route_count(&format!("PUT {table}/{{name}}")), 0, "PUT on {table}");
     }
 }
 
 #[tokio::test]
 async fn system_status_reports_version() {
-    let emu = emulator(EmulatorConfig {
-        version: "v7.2.8".into(),
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emu = emulator(EmulatorConfig { version: "v7.2.8".into(), ..EmulatorConfig::default() }).await;
     let status = client(&emu).system_status().await.expect("status");
     assert_eq!(status.version, "v7.2.8");
     assert_eq!(status.version_triple(), Some((7, 2, 8)));
@@ -94,41 +72,18 @@ async fn system_status_reports_version() {
 fn unusable_options_are_rejected() {
     type Edit = fn(&mut ClientOptions);
     let cases: [(&str, Edit, &str); 5] = [
-        (
-            "zero members",
-            |o| o.max_group_members = 0,
-            "max_group_members",
-        ),
-        (
-            "same groups",
-            |o| o.block_group6 = o.block_group.clone(),
-            "block_group6",
-        ),
-        (
-            "slash prefix",
-            |o| o.object_prefix = "a/b".into(),
-            "contains '/'",
-        ),
-        (
-            "long group",
-            |o| o.block_group = "G".repeat(70),
-            "longer than 63",
-        ),
-        (
-            "newline token",
-            |o| o.api_key = ApiKey::new("a\nb"),
-            "api_key",
-        ),
+        ("zero members", |o| o.max_group_members = 0, "max_group_members"),
+        ("same groups", |o| o.block_group6 = o.block_group.clone(), "block_group6"),
+        ("slash prefix", |o| o.object_prefix = "a/b".into(), "contains '/'"),
+        ("long group", |o| o.block_group = "G".repeat(70), "longer than 63"),
+        ("newline token", |o| o.api_key = ApiKey::new("a\nb"), "api_key"),
     ];
     for (label, edit, want) in cases {
         let mut o = ClientOptions::new("http://127.0.0.1:1", ApiKey::new("t"));
         edit(&mut o);
         let err = Client::new(o).expect_err(label);
         assert!(err.to_string().contains(want), "{label}: {err}");
-        assert!(
-            !err.to_string().contains("a\nb"),
-            "{label}: secret in message"
-        );
+        assert!(!err.to_string().contains("a\nb"), "{label}: secret in message");
     }
 }
 
@@ -139,55 +94,27 @@ async fn connections_are_reused() {
     for _ in 0..20 {
         c.system_status().await.expect("status");
     }
-    c.block(ip("198.51.100.7"), &comment("1"))
-        .await
-        .expect("block");
+    c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     assert_eq!(emu.connections(), 1);
 }
 
 #[tokio::test]
 async fn ensure_groups_creates_groups_with_placeholder_once() {
     for refuse_empty in [false, true] {
-        let emu = emulator(EmulatorConfig {
-            refuse_empty_groups: refuse_empty,
-            ..EmulatorConfig::default()
-        })
-        .await;
+        let emu = emulator(EmulatorConfig { refuse_empty_groups: refuse_empty, ..EmulatorConfig::default() }).await;
         let c = client(&emu);
         c.ensure_groups().await.expect("ensure");
         c.ensure_groups().await.expect("ensure again");
-        assert_eq!(
-            emu.members("MISP_BLOCK"),
-            Some(vec!["misp-placeholder".to_string()])
-        );
-        assert_eq!(
-            emu.members("MISP_BLOCK6"),
-            Some(vec!["misp-placeholder6".to_string()])
-        );
-        assert_eq!(
-            field(&emu, "misp-placeholder", "subnet").as_deref(),
-            Some("192.0.2.255 255.255.255.255")
-        );
-        assert_eq!(
-            field(&emu, "misp-placeholder6", "ip6").as_deref(),
-            Some("2001:db8::ffff:ffff/128")
-        );
-        assert_eq!(
-            field(&emu, "misp-placeholder", "comment").as_deref(),
-            Some("fortimisp placeholder")
-        );
-        assert_eq!(
-            emu.route_count(&format!("POST {GRP}")),
-            1,
-            "refuse_empty={refuse_empty}"
-        );
+        assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["misp-placeholder".to_string()]));
+        assert_eq!(emu.members("MISP_BLOCK6"), Some(vec!["misp-placeholder6".to_string()]));
+        assert_eq!(field(&emu, "misp-placeholder", "subnet").as_deref(), Some("192.0.2.255 255.255.255.255"));
+        assert_eq!(field(&emu, "misp-placeholder6", "ip6").as_deref(), Some("2001:db8::ffff:ffff/128"));
+        assert_eq!(field(&emu, "misp-placeholder", "comment").as_deref(), Some("fortimisp placeholder"));
+        assert_eq!(emu.route_count(&format!("POST {GRP}")), 1, "refuse_empty={refuse_empty}");
         assert_eq!(emu.route_count(&format!("POST {GRP6}")), 1);
         // The placeholder is not "ours" for housekeeping.
         assert!(c.list_owned().await.expect("list").is_empty());
-        assert_eq!(
-            c.block_groups(Family::V4).await.expect("groups"),
-            vec!["MISP_BLOCK".to_string()]
-        );
+        assert_eq!(c.block_groups(Family::V4).await.expect("groups"), vec!["MISP_BLOCK".to_string()]);
         assert_nothing_dangerous(&emu);
     }
 }
@@ -203,14 +130,8 @@ async fn ensure_groups_keeps_existing_groups_and_rejects_foreign_placeholder() {
         Err(Error::Foreign { name, .. }) => assert_eq!(name, "misp-placeholder6"),
         other => panic!("expected Foreign, got {other:?}"),
     }
-    assert_eq!(
-        emu.members("MISP_BLOCK"),
-        Some(vec!["ops-host".to_string()])
-    );
-    assert_eq!(
-        field(&emu, "misp-placeholder6", "comment").as_deref(),
-        Some("someone else's")
-    );
+    assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["ops-host".to_string()]));
+    assert_eq!(field(&emu, "misp-placeholder6", "comment").as_deref(), Some("someone else's"));
 }
 
 #[tokio::test]
@@ -238,8 +159,7 @@ async fn block_creates_object_and_membership_then_is_idempotent() {
             group: "MISP_BLOCK6",
             key: "ip6",
             value: "2001:db8::7/128",
-            encoded_member:
-                "/api/v2/cmdb/firewall/addrgrp6/MISP_BLOCK6/member/misp-2001%3Adb8%3A%3A7",
+            encoded_member: "/api/v2/cmdb/firewall/addrgrp6/MISP_BLOCK6/member/misp-2001%3Adb8%3A%3A7",
         },
     ];
     for case in cases {
@@ -254,17 +174,9 @@ async fn block_creates_object_and_membership_then_is_idempotent() {
             }
             other => panic!("{other:?}"),
         }
-        let second = c
-            .block(ip(case.ip), &comment("43"))
-            .await
-            .expect("block again");
-        assert!(
-            matches!(second, BlockOutcome::AlreadyBlocked { ref group, .. } if group == case.group)
-        );
-        assert_eq!(
-            field(&emu, case.name, case.key).as_deref(),
-            Some(case.value)
-        );
+        let second = c.block(ip(case.ip), &comment("43")).await.expect("block again");
+        assert!(matches!(second, BlockOutcome::AlreadyBlocked { ref group, .. } if group == case.group));
+        assert_eq!(field(&emu, case.name, case.key).as_deref(), Some(case.value));
         assert_eq!(
             field(&emu, case.name, "comment").as_deref(),
             Some(comment("42").as_str()),
@@ -273,47 +185,23 @@ async fn block_creates_object_and_membership_then_is_idempotent() {
         let members = emu.members(case.group).expect("group");
         assert_eq!(members.iter().filter(|m| *m == case.name).count(), 1);
         // Membership was checked through the child table, with the name percent-encoded.
-        assert!(emu
-            .requests()
-            .iter()
-            .any(|r| r.path == case.encoded_member && r.method == "GET"));
-        assert!(emu.requests().iter().all(|r| r
-            .query
-            .as_deref()
-            .unwrap_or("")
-            .starts_with("vdom=root")));
+        assert!(emu.requests().iter().any(|r| r.path == case.encoded_member && r.method == "GET"));
+        assert!(emu.requests().iter().all(|r| r.query.as_deref().unwrap_or("").starts_with("vdom=root")));
         assert_nothing_dangerous(&emu);
     }
 }
 
 #[tokio::test]
 async fn block_creates_missing_groups_on_demand() {
-    let emu = emulator(EmulatorConfig {
-        refuse_empty_groups: true,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emu = emulator(EmulatorConfig { refuse_empty_groups: true, ..EmulatorConfig::default() }).await;
     let c = client(&emu);
-    c.block(ip("198.51.100.8"), &comment("1"))
-        .await
-        .expect("block");
-    assert_eq!(
-        emu.members("MISP_BLOCK"),
-        Some(vec![
-            "misp-placeholder".to_string(),
-            "misp-198.51.100.8".to_string()
-        ])
-    );
+    c.block(ip("198.51.100.8"), &comment("1")).await.expect("block");
+    assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["misp-placeholder".to_string(), "misp-198.51.100.8".to_string()]));
 }
 
 #[tokio::test]
 async fn block_refuses_foreign_objects_and_touches_nothing() {
-    let foreign_comments = [
-        "added by hand",
-        "2023-05-06 07:08:09.123456",
-        "fortimisp placeholder",
-        "",
-    ];
+    let foreign_comments = ["added by hand", "2023-05-06 07:08:09.123456", "fortimisp placeholder", ""];
     for foreign in foreign_comments {
         let emu = emulator(EmulatorConfig::default()).await;
         let c = client(&emu);
@@ -330,19 +218,9 @@ async fn block_refuses_foreign_objects_and_touches_nothing() {
             }
             other => panic!("{foreign:?}: expected Foreign, got {other:?}"),
         }
-        assert_eq!(
-            field(&emu, "misp-198.51.100.9", "comment").as_deref(),
-            Some(foreign)
-        );
-        assert_eq!(
-            emu.members("MISP_BLOCK"),
-            Some(vec!["misp-placeholder".to_string()])
-        );
-        let writes: Vec<_> = emu
-            .requests()
-            .into_iter()
-            .filter(|r| r.method != "GET" && r.method != "POST")
-            .collect();
+        assert_eq!(field(&emu, "misp-198.51.100.9", "comment").as_deref(), Some(foreign));
+        assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["misp-placeholder".to_string()]));
+        let writes: Vec<_> = emu.requests().into_iter().filter(|r| r.method != "GET" && r.method != "POST").collect();
         assert!(writes.is_empty(), "{writes:?}");
         assert_eq!(emu.route_count(&format!("POST {GRP}/{{name}}/member")), 0);
     }
@@ -351,35 +229,19 @@ async fn block_refuses_foreign_objects_and_touches_nothing() {
 #[tokio::test]
 async fn duplicate_is_already_exists_whether_sent_with_500_or_424() {
     for status in [500, 424] {
-        let emu = emulator(EmulatorConfig {
-            duplicate_status: status,
-            ..EmulatorConfig::default()
-        })
-        .await;
+        let emu = emulator(EmulatorConfig { duplicate_status: status, ..EmulatorConfig::default() }).await;
         let c = client(&emu);
-        c.block(ip("198.51.100.7"), &comment("1"))
-            .await
-            .expect("block");
-        let again = c
-            .block(ip("198.51.100.7"), &comment("1"))
-            .await
-            .expect("again");
-        assert!(
-            matches!(again, BlockOutcome::AlreadyBlocked { .. }),
-            "{status}"
-        );
+        c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
+        let again = c.block(ip("198.51.100.7"), &comment("1")).await.expect("again");
+        assert!(matches!(again, BlockOutcome::AlreadyBlocked { .. }), "{status}");
         // Also the low-level calls: -5 on create and on member add are Unchanged.
         let name = fortimisp_core::fortigate::ObjectName::parse("misp-198.51.100.7").expect("name");
         assert_eq!(
-            c.create_address(&name, ip("198.51.100.7"), &comment("1"))
-                .await
-                .expect("create"),
+            c.create_address(&name, ip("198.51.100.7"), &comment("1")).await.expect("create"),
             Change::Unchanged
         );
         assert_eq!(
-            c.add_member(Family::V4, "MISP_BLOCK", "misp-198.51.100.7")
-                .await
-                .expect("member"),
+            c.add_member(Family::V4, "MISP_BLOCK", "misp-198.51.100.7").await.expect("member"),
             Change::Unchanged
         );
     }
@@ -404,27 +266,12 @@ async fn block_reports_name_clashes() {
 async fn unblock_removes_member_then_object() {
     let emu = emulator(EmulatorConfig::default()).await;
     let c = client(&emu);
-    c.block(ip("198.51.100.7"), &comment("1"))
-        .await
-        .expect("block");
-    c.block(ip("2001:db8::7"), &comment("1"))
-        .await
-        .expect("block6");
+    c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
+    c.block(ip("2001:db8::7"), &comment("1")).await.expect("block6");
     emu.reset_requests();
-    assert_eq!(
-        c.unblock(ip("198.51.100.7")).await.expect("unblock"),
-        UnblockOutcome::Unblocked
-    );
-    assert_eq!(
-        c.unblock(ip("2001:db8::7")).await.expect("unblock6"),
-        UnblockOutcome::Unblocked
-    );
-    let deletes: Vec<String> = emu
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "DELETE")
-        .map(|r| r.path)
-        .collect();
+    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock(ip("2001:db8::7")).await.expect("unblock6"), UnblockOutcome::Unblocked);
+    let deletes: Vec<String> = emu.requests().into_iter().filter(|r| r.method == "DELETE").map(|r| r.path).collect();
     assert_eq!(
         deletes,
         vec![
@@ -435,28 +282,15 @@ async fn unblock_removes_member_then_object() {
         ]
     );
     assert!(emu.object("misp-198.51.100.7").is_none());
-    assert_eq!(
-        emu.members("MISP_BLOCK"),
-        Some(vec!["misp-placeholder".to_string()])
-    );
+    assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["misp-placeholder".to_string()]));
     // Already gone: success-equivalent, and no DELETE is sent for it.
     emu.reset_requests();
-    assert_eq!(
-        c.unblock(ip("198.51.100.7")).await.expect("again"),
-        UnblockOutcome::NotBlocked
-    );
+    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("again"), UnblockOutcome::NotBlocked);
     assert!(emu.requests().iter().all(|r| r.method == "GET"));
     // Low level: -3/404 on delete is Unchanged.
+    assert_eq!(c.delete_address(Family::V4, "misp-198.51.100.7").await.expect("delete"), Change::Unchanged);
     assert_eq!(
-        c.delete_address(Family::V4, "misp-198.51.100.7")
-            .await
-            .expect("delete"),
-        Change::Unchanged
-    );
-    assert_eq!(
-        c.remove_member(Family::V4, "MISP_BLOCK", "misp-198.51.100.7")
-            .await
-            .expect("remove"),
+        c.remove_member(Family::V4, "MISP_BLOCK", "misp-198.51.100.7").await.expect("remove"),
         Change::Unchanged
     );
     assert_nothing_dangerous(&emu);
@@ -464,27 +298,16 @@ async fn unblock_removes_member_then_object() {
 
 #[tokio::test]
 async fn unblock_last_member_works_on_old_fortios_thanks_to_placeholder() {
-    let emu = emulator(EmulatorConfig {
-        refuse_empty_groups: true,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emu = emulator(EmulatorConfig { refuse_empty_groups: true, ..EmulatorConfig::default() }).await;
     let c = client(&emu);
     c.ensure_groups().await.expect("ensure");
-    c.block(ip("198.51.100.7"), &comment("1"))
-        .await
-        .expect("block");
-    assert_eq!(
-        c.unblock(ip("198.51.100.7")).await.expect("unblock"),
-        UnblockOutcome::Unblocked
-    );
+    c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
+    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("unblock"), UnblockOutcome::Unblocked);
     // Without the placeholder the emulated old FortiOS refuses to empty a group.
     emu.seed_address("x", "10.0.0.1", "");
     emu.seed_group(Table::Addrgrp, "G", &["x"], "");
     match c.remove_member(Family::V4, "G", "x").await {
-        Err(Error::Api {
-            code: Some(-651), ..
-        }) => {}
+        Err(Error::Api { code: Some(-651), .. }) => {}
         other => panic!("{other:?}"),
     }
 }
@@ -495,10 +318,7 @@ async fn unblock_refuses_foreign_objects() {
     let c = client(&emu);
     c.ensure_groups().await.expect("ensure");
     emu.seed_address("misp-198.51.100.9", "198.51.100.9/32", "keep me");
-    assert!(matches!(
-        c.unblock(ip("198.51.100.9")).await,
-        Err(Error::Foreign { .. })
-    ));
+    assert!(matches!(c.unblock(ip("198.51.100.9")).await, Err(Error::Foreign { .. })));
     assert!(emu.object("misp-198.51.100.9").is_some());
     assert!(emu.requests().iter().all(|r| r.method != "DELETE"));
 }
@@ -507,9 +327,7 @@ async fn unblock_refuses_foreign_objects() {
 async fn unblock_in_use_is_typed_and_not_retried() {
     let emu = emulator(EmulatorConfig::default()).await;
     let c = client(&emu);
-    c.block(ip("198.51.100.7"), &comment("1"))
-        .await
-        .expect("block");
+    c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     emu.reference_by_policy("misp-198.51.100.7");
     match c.unblock(ip("198.51.100.7")).await {
         Err(e @ Error::InUse { .. }) => {
@@ -540,17 +358,8 @@ async fn fifty_concurrent_blocks_of_one_ip_leave_one_object_and_one_membership()
         }
     }
     assert!(blocked >= 1);
-    assert_eq!(
-        emu.names(Table::Address),
-        vec!["misp-198.51.100.77", "misp-placeholder"]
-    );
-    assert_eq!(
-        emu.members("MISP_BLOCK"),
-        Some(vec![
-            "misp-placeholder".to_string(),
-            "misp-198.51.100.77".to_string()
-        ])
-    );
+    assert_eq!(emu.names(Table::Address), vec!["misp-198.51.100.77", "misp-placeholder"]);
+    assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["misp-placeholder".to_string(), "misp-198.51.100.77".to_string()]));
     assert_eq!(emu.route_count(&format!("POST {ADDR}")), 50 + 1);
     assert_nothing_dangerous(&emu);
 }
@@ -564,11 +373,7 @@ async fn concurrent_blocks_at_the_overflow_boundary_leave_one_membership() {
         let c = Arc::new(Client::new(o).expect("client"));
         c.ensure_groups().await.expect("ensure");
         // The creator's answer comes late: another task sees -5, finds the object ours and fills the group first.
-        emu.inject(
-            Some(&format!("POST {ADDR}")),
-            Fault::SlowAnswer(Duration::from_millis(500)),
-            1,
-        );
+        emu.inject(Some(&format!("POST {ADDR}")), Fault::SlowAnswer(Duration::from_millis(500)), 1);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let c = c.clone();
@@ -582,18 +387,11 @@ async fn concurrent_blocks_at_the_overflow_boundary_leave_one_membership() {
             .iter()
             .map(|g| {
                 let members = emu.members(g).expect("group");
-                members
-                    .iter()
-                    .filter(|m| *m == "misp-198.51.100.77")
-                    .count()
+                members.iter().filter(|m| *m == "misp-198.51.100.77").count()
             })
             .sum();
         assert_eq!(memberships, 1, "round {round}: {groups:?}");
-        assert_eq!(
-            groups,
-            vec!["MISP_BLOCK".to_string()],
-            "round {round}: no needless overflow"
-        );
+        assert_eq!(groups, vec!["MISP_BLOCK".to_string()], "round {round}: no needless overflow");
     }
 }
 
@@ -605,56 +403,29 @@ async fn overflow_by_count_nests_new_groups_in_the_base_group() {
     let c = Client::new(o.clone()).expect("client");
     c.ensure_groups().await.expect("ensure");
     for i in 1..=5 {
-        c.block(ip(&format!("198.51.100.{i}")), &comment("1"))
-            .await
-            .expect("block");
+        c.block(ip(&format!("198.51.100.{i}")), &comment("1")).await.expect("block");
     }
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
         emu.members("MISP_BLOCK"),
-        Some(names(&[
-            "misp-placeholder",
-            "misp-198.51.100.1",
-            "misp-198.51.100.2",
-            "MISP_BLOCK-2",
-            "MISP_BLOCK-3"
-        ]))
+        Some(names(&["misp-placeholder", "misp-198.51.100.1", "misp-198.51.100.2", "MISP_BLOCK-2", "MISP_BLOCK-3"]))
     );
     assert_eq!(
         emu.members("MISP_BLOCK-2"),
-        Some(names(&[
-            "misp-placeholder",
-            "misp-198.51.100.3",
-            "misp-198.51.100.4"
-        ]))
+        Some(names(&["misp-placeholder", "misp-198.51.100.3", "misp-198.51.100.4"]))
     );
-    assert_eq!(
-        emu.members("MISP_BLOCK-3"),
-        Some(names(&["misp-placeholder", "misp-198.51.100.5"]))
-    );
+    assert_eq!(emu.members("MISP_BLOCK-3"), Some(names(&["misp-placeholder", "misp-198.51.100.5"])));
     assert_eq!(
         c.block_groups(Family::V4).await.expect("groups"),
         names(&["MISP_BLOCK", "MISP_BLOCK-2", "MISP_BLOCK-3"])
     );
     // A fresh client (a restarted daemon) finds the overflow groups through the nesting.
     let c2 = Client::new(o).expect("client");
-    let again = c2
-        .block(ip("198.51.100.4"), &comment("1"))
-        .await
-        .expect("block");
-    assert!(
-        matches!(again, BlockOutcome::AlreadyBlocked { ref group, .. } if group == "MISP_BLOCK-2")
-    );
+    let again = c2.block(ip("198.51.100.4"), &comment("1")).await.expect("block");
+    assert!(matches!(again, BlockOutcome::AlreadyBlocked { ref group, .. } if group == "MISP_BLOCK-2"));
     // Unblock finds the right group; the freed slot is reused.
-    assert_eq!(
-        c2.unblock(ip("198.51.100.3")).await.expect("unblock"),
-        UnblockOutcome::Unblocked
-    );
-    match c2
-        .block(ip("198.51.100.6"), &comment("1"))
-        .await
-        .expect("block")
-    {
+    assert_eq!(c2.unblock(ip("198.51.100.3")).await.expect("unblock"), UnblockOutcome::Unblocked);
+    match c2.block(ip("198.51.100.6"), &comment("1")).await.expect("block") {
         BlockOutcome::Blocked { group, .. } => assert_eq!(group, "MISP_BLOCK-2"),
         other => panic!("{other:?}"),
     }
@@ -663,11 +434,7 @@ async fn overflow_by_count_nests_new_groups_in_the_base_group() {
 
 #[tokio::test]
 async fn overflow_when_the_box_answers_full() {
-    let emu = emulator(EmulatorConfig {
-        group_member_limit: 4,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emu = emulator(EmulatorConfig { group_member_limit: 4, ..EmulatorConfig::default() }).await;
     let c = client(&emu);
     c.ensure_groups().await.expect("ensure");
     let ips: Vec<IpAddr> = (1..=8).map(|i| ip(&format!("198.51.100.{i}"))).collect();
@@ -687,16 +454,8 @@ async fn overflow_when_the_box_answers_full() {
     }
     for addr in &ips {
         let name = format!("misp-{addr}");
-        let count: usize = groups
-            .iter()
-            .map(|g| {
-                emu.members(g)
-                    .expect("group")
-                    .iter()
-                    .filter(|m| **m == name)
-                    .count()
-            })
-            .sum();
+        let count: usize =
+            groups.iter().map(|g| emu.members(g).expect("group").iter().filter(|m| **m == name).count()).sum();
         assert_eq!(count, 1, "{name} is in exactly one group");
     }
     assert_nothing_dangerous(&emu);
@@ -725,10 +484,7 @@ async fn full_errors_are_typed() {
     }
     // Missing member reference (-3).
     emu.set_group_member_limit(100);
-    assert!(matches!(
-        c.add_member(Family::V4, "G", "nope").await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(c.add_member(Family::V4, "G", "nope").await, Err(Error::NotFound { .. })));
 }
 
 #[tokio::test]
@@ -739,70 +495,32 @@ async fn list_owned_filters_server_side_and_rechecks() {
     for i in 0..20 {
         emu.seed_address(&format!("corp-{i}"), &format!("10.1.0.{i}/32"), "corporate");
     }
-    emu.seed_address(
-        "198.51.100.7/32",
-        "198.51.100.7/32",
-        "2023-05-06 07:08:09.123456",
-    );
-    emu.seed_address(
-        "sneaky",
-        "10.9.9.9/32",
-        "copied: fortimisp 2025-01-01T00:00:00Z misp-event=1",
-    );
+    emu.seed_address("198.51.100.7/32", "198.51.100.7/32", "2023-05-06 07:08:09.123456");
+    emu.seed_address("sneaky", "10.9.9.9/32", "copied: fortimisp 2025-01-01T00:00:00Z misp-event=1");
     emu.seed_address("notime", "10.9.9.8/32", "fortimisp not-a-time");
-    emu.seed_address(
-        "misp-10.0.0.0",
-        "10.0.0.0/8",
-        "fortimisp 2025-01-01T00:00:00Z misp-event=2",
-    );
-    c.block(ip("198.51.100.7"), &comment("11"))
-        .await
-        .expect("block");
-    c.block(ip("203.0.113.5"), &comment("12"))
-        .await
-        .expect("block");
-    c.block(ip("2001:db8::7"), &comment("13"))
-        .await
-        .expect("block6");
+    emu.seed_address("misp-10.0.0.0", "10.0.0.0/8", "fortimisp 2025-01-01T00:00:00Z misp-event=2");
+    c.block(ip("198.51.100.7"), &comment("11")).await.expect("block");
+    c.block(ip("203.0.113.5"), &comment("12")).await.expect("block");
+    c.block(ip("2001:db8::7"), &comment("13")).await.expect("block6");
     emu.reset_requests();
     let mut owned = c.list_owned().await.expect("list");
     owned.sort_by(|a, b| a.name.cmp(&b.name));
-    let got: Vec<(String, IpAddr, Option<String>)> = owned
-        .iter()
-        .map(|o| (o.name.to_string(), o.ip, o.comment.event_id.clone()))
-        .collect();
+    let got: Vec<(String, IpAddr, Option<String>)> =
+        owned.iter().map(|o| (o.name.to_string(), o.ip, o.comment.event_id.clone())).collect();
     assert_eq!(
         got,
         vec![
-            (
-                "misp-198.51.100.7".into(),
-                ip("198.51.100.7"),
-                Some("11".into())
-            ),
-            (
-                "misp-2001:db8::7".into(),
-                ip("2001:db8::7"),
-                Some("13".into())
-            ),
-            (
-                "misp-203.0.113.5".into(),
-                ip("203.0.113.5"),
-                Some("12".into())
-            ),
+            ("misp-198.51.100.7".into(), ip("198.51.100.7"), Some("11".into())),
+            ("misp-2001:db8::7".into(), ip("2001:db8::7"), Some("13".into())),
+            ("misp-203.0.113.5".into(), ip("203.0.113.5"), Some("12".into())),
         ]
     );
-    assert_eq!(
-        owned[0].comment.created_at,
-        Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap()
-    );
+    assert_eq!(owned[0].comment.created_at, Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap());
     let queries: Vec<String> = emu.requests().into_iter().filter_map(|r| r.query).collect();
     assert!(queries
         .iter()
-        .any(|q| q.contains("filter=comment=@fortimisp%20")
-            && q.contains("format=name|comment|subnet")));
-    assert!(queries
-        .iter()
-        .any(|q| q.contains("format=name|comment|ip6")));
+        .any(|q| q.contains("filter=comment=@fortimisp%20") && q.contains("format=name|comment|subnet")));
+    assert!(queries.iter().any(|q| q.contains("format=name|comment|ip6")));
 }
 
 #[tokio::test]
@@ -811,20 +529,12 @@ async fn list_owned_pages_through_large_tables() {
     let c = client(&emu);
     for i in 0..2500u32 {
         let addr = std::net::Ipv4Addr::from(0xC633_0000 + i); // 198.51.0.0 + i
-        emu.seed_address(
-            &format!("misp-{addr}"),
-            &format!("{addr}/32"),
-            comment("1").as_str(),
-        );
+        emu.seed_address(&format!("misp-{addr}"), &format!("{addr}/32"), comment("1").as_str());
     }
     let owned = c.list_owned().await.expect("list");
     assert_eq!(owned.len(), 2500);
-    let starts: Vec<String> = emu
-        .requests()
-        .into_iter()
-        .filter(|r| r.route == format!("GET {ADDR}"))
-        .filter_map(|r| r.query)
-        .collect();
+    let starts: Vec<String> =
+        emu.requests().into_iter().filter(|r| r.route == format!("GET {ADDR}")).filter_map(|r| r.query).collect();
     assert_eq!(starts.len(), 3, "{starts:?}");
     assert!(starts[1].contains("start=1000&count=1000"));
 }
@@ -834,60 +544,30 @@ async fn legacy_members_are_found_and_removed_with_encoded_names() {
     let emu = emulator(EmulatorConfig::default()).await;
     let c = client(&emu);
     c.ensure_groups().await.expect("ensure");
-    emu.seed_address(
-        "198.51.100.7/32",
-        "198.51.100.7/32",
-        "2023-05-06 07:08:09.123456",
-    );
-    emu.seed_address(
-        "198.51.100.8/32",
-        "198.51.100.8/32",
-        "2023-05-06 07:08:09.123456",
-    );
+    emu.seed_address("198.51.100.7/32", "198.51.100.7/32", "2023-05-06 07:08:09.123456");
+    emu.seed_address("198.51.100.8/32", "198.51.100.8/32", "2023-05-06 07:08:09.123456");
     emu.seed_address("ops", "10.0.0.1/32", "ops host");
-    c.add_member(Family::V4, "MISP_BLOCK", "198.51.100.7/32")
-        .await
-        .expect("add legacy");
-    c.add_member(Family::V4, "MISP_BLOCK", "ops")
-        .await
-        .expect("add ops");
+    c.add_member(Family::V4, "MISP_BLOCK", "198.51.100.7/32").await.expect("add legacy");
+    c.add_member(Family::V4, "MISP_BLOCK", "ops").await.expect("add ops");
     let legacy = c.legacy_members().await.expect("legacy");
     assert_eq!(legacy.len(), 1, "{legacy:?}");
     assert_eq!(legacy[0].name, "198.51.100.7/32");
     assert_eq!(legacy[0].group, "MISP_BLOCK");
-    assert_eq!(
-        legacy[0].network.map(|n| n.to_string()).as_deref(),
-        Some("198.51.100.7/32")
-    );
-    assert!(c
-        .group_members(Family::V4, "MISP_BLOCK")
-        .await
-        .expect("members")
-        .contains(&"ops".to_string()));
+    assert_eq!(legacy[0].network.map(|n| n.to_string()).as_deref(), Some("198.51.100.7/32"));
+    assert!(c.group_members(Family::V4, "MISP_BLOCK").await.expect("members").contains(&"ops".to_string()));
     emu.reset_requests();
-    assert_eq!(
-        c.unblock_legacy(&legacy[0]).await.expect("unblock"),
-        UnblockOutcome::Unblocked
-    );
+    assert_eq!(c.unblock_legacy(&legacy[0]).await.expect("unblock"), UnblockOutcome::Unblocked);
     let paths: Vec<String> = emu.requests().into_iter().map(|r| r.path).collect();
-    assert!(paths.contains(
-        &"/api/v2/cmdb/firewall/addrgrp/MISP_BLOCK/member/198.51.100.7%2F32".to_string()
-    ));
+    assert!(paths.contains(&"/api/v2/cmdb/firewall/addrgrp/MISP_BLOCK/member/198.51.100.7%2F32".to_string()));
     assert!(paths.contains(&"/api/v2/cmdb/firewall/address/198.51.100.7%2F32".to_string()));
     assert!(emu.object("198.51.100.7/32").is_none());
-    assert!(
-        emu.object("198.51.100.8/32").is_some(),
-        "not a member: untouched"
-    );
+    assert!(emu.object("198.51.100.8/32").is_some(), "not a member: untouched");
     assert!(emu.object("ops").is_some());
     // A legacy member whose comment changed meanwhile is left alone.
     emu.seed_address("198.51.100.8/32", "198.51.100.8/32", "now managed by ops");
     let mut stale = legacy[0].clone();
     stale.name = "198.51.100.8/32".into();
-    assert!(matches!(
-        c.unblock_legacy(&stale).await,
-        Err(Error::Foreign { .. })
-    ));
+    assert!(matches!(c.unblock_legacy(&stale).await, Err(Error::Foreign { .. })));
     assert_nothing_dangerous(&emu);
 }
 
@@ -896,22 +576,10 @@ async fn delete_without_a_name_is_never_sent() {
     let emu = emulator(EmulatorConfig::default()).await;
     let c = client(&emu);
     for name in ["", " "] {
-        assert!(matches!(
-            c.delete_address(Family::V4, name).await,
-            Err(Error::EmptyMkey)
-        ));
-        assert!(matches!(
-            c.delete_address(Family::V6, name).await,
-            Err(Error::EmptyMkey)
-        ));
-        assert!(matches!(
-            c.remove_member(Family::V4, "MISP_BLOCK", name).await,
-            Err(Error::EmptyMkey)
-        ));
-        assert!(matches!(
-            c.remove_member(Family::V4, name, "x").await,
-            Err(Error::EmptyMkey)
-        ));
+        assert!(matches!(c.delete_address(Family::V4, name).await, Err(Error::EmptyMkey)));
+        assert!(matches!(c.delete_address(Family::V6, name).await, Err(Error::EmptyMkey)));
+        assert!(matches!(c.remove_member(Family::V4, "MISP_BLOCK", name).await, Err(Error::EmptyMkey)));
+        assert!(matches!(c.remove_member(Family::V4, name, "x").await, Err(Error::EmptyMkey)));
     }
     assert_eq!(emu.total_requests(), 0);
 }
@@ -920,16 +588,11 @@ async fn delete_without_a_name_is_never_sent() {
 async fn banned_ip_backend() {
     let emu = emulator(EmulatorConfig::default()).await;
     let c = client(&emu);
-    c.ban(ip("198.51.100.7"), Some(Duration::from_secs(3600)))
-        .await
-        .expect("ban");
+    c.ban(ip("198.51.100.7"), Some(Duration::from_secs(3600))).await.expect("ban");
     c.ban(ip("2001:db8::7"), None).await.expect("ban6");
     let body = &emu.requests()[0].body;
     let body: Value = serde_json::from_str(body).expect("json body");
-    assert_eq!(
-        body,
-        json!({"ip_addresses": ["198.51.100.7"], "expiry": 3600})
-    );
+    assert_eq!(body, json!({"ip_addresses": ["198.51.100.7"], "expiry": 3600}));
     let mut banned = c.list_banned().await.expect("list");
     banned.sort_by_key(|b| b.ip);
     assert_eq!(banned.len(), 2);
@@ -939,31 +602,18 @@ async fn banned_ip_backend() {
     assert_eq!(banned[1].expires, None, "no expiry");
     c.unban(ip("198.51.100.7")).await.expect("unban");
     let banned = c.list_banned().await.expect("list");
-    assert_eq!(
-        banned.iter().map(|b| b.ip).collect::<Vec<_>>(),
-        vec![ip("2001:db8::7")]
-    );
+    assert_eq!(banned.iter().map(|b| b.ip).collect::<Vec<_>>(), vec![ip("2001:db8::7")]);
 }
 
 #[tokio::test]
 async fn vdom_is_sent_on_every_call() {
-    let emu = emulator(EmulatorConfig {
-        vdoms: vec!["root".into(), "edge".into()],
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emu = emulator(EmulatorConfig { vdoms: vec!["root".into(), "edge".into()], ..EmulatorConfig::default() }).await;
     let mut o = options(&emu);
     o.vdom = "edge".into();
     let c = Client::new(o).expect("client");
-    c.block(ip("198.51.100.7"), &comment("1"))
-        .await
-        .expect("block");
+    c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     c.ban(ip("198.51.100.8"), None).await.expect("ban");
-    assert!(emu.requests().iter().all(|r| r
-        .query
-        .as_deref()
-        .unwrap_or("")
-        .starts_with("vdom=edge")));
+    assert!(emu.requests().iter().all(|r| r.query.as_deref().unwrap_or("").starts_with("vdom=edge")));
 }
 
 #[tokio::test]
@@ -1009,37 +659,22 @@ async fn lockout_429_is_retried_with_backoff_until_it_lifts() {
     bad.api_key = ApiKey::new("wrong");
     let bad = Client::new(bad).expect("client");
     for _ in 0..3 {
-        assert!(matches!(
-            bad.system_status().await,
-            Err(Error::Unauthorized)
-        ));
+        assert!(matches!(bad.system_status().await, Err(Error::Unauthorized)));
     }
     let mut o = options(&emu);
-    o.retry = RetryPolicy {
-        max_attempts: 5,
-        base_delay: Duration::from_millis(500),
-        max_delay: Duration::from_secs(10),
-    };
+    o.retry =
+        RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10) };
     let good = Client::new(o).expect("client");
     let start = Instant::now();
-    good.system_status()
-        .await
-        .expect("succeeds once the lockout lifts");
-    assert!(
-        start.elapsed() >= Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    good.system_status().await.expect("succeeds once the lockout lifts");
+    assert!(start.elapsed() >= Duration::from_secs(2), "{:?}", start.elapsed());
     assert!(emu.total_requests() >= 3 + 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_with_bounded_exponential_backoff() {
-    let faults: [(&str, Fault); 3] = [
-        ("503", Fault::Status(503)),
-        ("429", Fault::TooManyRequests),
-        ("drop", Fault::Drop),
-    ];
+    let faults: [(&str, Fault); 3] =
+        [("503", Fault::Status(503)), ("429", Fault::TooManyRequests), ("drop", Fault::Drop)];
     for (label, fault) in faults {
         let emu = emulator(EmulatorConfig::default()).await;
         let c = client(&emu);
@@ -1049,14 +684,8 @@ async fn transient_failures_are_retried_with_bounded_exponential_backoff() {
         let elapsed = start.elapsed();
         assert_eq!(emu.total_requests(), 3, "{label}");
         // Attempt 1 waits in [100, 200] ms, attempt 2 in [200, 400] ms.
-        assert!(
-            elapsed >= Duration::from_millis(300),
-            "{label}: {elapsed:?}"
-        );
-        assert!(
-            elapsed <= Duration::from_millis(650),
-            "{label}: {elapsed:?}"
-        );
+        assert!(elapsed >= Duration::from_millis(300), "{label}: {elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(650), "{label}: {elapsed:?}");
     }
 }
 
@@ -1074,14 +703,9 @@ async fn retries_are_bounded() {
     emu.clear_faults();
     emu.reset_requests();
     emu.reference_by_policy("misp-198.51.100.7");
-    c.block(ip("198.51.100.7"), &comment("1"))
-        .await
-        .expect("block");
+    c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     emu.reset_requests();
-    assert!(matches!(
-        c.unblock(ip("198.51.100.7")).await,
-        Err(Error::InUse { .. })
-    ));
+    assert!(matches!(c.unblock(ip("198.51.100.7")).await, Err(Error::InUse { .. })));
     assert_eq!(emu.route_count(&format!("DELETE {ADDR}/{{name}}")), 1);
 }
 
@@ -1101,9 +725,7 @@ async fn timeouts_are_retried_then_reported() {
     assert_eq!(emu.total_requests(), 3);
     assert!(start.elapsed() >= Duration::from_secs(3));
     emu.set_latency(Duration::from_millis(100));
-    c.system_status()
-        .await
-        .expect("slow but within the timeout");
+    c.system_status().await.expect("slow but within the timeout");
 }
 
 #[tokio::test(start_paused = true)]

@@ -29,11 +29,7 @@ impl Answer {
 
 impl Raw {
     fn new(emu: &FortiGateEmulator) -> Raw {
-        Raw {
-            http: reqwest::Client::new(),
-            base: emu.url().to_string(),
-            token: emu.token(),
-        }
+        Raw { http: reqwest::Client::new(), base: emu.url().to_string(), token: emu.token() }
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
@@ -42,10 +38,7 @@ impl Raw {
 
     async fn send_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -67,9 +60,7 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 }
 
 async fn start() -> (FortiGateEmulator, Raw) {
-    let emu = FortiGateEmulator::start(EmulatorConfig::default())
-        .await
-        .expect("start");
+    let emu = FortiGateEmulator::start(EmulatorConfig::default()).await.expect("start");
     let raw = Raw::new(&emu);
     (emu, raw)
 }
@@ -110,13 +101,7 @@ async fn success_envelopes_carry_the_recorded_fields() {
     assert_eq!(p["version"], "v7.4.4");
 
     // GET by name: results is an array even for one entry, subnet in dotted-mask form.
-    let get = raw
-        .send(
-            "GET",
-            "/api/v2/cmdb/firewall/address/misp-198.51.100.7?vdom=root",
-            None,
-        )
-        .await;
+    let get = raw.send("GET", "/api/v2/cmdb/firewall/address/misp-198.51.100.7?vdom=root", None).await;
     let g = get.json();
     assert_eq!(g["http_method"], "GET");
     let results = g["results"].as_array().expect("results array");
@@ -129,13 +114,7 @@ async fn success_envelopes_carry_the_recorded_fields() {
 #[tokio::test]
 async fn get_of_a_missing_name_is_the_recorded_404_body() {
     let (_emu, raw) = start().await;
-    let a = raw
-        .send(
-            "GET",
-            "/api/v2/cmdb/firewall/address6/Example?vdom=root",
-            None,
-        )
-        .await;
+    let a = raw.send("GET", "/api/v2/cmdb/firewall/address6/Example?vdom=root", None).await;
     assert_eq!(a.status, 404);
     let v = a.json();
     // The real 6.2.3 body: no `error` field, no `results`.
@@ -165,129 +144,35 @@ async fn get_of_a_missing_name_is_the_recorded_404_body() {
 async fn error_numbers_and_statuses() {
     let (emu, raw) = start().await;
     let addr = |n: &str, s: &str| json!({"name": n, "subnet": s, "comment": ""});
-    let r = raw
-        .send(
-            "POST",
-            "/api/v2/cmdb/firewall/address",
-            Some(addr("a", "10.0.0.1/32")),
-        )
-        .await;
+    let r = raw.send("POST", "/api/v2/cmdb/firewall/address", Some(addr("a", "10.0.0.1/32"))).await;
     assert_eq!(r.status, 200);
     /// (method, path, body, expected http status, expected error code)
     type Case<'a> = (&'a str, &'a str, Option<Value>, u16, Option<i64>);
     let cases: Vec<Case> = vec![
-        (
-            "POST",
-            "/api/v2/cmdb/firewall/address",
-            Some(addr("a", "10.0.0.1/32")),
-            500,
-            Some(-5),
-        ),
-        (
-            "POST",
-            "/api/v2/cmdb/firewall/addrgrp",
-            Some(json!({"name": "a", "member": []})),
-            500,
-            Some(-163),
-        ),
-        (
-            "POST",
-            "/api/v2/cmdb/firewall/address6",
-            Some(json!({"name": "a", "ip6": "2001:db8::1/128"})),
-            500,
-            Some(-5),
-        ),
-        (
-            "POST",
-            "/api/v2/cmdb/firewall/address",
-            Some(addr("bad", "10.0.0.1/33")),
-            424,
-            Some(-651),
-        ),
-        (
-            "POST",
-            "/api/v2/cmdb/firewall/addrgrp",
-            Some(json!({"name": "g", "member": [{"name": "a"}]})),
-            200,
-            None,
-        ),
-        (
-            "POST",
-            "/api/v2/cmdb/firewall/addrgrp/g/member",
-            Some(json!({"name": "a"})),
-            500,
-            Some(-5),
-        ),
-        (
-            "POST",
-            "/api/v2/cmdb/firewall/addrgrp/g/member",
-            Some(json!({"name": "missing"})),
-            424,
-            Some(-3),
-        ),
-        (
-            "DELETE",
-            "/api/v2/cmdb/firewall/address/a",
-            None,
-            500,
-            Some(-23),
-        ),
-        (
-            "DELETE",
-            "/api/v2/cmdb/firewall/address/missing",
-            None,
-            404,
-            Some(-3),
-        ),
-        (
-            "DELETE",
-            "/api/v2/cmdb/firewall/addrgrp/g/member/missing",
-            None,
-            404,
-            Some(-3),
-        ),
-        (
-            "GET",
-            "/api/v2/cmdb/firewall/addrgrp/g/member/missing",
-            None,
-            404,
-            None,
-        ),
-        (
-            "GET",
-            "/api/v2/cmdb/firewall/address/198.51.100.7/32",
-            None,
-            400,
-            None,
-        ),
-        (
-            "GET",
-            "/api/v2/cmdb/firewall/address?vdom=nope",
-            None,
-            404,
-            None,
-        ),
+        ("POST", "/api/v2/cmdb/firewall/address", Some(addr("a", "10.0.0.1/32")), 500, Some(-5)),
+        ("POST", "/api/v2/cmdb/firewall/addrgrp", Some(json!({"name": "a", "member": []})), 500, Some(-163)),
+        ("POST", "/api/v2/cmdb/firewall/address6", Some(json!({"name": "a", "ip6": "2001:db8::1/128"})), 500, Some(-5)),
+        ("POST", "/api/v2/cmdb/firewall/address", Some(addr("bad", "10.0.0.1/33")), 424, Some(-651)),
+        ("POST", "/api/v2/cmdb/firewall/addrgrp", Some(json!({"name": "g", "member": [{"name": "a"}]})), 200, None),
+        ("POST", "/api/v2/cmdb/firewall/addrgrp/g/member", Some(json!({"name": "a"})), 500, Some(-5)),
+        ("POST", "/api/v2/cmdb/firewall/addrgrp/g/member", Some(json!({"name": "missing"})), 424, Some(-3)),
+        ("DELETE", "/api/v2/cmdb/firewall/address/a", None, 500, Some(-23)),
+        ("DELETE", "/api/v2/cmdb/firewall/address/missing", None, 404, Some(-3)),
+        ("DELETE", "/api/v2/cmdb/firewall/addrgrp/g/member/missing", None, 404, Some(-3)),
+        ("GET", "/api/v2/cmdb/firewall/addrgrp/g/member/missing", None, 404, None),
+        ("GET", "/api/v2/cmdb/firewall/address/198.51.100.7/32", None, 400, None),
+        ("GET", "/api/v2/cmdb/firewall/address?vdom=nope", None, 404, None),
     ];
     for (method, path, body, status, code) in cases {
         let a = raw.send(method, path, body).await;
         assert_eq!(a.status, status, "{method} {path}: {}", a.text);
         let v = a.json();
         assert_eq!(v["http_status"], status, "{method} {path}");
-        assert_eq!(
-            v.get("error").and_then(Value::as_i64),
-            code,
-            "{method} {path}: {v}"
-        );
+        assert_eq!(v.get("error").and_then(Value::as_i64), code, "{method} {path}: {v}");
         assert_eq!(v["status"], if status == 200 { "success" } else { "error" });
     }
     emu.set_duplicate_status(424);
-    let a = raw
-        .send(
-            "POST",
-            "/api/v2/cmdb/firewall/address",
-            Some(addr("a", "10.0.0.1/32")),
-        )
-        .await;
+    let a = raw.send("POST", "/api/v2/cmdb/firewall/address", Some(addr("a", "10.0.0.1/32"))).await;
     assert_eq!((a.status, a.json()["error"].as_i64()), (424, Some(-5)));
 }
 
@@ -300,58 +185,19 @@ async fn member_limits_and_empty_groups() {
     emu.seed_group(Table::Addrgrp, "g", &["a"], "");
     emu.set_group_member_limit(2);
     let add = |m: &str| json!({"name": m});
-    assert_eq!(
-        raw.send(
-            "POST",
-            "/api/v2/cmdb/firewall/addrgrp/g/member",
-            Some(add("b"))
-        )
-        .await
-        .status,
-        200
-    );
-    let full = raw
-        .send(
-            "POST",
-            "/api/v2/cmdb/firewall/addrgrp/g/member",
-            Some(add("c")),
-        )
-        .await;
-    assert_eq!(
-        (full.status, full.json()["error"].as_i64()),
-        (500, Some(-52))
-    );
+    assert_eq!(raw.send("POST", "/api/v2/cmdb/firewall/addrgrp/g/member", Some(add("b"))).await.status, 200);
+    let full = raw.send("POST", "/api/v2/cmdb/firewall/addrgrp/g/member", Some(add("c"))).await;
+    assert_eq!((full.status, full.json()["error"].as_i64()), (500, Some(-52)));
     emu.set_table_limit(3);
-    let table_full = raw
-        .send(
-            "POST",
-            "/api/v2/cmdb/firewall/address",
-            Some(json!({"name": "d", "subnet": "10.0.0.4/32"})),
-        )
-        .await;
-    assert_eq!(
-        (table_full.status, table_full.json()["error"].as_i64()),
-        (500, Some(-4))
-    );
+    let table_full =
+        raw.send("POST", "/api/v2/cmdb/firewall/address", Some(json!({"name": "d", "subnet": "10.0.0.4/32"}))).await;
+    assert_eq!((table_full.status, table_full.json()["error"].as_i64()), (500, Some(-4)));
 
     emu.set_refuse_empty_groups(true);
-    let empty = raw
-        .send(
-            "POST",
-            "/api/v2/cmdb/firewall/addrgrp",
-            Some(json!({"name": "e", "member": []})),
-        )
-        .await;
+    let empty = raw.send("POST", "/api/v2/cmdb/firewall/addrgrp", Some(json!({"name": "e", "member": []}))).await;
     assert_eq!(empty.status, 500);
-    assert_eq!(
-        raw.send("DELETE", "/api/v2/cmdb/firewall/addrgrp/g/member/a", None)
-            .await
-            .status,
-        200
-    );
-    let last = raw
-        .send("DELETE", "/api/v2/cmdb/firewall/addrgrp/g/member/b", None)
-        .await;
+    assert_eq!(raw.send("DELETE", "/api/v2/cmdb/firewall/addrgrp/g/member/a", None).await.status, 200);
+    let last = raw.send("DELETE", "/api/v2/cmdb/firewall/addrgrp/g/member/b", None).await;
     assert_eq!(last.status, 500, "older FortiOS refuses to empty a group");
     assert_eq!(emu.members("g"), Some(vec!["b".to_string()]));
 }
@@ -359,53 +205,23 @@ async fn member_limits_and_empty_groups() {
 #[tokio::test]
 async fn unauthorized_is_an_html_page_with_www_authenticate() {
     let (_emu, raw) = start().await;
-    let a = raw
-        .send_as("wrong", "GET", "/api/v2/cmdb/firewall/address", None)
-        .await;
+    let a = raw.send_as("wrong", "GET", "/api/v2/cmdb/firewall/address", None).await;
     assert_eq!(a.status, 401);
-    assert_eq!(
-        a.headers
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok()),
-        Some("error=\"invalid_token\"")
-    );
-    assert!(a
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .starts_with("text/html"));
-    assert!(
-        serde_json::from_str::<Value>(&a.text).is_err(),
-        "401 body is not JSON"
-    );
+    assert_eq!(a.headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("error=\"invalid_token\""));
+    assert!(a.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").starts_with("text/html"));
+    assert!(serde_json::from_str::<Value>(&a.text).is_err(), "401 body is not JSON");
     // No header at all is the same.
-    let resp = reqwest::get(format!("{}/api/v2/monitor/system/status", raw.base))
-        .await
-        .expect("answer");
+    let resp = reqwest::get(format!("{}/api/v2/monitor/system/status", raw.base)).await.expect("answer");
     assert_eq!(resp.status().as_u16(), 401);
 }
 
 #[tokio::test]
 async fn url_query_token_is_refused_from_7_4_5() {
-    for (version, status) in [
-        ("v7.4.4", 200),
-        ("v7.4.5", 401),
-        ("v7.6.0", 200),
-        ("v7.6.1", 401),
-        ("v6.4.15", 200),
-    ] {
-        let emu = FortiGateEmulator::start(EmulatorConfig {
-            version: version.into(),
-            ..EmulatorConfig::default()
-        })
-        .await
-        .expect("start");
-        let url = format!(
-            "{}/api/v2/monitor/system/status?access_token={}",
-            emu.url(),
-            emu.token()
-        );
+    for (version, status) in [("v7.4.4", 200), ("v7.4.5", 401), ("v7.6.0", 200), ("v7.6.1", 401), ("v6.4.15", 200)] {
+        let emu = FortiGateEmulator::start(EmulatorConfig { version: version.into(), ..EmulatorConfig::default() })
+            .await
+            .expect("start");
+        let url = format!("{}/api/v2/monitor/system/status?access_token={}", emu.url(), emu.token());
         let got = reqwest::get(url).await.expect("answer").status().as_u16();
         assert_eq!(got, status, "{version}");
     }
@@ -425,26 +241,14 @@ async fn lockout_after_failures_doubles_and_ignores_the_token() {
     for _ in 0..3 {
         assert_eq!(raw.send_as("wrong", "GET", path, None).await.status, 401);
     }
-    assert_eq!(
-        raw.send("GET", path, None).await.status,
-        429,
-        "good token refused during lockout"
-    );
+    assert_eq!(raw.send("GET", path, None).await.status, 429, "good token refused during lockout");
     tokio::time::advance(Duration::from_secs(61)).await;
-    assert_eq!(
-        raw.send("GET", path, None).await.status,
-        200,
-        "lockout lifted, success resets"
-    );
+    assert_eq!(raw.send("GET", path, None).await.status, 200, "lockout lifted, success resets");
     for _ in 0..3 {
         assert_eq!(raw.send_as("wrong", "GET", path, None).await.status, 401);
     }
     tokio::time::advance(Duration::from_secs(61)).await;
-    assert_eq!(
-        raw.send("GET", path, None).await.status,
-        429,
-        "second lockout is 120 s"
-    );
+    assert_eq!(raw.send("GET", path, None).await.status, 429, "second lockout is 120 s");
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(raw.send("GET", path, None).await.status, 200);
 }
@@ -453,38 +257,19 @@ async fn lockout_after_failures_doubles_and_ignores_the_token() {
 async fn names_are_percent_decoded_per_segment() {
     let (emu, raw) = start().await;
     emu.seed_address("198.51.100.7/32", "198.51.100.7/32", "legacy");
-    let a = raw
-        .send(
-            "GET",
-            "/api/v2/cmdb/firewall/address/198.51.100.7%2F32",
-            None,
-        )
-        .await;
+    let a = raw.send("GET", "/api/v2/cmdb/firewall/address/198.51.100.7%2F32", None).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["results"][0]["name"], "198.51.100.7/32");
     // %2F in the JSON body is literal, as on FortiOS.
-    raw.send(
-        "POST",
-        "/api/v2/cmdb/firewall/address",
-        Some(json!({"name": "x%2F32", "subnet": "10.0.0.1/32"})),
-    )
-    .await;
+    raw.send("POST", "/api/v2/cmdb/firewall/address", Some(json!({"name": "x%2F32", "subnet": "10.0.0.1/32"}))).await;
     assert!(emu.object("x%2F32").is_some());
 }
 
 #[tokio::test]
 async fn filter_format_and_paging() {
     let (emu, raw) = start().await;
-    emu.seed_address(
-        "misp-1",
-        "10.0.0.1/32",
-        "fortimisp 2025-01-01T00:00:00Z misp-event=1",
-    );
-    emu.seed_address(
-        "misp-2",
-        "10.0.0.2/32",
-        "fortimisp 2025-01-01T00:00:00Z misp-event=2",
-    );
+    emu.seed_address("misp-1", "10.0.0.1/32", "fortimisp 2025-01-01T00:00:00Z misp-event=1");
+    emu.seed_address("misp-2", "10.0.0.2/32", "fortimisp 2025-01-01T00:00:00Z misp-event=2");
     emu.seed_address("other", "10.0.0.3/32", "hand made");
     let names = |a: Answer| -> Vec<String> {
         a.json()["results"]
@@ -501,31 +286,15 @@ async fn filter_format_and_paging() {
         ("&filter=name!=other", vec!["misp-1", "misp-2"]),
         ("&filter=comment!@fortimisp", vec!["other"]),
         ("&filter=name==misp-1,name==other", vec!["misp-1", "other"]),
-        (
-            "&filter=comment=@fortimisp&filter=name!=misp-1",
-            vec!["misp-2"],
-        ),
+        ("&filter=comment=@fortimisp&filter=name!=misp-1", vec!["misp-2"]),
         ("&start=1&count=1", vec!["misp-2"]),
         ("&filter=comment%3D%40fortimisp", vec!["misp-1", "misp-2"]),
     ];
     for (q, want) in cases {
-        assert_eq!(
-            names(raw.send("GET", &format!("{base}{q}"), None).await),
-            want,
-            "{q}"
-        );
+        assert_eq!(names(raw.send("GET", &format!("{base}{q}"), None).await), want, "{q}");
     }
-    let a = raw
-        .send(
-            "GET",
-            &format!("{base}&format=name|subnet&filter=name==misp-1"),
-            None,
-        )
-        .await;
-    assert_eq!(
-        a.json()["results"],
-        json!([{"name": "misp-1", "subnet": "10.0.0.1 255.255.255.255"}])
-    );
+    let a = raw.send("GET", &format!("{base}&format=name|subnet&filter=name==misp-1"), None).await;
+    assert_eq!(a.json()["results"], json!([{"name": "misp-1", "subnet": "10.0.0.1 255.255.255.255"}]));
 }
 
 #[tokio::test]
@@ -534,9 +303,7 @@ async fn delete_on_a_collection_purges_unreferenced_entries() {
     emu.seed_address("kept", "10.0.0.1/32", "");
     emu.seed_address("lost", "10.0.0.2/32", "");
     emu.seed_group(Table::Addrgrp, "g", &["kept"], "");
-    let a = raw
-        .send("DELETE", "/api/v2/cmdb/firewall/address", None)
-        .await;
+    let a = raw.send("DELETE", "/api/v2/cmdb/firewall/address", None).await;
     assert_eq!(a.status, 200);
     assert_eq!(emu.names(Table::Address), vec!["kept"]);
     assert_eq!(emu.route_count("DELETE /api/v2/cmdb/firewall/address"), 1);
@@ -545,10 +312,7 @@ async fn delete_on_a_collection_purges_unreferenced_entries() {
 #[tokio::test]
 async fn monitor_endpoints() {
     let (_emu, raw) = start().await;
-    let s = raw
-        .send("GET", "/api/v2/monitor/system/status", None)
-        .await
-        .json();
+    let s = raw.send("GET", "/api/v2/monitor/system/status", None).await.json();
     assert_eq!(s["status"], "success");
     assert_eq!(s["version"], "v7.4.4");
     assert!(s["results"].is_object());
@@ -560,28 +324,11 @@ async fn monitor_endpoints() {
         )
         .await;
     assert_eq!(add.status, 200);
-    let missing = raw
-        .send(
-            "POST",
-            "/api/v2/monitor/user/banned/add_users",
-            Some(json!({})),
-        )
-        .await;
+    let missing = raw.send("POST", "/api/v2/monitor/user/banned/add_users", Some(json!({}))).await;
     assert_eq!(missing.status, 400);
-    let list = raw
-        .send("GET", "/api/v2/monitor/user/banned", None)
-        .await
-        .json();
+    let list = raw.send("GET", "/api/v2/monitor/user/banned", None).await.json();
     assert_eq!(list["results"][0]["ip_address"], "198.51.100.7");
-    raw.send(
-        "POST",
-        "/api/v2/monitor/user/banned/clear_all",
-        Some(json!({})),
-    )
-    .await;
-    let list = raw
-        .send("GET", "/api/v2/monitor/user/banned", None)
-        .await
-        .json();
+    raw.send("POST", "/api/v2/monitor/user/banned/clear_all", Some(json!({}))).await;
+    let list = raw.send("GET", "/api/v2/monitor/user/banned", None).await.json();
     assert_eq!(list["results"], json!([]));
 }

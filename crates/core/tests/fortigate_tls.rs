@@ -10,20 +10,15 @@ use fortimisp_testkit::tls::{server_config, TestCa};
 
 async fn tls_emulator(ca: &TestCa) -> FortiGateEmulator {
     let cert = ca.issue_server_cert();
-    FortiGateEmulator::start_tls(EmulatorConfig::default(), server_config(&cert))
-        .await
-        .expect("start")
+    FortiGateEmulator::start_tls(EmulatorConfig::default(), server_config(&cert)).await.expect("start")
 }
 
 fn options(emu: &FortiGateEmulator) -> ClientOptions {
     let mut o = ClientOptions::new(emu.url(), ApiKey::new(emu.token()));
     o.requests_per_second = 0.0;
     o.timeout = Duration::from_secs(5);
-    o.retry = RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-    };
+    o.retry =
+        RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50) };
     o
 }
 
@@ -39,12 +34,9 @@ async fn verification_succeeds_with_the_ca_file() {
     o.ca_file = Some(ca_file);
     let c = Client::new(o).expect("client");
     assert_eq!(c.system_status().await.expect("status").version, "v7.4.4");
-    c.block(
-        "198.51.100.7".parse().expect("ip"),
-        &fortimisp_core::fortigate::Comment::new(chrono::Utc::now(), "1", ""),
-    )
-    .await
-    .expect("block over tls");
+    c.block("198.51.100.7".parse().expect("ip"), &fortimisp_core::fortigate::Comment::new(chrono::Utc::now(), "1", ""))
+        .await
+        .expect("block over tls");
 }
 
 #[tokio::test]
@@ -67,10 +59,7 @@ async fn verification_fails_closed_without_the_ca_or_with_another_ca() {
                     chain.push_str(&format!(" / {x}"));
                     s = x.source();
                 }
-                assert!(
-                    !e.is_retryable(),
-                    "{ca_file:?}: certificate errors are not retried: {chain}"
-                )
+                assert!(!e.is_retryable(), "{ca_file:?}: certificate errors are not retried: {chain}")
             }
             other => panic!("{ca_file:?}: expected a transport error, got {other:?}"),
         }
@@ -84,11 +73,7 @@ async fn verify_tls_false_accepts_the_certificate() {
     let emu = tls_emulator(&ca).await;
     let mut o = options(&emu);
     o.verify_tls = false;
-    Client::new(o)
-        .expect("client")
-        .system_status()
-        .await
-        .expect("status");
+    Client::new(o).expect("client").system_status().await.expect("status");
 }
 
 #[tokio::test]
@@ -99,9 +84,6 @@ async fn unreadable_or_empty_ca_files_are_setup_errors() {
     for path in [dir.path().join("missing.pem"), empty] {
         let mut o = ClientOptions::new("https://127.0.0.1:1", ApiKey::new("t"));
         o.ca_file = Some(path.clone());
-        assert!(
-            matches!(Client::new(o), Err(Error::CaFile { .. })),
-            "{path:?}"
-        );
+        assert!(matches!(Client::new(o), Err(Error::CaFile { .. })), "{path:?}");
     }
 }

@@ -39,21 +39,12 @@ impl TestCa {
     /// Generates a fresh CA ("fortimisp test CA").
     pub fn new() -> Self {
         let key = KeyPair::generate().expect("invariant: ring can generate a P-256 key");
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .expect("invariant: empty SAN list is valid");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("invariant: empty SAN list is valid");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "fortimisp test CA");
+        params.distinguished_name.push(DnType::CommonName, "fortimisp test CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params
-            .self_signed(&key)
-            .expect("invariant: self-signing a CA with a fresh key succeeds");
-        TestCa {
-            ca_pem: cert.pem(),
-            cert,
-            key,
-        }
+        let cert = params.self_signed(&key).expect("invariant: self-signing a CA with a fresh key succeeds");
+        TestCa { ca_pem: cert.pem(), cert, key }
     }
 
     /// Issues a server certificate valid for `127.0.0.1`, `::1` and `localhost`.
@@ -66,13 +57,8 @@ impl TestCa {
         let key = KeyPair::generate().expect("invariant: ring can generate a P-256 key");
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(sans).expect("invariant: SANs are valid names");
-        params.distinguished_name.push(
-            DnType::CommonName,
-            names.first().copied().unwrap_or("localhost"),
-        );
-        let leaf = params
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("invariant: signing with the test CA succeeds");
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
+        let leaf = params.signed_by(&key, &self.cert, &self.key).expect("invariant: signing with the test CA succeeds");
         ServerCert {
             cert_pem: format!("{}{}", leaf.pem(), self.ca_pem),
             key_pem: key.serialize_pem(),
@@ -104,33 +90,25 @@ impl ServerCert {
 /// A rustls server config (ring provider, TLS 1.2 and 1.3, ALPN http/1.1 like httpsd) serving `cert`.
 pub fn server_config(cert: &ServerCert) -> Arc<rustls::ServerConfig> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_der.clone()));
-    build_server_config(cert.chain.clone(), key)
-        .expect("invariant: rcgen output is a valid cert/key pair")
+    build_server_config(cert.chain.clone(), key).expect("invariant: rcgen output is a valid cert/key pair")
 }
 
 /// A rustls server config from PEM files (`cert.pem` may hold a chain, `key.pem` any PEM private key).
-pub fn server_config_from_pem(
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> std::io::Result<Arc<rustls::ServerConfig>> {
+pub fn server_config_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> std::io::Result<Arc<rustls::ServerConfig>> {
     let chain = rustls_pemfile::certs(&mut &cert_pem[..]).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])?.ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "no private key in PEM")
-    })?;
-    build_server_config(chain, key)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no private key in PEM"))?;
+    build_server_config(chain, key).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 fn build_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -23,21 +23,11 @@ use super::{ClientOptions, Error, RetryPolicy};
 
 /// Python `quote(s, safe='')` / Go `url.QueryEscape`: everything but `A-Za-z0-9-_.~` is encoded, so
 /// `198.51.100.7/32` becomes `198.51.100.7%2F32`.
-const MKEY: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const MKEY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// Query values: like [`MKEY`] but FortiOS's filter/format syntax stays readable (`filter=comment=@fortimisp%20`,
 /// `format=name|comment|subnet`), as in Fortinet's examples.
-const QUERY_VALUE: &AsciiSet = &MKEY
-    .remove(b'=')
-    .remove(b'@')
-    .remove(b'!')
-    .remove(b'|')
-    .remove(b',')
-    .remove(b':');
+const QUERY_VALUE: &AsciiSet = &MKEY.remove(b'=').remove(b'@').remove(b'!').remove(b'|').remove(b',').remove(b':');
 
 /// Page size of collection GETs.
 const PAGE: usize = 1000;
@@ -64,16 +54,8 @@ pub struct SystemStatus {
 impl SystemStatus {
     /// `v7.4.4` -> `(7, 4, 4)`, for feature detection.
     pub fn version_triple(&self) -> Option<(u32, u32, u32)> {
-        let mut parts = self
-            .version
-            .trim_start_matches('v')
-            .split('.')
-            .map(|p| p.parse::<u32>().ok());
-        Some((
-            parts.next()??,
-            parts.next()??,
-            parts.next().flatten().unwrap_or(0),
-        ))
+        let mut parts = self.version.trim_start_matches('v').split('.').map(|p| p.parse::<u32>().ok());
+        Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
     }
 }
 
@@ -170,10 +152,7 @@ struct RateLimiter {
 impl RateLimiter {
     fn new(rps: f64) -> Self {
         let interval = (rps.is_finite() && rps > 0.0).then(|| Duration::from_secs_f64(1.0 / rps));
-        RateLimiter {
-            interval,
-            next: StdMutex::new(None),
-        }
+        RateLimiter { interval, next: StdMutex::new(None) }
     }
 
     async fn acquire(&self) {
@@ -206,10 +185,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("url", &self.base)
-            .field("vdom", &self.vdom)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("url", &self.base).field("vdom", &self.vdom).finish_non_exhaustive()
     }
 }
 
@@ -221,10 +197,7 @@ impl Client {
     /// or group name that cannot be used, [`Error::InvalidOption`] for `max_group_members = 0` or equal group names, [`Error::Build`] if the TLS stack cannot be set up.
     pub fn new(opts: ClientOptions) -> Result<Client, Error> {
         if opts.max_group_members == 0 {
-            return Err(Error::InvalidOption {
-                key: "max_group_members",
-                reason: "must be at least 1",
-            });
+            return Err(Error::InvalidOption { key: "max_group_members", reason: "must be at least 1" });
         }
         if opts.block_group == opts.block_group6 {
             return Err(Error::InvalidOption {
@@ -244,19 +217,11 @@ impl Client {
             .tcp_keepalive(Duration::from_secs(60))
             .user_agent(concat!("fortimisp/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &opts.ca_file {
-            let pem = std::fs::read(path).map_err(|e| Error::CaFile {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::CaFile {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
+            let pem = std::fs::read(path).map_err(|e| Error::CaFile { path: path.clone(), detail: e.to_string() })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::CaFile { path: path.clone(), detail: e.to_string() })?;
             if certs.is_empty() {
-                return Err(Error::CaFile {
-                    path: path.clone(),
-                    detail: "no certificate found".into(),
-                });
+                return Err(Error::CaFile { path: path.clone(), detail: "no certificate found".into() });
             }
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
@@ -267,10 +232,7 @@ impl Client {
         }
         let http = builder.build().map_err(Error::Build)?;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", opts.api_key.expose()))
-            .map_err(|_| Error::InvalidOption {
-                key: "api_key",
-                reason: "not a valid http header value",
-            })?;
+            .map_err(|_| Error::InvalidOption { key: "api_key", reason: "not a valid http header value" })?;
         auth.set_sensitive(true);
         Ok(Client {
             http,
@@ -294,12 +256,7 @@ impl Client {
                 format!("/api/v2/cmdb/firewall/{}/{}/member", t.as_str(), enc(g))
             }
             Endpoint::Member(t, g, m) => {
-                format!(
-                    "/api/v2/cmdb/firewall/{}/{}/member/{}",
-                    t.as_str(),
-                    enc(g),
-                    enc(m)
-                )
+                format!("/api/v2/cmdb/firewall/{}/{}/member/{}", t.as_str(), enc(g), enc(m))
             }
             Endpoint::Monitor(p) => format!("/api/v2/monitor/{p}"),
         };
@@ -333,10 +290,7 @@ impl Client {
             return Err(if method == Method::DELETE {
                 Error::EmptyMkey
             } else {
-                Error::InvalidName {
-                    name: String::new(),
-                    reason: "empty",
-                }
+                Error::InvalidName { name: String::new(), reason: "empty" }
             });
         }
         let url = self.url(&endpoint, query);
@@ -362,9 +316,7 @@ impl Client {
         let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
         let delay = half + Duration::from_millis(jitter);
         match error {
-            Error::TooManyRequests {
-                retry_after: Some(after),
-            } => delay.max(*after),
+            Error::TooManyRequests { retry_after: Some(after) } => delay.max(*after),
             _ => delay,
         }
     }
@@ -377,10 +329,7 @@ impl Client {
         name: Option<&str>,
     ) -> Result<Envelope, Error> {
         self.limiter.acquire().await;
-        let mut request = self
-            .http
-            .request(method.clone(), url)
-            .header(AUTHORIZATION, self.auth.clone());
+        let mut request = self.http.request(method.clone(), url).header(AUTHORIZATION, self.auth.clone());
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -400,41 +349,21 @@ impl Client {
 
     /// `GET /api/v2/monitor/system/status`: version for feature detection (also a cheap auth check).
     pub async fn system_status(&self) -> Result<SystemStatus, Error> {
-        let env = self
-            .call(
-                Method::GET,
-                Endpoint::Monitor("system/status"),
-                &[],
-                None,
-                None,
-            )
-            .await?;
-        let version = env.version.clone().ok_or_else(|| Error::Protocol {
-            detail: "system status without version".into(),
-        })?;
+        let env = self.call(Method::GET, Endpoint::Monitor("system/status"), &[], None, None).await?;
+        let version =
+            env.version.clone().ok_or_else(|| Error::Protocol { detail: "system status without version".into() })?;
         Ok(SystemStatus {
             version,
             build: env.build,
             serial: env.serial.clone(),
-            hostname: env
-                .results
-                .get("hostname")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            hostname: env.results.get("hostname").and_then(Value::as_str).map(str::to_string),
         })
     }
 
     /// One address (v4) or address6 entry by name (any name, legacy `a.b.c.d/32` included).
-    pub async fn get_address(
-        &self,
-        family: Family,
-        name: &str,
-    ) -> Result<Option<AddressEntry>, Error> {
+    pub async fn get_address(&self, family: Family, name: &str) -> Result<Option<AddressEntry>, Error> {
         let endpoint = Endpoint::Entry(Table::addresses(family), name);
-        match self
-            .call(Method::GET, endpoint, &[], None, Some(name))
-            .await
-        {
+        match self.call(Method::GET, endpoint, &[], None, Some(name)).await {
             Ok(env) => Ok(first_result(&env).map(|e| address_entry(family, e))),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -443,12 +372,7 @@ impl Client {
 
     /// `POST` an address (`/32`, type `ipmask`) or address6 (`/128`, type `ipprefix`) named `name`.
     /// -5 (already exists) is [`Change::Unchanged`]; the caller decides whether the existing object is ours.
-    pub async fn create_address(
-        &self,
-        name: &ObjectName,
-        ip: IpAddr,
-        comment: &Comment,
-    ) -> Result<Change, Error> {
+    pub async fn create_address(&self, name: &ObjectName, ip: IpAddr, comment: &Comment) -> Result<Change, Error> {
         let family = Family::of(ip);
         let body = match ip {
             IpAddr::V4(v4) => {
@@ -460,22 +384,12 @@ impl Client {
                                      "comment": comment.as_str()})
             }
         };
-        self.create(Table::addresses(family), name.as_str(), &body)
-            .await
+        self.create(Table::addresses(family), name.as_str(), &body).await
     }
 
     /// `POST` to a collection; -5 = [`Change::Unchanged`].
     async fn create(&self, table: Table, name: &str, body: &Value) -> Result<Change, Error> {
-        match self
-            .call(
-                Method::POST,
-                Endpoint::Collection(table),
-                &[],
-                Some(body),
-                Some(name),
-            )
-            .await
-        {
+        match self.call(Method::POST, Endpoint::Collection(table), &[], Some(body), Some(name)).await {
             Ok(_) => Ok(Change::Applied),
             Err(Error::AlreadyExists { .. }) => Ok(Change::Unchanged),
             Err(e) => Err(e),
@@ -489,16 +403,7 @@ impl Client {
     }
 
     async fn delete(&self, table: Table, name: &str) -> Result<Change, Error> {
-        match self
-            .call(
-                Method::DELETE,
-                Endpoint::Entry(table, name),
-                &[],
-                None,
-                Some(name),
-            )
-            .await
-        {
+        match self.call(Method::DELETE, Endpoint::Entry(table, name), &[], None, Some(name)).await {
             Ok(_) => Ok(Change::Applied),
             Err(Error::NotFound { .. }) => Ok(Change::Unchanged),
             Err(e) => Err(e),
@@ -520,26 +425,16 @@ impl Client {
         let mut start = 0usize;
         loop {
             let (start_s, count_s) = (start.to_string(), PAGE.to_string());
-            let mut query = vec![
-                ("format", format),
-                ("start", start_s.as_str()),
-                ("count", count_s.as_str()),
-            ];
+            let mut query = vec![("format", format), ("start", start_s.as_str()), ("count", count_s.as_str())];
             if let Some(f) = filter {
                 query.push(("filter", f));
             }
-            let env = self
-                .call(
-                    Method::GET,
-                    Endpoint::Collection(Table::addresses(family)),
-                    &query,
-                    None,
-                    None,
-                )
-                .await?;
-            let page = env.results.as_array().ok_or_else(|| Error::Protocol {
-                detail: "collection results is not an array".into(),
-            })?;
+            let env =
+                self.call(Method::GET, Endpoint::Collection(Table::addresses(family)), &query, None, None).await?;
+            let page = env
+                .results
+                .as_array()
+                .ok_or_else(|| Error::Protocol { detail: "collection results is not an array".into() })?;
             out.extend(page.iter().map(|e| address_entry(family, e)));
             if page.len() < PAGE {
                 return Ok(out);
@@ -551,10 +446,7 @@ impl Client {
     /// One group (`None` if missing).
     pub async fn get_group(&self, family: Family, name: &str) -> Result<Option<Group>, Error> {
         let endpoint = Endpoint::Entry(Table::groups(family), name);
-        match self
-            .call(Method::GET, endpoint, &[], None, Some(name))
-            .await
-        {
+        match self.call(Method::GET, endpoint, &[], None, Some(name)).await {
             Ok(env) => Ok(first_result(&env).map(|g| Group {
                 name: str_field(g, "name").unwrap_or(name).to_string(),
                 members: member_names(g.get("member")),
@@ -580,30 +472,15 @@ impl Client {
 
     /// Member names of a group via the child table (`GET …/addrgrp/{g}/member`).
     pub async fn group_members(&self, family: Family, group: &str) -> Result<Vec<String>, Error> {
-        let env = self
-            .call(
-                Method::GET,
-                Endpoint::Members(Table::groups(family), group),
-                &[],
-                None,
-                Some(group),
-            )
-            .await?;
+        let env =
+            self.call(Method::GET, Endpoint::Members(Table::groups(family), group), &[], None, Some(group)).await?;
         Ok(member_names(Some(&env.results)))
     }
 
     /// Whether `member` is in `group` (`GET …/member/{m}`, 404 = no).
-    pub async fn is_member(
-        &self,
-        family: Family,
-        group: &str,
-        member: &str,
-    ) -> Result<bool, Error> {
+    pub async fn is_member(&self, family: Family, group: &str, member: &str) -> Result<bool, Error> {
         let endpoint = Endpoint::Member(Table::groups(family), group, member);
-        match self
-            .call(Method::GET, endpoint, &[], None, Some(member))
-            .await
-        {
+        match self.call(Method::GET, endpoint, &[], None, Some(member)).await {
             Ok(env) => Ok(first_result(&env).is_some()),
             Err(Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -612,40 +489,21 @@ impl Client {
 
     /// Child-table add (`POST …/addrgrp/{g}/member {"name": m}`). -5 = [`Change::Unchanged`]; -4/-52 =
     /// [`Error::Full`] naming the group; a missing group or member = [`Error::NotFound`].
-    pub async fn add_member(
-        &self,
-        family: Family,
-        group: &str,
-        member: &str,
-    ) -> Result<Change, Error> {
+    pub async fn add_member(&self, family: Family, group: &str, member: &str) -> Result<Change, Error> {
         let body = json!({"name": member});
         let endpoint = Endpoint::Members(Table::groups(family), group);
-        match self
-            .call(Method::POST, endpoint, &[], Some(&body), Some(member))
-            .await
-        {
+        match self.call(Method::POST, endpoint, &[], Some(&body), Some(member)).await {
             Ok(_) => Ok(Change::Applied),
             Err(Error::AlreadyExists { .. }) => Ok(Change::Unchanged),
-            Err(Error::Full { code, .. }) => Err(Error::Full {
-                name: group.to_string(),
-                code,
-            }),
+            Err(Error::Full { code, .. }) => Err(Error::Full { name: group.to_string(), code }),
             Err(e) => Err(e),
         }
     }
 
     /// Child-table remove (`DELETE …/addrgrp/{g}/member/{m}`). -3/404 = [`Change::Unchanged`].
-    pub async fn remove_member(
-        &self,
-        family: Family,
-        group: &str,
-        member: &str,
-    ) -> Result<Change, Error> {
+    pub async fn remove_member(&self, family: Family, group: &str, member: &str) -> Result<Change, Error> {
         let endpoint = Endpoint::Member(Table::groups(family), group, member);
-        match self
-            .call(Method::DELETE, endpoint, &[], None, Some(member))
-            .await
-        {
+        match self.call(Method::DELETE, endpoint, &[], None, Some(member)).await {
             Ok(_) => Ok(Change::Applied),
             Err(Error::NotFound { .. }) => Ok(Change::Unchanged),
             Err(e) => Err(e),
@@ -664,43 +522,19 @@ impl Client {
     /// `POST /api/v2/monitor/user/banned/clear_users`.
     pub async fn unban(&self, ip: IpAddr) -> Result<(), Error> {
         let body = json!({"ip_addresses": [ip.to_string()]});
-        self.banned_action("user/banned/clear_users", ip, &body)
-            .await
+        self.banned_action("user/banned/clear_users", ip, &body).await
     }
 
-    async fn banned_action(
-        &self,
-        action: &'static str,
-        ip: IpAddr,
-        body: &Value,
-    ) -> Result<(), Error> {
+    async fn banned_action(&self, action: &'static str, ip: IpAddr, body: &Value) -> Result<(), Error> {
         let ip = ip.to_string();
-        self.call(
-            Method::POST,
-            Endpoint::Monitor(action),
-            &[],
-            Some(body),
-            Some(&ip),
-        )
-        .await
-        .map(drop)
+        self.call(Method::POST, Endpoint::Monitor(action), &[], Some(body), Some(&ip)).await.map(drop)
     }
 
     /// `GET /api/v2/monitor/user/banned`.
     pub async fn list_banned(&self) -> Result<Vec<BannedIp>, Error> {
-        let env = self
-            .call(
-                Method::GET,
-                Endpoint::Monitor("user/banned"),
-                &[],
-                None,
-                None,
-            )
-            .await?;
+        let env = self.call(Method::GET, Endpoint::Monitor("user/banned"), &[], None, None).await?;
         let epoch = |v: Option<&Value>| {
-            v.and_then(Value::as_i64)
-                .filter(|s| *s > 0)
-                .and_then(|s| DateTime::from_timestamp(s, 0))
+            v.and_then(Value::as_i64).filter(|s| *s > 0).and_then(|s| DateTime::from_timestamp(s, 0))
         };
         Ok(env
             .results
@@ -732,12 +566,7 @@ fn transport(e: reqwest::Error) -> Error {
 
 /// Turns one HTTP answer into the envelope or a typed error. Decided on the FortiOS `error` code first; the HTTP
 /// status only where there is no code.
-fn classify(
-    status: u16,
-    retry_after: Option<Duration>,
-    body: &[u8],
-    name: Option<&str>,
-) -> Result<Envelope, Error> {
+fn classify(status: u16, retry_after: Option<Duration>, body: &[u8], name: Option<&str>) -> Result<Envelope, Error> {
     match status {
         401 => return Err(Error::Unauthorized),
         429 => return Err(Error::TooManyRequests { retry_after }),
@@ -745,19 +574,14 @@ fn classify(
     }
     let envelope: Option<Envelope> = match serde_json::from_slice::<Value>(body) {
         // Global scope answers an array of per-VDOM envelopes; we use one VDOM.
-        Ok(Value::Array(items)) => items
-            .into_iter()
-            .next()
-            .and_then(|v| serde_json::from_value(v).ok()),
+        Ok(Value::Array(items)) => items.into_iter().next().and_then(|v| serde_json::from_value(v).ok()),
         Ok(v @ Value::Object(_)) => serde_json::from_value(v).ok(),
         _ => None,
     };
     let Some(env) = envelope else {
         return Err(match status {
             403 => Error::Forbidden { status, code: None },
-            200..=299 => Error::Protocol {
-                detail: format!("http {status} without a json envelope"),
-            },
+            200..=299 => Error::Protocol { detail: format!("http {status} without a json envelope") },
             _ => Error::Http { status },
         });
     };
@@ -780,25 +604,11 @@ fn classify(
         Some(-3) => Error::NotFound { name },
         Some(-23) => Error::InUse { name },
         Some(c @ (-4 | -52)) => Error::Full { name, code: c },
-        Some(c @ (-14 | -37)) => Error::Forbidden {
-            status: http,
-            code: Some(c),
-        },
-        Some(c @ (-163 | -164)) => Error::NameClash {
-            name,
-            code: Some(c),
-        },
+        Some(c @ (-14 | -37)) => Error::Forbidden { status: http, code: Some(c) },
+        Some(c @ (-163 | -164)) => Error::NameClash { name, code: Some(c) },
         None if http == 404 || status == 404 => Error::NotFound { name },
-        None if http == 403 || status == 403 => Error::Forbidden {
-            status: http,
-            code: None,
-        },
-        code => Error::Api {
-            status: http,
-            code,
-            name: (!name.is_empty()).then_some(name),
-            cli_error: env.cli_error,
-        },
+        None if http == 403 || status == 403 => Error::Forbidden { status: http, code: None },
+        code => Error::Api { status: http, code, name: (!name.is_empty()).then_some(name), cli_error: env.cli_error },
     })
 }
 
@@ -816,11 +626,7 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 
 fn member_names(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|m| {
-            m.iter()
-                .filter_map(|e| str_field(e, "name").map(str::to_string))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|e| str_field(e, "name").map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -832,9 +638,7 @@ pub(crate) fn parse_network(s: &str) -> Option<IpNet> {
         let mask: IpAddr = mask.trim().parse().ok()?;
         return IpNet::with_netmask(ip, mask).ok();
     }
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 fn address_entry(family: Family, e: &Value) -> AddressEntry {
@@ -866,78 +670,36 @@ mod tests {
         type Check = fn(&Result<Envelope, Error>) -> bool;
         let cases: Vec<(u16, Vec<u8>, Check)> = vec![
             (200, env("success", 200, None), |r| r.is_ok()),
-            (500, env("error", 500, Some(-5)), |r| {
-                matches!(r, Err(Error::AlreadyExists { .. }))
-            }),
-            (424, env("error", 424, Some(-5)), |r| {
-                matches!(r, Err(Error::AlreadyExists { .. }))
-            }),
-            (404, env("error", 404, Some(-3)), |r| {
-                matches!(r, Err(Error::NotFound { .. }))
-            }),
-            (404, env("error", 404, None), |r| {
-                matches!(r, Err(Error::NotFound { .. }))
-            }),
-            (500, env("error", 500, Some(-23)), |r| {
-                matches!(r, Err(Error::InUse { .. }))
-            }),
-            (500, env("error", 500, Some(-52)), |r| {
-                matches!(r, Err(Error::Full { code: -52, .. }))
-            }),
-            (500, env("error", 500, Some(-4)), |r| {
-                matches!(r, Err(Error::Full { code: -4, .. }))
-            }),
-            (403, env("error", 403, Some(-14)), |r| {
-                matches!(r, Err(Error::Forbidden { .. }))
-            }),
-            (500, env("error", 500, Some(-163)), |r| {
-                matches!(r, Err(Error::NameClash { .. }))
-            }),
+            (500, env("error", 500, Some(-5)), |r| matches!(r, Err(Error::AlreadyExists { .. }))),
+            (424, env("error", 424, Some(-5)), |r| matches!(r, Err(Error::AlreadyExists { .. }))),
+            (404, env("error", 404, Some(-3)), |r| matches!(r, Err(Error::NotFound { .. }))),
+            (404, env("error", 404, None), |r| matches!(r, Err(Error::NotFound { .. }))),
+            (500, env("error", 500, Some(-23)), |r| matches!(r, Err(Error::InUse { .. }))),
+            (500, env("error", 500, Some(-52)), |r| matches!(r, Err(Error::Full { code: -52, .. }))),
+            (500, env("error", 500, Some(-4)), |r| matches!(r, Err(Error::Full { code: -4, .. }))),
+            (403, env("error", 403, Some(-14)), |r| matches!(r, Err(Error::Forbidden { .. }))),
+            (500, env("error", 500, Some(-163)), |r| matches!(r, Err(Error::NameClash { .. }))),
             (
                 500,
                 env("error", 500, Some(-651)),
                 |r| matches!(r, Err(e @ Error::Api { code: Some(-651), .. }) if !e.is_retryable()),
             ),
-            (401, b"<html>401</html>".to_vec(), |r| {
-                matches!(r, Err(Error::Unauthorized))
-            }),
-            (401, env("error", 401, None), |r| {
-                matches!(r, Err(Error::Unauthorized))
-            }),
-            (
-                429,
-                Vec::new(),
-                |r| matches!(r, Err(e @ Error::TooManyRequests { .. }) if e.is_retryable()),
-            ),
+            (401, b"<html>401</html>".to_vec(), |r| matches!(r, Err(Error::Unauthorized))),
+            (401, env("error", 401, None), |r| matches!(r, Err(Error::Unauthorized))),
+            (429, Vec::new(), |r| matches!(r, Err(e @ Error::TooManyRequests { .. }) if e.is_retryable())),
             (
                 503,
                 b"Service Unavailable".to_vec(),
                 |r| matches!(r, Err(e @ Error::Http { status: 503 }) if e.is_retryable()),
             ),
-            (
-                500,
-                env("error", 500, None),
-                |r| matches!(r, Err(e @ Error::Api { .. }) if e.is_retryable()),
-            ),
-            (200, b"not json".to_vec(), |r| {
-                matches!(r, Err(Error::Protocol { .. }))
-            }),
-            (
-                200,
-                br#"[{"status":"success","results":[]}]"#.to_vec(),
-                |r| r.is_ok(),
-            ),
-            (200, br#"{"status":"error","error":"-5"}"#.to_vec(), |r| {
-                matches!(r, Err(Error::AlreadyExists { .. }))
-            }),
+            (500, env("error", 500, None), |r| matches!(r, Err(e @ Error::Api { .. }) if e.is_retryable())),
+            (200, b"not json".to_vec(), |r| matches!(r, Err(Error::Protocol { .. }))),
+            (200, br#"[{"status":"success","results":[]}]"#.to_vec(), |r| r.is_ok()),
+            (200, br#"{"status":"error","error":"-5"}"#.to_vec(), |r| matches!(r, Err(Error::AlreadyExists { .. }))),
         ];
         for (i, (status, body, check)) in cases.into_iter().enumerate() {
             let r = classify(status, None, &body, Some("n"));
-            assert!(
-                check(&r),
-                "case {i}: status {status}: {:?}",
-                r.as_ref().err()
-            );
+            assert!(check(&r), "case {i}: status {status}: {:?}", r.as_ref().err());
         }
     }
 
@@ -952,11 +714,7 @@ mod tests {
             ("", None),
         ];
         for (s, want) in cases {
-            assert_eq!(
-                parse_network(s).map(|n| n.to_string()).as_deref(),
-                want,
-                "{s:?}"
-            );
+            assert_eq!(parse_network(s).map(|n| n.to_string()).as_deref(), want, "{s:?}");
         }
     }
 
@@ -975,12 +733,7 @@ mod tests {
 
     #[test]
     fn versions_parse() {
-        let s = |v: &str| SystemStatus {
-            version: v.into(),
-            build: None,
-            serial: None,
-            hostname: None,
-        };
+        let s = |v: &str| SystemStatus { version: v.into(), build: None, serial: None, hostname: None };
         assert_eq!(s("v7.4.4").version_triple(), Some((7, 4, 4)));
         assert_eq!(s("v6.2").version_triple(), Some((6, 2, 0)));
         assert_eq!(s("garbage").version_triple(), None);

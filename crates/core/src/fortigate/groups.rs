@@ -98,14 +98,8 @@ impl Client {
     fn placeholder(&self, family: Family) -> (String, IpAddr) {
         let prefix = &self.opts.object_prefix;
         match family {
-            Family::V4 => (
-                format!("{prefix}placeholder"),
-                PLACEHOLDER_V4.parse().expect("invariant: literal IPv4"),
-            ),
-            Family::V6 => (
-                format!("{prefix}placeholder6"),
-                PLACEHOLDER_V6.parse().expect("invariant: literal IPv6"),
-            ),
+            Family::V4 => (format!("{prefix}placeholder"), PLACEHOLDER_V4.parse().expect("invariant: literal IPv4")),
+            Family::V6 => (format!("{prefix}placeholder6"), PLACEHOLDER_V6.parse().expect("invariant: literal IPv6")),
         }
     }
 
@@ -118,20 +112,12 @@ impl Client {
 
     /// `base-N` names nested in the base group.
     fn overflow_number(&self, family: Family, member: &str) -> Option<u32> {
-        member
-            .strip_prefix(self.base_group(family))?
-            .strip_prefix('-')?
-            .parse()
-            .ok()
-            .filter(|n| *n >= 2)
+        member.strip_prefix(self.base_group(family))?.strip_prefix('-')?.parse().ok().filter(|n| *n >= 2)
     }
 
     fn count_blocked(&self, family: Family, members: &[String]) -> usize {
         let (placeholder, _) = self.placeholder(family);
-        members
-            .iter()
-            .filter(|m| **m != placeholder && self.overflow_number(family, m).is_none())
-            .count()
+        members.iter().filter(|m| **m != placeholder && self.overflow_number(family, m).is_none()).count()
     }
 
     /// Creates the missing block groups (`block_group`, `block_group6`), each with its placeholder member, and
@@ -159,20 +145,11 @@ impl Client {
     async fn ensure_placeholder(&self, family: Family) -> Result<String, Error> {
         let (name, ip) = self.placeholder(family);
         let object = ObjectName::parse(&name)?;
-        if self
-            .create_address(&object, ip, &Comment::placeholder())
-            .await?
-            == Change::Unchanged
-        {
+        if self.create_address(&object, ip, &Comment::placeholder()).await? == Change::Unchanged {
             let existing = self.get_address(family, &name).await?;
             match existing {
                 Some(e) if Comment::parse(&e.comment) == CommentKind::Placeholder => {}
-                Some(e) => {
-                    return Err(Error::Foreign {
-                        name,
-                        comment: e.comment,
-                    })
-                }
+                Some(e) => return Err(Error::Foreign { name, comment: e.comment }),
                 None => return Err(Error::NameClash { name, code: None }),
             }
         }
@@ -185,9 +162,7 @@ impl Client {
             return Ok(());
         }
         let placeholder = self.ensure_placeholder(family).await?;
-        let change = self
-            .create_group(family, base, &[&placeholder], "fortimisp block group")
-            .await?;
+        let change = self.create_group(family, base, &[&placeholder], "fortimisp block group").await?;
         if change == Change::Applied {
             tracing::info!(message = "Created block group.", group = %base);
         }
@@ -200,27 +175,16 @@ impl Client {
             return Ok(());
         }
         let base = self.base_group(family).to_string();
-        let mut fresh = GroupCache {
-            loaded: true,
-            recent: std::mem::take(&mut cache.recent),
-            ..GroupCache::default()
-        };
+        let mut fresh = GroupCache { loaded: true, recent: std::mem::take(&mut cache.recent), ..GroupCache::default() };
         if let Some(group) = self.get_group(family, &base).await? {
-            let mut overflow: Vec<(u32, String)> = group
-                .members
-                .iter()
-                .filter_map(|m| self.overflow_number(family, m).map(|n| (n, m.clone())))
-                .collect();
+            let mut overflow: Vec<(u32, String)> =
+                group.members.iter().filter_map(|m| self.overflow_number(family, m).map(|n| (n, m.clone()))).collect();
             overflow.sort();
-            fresh
-                .counts
-                .insert(base.clone(), self.count_blocked(family, &group.members));
+            fresh.counts.insert(base.clone(), self.count_blocked(family, &group.members));
             fresh.known.push(base);
             for (_, name) in overflow {
                 if let Some(g) = self.get_group(family, &name).await? {
-                    fresh
-                        .counts
-                        .insert(name.clone(), self.count_blocked(family, &g.members));
+                    fresh.counts.insert(name.clone(), self.count_blocked(family, &g.members));
                     fresh.known.push(name);
                 }
             }
@@ -249,10 +213,7 @@ impl Client {
             }
             if let Some(existing) = self.get_address(family, name.as_str()).await? {
                 if !Comment::parse(&existing.comment).is_ours() {
-                    return Err(Error::Foreign {
-                        name: name.to_string(),
-                        comment: existing.comment,
-                    });
+                    return Err(Error::Foreign { name: name.to_string(), comment: existing.comment });
                 }
                 created = Some(false);
                 break;
@@ -260,10 +221,7 @@ impl Client {
         }
         let Some(created) = created else {
             // -5 on create but nothing of that name in our table: a group or another object type holds it.
-            return Err(Error::NameClash {
-                name: name.to_string(),
-                code: None,
-            });
+            return Err(Error::NameClash { name: name.to_string(), code: None });
         };
         let (group, change) = self.join_group(family, &name, created).await?;
         if created || change == Change::Applied {
@@ -274,12 +232,7 @@ impl Client {
         }
     }
 
-    async fn join_group(
-        &self,
-        family: Family,
-        name: &ObjectName,
-        fresh: bool,
-    ) -> Result<(String, Change), Error> {
+    async fn join_group(&self, family: Family, name: &ObjectName, fresh: bool) -> Result<(String, Change), Error> {
         let mut cache = self.cache(family).lock().await;
         self.load(family, &mut cache).await?;
         if cache.known.is_empty() {
@@ -338,9 +291,7 @@ impl Client {
                 Err(Error::NotFound { .. }) => {
                     cache.loaded = false;
                     return Err(if self.get_group(family, &group).await?.is_some() {
-                        Error::MissingReference {
-                            name: name.to_string(),
-                        }
+                        Error::MissingReference { name: name.to_string() }
                     } else {
                         Error::NotFound { name: group }
                     });
@@ -351,25 +302,15 @@ impl Client {
     }
 
     /// Creates `base-N` (placeholder inside) and nests it in the base group.
-    async fn add_overflow_group(
-        &self,
-        family: Family,
-        cache: &mut GroupCache,
-    ) -> Result<(), Error> {
+    async fn add_overflow_group(&self, family: Family, cache: &mut GroupCache) -> Result<(), Error> {
         let base = self.base_group(family).to_string();
         if cache.known.len() > super::MAX_OVERFLOW_GROUPS {
-            return Err(Error::Full {
-                name: base,
-                code: -52,
-            });
+            return Err(Error::Full { name: base, code: -52 });
         }
         let name = format!("{base}-{}", cache.known.len() + 1);
         let placeholder = self.ensure_placeholder(family).await?;
         let comment = format!("fortimisp overflow of {base}");
-        if self
-            .create_group(family, &name, &[&placeholder], &comment)
-            .await?
-            == Change::Unchanged
+        if self.create_group(family, &name, &[&placeholder], &comment).await? == Change::Unchanged
             && self.get_group(family, &name).await?.is_none()
         {
             return Err(Error::NameClash { name, code: None });
@@ -385,9 +326,7 @@ impl Client {
             Err(e) => return Err(e),
         }
         let members = self.group_members(family, &name).await?;
-        cache
-            .counts
-            .insert(name.clone(), self.count_blocked(family, &members));
+        cache.counts.insert(name.clone(), self.count_blocked(family, &members));
         tracing::info!(message = "Created overflow block group.", group = %name, %base);
         cache.known.push(name);
         Ok(())
@@ -396,17 +335,8 @@ impl Client {
     /// The box's own limit filled the base group, so the new overflow group cannot be nested: move one of our
     /// addresses from the base group into the (not yet nested) overflow group, then nest it in the freed slot.
     /// That address is unblocked for the one request between its removal and the nesting.
-    async fn make_room_in_base(
-        &self,
-        family: Family,
-        base: &str,
-        overflow: &str,
-        code: i64,
-    ) -> Result<(), Error> {
-        let full = || Error::Full {
-            name: base.to_string(),
-            code,
-        };
+    async fn make_room_in_base(&self, family: Family, base: &str, overflow: &str, code: i64) -> Result<(), Error> {
+        let full = || Error::Full { name: base.to_string(), code };
         let (placeholder, _) = self.placeholder(family);
         let members = self.group_members(family, base).await?;
         let candidates = members.iter().filter(|m| {
@@ -416,10 +346,7 @@ impl Client {
                 && ObjectName::parse(m).is_ok()
         });
         for candidate in candidates {
-            let ours = self
-                .get_address(family, candidate)
-                .await?
-                .is_some_and(|e| Comment::parse(&e.comment).is_ours());
+            let ours = self.get_address(family, candidate).await?.is_some_and(|e| Comment::parse(&e.comment).is_ours());
             if !ours {
                 continue;
             }
@@ -450,10 +377,7 @@ impl Client {
             return Ok(UnblockOutcome::NotBlocked);
         };
         if !Comment::parse(&entry.comment).is_ours() {
-            return Err(Error::Foreign {
-                name: name.to_string(),
-                comment: entry.comment,
-            });
+            return Err(Error::Foreign { name: name.to_string(), comment: entry.comment });
         }
         self.remove_object(family, name.as_str()).await
     }
@@ -496,11 +420,7 @@ impl Client {
                 if net.prefix_len() != net.max_prefix_len() {
                     continue;
                 }
-                owned.push(OwnedObject {
-                    name,
-                    ip: net.addr(),
-                    comment: marker,
-                });
+                owned.push(OwnedObject { name, ip: net.addr(), comment: marker });
             }
         }
         Ok(owned)
@@ -548,10 +468,7 @@ impl Client {
             return Ok(UnblockOutcome::NotBlocked);
         };
         if !matches!(Comment::parse(&entry.comment), CommentKind::Legacy { .. }) {
-            return Err(Error::Foreign {
-                name: member.name.clone(),
-                comment: entry.comment,
-            });
+            return Err(Error::Foreign { name: member.name.clone(), comment: entry.comment });
         }
         self.remove_object(member.family, &member.name).await
     }

@@ -198,10 +198,7 @@ pub enum Error {
     Protocol { detail: String },
     /// A [`ClientOptions`] value that cannot work.
     #[error("fortigate.{key}: {reason}")]
-    InvalidOption {
-        key: &'static str,
-        reason: &'static str,
-    },
+    InvalidOption { key: &'static str, reason: &'static str },
     #[error("invalid object name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     /// Guard: a DELETE without an object name would purge the whole table.
@@ -241,9 +238,7 @@ fn is_certificate_error(e: &reqwest::Error) -> bool {
         }
         // io::Error::source() skips the wrapped error itself; descend through get_ref() instead.
         source = match s.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
             None => s.source(),
         };
     }

@@ -102,10 +102,7 @@ impl Comment {
             s.push(' ');
             s.push_str(more);
         }
-        let mut s: String = s
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        let mut s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         if s.len() > MAX_COMMENT_LEN {
             let mut cut = MAX_COMMENT_LEN;
             while !s.is_char_boundary(cut) {
@@ -200,9 +197,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5)
-            .single()
-            .expect("valid time")
+        Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).single().expect("valid time")
     }
 
     #[test]
@@ -235,10 +230,7 @@ mod tests {
     #[test]
     fn comments_build_and_parse_back() {
         let c = Comment::new(t0(), "1234", "attr=abc");
-        assert_eq!(
-            c.as_str(),
-            "fortimisp 2025-01-02T03:04:05Z misp-event=1234 attr=abc"
-        );
+        assert_eq!(c.as_str(), "fortimisp 2025-01-02T03:04:05Z misp-event=1234 attr=abc");
         match Comment::parse(c.as_str()) {
             CommentKind::Ours(m) => {
                 assert_eq!(m.created_at, t0());
@@ -262,10 +254,7 @@ mod tests {
 
     #[test]
     fn comment_kinds() {
-        let legacy = Utc
-            .with_ymd_and_hms(2023, 5, 6, 7, 8, 9)
-            .single()
-            .expect("valid");
+        let legacy = Utc.with_ymd_and_hms(2023, 5, 6, 7, 8, 9).single().expect("valid");
         let cases = [
             ("fortimisp 2025-01-02T03:04:05Z misp-event=1", true),
             ("fortimisp 2025-01-02T04:04:05+01:00", true),
@@ -278,10 +267,7 @@ mod tests {
         for (c, ours) in cases {
             assert_eq!(Comment::parse(c).is_ours(), ours, "{c:?}");
         }
-        assert_eq!(
-            Comment::parse("fortimisp placeholder"),
-            CommentKind::Placeholder
-        );
+        assert_eq!(Comment::parse("fortimisp placeholder"), CommentKind::Placeholder);
         assert_eq!(
             Comment::parse("2023-05-06 07:08:09.123456"),
             CommentKind::Legacy { created_at: legacy + chrono::Duration::microseconds(123_456) }

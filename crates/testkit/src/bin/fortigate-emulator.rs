@@ -33,11 +33,7 @@ struct Args {
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
     /// Accepted REST API token.
-    #[arg(
-        long,
-        env = "FORTIGATE_EMULATOR_TOKEN",
-        default_value = "fortimisp-emulator-token"
-    )]
+    #[arg(long, env = "FORTIGATE_EMULATOR_TOKEN", default_value = "fortimisp-emulator-token")]
     token: String,
     /// Reported FortiOS version.
     #[arg(long, default_value = "v7.4.4")]
@@ -71,10 +67,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let tls_config = match &args.tls_dir {
         None => None,
-        Some(dir) => Some(
-            load_or_create_tls(dir, &args.tls_names)
-                .with_context(|| format!("--tls-dir {}", dir.display()))?,
-        ),
+        Some(dir) => {
+            Some(load_or_create_tls(dir, &args.tls_names).with_context(|| format!("--tls-dir {}", dir.display()))?)
+        }
     };
     let emulator = FortiGateEmulator::bind(args.listen, config, tls_config)
         .await
@@ -101,10 +96,7 @@ fn load_or_create_tls(
         names.extend(extra_names.iter().map(String::as_str));
         ca.issue_server_cert_for(&names).write_to_dir(dir)?;
     }
-    Ok(tls::server_config_from_pem(
-        &std::fs::read(&cert)?,
-        &std::fs::read(&key)?,
-    )?)
+    Ok(tls::server_config_from_pem(&std::fs::read(&cert)?, &std::fs::read(&key)?)?)
 }
 
 fn seed(emulator: &FortiGateEmulator, path: &std::path::Path) -> anyhow::Result<()> {

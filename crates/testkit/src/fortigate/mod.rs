@@ -161,10 +161,7 @@ impl Inner {
     }
 
     fn take_fault(&mut self, route: &str) -> Option<Fault> {
-        let rule = self
-            .faults
-            .iter_mut()
-            .find(|r| r.remaining > 0 && r.route.iter().all(|want| want == route))?;
+        let rule = self.faults.iter_mut().find(|r| r.remaining > 0 && r.route.iter().all(|want| want == route))?;
         rule.remaining -= 1;
         let fault = rule.fault.clone();
         self.faults.retain(|r| r.remaining > 0);
@@ -206,25 +203,12 @@ impl Drop for FortiGateEmulator {
 impl FortiGateEmulator {
     /// Plain HTTP on an ephemeral loopback port.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<Self> {
-        Self::bind(
-            "127.0.0.1:0".parse().expect("invariant: literal address"),
-            config,
-            None,
-        )
-        .await
+        Self::bind("127.0.0.1:0".parse().expect("invariant: literal address"), config, None).await
     }
 
     /// HTTPS on an ephemeral loopback port.
-    pub async fn start_tls(
-        config: EmulatorConfig,
-        tls: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<Self> {
-        Self::bind(
-            "127.0.0.1:0".parse().expect("invariant: literal address"),
-            config,
-            Some(tls),
-        )
-        .await
+    pub async fn start_tls(config: EmulatorConfig, tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Self::bind("127.0.0.1:0".parse().expect("invariant: literal address"), config, Some(tls)).await
     }
 
     /// Binds `addr` (HTTPS when `tls` is given) and serves until dropped.
@@ -252,19 +236,8 @@ impl FortiGateEmulator {
         let cancel = CancellationToken::new();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        tokio::spawn(accept_loop(
-            listener,
-            app,
-            acceptor,
-            shared.clone(),
-            cancel.clone(),
-        ));
-        Ok(FortiGateEmulator {
-            url,
-            addr,
-            shared,
-            cancel,
-        })
+        tokio::spawn(accept_loop(listener, app, acceptor, shared.clone(), cancel.clone()));
+        Ok(FortiGateEmulator { url, addr, shared, cancel })
     }
 
     /// `http://127.0.0.1:PORT` or `https://…`, no trailing slash.
@@ -285,11 +258,7 @@ impl FortiGateEmulator {
 
     /// An object of any table with its fields as the API would return them.
     pub fn object(&self, name: &str) -> Option<(Table, Value)> {
-        self.shared
-            .lock()
-            .db
-            .get(name)
-            .map(|(t, e)| (*t, Value::Object(e.clone())))
+        self.shared.lock().db.get(name).map(|(t, e)| (*t, Value::Object(e.clone())))
     }
 
     /// Names in one table, sorted.
@@ -311,27 +280,18 @@ impl FortiGateEmulator {
 
     /// Seeds an IPv4 address (`subnet` as CIDR or dotted mask) with no API checks.
     pub fn seed_address(&self, name: &str, subnet: &str, comment: &str) {
-        self.seed(
-            Table::Address,
-            json!({"name": name, "type": "ipmask", "subnet": subnet, "comment": comment}),
-        );
+        self.seed(Table::Address, json!({"name": name, "type": "ipmask", "subnet": subnet, "comment": comment}));
     }
 
     /// Seeds an IPv6 address.
     pub fn seed_address6(&self, name: &str, ip6: &str, comment: &str) {
-        self.seed(
-            Table::Address6,
-            json!({"name": name, "type": "ipprefix", "ip6": ip6, "comment": comment}),
-        );
+        self.seed(Table::Address6, json!({"name": name, "type": "ipprefix", "ip6": ip6, "comment": comment}));
     }
 
     /// Seeds a group (`Table::Addrgrp` or `Table::Addrgrp6`) with members; members are not checked.
     pub fn seed_group(&self, table: Table, name: &str, members: &[&str], comment: &str) {
         let member: Vec<Value> = members.iter().map(|m| json!({"name": m})).collect();
-        self.seed(
-            table,
-            json!({"name": name, "member": member, "comment": comment}),
-        );
+        self.seed(table, json!({"name": name, "member": member, "comment": comment}));
     }
 
     /// Seeds any entry (must be a JSON object with `name`).
@@ -349,16 +309,8 @@ impl FortiGateEmulator {
     /// Seeds a banned-IP entry.
     pub fn seed_banned(&self, ip: IpAddr, expiry_secs: u64) {
         let now = unix_now();
-        let expires = if expiry_secs == 0 {
-            0
-        } else {
-            now + expiry_secs as i64
-        };
-        self.shared.lock().db.banned.push(BannedEntry {
-            ip,
-            created: now,
-            expires,
-        });
+        let expires = if expiry_secs == 0 { 0 } else { now + expiry_secs as i64 };
+        self.shared.lock().db.banned.push(BannedEntry { ip, created: now, expires });
     }
 
     // ---- behaviour switches ----
@@ -389,11 +341,7 @@ impl FortiGateEmulator {
     /// The next `times` requests (matching `route`, e.g. `POST /api/v2/cmdb/firewall/address`, or any) get `fault`.
     /// Rules fire in the order injected.
     pub fn inject(&self, route: Option<&str>, fault: Fault, times: usize) {
-        self.shared.lock().faults.push_back(FaultRule {
-            route: route.map(str::to_string),
-            fault,
-            remaining: times,
-        });
+        self.shared.lock().faults.push_back(FaultRule { route: route.map(str::to_string), fault, remaining: times });
     }
 
     /// The next `n` requests answer `status` (plain text body).
@@ -468,10 +416,7 @@ impl FortiGateEmulator {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 async fn accept_loop(
@@ -493,13 +438,7 @@ async fn accept_loop(
             },
         };
         shared.lock().connections += 1;
-        tokio::spawn(serve_conn(
-            tcp,
-            peer,
-            app.clone(),
-            tls.clone(),
-            cancel.clone(),
-        ));
+        tokio::spawn(serve_conn(tcp, peer, app.clone(), tls.clone(), cancel.clone()));
     }
 }
 
@@ -510,10 +449,7 @@ async fn serve_conn(
     tls: Option<tokio_rustls::TlsAcceptor>,
     cancel: CancellationToken,
 ) {
-    let conn = Conn {
-        peer: peer.ip(),
-        kill: Arc::new(Notify::new()),
-    };
+    let conn = Conn { peer: peer.ip(), kill: Arc::new(Notify::new()) };
     match tls {
         Some(acceptor) => {
             // A client that refuses our certificate ends the handshake; nothing to serve.
@@ -533,16 +469,9 @@ where
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(conn.clone());
         let app = app.clone();
-        async move {
-            Ok::<_, Infallible>(
-                app.oneshot(req.map(Body::new))
-                    .await
-                    .unwrap_or_else(|e| match e {}),
-            )
-        }
+        async move { Ok::<_, Infallible>(app.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
     });
-    let serving =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    let serving = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
     tokio::select! {
         _ = serving => {}
         _ = kill.notified() => {}
@@ -578,18 +507,13 @@ fn classify(path: &str) -> (Route, String) {
         let base = format!("{CMDB}{}", table.as_str());
         return match segs.as_slice() {
             [_] | [_, ""] => (Route::Collection(table), base),
-            [_, name] => (
-                Route::Entry(table, decode(name)),
-                format!("{base}/{{name}}"),
-            ),
-            [_, g, "member"] if table.is_group() => (
-                Route::Members(table, decode(g)),
-                format!("{base}/{{name}}/member"),
-            ),
-            [_, g, "member", m] if table.is_group() && !m.is_empty() => (
-                Route::Member(table, decode(g), decode(m)),
-                format!("{base}/{{name}}/member/{{member}}"),
-            ),
+            [_, name] => (Route::Entry(table, decode(name)), format!("{base}/{{name}}")),
+            [_, g, "member"] if table.is_group() => {
+                (Route::Members(table, decode(g)), format!("{base}/{{name}}/member"))
+            }
+            [_, g, "member", m] if table.is_group() && !m.is_empty() => {
+                (Route::Member(table, decode(g), decode(m)), format!("{base}/{{name}}/member/{{member}}"))
+            }
             _ => (Route::BadPath, format!("{base}/<bad path>")),
         };
     }
@@ -623,10 +547,7 @@ fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [
-            (
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("error=\"invalid_token\""),
-            ),
+            (header::WWW_AUTHENTICATE, HeaderValue::from_static("error=\"invalid_token\"")),
             (header::CONTENT_TYPE, HeaderValue::from_static("text/html")),
         ],
         body,
@@ -636,60 +557,34 @@ fn unauthorized() -> Response {
 
 /// FortiOS 7.4.5+ (and 7.6.1+) refuse the token in the URL by default.
 fn url_token_disabled(version: &str) -> bool {
-    let v: Vec<u32> = version
-        .trim_start_matches('v')
-        .split('.')
-        .map(|p| p.parse().unwrap_or(0))
-        .collect();
-    let v = (
-        v.first().copied().unwrap_or(0),
-        v.get(1).copied().unwrap_or(0),
-        v.get(2).copied().unwrap_or(0),
-    );
+    let v: Vec<u32> = version.trim_start_matches('v').split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    let v = (v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0));
     v >= (7, 6, 1) || ((7, 4, 5)..(7, 6, 0)).contains(&v)
 }
 
 fn plain(status: u16, text: &'static str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
-        text,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], text).into_response()
 }
 
 /// Checks the token and the lockout for `peer`; `Some(response)` refuses the request.
-fn authenticate(
-    inner: &mut Inner,
-    headers: &HeaderMap,
-    query: &[(String, String)],
-    peer: IpAddr,
-) -> Option<Response> {
+fn authenticate(inner: &mut Inner, headers: &HeaderMap, query: &[(String, String)], peer: IpAddr) -> Option<Response> {
     let now = Instant::now();
     let threshold = inner.config.lockout_threshold.max(1);
     let base = inner.config.lockout_duration;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // `?access_token=` is refused from 7.4.5 / 7.6.1 on (rest-api-key-url-query disabled by default).
     let url_token = query
         .iter()
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.as_str())
         .filter(|_| !url_token_disabled(&inner.config.version));
-    let token_ok = !inner.token_revoked
-        && !inner.untrusted
-        && bearer
-            .or(url_token)
-            .is_some_and(|t| t == inner.config.token);
+    let token_ok =
+        !inner.token_revoked && !inner.untrusted && bearer.or(url_token).is_some_and(|t| t == inner.config.token);
     let lock = inner.locks.entry(peer).or_default();
     if lock.locked_until.is_some_and(|until| now < until) {
-        return Some(plain(
-            429,
-            "Access temporarily blocked - maximum failed authentications reached",
-        ));
+        return Some(plain(429, "Access temporarily blocked - maximum failed authentications reached"));
     }
     if token_ok {
         lock.failures = 0;
@@ -704,15 +599,10 @@ fn authenticate(
     Some(unauthorized())
 }
 
-async fn handle(
-    axum::extract::State(shared): axum::extract::State<Shared>,
-    req: Request,
-) -> Response {
+async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let conn = parts.extensions.get::<Conn>().cloned();
-    let body = axum::body::to_bytes(body, 4 << 20)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(body, 4 << 20).await.unwrap_or_default();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
     let (route, template) = classify(&path);
@@ -767,11 +657,7 @@ fn respond(
     if let Some(refusal) = authenticate(&mut inner, &parts.headers, &query, peer) {
         return refusal;
     }
-    let vdom = query
-        .iter()
-        .find(|(k, _)| k == "vdom")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| "root".into());
+    let vdom = query.iter().find(|(k, _)| k == "vdom").map(|(_, v)| v.clone()).unwrap_or_else(|| "root".into());
     let ctx = EnvelopeCtx {
         method: method.as_str().to_string(),
         vdom: vdom.clone(),
@@ -787,16 +673,7 @@ fn respond(
     } else {
         match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(_) => {
-                return ctx.reply(
-                    &inner.db,
-                    "",
-                    "",
-                    None,
-                    None,
-                    state::err(400, -651, "body is not valid JSON"),
-                )
-            }
+            Err(_) => return ctx.reply(&inner.db, "", "", None, None, state::err(400, -651, "body is not valid JSON")),
         }
     };
     let rules = inner.rules();
@@ -853,16 +730,7 @@ fn respond(
                 "hostname": "fortigate-emulator",
                 "log_disk_status": "available",
             });
-            ctx.reply(
-                db,
-                "system",
-                "status",
-                None,
-                Some(""),
-                Outcome::Ok {
-                    results: Some(results),
-                },
-            )
+            ctx.reply(db, "system", "status", None, Some(""), Outcome::Ok { results: Some(results) })
         }
         (Route::Banned, &Method::GET) => {
             let now = unix_now();
@@ -876,16 +744,7 @@ fn respond(
                     })
                     .collect(),
             );
-            ctx.reply(
-                db,
-                "user",
-                "banned",
-                None,
-                Some("select"),
-                Outcome::Ok {
-                    results: Some(results),
-                },
-            )
+            ctx.reply(db, "user", "banned", None, Some("select"), Outcome::Ok { results: Some(results) })
         }
         (Route::BannedAction(action), &Method::POST) => {
             let outcome = banned_action(db, action, &json_body);
@@ -900,9 +759,7 @@ fn respond(
 fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
     if action == "clear_all" {
         db.banned.clear();
-        return Outcome::Ok {
-            results: Some(json!({})),
-        };
+        return Outcome::Ok { results: Some(json!({})) };
     }
     let Some(list) = body.get("ip_addresses").and_then(Value::as_array) else {
         return state::err(400, -651, "ip_addresses: required");
@@ -919,37 +776,21 @@ fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
     if action == "add_users" {
         let expiry = body.get("expiry").and_then(Value::as_i64).unwrap_or(0);
         for ip in ips {
-            db.banned.push(BannedEntry {
-                ip,
-                created: now,
-                expires: if expiry <= 0 { 0 } else { now + expiry },
-            });
+            db.banned.push(BannedEntry { ip, created: now, expires: if expiry <= 0 { 0 } else { now + expiry } });
         }
     }
-    Outcome::Ok {
-        results: Some(json!({})),
-    }
+    Outcome::Ok { results: Some(json!({})) }
 }
 
 fn format_fields(query: &[(String, String)]) -> Option<Vec<String>> {
-    query
-        .iter()
-        .find(|(k, _)| k == "format")
-        .map(|(_, v)| v.split('|').map(str::to_string).collect())
+    query.iter().find(|(k, _)| k == "format").map(|(_, v)| v.split('|').map(str::to_string).collect())
 }
 
 fn project_outcome(outcome: Outcome, query: &[(String, String)]) -> Outcome {
     let fields = format_fields(query);
     match outcome {
-        Outcome::Ok {
-            results: Some(Value::Array(items)),
-        } => Outcome::Ok {
-            results: Some(Value::Array(
-                items
-                    .into_iter()
-                    .map(|e| state::project(e, fields.as_deref()))
-                    .collect(),
-            )),
+        Outcome::Ok { results: Some(Value::Array(items)) } => Outcome::Ok {
+            results: Some(Value::Array(items.into_iter().map(|e| state::project(e, fields.as_deref())).collect())),
         },
         other => other,
     }
@@ -967,29 +808,18 @@ fn list(db: &Db, table: Table, query: &[(String, String)]) -> Outcome {
         }
         groups.push(any);
     }
-    let num = |key: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-    };
+    let num = |key: &str| query.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse::<usize>().ok());
     let start = num("start").unwrap_or(0);
     let count = num("count").unwrap_or(usize::MAX);
     let fields = format_fields(query);
-    let items: Vec<Value> = state::listing(
-        db.entries(table)
+    let items: Vec<Value> =
+        state::listing(db.entries(table).into_iter().filter(|e| state::matches_all(&groups, e)).collect())
             .into_iter()
-            .filter(|e| state::matches_all(&groups, e))
-            .collect(),
-    )
-    .into_iter()
-    .skip(start)
-    .take(count)
-    .map(|e| state::project(e, fields.as_deref()))
-    .collect();
-    Outcome::Ok {
-        results: Some(Value::Array(items)),
-    }
+            .skip(start)
+            .take(count)
+            .map(|e| state::project(e, fields.as_deref()))
+            .collect();
+    Outcome::Ok { results: Some(Value::Array(items)) }
 }
 
 struct EnvelopeCtx {
@@ -1022,10 +852,7 @@ impl EnvelopeCtx {
                 if self.method != "GET" && action.is_none() {
                     env.insert("revision".into(), revision.into());
                     env.insert("revision_changed".into(), true.into());
-                    env.insert(
-                        "old_revision".into(),
-                        format!("{:032x}", db.revision.saturating_sub(1)).into(),
-                    );
+                    env.insert("old_revision".into(), format!("{:032x}", db.revision.saturating_sub(1)).into());
                 } else {
                     env.insert("revision".into(), revision.into());
                 }
@@ -1040,11 +867,7 @@ impl EnvelopeCtx {
                 }
                 env.insert("status".into(), "success".into());
             }
-            Outcome::Err {
-                http: h,
-                code,
-                cli_error,
-            } => {
+            Outcome::Err { http: h, code, cli_error } => {
                 http = h;
                 env.insert("revision".into(), revision.into());
                 env.insert("status".into(), "error".into());

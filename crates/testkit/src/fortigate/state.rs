@@ -56,20 +56,12 @@ pub enum Outcome {
     /// Success; `results` is `Some` for GETs.
     Ok { results: Option<Value> },
     /// Error: HTTP status and FortiOS error code (`None` = no `error` field, as in the real 404 body).
-    Err {
-        http: u16,
-        code: Option<i64>,
-        cli_error: Option<&'static str>,
-    },
+    Err { http: u16, code: Option<i64>, cli_error: Option<&'static str> },
 }
 
 /// An error with no `error` field (the real 404 body, 400 on a bad path).
 pub fn bare(http: u16) -> Outcome {
-    Outcome::Err {
-        http,
-        code: None,
-        cli_error: None,
-    }
+    Outcome::Err { http, code: None, cli_error: None }
 }
 
 fn ok() -> Outcome {
@@ -78,11 +70,7 @@ fn ok() -> Outcome {
 
 /// An error with a FortiOS code and CLI text.
 pub fn err(http: u16, code: i64, cli_error: &'static str) -> Outcome {
-    Outcome::Err {
-        http,
-        code: Some(code),
-        cli_error: Some(cli_error),
-    }
+    Outcome::Err { http, code: Some(code), cli_error: Some(cli_error) }
 }
 
 /// Knobs that make the emulator behave like one FortiOS build or another.
@@ -153,21 +141,12 @@ fn member_names(entry: &Map<String, Value>) -> Vec<String> {
     entry
         .get("member")
         .and_then(Value::as_array)
-        .map(|m| {
-            m.iter()
-                .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
 fn member_list(names: &[String]) -> Value {
-    Value::Array(
-        names
-            .iter()
-            .map(|n| json!({"name": n, "q_origin_key": n}))
-            .collect(),
-    )
+    Value::Array(names.iter().map(|n| json!({"name": n, "q_origin_key": n})).collect())
 }
 
 impl Db {
@@ -180,19 +159,11 @@ impl Db {
     }
 
     pub fn entries(&self, table: Table) -> Vec<Map<String, Value>> {
-        self.objects
-            .values()
-            .filter(|(t, _)| *t == table)
-            .map(|(_, e)| e.clone())
-            .collect()
+        self.objects.values().filter(|(t, _)| *t == table).map(|(_, e)| e.clone()).collect()
     }
 
     pub fn names(&self, table: Table) -> Vec<String> {
-        self.objects
-            .iter()
-            .filter(|(_, (t, _))| *t == table)
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.objects.iter().filter(|(_, (t, _))| *t == table).map(|(n, _)| n.clone()).collect()
     }
 
     pub fn members(&self, group: &str) -> Option<Vec<String>> {
@@ -208,20 +179,13 @@ impl Db {
 
     fn is_referenced(&self, name: &str) -> bool {
         self.policy_refs.contains(name)
-            || self
-                .objects
-                .values()
-                .any(|(t, e)| t.is_group() && member_names(e).iter().any(|m| m == name))
+            || self.objects.values().any(|(t, e)| t.is_group() && member_names(e).iter().any(|m| m == name))
     }
 
     /// Inserts an entry without the API's checks (test seeding); normalises the address fields.
     pub fn seed(&mut self, table: Table, mut entry: Map<String, Value>) {
         normalise_fields(table, &mut entry);
-        if let Some(name) = entry
-            .get("name")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-        {
+        if let Some(name) = entry.get("name").and_then(Value::as_str).map(str::to_string) {
             self.objects.insert(name, (table, entry));
             self.bump();
         }
@@ -230,9 +194,7 @@ impl Db {
     /// `GET /cmdb/firewall/{table}/{name}`: the real 404 carries no `error` field.
     pub fn get_entry(&self, table: Table, name: &str) -> Outcome {
         match self.objects.get(name) {
-            Some((t, e)) if *t == table => Outcome::Ok {
-                results: Some(Value::Array(vec![with_origin_key(e)])),
-            },
+            Some((t, e)) if *t == table => Outcome::Ok { results: Some(Value::Array(vec![with_origin_key(e)])) },
             _ => bare(404),
         }
     }
@@ -241,11 +203,7 @@ impl Db {
         let Some(mut entry) = body.as_object().cloned() else {
             return err(400, -651, "body is not a JSON object");
         };
-        let Some(name) = entry
-            .get("name")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-        else {
+        let Some(name) = entry.get("name").and_then(Value::as_str).map(str::to_string) else {
             return err(424, -651, "name: missing");
         };
         if name.is_empty() || name.chars().count() > 79 {
@@ -253,17 +211,9 @@ impl Db {
         }
         if let Some((t, _)) = self.objects.get(&name) {
             return if *t == table {
-                err(
-                    rules.duplicate_status,
-                    -5,
-                    "A duplicate entry already exists.",
-                )
+                err(rules.duplicate_status, -5, "A duplicate entry already exists.")
             } else if table.is_group() != t.is_group() {
-                err(
-                    500,
-                    -163,
-                    "name clashes with an address/addrgrp of the same name",
-                )
+                err(500, -163, "name clashes with an address/addrgrp of the same name")
             } else {
                 err(500, -5, "A duplicate entry already exists.")
             };
@@ -359,11 +309,7 @@ impl Db {
 
     /// `DELETE` on the collection: purges every unreferenced entry of the table (the danger the client must avoid).
     pub fn purge(&mut self, table: Table) -> Outcome {
-        let victims: Vec<String> = self
-            .names(table)
-            .into_iter()
-            .filter(|n| !self.is_referenced(n))
-            .collect();
+        let victims: Vec<String> = self.names(table).into_iter().filter(|n| !self.is_referenced(n)).collect();
         for v in victims {
             self.objects.remove(&v);
         }
@@ -373,9 +319,7 @@ impl Db {
 
     pub fn get_members(&self, table: Table, group: &str) -> Outcome {
         match self.objects.get(group) {
-            Some((t, e)) if *t == table => Outcome::Ok {
-                results: Some(member_list(&member_names(e))),
-            },
+            Some((t, e)) if *t == table => Outcome::Ok { results: Some(member_list(&member_names(e))) },
             _ => err(404, -3, "Entry not found."),
         }
     }
@@ -383,21 +327,13 @@ impl Db {
     pub fn get_member(&self, table: Table, group: &str, member: &str) -> Outcome {
         match self.objects.get(group) {
             Some((t, e)) if *t == table && member_names(e).iter().any(|m| m == member) => {
-                Outcome::Ok {
-                    results: Some(json!([{"name": member, "q_origin_key": member}])),
-                }
+                Outcome::Ok { results: Some(json!([{"name": member, "q_origin_key": member}])) }
             }
             _ => bare(404),
         }
     }
 
-    pub fn add_member(
-        &mut self,
-        table: Table,
-        group: &str,
-        body: &Value,
-        rules: &Rules,
-    ) -> Outcome {
+    pub fn add_member(&mut self, table: Table, group: &str, body: &Value, rules: &Rules) -> Outcome {
         let Some(member) = body.get("name").and_then(Value::as_str).map(str::to_string) else {
             return err(424, -651, "name: missing");
         };
@@ -412,11 +348,7 @@ impl Db {
             return err(424, -3, "Entry not found.");
         }
         if names.contains(&member) {
-            return err(
-                rules.duplicate_status,
-                -5,
-                "A duplicate entry already exists.",
-            );
+            return err(rules.duplicate_status, -5, "A duplicate entry already exists.");
         }
         if names.len() >= rules.group_member_limit {
             return err(500, -52, "group member limit reached");
@@ -426,13 +358,7 @@ impl Db {
         ok()
     }
 
-    pub fn remove_member(
-        &mut self,
-        table: Table,
-        group: &str,
-        member: &str,
-        rules: &Rules,
-    ) -> Outcome {
+    pub fn remove_member(&mut self, table: Table, group: &str, member: &str, rules: &Rules) -> Outcome {
         let mut names = match self.objects.get(group) {
             Some((t, e)) if *t == table => member_names(e),
             _ => return err(404, -3, "Entry not found."),
@@ -474,17 +400,10 @@ pub fn listing(entries: Vec<Map<String, Value>>) -> Vec<Value> {
 fn normalise_fields(table: Table, entry: &mut Map<String, Value>) -> bool {
     match table {
         Table::Address => {
-            let ty = entry
-                .entry("type")
-                .or_insert_with(|| Value::from("ipmask"))
-                .as_str()
-                .unwrap_or("ipmask")
-                .to_string();
+            let ty =
+                entry.entry("type").or_insert_with(|| Value::from("ipmask")).as_str().unwrap_or("ipmask").to_string();
             if ty == "ipmask" {
-                let subnet = entry
-                    .get("subnet")
-                    .and_then(Value::as_str)
-                    .unwrap_or("0.0.0.0/0");
+                let subnet = entry.get("subnet").and_then(Value::as_str).unwrap_or("0.0.0.0/0");
                 match normalise_subnet(subnet) {
                     Some(s) => {
                         entry.insert("subnet".into(), Value::from(s));
@@ -516,9 +435,7 @@ fn normalise_fields(table: Table, entry: &mut Map<String, Value>) -> bool {
         }
         Table::Addrgrp | Table::Addrgrp6 => {
             entry.entry("comment").or_insert_with(|| Value::from(""));
-            entry
-                .entry("member")
-                .or_insert_with(|| Value::Array(vec![]));
+            entry.entry("member").or_insert_with(|| Value::Array(vec![]));
             true
         }
     }
@@ -543,21 +460,11 @@ enum FilterOp {
 impl Filter {
     /// Parses one expression; `None` if no known operator.
     pub fn parse(s: &str) -> Option<Filter> {
-        const OPS: [(&str, FilterOp); 4] = [
-            ("==", FilterOp::Eq),
-            ("!=", FilterOp::Ne),
-            ("=@", FilterOp::Contains),
-            ("!@", FilterOp::NotContains),
-        ];
-        let (at, op, len) = OPS
-            .iter()
-            .filter_map(|(tok, op)| s.find(tok).map(|i| (i, *op, tok.len())))
-            .min_by_key(|(i, _, _)| *i)?;
-        Some(Filter {
-            field: s[..at].to_string(),
-            op,
-            value: s[at + len..].to_string(),
-        })
+        const OPS: [(&str, FilterOp); 4] =
+            [("==", FilterOp::Eq), ("!=", FilterOp::Ne), ("=@", FilterOp::Contains), ("!@", FilterOp::NotContains)];
+        let (at, op, len) =
+            OPS.iter().filter_map(|(tok, op)| s.find(tok).map(|i| (i, *op, tok.len()))).min_by_key(|(i, _, _)| *i)?;
+        Some(Filter { field: s[..at].to_string(), op, value: s[at + len..].to_string() })
     }
 
     pub fn matches(&self, entry: &Map<String, Value>) -> bool {
@@ -577,17 +484,13 @@ impl Filter {
 
 /// `filter` groups: each `filter=` parameter is ANDed; commas inside one parameter are ORed.
 pub fn matches_all(groups: &[Vec<Filter>], entry: &Map<String, Value>) -> bool {
-    groups
-        .iter()
-        .all(|any| any.iter().any(|f| f.matches(entry)))
+    groups.iter().all(|any| any.iter().any(|f| f.matches(entry)))
 }
 
 /// `format=name|comment` keeps only these fields.
 pub fn project(entry: Value, fields: Option<&[String]>) -> Value {
     match (entry, fields) {
-        (Value::Object(m), Some(keep)) => {
-            Value::Object(m.into_iter().filter(|(k, _)| keep.contains(k)).collect())
-        }
+        (Value::Object(m), Some(keep)) => Value::Object(m.into_iter().filter(|(k, _)| keep.contains(k)).collect()),
         (e, _) => e,
     }
 }
@@ -616,10 +519,7 @@ mod tests {
     fn filters_parse_and_match() {
         let mut e = Map::new();
         e.insert("name".into(), "misp-1.2.3.4".into());
-        e.insert(
-            "comment".into(),
-            "fortimisp 2025-01-01T00:00:00Z misp-event=1".into(),
-        );
+        e.insert("comment".into(), "fortimisp 2025-01-01T00:00:00Z misp-event=1".into());
         let cases = [
             ("name==misp-1.2.3.4", true),
             ("name!=misp-1.2.3.4", false),
