@@ -19,13 +19,13 @@ pub fn describe_line(line_no: usize, input: &[u8]) -> String {
             out.push_str("\"format\":\"");
             out.push_str(record.format().as_str());
             out.push_str("\",\"fields\":{");
-            for (i, field) in record.fields().enumerate() {
+            for (i, (key, value)) in record.fields().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                push_json_string(&mut out, &field.key);
+                push_json_string(&mut out, key);
                 out.push(':');
-                push_json_string(&mut out, &field.value);
+                push_json_string(&mut out, value);
             }
             out.push_str("}}");
         }

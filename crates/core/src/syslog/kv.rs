@@ -9,7 +9,6 @@
 use memchr::{memchr, memchr2};
 
 use super::record::{classify, LogRecord};
-use super::text::Text;
 
 /// True if the body is FortiOS csv: the first value is followed by `,` and another `key=`.
 pub(crate) fn looks_like_csv(b: &[u8], start: usize) -> bool {
@@ -84,8 +83,8 @@ fn unescape(b: &[u8]) -> Vec<u8> {
 }
 
 /// Parses pairs from `start` to the end; `sep` is `b' '` (default) or `b','` (csv).
-pub(crate) fn parse_pairs<'a>(text: Text<'a>, start: usize, sep: u8, rec: &mut LogRecord<'a>) {
-    let b = text.bytes;
+pub(crate) fn parse_pairs(rec: &mut LogRecord<'_>, start: usize, sep: u8) {
+    let b = rec.bytes;
     let n = b.len();
     let mut i = start;
     loop {
@@ -122,9 +121,9 @@ pub(crate) fn parse_pairs<'a>(text: Text<'a>, start: usize, sep: u8, rec: &mut L
                         i = memchr2(b' ', sep, &b[i..]).map_or(n, |off| i + off);
                     }
                     if escaped {
-                        Text::owned(unescape(&b[value_start..close]))
+                        rec.own_bytes(unescape(&b[value_start..close]))
                     } else {
-                        text.cow(value_start, close)
+                        rec.span(value_start, close)
                     }
                 }
                 None => {
@@ -132,17 +131,18 @@ pub(crate) fn parse_pairs<'a>(text: Text<'a>, start: usize, sep: u8, rec: &mut L
                     i = n;
                     let raw = &b[value_start.min(n)..];
                     if raw.contains(&b'\\') {
-                        Text::owned(unescape(raw))
+                        rec.own_bytes(unescape(raw))
                     } else {
-                        text.cow(value_start, n)
+                        rec.span(value_start, n)
                     }
                 }
             }
         } else {
             let value_start = i;
             i = memchr(sep, &b[i..]).map_or(n, |off| i + off);
-            text.cow(value_start, i)
+            rec.span(value_start, i)
         };
-        rec.push(classify(&b[key_start..key_end]), text.cow(key_start, key_end), value);
+        let key = rec.span(key_start, key_end);
+        rec.push(classify(&b[key_start..key_end]), key, value);
     }
 }
