@@ -6,7 +6,7 @@
 //! skipped; a token without `=` (FortiOS 4's `time=10: 13:03`) is skipped and counted; junk right after a closing
 //! quote (`msg="..."|`) is skipped; a quote never closed runs to the end of the message and flags the record.
 
-use memchr::{memchr, memchr2};
+use super::scan::{find1, find2};
 
 use super::record::{classify, LogRecord};
 
@@ -53,8 +53,10 @@ fn closing_quote(b: &[u8], from: usize) -> Option<(usize, bool)> {
     let mut j = from;
     let mut escaped = false;
     while j < b.len() {
-        let off = memchr2(b'"', b'\\', &b[j..])?;
-        let k = j + off;
+        let k = find2(b, j, b'"', b'\\');
+        if k >= b.len() {
+            return None;
+        }
         if b[k] == b'"' {
             return Some((k, escaped));
         }
@@ -95,13 +97,7 @@ pub(crate) fn parse_pairs(rec: &mut LogRecord<'_>, start: usize, sep: u8) {
             break;
         }
         let key_start = i;
-        while i < n {
-            let c = b[i];
-            if c == b'=' || c == b' ' || c == sep {
-                break;
-            }
-            i += 1;
-        }
+        i = find2(b, i, b'=', sep);
         if i >= n || b[i] != b'=' || i == key_start {
             // A bare token, or `=value` with no key: skip it up to the next separator.
             rec.skipped += 1;
@@ -118,7 +114,7 @@ pub(crate) fn parse_pairs(rec: &mut LogRecord<'_>, start: usize, sep: u8) {
                 Some((close, escaped)) => {
                     i = close + 1;
                     if i < n && b[i] != b' ' && b[i] != sep {
-                        i = memchr2(b' ', sep, &b[i..]).map_or(n, |off| i + off);
+                        i = find2(b, i, b' ', sep);
                     }
                     if escaped {
                         rec.own_bytes(unescape(&b[value_start..close]))
@@ -139,7 +135,7 @@ pub(crate) fn parse_pairs(rec: &mut LogRecord<'_>, start: usize, sep: u8) {
             }
         } else {
             let value_start = i;
-            i = memchr(sep, &b[i..]).map_or(n, |off| i + off);
+            i = find1(b, i, sep);
             rec.span(value_start, i)
         };
         let key = rec.span(key_start, key_end);

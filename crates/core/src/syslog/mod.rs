@@ -42,6 +42,7 @@ mod json;
 mod kv;
 mod parse;
 mod record;
+mod scan;
 mod text;
 
 pub use describe::describe_line;
