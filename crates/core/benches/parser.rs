@@ -13,8 +13,8 @@ use regex::Regex;
 
 /// Fields the daemon reads on every line (the trigger keys plus the addresses and device identity).
 const FIELDS: [&str; 13] = [
-    "srcip", "dstip", "srcport", "dstport", "proto", "policyid", "action", "type", "subtype", "srcintf", "devname",
-    "devid", "vd",
+    "srcip", "dstip", "srcport", "dstport", "proto", "policyid", "action", "type", "subtype",
+    "srcintf", "devname", "devid", "vd",
 ];
 
 fn corpus_lines() -> Vec<Vec<u8>> {
@@ -28,7 +28,12 @@ fn corpus_lines() -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
     for file in files {
         let bytes = std::fs::read(&file).expect("corpus file is readable");
-        lines.extend(bytes.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+        lines.extend(
+            bytes
+                .split(|&c| c == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
     }
     lines
 }
@@ -78,7 +83,9 @@ fn bench(c: &mut Criterion) {
         .collect();
     let regexes: Vec<Regex> = FIELDS
         .iter()
-        .map(|f| Regex::new(&format!(r#"(?:^|[\s,]){f}="?([^"\s,]*)"#)).expect("baseline regex compiles"))
+        .map(|f| {
+            Regex::new(&format!(r#"(?:^|[\s,]){f}="?([^"\s,]*)"#)).expect("baseline regex compiles")
+        })
         .collect();
     let bytes = |set: &[Vec<u8>]| set.iter().map(Vec::len).sum::<usize>();
     eprintln!(
@@ -90,13 +97,18 @@ fn bench(c: &mut Criterion) {
     );
 
     for (name, set) in [("corpus_mix", &mix), ("default_only", &default)] {
-        let text: Vec<String> = set.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+        let text: Vec<String> = set
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(set.len() as u64));
         group.sample_size(30);
         group.measurement_time(std::time::Duration::from_secs(4));
         group.bench_function("fortimisp_parse", |b| b.iter(|| ours(black_box(set))));
-        group.bench_function("regex_per_field", |b| b.iter(|| regex_per_field(&regexes, black_box(&text))));
+        group.bench_function("regex_per_field", |b| {
+            b.iter(|| regex_per_field(&regexes, black_box(&text)))
+        });
         group.finish();
     }
 }

@@ -22,7 +22,11 @@ use super::record::{classify, CefHeader, LogRecord, Ref};
 use super::text::Text;
 
 /// Parses a CEF body starting at `start` (at the version digit, after any `CEF:` marker).
-pub(crate) fn parse<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) -> Result<(), ParseError> {
+pub(crate) fn parse<'a>(
+    text: Text<'a>,
+    start: usize,
+    rec: &mut LogRecord<'a>,
+) -> Result<(), ParseError> {
     let b = rec.bytes;
     let n = b.len();
     let mut parts: [(usize, usize, bool); 7] = [(0, 0, false); 7];

@@ -218,8 +218,14 @@ impl FrameDecoder {
         if start == buf.len() {
             return None;
         }
-        let ndigits = buf[start..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if buf[start] != b'0' && buf.get(start + ndigits) == Some(&b' ') && ndigits <= MAX_LEN_DIGITS {
+        let ndigits = buf[start..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if buf[start] != b'0'
+            && buf.get(start + ndigits) == Some(&b' ')
+            && ndigits <= MAX_LEN_DIGITS
+        {
             let len = buf[start..start + ndigits].iter().fold(0usize, |n, d| {
                 n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
             });
@@ -347,7 +353,10 @@ mod tests {
         let joined: Vec<u8> = chunks.concat();
         let bytes: Vec<&[u8]> = joined.chunks(1).collect();
         let at_least = |r: &Result<String, FrameError>| match r {
-            Err(FrameError::TooLong { len, max }) => Err(FrameError::TooLong { len: (*len).min(max + 1), max: *max }),
+            Err(FrameError::TooLong { len, max }) => Err(FrameError::TooLong {
+                len: (*len).min(max + 1),
+                max: *max,
+            }),
             other => other.clone(),
         };
         let got: Vec<_> = run(max, &bytes).iter().map(at_least).collect();
@@ -359,20 +368,69 @@ mod tests {
     fn table() {
         use Ev::{Err as E, Msg as M};
         let too_long = |len| E(FrameError::TooLong { len, max: 16 });
-        let cases: &[(&str, &[&[u8]], &[Ev])] = &[
-            ("octet counting", &[b"5 <1>ab3 <2>"], &[M("<1>ab"), M("<2>")]),
-            ("octet counting split", &[b"1", b"1 <189>ty", b"pe=x10 <189>a=b\nc"], &[M("<189>type=x"), M("<189>a=b\nc")]),
-            ("octet frame keeps inner newline, strips trailer", &[b"6 a\nb\r\n\n4 cdef"], &[M("a\nb"), M("cdef")]),
-            ("lf", &[b"<1>a=1\n<2>b=2\r\n\n<3>c=3"], &[M("<1>a=1"), M("<2>b=2"), M("<3>c=3")]),
-            ("lf split", &[b"<1>a", b"=1\n<2", b">b=2\n"], &[M("<1>a=1"), M("<2>b=2")]),
-            ("mixed on one connection", &[b"3 abc<1>lf line\n4 defg"], &[M("abc"), M("<1>lf line"), M("defg")]),
-            ("digits without space are lf", &[b"2026-04 a=b\n", b"42\n"], &[M("2026-04 a=b"), M("42")]),
+        type Case<'a> = (&'a str, &'a [&'a [u8]], &'a [Ev]);
+        let cases: &[Case] = &[
+            (
+                "octet counting",
+                &[b"5 <1>ab3 <2>"],
+                &[M("<1>ab"), M("<2>")],
+            ),
+            (
+                "octet counting split",
+                &[b"1", b"1 <189>ty", b"pe=x10 <189>a=b\nc"],
+                &[M("<189>type=x"), M("<189>a=b\nc")],
+            ),
+            (
+                "octet frame keeps inner newline, strips trailer",
+                &[b"6 a\nb\r\n\n4 cdef"],
+                &[M("a\nb"), M("cdef")],
+            ),
+            (
+                "lf",
+                &[b"<1>a=1\n<2>b=2\r\n\n<3>c=3"],
+                &[M("<1>a=1"), M("<2>b=2"), M("<3>c=3")],
+            ),
+            (
+                "lf split",
+                &[b"<1>a", b"=1\n<2", b">b=2\n"],
+                &[M("<1>a=1"), M("<2>b=2")],
+            ),
+            (
+                "mixed on one connection",
+                &[b"3 abc<1>lf line\n4 defg"],
+                &[M("abc"), M("<1>lf line"), M("defg")],
+            ),
+            (
+                "digits without space are lf",
+                &[b"2026-04 a=b\n", b"42\n"],
+                &[M("2026-04 a=b"), M("42")],
+            ),
             ("nul trailer", &[b"<1>a=1\0\n"], &[M("<1>a=1")]),
-            ("octet oversize skipped whole", &[b"20 0123456789", b"0123456789", b"3 abc"], &[too_long(20), M("abc")]),
-            ("lf oversize skipped whole", &[b"<1>0123456789", b"0123456789\n<2>ok\n"], &[too_long(23), M("<2>ok")]),
-            ("exactly max is fine", &[b"16 0123456789abcdef"], &[M("0123456789abcdef")]),
-            ("eof inside octet frame", &[b"10 abc"], &[E(FrameError::Truncated { missing: 7 })]),
-            ("eof after only a length", &[b"12 "], &[E(FrameError::Truncated { missing: 12 })]),
+            (
+                "octet oversize skipped whole",
+                &[b"20 0123456789", b"0123456789", b"3 abc"],
+                &[too_long(20), M("abc")],
+            ),
+            (
+                "lf oversize skipped whole",
+                &[b"<1>0123456789", b"0123456789\n<2>ok\n"],
+                &[too_long(23), M("<2>ok")],
+            ),
+            (
+                "exactly max is fine",
+                &[b"16 0123456789abcdef"],
+                &[M("0123456789abcdef")],
+            ),
+            (
+                "eof inside octet frame",
+                &[b"10 abc"],
+                &[E(FrameError::Truncated { missing: 7 })],
+            ),
+            (
+                "eof after only a length",
+                &[b"12 "],
+                &[E(FrameError::Truncated { missing: 12 })],
+            ),
             ("empty stream", &[b"", b"\n\n"], &[]),
         ];
         for (name, chunks, want) in cases {
@@ -393,16 +451,29 @@ mod tests {
         let mut d = FrameDecoder::new(100);
         let buf = b"3 abc<1>x=1\n";
         let step = d.decode_slice(buf);
-        assert_eq!(step, Step { consumed: 5, outcome: Outcome::Message(2..5) });
+        assert_eq!(
+            step,
+            Step {
+                consumed: 5,
+                outcome: Outcome::Message(2..5)
+            }
+        );
         assert_eq!(d.framing(), Some(Framing::OctetCounting));
         let step = d.decode_slice(&buf[5..]);
-        assert_eq!(step, Step { consumed: 7, outcome: Outcome::Message(0..6) });
+        assert_eq!(
+            step,
+            Step {
+                consumed: 7,
+                outcome: Outcome::Message(0..6)
+            }
+        );
         assert_eq!(d.framing(), Some(Framing::LineFeed));
     }
 
     #[test]
     fn datagrams() {
-        let cases: &[(&[u8], Result<&[u8], FrameError>)] = &[
+        type Case<'a> = (&'a [u8], Result<&'a [u8], FrameError>);
+        let cases: &[Case] = &[
             (b"<189>a=b\n", Ok(b"<189>a=b")),
             (b"<189>a=b\r\n", Ok(b"<189>a=b")),
             (b"<189>a=b\0", Ok(b"<189>a=b")),

@@ -174,7 +174,12 @@ impl<'a> Cursor<'a> {
     fn scalar(&mut self) -> Result<(usize, usize, bool), ParseError> {
         let b = self.b;
         let start = self.pos;
-        while self.pos < b.len() && !matches!(b[self.pos], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+        while self.pos < b.len()
+            && !matches!(
+                b[self.pos],
+                b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+            )
+        {
             self.pos += 1;
         }
         let raw = &b[start..self.pos];
@@ -192,7 +197,10 @@ impl<'a> Cursor<'a> {
 
 /// Parses a JSON object starting at `start` (at the `{`).
 pub(crate) fn parse(rec: &mut LogRecord<'_>, start: usize) -> Result<(), ParseError> {
-    let mut cur = Cursor { b: rec.bytes, pos: start };
+    let mut cur = Cursor {
+        b: rec.bytes,
+        pos: start,
+    };
     cur.expect(b'{')?;
     cur.ws();
     if cur.peek()? == b'}' {

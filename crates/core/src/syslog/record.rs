@@ -81,7 +81,9 @@ impl Pri {
 
     /// The RFC 5424 severity keyword: `emerg`, `alert`, `crit`, `err`, `warning`, `notice`, `info`, `debug`.
     pub fn severity_name(self) -> &'static str {
-        const NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+        const NAMES: [&str; 8] = [
+            "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+        ];
         NAMES[usize::from(self.severity & 7)]
     }
 }
@@ -218,7 +220,8 @@ pub(crate) fn classify(key: &[u8]) -> KeyClass {
         b"device_id" => H(DeviceId),
         b"src_int" => H(SrcInt),
         b"dst_int" => H(DstInt),
-        b"date" | b"time" | b"eventtime" | b"logver" | b"itime" | b"tz" | b"logdesc" | b"sessionid" => Marker,
+        b"date" | b"time" | b"eventtime" | b"logver" | b"itime" | b"tz" | b"logdesc"
+        | b"sessionid" => Marker,
         _ => Other,
     }
 }
@@ -243,7 +246,12 @@ pub struct LogRecord<'a> {
 
 impl<'a> LogRecord<'a> {
     /// `bytes` must be at most [`MAX_MESSAGE`] long (checked by `parse`).
-    pub(crate) fn new(bytes: &'a [u8], utf8: Option<&'a str>, pri: Option<Pri>, header: Header<'a>) -> Self {
+    pub(crate) fn new(
+        bytes: &'a [u8],
+        utf8: Option<&'a str>,
+        pri: Option<Pri>,
+        header: Header<'a>,
+    ) -> Self {
         LogRecord {
             bytes,
             utf8,
@@ -264,7 +272,11 @@ impl<'a> LogRecord<'a> {
     #[inline]
     pub(crate) fn span(&mut self, start: usize, end: usize) -> Ref {
         if let Some(s) = self.utf8 {
-            if start <= end && end <= s.len() && s.is_char_boundary(start) && s.is_char_boundary(end) {
+            if start <= end
+                && end <= s.len()
+                && s.is_char_boundary(start)
+                && s.is_char_boundary(end)
+            {
                 // Lossless: end <= len <= MAX_MESSAGE < 2^31.
                 return Ref {
                     start: start as u32,
@@ -304,12 +316,22 @@ impl<'a> LogRecord<'a> {
             return None;
         }
         let start = r.start as usize;
-        let off = self.bytes.get(start..start + r.len as usize)?.iter().position(|&c| c == sep)?;
+        let off = self
+            .bytes
+            .get(start..start + r.len as usize)?
+            .iter()
+            .position(|&c| c == sep)?;
         // Lossless: off < r.len < 2^31.
         let off = off as u32;
         Some((
-            Ref { start: r.start, len: off },
-            Ref { start: r.start + off + 1, len: r.len - off - 1 },
+            Ref {
+                start: r.start,
+                len: off,
+            },
+            Ref {
+                start: r.start + off + 1,
+                len: r.len - off - 1,
+            },
         ))
     }
 
@@ -377,7 +399,9 @@ impl<'a> LogRecord<'a> {
 
     /// Every `(key, value)` in line order, duplicates included (see [`LogRecord::fields`] for first-wins).
     pub fn raw_fields(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.pairs.iter().map(|p| (self.text(p.key), self.text(p.value)))
+        self.pairs
+            .iter()
+            .map(|p| (self.text(p.key), self.text(p.value)))
     }
 
     /// `(key, value)` in line order, each key once (its first occurrence). O(n²) in the number of keys: for
@@ -429,7 +453,9 @@ impl<'a> LogRecord<'a> {
         if index == ABSENT {
             return None;
         }
-        self.pairs.get(usize::from(index)).map(|p| self.text(p.value))
+        self.pairs
+            .get(usize::from(index))
+            .map(|p| self.text(p.value))
     }
 
     #[inline]
@@ -440,7 +466,8 @@ impl<'a> LogRecord<'a> {
     /// A FortiOS 4 line: `log_id`/`device_id` spelling and no `logid`.
     pub fn is_legacy(&self) -> bool {
         self.hot[Hot::LogId as usize] == ABSENT
-            && (self.hot[Hot::LogIdV4 as usize] != ABSENT || self.hot[Hot::DeviceId as usize] != ABSENT)
+            && (self.hot[Hot::LogIdV4 as usize] != ABSENT
+                || self.hot[Hot::DeviceId as usize] != ABSENT)
     }
 
     /// `srcip` (or FortiOS 4 `src`) as written; may be a hostname in CEF (`src=example.com`).
