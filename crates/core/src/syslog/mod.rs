@@ -49,4 +49,4 @@ pub use describe::describe_line;
 pub use error::{ErrorKind, FrameError, ParseError};
 pub use frame::{datagram, FrameDecoder, Framing};
 pub use parse::parse;
-pub use record::{CefHeader, Format, Header, LogRecord, Pri};
+pub use record::{CefHeader, Format, Header, LogRecord, Pri, Rfc5424Header};

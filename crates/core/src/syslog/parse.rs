@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use super::error::{ErrorKind, ParseError};
-use super::record::{Format, Header, LogRecord, Pri, MAX_MESSAGE};
+use super::record::{Format, Header, LogRecord, Pri, Rfc5424Header, MAX_MESSAGE};
 use super::text::Text;
 use super::{cef, json, kv};
 
@@ -56,7 +56,7 @@ pub fn parse(message: &[u8]) -> Result<LogRecord<'_>, ParseError> {
     let header_format = match header {
         Header::None => Format::Default,
         Header::Rfc3164 { .. } => Format::Rfc3164,
-        Header::Rfc5424 { .. } => Format::Rfc5424,
+        Header::Rfc5424(_) => Format::Rfc5424,
     };
     let rest = &b[pos..];
     let mut rec = LogRecord::new(b, text.utf8(), pri, header);
@@ -199,7 +199,7 @@ fn rfc5424(text: Text<'_>, pos: usize) -> Result<(Header<'_>, usize), ParseError
     if b[body..].starts_with(b"\xEF\xBB\xBF") {
         body += 3;
     }
-    let header = Header::Rfc5424 {
+    let header = Header::Rfc5424(Box::new(Rfc5424Header {
         version,
         timestamp: nil_or(text, spans[0]),
         hostname: nil_or(text, spans[1]),
@@ -207,7 +207,7 @@ fn rfc5424(text: Text<'_>, pos: usize) -> Result<(Header<'_>, usize), ParseError
         procid: nil_or(text, spans[3]),
         msgid: nil_or(text, spans[4]),
         structured_data: nil_or(text, sd),
-    };
+    }));
     Ok((header, body))
 }
 
@@ -534,7 +534,7 @@ mod tests {
         let r = parse(b"<165>1 2003-10-11T22:14:15.003Z fw.example.com fortigate - ID47 [x@1 k=\"v\"] type=traffic").expect("parses");
         assert_eq!(
             r.header(),
-            &Header::Rfc5424 {
+            &Header::Rfc5424(Box::new(Rfc5424Header {
                 version: 1,
                 timestamp: Some("2003-10-11T22:14:15.003Z".into()),
                 hostname: Some("fw.example.com".into()),
@@ -542,7 +542,7 @@ mod tests {
                 procid: None,
                 msgid: Some("ID47".into()),
                 structured_data: Some("[x@1 k=\"v\"]".into()),
-            }
+            }))
         );
         assert_eq!(
             r.pri().map(|p| (p.facility, p.severity, p.severity_name())),

@@ -100,17 +100,21 @@ pub enum Header<'a> {
         timestamp: Cow<'a, str>,
         hostname: Option<Cow<'a, str>>,
     },
-    /// `VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA`.
-    Rfc5424 {
-        version: u16,
-        timestamp: Option<Cow<'a, str>>,
-        hostname: Option<Cow<'a, str>>,
-        app_name: Option<Cow<'a, str>>,
-        procid: Option<Cow<'a, str>>,
-        msgid: Option<Cow<'a, str>>,
-        /// The raw structured data (`[id k="v"]...`), not interpreted.
-        structured_data: Option<Cow<'a, str>>,
-    },
+    /// `VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA` (boxed: keeps the record small).
+    Rfc5424(Box<Rfc5424Header<'a>>),
+}
+
+/// The fields of an RFC 5424 header, as sent; `None` for the NILVALUE `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rfc5424Header<'a> {
+    pub version: u16,
+    pub timestamp: Option<Cow<'a, str>>,
+    pub hostname: Option<Cow<'a, str>>,
+    pub app_name: Option<Cow<'a, str>>,
+    pub procid: Option<Cow<'a, str>>,
+    pub msgid: Option<Cow<'a, str>>,
+    /// The raw structured data (`[id k="v"]...`), not interpreted.
+    pub structured_data: Option<Cow<'a, str>>,
 }
 
 /// The CEF header fields (`CEF:Version|Vendor|Product|DeviceVersion|SignatureID|Name|Severity|`), unescaped.
@@ -190,38 +194,66 @@ pub(crate) enum KeyClass {
     Other,
 }
 
-/// Classifies a key. Called once per pair: keep it a plain `match` on bytes.
+/// Classifies a key. Called once per pair: dispatch on length first so most keys cost one or two compares.
 #[inline]
 pub(crate) fn classify(key: &[u8]) -> KeyClass {
     use Hot::*;
     use KeyClass::{Hot as H, Marker, Other};
-    match key {
-        b"srcip" => H(SrcIp),
-        b"dstip" => H(DstIp),
-        b"srcport" => H(SrcPort),
-        b"dstport" => H(DstPort),
-        b"proto" => H(Proto),
-        b"policyid" => H(PolicyId),
-        b"action" => H(Action),
-        b"type" => H(Type),
-        b"subtype" => H(Subtype),
-        b"devname" => H(DevName),
-        b"devid" => H(DevId),
-        b"vd" => H(Vd),
-        b"srcintf" => H(SrcIntf),
-        b"dstintf" => H(DstIntf),
-        b"logid" => H(LogId),
-        b"src" => H(Src),
-        b"dst" => H(Dst),
-        b"src_port" => H(SrcPortV4),
-        b"dst_port" => H(DstPortV4),
-        b"status" => H(Status),
-        b"log_id" => H(LogIdV4),
-        b"device_id" => H(DeviceId),
-        b"src_int" => H(SrcInt),
-        b"dst_int" => H(DstInt),
-        b"date" | b"time" | b"eventtime" | b"logver" | b"itime" | b"tz" | b"logdesc"
-        | b"sessionid" => Marker,
+    match key.len() {
+        2 => match key {
+            b"vd" => H(Vd),
+            b"tz" => Marker,
+            _ => Other,
+        },
+        3 => match key {
+            b"src" => H(Src),
+            b"dst" => H(Dst),
+            _ => Other,
+        },
+        4 => match key {
+            b"type" => H(Type),
+            b"date" | b"time" => Marker,
+            _ => Other,
+        },
+        5 => match key {
+            b"srcip" => H(SrcIp),
+            b"dstip" => H(DstIp),
+            b"proto" => H(Proto),
+            b"devid" => H(DevId),
+            b"logid" => H(LogId),
+            b"itime" => Marker,
+            _ => Other,
+        },
+        6 => match key {
+            b"action" => H(Action),
+            b"status" => H(Status),
+            b"log_id" => H(LogIdV4),
+            b"logver" => Marker,
+            _ => Other,
+        },
+        7 => match key {
+            b"srcport" => H(SrcPort),
+            b"dstport" => H(DstPort),
+            b"subtype" => H(Subtype),
+            b"devname" => H(DevName),
+            b"srcintf" => H(SrcIntf),
+            b"dstintf" => H(DstIntf),
+            b"src_int" => H(SrcInt),
+            b"dst_int" => H(DstInt),
+            b"logdesc" => Marker,
+            _ => Other,
+        },
+        8 => match key {
+            b"policyid" => H(PolicyId),
+            b"src_port" => H(SrcPortV4),
+            b"dst_port" => H(DstPortV4),
+            _ => Other,
+        },
+        9 => match key {
+            b"device_id" => H(DeviceId),
+            b"eventtime" | b"sessionid" => Marker,
+            _ => Other,
+        },
         _ => Other,
     }
 }
