@@ -13,8 +13,8 @@ use regex::Regex;
 
 /// Fields the daemon reads on every line (the trigger keys plus the addresses and device identity).
 const FIELDS: [&str; 13] = [
-    "srcip", "dstip", "srcport", "dstport", "proto", "policyid", "action", "type", "subtype",
-    "srcintf", "devname", "devid", "vd",
+    "srcip", "dstip", "srcport", "dstport", "proto", "policyid", "action", "type", "subtype", "srcintf", "devname",
+    "devid", "vd",
 ];
 
 fn corpus_lines() -> Vec<Vec<u8>> {
@@ -28,12 +28,7 @@ fn corpus_lines() -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
     for file in files {
         let bytes = std::fs::read(&file).expect("corpus file is readable");
-        lines.extend(
-            bytes
-                .split(|&c| c == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec),
-        );
+        lines.extend(bytes.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
     }
     lines
 }
@@ -65,9 +60,7 @@ fn ours(lines: &[Vec<u8>]) -> usize {
 fn baseline_regexes() -> Vec<Regex> {
     FIELDS
         .iter()
-        .map(|f| {
-            Regex::new(&format!(r#"(?:^|[\s,]){f}="?([^"\s,]*)"#)).expect("baseline regex compiles")
-        })
+        .map(|f| Regex::new(&format!(r#"(?:^|[\s,]){f}="?([^"\s,]*)"#)).expect("baseline regex compiles"))
         .collect()
 }
 
@@ -86,11 +79,8 @@ fn regex_per_field(regexes: &[Regex], lines: &[String]) -> usize {
 
 fn bench(c: &mut Criterion) {
     let mix = corpus_lines();
-    let default: Vec<Vec<u8>> = mix
-        .iter()
-        .filter(|l| parse(l).is_ok_and(|r| r.format() == Format::Default))
-        .cloned()
-        .collect();
+    let default: Vec<Vec<u8>> =
+        mix.iter().filter(|l| parse(l).is_ok_and(|r| r.format() == Format::Default)).cloned().collect();
     let regexes = baseline_regexes();
     let bytes = |set: &[Vec<u8>]| set.iter().map(Vec::len).sum::<usize>();
     eprintln!(
@@ -102,18 +92,13 @@ fn bench(c: &mut Criterion) {
     );
 
     for (name, set) in [("corpus_mix", &mix), ("default_only", &default)] {
-        let text: Vec<String> = set
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect();
+        let text: Vec<String> = set.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(set.len() as u64));
         group.sample_size(30);
         group.measurement_time(std::time::Duration::from_secs(4));
         group.bench_function("fortimisp_parse", |b| b.iter(|| ours(black_box(set))));
-        group.bench_function("regex_per_field", |b| {
-            b.iter(|| regex_per_field(&regexes, black_box(&text)))
-        });
+        group.bench_function("regex_per_field", |b| b.iter(|| regex_per_field(&regexes, black_box(&text))));
         group.finish();
     }
 }
@@ -129,30 +114,19 @@ fn main() {
         let mix = corpus_lines();
         let set: Vec<Vec<u8>> = match std::env::var("PARSER_BENCH_SET").as_deref() {
             Ok("mix") => mix,
-            _ => mix
-                .into_iter()
-                .filter(|l| parse(l).is_ok_and(|r| r.format() == Format::Default))
-                .collect(),
+            _ => mix.into_iter().filter(|l| parse(l).is_ok_and(|r| r.format() == Format::Default)).collect(),
         };
         let started = std::time::Instant::now();
         let hits = if std::env::var("PARSER_BENCH_IMPL").as_deref() == Ok("regex") {
             let regexes = baseline_regexes();
-            let text: Vec<String> = set
-                .iter()
-                .map(|l| String::from_utf8_lossy(l).into_owned())
-                .collect();
-            (0..passes)
-                .map(|_| regex_per_field(&regexes, black_box(&text)))
-                .sum::<usize>()
+            let text: Vec<String> = set.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+            (0..passes).map(|_| regex_per_field(&regexes, black_box(&text))).sum::<usize>()
         } else {
             (0..passes).map(|_| ours(black_box(&set))).sum::<usize>()
         };
         let lines = set.len() * passes;
         let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "{lines} lines in {secs:.3} s wall = {:.0} lines/s (hits {hits})",
-            lines as f64 / secs
-        );
+        eprintln!("{lines} lines in {secs:.3} s wall = {:.0} lines/s (hits {hits})", lines as f64 / secs);
         return;
     }
     benches();

@@ -28,11 +28,7 @@ fn corpus() -> &'static [Vec<u8>] {
             .iter()
             .flat_map(|f| {
                 let bytes = std::fs::read(f).expect("corpus file is readable");
-                bytes
-                    .split(|&c| c == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(<[u8]>::to_vec)
-                    .collect::<Vec<_>>()
+                bytes.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect::<Vec<_>>()
             })
             .collect()
     })
@@ -41,13 +37,7 @@ fn corpus() -> &'static [Vec<u8>] {
 /// Parse and describe must not panic, and the description must be JSON.
 fn exercise(input: &[u8]) {
     if let Ok(record) = parse(input) {
-        let _ = (
-            record.srcip(),
-            record.dstip(),
-            record.policyid(),
-            record.action(),
-            record.duplicate_keys(),
-        );
+        let _ = (record.srcip(), record.dstip(), record.policyid(), record.action(), record.duplicate_keys());
         let _ = record.fields().count();
     }
     let line = describe_line(1, input);
@@ -108,10 +98,8 @@ proptest! {
 
 // ---- round trips
 
-const VALUE_CHARS: &[char] = &[
-    'a', 'Z', '0', '9', '.', ':', '/', '-', '_', ' ', '=', ',', '"', '\\', '|', '\'', '(', ')',
-    'é', '€',
-];
+const VALUE_CHARS: &[char] =
+    &['a', 'Z', '0', '9', '.', ':', '/', '-', '_', ' ', '=', ',', '"', '\\', '|', '\'', '(', ')', 'é', '€'];
 
 fn value() -> impl Strategy<Value = String> {
     proptest::collection::vec(prop::sample::select(VALUE_CHARS), 0..16).prop_map(String::from_iter)
@@ -119,13 +107,11 @@ fn value() -> impl Strategy<Value = String> {
 
 /// Unique keys with values; always carries `type=traffic` first so the line is recognisably FortiGate's.
 fn record() -> impl Strategy<Value = Vec<(String, String)>> {
-    proptest::collection::btree_map("[a-z][a-z0-9_]{0,10}", value(), 0..12).prop_map(
-        |m: BTreeMap<String, String>| {
-            let mut pairs = vec![("type".to_string(), "traffic".to_string())];
-            pairs.extend(m.into_iter().filter(|(k, _)| k != "type"));
-            pairs
-        },
-    )
+    proptest::collection::btree_map("[a-z][a-z0-9_]{0,10}", value(), 0..12).prop_map(|m: BTreeMap<String, String>| {
+        let mut pairs = vec![("type".to_string(), "traffic".to_string())];
+        pairs.extend(m.into_iter().filter(|(k, _)| k != "type"));
+        pairs
+    })
 }
 
 fn as_map<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> BTreeMap<String, String> {
@@ -143,11 +129,7 @@ fn kv_value(v: &str) -> String {
 }
 
 fn write_kv(pairs: &[(String, String)], sep: &str) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", kv_value(v)))
-        .collect::<Vec<_>>()
-        .join(sep)
+    pairs.iter().map(|(k, v)| format!("{k}={}", kv_value(v))).collect::<Vec<_>>().join(sep)
 }
 
 const HEADERS: &[(&str, Format)] = &[
@@ -156,23 +138,14 @@ const HEADERS: &[(&str, Format)] = &[
     ("Dec 23 11:13:03 ", Format::Rfc3164),
     ("<134>Mar  2 09:01:00 fw-1 ", Format::Rfc3164),
     ("2018 Apr 09 16:03:37 relay->10.0.0.1 ", Format::Rfc3164),
-    (
-        "2026-04-03T00:33:02.518842+00:00 192.168.2.1 ",
-        Format::Rfc3164,
-    ),
+    ("2026-04-03T00:33:02.518842+00:00 192.168.2.1 ", Format::Rfc3164),
     ("<165>1 2022-11-14T06:54:03Z fw - - - - ", Format::Rfc5424),
-    (
-        "<165>1 2022-11-14T06:54:03Z fw app 12 ID [a b=\"c\"] ",
-        Format::Rfc5424,
-    ),
+    ("<165>1 2022-11-14T06:54:03Z fw app 12 ID [a b=\"c\"] ", Format::Rfc5424),
 ];
 
 /// CEF extension escaping: `\` `=` and line breaks.
 fn cef_value(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('=', "\\=")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
+    v.replace('\\', "\\\\").replace('=', "\\=").replace('\n', "\\n").replace('\r', "\\r")
 }
 
 proptest! {
@@ -226,16 +199,14 @@ proptest! {
 // ---- framing
 
 fn message() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(prop::sample::select(&b"abc=\" <>0123\n"[..]), 1..40).prop_map(
-        |mut m| {
-            // A syslog message starts with `<`; trailers at the end are not part of it.
-            m.insert(0, b'<');
-            while m.last().is_some_and(|c| *c == b'\n') {
-                m.pop();
-            }
-            m
-        },
-    )
+    proptest::collection::vec(prop::sample::select(&b"abc=\" <>0123\n"[..]), 1..40).prop_map(|mut m| {
+        // A syslog message starts with `<`; trailers at the end are not part of it.
+        m.insert(0, b'<');
+        while m.last().is_some_and(|c| *c == b'\n') {
+            m.pop();
+        }
+        m
+    })
 }
 
 proptest! {

@@ -22,11 +22,7 @@ use super::record::{classify, CefHeader, LogRecord, Ref};
 use super::text::Text;
 
 /// Parses a CEF body starting at `start` (at the version digit, after any `CEF:` marker).
-pub(crate) fn parse<'a>(
-    text: Text<'a>,
-    start: usize,
-    rec: &mut LogRecord<'a>,
-) -> Result<(), ParseError> {
+pub(crate) fn parse<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) -> Result<(), ParseError> {
     let b = rec.bytes;
     let n = b.len();
     let mut parts: [(usize, usize, bool); 7] = [(0, 0, false); 7];
@@ -125,11 +121,8 @@ fn parse_extension(rec: &mut LogRecord<'_>, start: usize) {
             value_end -= 1;
         }
         let raw = &b[value_start.min(value_end)..value_end];
-        let value = if raw.contains(&b'\\') {
-            rec.own_bytes(unescape_value(raw))
-        } else {
-            rec.span(value_start, value_end)
-        };
+        let value =
+            if raw.contains(&b'\\') { rec.own_bytes(unescape_value(raw)) } else { rec.span(value_start, value_end) };
         push_mapped(rec, key_start, eq, value);
         match next {
             Some((ks, e2)) => {

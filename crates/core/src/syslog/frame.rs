@@ -70,11 +70,7 @@ const MAX_LEN_DIGITS: usize = 20;
 impl FrameDecoder {
     /// A decoder that rejects messages longer than `max_message_bytes` (the `[syslog]` key of that name).
     pub fn new(max_message_bytes: usize) -> Self {
-        FrameDecoder {
-            max: max_message_bytes,
-            state: State::Start,
-            last: None,
-        }
+        FrameDecoder { max: max_message_bytes, state: State::Start, last: None }
     }
 
     /// The framing of the last frame seen, if any.
@@ -118,18 +114,14 @@ impl FrameDecoder {
         }
         let start = i;
         if matches!(buf[i], b'1'..=b'9') {
-            let ndigits = buf[i..]
-                .iter()
-                .take(MAX_LEN_DIGITS + 1)
-                .take_while(|c| c.is_ascii_digit())
-                .count();
+            let ndigits = buf[i..].iter().take(MAX_LEN_DIGITS + 1).take_while(|c| c.is_ascii_digit()).count();
             match buf.get(i + ndigits) {
                 None if ndigits <= MAX_LEN_DIGITS => return incomplete(start),
                 Some(b' ') if ndigits <= MAX_LEN_DIGITS => {
                     self.last = Some(Framing::OctetCounting);
-                    let len = buf[i..i + ndigits].iter().fold(0usize, |n, d| {
-                        n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
-                    });
+                    let len = buf[i..i + ndigits]
+                        .iter()
+                        .fold(0usize, |n, d| n.saturating_mul(10).saturating_add(usize::from(d - b'0')));
                     let body = i + ndigits + 1;
                     if len > self.max {
                         self.state = State::SkipBytes(len);
@@ -144,10 +136,7 @@ impl FrameDecoder {
                     while end > body && matches!(buf[end - 1], b'\n' | b'\r' | b'\0') {
                         end -= 1;
                     }
-                    return Step {
-                        consumed: body + len,
-                        outcome: Outcome::Message(body..end),
-                    };
+                    return Step { consumed: body + len, outcome: Outcome::Message(body..end) };
                 }
                 _ => {}
             }
@@ -160,29 +149,20 @@ impl FrameDecoder {
                 if lf - start > self.max {
                     return Step {
                         consumed: lf + 1,
-                        outcome: Outcome::Error(FrameError::TooLong {
-                            len: lf - start,
-                            max: self.max,
-                        }),
+                        outcome: Outcome::Error(FrameError::TooLong { len: lf - start, max: self.max }),
                     };
                 }
                 let mut end = lf;
                 while end > start && matches!(buf[end - 1], b'\r' | b'\0') {
                     end -= 1;
                 }
-                Step {
-                    consumed: lf + 1,
-                    outcome: Outcome::Message(start..end),
-                }
+                Step { consumed: lf + 1, outcome: Outcome::Message(start..end) }
             }
             None if buf.len() - start > self.max => {
                 self.state = State::SkipLine;
                 Step {
                     consumed: buf.len(),
-                    outcome: Outcome::Error(FrameError::TooLong {
-                        len: buf.len() - start,
-                        max: self.max,
-                    }),
+                    outcome: Outcome::Error(FrameError::TooLong { len: buf.len() - start, max: self.max }),
                 }
             }
             None => incomplete(start),
@@ -193,11 +173,7 @@ impl FrameDecoder {
     fn decode_slice_from(&mut self, buf: &[u8], from: usize) -> Step {
         if let State::SkipBytes(remaining) = self.state {
             let take = remaining.min(buf.len() - from);
-            self.state = if take == remaining {
-                State::Start
-            } else {
-                State::SkipBytes(remaining - take)
-            };
+            self.state = if take == remaining { State::Start } else { State::SkipBytes(remaining - take) };
             return incomplete(from + take);
         }
         incomplete(from)
@@ -218,31 +194,20 @@ impl FrameDecoder {
         if start == buf.len() {
             return None;
         }
-        let ndigits = buf[start..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count();
-        if buf[start] != b'0'
-            && buf.get(start + ndigits) == Some(&b' ')
-            && ndigits <= MAX_LEN_DIGITS
-        {
-            let len = buf[start..start + ndigits].iter().fold(0usize, |n, d| {
-                n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
-            });
+        let ndigits = buf[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if buf[start] != b'0' && buf.get(start + ndigits) == Some(&b' ') && ndigits <= MAX_LEN_DIGITS {
+            let len = buf[start..start + ndigits]
+                .iter()
+                .fold(0usize, |n, d| n.saturating_mul(10).saturating_add(usize::from(d - b'0')));
             let have = buf.len() - (start + ndigits + 1);
-            return Some(Err(FrameError::Truncated {
-                missing: len.saturating_sub(have),
-            }));
+            return Some(Err(FrameError::Truncated { missing: len.saturating_sub(have) }));
         }
         let mut end = buf.len();
         while end > start && matches!(buf[end - 1], b'\r' | b'\0' | b'\n') {
             end -= 1;
         }
         if end - start > self.max {
-            return Some(Err(FrameError::TooLong {
-                len: end - start,
-                max: self.max,
-            }));
+            return Some(Err(FrameError::TooLong { len: end - start, max: self.max }));
         }
         Some(Ok(start..end))
     }
@@ -281,10 +246,7 @@ impl FrameDecoder {
 }
 
 fn incomplete(consumed: usize) -> Step {
-    Step {
-        consumed,
-        outcome: Outcome::Incomplete,
-    }
+    Step { consumed, outcome: Outcome::Incomplete }
 }
 
 /// One UDP datagram as a message: trailing `\n`, `\r`, `\0` stripped.
@@ -297,10 +259,7 @@ pub fn datagram(datagram: &[u8], max_message_bytes: usize) -> Result<&[u8], Fram
         end -= 1;
     }
     if end > max_message_bytes {
-        return Err(FrameError::TooLong {
-            len: end,
-            max: max_message_bytes,
-        });
+        return Err(FrameError::TooLong { len: end, max: max_message_bytes });
     }
     Ok(&datagram[..end])
 }
@@ -353,10 +312,7 @@ mod tests {
         let joined: Vec<u8> = chunks.concat();
         let bytes: Vec<&[u8]> = joined.chunks(1).collect();
         let at_least = |r: &Result<String, FrameError>| match r {
-            Err(FrameError::TooLong { len, max }) => Err(FrameError::TooLong {
-                len: (*len).min(max + 1),
-                max: *max,
-            }),
+            Err(FrameError::TooLong { len, max }) => Err(FrameError::TooLong { len: (*len).min(max + 1), max: *max }),
             other => other.clone(),
         };
         let got: Vec<_> = run(max, &bytes).iter().map(at_least).collect();
@@ -370,67 +326,23 @@ mod tests {
         let too_long = |len| E(FrameError::TooLong { len, max: 16 });
         type Case<'a> = (&'a str, &'a [&'a [u8]], &'a [Ev]);
         let cases: &[Case] = &[
-            (
-                "octet counting",
-                &[b"5 <1>ab3 <2>"],
-                &[M("<1>ab"), M("<2>")],
-            ),
+            ("octet counting", &[b"5 <1>ab3 <2>"], &[M("<1>ab"), M("<2>")]),
             (
                 "octet counting split",
                 &[b"1", b"1 <189>ty", b"pe=x10 <189>a=b\nc"],
                 &[M("<189>type=x"), M("<189>a=b\nc")],
             ),
-            (
-                "octet frame keeps inner newline, strips trailer",
-                &[b"6 a\nb\r\n\n4 cdef"],
-                &[M("a\nb"), M("cdef")],
-            ),
-            (
-                "lf",
-                &[b"<1>a=1\n<2>b=2\r\n\n<3>c=3"],
-                &[M("<1>a=1"), M("<2>b=2"), M("<3>c=3")],
-            ),
-            (
-                "lf split",
-                &[b"<1>a", b"=1\n<2", b">b=2\n"],
-                &[M("<1>a=1"), M("<2>b=2")],
-            ),
-            (
-                "mixed on one connection",
-                &[b"3 abc<1>lf line\n4 defg"],
-                &[M("abc"), M("<1>lf line"), M("defg")],
-            ),
-            (
-                "digits without space are lf",
-                &[b"2026-04 a=b\n", b"42\n"],
-                &[M("2026-04 a=b"), M("42")],
-            ),
+            ("octet frame keeps inner newline, strips trailer", &[b"6 a\nb\r\n\n4 cdef"], &[M("a\nb"), M("cdef")]),
+            ("lf", &[b"<1>a=1\n<2>b=2\r\n\n<3>c=3"], &[M("<1>a=1"), M("<2>b=2"), M("<3>c=3")]),
+            ("lf split", &[b"<1>a", b"=1\n<2", b">b=2\n"], &[M("<1>a=1"), M("<2>b=2")]),
+            ("mixed on one connection", &[b"3 abc<1>lf line\n4 defg"], &[M("abc"), M("<1>lf line"), M("defg")]),
+            ("digits without space are lf", &[b"2026-04 a=b\n", b"42\n"], &[M("2026-04 a=b"), M("42")]),
             ("nul trailer", &[b"<1>a=1\0\n"], &[M("<1>a=1")]),
-            (
-                "octet oversize skipped whole",
-                &[b"20 0123456789", b"0123456789", b"3 abc"],
-                &[too_long(20), M("abc")],
-            ),
-            (
-                "lf oversize skipped whole",
-                &[b"<1>0123456789", b"0123456789\n<2>ok\n"],
-                &[too_long(23), M("<2>ok")],
-            ),
-            (
-                "exactly max is fine",
-                &[b"16 0123456789abcdef"],
-                &[M("0123456789abcdef")],
-            ),
-            (
-                "eof inside octet frame",
-                &[b"10 abc"],
-                &[E(FrameError::Truncated { missing: 7 })],
-            ),
-            (
-                "eof after only a length",
-                &[b"12 "],
-                &[E(FrameError::Truncated { missing: 12 })],
-            ),
+            ("octet oversize skipped whole", &[b"20 0123456789", b"0123456789", b"3 abc"], &[too_long(20), M("abc")]),
+            ("lf oversize skipped whole", &[b"<1>0123456789", b"0123456789\n<2>ok\n"], &[too_long(23), M("<2>ok")]),
+            ("exactly max is fine", &[b"16 0123456789abcdef"], &[M("0123456789abcdef")]),
+            ("eof inside octet frame", &[b"10 abc"], &[E(FrameError::Truncated { missing: 7 })]),
+            ("eof after only a length", &[b"12 "], &[E(FrameError::Truncated { missing: 12 })]),
             ("empty stream", &[b"", b"\n\n"], &[]),
         ];
         for (name, chunks, want) in cases {
@@ -451,22 +363,10 @@ mod tests {
         let mut d = FrameDecoder::new(100);
         let buf = b"3 abc<1>x=1\n";
         let step = d.decode_slice(buf);
-        assert_eq!(
-            step,
-            Step {
-                consumed: 5,
-                outcome: Outcome::Message(2..5)
-            }
-        );
+        assert_eq!(step, Step { consumed: 5, outcome: Outcome::Message(2..5) });
         assert_eq!(d.framing(), Some(Framing::OctetCounting));
         let step = d.decode_slice(&buf[5..]);
-        assert_eq!(
-            step,
-            Step {
-                consumed: 7,
-                outcome: Outcome::Message(0..6)
-            }
-        );
+        assert_eq!(step, Step { consumed: 7, outcome: Outcome::Message(0..6) });
         assert_eq!(d.framing(), Some(Framing::LineFeed));
     }
 

@@ -38,10 +38,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn peek(&self) -> Result<u8, ParseError> {
-        self.b
-            .get(self.pos)
-            .copied()
-            .ok_or_else(|| self.err(ErrorKind::Truncated))
+        self.b.get(self.pos).copied().ok_or_else(|| self.err(ErrorKind::Truncated))
     }
 
     fn ws(&mut self) {
@@ -115,9 +112,7 @@ impl<'a> Cursor<'a> {
         };
         let mut v = 0u32;
         for &d in digits {
-            let x = (d as char)
-                .to_digit(16)
-                .ok_or(ParseError::new(ErrorKind::BadEscape, escape_at))?;
+            let x = (d as char).to_digit(16).ok_or(ParseError::new(ErrorKind::BadEscape, escape_at))?;
             v = v * 16 + x;
         }
         self.pos += 4;
@@ -174,20 +169,13 @@ impl<'a> Cursor<'a> {
     fn scalar(&mut self) -> Result<(usize, usize, bool), ParseError> {
         let b = self.b;
         let start = self.pos;
-        while self.pos < b.len()
-            && !matches!(
-                b[self.pos],
-                b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
-            )
-        {
+        while self.pos < b.len() && !matches!(b[self.pos], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
             self.pos += 1;
         }
         let raw = &b[start..self.pos];
         let valid = matches!(raw, b"true" | b"false" | b"null")
             || (!raw.is_empty()
-                && raw
-                    .iter()
-                    .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')));
+                && raw.iter().all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')));
         if !valid {
             return Err(ParseError::new(ErrorKind::BadJson, start));
         }
@@ -197,10 +185,7 @@ impl<'a> Cursor<'a> {
 
 /// Parses a JSON object starting at `start` (at the `{`).
 pub(crate) fn parse(rec: &mut LogRecord<'_>, start: usize) -> Result<(), ParseError> {
-    let mut cur = Cursor {
-        b: rec.bytes,
-        pos: start,
-    };
+    let mut cur = Cursor { b: rec.bytes, pos: start };
     cur.expect(b'{')?;
     cur.ws();
     if cur.peek()? == b'}' {

@@ -62,11 +62,7 @@ pub fn parse(message: &[u8]) -> Result<LogRecord<'_>, ParseError> {
     let mut rec = LogRecord::new(b, text.utf8(), pri, header);
     if rest.starts_with(b"CEF:") || cef_version_pipe(rest) {
         rec.format = Format::Cef;
-        let at = if rest.starts_with(b"CEF:") {
-            pos + 4
-        } else {
-            pos
-        };
+        let at = if rest.starts_with(b"CEF:") { pos + 4 } else { pos };
         cef::parse(text, at, &mut rec)?;
     } else if rest[0] == b'{' {
         rec.format = Format::Json;
@@ -249,10 +245,7 @@ fn rfc3339_timestamp(b: &[u8], pos: usize) -> Option<usize> {
 
 /// A token that starts the body rather than naming a host.
 fn starts_body(token: &[u8]) -> bool {
-    token.contains(&b'=')
-        || token.starts_with(b"CEF:")
-        || token.starts_with(b"{")
-        || cef_version_pipe(token)
+    token.contains(&b'=') || token.starts_with(b"CEF:") || token.starts_with(b"{") || cef_version_pipe(token)
 }
 
 /// A BSD-style header (see module docs). `None` if there is none at `pos`.
@@ -268,22 +261,10 @@ fn rfc3164(text: Text<'_>, pos: usize) -> Option<(Header<'_>, usize)> {
     let host_end = memchr::memchr(b' ', &b[host_start..]).map_or(b.len(), |off| host_start + off);
     let host = &b[host_start..host_end];
     if host.is_empty() || starts_body(host) {
-        return Some((
-            Header::Rfc3164 {
-                timestamp,
-                hostname: None,
-            },
-            host_start,
-        ));
+        return Some((Header::Rfc3164 { timestamp, hostname: None }, host_start));
     }
     let hostname = Some(text.cow(host_start, host_end));
-    Some((
-        Header::Rfc3164 {
-            timestamp,
-            hostname,
-        },
-        host_end,
-    ))
+    Some((Header::Rfc3164 { timestamp, hostname }, host_end))
 }
 
 #[cfg(test)]
@@ -306,19 +287,11 @@ mod tests {
             (Expect::Ok(format, fields), Ok(record)) => {
                 assert_eq!(record.format(), *format, "{name}: format");
                 for (key, value) in fields.iter() {
-                    assert_eq!(
-                        record.get(key),
-                        *value,
-                        "{name}: field {key}\n record: {record:#?}"
-                    );
+                    assert_eq!(record.get(key), *value, "{name}: field {key}\n record: {record:#?}");
                 }
             }
             (Expect::Err(kind, offset), Err(error)) => {
-                assert_eq!(
-                    (error.kind, error.offset),
-                    (*kind, *offset),
-                    "{name}: error"
-                );
+                assert_eq!((error.kind, error.offset), (*kind, *offset), "{name}: error");
             }
             (Expect::Ok(..), Err(error)) => panic!("{name}: expected a record, got error {error}"),
             (Expect::Err(kind, _), Ok(record)) => {
@@ -411,50 +384,20 @@ mod tests {
     #[test]
     fn accessors() {
         let r = parse(br#"<189>date=2024-05-01 devname="fw1" devid="FG1" vd="root" type="traffic" subtype="forward" srcip=2001:db8::7 dstip=198.51.100.9 srcport=5000 dstport=443 proto=6 srcintf="wan1" dstintf="lan" policyid=7 action="deny" logid="0000000013""#).expect("parses");
-        assert_eq!(
-            r.srcip(),
-            Some("2001:db8::7".parse::<IpAddr>().expect("literal"))
-        );
-        assert_eq!(
-            r.dstip(),
-            Some("198.51.100.9".parse::<IpAddr>().expect("literal"))
-        );
-        assert_eq!(
-            (r.srcport(), r.dstport(), r.proto(), r.policyid()),
-            (Some(5000), Some(443), Some(6), Some(7))
-        );
-        assert_eq!(
-            (r.action(), r.log_type(), r.subtype()),
-            (Some("deny"), Some("traffic"), Some("forward"))
-        );
-        assert_eq!(
-            (r.devname(), r.devid(), r.vd()),
-            (Some("fw1"), Some("FG1"), Some("root"))
-        );
-        assert_eq!(
-            (r.srcintf(), r.dstintf(), r.logid()),
-            (Some("wan1"), Some("lan"), Some("0000000013"))
-        );
-        assert_eq!(
-            r.pri(),
-            Some(Pri {
-                facility: 23,
-                severity: 5
-            })
-        );
+        assert_eq!(r.srcip(), Some("2001:db8::7".parse::<IpAddr>().expect("literal")));
+        assert_eq!(r.dstip(), Some("198.51.100.9".parse::<IpAddr>().expect("literal")));
+        assert_eq!((r.srcport(), r.dstport(), r.proto(), r.policyid()), (Some(5000), Some(443), Some(6), Some(7)));
+        assert_eq!((r.action(), r.log_type(), r.subtype()), (Some("deny"), Some("traffic"), Some("forward")));
+        assert_eq!((r.devname(), r.devid(), r.vd()), (Some("fw1"), Some("FG1"), Some("root")));
+        assert_eq!((r.srcintf(), r.dstintf(), r.logid()), (Some("wan1"), Some("lan"), Some("0000000013")));
+        assert_eq!(r.pri(), Some(Pri { facility: 23, severity: 5 }));
         assert!(!r.is_legacy());
 
         // FortiOS 4 aliases resolve through the accessors, not through `get`.
         let r = parse(b"Dec 23 11:13:03 date=2011-07-24 devname=D device_id=FGT9 log_id=0038016004 type=traffic status=deny src=10.3.3.3 dst=10.4.4.4 src_port=1111 dst_port=2222 src_int=N/A").expect("parses");
         assert!(r.is_legacy());
-        assert_eq!(
-            r.srcip(),
-            Some("10.3.3.3".parse::<IpAddr>().expect("literal"))
-        );
-        assert_eq!(
-            r.dstip(),
-            Some("10.4.4.4".parse::<IpAddr>().expect("literal"))
-        );
+        assert_eq!(r.srcip(), Some("10.3.3.3".parse::<IpAddr>().expect("literal")));
+        assert_eq!(r.dstip(), Some("10.4.4.4".parse::<IpAddr>().expect("literal")));
         assert_eq!((r.srcport(), r.dstport()), (Some(1111), Some(2222)));
         assert_eq!(
             (r.action(), r.devid(), r.logid(), r.srcintf()),
@@ -462,25 +405,15 @@ mod tests {
         );
         assert_eq!(r.get("srcip"), None);
         assert_eq!(r.skipped_tokens(), 0);
-        assert_eq!(
-            r.header(),
-            &Header::Rfc3164 {
-                timestamp: "Dec 23 11:13:03".into(),
-                hostname: None
-            }
-        );
+        assert_eq!(r.header(), &Header::Rfc3164 { timestamp: "Dec 23 11:13:03".into(), hostname: None });
 
         // status is not an action on a FortiOS 5+ line.
         let r = parse(br#"logid="0100032002" type="event" status="failed""#).expect("parses");
         assert_eq!(r.action(), None);
 
         // Not an address: text stays readable, the typed accessor says None.
-        let r =
-            parse(b"CEF:0|Fortinet|Fortigate|v6|1|x|3|src=example.com dst=N/A").expect("parses");
-        assert_eq!(
-            (r.srcip_str(), r.srcip(), r.dstip()),
-            (Some("example.com"), None, None)
-        );
+        let r = parse(b"CEF:0|Fortinet|Fortigate|v6|1|x|3|src=example.com dst=N/A").expect("parses");
+        assert_eq!((r.srcip_str(), r.srcip(), r.dstip()), (Some("example.com"), None, None));
         assert_eq!(r.cef_header().map(|h| h.vendor.as_ref()), Some("Fortinet"));
     }
 
@@ -504,13 +437,9 @@ mod tests {
 
     #[test]
     fn non_utf8_is_lossy_per_value() {
-        let r =
-            parse(b"type=traffic srcip=10.0.0.1 msg=\"caf\xe9\" user=\xff\xfe").expect("parses");
+        let r = parse(b"type=traffic srcip=10.0.0.1 msg=\"caf\xe9\" user=\xff\xfe").expect("parses");
         assert!(r.is_lossy());
-        assert_eq!(
-            r.srcip(),
-            Some("10.0.0.1".parse::<IpAddr>().expect("literal"))
-        );
+        assert_eq!(r.srcip(), Some("10.0.0.1".parse::<IpAddr>().expect("literal")));
         assert_eq!(r.get("msg"), Some("caf\u{FFFD}"));
         assert_eq!(r.get("user"), Some("\u{FFFD}\u{FFFD}"));
         assert_eq!(r.raw_fields().next(), Some(("type", "traffic")));
@@ -532,9 +461,6 @@ mod tests {
                 structured_data: Some("[x@1 k=\"v\"]".into()),
             }))
         );
-        assert_eq!(
-            r.pri().map(|p| (p.facility, p.severity, p.severity_name())),
-            Some((20, 5, "notice"))
-        );
+        assert_eq!(r.pri().map(|p| (p.facility, p.severity, p.severity_name())), Some((20, 5, "notice")));
     }
 }

@@ -68,10 +68,7 @@ pub struct Pri {
 impl Pri {
     /// Splits a PRI value; `None` above 191.
     pub fn from_value(value: u8) -> Option<Pri> {
-        (value <= 191).then_some(Pri {
-            facility: value / 8,
-            severity: value % 8,
-        })
+        (value <= 191).then_some(Pri { facility: value / 8, severity: value % 8 })
     }
 
     /// The PRI number again (`facility * 8 + severity`).
@@ -81,9 +78,7 @@ impl Pri {
 
     /// The RFC 5424 severity keyword: `emerg`, `alert`, `crit`, `err`, `warning`, `notice`, `info`, `debug`.
     pub fn severity_name(self) -> &'static str {
-        const NAMES: [&str; 8] = [
-            "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
-        ];
+        const NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
         NAMES[usize::from(self.severity & 7)]
     }
 }
@@ -96,10 +91,7 @@ pub enum Header<'a> {
     None,
     /// `Mmm dd hh:mm:ss [host] `, wazuh's `YYYY Mmm dd hh:mm:ss host->ip `, or a relay's
     /// `YYYY-MM-DDThh:mm:ss[.frac]TZ host `.
-    Rfc3164 {
-        timestamp: Cow<'a, str>,
-        hostname: Option<Cow<'a, str>>,
-    },
+    Rfc3164 { timestamp: Cow<'a, str>, hostname: Option<Cow<'a, str>> },
     /// `VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA` (boxed: keeps the record small).
     Rfc5424(Box<Rfc5424Header<'a>>),
 }
@@ -278,12 +270,7 @@ pub struct LogRecord<'a> {
 
 impl<'a> LogRecord<'a> {
     /// `bytes` must be at most [`MAX_MESSAGE`] long (checked by `parse`).
-    pub(crate) fn new(
-        bytes: &'a [u8],
-        utf8: Option<&'a str>,
-        pri: Option<Pri>,
-        header: Header<'a>,
-    ) -> Self {
+    pub(crate) fn new(bytes: &'a [u8], utf8: Option<&'a str>, pri: Option<Pri>, header: Header<'a>) -> Self {
         LogRecord {
             bytes,
             utf8,
@@ -304,16 +291,9 @@ impl<'a> LogRecord<'a> {
     #[inline]
     pub(crate) fn span(&mut self, start: usize, end: usize) -> Ref {
         if let Some(s) = self.utf8 {
-            if start <= end
-                && end <= s.len()
-                && s.is_char_boundary(start)
-                && s.is_char_boundary(end)
-            {
+            if start <= end && end <= s.len() && s.is_char_boundary(start) && s.is_char_boundary(end) {
                 // Lossless: end <= len <= MAX_MESSAGE < 2^31.
-                return Ref {
-                    start: start as u32,
-                    len: (end - start) as u32,
-                };
+                return Ref { start: start as u32, len: (end - start) as u32 };
             }
         }
         let text = match self.bytes.get(start..end) {
@@ -327,10 +307,7 @@ impl<'a> LogRecord<'a> {
     pub(crate) fn own(&mut self, text: Cow<'a, str>) -> Ref {
         let index = self.owned.len();
         self.owned.push(text);
-        Ref {
-            start: u32::try_from(index).unwrap_or(u32::MAX),
-            len: OWNED,
-        }
+        Ref { start: u32::try_from(index).unwrap_or(u32::MAX), len: OWNED }
     }
 
     /// Unescaped bytes as an owned text (lossy if they are not UTF-8).
@@ -348,23 +325,10 @@ impl<'a> LogRecord<'a> {
             return None;
         }
         let start = r.start as usize;
-        let off = self
-            .bytes
-            .get(start..start + r.len as usize)?
-            .iter()
-            .position(|&c| c == sep)?;
+        let off = self.bytes.get(start..start + r.len as usize)?.iter().position(|&c| c == sep)?;
         // Lossless: off < r.len < 2^31.
         let off = off as u32;
-        Some((
-            Ref {
-                start: r.start,
-                len: off,
-            },
-            Ref {
-                start: r.start + off + 1,
-                len: r.len - off - 1,
-            },
-        ))
+        Some((Ref { start: r.start, len: off }, Ref { start: r.start + off + 1, len: r.len - off - 1 }))
     }
 
     /// The text a [`Ref`] stands for.
@@ -431,9 +395,7 @@ impl<'a> LogRecord<'a> {
 
     /// Every `(key, value)` in line order, duplicates included (see [`LogRecord::fields`] for first-wins).
     pub fn raw_fields(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.pairs
-            .iter()
-            .map(|p| (self.text(p.key), self.text(p.value)))
+        self.pairs.iter().map(|p| (self.text(p.key), self.text(p.value)))
     }
 
     /// `(key, value)` in line order, each key once (its first occurrence). O(n²) in the number of keys: for
@@ -473,10 +435,7 @@ impl<'a> LogRecord<'a> {
         if let KeyClass::Hot(slot) = classify(key.as_bytes()) {
             return self.slot(slot);
         }
-        self.pairs
-            .iter()
-            .find(|p| self.text(p.key) == key)
-            .map(|p| self.text(p.value))
+        self.pairs.iter().find(|p| self.text(p.key) == key).map(|p| self.text(p.value))
     }
 
     #[inline]
@@ -485,9 +444,7 @@ impl<'a> LogRecord<'a> {
         if index == ABSENT {
             return None;
         }
-        self.pairs
-            .get(usize::from(index))
-            .map(|p| self.text(p.value))
+        self.pairs.get(usize::from(index)).map(|p| self.text(p.value))
     }
 
     #[inline]
@@ -498,8 +455,7 @@ impl<'a> LogRecord<'a> {
     /// A FortiOS 4 line: `log_id`/`device_id` spelling and no `logid`.
     pub fn is_legacy(&self) -> bool {
         self.hot[Hot::LogId as usize] == ABSENT
-            && (self.hot[Hot::LogIdV4 as usize] != ABSENT
-                || self.hot[Hot::DeviceId as usize] != ABSENT)
+            && (self.hot[Hot::LogIdV4 as usize] != ABSENT || self.hot[Hot::DeviceId as usize] != ABSENT)
     }
 
     /// `srcip` (or FortiOS 4 `src`) as written; may be a hostname in CEF (`src=example.com`).
@@ -524,14 +480,12 @@ impl<'a> LogRecord<'a> {
 
     /// `srcport` (or `src_port`).
     pub fn srcport(&self) -> Option<u16> {
-        self.slot_or(Hot::SrcPort, Hot::SrcPortV4)
-            .and_then(|s| s.parse().ok())
+        self.slot_or(Hot::SrcPort, Hot::SrcPortV4).and_then(|s| s.parse().ok())
     }
 
     /// `dstport` (or `dst_port`).
     pub fn dstport(&self) -> Option<u16> {
-        self.slot_or(Hot::DstPort, Hot::DstPortV4)
-            .and_then(|s| s.parse().ok())
+        self.slot_or(Hot::DstPort, Hot::DstPortV4).and_then(|s| s.parse().ok())
     }
 
     /// `proto`, the IP protocol number.
@@ -546,13 +500,7 @@ impl<'a> LogRecord<'a> {
 
     /// `action` (on a FortiOS 4 line: `status`).
     pub fn action(&self) -> Option<&str> {
-        self.slot(Hot::Action).or_else(|| {
-            if self.is_legacy() {
-                self.slot(Hot::Status)
-            } else {
-                None
-            }
-        })
+        self.slot(Hot::Action).or_else(|| if self.is_legacy() { self.slot(Hot::Status) } else { None })
     }
 
     /// `type` (traffic, event, utm, anomaly, ...).

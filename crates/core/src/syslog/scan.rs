@@ -72,24 +72,11 @@ mod tests {
 
     #[test]
     fn agrees_with_naive_search() {
-        let hay: Vec<u8> = (0..200u32)
-            .map(|i| b"ab= \"\\xyz\x80\xff"[(i * 7 % 11) as usize])
-            .collect();
+        let hay: Vec<u8> = (0..200u32).map(|i| b"ab= \"\\xyz\x80\xff"[(i * 7 % 11) as usize]).collect();
         for from in 0..hay.len() {
-            for (a, b) in [
-                (b'=', b' '),
-                (b'"', b'\\'),
-                (b'q', b'\xff'),
-                (b'\x80', b'z'),
-            ] {
-                let naive1 = hay[from..]
-                    .iter()
-                    .position(|&c| c == a)
-                    .map_or(hay.len(), |p| from + p);
-                let naive2 = hay[from..]
-                    .iter()
-                    .position(|&c| c == a || c == b)
-                    .map_or(hay.len(), |p| from + p);
+            for (a, b) in [(b'=', b' '), (b'"', b'\\'), (b'q', b'\xff'), (b'\x80', b'z')] {
+                let naive1 = hay[from..].iter().position(|&c| c == a).map_or(hay.len(), |p| from + p);
+                let naive2 = hay[from..].iter().position(|&c| c == a || c == b).map_or(hay.len(), |p| from + p);
                 assert_eq!(find1(&hay, from, a), naive1, "find1 {from} {a}");
                 assert_eq!(find2(&hay, from, a, b), naive2, "find2 {from} {a} {b}");
             }
