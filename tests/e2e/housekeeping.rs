@@ -485,11 +485,14 @@ async fn reconciliation_readds_valid_objects_and_is_idempotent() {
     let (event6, _) = misp_event(&env, &[v6_ip]);
     let v6 = seed_own(&env, v6_ip, days_ago(3), &event6.to_string());
     let expired = seed_own(&env, ip("198.51.100.97"), days_ago(100), "4");
-    // names[0], the IPv6 object and the expired one are in no group.
+    let manual = seed_own(&env, ip("198.51.100.98"), days_ago(5), "manual");
+    // names[0], the manual block, the IPv6 object and the expired one are in no group.
     seed_block_groups(&env, &names[1..], &[], 600);
 
     assert_ok(&env.housekeeping_run(&["--once"]));
-    assert_eq!(block_members(&env, "MISP_BLOCK"), names.clone());
+    let mut expected = names.clone();
+    expected.push(manual);
+    assert_eq!(block_members(&env, "MISP_BLOCK"), expected, "the manual block is valid too");
     assert_eq!(block_members(&env, "MISP_BLOCK6"), [v6.clone()]);
     assert!(env.fortigate.object(&expired).is_none());
     assert!(writes(&env).iter().all(|w| w.method != "PUT"));
