@@ -389,7 +389,8 @@ async fn feed_ids_are_fetched_one_by_one() {
 /// `requests_per_second`, without a single failed request, each recorded in the journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_expired_blocks_go_in_one_pass_within_the_rate_limit() {
-    const RPS: usize = 400;
+    // Below what the debug-built emulator can serve (about 300 a second here), so the limit is what binds.
+    const RPS: usize = 250;
     let mut env = Env::start().await;
     env.tweak("requests_per_second = 200", &format!("requests_per_second = {RPS}"));
     env.tweak("feed_update_interval = \"12h\"", "feed_update_interval = \"0s\"");
