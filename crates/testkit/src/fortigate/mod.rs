@@ -165,10 +165,8 @@ impl Inner {
     }
 
     fn take_fault(&mut self, route: &str) -> Option<Fault> {
-        let rule = self
-            .faults
-            .iter_mut()
-            .find(|r| r.remaining > 0 && r.route.as_deref().map_or(true, |want| want == route))?;
+        let rule =
+            self.faults.iter_mut().find(|r| r.remaining > 0 && r.route.as_deref().is_none_or(|want| want == route))?;
         rule.remaining -= 1;
         let fault = rule.fault.clone();
         self.faults.retain(|r| r.remaining > 0);

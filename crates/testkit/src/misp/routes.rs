@@ -121,8 +121,8 @@ async fn handle(
         });
         let mut chosen = None;
         if let Some(i) = inner.faults.iter().position(|rule| {
-            rule.route.as_ref().map_or(true, |r| *r == route)
-                && rule.page.map_or(true, |p| page.unwrap_or(1) == p)
+            rule.route.as_ref().is_none_or(|r| *r == route)
+                && rule.page.is_none_or(|p| page.unwrap_or(1) == p)
                 && rule.times != Some(0)
         }) {
             let rule = &mut inner.faults[i];
