@@ -535,3 +535,59 @@ async fn sigterm_ends_a_pass_cleanly() {
     let pending = env.journal_rows("SELECT ip FROM actions WHERE state = 'pending'");
     assert!(pending.is_empty(), "pending after SIGTERM: {pending:?}");
 }
+
+/// A feed update that keeps failing is retried with backoff (3 calls) and then counted as an error; the last
+/// successful feed update time stays unset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_feed_update_is_retried_then_shows_in_metrics() {
+    let env = Env::start().await;
+    env.misp.fail_route("feeds/fetchFromAllFeeds", 3, Fault::html(503));
+    let daemon = env.housekeeping(&[]).await;
+    eventually(Duration::from_secs(60), "the failed feed update is counted", || async {
+        env.hk_metric("fortimisp_feed_updates_total{outcome=\"error\"}").await >= 1.0
+    })
+    .await;
+    assert_eq!(env.misp.request_count("feeds/fetchFromAllFeeds"), 3, "three attempts, then the next interval");
+    assert_eq!(env.hk_metric("fortimisp_feed_last_success_timestamp_seconds").await, 0.0);
+    assert!(env.misp.feed_fetches().is_empty());
+    drop(daemon);
+}
+
+/// On a terminal, a pass that removes many blocks shows its progress (`script` gives the binary a pty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_shown_on_a_terminal() {
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: /usr/bin/script (util-linux) is not installed");
+        return;
+    }
+    let mut env = Env::start().await;
+    env.tweak("feed_update_interval = \"12h\"", "feed_update_interval = \"0s\"");
+    let names: Vec<String> = (0..250u32)
+        .map(|i| {
+            let addr = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + i);
+            seed_own(&env, IpAddr::V4(addr), days_ago(100), "1")
+        })
+        .collect();
+    seed_block_groups(&env, &names, &[], 600);
+    let config = env.write_config();
+    let command = format!("{} --config {} --once", fortimisp_e2e::bin("housekeeping").display(), config.display());
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new("/usr/bin/script").args(["-qec", &command, "/dev/null"]).output().unwrap()
+    });
+    assert_ok(&out);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("pruned 100/250") && shown.contains("pruned 250/250"), "terminal output:\n{shown}");
+    assert!(block_members(&env, "MISP_BLOCK").is_empty());
+
+    // Not a terminal: no progress lines in the captured stderr.
+    let names: Vec<String> = (0..150u32)
+        .map(|i| {
+            let addr = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 65, 0, 0)) + i);
+            seed_own(&env, IpAddr::V4(addr), days_ago(100), "1")
+        })
+        .collect();
+    seed_block_groups(&env, &names, &[], 600);
+    let out = env.housekeeping_run(&["--once"]);
+    assert_ok(&out);
+    assert!(!text(&out.stderr).contains("pruned 100/"), "progress only on a terminal");
+}
