@@ -3,3 +3,6 @@
 
 /// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
 mod integration;
+
+/// The housekeeping daemon: pruning by age, revocation and legacy adoption, safety rails, feed updates, scale.
+mod housekeeping;

@@ -2,15 +2,17 @@
 //! and asks MISP to fetch its feeds on a timer.
 //!
 //! This file parses the command line, loads the config (one line naming the key on error, exit 2), sets up
-//! logging and signals, and runs the two timers. A prune pass is [`pass::Pass`] (I/O) around [`plan::plan`]
-//! (pure); the feed update is [`feeds::update`].
+//! logging and signals, and hands the two jobs to [`schedule::schedule`]. A prune pass is [`pass::Pass`] (I/O)
+//! around [`plan::plan`] (pure); the feed update is [`feeds::update`].
 
 mod feeds;
 mod pass;
 mod plan;
+mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +22,16 @@ use fortimisp_core::clients;
 use fortimisp_core::config::{Config, LogFormat};
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics};
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// Exit code for a config that cannot be loaded.
 const EXIT_CONFIG: u8 = 2;
+
+/// After SIGTERM, how long a run under way may take to stop (it stops between two removals) before the daemon
+/// exits anyway; within the contract's 10 s. A removal cut short here is still pending in the journal and the next
+/// pass plans it again.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,7 +49,8 @@ struct Cli {
     /// Print what would be removed; change nothing (no feed update either).
     #[arg(long)]
     dry_run: bool,
-    /// Proceed with a revocation that the max_unblock_fraction safety rail would hold back.
+    /// Proceed with a revocation that the max_unblock_fraction safety rail would hold back (the daemon: its first
+    /// pass only).
     #[arg(long)]
     force: bool,
 }
@@ -143,6 +150,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
             }
             _ => true,
         };
+        flush_journal(&daemon.journal).await;
         return Ok(if pruned && fed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
 
@@ -162,25 +170,42 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     info!(message = "fortimisp housekeeping running.", interval = ?daemon.config.housekeeping.interval,
           max_age = ?daemon.config.housekeeping.max_age, feed_update_interval = ?daemon.config.misp.feed_update_interval);
 
-    // Interval timers keep their schedule (no drift) and skip missed ticks (no pile-up after a slow pass).
-    let mut prune_timer = tokio::time::interval(daemon.config.housekeeping.interval);
-    prune_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let feed_every = daemon.config.misp.feed_update_interval.unwrap_or(Duration::from_secs(86400 * 365 * 100));
-    let mut feed_timer = tokio::time::interval(feed_every);
-    feed_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let feeds_on = daemon.config.misp.feed_update_interval.is_some();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = prune_timer.tick() => { daemon.prune(false, cli.force, &shutdown).await; }
-            _ = feed_timer.tick(), if feeds_on => {
-                feeds::update(&daemon.misp, &daemon.config.housekeeping.feeds, &metrics, &shutdown).await;
-            }
+    let intervals = schedule::Intervals {
+        prune: daemon.config.housekeeping.interval,
+        feed: daemon.config.misp.feed_update_interval,
+    };
+    // --force overrides the safety rail once, not for the life of the daemon.
+    let force_next = AtomicBool::new(cli.force);
+    let (d, stop, force) = (&daemon, &shutdown, &force_next);
+    let timers = schedule::schedule(
+        move || async move {
+            d.prune(false, force.swap(false, Ordering::Relaxed), stop).await;
+        },
+        move || async move {
+            feeds::update(&d.misp, &d.config.housekeeping.feeds, &d.metrics, stop).await;
+        },
+        intervals,
+        &shutdown,
+    );
+    tokio::select! {
+        _ = timers => {}
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            warn!(message = "A run did not stop within the shutdown grace; exiting anyway. The journal keeps what was pending.",
+                  grace = ?SHUTDOWN_GRACE);
         }
     }
     health.set_unhealthy();
+    flush_journal(&daemon.journal).await;
     info!(message = "Stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes back what the journal buffered in memory while the file refused writes (nothing when healthy).
+async fn flush_journal(journal: &Journal) {
+    let journal = journal.clone();
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || journal.flush()).await {
+        error!(message = "Journal entries buffered in memory could not be written before exit.", %error);
+    }
 }
 
 fn init_logging(config: &Config) {
