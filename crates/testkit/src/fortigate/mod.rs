@@ -609,7 +609,7 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap, query: &[(String, String
 }
 
 async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req: Request) -> Response {
-    let (response, seq) = respond(&shared, req).await;
+    let (response, seq) = record_and_answer(&shared, req).await;
     let mut inner = shared.lock();
     if let Some(entry) = inner.log.iter_mut().rev().find(|e| e.seq == seq) {
         entry.status = Some(response.status().as_u16());
@@ -617,8 +617,8 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
     response
 }
 
-/// Records the request (returning its `seq`) and answers it.
-async fn respond(shared: &Shared, req: Request) -> (Response, u64) {
+/// Records the request (returning its `seq`) and answers it: latency, fault, then the endpoint.
+async fn record_and_answer(shared: &Shared, req: Request) -> (Response, u64) {
     let (parts, body) = req.into_parts();
     let conn = parts.extensions.get::<Conn>().cloned();
     let body = axum::body::to_bytes(body, 4 << 20).await.unwrap_or_default();
@@ -644,40 +644,26 @@ async fn respond(shared: &Shared, req: Request) -> (Response, u64) {
         });
         (inner.latency, inner.take_fault(&route_key), seq)
     };
-    (answer(shared, parts, conn, body, route, latency, fault).await, seq)
-}
-
-/// Answers one recorded request: latency, fault, auth, then the route.
-async fn answer(
-    shared: &Shared,
-    parts: axum::http::request::Parts,
-    conn: Option<Conn>,
-    body: axum::body::Bytes,
-    route: Route,
-    latency: Duration,
-    fault: Option<Fault>,
-) -> Response {
-    let method = parts.method.clone();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    match fault {
+    let response = match fault {
         Some(Fault::Drop) => {
             if let Some(conn) = &conn {
                 conn.kill.notify_one();
             }
             return std::future::pending().await;
         }
-        Some(Fault::Status(s)) => return plain(s, "Service Unavailable"),
-        Some(Fault::TooManyRequests) => return plain(429, "Too Many Requests"),
+        Some(Fault::Status(s)) => plain(s, "Service Unavailable"),
+        Some(Fault::TooManyRequests) => plain(429, "Too Many Requests"),
         Some(Fault::SlowAnswer(delay)) => {
-            let response = respond(&shared, &parts, &body, route, conn);
+            let response = respond(shared, &parts, &body, route, conn);
             tokio::time::sleep(delay).await;
-            return response;
+            response
         }
-        None => {}
-    }
-    respond(&shared, &parts, &body, route, conn)
+        None => respond(shared, &parts, &body, route, conn),
+    };
+    (response, seq)
 }
 
 /// Authentication, then the endpoint itself, under one lock.
