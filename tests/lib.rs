@@ -351,3 +351,62 @@ pub fn send_tcp(to: SocketAddr, lines: &[String], octets: bool) {
 pub fn members(env: &Env, group: &str) -> Vec<String> {
     env.fortigate.members(group).unwrap_or_default()
 }
+
+/// Requests that changed (or tried to change) something on the FortiGate: every route but GETs.
+pub fn fortigate_writes(env: &Env) -> u64 {
+    env.fortigate.route_counts().iter().filter(|(route, _)| !route.starts_with("GET ")).map(|(_, n)| n).sum()
+}
+
+/// A fresh handle on the daemon's journal (`state.path`); its `pending()` reads the file, so it sees what the
+/// daemon wrote.
+pub fn journal(env: &Env) -> fortimisp_core::journal::Journal {
+    fortimisp_core::journal::Journal::open(&env.state).expect("the e2e journal opens")
+}
+
+/// The IPs with a block pending in the journal.
+pub fn pending_blocks(env: &Env) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = journal(env)
+        .pending_of(fortimisp_core::journal::ActionKind::Block)
+        .expect("the e2e journal reads")
+        .into_iter()
+        .map(|a| a.ip)
+        .collect();
+    ips.sort();
+    ips
+}
+
+/// Sends lines over TCP (LF framing), tolerating a peer that closes the connection (e.g. a refused sender).
+pub fn send_tcp_lossy(to: SocketAddr, lines: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(to)?;
+    for line in lines {
+        stream.write_all(line.as_bytes())?;
+        stream.write_all(b"\n")?;
+    }
+    stream.flush()
+}
+
+/// Sends lines over TLS (RFC 6587 octet counting), trusting only `ca_pem`, then closes the connection cleanly.
+pub async fn send_tls(to: SocketAddr, ca_pem: &str, lines: &[String]) {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.expect("test CA PEM parses")).expect("test CA is a valid root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(to).await.expect("TLS listener accepts");
+    let name = rustls::pki_types::ServerName::IpAddress(to.ip().into());
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake with the daemon");
+    let mut buf = Vec::new();
+    for line in lines {
+        buf.extend_from_slice(format!("{} {line}", line.len()).as_bytes());
+    }
+    tls.write_all(&buf).await.unwrap();
+    tls.shutdown().await.unwrap();
+}
