@@ -5,7 +5,8 @@
 //!
 //! [`Executor::execute`] is the one code path that changes the FortiGate for a block; the daemon's [`Blocker`]
 //! task and the hand-run `integration block` both call it. It re-checks the never-block list right before the
-//! write (defence in depth), honours `dry_run`, and classifies the outcome:
+//! write (defence in depth), honours `dry_run` (the decision is journaled, but no action is enqueued, and none a
+//! real run left pending is resumed, so none is completed as skipped), and classifies the outcome:
 //! - done (created, or already there) → journal `done`, block ledger, optional MISP sighting;
 //! - retryable (timeouts, 5xx, 429) → stays pending, retried with capped exponential backoff;
 //! - fatal (401/403: token revoked, not a trusted host) → every write pauses for [`FATAL_PAUSE`], an alert
@@ -64,7 +65,7 @@ pub trait Sighter: Send + Sync + 'static {
 /// One block to carry out.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// The journal's id; `None` only if even the journal's memory fallback refused it.
+    /// The journal's id; `None` in a dry run, or if even the journal's memory fallback refused it.
     pub action: Option<ActionId>,
     pub ip: IpAddr,
     pub event_id: Option<u64>,
@@ -98,7 +99,7 @@ pub struct Executor<B: Backend, S: Sighter> {
 }
 
 impl<B: Backend, S: Sighter> Executor<B, S> {
-    /// Journals a new block decision as pending and returns the job to execute.
+    /// Journals a new block decision as pending (not in a dry run) and returns the job to execute.
     pub async fn enqueue(&self, request: &BlockRequest) -> Job {
         let event_id = (request.hit.entry.event_id != 0).then_some(request.hit.entry.event_id);
         let more = match &request.note {
@@ -117,24 +118,13 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             (Some(e), None) => format!("misp-event={e}"),
             (None, _) => "manual".to_string(),
         };
-        let action = NewAction {
-            kind: ActionKind::Block,
-            ip: request.ip,
-            reason: reason.clone(),
-            event_id,
-            rule: request.rule,
-            comment: Some(comment.as_str().to_string()),
-            requested_at: Utc::now(),
-        };
-        let journal = self.journal.clone();
-        let id = blocking(move || journal.enqueue(&action)).await;
-        let id = match id {
-            Ok(id) => Some(id),
-            Err(error) => {
-                // The journal keeps a memory copy when the file fails; an error here means even that failed.
-                error!(message = "Journal refused a block; executing without a durable record.", %error, ip = %request.ip);
-                None
-            }
+        // A dry run changes nothing, the journal's work queue included: enqueueing would hand back (and then
+        // complete as skipped) a real block another run left pending for the same address. `execute` journals
+        // the decision only.
+        let id = if self.dry_run {
+            None
+        } else {
+            self.journal_action(request.ip, &reason, event_id, request.rule, &comment).await
         };
         Job {
             action: id,
@@ -146,6 +136,35 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             received: Some(request.received),
             attempts: 0,
             not_before: Instant::now(),
+        }
+    }
+
+    /// Queues the block as pending in the journal; `None` only if even the journal's memory fallback refused it.
+    async fn journal_action(
+        &self,
+        ip: IpAddr,
+        reason: &str,
+        event_id: Option<u64>,
+        rule: Option<usize>,
+        comment: &Comment,
+    ) -> Option<ActionId> {
+        let action = NewAction {
+            kind: ActionKind::Block,
+            ip,
+            reason: reason.to_string(),
+            event_id,
+            rule,
+            comment: Some(comment.as_str().to_string()),
+            requested_at: Utc::now(),
+        };
+        let journal = self.journal.clone();
+        match blocking(move || journal.enqueue(&action)).await {
+            Ok(id) => Some(id),
+            Err(error) => {
+                // The journal keeps a memory copy when the file fails; an error here means even that failed.
+                error!(message = "Journal refused a block; executing without a durable record.", %error, %ip);
+                None
+            }
         }
     }
 
@@ -324,7 +343,11 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
     }
 
     /// Queues the blocks a previous run left pending in the journal.
+    /// In a dry run nothing is resumed: those blocks stay pending for a run that may change the FortiGate.
     pub async fn resume_pending(&mut self) -> usize {
+        if self.executor.dry_run {
+            return 0;
+        }
         let journal = self.executor.journal.clone();
         let pending = match blocking(move || journal.pending_of(ActionKind::Block)).await {
             Ok(p) => p,
