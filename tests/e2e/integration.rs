@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use fortimisp_e2e::fortimisp_testkit::fortigate::Table;
+use fortimisp_e2e::fortimisp_testkit::fortigate::{Fault, Table};
 use fortimisp_e2e::fortimisp_testkit::misp::AttributeSpec;
 use fortimisp_e2e::fortimisp_testkit::tls::TestCa;
 use fortimisp_e2e::{
@@ -333,33 +333,76 @@ async fn a_fortigate_outage_delays_blocks_and_loses_none() {
     assert_eq!(env.metric("fortimisp_blocks_total{outcome=\"blocked\"}").await, srcs.len() as f64);
 }
 
-/// SIGKILL while blocks are pending (the FortiGate failing), then a restart with the same state: the journal
-/// completes every block, each exactly once.
+/// How the FortiGate fails while blocks are pending.
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    /// Every request answers 500: nothing is created.
+    Everything,
+    /// Only the member adds answer 500: the objects exist, the blocks are half done.
+    MemberAdds,
+}
+
+/// SIGKILL while blocks are pending, then a restart with the same state: the journal completes every block, each
+/// exactly once (an object created before the kill is reused, not recreated).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_pending_at_sigkill_complete_after_restart() {
-    let env = Env::start().await;
-    let srcs = ["198.51.100.51", "198.51.100.52", "2001:db8::52"];
-    indicators(&env, &srcs);
-    let mut daemon = env.integration().await;
-    fortigate_down(&env);
-    send_tcp(env.tcp, &srcs.iter().map(|s| hit_line(s)).collect::<Vec<_>>(), true);
-    let mut expected: Vec<IpAddr> = srcs.iter().map(|s| ip(s)).collect();
-    expected.sort();
-    eventually(WAIT, "the three blocks are pending in the journal", || async { pending_blocks(&env) == expected })
+    for outage in [Outage::Everything, Outage::MemberAdds] {
+        let env = Env::start().await;
+        let srcs = ["198.51.100.51", "198.51.100.52", "2001:db8::52"];
+        indicators(&env, &srcs);
+        let mut daemon = env.integration().await;
+        match outage {
+            Outage::Everything => fortigate_down(&env),
+            Outage::MemberAdds => {
+                for group in ["addrgrp", "addrgrp6"] {
+                    let route = format!("POST /api/v2/cmdb/firewall/{group}/{{name}}/member");
+                    env.fortigate.inject(Some(&route), Fault::Status(500), usize::MAX / 2);
+                }
+            }
+        }
+        send_tcp(env.tcp, &srcs.iter().map(|s| hit_line(s)).collect::<Vec<_>>(), true);
+        let mut expected: Vec<IpAddr> = srcs.iter().map(|s| ip(s)).collect();
+        expected.sort();
+        eventually(WAIT, "the three blocks are pending in the journal", || async {
+            pending_blocks(&env) == expected && env.metric("fortimisp_blocks_total{outcome=\"retry\"}").await >= 1.0
+        })
         .await;
-    daemon.sigkill();
-    assert!(misp_objects(&env).is_empty());
-    env.fortigate.clear_faults();
-    env.fortigate.reset_requests();
+        daemon.sigkill();
+        match outage {
+            Outage::Everything => assert!(misp_objects(&env).is_empty(), "{outage:?}"),
+            Outage::MemberAdds => {
+                eventually(WAIT, "the objects were created before the kill", || async {
+                    misp_objects(&env).len() == srcs.len()
+                })
+                .await
+            }
+        }
+        assert!(srcs.iter().all(|s| !is_member(&env, s)), "{outage:?}: no membership yet");
+        let before: Vec<_> = srcs.iter().map(|s| env.fortigate.object(&name(s))).collect();
+        env.fortigate.clear_faults();
+        env.fortigate.reset_requests();
 
-    let _daemon = env.integration().await;
-    all_blocked(&env, &srcs, WAIT).await;
-    eventually(WAIT, "nothing pending", || async { pending_blocks(&env).is_empty() }).await;
-    for s in srcs {
-        assert_eq!(create_requests(&env, &name(s)), 1, "{s} created exactly once after the restart");
+        let _daemon = env.integration().await;
+        all_blocked(&env, &srcs, WAIT).await;
+        eventually(WAIT, "nothing pending", || async { pending_blocks(&env).is_empty() }).await;
+        for (s, before) in srcs.iter().zip(before) {
+            match outage {
+                Outage::Everything => {
+                    assert_eq!(create_requests(&env, &name(s)), 1, "{s} created exactly once after the restart")
+                }
+                Outage::MemberAdds => {
+                    assert_eq!(env.fortigate.object(&name(s)), before, "{s}: the object made before the kill is kept")
+                }
+            }
+        }
+        let member_adds: u64 = ["addrgrp", "addrgrp6"]
+            .iter()
+            .map(|g| env.fortigate.route_count(&format!("POST /api/v2/cmdb/firewall/{g}/{{name}}/member")))
+            .sum();
+        assert_eq!(member_adds, srcs.len() as u64, "{outage:?}: one member add per block after the restart");
+        let active = journal(&env).active_blocks().unwrap();
+        assert_eq!(active.len(), srcs.len(), "{outage:?}: one ledger entry per block: {active:?}");
     }
-    let active = journal(&env).active_blocks().unwrap();
-    assert_eq!(active.len(), srcs.len(), "one ledger entry per block: {active:?}");
 }
 
 /// SIGTERM exits 0 within the contract's 10 s, and what was in flight (lines read, blocks not yet on the
@@ -371,6 +414,8 @@ async fn sigterm_exits_cleanly_within_10s_and_loses_nothing() {
     indicators(&env, &srcs);
     let mut daemon = env.integration().await;
     fortigate_down(&env);
+    // Slow MISP answers: at SIGTERM the lookups are still in flight, so the decision stage has to drain them.
+    env.misp.set_latency(Some(Duration::from_millis(1500)));
     send_tcp(env.tcp, &srcs.iter().map(|s| hit_line(s)).collect::<Vec<_>>(), false);
     eventually(WAIT, "the lines were read", || async {
         env.metric("fortimisp_lines_triggered_total").await >= srcs.len() as f64
@@ -387,11 +432,11 @@ async fn sigterm_exits_cleanly_within_10s_and_loses_nothing() {
     assert_eq!(pending_blocks(&env), expected, "in-flight blocks are journaled (stopped after {took:?})");
 
     env.fortigate.clear_faults();
-    let _daemon = env.integration().await;
+    env.misp.set_latency(None);
+    let mut idle = env.integration().await;
     all_blocked(&env, &srcs, WAIT).await;
 
     // An idle daemon stops quickly too.
-    let mut idle = _daemon;
     idle.sigterm();
     let status = idle.wait_exit(Duration::from_secs(10)).expect("idle daemon exits within 10 s");
     assert_eq!(status.code(), Some(0));
@@ -485,6 +530,21 @@ async fn senders_outside_the_allowlist_are_dropped_and_counted() {
     }
 }
 
+/// Queues a block in the journal as an earlier run would have left it (e.g. during an outage).
+fn leave_pending(env: &Env, address: IpAddr) {
+    use fortimisp_core::journal::{ActionKind, NewAction};
+    let action = NewAction {
+        kind: ActionKind::Block,
+        ip: address,
+        reason: "misp-event=1 rule=0".into(),
+        event_id: Some(1),
+        rule: Some(0),
+        comment: None,
+        requested_at: chrono::Utc::now(),
+    };
+    journal(env).enqueue(&action).unwrap();
+}
+
 /// `dry_run = true`: the decision is logged and journaled, nothing at all is written to the FortiGate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_decides_and_journals_but_changes_nothing() {
@@ -492,6 +552,8 @@ async fn dry_run_decides_and_journals_but_changes_nothing() {
     env.tweak("dry_run = false", "dry_run = true");
     let srcs = ["198.51.100.95", "2001:db8::95"];
     indicators(&env, &srcs);
+    // A real block of an earlier run, still pending: a dry run must leave it for a run that can do it.
+    leave_pending(&env, ip(srcs[0]));
     let daemon = env.integration().await;
     send_udp(env.udp, &srcs.map(hit_line));
     eventually(WAIT, "both decisions made", || async {
@@ -507,7 +569,7 @@ async fn dry_run_decides_and_journals_but_changes_nothing() {
             "{s} dry-run decision journaled: {decisions:?}"
         );
     }
-    assert!(pending_blocks(&env).is_empty());
+    assert_eq!(pending_blocks(&env), vec![ip(srcs[0])], "the earlier run's pending block is left alone");
     assert!(daemon.log_text().contains("Dry run: would block."), "decision logged");
 }
 
@@ -674,17 +736,7 @@ async fn replay_blocks_from_a_file_and_dry_run_changes_nothing() {
     indicators(&env, &srcs);
     // A block the daemon left pending (e.g. during an outage) must survive a dry run.
     let pending = ip("198.51.100.36");
-    journal(&env)
-        .enqueue(&fortimisp_core::journal::NewAction {
-            kind: fortimisp_core::journal::ActionKind::Block,
-            ip: pending,
-            reason: "misp-event=1 rule=0".into(),
-            event_id: Some(1),
-            rule: Some(0),
-            comment: None,
-            requested_at: chrono::Utc::now(),
-        })
-        .unwrap();
+    leave_pending(&env, pending);
     let file = env.dir.path().join("replay.log");
     let mut lines: Vec<String> = srcs.iter().map(|s| hit_line(s)).collect();
     lines.push(hit_line("198.51.100.37"));
