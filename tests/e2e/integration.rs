@@ -276,6 +276,11 @@ async fn repeats_from_concurrent_senders_cost_one_lookup_and_one_block_per_addre
         env.fortigate.route_counts()
     );
     assert_eq!(env.metric("fortimisp_blocks_total{outcome=\"blocked\"}").await, blocks as f64);
+    let (sum, count) = (
+        env.metric("fortimisp_block_latency_seconds_sum").await,
+        env.metric("fortimisp_block_latency_seconds_count").await,
+    );
+    eprintln!("block latency under the flood: mean {:.3} s over {count} blocks", sum / count);
 }
 
 /// Adds an `ip-src` indicator for each address to one event.
@@ -305,15 +310,23 @@ fn create_requests(env: &Env, object: &str) -> usize {
         .count()
 }
 
-/// The FortiGate answers 500 for 20 s while indicators are seen; when it recovers, every block lands (retried
-/// from the queue with backoff, nothing dropped).
+/// The FortiGate answers 500 for 20 s while indicators are seen, starting after the daemon did or before it
+/// (so the block groups do not exist yet either); when it recovers, every block lands (retried from the queue
+/// with backoff, nothing dropped). Both cases run at once to keep the wall time at one outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fortigate_outage_delays_blocks_and_loses_none() {
+    tokio::join!(outage_then_recovery(false), outage_then_recovery(true));
+}
+
+async fn outage_then_recovery(down_at_start: bool) {
     let env = Env::start().await;
     let srcs = ["198.51.100.41", "198.51.100.42", "2001:db8::42"];
     indicators(&env, &srcs);
-    let _daemon = env.integration().await;
     let outage = Instant::now();
+    if down_at_start {
+        fortigate_down(&env);
+    }
+    let _daemon = env.integration().await;
     fortigate_down(&env);
     send_udp(env.udp, &srcs.iter().map(|s| hit_line(s)).collect::<Vec<_>>());
     eventually(Duration::from_secs(40), "20 s of outage, each block retried", || async {
@@ -324,8 +337,13 @@ async fn a_fortigate_outage_delays_blocks_and_loses_none() {
     assert!(misp_objects(&env).is_empty(), "nothing can land during the outage");
     assert_eq!(pending_blocks(&env).len(), srcs.len(), "the blocks wait in the journal");
     env.fortigate.clear_faults();
+    let recovered = Instant::now();
     // The blocker backs off 1, 2, 4, 8 s (+25 % jitter) on top of the client's own retries.
     all_blocked(&env, &srcs, Duration::from_secs(60)).await;
+    eprintln!(
+        "outage (down at start: {down_at_start}): every block landed {:?} after the FortiGate recovered",
+        recovered.elapsed()
+    );
     eventually(WAIT, "nothing pending", || async { pending_blocks(&env).is_empty() }).await;
     for s in srcs {
         assert!(env.fortigate.object(&name(s)).is_some());
@@ -427,6 +445,7 @@ async fn sigterm_exits_cleanly_within_10s_and_loses_nothing() {
     let took = asked.elapsed();
     let status = status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM; log:\n{}", daemon.log_text()));
     assert_eq!(status.code(), Some(0), "clean exit; log:\n{}", daemon.log_text());
+    eprintln!("SIGTERM with blocks and lookups in flight: exited after {took:?}");
     let mut expected: Vec<IpAddr> = srcs.iter().map(|s| ip(s)).collect();
     expected.sort();
     assert_eq!(pending_blocks(&env), expected, "in-flight blocks are journaled (stopped after {took:?})");
@@ -664,6 +683,7 @@ async fn block_unblock_and_list_by_hand() {
     let cases: &[(&[&str], bool, Option<(&str, bool)>)] = &[
         (&["block", "198.51.100.40", "--comment", "ticket 42"], true, Some(("198.51.100.40", true))),
         (&["block", "2001:db8::40"], true, Some(("2001:db8::40", true))),
+        (&["block", "2001:db8::40"], true, Some(("2001:db8::40", true))),
         (&["block", "198.51.100.250"], false, Some(("198.51.100.250", false))),
         (&["block", "198.51.100.250", "--force"], true, Some(("198.51.100.250", true))),
         (&["block", "10.1.2.3", "--force"], false, Some(("10.1.2.3", false))),
@@ -756,4 +776,27 @@ async fn replay_blocks_from_a_file_and_dry_run_changes_nothing() {
     assert!(stdout(&out).contains("lines 5"), "{}", output_text(&out));
     all_blocked(&env, &srcs, WAIT).await;
     assert!(env.fortigate.object("misp-198.51.100.37").is_none(), "a clean address is not blocked");
+}
+
+/// SIGTERM while MISP hangs and the FortiGate fails: the daemon still exits 0 within the contract's 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_10s_even_when_misp_hangs() {
+    let env = Env::start().await;
+    let srcs = ["198.51.100.63", "198.51.100.64"];
+    indicators(&env, &srcs);
+    let mut daemon = env.integration().await;
+    fortigate_down(&env);
+    env.misp.set_latency(Some(Duration::from_secs(60)));
+    send_tcp(env.tcp, &srcs.map(hit_line), false);
+    eventually(WAIT, "the lines were read", || async {
+        env.metric("fortimisp_lines_triggered_total").await >= srcs.len() as f64
+    })
+    .await;
+    let asked = Instant::now();
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    let took = asked.elapsed();
+    let status = status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM; log:\n{}", daemon.log_text()));
+    assert_eq!(status.code(), Some(0), "clean exit; log:\n{}", daemon.log_text());
+    eprintln!("SIGTERM with MISP hanging: exited after {took:?}");
 }
