@@ -68,7 +68,9 @@ async fn version_me_and_check() {
     for (need_sighting, need_admin, missing) in cases {
         match (client.check(need_sighting, need_admin).await, missing) {
             (Ok(_), None) => {}
-            (Err(Error::MissingPermission { permission, .. }), Some(expected)) => assert_eq!(permission, expected),
+            (Err(Error::MissingPermission { permission, .. }), Some(expected)) => {
+                assert_eq!(permission, expected)
+            }
             (other, _) => panic!("check({need_sighting}, {need_admin}): {other:?}"),
         }
     }
@@ -592,4 +594,76 @@ fn construction_errors() {
     }
     let client = with("https://misp.example/misp/", None).expect("path prefix kept");
     assert_eq!(client.url(), "https://misp.example/misp");
+}
+
+// ---- odd answers ----------------------------------------------------------------------------------------------
+
+fn status(code: u16, content_type: &str, body: &str) -> Fault {
+    Fault::Status { status: code, content_type: content_type.into(), body: body.into() }
+}
+
+#[tokio::test]
+async fn unexpected_answers_map_to_non_retryable_errors() {
+    let (emulator, client) = setup().await;
+    emulator.add_feed("osint", true);
+    let json = "application/json";
+    let cases: Vec<(&str, Fault, &str)> = vec![
+        (SEARCH, status(200, json, r#"{"unexpected": true}"#), "InvalidResponse"),
+        (SEARCH, status(200, json, r#"{"response": {"Attribute": {"id": "1"}}}"#), "InvalidResponse"),
+        (SEARCH, status(400, json, r#"{"name": "Bad", "message": "Bad", "url": "/"}"#), "Rejected"),
+        (SEARCH, status(302, "text/html", ""), "Rejected"),
+        (SEARCH, status(404, "text/html", "<html>nginx</html>"), "NotFound"),
+        (SEARCH, status(401, json, r#"{"message": "no"}"#), "Unauthorized"),
+        ("feeds/fetchFromAllFeeds", status(200, json, r#"{"saved": true}"#), "InvalidResponse"),
+        ("sightings/add", status(200, json, r#"{"saved": true}"#), "InvalidResponse"),
+        ("servers/getVersion", status(200, json, r#"{"no_version": 1}"#), "InvalidResponse"),
+    ];
+    for (route, fault, expected) in cases {
+        emulator.reset_records();
+        emulator.fail_route(route, 1, fault);
+        let error = match route {
+            SEARCH => client.search(&SearchQuery::new().values(["x"])).await.map(|_| ()),
+            "feeds/fetchFromAllFeeds" => client.fetch_all_feeds().await.map(|_| ()),
+            "sightings/add" => client.add_sighting(ip("192.0.2.1"), "t").await.map(|_| ()),
+            _ => client.version().await.map(|_| ()),
+        }
+        .expect_err(expected);
+        assert!(format!("{error:?}").starts_with(expected), "{route}: {error:?}");
+        assert!(!error.is_retryable(), "{error:?}");
+        assert_eq!(emulator.request_count(route), 1, "{route}: not retried");
+    }
+}
+
+#[tokio::test]
+async fn malformed_attributes_are_skipped_not_fatal() {
+    let (emulator, client) = setup().await;
+    let body = r#"{"response": {"Attribute": [
+        {"id": "1", "event_id": "1", "type": "ip-src", "value": "198.51.100.7", "uuid": "a", "to_ids": true,
+         "deleted": false, "timestamp": "1700000000"},
+        {"id": "not-a-number", "event_id": "1", "type": "ip-src", "value": "198.51.100.8"},
+        {"id": "3", "event_id": "1", "type": "ip-dst", "value": "198.51.100.0/24", "timestamp": 1700000001}
+    ]}}"#;
+    let cases: Vec<(&str, usize, usize, usize)> =
+        vec![(body, 3, 2, 1), (r#"{"response": []}"#, 0, 0, 0), (r#"{"response": {"Attribute": []}}"#, 0, 0, 0)];
+    for (body, returned, indicators, skipped) in cases {
+        emulator.fail_route(SEARCH, 1, status(200, "application/json", body));
+        let page = client.search(&SearchQuery::new().values(["x"])).await.expect("lenient parse");
+        assert_eq!((page.returned, page.indicators.len(), page.skipped), (returned, indicators, skipped), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn pager_as_stream() {
+    use futures::StreamExt;
+    let emulator = MispEmulator::start().await.expect("emulator");
+    let mut opts = options(&emulator);
+    opts.page_size = 4;
+    let client = Client::new(opts).expect("client");
+    emulator.add_synthetic(10, "11.0.0.1".parse().expect("ip"), 1_000);
+    let sizes: Vec<usize> =
+        client.pages(SearchQuery::new()).into_stream().map(|p| p.expect("page").returned).collect().await;
+    assert_eq!(sizes, vec![4, 4, 2]);
+    emulator.fail_page(2, 5, Fault::html(500));
+    let results: Vec<bool> = client.pages(SearchQuery::new()).into_stream().map(|p| p.is_ok()).collect().await;
+    assert_eq!(results, vec![true, false], "the stream ends after an error");
 }

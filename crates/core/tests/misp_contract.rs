@@ -171,7 +171,8 @@ async fn version_and_me_shapes() {
 #[tokio::test]
 async fn feeds_results() {
     let emulator = seeded().await;
-    let cases: Vec<(&str, Box<dyn Fn(&MispEmulator)>, StatusCode, Value)> = vec![
+    type Prepare = Box<dyn Fn(&MispEmulator)>;
+    let cases: Vec<(&str, Prepare, StatusCode, Value)> = vec![
         ("/feeds/fetchFromAllFeeds", Box::new(|_| {}), StatusCode::OK, json!({"result": "No feed enabled."})),
         (
             "/feeds/fetchFromAllFeeds",

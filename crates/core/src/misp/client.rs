@@ -232,7 +232,14 @@ enum Effect {
 
 struct Reply {
     headers: HeaderMap,
-    body: Value,
+    /// A body already checked to be JSON.
+    bytes: bytes::Bytes,
+}
+
+impl Reply {
+    fn json(&self, path: &str) -> Result<Value, Error> {
+        serde_json::from_slice(&self.bytes).map_err(|e| Error::Decode { path: path.into(), reason: e.to_string() })
+    }
 }
 
 /// The MISP REST client. Cheap to clone (the connection pool is shared).
@@ -307,7 +314,7 @@ impl Client {
     pub async fn version(&self) -> Result<VersionInfo, Error> {
         let path = "/servers/getVersion";
         let reply = self.send(Method::GET, path, None, Effect::Read).await?;
-        let v: wire::WireVersion = decode(path, reply.body)?;
+        let v: wire::WireVersion = decode(path, reply.json(path)?)?;
         Ok(VersionInfo {
             version: v.version,
             pymisp_recommended_version: v.pymisp_recommended_version,
@@ -320,7 +327,7 @@ impl Client {
     pub async fn me(&self) -> Result<UserInfo, Error> {
         let path = "/users/view/me";
         let reply = self.send(Method::GET, path, None, Effect::Read).await?;
-        let me: wire::WireMe = decode(path, reply.body)?;
+        let me: wire::WireMe = decode(path, reply.json(path)?)?;
         Ok(UserInfo {
             id: me.user.id,
             email: me.user.email,
@@ -394,7 +401,7 @@ impl Client {
 
     async fn feed_call(&self, path: String) -> Result<FeedOutcome, Error> {
         let reply = self.send(Method::POST, &path, Some(&json!({})), Effect::Write).await?;
-        match reply.body.get("result") {
+        match reply.json(&path)?.get("result") {
             Some(Value::String(text)) => Ok(FeedOutcome::from_result(text)),
             _ => Err(Error::InvalidResponse { path, reason: "no \"result\" text".into() }),
         }
@@ -406,7 +413,7 @@ impl Client {
         let path = "/sightings/add";
         let body = json!({"value": ip.to_string(), "type": "0", "source": source});
         let reply = self.send(Method::POST, path, Some(&body), Effect::Write).await?;
-        let body = reply.body;
+        let body = reply.json(path)?;
         if let Some(sighting) = body.get("Sighting") {
             // One object, or a list when several were saved: report the last one.
             let last = match sighting {
@@ -442,7 +449,7 @@ impl Client {
         }
         let values: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
         let reply = self.send(Method::POST, path, Some(&json!(values)), Effect::Read).await?;
-        let parsed: wire::WireCheckValue = decode(path, reply.body)?;
+        let parsed: wire::WireCheckValue = decode(path, reply.json(path)?)?;
         let mut out = HashMap::new();
         if let wire::WireCheckValue::Hits(map) = parsed {
             for (value, hits) in map {
@@ -463,23 +470,20 @@ impl Client {
         let reply = self.send(Method::POST, path, Some(&body), Effect::Read).await?;
         let result_count = header_u64(&reply.headers, "x-result-count");
         let skipped_by_server = header_u64(&reply.headers, "x-skipped-elements-count").unwrap_or(0);
-        let attributes = match reply.body {
-            Value::Object(mut top) => match top.remove("response") {
-                Some(Value::Object(mut response)) => match response.remove("Attribute") {
-                    Some(Value::Array(list)) => list,
-                    None | Some(Value::Null) => Vec::new(),
-                    Some(_) => return Err(invalid(path, "response.Attribute is not a list")),
-                },
-                // Some versions answer an empty search with `{"response": []}`.
-                Some(Value::Array(list)) if list.is_empty() => Vec::new(),
-                _ => return Err(invalid(path, "no \"response\" object")),
-            },
-            _ => return Err(invalid(path, "body is not an object")),
+        let mut out = Page { page, skipped_by_server, result_count, ..Page::default() };
+        // Fast path: one typed pass. A page with a malformed attribute (or `{"response": []}`) takes the lenient
+        // path, which parses attribute by attribute and skips the bad ones.
+        let attributes: Vec<Result<wire::WireAttribute, serde_json::Error>> = match serde_json::from_slice::<
+            wire::SearchEnvelope,
+        >(&reply.bytes)
+        {
+            Ok(envelope) => envelope.response.attribute.into_iter().map(Ok).collect(),
+            Err(_) => lenient_attributes(path, reply.json(path)?)?.into_iter().map(serde_json::from_value).collect(),
         };
-        let mut out = Page { page, returned: attributes.len(), skipped_by_server, result_count, ..Page::default() };
+        out.returned = attributes.len();
         out.indicators.reserve(attributes.len());
-        for raw in attributes {
-            let attr: wire::WireAttribute = match serde_json::from_value(raw) {
+        for attr in attributes {
+            let attr = match attr {
                 Ok(attr) => attr,
                 Err(error) => {
                     debug!(message = "Skipping a malformed attribute.", error = %error);
@@ -549,13 +553,14 @@ impl Client {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| transport_error(path, e))?;
-        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
-            return match json {
-                Some(body) => Ok(Reply { headers, body }),
-                None => Err(Error::Decode { path: path.into(), reason: body_hint(&bytes) }),
+            // Validate without building a tree; operations parse into their own types afterwards.
+            return match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => Ok(Reply { headers, bytes }),
+                Err(_) => Err(Error::Decode { path: path.into(), reason: body_hint(&bytes) }),
             };
         }
+        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         Err(status_error(path, status, &headers, json.as_ref(), &bytes))
     }
 }
@@ -569,7 +574,7 @@ pub struct Pager<'c> {
     done: bool,
 }
 
-impl Pager<'_> {
+impl<'c> Pager<'c> {
     /// The next page, or `None` after the last one. After an error, calling again retries the same page.
     pub async fn next_page(&mut self) -> Option<Result<Page, Error>> {
         if self.done {
@@ -586,6 +591,16 @@ impl Pager<'_> {
     /// The page number the next call will ask for.
     pub fn next_page_number(&self) -> u32 {
         self.next
+    }
+
+    /// The pages as a `Stream` (ends after the last page; an error is yielded, then the stream ends).
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Page, Error>> + 'c {
+        futures::stream::unfold(Some(self), |pager| async move {
+            let mut pager = pager?;
+            let item = pager.next_page().await?;
+            let next = if item.is_ok() { Some(pager) } else { None };
+            Some((item, next))
+        })
     }
 }
 
@@ -611,6 +626,22 @@ fn indicator_from(attr: wire::WireAttribute) -> Option<Indicator> {
         timestamp: attr.timestamp,
         tags,
     })
+}
+
+/// `response.Attribute` as raw values; `{"response": []}` (some versions, empty result) is an empty list.
+fn lenient_attributes(path: &str, body: Value) -> Result<Vec<Value>, Error> {
+    match body {
+        Value::Object(mut top) => match top.remove("response") {
+            Some(Value::Object(mut response)) => match response.remove("Attribute") {
+                Some(Value::Array(list)) => Ok(list),
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(_) => Err(invalid(path, "response.Attribute is not a list")),
+            },
+            Some(Value::Array(list)) if list.is_empty() => Ok(Vec::new()),
+            _ => Err(invalid(path, "no \"response\" object")),
+        },
+        _ => Err(invalid(path, "body is not an object")),
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(path: &str, body: Value) -> Result<T, Error> {

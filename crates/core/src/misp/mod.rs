@@ -21,6 +21,29 @@
 //!   follow. A page is the last one only when returned + skipped (`X-Skipped-Elements-Count`) is below the limit.
 //! - A failed sighting is an HTTP 200 without a `Sighting` key; a warninglist miss is `[]`, a hit is an object.
 //! - Non-JSON bodies (HTML 500/502/504 from PHP or a proxy) are transient and retried.
+//!
+//! # Example
+//! ```no_run
+//! # async fn demo() -> Result<(), fortimisp_core::misp::Error> {
+//! use fortimisp_core::misp::{Client, ClientOptions, Deleted, SearchQuery};
+//! use fortimisp_core::secret::ApiKey;
+//!
+//! let client = Client::new(ClientOptions::new("https://misp.example.org", ApiKey::new("...")))?;
+//! client.check(true, false).await?; // sightings on: the role needs perm_sighting
+//! let hits = SearchQuery::new().types(["ip-src", "ip-dst", "ip-src|port", "ip-dst|port"]).to_ids(true);
+//! // On-demand lookup (batched):
+//! let found = client.search_values(&hits, &["198.51.100.7".parse().expect("an IP")]).await?;
+//! // Incremental sync: changed since the last high-water mark, removals included.
+//! let mut pager = client.pages(hits.clone().since(1_700_000_000).deleted(Deleted::Both));
+//! while let Some(page) = pager.next_page().await {
+//!     for indicator in page?.indicators {
+//!         let _remove = indicator.deleted || !indicator.to_ids;
+//!     }
+//! }
+//! # let _ = found;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod client;
 pub mod error;

@@ -217,7 +217,8 @@ mod tests {
 
     #[test]
     fn bodies() {
-        let cases: Vec<(SearchQuery, Option<(u32, u32)>, Value)> = vec![
+        type Case = (SearchQuery, Option<(u32, u32)>, Value);
+        let cases: Vec<Case> = vec![
             (SearchQuery::new(), None, json!({"returnFormat":"json"})),
             (
                 SearchQuery::new()

@@ -7,6 +7,18 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
 
+/// `{"response": {"Attribute": [...]}}`, the fast path: the whole page in one typed pass.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SearchEnvelope {
+    pub response: SearchResponse,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SearchResponse {
+    #[serde(rename = "Attribute", default)]
+    pub attribute: Vec<WireAttribute>,
+}
+
 /// One element of `{"response": {"Attribute": [...]}}`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct WireAttribute {

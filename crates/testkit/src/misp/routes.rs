@@ -56,7 +56,9 @@ fn set_header(response: &mut Response, name: &'static str, value: impl ToString)
 fn presented_keys(headers: &HeaderMap) -> Vec<String> {
     let mut keys = Vec::new();
     for name in ["authorization", "x-misp-auth"] {
-        let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else { continue };
+        let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
         if value.starts_with("Basic") {
             continue;
         }
@@ -121,8 +123,8 @@ async fn handle(
         });
         let mut chosen = None;
         if let Some(i) = inner.faults.iter().position(|rule| {
-            rule.route.as_ref().map_or(true, |r| *r == route)
-                && rule.page.map_or(true, |p| page.unwrap_or(1) == p)
+            rule.route.as_ref().is_none_or(|r| *r == route)
+                && rule.page.is_none_or(|p| page.unwrap_or(1) == p)
                 && rule.times != Some(0)
         }) {
             let rule = &mut inner.faults[i];
@@ -433,19 +435,17 @@ mod tests {
     #[test]
     fn keys_presented() {
         let key = "0123456789abcdefghijABCDEFGHIJ0123456789";
-        let cases: Vec<(Vec<(&str, String)>, Vec<&str>)> = vec![
-            (vec![("authorization", key.to_string())], vec![key]),
-            (vec![("x-misp-auth", key.to_string())], vec![key]),
-            (vec![("authorization", format!("short, {key}"))], vec![key]),
-            (vec![("authorization", format!("Basic {key}"))], vec![]),
-            (vec![("authorization", format!("Bearer {key}"))], vec![]),
+        let cases: Vec<(&str, String, Vec<&str>)> = vec![
+            ("authorization", key.to_string(), vec![key]),
+            ("x-misp-auth", key.to_string(), vec![key]),
+            ("authorization", format!("short, {key}"), vec![key]),
+            ("authorization", format!("Basic {key}"), vec![]),
+            ("authorization", format!("Bearer {key}"), vec![]),
         ];
-        for (pairs, expected) in cases {
+        for (name, value, expected) in cases {
             let mut headers = HeaderMap::new();
-            for (name, value) in pairs {
-                headers.insert(name, HeaderValue::from_str(&value).expect("test header"));
-            }
-            assert_eq!(presented_keys(&headers), expected);
+            headers.insert(name, HeaderValue::from_str(&value).expect("test header"));
+            assert_eq!(presented_keys(&headers), expected, "{name}: {value}");
         }
     }
 }

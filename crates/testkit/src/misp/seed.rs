@@ -14,7 +14,8 @@
 //! }
 //! ```
 //! Every key is optional; attribute fields other than `type` and `value` too (`to_ids` defaults to true,
-//! `timestamp` to now). Unknown keys are rejected.
+//! `timestamp` to now). Unknown keys are rejected. A fuller example for the lab: `seed-example.json` next to this
+//! file (a unit test keeps it valid).
 
 use serde::Deserialize;
 
@@ -99,4 +100,38 @@ fn yes() -> bool {
 
 fn cidr() -> String {
     "cidr".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_example_parses_and_unknown_keys_fail() {
+        let example = r#"{
+          "keys": ["0123456789abcdefghijABCDEFGHIJ0123456789"],
+          "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true,
+                   "enforce_rate_limit": false, "rate_limit_count": 0},
+          "background_jobs": true,
+          "events": [{"info": "C2 servers", "published": true, "tags": ["tlp:white"],
+                      "attributes": [{"type": "ip-dst", "value": "198.51.100.7", "to_ids": true, "tags": [],
+                                      "timestamp": 1700000000, "deleted": false, "uuid": "u", "comment": ""}]}],
+          "warninglists": [{"name": "RFC 1918", "type": "cidr", "entries": ["10.0.0.0/8"], "enabled": true}],
+          "feeds": [{"name": "CIRCL OSINT", "enabled": true}]
+        }"#;
+        let cases: [(&str, bool); 4] = [
+            (example, true),
+            ("{}", true),
+            (r#"{"events": [{"attributes": [{"type": "ip-src", "value": "192.0.2.1"}]}]}"#, true),
+            (r#"{"event": []}"#, false),
+        ];
+        for (text, ok) in cases {
+            assert_eq!(serde_json::from_str::<Seed>(text).is_ok(), ok, "{text}");
+        }
+        let lab: Seed = serde_json::from_str(include_str!("seed-example.json")).expect("seed-example.json parses");
+        assert_eq!((lab.events.len(), lab.warninglists.len(), lab.feeds.len()), (2, 2, 2));
+        let seed: Seed = serde_json::from_str(example).expect("example");
+        assert_eq!(seed.events[0].attributes[0].timestamp, Some(1_700_000_000));
+        assert_eq!(seed.role.map(|r| r.name), Some("Org Admin".to_string()));
+    }
 }

@@ -17,26 +17,67 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-/// One stored attribute.
+/// One stored attribute. Kept compact (a million of them must fit comfortably): type and category are
+/// interned, the uuid is derived from the id unless one was given, the composite halves are split on demand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attribute {
     pub id: u64,
     pub event_id: u64,
-    pub kind: String,
-    pub category: String,
+    pub kind: Arc<str>,
+    pub category: Arc<str>,
     /// As MISP returns it (normalised on save).
     pub value: String,
     pub to_ids: bool,
     pub deleted: bool,
     pub timestamp: i64,
-    pub uuid: String,
+    uuid: Option<Box<str>>,
     pub comment: String,
     pub tags: Vec<String>,
-    /// Lowercased halves used for matching.
-    value1: String,
-    value2: String,
+}
+
+impl Attribute {
+    /// The attribute uuid (given, or derived from the id).
+    pub fn uuid(&self) -> std::borrow::Cow<'_, str> {
+        match &self.uuid {
+            Some(uuid) => std::borrow::Cow::Borrowed(uuid),
+            None => std::borrow::Cow::Owned(format!("5f0c0000-0000-4000-8000-{:012x}", self.id)),
+        }
+    }
+
+    /// `value1` and `value2` (MISP stores composites split at the `|`).
+    fn halves(&self) -> (&str, Option<&str>) {
+        if self.kind.contains('|') {
+            if let Some((a, b)) = self.value.split_once('|') {
+                return (a, Some(b));
+            }
+        }
+        (&self.value, None)
+    }
+}
+
+/// Positions of the attributes holding one value; most values are held by one attribute.
+#[derive(Debug, Clone)]
+enum Positions {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Positions {
+    fn push(&mut self, pos: u32) {
+        match self {
+            Positions::One(first) => *self = Positions::Many(vec![*first, pos]),
+            Positions::Many(list) => list.push(pos),
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Positions::One(p) => std::slice::from_ref(p),
+            Positions::Many(list) => list,
+        }
+    }
 }
 
 /// One stored event.
@@ -169,7 +210,9 @@ pub struct Store {
     /// id -> position in `attributes` (ids are assigned increasing, so positions are in id order).
     positions: HashMap<u64, u32>,
     /// Lowercased normalised value1/value2 -> positions.
-    by_value: HashMap<String, Vec<u32>>,
+    by_value: HashMap<Box<str>, Positions>,
+    /// Interned type and category names.
+    names: HashSet<Arc<str>>,
     events: HashMap<u64, Event>,
     tag_ids: HashMap<String, u64>,
     pub warninglists: Vec<Warninglist>,
@@ -220,7 +263,9 @@ impl Store {
     }
 
     pub fn set_published(&mut self, event_id: u64, published: bool) -> bool {
-        let Some(event) = self.events.get_mut(&event_id) else { return false };
+        let Some(event) = self.events.get_mut(&event_id) else {
+            return false;
+        };
         event.published = published;
         self.generation += 1;
         true
@@ -240,41 +285,48 @@ impl Store {
         self.next_attribute_id += 1;
         let id = self.next_attribute_id;
         let value = normalize_value(&spec.kind, &spec.value);
-        let (v1, v2) = match value.split_once('|') {
-            Some((a, b)) if spec.kind.contains('|') => (a.to_lowercase(), b.to_lowercase()),
-            _ => (value.to_lowercase(), String::new()),
-        };
         for tag in &spec.tags {
             self.tag_id(tag);
         }
-        let uuid = match spec.uuid {
-            Some(uuid) => uuid,
-            None => self.next_uuid(),
-        };
+        let kind = self.intern(&spec.kind);
+        let category = self.intern(spec.category.as_deref().unwrap_or("Network activity"));
         let attribute = Attribute {
             id,
             event_id,
-            category: spec.category.unwrap_or_else(|| "Network activity".into()),
-            kind: spec.kind,
+            kind,
+            category,
             value,
             to_ids: spec.to_ids,
             deleted: spec.deleted,
             timestamp: spec.timestamp.unwrap_or_else(|| self.now()),
-            uuid,
+            uuid: spec.uuid.map(String::into_boxed_str),
             comment: spec.comment,
             tags: spec.tags,
-            value1: v1,
-            value2: v2,
         };
         let pos = self.attributes.len() as u32;
-        self.by_value.entry(attribute.value1.clone()).or_default().push(pos);
-        if !attribute.value2.is_empty() {
-            self.by_value.entry(attribute.value2.clone()).or_default().push(pos);
+        let (v1, v2) = attribute.halves();
+        let keys: Vec<String> = std::iter::once(v1).chain(v2).map(str::to_lowercase).collect();
+        for key in keys {
+            match self.by_value.get_mut(key.as_str()) {
+                Some(positions) => positions.push(pos),
+                None => {
+                    self.by_value.insert(key.into_boxed_str(), Positions::One(pos));
+                }
+            }
         }
         self.positions.insert(id, pos);
         self.attributes.push(attribute);
         self.generation += 1;
         id
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(existing) = self.names.get(name) {
+            return Arc::clone(existing);
+        }
+        let interned: Arc<str> = Arc::from(name);
+        self.names.insert(Arc::clone(&interned));
+        interned
     }
 
     pub fn attribute(&self, id: u64) -> Option<&Attribute> {
@@ -298,7 +350,9 @@ impl Store {
 
     /// Soft delete: `deleted = 1` and a bumped timestamp, as MISP's `deleteAttribute` does.
     pub fn soft_delete(&mut self, id: u64) -> bool {
-        let Some(old) = self.attribute(id).map(|a| a.timestamp) else { return false };
+        let Some(old) = self.attribute(id).map(|a| a.timestamp) else {
+            return false;
+        };
         let ts = self.bumped(old);
         if let Some(a) = self.attribute_mut(id) {
             a.deleted = true;
@@ -309,7 +363,9 @@ impl Store {
 
     /// Sets `to_ids` and bumps the timestamp.
     pub fn set_to_ids(&mut self, id: u64, to_ids: bool) -> bool {
-        let Some(old) = self.attribute(id).map(|a| a.timestamp) else { return false };
+        let Some(old) = self.attribute(id).map(|a| a.timestamp) else {
+            return false;
+        };
         let ts = self.bumped(old);
         if let Some(a) = self.attribute_mut(id) {
             a.to_ids = to_ids;
@@ -357,16 +413,16 @@ impl Store {
     }
 
     fn attribute_warninglisted(&self, a: &Attribute) -> bool {
-        !self.warninglist_hits(&a.value1).is_empty()
-            || (!a.value2.is_empty() && !self.warninglist_hits(&a.value2).is_empty())
+        let (v1, v2) = a.halves();
+        !self.warninglist_hits(v1).is_empty() || v2.is_some_and(|v| !self.warninglist_hits(v).is_empty())
     }
 
     /// Live attributes whose value1 or value2 equals `value` (sightings use this).
     pub fn live_by_value(&self, value: &str) -> Vec<&Attribute> {
         let key = normalize_search(value).to_lowercase();
         self.by_value
-            .get(&key)
-            .map(|ps| ps.iter().map(|&p| &self.attributes[p as usize]).filter(|a| !a.deleted).collect())
+            .get(key.as_str())
+            .map(|ps| ps.as_slice().iter().map(|&p| &self.attributes[p as usize]).filter(|a| !a.deleted).collect())
             .unwrap_or_default()
     }
 
@@ -421,8 +477,8 @@ impl Store {
                 let mut set: Vec<u32> = values
                     .or
                     .iter()
-                    .filter_map(|p| self.by_value.get(&p.text))
-                    .flat_map(|ps| ps.iter().copied())
+                    .filter_map(|p| self.by_value.get(p.text.as_str()))
+                    .flat_map(|ps| ps.as_slice().iter().copied())
                     .collect();
                 set.sort_unstable();
                 set.dedup();
@@ -464,15 +520,16 @@ impl Store {
             }
         }
         if let Some(types) = &f.types {
-            if !types.or.is_empty() && !types.or.iter().any(|t| t.matches(&a.kind.to_lowercase())) {
+            if !types.or.is_empty() && !types.or.iter().any(|t| t.matches(&a.kind)) {
                 return false;
             }
-            if types.not.iter().any(|t| t.matches(&a.kind.to_lowercase())) {
+            if types.not.iter().any(|t| t.matches(&a.kind)) {
                 return false;
             }
         }
         if let Some(values) = &f.values {
-            let hit = |p: &Pattern| p.matches(&a.value1) || (!a.value2.is_empty() && p.matches(&a.value2));
+            let (v1, v2) = a.halves();
+            let hit = |p: &Pattern| p.matches(v1) || v2.is_some_and(|v| p.matches(v));
             if !values.or.is_empty() && !values.or.iter().any(hit) {
                 return false;
             }
@@ -487,12 +544,7 @@ impl Store {
             }
         }
         if let Some(tags) = &f.tags {
-            let all: Vec<String> = a
-                .tags
-                .iter()
-                .chain(event.map(|e| e.tags.iter()).into_iter().flatten())
-                .map(|t| t.to_lowercase())
-                .collect();
+            let all: Vec<&String> = a.tags.iter().chain(event.map(|e| e.tags.iter()).into_iter().flatten()).collect();
             let hit = |p: &Pattern| all.iter().any(|t| p.matches(t));
             if !tags.or.is_empty() && !tags.or.iter().any(hit) {
                 return false;
@@ -504,60 +556,106 @@ impl Store {
         true
     }
 
-    fn render(&self, a: &Attribute, include_event_tags: bool) -> Value {
+    fn render<'a>(&'a self, a: &'a Attribute, include_event_tags: bool) -> Rendered<'a> {
         let event = self.events.get(&a.event_id);
-        let mut v = json!({
-            "id": a.id.to_string(),
-            "event_id": a.event_id.to_string(),
-            "object_id": "0",
-            "object_relation": null,
-            "category": a.category,
-            "type": a.kind,
-            "to_ids": a.to_ids,
-            "uuid": a.uuid,
-            "timestamp": a.timestamp.to_string(),
-            "distribution": "5",
-            "sharing_group_id": "0",
-            "comment": a.comment,
-            "deleted": a.deleted,
-            "disable_correlation": false,
-            "first_seen": null,
-            "last_seen": null,
-            "value": a.value,
-            "Event": {
-                "org_id": "1",
-                "distribution": "1",
-                "id": a.event_id.to_string(),
-                "info": event.map(|e| e.info.as_str()).unwrap_or(""),
-                "orgc_id": "1",
-                "uuid": event.map(|e| e.uuid.as_str()).unwrap_or(""),
-            },
-        });
-        let mut tags: Vec<Value> = a.tags.iter().map(|t| self.render_tag(t, false)).collect();
+        let mut tags: Vec<RenderedTag<'a>> = a.tags.iter().map(|t| self.render_tag(t, None)).collect();
         if include_event_tags {
             if let Some(event) = event {
-                tags.extend(event.tags.iter().map(|t| self.render_tag(t, true)));
+                tags.extend(event.tags.iter().map(|t| self.render_tag(t, Some(1))));
             }
         }
-        if !tags.is_empty() {
-            if let Value::Object(map) = &mut v {
-                map.insert("Tag".into(), Value::Array(tags));
-            }
+        Rendered {
+            id: a.id,
+            event_id: a.event_id,
+            object_id: "0",
+            object_relation: None,
+            category: &a.category,
+            kind: &a.kind,
+            to_ids: a.to_ids,
+            uuid: a.uuid(),
+            timestamp: a.timestamp,
+            distribution: "5",
+            sharing_group_id: "0",
+            comment: &a.comment,
+            deleted: a.deleted,
+            disable_correlation: false,
+            first_seen: None,
+            last_seen: None,
+            value: &a.value,
+            event: RenderedEvent {
+                org_id: "1",
+                distribution: "1",
+                id: a.event_id,
+                info: event.map(|e| e.info.as_str()).unwrap_or(""),
+                orgc_id: "1",
+                uuid: event.map(|e| e.uuid.as_str()).unwrap_or(""),
+            },
+            tag: tags,
         }
-        v
     }
 
-    fn render_tag(&self, name: &str, inherited: bool) -> Value {
+    fn render_tag<'a>(&self, name: &'a str, inherited: Option<u8>) -> RenderedTag<'a> {
         let id = self.tag_ids.get(name).copied().unwrap_or(0);
-        let mut tag = json!({"id": id.to_string(), "name": name, "colour": "#0088cc", "numerical_value": null,
-                              "is_galaxy": false, "local": 0});
-        if inherited {
-            if let Value::Object(map) = &mut tag {
-                map.insert("inherited".into(), json!(1));
-            }
-        }
-        tag
+        RenderedTag { id, name, colour: "#0088cc", numerical_value: None, is_galaxy: false, local: 0, inherited }
     }
+}
+
+/// MISP's JSON export of one attribute: ids and timestamps as strings, flags as booleans.
+#[derive(serde::Serialize)]
+struct Rendered<'a> {
+    #[serde(serialize_with = "as_string")]
+    id: u64,
+    #[serde(serialize_with = "as_string")]
+    event_id: u64,
+    object_id: &'static str,
+    object_relation: Option<&'static str>,
+    category: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    to_ids: bool,
+    uuid: std::borrow::Cow<'a, str>,
+    #[serde(serialize_with = "as_string")]
+    timestamp: i64,
+    distribution: &'static str,
+    sharing_group_id: &'static str,
+    comment: &'a str,
+    deleted: bool,
+    disable_correlation: bool,
+    first_seen: Option<&'static str>,
+    last_seen: Option<&'static str>,
+    value: &'a str,
+    #[serde(rename = "Event")]
+    event: RenderedEvent<'a>,
+    #[serde(rename = "Tag", skip_serializing_if = "Vec::is_empty")]
+    tag: Vec<RenderedTag<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct RenderedEvent<'a> {
+    org_id: &'static str,
+    distribution: &'static str,
+    #[serde(serialize_with = "as_string")]
+    id: u64,
+    info: &'a str,
+    orgc_id: &'static str,
+    uuid: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct RenderedTag<'a> {
+    #[serde(serialize_with = "as_string")]
+    id: u64,
+    name: &'a str,
+    colour: &'static str,
+    numerical_value: Option<&'static str>,
+    is_galaxy: bool,
+    local: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inherited: Option<u8>,
+}
+
+fn as_string<T: std::fmt::Display, S: serde::Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 /// MISP normalises IPs on save: IPv6 compressed, `/32` and `/128` dropped (AttributeValidationTool).
@@ -613,12 +711,16 @@ impl Pattern {
         Pattern { text: text.to_lowercase(), like }
     }
 
-    /// `candidate` is already lowercased.
+    /// Case-insensitive, as MySQL's default collation.
     fn matches(&self, candidate: &str) -> bool {
         if !self.like {
-            return candidate == self.text;
+            return if self.text.is_ascii() {
+                candidate.eq_ignore_ascii_case(&self.text)
+            } else {
+                candidate.to_lowercase() == self.text
+            };
         }
-        like_match(&self.text, candidate)
+        like_match(&self.text, &candidate.to_lowercase())
     }
 }
 

@@ -19,7 +19,7 @@ pub struct TlsMaterial {
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::Other, e.to_string())
+    io::Error::other(e.to_string())
 }
 
 impl TlsMaterial {
