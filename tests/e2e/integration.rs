@@ -679,25 +679,31 @@ async fn block_unblock_and_list_by_hand() {
     env.fortigate.seed_address("misp-198.51.100.66", "198.51.100.66/32", "hand-made by the firewall team");
     let foreign_before = env.fortigate.object("misp-198.51.100.66").unwrap();
 
-    // (arguments, exit 0?, object `misp-IP` exists afterwards)
-    let cases: &[(&[&str], bool, Option<(&str, bool)>)] = &[
-        (&["block", "198.51.100.40", "--comment", "ticket 42"], true, Some(("198.51.100.40", true))),
-        (&["block", "2001:db8::40"], true, Some(("2001:db8::40", true))),
-        (&["block", "2001:db8::40"], true, Some(("2001:db8::40", true))),
-        (&["block", "198.51.100.250"], false, Some(("198.51.100.250", false))),
-        (&["block", "198.51.100.250", "--force"], true, Some(("198.51.100.250", true))),
-        (&["block", "10.1.2.3", "--force"], false, Some(("10.1.2.3", false))),
-        (&["block", "127.0.0.1", "--force"], false, Some(("127.0.0.1", false))),
-        (&["block", "198.51.100.66"], false, None),
-        (&["unblock", "198.51.100.40"], true, Some(("198.51.100.40", false))),
-        (&["unblock", "198.51.100.66"], false, None),
+    /// The command line, whether it exits 0, and whether `misp-<address>` is blocked afterwards.
+    struct Case {
+        args: &'static [&'static str],
+        ok: bool,
+        blocked: Option<(&'static str, bool)>,
+    }
+    let case = |args, ok, blocked| Case { args, ok, blocked };
+    let cases = [
+        case(&["block", "198.51.100.40", "--comment", "ticket 42"], true, Some(("198.51.100.40", true))),
+        case(&["block", "2001:db8::40"], true, Some(("2001:db8::40", true))),
+        case(&["block", "2001:db8::40"], true, Some(("2001:db8::40", true))),
+        case(&["block", "198.51.100.250"], false, Some(("198.51.100.250", false))),
+        case(&["block", "198.51.100.250", "--force"], true, Some(("198.51.100.250", true))),
+        case(&["block", "10.1.2.3", "--force"], false, Some(("10.1.2.3", false))),
+        case(&["block", "127.0.0.1", "--force"], false, Some(("127.0.0.1", false))),
+        case(&["block", "198.51.100.66"], false, None),
+        case(&["unblock", "198.51.100.40"], true, Some(("198.51.100.40", false))),
+        case(&["unblock", "198.51.100.66"], false, None),
     ];
-    for (args, ok, after) in cases {
+    for Case { args, ok, blocked } in cases {
         let out = env.integration_cmd(args);
-        assert_eq!(out.status.success(), *ok, "{args:?}: {}", output_text(&out));
-        if let Some((src, exists)) = after {
-            assert_eq!(env.fortigate.object(&name(src)).is_some(), *exists, "{args:?}: object {src}");
-            assert_eq!(is_member(&env, src), *exists, "{args:?}: membership of {src}");
+        assert_eq!(out.status.success(), ok, "{args:?}: {}", output_text(&out));
+        if let Some((src, exists)) = blocked {
+            assert_eq!(env.fortigate.object(&name(src)).is_some(), exists, "{args:?}: object {src}");
+            assert_eq!(is_member(&env, src), exists, "{args:?}: membership of {src}");
         }
     }
     let (_, object) = env.fortigate.object("misp-2001:db8::40").unwrap();
