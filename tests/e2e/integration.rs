@@ -806,3 +806,31 @@ async fn sigterm_exits_within_10s_even_when_misp_hangs() {
     assert_eq!(status.code(), Some(0), "clean exit; log:\n{}", daemon.log_text());
     eprintln!("SIGTERM with MISP hanging: exited after {took:?}");
 }
+
+/// `max_blocks_per_minute`: beyond it, blocks wait in the journal and the alert metric is set; they survive a
+/// restart and land once the rail allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_beyond_max_blocks_per_minute_wait_in_the_journal() {
+    let mut env = Env::start().await;
+    env.tweak("max_blocks_per_minute = 600", "max_blocks_per_minute = 1");
+    let srcs = ["198.51.100.131", "198.51.100.132", "198.51.100.133"];
+    indicators(&env, &srcs);
+    let mut daemon = env.integration().await;
+    send_udp(env.udp, &srcs.map(hit_line));
+    eventually(WAIT, "one block made, the rail up, two waiting in the journal", || async {
+        env.metric("fortimisp_block_rate_limited").await == 1.0
+            && misp_objects(&env).len() == 1
+            && pending_blocks(&env).len() == 2
+    })
+    .await;
+    assert_eq!(env.metric("fortimisp_pending_actions").await, 2.0);
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits within 10 s");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(pending_blocks(&env).len(), 2, "the waiting blocks stay in the journal");
+
+    env.tweak("max_blocks_per_minute = 1", "max_blocks_per_minute = 600");
+    let _daemon = env.integration().await;
+    all_blocked(&env, &srcs, WAIT).await;
+    assert_eq!(env.metric("fortimisp_block_rate_limited").await, 0.0);
+}
