@@ -410,3 +410,40 @@ pub async fn send_tls(to: SocketAddr, ca_pem: &str, lines: &[String]) {
     tls.write_all(&buf).await.unwrap();
     tls.shutdown().await.unwrap();
 }
+
+impl Env {
+    /// Runs `integration --config <config> ARGS...`; `None` (and the process killed) if it has not exited within
+    /// `timeout`. Output goes through files, so a chatty process cannot block on a full pipe.
+    pub fn integration_cmd_within(&self, args: &[&str], timeout: Duration) -> Option<std::process::Output> {
+        let config = self.write_config();
+        let n = rand_suffix();
+        let (out_path, err_path) =
+            (self.dir.path().join(format!("cmd-{n}.out")), self.dir.path().join(format!("cmd-{n}.err")));
+        let mut child = Command::new(bin("integration"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        status.map(|status| std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        })
+    }
+}

@@ -834,3 +834,35 @@ async fn blocks_beyond_max_blocks_per_minute_wait_in_the_journal() {
     all_blocked(&env, &srcs, WAIT).await;
     assert_eq!(env.metric("fortimisp_block_rate_limited").await, 0.0);
 }
+
+/// `replay` while the FortiGate fails (500s, or the token refused): the command ends (non-zero), leaving the
+/// blocks pending in the journal for the daemon, which completes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_during_an_outage_ends_and_leaves_the_blocks_to_the_daemon() {
+    for revoked in [false, true] {
+        let env = Env::start().await;
+        let srcs = ["198.51.100.141", "2001:db8::141"];
+        indicators(&env, &srcs);
+        let file = env.dir.path().join("replay.log");
+        std::fs::write(&file, srcs.map(hit_line).join("\n")).unwrap();
+        if revoked {
+            env.fortigate.revoke_token();
+        } else {
+            fortigate_down(&env);
+        }
+        let out =
+            env.integration_cmd_within(&["replay", file.to_str().unwrap()], Duration::from_secs(40)).unwrap_or_else(
+                || panic!("replay ends within 40 s although the FortiGate keeps failing (revoked: {revoked})"),
+            );
+        assert!(!out.status.success(), "blocks not done: {}", output_text(&out));
+        assert!(stdout(&out).contains("left pending 2"), "{}", output_text(&out));
+        let mut expected: Vec<IpAddr> = srcs.iter().map(|s| ip(s)).collect();
+        expected.sort();
+        assert_eq!(pending_blocks(&env), expected, "left pending in the journal: {}", output_text(&out));
+
+        env.fortigate.clear_faults();
+        env.fortigate.set_token(&env.fortigate.token());
+        let _daemon = env.integration().await;
+        all_blocked(&env, &srcs, WAIT).await;
+    }
+}

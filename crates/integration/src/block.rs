@@ -330,6 +330,10 @@ pub struct Blocker<B: Backend, S: Sighter> {
     rate: RateLimit,
     queue: VecDeque<Job>,
     paused_until: Option<Instant>,
+    /// Hand-run mode ([`Blocker::leaving_failures_pending`]): what cannot be done now is not retried here.
+    leave_failures_pending: bool,
+    /// Blocks given up by this run and left pending in the journal (hand-run mode).
+    left_pending: usize,
 }
 
 impl<B: Backend, S: Sighter> Blocker<B, S> {
@@ -339,7 +343,17 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             rate: RateLimit::new(max_blocks_per_minute),
             queue: VecDeque::new(),
             paused_until: None,
+            leave_failures_pending: false,
+            left_pending: 0,
         }
+    }
+
+    /// Hand-run mode (`replay`): a block that cannot be done now (a retryable error, or a refused token) is not
+    /// retried here but left pending in the journal, where the daemon resumes it; so [`Blocker::run`] ends once
+    /// its input is closed and every block was tried, instead of retrying through an outage forever.
+    pub fn leaving_failures_pending(mut self) -> Self {
+        self.leave_failures_pending = true;
+        self
     }
 
     /// Queues the blocks a previous run left pending in the journal.
@@ -384,14 +398,24 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         n
     }
 
-    /// Runs until the input closes or `shutdown` fires; then lets in-flight executions finish (bounded by
-    /// `drain`). Whatever is still queued stays pending in the journal for the next start.
-    pub async fn run(mut self, mut input: mpsc::Receiver<BlockRequest>, shutdown: CancellationToken, drain: Duration) {
+    /// Runs until the input closes (and the queue is done) or `shutdown` fires; then lets in-flight executions
+    /// finish (bounded by `drain`). Whatever is still queued stays pending in the journal for the next start.
+    /// Returns how many blocks it leaves pending in the journal.
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<BlockRequest>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) -> usize {
         let mut running: JoinSet<(Job, Executed)> = JoinSet::new();
         let mut input_open = true;
         loop {
             self.dispatch(&mut running);
             self.publish_gauges();
+            // Checked after dispatch: in hand-run mode it may just have given up the whole queue.
+            if !input_open && self.queue.is_empty() && running.is_empty() {
+                break;
+            }
             let wake = if running.len() < MAX_IN_FLIGHT { self.next_wake() } else { None };
             tokio::select! {
                 biased;
@@ -409,9 +433,6 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                 },
                 _ = sleep_until_opt(wake) => {}
             }
-            if !input_open && self.queue.is_empty() && running.is_empty() {
-                break;
-            }
         }
         // Shutdown: no new executions; the running ones finish (each is journaled either way).
         let deadline = Instant::now() + drain;
@@ -424,6 +445,7 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                         message = "Shutdown deadline reached; unfinished blocks stay pending in the journal.",
                         running = running.len()
                     );
+                    self.left_pending += running.len();
                     running.abort_all();
                     break;
                 }
@@ -433,13 +455,23 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         input.close();
         while let Ok(request) = input.try_recv() {
             self.executor.enqueue(&request).await;
+            self.left_pending += 1;
         }
         self.publish_gauges();
+        self.left_pending + self.queue.len()
     }
 
     fn dispatch(&mut self, running: &mut JoinSet<(Job, Executed)>) {
         let now = Instant::now();
         if self.paused_until.is_some_and(|until| until > now) {
+            if self.leave_failures_pending && !self.queue.is_empty() {
+                warn!(
+                    message = "FortiGate writes are paused; blocks left pending in the journal for the daemon.",
+                    count = self.queue.len()
+                );
+                self.left_pending += self.queue.len();
+                self.queue.clear();
+            }
             return;
         }
         if self.paused_until.take().is_some() {
@@ -482,6 +514,10 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
     fn on_executed(&mut self, mut job: Job, executed: Executed) {
         match executed {
             Executed::Done(_) | Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {}
+            Executed::Retry(error) if self.leave_failures_pending => {
+                warn!(message = "Block failed; left pending in the journal for the daemon.", ip = %job.ip, %error);
+                self.left_pending += 1;
+            }
             Executed::Retry(error) => {
                 job.attempts += 1;
                 let wait = backoff(job.attempts);
