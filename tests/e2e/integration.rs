@@ -155,20 +155,23 @@ async fn mirror_blocks_the_observed_address_of_a_cidr_and_ignores_wide_ones() {
     env.misp.add_attribute(event, AttributeSpec::new("ip-src", "45.0.0.0/8"));
     env.misp.add_attribute(event, AttributeSpec::new("ip-dst", "192.0.2.11"));
     env.misp.add_attribute(event, AttributeSpec::new("ip-src|port", "192.0.2.12|8080"));
+    env.misp.add_attribute(event, AttributeSpec::new("ip-dst|port", "192.0.2.13|53"));
     env.misp.add_attribute(event, AttributeSpec::new("ip-dst", "2001:db8::/64"));
+    env.misp.add_attribute(event, AttributeSpec::new("ip-src", "2001:db8::/32"));
     let _daemon = env.integration().await;
     mirror_synced(&env).await;
-    assert_eq!(env.metric("fortimisp_mirror_rejected_wide").await, 1.0, "45.0.0.0/8 is reported as too wide");
+    assert_eq!(env.metric("fortimisp_mirror_rejected_wide").await, 2.0, "45.0.0.0/8 and 2001:db8::/32: too wide");
 
-    let blocked = ["198.51.100.77", "192.0.2.11", "192.0.2.12", "2001:db8::77"];
+    let blocked = ["198.51.100.77", "192.0.2.11", "192.0.2.12", "192.0.2.13", "2001:db8::77"];
     let mut lines: Vec<String> = blocked.iter().map(|s| hit_line(s)).collect();
     lines.push(hit_line("45.1.2.3"));
+    lines.push(hit_line("2001:db8:1::1"));
     send_udp(env.udp, &lines);
     all_blocked(&env, &blocked, WAIT).await;
     eventually(WAIT, "every line was answered by the mirror", || async {
         env.metric("fortimisp_lookups_total{outcome=\"mirror_hit\"}").await
             + env.metric("fortimisp_lookups_total{outcome=\"mirror_miss\"}").await
-            >= 5.0
+            >= 7.0
     })
     .await;
     let expected: Vec<String> = {
