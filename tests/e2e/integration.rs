@@ -614,6 +614,17 @@ async fn the_banned_ip_backend_quarantines() {
     }
     assert!(misp_objects(&env).is_empty(), "no address objects with banned-ip");
     assert_eq!(env.fortigate.route_count("POST /api/v2/cmdb/firewall/address"), 0);
+
+    // By hand: list shows the bans, unblock lifts one.
+    let out = env.integration_cmd(&["list"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    for s in srcs {
+        assert!(stdout(&out).contains(s), "list shows {s}: {}", output_text(&out));
+    }
+    let out = env.integration_cmd(&["unblock", srcs[0]]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let banned: Vec<IpAddr> = env.fortigate.banned().iter().map(|b| b.ip).collect();
+    assert_eq!(banned, vec![ip(srcs[1])], "only the unblocked address left the list");
 }
 
 /// `sightings = true`: a block adds a sighting (source fortimisp) to the indicator in MISP.
