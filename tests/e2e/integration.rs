@@ -880,3 +880,29 @@ async fn replay_during_an_outage_ends_and_leaves_the_blocks_to_the_daemon() {
         all_blocked(&env, &srcs, WAIT).await;
     }
 }
+
+/// MISP failing during on-demand lookups: nothing is blocked or cached from a failed answer, and the next line
+/// for the address, once MISP answers again, blocks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misp_outage_is_not_cached_and_the_next_line_blocks() {
+    use fortimisp_e2e::fortimisp_testkit::misp::{Fault as MispFault, FaultRule};
+    let env = Env::start().await;
+    let src = "198.51.100.151";
+    indicators(&env, &[src]);
+    let _daemon = env.integration().await;
+    env.misp.inject(FaultRule {
+        route: Some("attributes/restSearch".into()),
+        page: None,
+        times: None,
+        fault: MispFault::html(500),
+    });
+    send_udp(env.udp, &[hit_line(src)]);
+    eventually(WAIT, "the lookup failed", || async {
+        env.metric("fortimisp_lookups_total{outcome=\"misp_error\"}").await >= 1.0
+    })
+    .await;
+    assert!(misp_objects(&env).is_empty());
+    env.misp.clear_faults();
+    send_udp(env.udp, &[hit_line(src)]);
+    all_blocked(&env, &[src], WAIT).await;
+}
