@@ -474,4 +474,98 @@ pub fn encode_mkey(name: &str) -> String {
             }
         })
         .collect()
+/// Requests that changed (or tried to change) something on the FortiGate: every route but GETs.
+pub fn fortigate_writes(env: &Env) -> u64 {
+    env.fortigate.route_counts().iter().filter(|(route, _)| !route.starts_with("GET ")).map(|(_, n)| n).sum()
+}
+
+/// A fresh handle on the daemon's journal (`state.path`); its `pending()` reads the file, so it sees what the
+/// daemon wrote.
+pub fn journal(env: &Env) -> fortimisp_core::journal::Journal {
+    fortimisp_core::journal::Journal::open(&env.state).expect("the e2e journal opens")
+}
+
+/// The IPs with a block pending in the journal.
+pub fn pending_blocks(env: &Env) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = journal(env)
+        .pending_of(fortimisp_core::journal::ActionKind::Block)
+        .expect("the e2e journal reads")
+        .into_iter()
+        .map(|a| a.ip)
+        .collect();
+    ips.sort();
+    ips
+}
+
+/// Sends lines over TCP (LF framing), tolerating a peer that closes the connection (e.g. a refused sender).
+pub fn send_tcp_lossy(to: SocketAddr, lines: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(to)?;
+    for line in lines {
+        stream.write_all(line.as_bytes())?;
+        stream.write_all(b"\n")?;
+    }
+    stream.flush()
+}
+
+/// Sends lines over TLS (RFC 6587 octet counting), trusting only `ca_pem`, then closes the connection cleanly.
+pub async fn send_tls(to: SocketAddr, ca_pem: &str, lines: &[String]) {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.expect("test CA PEM parses")).expect("test CA is a valid root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(to).await.expect("TLS listener accepts");
+    let name = rustls::pki_types::ServerName::IpAddress(to.ip().into());
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake with the daemon");
+    let mut buf = Vec::new();
+    for line in lines {
+        buf.extend_from_slice(format!("{} {line}", line.len()).as_bytes());
+    }
+    tls.write_all(&buf).await.unwrap();
+    tls.shutdown().await.unwrap();
+}
+
+impl Env {
+    /// Runs `integration --config <config> ARGS...`; `None` (and the process killed) if it has not exited within
+    /// `timeout`. Output goes through files, so a chatty process cannot block on a full pipe.
+    pub fn integration_cmd_within(&self, args: &[&str], timeout: Duration) -> Option<std::process::Output> {
+        let config = self.write_config();
+        let n = rand_suffix();
+        let (out_path, err_path) =
+            (self.dir.path().join(format!("cmd-{n}.out")), self.dir.path().join(format!("cmd-{n}.err")));
+        let mut child = Command::new(bin("integration"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        status.map(|status| std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        })
+    }
 }

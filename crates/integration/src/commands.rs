@@ -263,7 +263,9 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     // No mirror: every address is looked up on demand (batched, cached).
     let mirror: SharedMirror = Arc::new(RwLock::new(None));
     let decider = tokio::spawn(parts.decider(mirror).run(candidate_rx, block_tx, shutdown.clone()));
-    let mut blocker = Blocker::new(parts.executor(dry_run), parts.config.blocking.max_blocks_per_minute);
+    // A block the FortiGate refuses for now is left pending in the journal for the daemon: replay ends.
+    let mut blocker =
+        Blocker::new(parts.executor(dry_run), parts.config.blocking.max_blocks_per_minute).leaving_failures_pending();
     blocker.resume_pending().await;
     let blocker = tokio::spawn(blocker.run(block_rx, CancellationToken::new(), Duration::from_secs(30)));
     let ingest = parts.ingest(candidate_tx);
@@ -279,10 +281,11 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     }
     drop(ingest);
     decider.await?;
-    blocker.await?;
+    let left_pending = blocker.await?;
     let m = &parts.metrics;
+    let lookup_errors = Metrics::count(&m.lookups, "misp_error");
     println!(
-        "lines {lines}, parse errors {}, triggered {}, MISP requests {}, blocked {}, already blocked {}, dry run {}, failed {}",
+        "lines {lines}, parse errors {}, triggered {}, MISP requests {}, MISP lookup errors {lookup_errors}, blocked {}, already blocked {}, dry run {}, failed {}, left pending {left_pending}",
         count_all(m, |t| t.contains("fortimisp_parse_errors_total")),
         m.triggered.get(),
         m.misp_lookup_requests.get(),
@@ -291,7 +294,13 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
         Metrics::count(&m.blocks, "dry_run"),
         Metrics::count(&m.blocks, "failed"),
     );
-    Ok(ExitCode::SUCCESS)
+    if left_pending > 0 {
+        eprintln!("error: {left_pending} block(s) not done yet; they are pending in the journal for the daemon");
+    }
+    if lookup_errors > 0 {
+        eprintln!("error: {lookup_errors} address(es) could not be looked up in MISP; replay again when it answers");
+    }
+    Ok(if left_pending > 0 || lookup_errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Sums the samples of the metric lines selected by `pick` in the text exposition.

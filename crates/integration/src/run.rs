@@ -289,8 +289,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     // 3. The blocker journals what it received and lets running executions finish.
     blocker_stop.cancel();
-    if tokio::time::timeout_at(deadline, blocker_task).await.is_err() {
-        warn!(message = "Blocker did not stop in time; its pending actions are in the journal.");
+    match tokio::time::timeout_at(deadline, blocker_task).await {
+        Ok(Ok(left)) if left > 0 => {
+            info!(message = "Blocks left pending in the journal for the next start.", count = left)
+        }
+        Ok(_) => {}
+        Err(_) => warn!(message = "Blocker did not stop in time; its pending actions are in the journal."),
     }
     aux_stop.cancel();
     // A journal running from memory gets one last chance to reach the file.
