@@ -474,6 +474,8 @@ pub fn encode_mkey(name: &str) -> String {
             }
         })
         .collect()
+}
+
 /// Requests that changed (or tried to change) something on the FortiGate: every route but GETs.
 pub fn fortigate_writes(env: &Env) -> u64 {
     env.fortigate.route_counts().iter().filter(|(route, _)| !route.starts_with("GET ")).map(|(_, n)| n).sum()
