@@ -906,3 +906,22 @@ async fn a_misp_outage_is_not_cached_and_the_next_line_blocks() {
     send_udp(env.udp, &[hit_line(src)]);
     all_blocked(&env, &[src], WAIT).await;
 }
+
+/// `unblock IP` also closes a block of that address still pending in the journal, so the daemon's next start does
+/// not undo the operator's decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_unblock_cancels_a_pending_block() {
+    let env = Env::start().await;
+    let (kept, unblocked) = (ip("198.51.100.97"), ip("198.51.100.98"));
+    leave_pending(&env, kept);
+    leave_pending(&env, unblocked);
+    let out = env.integration_cmd(&["unblock", "198.51.100.98"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled 1 pending block"));
+    assert_eq!(pending_blocks(&env), [kept]);
+    // The daemon resumes only the other one.
+    let _daemon = env.integration().await;
+    eventually(WAIT, "the kept block lands", || async { is_member(&env, "198.51.100.97") }).await;
+    eventually(WAIT, "nothing is left pending", || async { pending_blocks(&env).is_empty() }).await;
+    assert!(env.fortigate.object(&name("198.51.100.98")).is_none(), "the unblocked address stays unblocked");
+}

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use fortimisp_core::config::{Backend as BackendKind, Config};
 use fortimisp_core::fortigate::UnblockOutcome;
+use fortimisp_core::journal::{ActionKind, Outcome};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::misp::SearchQuery;
 use fortimisp_core::policy::Protected;
@@ -189,8 +190,22 @@ pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
             println!("unbanned {ip}");
         }
     }
+    // A block of this address still pending in the journal would undo the operator's unblock on the daemon's
+    // next start: it is closed as skipped.
     let journal = parts.journal.clone();
-    tokio::task::spawn_blocking(move || journal.record_unblock(ip, "manual", Utc::now())).await??;
+    let cancelled = tokio::task::spawn_blocking(move || -> Result<usize, fortimisp_core::journal::Error> {
+        journal.record_unblock(ip, "manual", Utc::now())?;
+        let mut n = 0;
+        for action in journal.pending_of(ActionKind::Block)?.into_iter().filter(|a| a.ip == ip) {
+            journal.complete(action.id, &Outcome::Skipped { reason: "unblocked by hand".into() })?;
+            n += 1;
+        }
+        Ok(n)
+    })
+    .await??;
+    if cancelled > 0 {
+        println!("cancelled {cancelled} pending block(s) of {ip} in the journal");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
