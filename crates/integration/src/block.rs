@@ -91,7 +91,10 @@ pub enum Executed {
 /// Carries out blocks. Shared by the daemon and the `block` subcommand.
 pub struct Executor<B: Backend, S: Sighter> {
     pub backend: B,
-    pub sighter: Option<S>,
+    pub sighter: Option<Arc<S>>,
+    /// Sightings run in a task of their own (the daemon: a slow MISP must not hold a block slot); otherwise they
+    /// are awaited (hand-run commands, which exit right after).
+    pub background_sightings: bool,
     pub journal: Journal,
     pub never_block: NeverBlock,
     pub dry_run: bool,
@@ -213,8 +216,16 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
                 }
                 self.finish(job, Outcome::Done, "block", &job.reason).await;
                 if let (Some(sighter), Applied::Blocked { .. }) = (&self.sighter, &applied) {
-                    if let Err(error) = sighter.sight(job.ip).await {
-                        warn!(message = "MISP sighting failed.", %error, ip = %job.ip);
+                    let (sighter, ip) = (sighter.clone(), job.ip);
+                    let sight = async move {
+                        if let Err(error) = sighter.sight(ip).await {
+                            warn!(message = "MISP sighting failed.", %error, %ip);
+                        }
+                    };
+                    if self.background_sightings {
+                        tokio::spawn(sight);
+                    } else {
+                        sight.await;
                     }
                 }
                 Executed::Done(applied)
