@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use fortimisp_core::clients;
-use fortimisp_core::config::{Config, LogFormat};
+use fortimisp_core::config::Config;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics};
 use tokio_util::sync::CancellationToken;
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config);
+    fortimisp_core::process::init_logging(&config.log);
     for warning in &config.warnings {
         warn!(message = "Config warning.", warning = %warning);
     }
@@ -140,7 +140,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
         metrics: metrics.clone(),
         config,
     };
-    tokio::spawn(signal_to(shutdown.clone()));
+    tokio::spawn(fortimisp_core::process::cancel_on_signal(shutdown.clone()));
 
     if cli.once || cli.dry_run {
         let pruned = daemon.prune(cli.dry_run, cli.force, &shutdown).await;
@@ -206,29 +206,4 @@ async fn flush_journal(journal: &Journal) {
     if let Ok(Err(error)) = tokio::task::spawn_blocking(move || journal.flush()).await {
         error!(message = "Journal entries buffered in memory could not be written before exit.", %error);
     }
-}
-
-fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
-    }
-}
-
-async fn signal_to(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    token.cancel();
 }
