@@ -3,3 +3,7 @@
 
 /// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
 mod integration;
+/// The fault matrix: MISP and FortiGate failures, an unwritable journal, floods and hostile datagrams.
+mod faults;
+/// Keys never leak, TLS fails closed, protected addresses are never blocked, loose config permissions warn.
+mod security;

@@ -116,9 +116,7 @@ impl Parts {
     /// Reads the blocks already on the FortiGate (ours), so the decider does not redo them. Best effort.
     pub async fn known_blocks(&self) -> Vec<IpAddr> {
         let result = match self.config.fortigate.backend {
-            BackendKind::AddressGroup => {
-                self.fortigate.list_owned().await.map(|objs| objs.into_iter().map(|o| o.ip).collect())
-            }
+            BackendKind::AddressGroup => self.member_objects().await,
             BackendKind::BannedIp => self.fortigate.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect()),
         };
         match result {
@@ -128,6 +126,23 @@ impl Parts {
                 Vec::new()
             }
         }
+    }
+}
+
+impl Parts {
+    /// Our objects that are members of a block group. An object of ours outside every group (left by a run that
+    /// stopped between the create and the member add, or by a block that failed on a full group) blocks nothing,
+    /// so it must not be taken as blocked: the next line for it goes through the blocker, which adopts it.
+    async fn member_objects(&self) -> Result<Vec<IpAddr>, fortimisp_core::fortigate::Error> {
+        use fortimisp_core::fortigate::Family;
+        let owned = self.fortigate.list_owned().await?;
+        let mut members = std::collections::HashSet::new();
+        for family in [Family::V4, Family::V6] {
+            for group in self.fortigate.block_groups(family).await? {
+                members.extend(self.fortigate.group_members(family, &group).await?);
+            }
+        }
+        Ok(owned.into_iter().filter(|o| members.contains(o.name.as_str())).map(|o| o.ip).collect())
     }
 }
 
