@@ -68,6 +68,13 @@ pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
 
 use crate::secret::ApiKey;
 
+/// Reads one FortiOS answer (`status`, `body`) the way every request does: the envelope's error code first, then
+/// the typed readers. For the fuzz targets and the bad-input tests.
+#[doc(hidden)]
+pub fn classify_response(status: u16, body: &[u8]) -> Result<usize, Error> {
+    client::read_response(status, body)
+}
+
 /// Everything needed to build a [`Client`]. Field names follow `[fortigate]` in config.toml.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
