@@ -693,3 +693,44 @@ async fn hostile_datagrams_are_counted_and_harmless() {
     wait_blocked(&env, &["198.51.100.92"]).await;
     audit(&env, &mut daemon, &["198.51.100.92", "198.51.100.93", "198.51.100.94"], &[]);
 }
+
+// ---- Bad config through the binaries ---------------------------------------------------------------------------
+
+/// A representative set of bad configs through both binaries (the daemon, `validate`, housekeeping): exit 2 and
+/// one line on stderr naming the key, before anything is started. (`crates/core/tests/bad_input.rs` covers every
+/// key; this proves the binaries report it the same way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_exits_2_naming_the_key() {
+    let fg_token = Env::start().await.fortigate.token();
+    // `{dir}` is the test directory of each case.
+    let cases: Vec<(String, String, &str)> = vec![
+        ("allowed_senders = []".into(), "allowed_senders = []\ncolour = \"blue\"".into(), "syslog.colour"),
+        ("max_blocks_per_minute = 600".into(), "max_blocks_per_minute = \"many\"".into(), "blocking.max_blocks_per_minute"),
+        ("requests_per_second = 200".into(), "requests_per_second = -3".into(), "fortigate.requests_per_second"),
+        (format!("api_key = \"{fg_token}\""), "api_key_file = \"{dir}/key-is-a-directory\"".into(), "fortigate.api_key_file"),
+        ("misp-ca.pem\"".into(), "garbage-ca.pem\"".into(), "misp.ca_file"),
+        ("url = \"https://".into(), "url = \"https://admin:pw@".into(), "misp.url"),
+        ("never_block = [\"198.51.100.250\"]".into(), "never_block = [\"198.51.100.0/33\"]".into(), "blocking.never_block[0]"),
+    ];
+    for (from, to, key) in cases {
+        let mut env = Env::start().await;
+        std::fs::create_dir(env.dir.path().join("key-is-a-directory")).unwrap();
+        std::fs::write(env.dir.path().join("garbage-ca.pem"), "not a certificate").unwrap();
+        let to = to.replace("{dir}", &env.dir.path().display().to_string());
+        env.tweak(&from, &to);
+        let config = env.write_config();
+        let config = config.to_str().unwrap();
+    for (bin, args) in [
+            ("integration", vec!["--config", config]),
+            ("integration", vec!["--config", config, "validate"]),
+            ("housekeeping", vec!["--config", config, "--once"]),
+        ] {
+            let out = std::process::Command::new(fortimisp_e2e::bin(bin)).args(&args).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{bin} {args:?} with {key} broken: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{bin}: more than one line: {stderr}");
+            assert!(stderr.contains(key), "{bin}: the line does not name {key}: {stderr}");
+            assert!(!stderr.contains(&fg_token) && !stderr.contains(&env.misp.key()), "a key leaked: {stderr}");
+        }
+    }
+}
