@@ -734,3 +734,28 @@ async fn bad_config_exits_2_naming_the_key() {
         }
     }
 }
+
+/// A token already refused when the daemon starts: one loud error and the alert at start, and no more failed
+/// logins than FortiOS tolerates before locking the host out (3 by default): the group check, then the first
+/// block; the listing of existing blocks is skipped. Blocks wait in the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fortigate_token_refused_at_start_does_not_lock_us_out() {
+    let env = Env::start().await;
+    add_hits(&env, &["198.51.100.76"]);
+    env.fortigate.revoke_token();
+    let mut daemon = start(&env).await;
+    assert_eq!(env.metric("fortimisp_fortigate_unauthorized").await, 1.0, "no alert at start");
+    send_udp(env.udp, &[hit_line("198.51.100.76")]);
+    eventually(WAIT, "the block waits in the journal", || async {
+        env.metric("fortimisp_pending_actions").await == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        env.fortigate.total_requests() < 3,
+        "{} refused logins: FortiOS would lock this host out: {:?}",
+        env.fortigate.total_requests(),
+        env.fortigate.route_counts()
+    );
+    audit(&env, &mut daemon, &["198.51.100.76"], &[]);
+}

@@ -456,7 +456,11 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
 
     fn on_executed(&mut self, mut job: Job, executed: Executed) {
         match executed {
-            Executed::Done(_) | Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {}
+            Executed::Done(_) => {
+                // The FortiGate took a write: whatever refused the token before (at start) is fixed.
+                self.executor.metrics.fortigate_unauthorized.set(0);
+            }
+            Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {}
             Executed::Retry(error) => {
                 job.attempts += 1;
                 let wait = backoff(job.attempts);

@@ -193,9 +193,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         Ok(info) => info!(message = "MISP reachable.", version = %info.version.version),
         Err(error) => warn!(message = "MISP not reachable at start; lookups retry as lines arrive.", %error),
     }
+    // A refused token at start is reported once and the token is not tried again before the first block:
+    // FortiOS locks the source address out after a few failed logins (3 by default).
+    let mut refused_at_start = false;
     if cfg.fortigate.backend == BackendKind::AddressGroup && !cfg.blocking.dry_run {
-        if let Err(error) = parts.fortigate.ensure_groups().await {
-            warn!(message = "Could not ensure the block groups at start; each block retries it.", %error);
+        match parts.fortigate.ensure_groups().await {
+            Ok(()) => {}
+            Err(error) if error.is_fatal() => {
+                error!(message = "FortiGate refused our credentials at start. Check the API token and trusted hosts.",
+                       %error);
+                parts.metrics.fortigate_unauthorized.set(1);
+                refused_at_start = true;
+            }
+            Err(error) => {
+                warn!(message = "Could not ensure the block groups at start; each block retries it.", %error)
+            }
         }
     }
 
@@ -259,7 +271,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     );
 
     let mut decider = parts.decider(shared_mirror.clone());
-    decider.seed_blocked(parts.known_blocks().await);
+    if !refused_at_start {
+        decider.seed_blocked(parts.known_blocks().await);
+    }
     let decider_task = tokio::spawn(
         decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")),
     );
