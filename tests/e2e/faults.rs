@@ -593,8 +593,8 @@ async fn udp_flood_of_garbage() {
     );
     assert!(rss_after < rss_before + 64 * 1024, "memory grew from {rss_before} KiB to {rss_after} KiB");
     // Every line the daemon read was parsed and counted; triggering ones were decided.
-    let parsed_or_failed = env.metric("fortimisp_lines_triggered_total").await
-        + env.metric("fortimisp_lines_untriggered_total").await;
+    let parsed_or_failed =
+        env.metric("fortimisp_lines_triggered_total").await + env.metric("fortimisp_lines_untriggered_total").await;
     assert!(parsed_or_failed >= 1.0);
     // Each valid line carries a distinct listed address and no garbage line triggers, so every triggering line
     // the daemon read is one address to block: all of them must end blocked.
@@ -677,10 +677,7 @@ async fn hostile_datagrams_are_counted_and_harmless() {
     .await;
     let text = reqwest::get(format!("http://{}/metrics", env.metrics)).await.unwrap().text().await.unwrap();
     let sum = |prefix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
+        text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).sum()
     };
     let parse_errors = sum("fortimisp_parse_errors_total{");
     let accounted = parse_errors
@@ -709,12 +706,24 @@ async fn bad_config_exits_2_naming_the_key() {
     // `{dir}` is the test directory of each case.
     let cases: Vec<(String, String, &str)> = vec![
         ("allowed_senders = []".into(), "allowed_senders = []\ncolour = \"blue\"".into(), "syslog.colour"),
-        ("max_blocks_per_minute = 600".into(), "max_blocks_per_minute = \"many\"".into(), "blocking.max_blocks_per_minute"),
+        (
+            "max_blocks_per_minute = 600".into(),
+            "max_blocks_per_minute = \"many\"".into(),
+            "blocking.max_blocks_per_minute",
+        ),
         ("requests_per_second = 200".into(), "requests_per_second = -3".into(), "fortigate.requests_per_second"),
-        (format!("api_key = \"{fg_token}\""), "api_key_file = \"{dir}/key-is-a-directory\"".into(), "fortigate.api_key_file"),
+        (
+            format!("api_key = \"{fg_token}\""),
+            "api_key_file = \"{dir}/key-is-a-directory\"".into(),
+            "fortigate.api_key_file",
+        ),
         ("misp-ca.pem\"".into(), "garbage-ca.pem\"".into(), "misp.ca_file"),
         ("url = \"https://".into(), "url = \"https://admin:pw@".into(), "misp.url"),
-        ("never_block = [\"198.51.100.250\"]".into(), "never_block = [\"198.51.100.0/33\"]".into(), "blocking.never_block[0]"),
+        (
+            "never_block = [\"198.51.100.250\"]".into(),
+            "never_block = [\"198.51.100.0/33\"]".into(),
+            "blocking.never_block[0]",
+        ),
     ];
     for (from, to, key) in cases {
         let mut env = Env::start().await;
@@ -724,7 +733,7 @@ async fn bad_config_exits_2_naming_the_key() {
         env.tweak(&from, &to);
         let config = env.write_config();
         let config = config.to_str().unwrap();
-    for (bin, args) in [
+        for (bin, args) in [
             ("integration", vec!["--config", config]),
             ("integration", vec!["--config", config, "validate"]),
             ("housekeeping", vec!["--config", config, "--once"]),

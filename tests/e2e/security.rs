@@ -157,7 +157,11 @@ async fn protected_addresses_are_never_blocked() {
     let out = env.integration_cmd(&["block", "198.51.100.250"]);
     assert!(!out.status.success());
     assert!(output_text(&out).contains("--force"), "{}", output_text(&out));
-    assert_eq!(env.fortigate.route_count("POST /api/v2/cmdb/firewall/address"), 0, "a protected address reached the box");
+    assert_eq!(
+        env.fortigate.route_count("POST /api/v2/cmdb/firewall/address"),
+        0,
+        "a protected address reached the box"
+    );
     let out = env.integration_cmd(&["block", "198.51.100.250", "--force"]);
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(is_blocked(&env, "198.51.100.250"), "--force blocks a never_block address");
@@ -166,10 +170,8 @@ async fn protected_addresses_are_never_blocked() {
     let listed: Vec<&str> = reserved.iter().copied().filter(|a| !a.starts_with("::ffff:")).collect();
     add_hits(&env, &listed);
     let event = env.misp.add_event("wide", true, &[]);
-    env.misp.add_attribute(
-        event,
-        fortimisp_e2e::fortimisp_testkit::misp::AttributeSpec::new("ip-src", "192.168.0.0/16"),
-    );
+    env.misp
+        .add_attribute(event, fortimisp_e2e::fortimisp_testkit::misp::AttributeSpec::new("ip-src", "192.168.0.0/16"));
     let lines: Vec<String> = reserved.iter().map(|a| hit_line(a)).collect();
     let file = env.dir.path().join("protected.log");
     std::fs::write(&file, lines.join("\n")).unwrap();

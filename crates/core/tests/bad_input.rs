@@ -110,7 +110,11 @@ fn wrong_types_and_ranges_name_their_key() {
         ("syslog", "udp = 514", "syslog.udp:"),
         ("syslog", "udp = \"0.0.0.0\"", "syslog.udp:"),
         ("syslog", "tcp = \"0.0.0.0:99999\"", "syslog.tcp:"),
-        ("syslog", "tls = \"127.0.0.1:6514\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"", "syslog.tls_cert:"),
+        (
+            "syslog",
+            "tls = \"127.0.0.1:6514\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"",
+            "syslog.tls_cert:",
+        ),
         ("syslog", "tls = \"nope\"", "syslog.tls:"),
         ("syslog", "allowed_senders = \"10.0.0.0/8\"", "syslog.allowed_senders:"),
         ("syslog", "allowed_senders = [\"10.0.0.300\"]", "syslog.allowed_senders[0]:"),
@@ -223,7 +227,11 @@ fn unreadable_or_bad_key_files() {
     let dir = tempfile::tempdir().unwrap();
     // A directory cannot be read as a file, even by root (chmod 000 would not stop root).
     check_err("directory", &key_file_case(dir.path(), "keydir", None), "fortigate.api_key_file: cannot read");
-    check_err("missing", &minimal().replace(&format!("api_key = \"{FG_KEY}\""), "api_key_file = \"/nonexistent/k\""), "fortigate.api_key_file: cannot read");
+    check_err(
+        "missing",
+        &minimal().replace(&format!("api_key = \"{FG_KEY}\""), "api_key_file = \"/nonexistent/k\""),
+        "fortigate.api_key_file: cannot read",
+    );
     check_err("empty", &key_file_case(dir.path(), "empty", Some(b"")), "fortigate.api_key:");
     check_err("blank", &key_file_case(dir.path(), "blank", Some(b"  \n\n")), "fortigate.api_key:");
     check_err("binary", &key_file_case(dir.path(), "bin", Some(b"\x00\xff\x01key")), "fortigate.api_key");
@@ -243,7 +251,8 @@ fn bad_ca_files() {
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
     let key_only = dir.path().join("key.pem");
-    std::fs::write(&key_only, "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(&key_only, "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n")
+        .unwrap();
     let broken = dir.path().join("broken.pem");
     std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n!!!!not base64!!!!\n-----END CERTIFICATE-----\n").unwrap();
     let a_dir = dir.path().join("a-dir");

@@ -252,8 +252,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 let journal = journal.clone();
                 let cutoff = chrono::Utc::now() - chrono::Duration::days(JOURNAL_KEEP_DAYS);
                 match tokio::task::spawn_blocking(move || journal.prune(cutoff)).await {
-                    Ok(Ok(pruned)) => info!(message = "Journal pruned.", decisions = pruned.decisions,
-                                            actions = pruned.actions, blocks = pruned.blocks),
+                    Ok(Ok(pruned)) => info!(
+                        message = "Journal pruned.",
+                        decisions = pruned.decisions,
+                        actions = pruned.actions,
+                        blocks = pruned.blocks
+                    ),
                     Ok(Err(error)) => warn!(message = "Journal pruning failed.", %error),
                     Err(_) => {}
                 }
