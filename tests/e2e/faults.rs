@@ -88,6 +88,20 @@ pub(crate) fn audit(env: &Env, daemon: &mut Daemon, decided: &[&str], foreign: &
             }
         }
     }
+    // No address has two objects of ours (whatever their names).
+    let mut ips = HashMap::new();
+    for (table, field) in [(Table::Address, "subnet"), (Table::Address6, "ip6")] {
+        for name in env.fortigate.names(table) {
+            let Some((_, object)) = env.fortigate.object(&name) else { continue };
+            if !object["comment"].as_str().unwrap_or_default().starts_with("fortimisp 20") {
+                continue;
+            }
+            let network = object[field].as_str().unwrap_or_default().to_string();
+            if let Some(other) = ips.insert(network.clone(), name.clone()) {
+                panic!("two objects for {network}: {other} and {name}");
+            }
+        }
+    }
     for (name, before) in foreign {
         let now = env.fortigate.object(name).map(|(_, v)| v);
         assert_eq!(&now, before, "foreign object {name} was touched");
