@@ -786,3 +786,40 @@ async fn fortigate_token_refused_at_start_does_not_lock_us_out() {
     );
     audit(&env, &mut daemon, &["198.51.100.76"], &[]);
 }
+
+/// The journal file disappears under the running daemon and a directory takes its place (so SQLite cannot
+/// recreate it): the daemon logs a loud error, raises `fortimisp_journal_degraded`, keeps blocking from memory,
+/// and once the path is usable again writes what it buffered back: the ledger has the block made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_lost_mid_run_keeps_blocking_and_writes_back() {
+    let env = Env::start().await;
+    add_hits(&env, &["198.51.100.95", "198.51.100.96", "198.51.100.97"]);
+    let mut daemon = start(&env).await;
+    send_udp(env.udp, &[hit_line("198.51.100.95")]);
+    wait_blocked(&env, &["198.51.100.95"]).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.state.display()));
+    }
+    std::fs::create_dir(&env.state).unwrap();
+    send_udp(env.udp, &[hit_line("198.51.100.96")]);
+    wait_blocked(&env, &["198.51.100.96"]).await;
+    eventually(WAIT, "the journal is reported degraded", || async {
+        env.metric("fortimisp_journal_degraded").await == 1.0
+    })
+    .await;
+    let log = daemon.log_text();
+    assert!(log.contains("ERROR") && log.to_lowercase().contains("journal"), "no loud error:\n{log}");
+    std::fs::remove_dir(&env.state).unwrap();
+    // The next write (at least RETRY_INTERVAL later) moves to the new file and writes the buffer back.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    send_udp(env.udp, &[hit_line("198.51.100.97")]);
+    wait_blocked(&env, &["198.51.100.97"]).await;
+    eventually(WAIT, "the journal recovers", || async { env.metric("fortimisp_journal_degraded").await == 0.0 }).await;
+    // (The ledger entry of 198.51.100.95 went with the deleted file; the blocks made while degraded come back.)
+    eventually(WAIT, "the blocks made while degraded are in the new file", || async {
+        let ledger = Journal::open(&env.state).and_then(|j| j.active_blocks()).unwrap_or_default();
+        ["198.51.100.96", "198.51.100.97"].iter().all(|a| ledger.iter().any(|b| b.ip == ip(a)))
+    })
+    .await;
+    audit(&env, &mut daemon, &["198.51.100.95", "198.51.100.96", "198.51.100.97"], &[]);
+}
