@@ -1,8 +1,11 @@
 //! End-to-end tests: the real `integration` and `housekeeping` binaries against the testkit emulators (HTTPS with
 //! private CAs), fed with real FortiGate log lines over UDP and TCP. One test binary, one module per area.
 
-/// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
-mod integration;
-
+/// The fault matrix: MISP and FortiGate failures, an unwritable journal, floods and hostile datagrams.
+mod faults;
 /// The housekeeping daemon: pruning by age, revocation and legacy adoption, safety rails, feed updates, scale.
 mod housekeeping;
+/// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
+mod integration;
+/// Keys never leak, TLS fails closed, protected addresses are never blocked, loose config permissions warn.
+mod security;

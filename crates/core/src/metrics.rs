@@ -77,7 +77,8 @@ pub struct Metrics {
     // Ingest.
     /// Messages received, by listener (`udp`, `tcp`, `tls`, `replay`).
     pub received: Family<Listener, Counter>,
-    /// Messages dropped before parsing, by reason (`sender_not_allowed`, `oversize`, `queue_full`, `framing`).
+    /// Messages dropped before parsing, by reason (`sender_not_allowed`, `oversize`, `queue_full`, `framing`,
+    /// `tls_handshake`, `kernel_rcvbuf`: UDP datagrams the kernel dropped because the receive buffer was full).
     pub dropped: Family<Reason, Counter>,
     /// Messages that are not FortiGate logs, by error kind.
     pub parse_errors: Family<Reason, Counter>,

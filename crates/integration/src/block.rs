@@ -524,7 +524,11 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
 
     fn on_executed(&mut self, mut job: Job, executed: Executed) {
         match executed {
-            Executed::Done(_) | Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {}
+            Executed::Done(_) => {
+                // The FortiGate took a write: whatever refused the token before (at start) is fixed.
+                self.executor.metrics.fortigate_unauthorized.set(0);
+            }
+            Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {}
             Executed::Retry(error) if self.leave_failures_pending => {
                 warn!(message = "Block failed; left pending in the journal for the daemon.", ip = %job.ip, %error);
                 self.left_pending += 1;

@@ -343,12 +343,17 @@ mod tests {
         hits: HashMap<IpAddr, Hit>,
         calls: Mutex<Vec<Vec<IpAddr>>>,
         fail: AtomicUsize,
+        /// Every lookup fails until then (an outage).
+        down_until: Mutex<Option<Instant>>,
     }
 
     impl Lookup for FakeLookup {
         async fn lookup(&self, ips: Vec<IpAddr>) -> Result<Vec<(IpAddr, Hit)>, String> {
             self.calls.lock().unwrap().push(ips.clone());
             tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.down_until.lock().unwrap().is_some_and(|until| Instant::now() < until) {
+                return Err("MISP unreachable".into());
+            }
             if self.fail.load(Ordering::SeqCst) > 0 {
                 self.fail.fetch_sub(1, Ordering::SeqCst);
                 return Err("MISP down".into());
@@ -474,5 +479,35 @@ mod tests {
         let evicted =
             rig.metrics.candidates.get_or_create(&fortimisp_core::metrics::Outcome { outcome: "evicted" }).get();
         assert!(evicted > 0, "clean entries were evicted to stay under max_tracked");
+    }
+
+    /// Issue 8's "MISP down for 2 minutes mid-run", in paused time: the FortiGate logs the address every 10 s;
+    /// during the outage each line costs one failed lookup (nothing cached, nothing blocked, no pile-up of
+    /// requests), and the first line after it blocks.
+    #[tokio::test(start_paused = true)]
+    async fn a_two_minute_misp_outage_loses_no_block() {
+        let mut lookup = FakeLookup::default();
+        lookup.hits.insert(ip("198.51.100.7"), hit("198.51.100.7/32", 7));
+        *lookup.down_until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(120));
+        let mut rig = start(None, lookup, Settings::default());
+        let mut lines = 0;
+        while rig.output.try_recv().is_err() {
+            assert!(lines < 20, "no block 70 s after the outage ended");
+            rig.input.send(candidate("198.51.100.7")).await.unwrap();
+            rig.input.send(candidate("198.51.100.8")).await.unwrap();
+            lines += 1;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        // Lines at 0, 10, ..., 110 s fail (12), the one at 120 s blocks.
+        assert_eq!(lines, 13, "the first line after the outage blocks");
+        let calls = rig.lookup.calls.lock().unwrap().len();
+        assert_eq!(calls, 13, "one request per line, no retry storm");
+        assert_eq!(Metrics::count(&rig.metrics.lookups, "misp_error"), 24);
+        // The clean address is cached once MISP answers again.
+        rig.input.send(candidate("198.51.100.8")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(rig.lookup.calls.lock().unwrap().len(), 13);
+        rig.shutdown.cancel();
+        rig.task.await.unwrap();
     }
 }

@@ -59,10 +59,23 @@ pub async fn run_udp(socket: UdpSocket, ingest: Arc<Ingest>, max_message_bytes: 
     // One byte more than the largest datagram so an oversize one is seen as such, not truncated silently.
     let mut buf = vec![0u8; 65536];
     let metrics = ingest.metrics();
+    // Datagrams the kernel drops because the receive buffer is full never reach us: read its counter for this
+    // socket once a second so those drops are counted too (`reason="kernel_rcvbuf"`).
+    let mut kernel = KernelDrops::new(&socket);
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let (len, peer) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
+            _ = every_second.tick() => {
+                let new = kernel.poll();
+                if new > 0 {
+                    metrics.dropped.get_or_create(&fortimisp_core::metrics::Reason { reason: "kernel_rcvbuf" })
+                        .inc_by(new);
+                }
+                continue;
+            }
             received = socket.recv_from(&mut buf) => match received {
                 Ok(r) => r,
                 Err(error) => {
@@ -81,6 +94,49 @@ pub async fn run_udp(socket: UdpSocket, ingest: Arc<Ingest>, max_message_bytes: 
             Ok(message) => ingest.offer_nowait(message, received),
             Err(_) => Metrics::inc(&metrics.dropped, "oversize"),
         }
+    }
+}
+
+/// The kernel's count of datagrams dropped for one UDP socket (receive buffer full), from `/proc/net/udp` and
+/// `/proc/net/udp6`, matched by the socket's inode. Reads nothing where `/proc` is absent (not Linux).
+struct KernelDrops {
+    inode: Option<u64>,
+    seen: u64,
+}
+
+impl KernelDrops {
+    fn new(socket: &UdpSocket) -> Self {
+        #[cfg(target_os = "linux")]
+        let inode = {
+            use std::os::fd::AsRawFd;
+            std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+                .ok()
+                .and_then(|link| link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        };
+        #[cfg(not(target_os = "linux"))]
+        let inode = {
+            let _ = socket;
+            None
+        };
+        KernelDrops { inode, seen: 0 }
+    }
+
+    /// Drops since the last call.
+    fn poll(&mut self) -> u64 {
+        let Some(inode) = self.inode else { return 0 };
+        let total = ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .find_map(|text| {
+                text.lines().skip(1).find_map(|line| {
+                    let cols: Vec<&str> = line.split_whitespace().collect();
+                    (cols.get(9)?.parse::<u64>().ok()? == inode).then(|| cols.last()?.parse::<u64>().ok())?
+                })
+            });
+        let Some(total) = total else { return 0 };
+        let new = total.saturating_sub(self.seen);
+        self.seen = total;
+        new
     }
 }
 

@@ -117,9 +117,7 @@ impl Parts {
     /// Reads the blocks already on the FortiGate (ours), so the decider does not redo them. Best effort.
     pub async fn known_blocks(&self) -> Vec<IpAddr> {
         let result = match self.config.fortigate.backend {
-            BackendKind::AddressGroup => {
-                self.fortigate.list_owned().await.map(|objs| objs.into_iter().map(|o| o.ip).collect())
-            }
+            BackendKind::AddressGroup => self.member_objects().await,
             BackendKind::BannedIp => self.fortigate.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect()),
         };
         match result {
@@ -129,6 +127,23 @@ impl Parts {
                 Vec::new()
             }
         }
+    }
+}
+
+impl Parts {
+    /// Our objects that are members of a block group. An object of ours outside every group (left by a run that
+    /// stopped between the create and the member add, or by a block that failed on a full group) blocks nothing,
+    /// so it must not be taken as blocked: the next line for it goes through the blocker, which adopts it.
+    async fn member_objects(&self) -> Result<Vec<IpAddr>, fortimisp_core::fortigate::Error> {
+        use fortimisp_core::fortigate::Family;
+        let owned = self.fortigate.list_owned().await?;
+        let mut members = std::collections::HashSet::new();
+        for family in [Family::V4, Family::V6] {
+            for group in self.fortigate.block_groups(family).await? {
+                members.extend(self.fortigate.group_members(family, &group).await?);
+            }
+        }
+        Ok(owned.into_iter().filter(|o| members.contains(o.name.as_str())).map(|o| o.ip).collect())
     }
 }
 
@@ -179,9 +194,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         Ok(info) => info!(message = "MISP reachable.", version = %info.version.version),
         Err(error) => warn!(message = "MISP not reachable at start; lookups retry as lines arrive.", %error),
     }
+    // A refused token at start is reported once and the token is not tried again before the first block:
+    // FortiOS locks the source address out after a few failed logins (3 by default).
+    let mut refused_at_start = false;
     if cfg.fortigate.backend == BackendKind::AddressGroup && !cfg.blocking.dry_run {
-        if let Err(error) = parts.fortigate.ensure_groups().await {
-            warn!(message = "Could not ensure the block groups at start; each block retries it.", %error);
+        match parts.fortigate.ensure_groups().await {
+            Ok(()) => {}
+            Err(error) if error.is_fatal() => {
+                error!(message = "FortiGate refused our credentials at start. Check the API token and trusted hosts.",
+                       %error);
+                parts.metrics.fortigate_unauthorized.set(1);
+                refused_at_start = true;
+            }
+            Err(error) => {
+                warn!(message = "Could not ensure the block groups at start; each block retries it.", %error)
+            }
         }
     }
 
@@ -250,7 +277,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     );
 
     let mut decider = parts.decider(shared_mirror.clone());
-    decider.seed_blocked(parts.known_blocks().await);
+    if !refused_at_start {
+        decider.seed_blocked(parts.known_blocks().await);
+    }
     let decider_task = tokio::spawn(
         decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")),
     );

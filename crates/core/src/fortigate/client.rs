@@ -612,6 +612,20 @@ fn classify(status: u16, retry_after: Option<Duration>, body: &[u8], name: Optio
     })
 }
 
+/// Reads one answer as every request does (classification, then the typed readers on success). For the fuzz
+/// targets and the bad-input tests; re-exported as `fortigate::classify_response`.
+pub(crate) fn read_response(status: u16, body: &[u8]) -> Result<usize, Error> {
+    let env = classify(status, None, body, Some("fuzz"))?;
+    let mut seen = member_names(Some(&env.results)).len();
+    if let Some(first) = first_result(&env) {
+        for family in [Family::V4, Family::V6] {
+            seen += usize::from(address_entry(family, first).network.is_some());
+        }
+        seen += member_names(first.get("member")).len();
+    }
+    Ok(seen)
+}
+
 fn first_result(env: &Envelope) -> Option<&Value> {
     match &env.results {
         Value::Array(items) => items.first(),

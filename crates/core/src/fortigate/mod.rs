@@ -73,6 +73,12 @@ use crate::secret::ApiKey;
 /// Overflow groups per family beyond which `block` answers [`Error::Full`] instead of creating more (a runaway
 /// guard: 200 × 600 addresses is far beyond any FortiGate address table).
 pub const MAX_OVERFLOW_GROUPS: usize = 200;
+/// Reads one FortiOS answer (`status`, `body`) the way every request does: the envelope's error code first, then
+/// the typed readers. For the fuzz targets and the bad-input tests.
+#[doc(hidden)]
+pub fn classify_response(status: u16, body: &[u8]) -> Result<usize, Error> {
+    client::read_response(status, body)
+}
 
 /// Everything needed to build a [`Client`]. Field names follow `[fortigate]` in config.toml.
 #[derive(Debug, Clone)]

@@ -470,34 +470,8 @@ impl Client {
         let reply = self.send(Method::POST, path, Some(&body), Effect::Read).await?;
         let result_count = header_u64(&reply.headers, "x-result-count");
         let skipped_by_server = header_u64(&reply.headers, "x-skipped-elements-count").unwrap_or(0);
-        let mut out = Page { page, skipped_by_server, result_count, ..Page::default() };
-        // Fast path: one typed pass. A page with a malformed attribute (or `{"response": []}`) takes the lenient
-        // path, which parses attribute by attribute and skips the bad ones.
-        let attributes: Vec<Result<wire::WireAttribute, serde_json::Error>> = match serde_json::from_slice::<
-            wire::SearchEnvelope,
-        >(&reply.bytes)
-        {
-            Ok(envelope) => envelope.response.attribute.into_iter().map(Ok).collect(),
-            Err(_) => lenient_attributes(path, reply.json(path)?)?.into_iter().map(serde_json::from_value).collect(),
-        };
-        out.returned = attributes.len();
-        out.indicators.reserve(attributes.len());
-        for attr in attributes {
-            let attr = match attr {
-                Ok(attr) => attr,
-                Err(error) => {
-                    debug!(message = "Skipping a malformed attribute.", error = %error);
-                    out.skipped += 1;
-                    continue;
-                }
-            };
-            out.max_id = out.max_id.max(Some(attr.id));
-            out.max_timestamp = out.max_timestamp.max(Some(attr.timestamp));
-            match indicator_from(attr) {
-                Some(ind) => out.indicators.push(ind),
-                None => out.skipped += 1,
-            }
-        }
+        let mut out =
+            page_from_body(path, &reply.bytes, Page { page, skipped_by_server, result_count, ..Page::default() })?;
         out.is_last = match limit {
             // enforceWarninglist drops rows after LIMIT: count them as part of the page.
             Some(limit) => (out.returned as u64).saturating_add(skipped_by_server) < u64::from(limit),
@@ -602,6 +576,46 @@ impl<'c> Pager<'c> {
             Some((item, next))
         })
     }
+}
+
+/// Reads a restSearch answer body into `out`. Fast path: one typed pass. A page with a malformed attribute (or
+/// `{"response": []}`) takes the lenient path, which parses attribute by attribute and skips the bad ones.
+fn page_from_body(path: &str, bytes: &[u8], mut out: Page) -> Result<Page, Error> {
+    let attributes: Vec<Result<wire::WireAttribute, serde_json::Error>> =
+        match serde_json::from_slice::<wire::SearchEnvelope>(bytes) {
+            Ok(envelope) => envelope.response.attribute.into_iter().map(Ok).collect(),
+            Err(_) => {
+                let body: Value = serde_json::from_slice(bytes)
+                    .map_err(|e| Error::Decode { path: path.into(), reason: e.to_string() })?;
+                lenient_attributes(path, body)?.into_iter().map(serde_json::from_value).collect()
+            }
+        };
+    out.returned = attributes.len();
+    out.indicators.reserve(attributes.len());
+    for attr in attributes {
+        let attr = match attr {
+            Ok(attr) => attr,
+            Err(error) => {
+                debug!(message = "Skipping a malformed attribute.", error = %error);
+                out.skipped += 1;
+                continue;
+            }
+        };
+        out.max_id = out.max_id.max(Some(attr.id));
+        out.max_timestamp = out.max_timestamp.max(Some(attr.timestamp));
+        match indicator_from(attr) {
+            Some(ind) => out.indicators.push(ind),
+            None => out.skipped += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a restSearch answer body the way [`Client::search_page`] does (paging fields left at their defaults).
+/// For the fuzz targets and the bad-input tests.
+#[doc(hidden)]
+pub fn decode_search_body(bytes: &[u8]) -> Result<Page, Error> {
+    page_from_body("/attributes/restSearch", bytes, Page::default())
 }
 
 fn indicator_from(attr: wire::WireAttribute) -> Option<Indicator> {
