@@ -3,3 +3,6 @@
 
 /// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
 mod integration;
+
+/// The lab: its report agrees with the emulated FortiGate and the journal.
+mod lab;
