@@ -445,8 +445,10 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         }
         deferred.append(&mut self.queue);
         self.queue = deferred;
+        // Logged on the transition only: this runs on every loop turn.
+        let was_limited = self.executor.metrics.block_rate_limited.get() == 1;
         self.executor.metrics.block_rate_limited.set(i64::from(limited));
-        if limited {
+        if limited && !was_limited {
             warn!(
                 message = "max_blocks_per_minute reached; further blocks wait in the journal.",
                 waiting = self.queue.len()

@@ -39,6 +39,9 @@ use fortimisp_core::view;
 pub const CANDIDATE_QUEUE: usize = 65_536;
 /// Block requests waiting for the blocker (which journals them on receipt). When full, the decider waits.
 pub const BLOCK_QUEUE: usize = 4_096;
+/// How often the journal's audit trail is pruned, and how long it is kept.
+const JOURNAL_PRUNE_EVERY: Duration = Duration::from_secs(86_400);
+const JOURNAL_KEEP_DAYS: i64 = 365;
 /// Time allowed for the whole shutdown sequence.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
 
@@ -207,6 +210,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         tracker.spawn(mirror.run(interval, stop).instrument(tracing::info_span!("mirror")));
     }
 
+    // The audit trail would grow forever: once a day, forget finished actions and decisions older than a year
+    // (pending actions and open blocks are never pruned).
+    {
+        let journal = parts.journal.clone();
+        let stop = aux_stop.clone();
+        tracker.spawn(async move {
+            let mut daily = tokio::time::interval(JOURNAL_PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = daily.tick() => {}
+                }
+                let journal = journal.clone();
+                let cutoff = chrono::Utc::now() - chrono::Duration::days(JOURNAL_KEEP_DAYS);
+                match tokio::task::spawn_blocking(move || journal.prune(cutoff)).await {
+                    Ok(Ok(pruned)) => info!(
+                        message = "Journal pruned.",
+                        decisions = pruned.decisions,
+                        actions = pruned.actions,
+                        blocks = pruned.blocks
+                    ),
+                    Ok(Err(error)) => warn!(message = "Journal pruning failed.", %error),
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+
     let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
 
@@ -262,6 +293,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         warn!(message = "Blocker did not stop in time; its pending actions are in the journal.");
     }
     aux_stop.cancel();
+    // A journal running from memory gets one last chance to reach the file.
+    let journal = parts.journal.clone();
+    let _ = tokio::task::spawn_blocking(move || journal.flush()).await;
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
     info!(message = "Stopped.");

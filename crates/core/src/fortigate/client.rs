@@ -156,7 +156,9 @@ impl RateLimiter {
     }
 
     async fn acquire(&self) {
-        let Some(interval) = self.interval else { return };
+        let Some(interval) = self.interval else {
+            return;
+        };
         let slot = {
             let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -192,8 +194,17 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::CaFile`] if `ca_file` cannot be read or holds no certificate, [`Error::InvalidName`] for a prefix
-    /// or group name that cannot be used, [`Error::Build`] if the TLS stack cannot be set up.
+    /// or group name that cannot be used, [`Error::InvalidOption`] for `max_group_members = 0` or equal group names, [`Error::Build`] if the TLS stack cannot be set up.
     pub fn new(opts: ClientOptions) -> Result<Client, Error> {
+        if opts.max_group_members == 0 {
+            return Err(Error::InvalidOption { key: "max_group_members", reason: "must be at least 1" });
+        }
+        if opts.block_group == opts.block_group6 {
+            return Err(Error::InvalidOption {
+                key: "block_group6",
+                reason: "must differ from block_group (one name space on FortiOS)",
+            });
+        }
         ObjectName::parse(&format!("{}placeholder6", opts.object_prefix))?;
         for g in [&opts.block_group, &opts.block_group6] {
             ObjectName::parse(&format!("{g}-99"))?;
@@ -221,7 +232,7 @@ impl Client {
         }
         let http = builder.build().map_err(Error::Build)?;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", opts.api_key.expose()))
-            .map_err(|_| Error::InvalidName { name: "api_key".into(), reason: "not a valid header value" })?;
+            .map_err(|_| Error::InvalidOption { key: "api_key", reason: "not a valid http header value" })?;
         auth.set_sensitive(true);
         Ok(Client {
             http,
@@ -241,7 +252,9 @@ impl Client {
         let path = match endpoint {
             Endpoint::Collection(t) => format!("/api/v2/cmdb/firewall/{}", t.as_str()),
             Endpoint::Entry(t, n) => format!("/api/v2/cmdb/firewall/{}/{}", t.as_str(), enc(n)),
-            Endpoint::Members(t, g) => format!("/api/v2/cmdb/firewall/{}/{}/member", t.as_str(), enc(g)),
+            Endpoint::Members(t, g) => {
+                format!("/api/v2/cmdb/firewall/{}/{}/member", t.as_str(), enc(g))
+            }
             Endpoint::Member(t, g, m) => {
                 format!("/api/v2/cmdb/firewall/{}/{}/member/{}", t.as_str(), enc(g), enc(m))
             }
@@ -362,10 +375,14 @@ impl Client {
     pub async fn create_address(&self, name: &ObjectName, ip: IpAddr, comment: &Comment) -> Result<Change, Error> {
         let family = Family::of(ip);
         let body = match ip {
-            IpAddr::V4(v4) => json!({"name": name.as_str(), "type": "ipmask", "subnet": format!("{v4}/32"),
-                                     "comment": comment.as_str()}),
-            IpAddr::V6(v6) => json!({"name": name.as_str(), "type": "ipprefix", "ip6": format!("{v6}/128"),
-                                     "comment": comment.as_str()}),
+            IpAddr::V4(v4) => {
+                json!({"name": name.as_str(), "type": "ipmask", "subnet": format!("{v4}/32"),
+                                     "comment": comment.as_str()})
+            }
+            IpAddr::V6(v6) => {
+                json!({"name": name.as_str(), "type": "ipprefix", "ip6": format!("{v6}/128"),
+                                     "comment": comment.as_str()})
+            }
         };
         self.create(Table::addresses(family), name.as_str(), &body).await
     }
@@ -395,7 +412,11 @@ impl Client {
 
     /// All entries of the address (v4) or address6 table matching `filter` (FortiOS syntax, e.g.
     /// `comment=@fortimisp `), only the fields `name|comment|subnet` (or `ip6`), paged with `start`/`count`.
-    pub async fn list_addresses(&self, family: Family, filter: Option<&str>) -> Result<Vec<AddressEntry>, Error> {
+    pub(crate) async fn list_addresses(
+        &self,
+        family: Family,
+        filter: Option<&str>,
+    ) -> Result<Vec<AddressEntry>, Error> {
         let format = match family {
             Family::V4 => "name|comment|subnet",
             Family::V6 => "name|comment|ip6",
@@ -495,17 +516,18 @@ impl Client {
     pub async fn ban(&self, ip: IpAddr, expiry: Option<Duration>) -> Result<(), Error> {
         let secs = expiry.map_or(0, |d| d.as_secs().max(1));
         let body = json!({"ip_addresses": [ip.to_string()], "expiry": secs});
-        let ip = ip.to_string();
-        self.call(Method::POST, Endpoint::Monitor("user/banned/add_users"), &[], Some(&body), Some(&ip)).await.map(drop)
+        self.banned_action("user/banned/add_users", ip, &body).await
     }
 
     /// `POST /api/v2/monitor/user/banned/clear_users`.
     pub async fn unban(&self, ip: IpAddr) -> Result<(), Error> {
         let body = json!({"ip_addresses": [ip.to_string()]});
+        self.banned_action("user/banned/clear_users", ip, &body).await
+    }
+
+    async fn banned_action(&self, action: &'static str, ip: IpAddr, body: &Value) -> Result<(), Error> {
         let ip = ip.to_string();
-        self.call(Method::POST, Endpoint::Monitor("user/banned/clear_users"), &[], Some(&body), Some(&ip))
-            .await
-            .map(drop)
+        self.call(Method::POST, Endpoint::Monitor(action), &[], Some(body), Some(&ip)).await.map(drop)
     }
 
     /// `GET /api/v2/monitor/user/banned`.

@@ -69,6 +69,22 @@ pub(crate) struct GroupCache {
     counts: HashMap<String, usize>,
     /// Groups the box answered "full" (-4/-52) for since the last load.
     full: HashSet<String>,
+    /// Objects this client made members of a group (object -> group), so a concurrent `block` of the same IP that
+    /// created the object does not add it to a second group when the first one just filled up. A hint only: it is
+    /// verified with a GET before use. Cleared when it reaches [`RECENT_CAPACITY`].
+    recent: HashMap<String, String>,
+}
+
+/// Bound of [`GroupCache::recent`]; reaching it clears the map (it is only a hint).
+const RECENT_CAPACITY: usize = 4096;
+
+impl GroupCache {
+    fn remember(&mut self, object: &str, group: &str) {
+        if self.recent.len() >= RECENT_CAPACITY {
+            self.recent.clear();
+        }
+        self.recent.insert(object.to_string(), group.to_string());
+    }
 }
 
 impl Client {
@@ -159,7 +175,7 @@ impl Client {
             return Ok(());
         }
         let base = self.base_group(family).to_string();
-        let mut fresh = GroupCache { loaded: true, ..GroupCache::default() };
+        let mut fresh = GroupCache { loaded: true, recent: std::mem::take(&mut cache.recent), ..GroupCache::default() };
         if let Some(group) = self.get_group(family, &base).await? {
             let mut overflow: Vec<(u32, String)> =
                 group.members.iter().filter_map(|m| self.overflow_number(family, m).map(|n| (n, m.clone()))).collect();
@@ -209,7 +225,7 @@ impl Client {
         };
         let (group, change) = self.join_group(family, &name, created).await?;
         if created || change == Change::Applied {
-            tracing::info!(message = "Blocked address.", %ip, object = %name, %group);
+            tracing::debug!(message = "Address object in block group.", %ip, object = %name, %group);
             Ok(BlockOutcome::Blocked { name, group })
         } else {
             Ok(BlockOutcome::AlreadyBlocked { name, group })
@@ -224,7 +240,14 @@ impl Client {
             cache.loaded = false;
             self.load(family, &mut cache).await?;
         }
-        if !fresh {
+        if fresh {
+            // Another task of this client may have added the object (it saw our -5) while we waited for the lock.
+            if let Some(group) = cache.recent.get(name.as_str()).cloned() {
+                if self.is_member(family, &group, name.as_str()).await? {
+                    return Ok((group, Change::Unchanged));
+                }
+            }
+        } else {
             for group in cache.known.clone() {
                 if self.is_member(family, &group, name.as_str()).await? {
                     return Ok((group, Change::Unchanged));
@@ -257,6 +280,7 @@ impl Client {
                     if change == Change::Applied {
                         cache.counts.insert(group.clone(), count + 1);
                     }
+                    cache.remember(name.as_str(), &group);
                     return Ok((group, change));
                 }
                 Err(Error::Full { .. }) => {
@@ -280,6 +304,9 @@ impl Client {
     /// Creates `base-N` (placeholder inside) and nests it in the base group.
     async fn add_overflow_group(&self, family: Family, cache: &mut GroupCache) -> Result<(), Error> {
         let base = self.base_group(family).to_string();
+        if cache.known.len() > super::MAX_OVERFLOW_GROUPS {
+            return Err(Error::Full { name: base, code: -52 });
+        }
         let name = format!("{base}-{}", cache.known.len() + 1);
         let placeholder = self.ensure_placeholder(family).await?;
         let comment = format!("fortimisp overflow of {base}");
@@ -290,7 +317,12 @@ impl Client {
         }
         match self.add_member(family, &base, &name).await {
             Ok(_) => {}
-            Err(Error::Full { code, .. }) => return Err(Error::Full { name: base, code }),
+            Err(Error::Full { code, .. }) => {
+                self.make_room_in_base(family, &base, &name, code).await?;
+                if let Some(c) = cache.counts.get_mut(&base) {
+                    *c = c.saturating_sub(1);
+                }
+            }
             Err(e) => return Err(e),
         }
         let members = self.group_members(family, &name).await?;
@@ -298,6 +330,38 @@ impl Client {
         tracing::info!(message = "Created overflow block group.", group = %name, %base);
         cache.known.push(name);
         Ok(())
+    }
+
+    /// The box's own limit filled the base group, so the new overflow group cannot be nested: move one of our
+    /// addresses from the base group into the (not yet nested) overflow group, then nest it in the freed slot.
+    /// That address is unblocked for the one request between its removal and the nesting.
+    async fn make_room_in_base(&self, family: Family, base: &str, overflow: &str, code: i64) -> Result<(), Error> {
+        let full = || Error::Full { name: base.to_string(), code };
+        let (placeholder, _) = self.placeholder(family);
+        let members = self.group_members(family, base).await?;
+        let candidates = members.iter().filter(|m| {
+            **m != placeholder
+                && self.overflow_number(family, m).is_none()
+                && m.starts_with(&self.opts.object_prefix)
+                && ObjectName::parse(m).is_ok()
+        });
+        for candidate in candidates {
+            let ours = self.get_address(family, candidate).await?.is_some_and(|e| Comment::parse(&e.comment).is_ours());
+            if !ours {
+                continue;
+            }
+            self.add_member(family, overflow, candidate).await?;
+            self.remove_member(family, base, candidate).await?;
+            return match self.add_member(family, base, overflow).await {
+                Ok(_) => {
+                    tracing::warn!(message = "Base block group hit the FortiGate member limit; moved one address to make room for an overflow group.", group = %base, object = %candidate, overflow = %overflow);
+                    Ok(())
+                }
+                Err(Error::Full { .. }) => Err(full()),
+                Err(e) => Err(e),
+            };
+        }
+        Err(full())
     }
 
     /// Unblocks `ip`: removes `object_prefix + ip` from every block group, then deletes it, only if its comment is
@@ -323,6 +387,7 @@ impl Client {
         {
             let mut cache = self.cache(family).lock().await;
             self.load(family, &mut cache).await?;
+            cache.recent.remove(name);
             for group in cache.known.clone() {
                 if self.remove_member(family, &group, name).await? == Change::Applied {
                     if let Some(c) = cache.counts.get_mut(&group) {
@@ -336,7 +401,7 @@ impl Client {
             Change::Applied => UnblockOutcome::Unblocked,
             Change::Unchanged => UnblockOutcome::NotBlocked,
         };
-        tracing::info!(message = "Unblocked address.", object = %name, ?outcome);
+        tracing::debug!(message = "Address object removed.", object = %name, ?outcome);
         Ok(outcome)
     }
 

@@ -38,8 +38,10 @@
 //!   demand with the placeholder, and added **once as a nested member of the base group**, so the operator's deny
 //!   policy keeps referencing only `block_group`/`block_group6`. The base group therefore holds the placeholder
 //!   plus one member per overflow group on top of its addresses: keep `max_group_members` a few entries below the
-//!   model's per-group limit. If the base group is so full that the overflow group cannot be nested, `block`
-//!   returns [`Error::Full`] naming the base group (lower `max_group_members`).
+//!   model's per-group limit. If the box's own limit fills the base group first (so the overflow group cannot be
+//!   nested), one of our addresses is moved from the base group into the new overflow group to free the slot
+//!   (that address is unblocked for the duration of one request); if none can be moved, `block` returns
+//!   [`Error::Full`] naming the base group (lower `max_group_members`).
 //! - Group changes of one address family are serialised inside one [`Client`] (a `tokio::sync::Mutex` held for the
 //!   membership step only), so concurrent `block`s of one IP end with one object and one membership.
 //!
@@ -68,6 +70,10 @@ pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
 
 use crate::secret::ApiKey;
 
+/// Overflow groups per family beyond which `block` answers [`Error::Full`] instead of creating more (a runaway
+/// guard: 200 × 600 addresses is far beyond any FortiGate address table).
+pub const MAX_OVERFLOW_GROUPS: usize = 200;
+
 /// Everything needed to build a [`Client`]. Field names follow `[fortigate]` in config.toml.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -89,7 +95,8 @@ pub struct ClientOptions {
     pub block_group: String,
     /// IPv6 block group.
     pub block_group6: String,
-    /// Blocked addresses per group before overflowing to `NAME-2`, `NAME-3`, …
+    /// Blocked addresses per group before overflowing to `NAME-2`, `NAME-3`, … (at least 1; at most
+    /// [`MAX_OVERFLOW_GROUPS`] overflow groups are created).
     pub max_group_members: usize,
     /// Prefix of created object names.
     pub object_prefix: String,
@@ -189,6 +196,9 @@ pub enum Error {
     /// A 2xx answer we cannot read.
     #[error("unexpected fortigate response: {detail}")]
     Protocol { detail: String },
+    /// A [`ClientOptions`] value that cannot work.
+    #[error("fortigate.{key}: {reason}")]
+    InvalidOption { key: &'static str, reason: &'static str },
     #[error("invalid object name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     /// Guard: a DELETE without an object name would purge the whole table.
@@ -223,15 +233,14 @@ impl Error {
 fn is_certificate_error(e: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                return true;
-            }
-        }
         if s.is::<rustls::Error>() {
             return true;
         }
-        source = s.source();
+        // io::Error::source() skips the wrapped error itself; descend through get_ref() instead.
+        source = match s.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
     }
     false
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! fortigate-emulator --listen 127.0.0.1:8443 [--tls-dir DIR] [--token T] [--version v7.4.4]
-//!                    [--group-member-limit N] [--refuse-empty-groups] [--duplicate-status 500|424]
+//!                    [--tls-name fortigate]... [--group-member-limit N] [--refuse-empty-groups]
+//!                    [--duplicate-status 500|424] [--seed objects.json]
 //! ```
 //! Prints its URL on the first line of stdout, then serves until SIGINT/SIGTERM. With `--tls-dir`, `cert.pem` and
 //! `key.pem` there are used; if absent, a throw-away CA is generated and `ca.pem`, `cert.pem`, `key.pem` are written
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator};
+use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
 use fortimisp_testkit::tls;
 
 #[derive(Parser, Debug)]
@@ -28,6 +29,9 @@ struct Args {
     /// Serve HTTPS with cert.pem/key.pem from this directory (generated with ca.pem when missing).
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// Extra DNS names / IPs for the generated certificate (e.g. the compose service name); repeatable.
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
     /// Accepted REST API token.
     #[arg(long, env = "FORTIGATE_EMULATOR_TOKEN", default_value = "fortimisp-emulator-token")]
     token: String,
@@ -37,6 +41,10 @@ struct Args {
     /// Entries per address group before -52.
     #[arg(long, default_value_t = 2500)]
     group_member_limit: usize,
+    /// JSON file of objects to seed: `[{"table": "address", "name": "198.51.100.7/32", "subnet": "…", "comment": "…"}, …]`
+    /// (`table` is address, address6, addrgrp or addrgrp6; the rest is the entry as the API returns it).
+    #[arg(long)]
+    seed: Option<PathBuf>,
     /// Emulate an older FortiOS that refuses empty groups.
     #[arg(long)]
     refuse_empty_groups: bool,
@@ -59,26 +67,49 @@ async fn main() -> anyhow::Result<()> {
     };
     let tls_config = match &args.tls_dir {
         None => None,
-        Some(dir) => Some(load_or_create_tls(dir).with_context(|| format!("--tls-dir {}", dir.display()))?),
+        Some(dir) => {
+            Some(load_or_create_tls(dir, &args.tls_names).with_context(|| format!("--tls-dir {}", dir.display()))?)
+        }
     };
     let emulator = FortiGateEmulator::bind(args.listen, config, tls_config)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
+    if let Some(path) = &args.seed {
+        seed(&emulator, path).with_context(|| format!("--seed {}", path.display()))?;
+    }
     println!("{}", emulator.url());
     wait_for_signal().await;
     drop(emulator);
     Ok(())
 }
 
-fn load_or_create_tls(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+fn load_or_create_tls(
+    dir: &std::path::Path,
+    extra_names: &[String],
+) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if !cert.exists() || !key.exists() {
         std::fs::create_dir_all(dir)?;
         let ca = tls::TestCa::new();
         ca.write_ca_file(&dir.join("ca.pem"))?;
-        ca.issue_server_cert().write_to_dir(dir)?;
+        let mut names = vec!["127.0.0.1", "::1", "localhost"];
+        names.extend(extra_names.iter().map(String::as_str));
+        ca.issue_server_cert_for(&names).write_to_dir(dir)?;
     }
     Ok(tls::server_config_from_pem(&std::fs::read(&cert)?, &std::fs::read(&key)?)?)
+}
+
+fn seed(emulator: &FortiGateEmulator, path: &std::path::Path) -> anyhow::Result<()> {
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(path)?)?;
+    for mut entry in entries {
+        let table = entry
+            .as_object_mut()
+            .and_then(|o| o.remove("table"))
+            .and_then(|t| t.as_str().and_then(Table::from_segment))
+            .context("each entry needs \"table\": address|address6|addrgrp|addrgrp6")?;
+        emulator.seed(table, entry);
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

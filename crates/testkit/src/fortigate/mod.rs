@@ -17,7 +17,7 @@
 //!   reference (424), -23 delete of a referenced entry (500), -52 group member limit (500), -4 table full (500),
 //!   -163 name clash address/addrgrp (500), -651 invalid input.
 //! - `DELETE` on a collection purges every unreferenced entry (so a test can prove the client never sends it).
-//! - Auth: `Authorization: Bearer`; bad/revoked token or untrusted host -> 401 HTML page with
+//! - Auth: `Authorization: Bearer` (`?access_token=` only before 7.4.5 / 7.6.1); bad/revoked token or untrusted host -> 401 HTML page with
 //!   `WWW-Authenticate: error="invalid_token"`; after [`EmulatorConfig::lockout_threshold`] failures the source IP
 //!   gets 429 for [`EmulatorConfig::lockout_duration`], doubling on each further lockout; calls during the lockout
 //!   are refused without checking the token; a success resets the counter.
@@ -107,6 +107,8 @@ pub enum Fault {
     TooManyRequests,
     /// Close the connection without an answer.
     Drop,
+    /// Process the request, then hold the answer back this long (the change is already made).
+    SlowAnswer(Duration),
 }
 
 /// One request as the emulator saw it.
@@ -144,6 +146,8 @@ struct Inner {
     locks: BTreeMap<IpAddr, LockState>,
     counts: BTreeMap<String, u64>,
     log: Vec<RecordedRequest>,
+    /// TCP connections accepted (to check the client reuses connections).
+    connections: u64,
 }
 
 impl Inner {
@@ -157,10 +161,7 @@ impl Inner {
     }
 
     fn take_fault(&mut self, route: &str) -> Option<Fault> {
-        let rule = self
-            .faults
-            .iter_mut()
-            .find(|r| r.remaining > 0 && r.route.as_deref().map_or(true, |want| want == route))?;
+        let rule = self.faults.iter_mut().find(|r| r.remaining > 0 && r.route.iter().all(|want| want == route))?;
         rule.remaining -= 1;
         let fault = rule.fault.clone();
         self.faults.retain(|r| r.remaining > 0);
@@ -230,11 +231,12 @@ impl FortiGateEmulator {
             locks: BTreeMap::new(),
             counts: BTreeMap::new(),
             log: Vec::new(),
+            connections: 0,
         })));
         let cancel = CancellationToken::new();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        tokio::spawn(accept_loop(listener, app, acceptor, cancel.clone()));
+        tokio::spawn(accept_loop(listener, app, acceptor, shared.clone(), cancel.clone()));
         Ok(FortiGateEmulator { url, addr, shared, cancel })
     }
 
@@ -397,6 +399,11 @@ impl FortiGateEmulator {
         self.shared.lock().log.clone()
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.lock().connections
+    }
+
     pub fn total_requests(&self) -> u64 {
         self.shared.lock().counts.values().sum()
     }
@@ -416,6 +423,7 @@ async fn accept_loop(
     listener: TcpListener,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Shared,
     cancel: CancellationToken,
 ) {
     loop {
@@ -429,6 +437,7 @@ async fn accept_loop(
                 }
             },
         };
+        shared.lock().connections += 1;
         tokio::spawn(serve_conn(tcp, peer, app.clone(), tls.clone(), cancel.clone()));
     }
 }
@@ -546,23 +555,33 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
+/// FortiOS 7.4.5+ (and 7.6.1+) refuse the token in the URL by default.
+fn url_token_disabled(version: &str) -> bool {
+    let v: Vec<u32> = version.trim_start_matches('v').split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    let v = (v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0));
+    v >= (7, 6, 1) || ((7, 4, 5)..(7, 6, 0)).contains(&v)
+}
+
 fn plain(status: u16, text: &'static str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], text).into_response()
 }
 
 /// Checks the token and the lockout for `peer`; `Some(response)` refuses the request.
-fn authenticate(inner: &mut Inner, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
+fn authenticate(inner: &mut Inner, headers: &HeaderMap, query: &[(String, String)], peer: IpAddr) -> Option<Response> {
     let now = Instant::now();
     let threshold = inner.config.lockout_threshold.max(1);
     let base = inner.config.lockout_duration;
-    let token_ok = !inner.token_revoked
-        && !inner.untrusted
-        && headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == inner.config.token);
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // `?access_token=` is refused from 7.4.5 / 7.6.1 on (rest-api-key-url-query disabled by default).
+    let url_token = query
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.as_str())
+        .filter(|_| !url_token_disabled(&inner.config.version));
+    let token_ok =
+        !inner.token_revoked && !inner.untrusted && bearer.or(url_token).is_some_and(|t| t == inner.config.token);
     let lock = inner.locks.entry(peer).or_default();
     if lock.locked_until.is_some_and(|until| now < until) {
         return Some(plain(429, "Access temporarily blocked - maximum failed authentications reached"));
@@ -613,15 +632,31 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
         }
         Some(Fault::Status(s)) => return plain(s, "Service Unavailable"),
         Some(Fault::TooManyRequests) => return plain(429, "Too Many Requests"),
+        Some(Fault::SlowAnswer(delay)) => {
+            let response = respond(&shared, &parts, &body, route, conn);
+            tokio::time::sleep(delay).await;
+            return response;
+        }
         None => {}
     }
+    respond(&shared, &parts, &body, route, conn)
+}
 
+/// Authentication, then the endpoint itself, under one lock.
+fn respond(
+    shared: &Shared,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    route: Route,
+    conn: Option<Conn>,
+) -> Response {
+    let method = parts.method.clone();
     let mut inner = shared.lock();
     let peer = conn.map(|c| c.peer).unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    if let Some(refusal) = authenticate(&mut inner, &parts.headers, peer) {
+    let query = query_pairs(parts.uri.query());
+    if let Some(refusal) = authenticate(&mut inner, &parts.headers, &query, peer) {
         return refusal;
     }
-    let query = query_pairs(parts.uri.query());
     let vdom = query.iter().find(|(k, _)| k == "vdom").map(|(_, v)| v.clone()).unwrap_or_else(|| "root".into());
     let ctx = EnvelopeCtx {
         method: method.as_str().to_string(),
@@ -631,23 +666,14 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
         build: inner.config.build,
     };
     if !inner.config.vdoms.contains(&vdom) {
-        return ctx.reply(&inner.db, "", "", None, None, Outcome::Err { http: 404, code: None, cli_error: None });
+        return ctx.reply(&inner.db, "", "", None, None, state::bare(404));
     }
     let json_body: Value = if body.is_empty() {
         Value::Null
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(_) => {
-                return ctx.reply(
-                    &inner.db,
-                    "",
-                    "",
-                    None,
-                    None,
-                    Outcome::Err { http: 400, code: Some(-651), cli_error: Some("body is not valid JSON") },
-                )
-            }
+            Err(_) => return ctx.reply(&inner.db, "", "", None, None, state::err(400, -651, "body is not valid JSON")),
         }
     };
     let rules = inner.rules();
@@ -724,13 +750,9 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
             let outcome = banned_action(db, action, &json_body);
             ctx.reply(db, "user", "banned", None, Some(action), outcome)
         }
-        (Route::BadPath, _) => {
-            ctx.reply(db, "firewall", "", None, None, Outcome::Err { http: 400, code: None, cli_error: None })
-        }
-        (Route::Unknown, _) => {
-            ctx.reply(db, "", "", None, None, Outcome::Err { http: 404, code: None, cli_error: None })
-        }
-        _ => ctx.reply(db, "", "", None, None, Outcome::Err { http: 405, code: None, cli_error: None }),
+        (Route::BadPath, _) => ctx.reply(db, "firewall", "", None, None, state::bare(400)),
+        (Route::Unknown, _) => ctx.reply(db, "", "", None, None, state::bare(404)),
+        _ => ctx.reply(db, "", "", None, None, state::bare(405)),
     }
 }
 
@@ -740,13 +762,13 @@ fn banned_action(db: &mut Db, action: &str, body: &Value) -> Outcome {
         return Outcome::Ok { results: Some(json!({})) };
     }
     let Some(list) = body.get("ip_addresses").and_then(Value::as_array) else {
-        return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("ip_addresses: required") };
+        return state::err(400, -651, "ip_addresses: required");
     };
     let mut ips = Vec::new();
     for v in list {
         match v.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
             Some(ip) => ips.push(ip),
-            None => return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("ip_addresses: invalid") },
+            None => return state::err(400, -651, "ip_addresses: invalid"),
         }
     }
     let now = unix_now();
@@ -781,7 +803,7 @@ fn list(db: &Db, table: Table, query: &[(String, String)]) -> Outcome {
         for expr in v.split(',') {
             match Filter::parse(expr) {
                 Some(f) => any.push(f),
-                None => return Outcome::Err { http: 400, code: Some(-651), cli_error: Some("invalid filter") },
+                None => return state::err(400, -651, "invalid filter"),
             }
         }
         groups.push(any);

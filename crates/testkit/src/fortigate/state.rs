@@ -59,11 +59,17 @@ pub enum Outcome {
     Err { http: u16, code: Option<i64>, cli_error: Option<&'static str> },
 }
 
+/// An error with no `error` field (the real 404 body, 400 on a bad path).
+pub fn bare(http: u16) -> Outcome {
+    Outcome::Err { http, code: None, cli_error: None }
+}
+
 fn ok() -> Outcome {
     Outcome::Ok { results: None }
 }
 
-fn err(http: u16, code: i64, cli_error: &'static str) -> Outcome {
+/// An error with a FortiOS code and CLI text.
+pub fn err(http: u16, code: i64, cli_error: &'static str) -> Outcome {
     Outcome::Err { http, code: Some(code), cli_error: Some(cli_error) }
 }
 
@@ -189,7 +195,7 @@ impl Db {
     pub fn get_entry(&self, table: Table, name: &str) -> Outcome {
         match self.objects.get(name) {
             Some((t, e)) if *t == table => Outcome::Ok { results: Some(Value::Array(vec![with_origin_key(e)])) },
-            _ => Outcome::Err { http: 404, code: None, cli_error: None },
+            _ => bare(404),
         }
     }
 
@@ -323,7 +329,7 @@ impl Db {
             Some((t, e)) if *t == table && member_names(e).iter().any(|m| m == member) => {
                 Outcome::Ok { results: Some(json!([{"name": member, "q_origin_key": member}])) }
             }
-            _ => Outcome::Err { http: 404, code: None, cli_error: None },
+            _ => bare(404),
         }
     }
 
