@@ -39,10 +39,8 @@ async fn lab_report_matches_the_fortigate_and_the_journal() {
     let url = fg["url"].as_str().unwrap();
     let token = fg["token"].as_str().unwrap();
     let ca = std::fs::read(fg["ca_file"].as_str().unwrap()).unwrap();
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
+    let client =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap()).build().unwrap();
     let get = |path: String| {
         let request = client.get(format!("{url}/api/v2/cmdb/firewall/{path}?vdom=root")).bearer_auth(token);
         async move {
@@ -53,7 +51,8 @@ async fn lab_report_matches_the_fortigate_and_the_journal() {
     };
 
     let blocked = report["blocked"].as_array().unwrap();
-    let kinds: Vec<&str> = report["not_blocked"].as_array().unwrap().iter().map(|n| n["why"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> =
+        report["not_blocked"].as_array().unwrap().iter().map(|n| n["why"].as_str().unwrap()).collect();
     for kind in ["never-block", "allowlisted", "warninglisted", "unknown", "no-trigger"] {
         assert!(kinds.contains(&kind), "the lab shows a `{kind}` case: {kinds:?}");
     }

@@ -337,7 +337,10 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         })
         .await?;
     }
-    say(&format!("integration running (pid {}), syslog udp {udp}, metrics http://{metrics_addr}/metrics", daemon.child.id()));
+    say(&format!(
+        "integration running (pid {}), syslog udp {udp}, metrics http://{metrics_addr}/metrics",
+        daemon.child.id()
+    ));
 
     // Replay, with live progress.
     let progress = replay(opts, &lines, udp, metrics_addr, &fortigate, &config, &plan, &mut daemon).await?;
@@ -632,20 +635,16 @@ async fn replay(
         }
         tokio::time::sleep(interval).await;
     }
-    let expected: Vec<(String, String)> = plan
-        .expected
-        .iter()
-        .map(|ip| (object_name(config, *ip), group_of(config, *ip).to_string()))
-        .collect();
+    let expected: Vec<(String, String)> =
+        plan.expected.iter().map(|ip| (object_name(config, *ip), group_of(config, *ip).to_string())).collect();
     let deadline = Instant::now() + WAIT;
     let mut last = Progress::default();
     let mut still = 0;
     loop {
         let p = Progress::from_metrics(&scrape(metrics).await, total, total);
         show(&p, &mut shown, false);
-        let landed = expected
-            .iter()
-            .all(|(name, group)| fortigate.members(group).unwrap_or_default().iter().any(|m| m == name));
+        let landed =
+            expected.iter().all(|(name, group)| fortigate.members(group).unwrap_or_default().iter().any(|m| m == name));
         still = if p == last { still + 1 } else { 0 };
         if p.received + p.dropped >= total && landed && p.pending == 0 && still >= 3 {
             show(&p, &mut shown, true);
@@ -676,12 +675,9 @@ fn rule_text(rule: &TriggerRule) -> String {
     if let Some(id) = rule.policy_id {
         parts.push(format!("policy_id={id}"));
     }
-    for (key, value) in [
-        ("action", &rule.action),
-        ("type", &rule.log_type),
-        ("subtype", &rule.subtype),
-        ("srcintf", &rule.srcintf),
-    ] {
+    for (key, value) in
+        [("action", &rule.action), ("type", &rule.log_type), ("subtype", &rule.subtype), ("srcintf", &rule.srcintf)]
+    {
         if let Some(value) = value {
             parts.push(format!("{key}={value}"));
         }
@@ -753,8 +749,12 @@ impl Plan {
         let mut reasons = BTreeMap::new();
         for &ip in looked_up.keys() {
             let reason = match never.check(ip) {
-                Some(Protected::Reserved { range, name }) => Some(("never-block", format!("{name} range {range} (built in)"))),
-                Some(Protected::Configured { range }) => Some(("allowlisted", format!("[blocking] never_block {range}"))),
+                Some(Protected::Reserved { range, name }) => {
+                    Some(("never-block", format!("{name} range {range} (built in)")))
+                }
+                Some(Protected::Configured { range }) => {
+                    Some(("allowlisted", format!("[blocking] never_block {range}")))
+                }
                 None if view.lookup(ip).is_some() => None,
                 None => Some(match (warned.get(&ip), known.iter().find(|k| k.network.contains(&ip))) {
                     (Some(lists), _) if config.misp.enforce_warninglist => {
@@ -795,7 +795,7 @@ impl Plan {
             .map(|b| {
                 let group = b.group.clone().unwrap_or_else(|| group_of(config, b.ip).to_string());
                 let on_fortigate = fortigate.object(&b.object).is_some()
-                    && fortigate.members(&group).unwrap_or_default().iter().any(|m| *m == b.object);
+                    && fortigate.members(&group).unwrap_or_default().contains(&b.object);
                 Blocked {
                     ip: b.ip,
                     object: b.object.clone(),
