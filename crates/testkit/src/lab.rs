@@ -80,6 +80,8 @@ pub struct Options {
 #[derive(Debug)]
 pub struct Report {
     pub dir: PathBuf,
+    /// Where the daemons that ran are.
+    pub bin_dir: PathBuf,
     pub config_path: PathBuf,
     pub fortigate_url: String,
     pub fortigate_token: String,
@@ -383,6 +385,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     }
     let report = Report {
         dir,
+        bin_dir: bins.clone(),
         config_path,
         fortigate_url: fortigate.url().to_string(),
         fortigate_token: fortigate.token(),

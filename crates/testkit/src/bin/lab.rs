@@ -100,10 +100,12 @@ fn main() -> ExitCode {
         let code = if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         if args.keep_running {
             let config = report.config_path.display();
+            let bins = report.bin_dir.display();
             eprintln!("[lab] still running; try, in another terminal:");
-            eprintln!("[lab]   target/debug/integration --config {config} list");
-            eprintln!("[lab]   target/debug/integration --config {config} lookup 203.0.113.45");
-            eprintln!("[lab]   target/debug/housekeeping --config {config} --once --dry-run");
+            eprintln!("[lab]   {bins}/integration --config {config} list");
+            eprintln!("[lab]   {bins}/integration --config {config} lookup 192.0.2.53");
+            eprintln!("[lab]   {bins}/integration --config {config} block 203.0.113.7");
+            eprintln!("[lab]   {bins}/housekeeping --config {config} --once --dry-run");
             eprintln!("[lab] Ctrl-C stops the daemon and the emulators.");
             signal().await;
         }
