@@ -498,7 +498,7 @@ fn locate_binaries(opts: &Options, say: &dyn Fn(&str)) -> Result<PathBuf> {
         // runs the daemons of this checkout. A no-op when they are up to date.
         let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "integration", "-p", "housekeeping"]);
+        cmd.args(["build", "-p", "integration", "-p", "housekeeping"]);
         match profile.as_str() {
             "debug" => {}
             "release" => {
