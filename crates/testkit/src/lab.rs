@@ -280,7 +280,10 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         None => std::env::temp_dir().join(format!("fortimisp-lab-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let _ = std::fs::remove_file(dir.join("state.db"));
+    // A reused --dir starts from an empty journal.
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
 
     // The emulators, over HTTPS with their own CAs, accepting the keys lab.toml names.
     let raw: toml::Table = lab_toml.parse().context("lab config")?;
@@ -746,7 +749,7 @@ impl Plan {
         let all: Vec<IpAddr> = looked_up.keys().chain(seen_untriggered.keys()).copied().collect();
         let known = client.search_values(&SearchQuery::new(), &all).await.context("reading the MISP emulator")?;
         let warned = client.check_warninglist(&all).await.context("reading the MISP emulator")?;
-        let event = |id: u64| events.get(id as usize - 1).cloned().unwrap_or_default();
+        let event = |id: u64| (id as usize).checked_sub(1).and_then(|i| events.get(i)).cloned().unwrap_or_default();
 
         let mut expected = Vec::new();
         let mut reasons = BTreeMap::new();
@@ -806,7 +809,7 @@ impl Plan {
                     event_id: b.event_id,
                     event_info: b
                         .event_id
-                        .and_then(|id| events.get((id as usize).wrapping_sub(1)).cloned())
+                        .and_then(|id| (id as usize).checked_sub(1).and_then(|i| events.get(i)).cloned())
                         .unwrap_or_default(),
                     indicator: self.view.lookup(b.ip).map(|h| h.network.to_string()).unwrap_or_else(|| "-".into()),
                     rule: b.rule,
