@@ -351,3 +351,223 @@ pub fn send_tcp(to: SocketAddr, lines: &[String], octets: bool) {
 pub fn members(env: &Env, group: &str) -> Vec<String> {
     env.fortigate.members(group).unwrap_or_default()
 }
+
+// ---- housekeeping helpers ----
+
+/// The comment fortimisp writes on an object it creates (`fortimisp <time> misp-event=<id> ip-src`).
+pub fn own_comment(created_at: chrono::DateTime<chrono::Utc>, event_id: &str) -> String {
+    fortimisp_core::fortigate::Comment::new(created_at, event_id, "ip-src").as_str().to_string()
+}
+
+/// Seeds an address object fortimisp owns for `ip` (`misp-<ip>`, our comment marker), without any group
+/// membership; returns its name.
+pub fn seed_own(env: &Env, ip: IpAddr, created_at: chrono::DateTime<chrono::Utc>, event_id: &str) -> String {
+    let name = format!("misp-{ip}");
+    let comment = own_comment(created_at, event_id);
+    match ip {
+        IpAddr::V4(v4) => env.fortigate.seed_address(&name, &format!("{v4}/32"), &comment),
+        IpAddr::V6(v6) => env.fortigate.seed_address6(&name, &format!("{v6}/128"), &comment),
+    }
+    name
+}
+
+/// Seeds the block groups as fortimisp lays them out: `MISP_BLOCK` / `MISP_BLOCK6` with the placeholder member
+/// (`misp-placeholder`, `misp-placeholder6`), then `members` in chunks of `per_group`, overflowing into `NAME-2`,
+/// `NAME-3`, ... nested in the base group. Members are not checked (seed them with [`seed_own`] or by hand).
+pub fn seed_block_groups(env: &Env, v4: &[String], v6: &[String], per_group: usize) {
+    use fortimisp_testkit::fortigate::Table;
+    env.fortigate.seed_address("misp-placeholder", "192.0.2.255/32", "fortimisp placeholder");
+    env.fortigate.seed_address6("misp-placeholder6", "2001:db8::ffff:ffff/128", "fortimisp placeholder");
+    for (table, base, placeholder, members) in [
+        (Table::Addrgrp, "MISP_BLOCK", "misp-placeholder", v4),
+        (Table::Addrgrp6, "MISP_BLOCK6", "misp-placeholder6", v6),
+    ] {
+        let chunks: Vec<&[String]> = members.chunks(per_group.max(1)).collect();
+        let mut base_members: Vec<String> = vec![placeholder.to_string()];
+        for (i, chunk) in chunks.iter().enumerate().skip(1) {
+            let name = format!("{base}-{}", i + 1);
+            let mut m: Vec<&str> = vec![placeholder];
+            m.extend(chunk.iter().map(String::as_str));
+            env.fortigate.seed_group(table, &name, &m, &format!("fortimisp overflow of {base}"));
+            base_members.push(name);
+        }
+        if let Some(first) = chunks.first() {
+            base_members.extend(first.iter().cloned());
+        }
+        let refs: Vec<&str> = base_members.iter().map(String::as_str).collect();
+        env.fortigate.seed_group(table, base, &refs, "fortimisp block group");
+    }
+}
+
+/// Every member of the block groups of one family (`MISP_BLOCK` or `MISP_BLOCK6` and their nested overflow
+/// groups), placeholders and nested groups left out.
+pub fn block_members(env: &Env, base: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in members(env, base) {
+        if m.starts_with(&format!("{base}-")) {
+            out.extend(members(env, &m));
+        } else {
+            out.push(m);
+        }
+    }
+    out.retain(|m| !m.ends_with("placeholder") && !m.ends_with("placeholder6"));
+    out.sort();
+    out
+}
+
+impl Env {
+    /// Starts `housekeeping --config <config> ARGS...` as a daemon and waits until it serves /healthz on
+    /// `hk_metrics`.
+    pub async fn housekeeping(&self, args: &[&str]) -> Daemon {
+        let config = self.write_config();
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let daemon = Daemon::spawn("housekeeping", &all, self.dir.path());
+        daemon.wait_healthy(self.hk_metrics).await;
+        daemon
+    }
+
+    /// [`Env::housekeeping_cmd`] from async code (the emulators keep running on the other worker threads).
+    pub fn housekeeping_run(&self, args: &[&str]) -> std::process::Output {
+        tokio::task::block_in_place(|| self.housekeeping_cmd(args))
+    }
+
+    /// Scrapes one sample of the housekeeping daemon's metrics (0 if absent).
+    pub async fn hk_metric(&self, sample: &str) -> f64 {
+        scrape(self.hk_metrics, sample).await
+    }
+
+    /// Rows of the journal (`state.path`), each column as text (NULL as ""): for audit-trail checks.
+    pub fn journal_rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let conn = rusqlite::Connection::open_with_flags(&self.state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("the journal file exists");
+        let mut stmt = conn.prepare(sql).expect("valid SQL");
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |row| {
+                (0..n)
+                    .map(|i| {
+                        Ok(match row.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => String::new(),
+                            rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                                String::from_utf8_lossy(t).into_owned()
+                            }
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .expect("query runs");
+        rows.map(|r| r.expect("row reads")).collect()
+    }
+}
+
+/// A FortiOS mkey as it appears in a request path (percent-encoded, no safe characters but `-_.~`).
+pub fn encode_mkey(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Requests that changed (or tried to change) something on the FortiGate: every route but GETs.
+pub fn fortigate_writes(env: &Env) -> u64 {
+    env.fortigate.route_counts().iter().filter(|(route, _)| !route.starts_with("GET ")).map(|(_, n)| n).sum()
+}
+
+/// A fresh handle on the daemon's journal (`state.path`); its `pending()` reads the file, so it sees what the
+/// daemon wrote.
+pub fn journal(env: &Env) -> fortimisp_core::journal::Journal {
+    fortimisp_core::journal::Journal::open(&env.state).expect("the e2e journal opens")
+}
+
+/// The IPs with a block pending in the journal.
+pub fn pending_blocks(env: &Env) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = journal(env)
+        .pending_of(fortimisp_core::journal::ActionKind::Block)
+        .expect("the e2e journal reads")
+        .into_iter()
+        .map(|a| a.ip)
+        .collect();
+    ips.sort();
+    ips
+}
+
+/// Sends lines over TCP (LF framing), tolerating a peer that closes the connection (e.g. a refused sender).
+pub fn send_tcp_lossy(to: SocketAddr, lines: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(to)?;
+    for line in lines {
+        stream.write_all(line.as_bytes())?;
+        stream.write_all(b"\n")?;
+    }
+    stream.flush()
+}
+
+/// Sends lines over TLS (RFC 6587 octet counting), trusting only `ca_pem`, then closes the connection cleanly.
+pub async fn send_tls(to: SocketAddr, ca_pem: &str, lines: &[String]) {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.expect("test CA PEM parses")).expect("test CA is a valid root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(to).await.expect("TLS listener accepts");
+    let name = rustls::pki_types::ServerName::IpAddress(to.ip().into());
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake with the daemon");
+    let mut buf = Vec::new();
+    for line in lines {
+        buf.extend_from_slice(format!("{} {line}", line.len()).as_bytes());
+    }
+    tls.write_all(&buf).await.unwrap();
+    tls.shutdown().await.unwrap();
+}
+
+impl Env {
+    /// Runs `integration --config <config> ARGS...`; `None` (and the process killed) if it has not exited within
+    /// `timeout`. Output goes through files, so a chatty process cannot block on a full pipe.
+    pub fn integration_cmd_within(&self, args: &[&str], timeout: Duration) -> Option<std::process::Output> {
+        let config = self.write_config();
+        let n = rand_suffix();
+        let (out_path, err_path) =
+            (self.dir.path().join(format!("cmd-{n}.out")), self.dir.path().join(format!("cmd-{n}.err")));
+        let mut child = Command::new(bin("integration"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        status.map(|status| std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        })
+    }
+}

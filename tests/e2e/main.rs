@@ -4,5 +4,8 @@
 /// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
 mod integration;
 
+/// The housekeeping daemon: pruning by age, revocation and legacy adoption, safety rails, feed updates, scale.
+mod housekeeping;
+
 /// The lab: its report agrees with the emulated FortiGate and the journal.
 mod lab;

@@ -12,6 +12,7 @@
 //! - [`indicators`]: the local set of blocking IPs and networks (longest-prefix match, keyed by uuid).
 //! - [`metrics`]: every exported metric, and the `/metrics` + `/healthz` server.
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
+//! - [`process`]: logging setup and SIGTERM/SIGINT handling shared by both binaries.
 //! - [`view`]: a complete view of the blocking indicators in MISP (shared by the mirror and housekeeping).
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 //! - [`journal`]: the SQLite journal (`[state] path`) both daemons share: the durable queue of pending actions, the
@@ -26,6 +27,7 @@ pub mod journal;
 pub mod metrics;
 pub mod misp;
 pub mod policy;
+pub mod process;
 pub mod secret;
 pub mod syslog;
 pub mod view;

@@ -2,30 +2,36 @@
 //! and asks MISP to fetch its feeds on a timer.
 //!
 //! This file parses the command line, loads the config (one line naming the key on error, exit 2), sets up
-//! logging and signals, and runs the two timers. A prune pass is [`pass::Pass`] (I/O) around [`plan::plan`]
-//! (pure); the feed update is [`feeds::update`].
+//! logging and signals, and hands the two jobs to [`schedule::schedule`]. A prune pass is [`pass::Pass`] (I/O)
+//! around [`plan::plan`] (pure); the feed update is [`feeds::update`].
 
 mod feeds;
 mod pass;
 mod plan;
+mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use fortimisp_core::clients;
-use fortimisp_core::config::{Config, LogFormat};
+use fortimisp_core::config::Config;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics};
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// Exit code for a config that cannot be loaded.
 const EXIT_CONFIG: u8 = 2;
+
+/// After SIGTERM, how long a run under way may take to stop (it stops between two removals) before the daemon
+/// exits anyway; within the contract's 10 s. A removal cut short here is still pending in the journal and the next
+/// pass plans it again.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,7 +49,8 @@ struct Cli {
     /// Print what would be removed; change nothing (no feed update either).
     #[arg(long)]
     dry_run: bool,
-    /// Proceed with a revocation that the max_unblock_fraction safety rail would hold back.
+    /// Proceed with a revocation that the max_unblock_fraction safety rail would hold back (the daemon: its first
+    /// pass only).
     #[arg(long)]
     force: bool,
 }
@@ -58,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config);
+    fortimisp_core::process::init_logging(&config.log);
     for warning in &config.warnings {
         warn!(message = "Config warning.", warning = %warning);
     }
@@ -133,7 +140,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
         metrics: metrics.clone(),
         config,
     };
-    tokio::spawn(signal_to(shutdown.clone()));
+    tokio::spawn(fortimisp_core::process::cancel_on_signal(shutdown.clone()));
 
     if cli.once || cli.dry_run {
         let pruned = daemon.prune(cli.dry_run, cli.force, &shutdown).await;
@@ -143,6 +150,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
             }
             _ => true,
         };
+        flush_journal(&daemon.journal).await;
         return Ok(if pruned && fed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
 
@@ -162,48 +170,40 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     info!(message = "fortimisp housekeeping running.", interval = ?daemon.config.housekeeping.interval,
           max_age = ?daemon.config.housekeeping.max_age, feed_update_interval = ?daemon.config.misp.feed_update_interval);
 
-    // Interval timers keep their schedule (no drift) and skip missed ticks (no pile-up after a slow pass).
-    let mut prune_timer = tokio::time::interval(daemon.config.housekeeping.interval);
-    prune_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let feed_every = daemon.config.misp.feed_update_interval.unwrap_or(Duration::from_secs(86400 * 365 * 100));
-    let mut feed_timer = tokio::time::interval(feed_every);
-    feed_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let feeds_on = daemon.config.misp.feed_update_interval.is_some();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = prune_timer.tick() => { daemon.prune(false, cli.force, &shutdown).await; }
-            _ = feed_timer.tick(), if feeds_on => {
-                feeds::update(&daemon.misp, &daemon.config.housekeeping.feeds, &metrics, &shutdown).await;
-            }
+    let intervals = schedule::Intervals {
+        prune: daemon.config.housekeeping.interval,
+        feed: daemon.config.misp.feed_update_interval,
+    };
+    // --force overrides the safety rail once, not for the life of the daemon.
+    let force_next = AtomicBool::new(cli.force);
+    let (d, stop, force) = (&daemon, &shutdown, &force_next);
+    let timers = schedule::schedule(
+        move || async move {
+            d.prune(false, force.swap(false, Ordering::Relaxed), stop).await;
+        },
+        move || async move {
+            feeds::update(&d.misp, &d.config.housekeeping.feeds, &d.metrics, stop).await;
+        },
+        intervals,
+        &shutdown,
+    );
+    tokio::select! {
+        _ = timers => {}
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            warn!(message = "A run did not stop within the shutdown grace; exiting anyway. The journal keeps what was pending.",
+                  grace = ?SHUTDOWN_GRACE);
         }
     }
     health.set_unhealthy();
+    flush_journal(&daemon.journal).await;
     info!(message = "Stopped.");
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
+/// Writes back what the journal buffered in memory while the file refused writes (nothing when healthy).
+async fn flush_journal(journal: &Journal) {
+    let journal = journal.clone();
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || journal.flush()).await {
+        error!(message = "Journal entries buffered in memory could not be written before exit.", %error);
     }
-}
-
-async fn signal_to(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    token.cancel();
 }

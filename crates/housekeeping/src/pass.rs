@@ -1,22 +1,28 @@
 //! One prune pass against the FortiGate: read, plan ([`crate::plan`]), reconcile, remove, journal.
 //!
-//! Order of a removal: the journal gets a pending `unblock` action, then the FortiGate client removes the member
-//! from every block group and deletes the object (member first, then object), then the action is completed and
-//! the block ledger closed. An object still referenced elsewhere (-23) is reported and its action completed as
-//! failed: it is not retried in a loop; the next pass sees it again and reports it again.
+//! Order of a removal: the journal gets a pending `unblock` action, then the object is read again (it must still
+//! carry our marker, or the legacy timestamp for a legacy member), removed from the block groups the pass saw it in
+//! (member first), and deleted; then the action is completed and the block ledger closed. That is three requests
+//! per block whatever the number of overflow groups: the pass already read every group's members, so it does not
+//! probe each group (with 5 000 blocks in 9 groups that was 11 requests a block, 8 of them 404s). An object still
+//! referenced elsewhere (-23, or a group joined since the pass read them) is reported and its action completed as
+//! failed: it is not retried in a loop; the next pass sees it again (with its new membership) and tries again.
 //!
 //! Reconciliation: an owned object that is not a member of any block group (an admin edited the group) is
-//! reported and, when it is neither expired nor revoked, added back; a block-group member named like ours whose
-//! object is gone is reported.
+//! reported and, when it is still valid (neither expired nor revoked; manual blocks are never revoked), added back;
+//! a block-group member named like ours whose object is gone is reported.
+//!
+//! Journal calls are synchronous SQLite writes (up to `journal::BUSY_TIMEOUT` when the other daemon holds the
+//! lock): they run on the blocking pool, never on the async workers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::Utc;
 use fortimisp_core::config::{Backend, Config};
-use fortimisp_core::fortigate::{self, Comment, Family, OwnedObject, UnblockOutcome};
+use fortimisp_core::fortigate::{self, Change, Comment, CommentKind, Family, OwnedObject, UnblockOutcome};
 use fortimisp_core::journal::{ActionKind, Journal, NewAction, Outcome};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::{misp, view};
@@ -36,14 +42,20 @@ pub struct Report {
     pub readded: usize,
     pub dangling: usize,
     pub interrupted: bool,
+    /// Revocation was due but MISP could not be read completely: the pass did only half its job.
+    pub misp_unavailable: bool,
 }
 
 impl Report {
-    /// A pass fails when a removal failed or the safety rail tripped: the operator must look.
+    /// A pass fails when a removal failed, the safety rail tripped or revocation could not be checked: the
+    /// operator must look.
     pub fn is_success(&self) -> bool {
-        self.failed == 0 && self.held_back.is_none() && !self.interrupted
+        self.failed == 0 && self.held_back.is_none() && !self.interrupted && !self.misp_unavailable
     }
 }
+
+/// Which block groups each member name is in (names are one namespace across both families).
+type MemberOf = HashMap<String, Vec<String>>;
 
 /// The shared handles of a pass.
 pub struct Pass<'a> {
@@ -70,6 +82,7 @@ impl Pass<'_> {
         let legacy =
             if self.config.housekeeping.adopt_legacy { self.fortigate.legacy_members().await? } else { Vec::new() };
         let still_listed = self.misp_view(&owned).await;
+        let misp_unavailable = self.config.housekeeping.unblock_revoked && !owned.is_empty() && still_listed.is_none();
         let rules = Rules {
             max_age: self.config.housekeeping.max_age,
             unblock_revoked: self.config.housekeeping.unblock_revoked,
@@ -78,15 +91,20 @@ impl Pass<'_> {
         };
         let plan = plan::plan(Utc::now(), &owned, &legacy, still_listed.as_ref(), &rules);
         self.metrics.hk_examined.inc_by(plan.examined as u64);
-        let mut report = Report { examined: plan.examined, misp_view: still_listed.is_some(), ..Report::default() };
+        let mut report = Report {
+            examined: plan.examined,
+            misp_view: still_listed.is_some(),
+            misp_unavailable,
+            ..Report::default()
+        };
         if let Some((would, of)) = plan.held_back {
             Metrics::inc(&self.metrics.hk_failures, "safety_rail");
             error!(message = "Revocation held back: it would remove more than max_unblock_fraction of the blocks. Check MISP; rerun with --force to proceed.",
                    would_remove = would, blocks = of, max_unblock_fraction = rules.max_unblock_fraction);
             report.held_back = Some((would, of));
         }
-        self.reconcile(&owned, &plan, still_listed.as_ref(), &mut report).await?;
-        self.remove(plan, shutdown, &mut report).await;
+        let member_of = self.reconcile(&owned, &plan, still_listed.as_ref(), &mut report).await?;
+        self.remove(plan, &member_of, shutdown, &mut report).await;
         Ok(report)
     }
 
@@ -111,19 +129,22 @@ impl Pass<'_> {
         plan: &Plan,
         still_listed: Option<&HashSet<IpAddr>>,
         report: &mut Report,
-    ) -> Result<(), fortigate::Error> {
-        let mut members = HashSet::new();
+    ) -> Result<MemberOf, fortigate::Error> {
+        let mut members = MemberOf::new();
         for family in [Family::V4, Family::V6] {
             for group in self.fortigate.block_groups(family).await? {
-                members.extend(self.fortigate.group_members(family, &group).await?);
+                for member in self.fortigate.group_members(family, &group).await? {
+                    members.entry(member).or_default().push(group.clone());
+                }
             }
         }
         let leaving: HashSet<&str> = plan.removals.iter().map(Removal::name).collect();
         for object in owned {
-            if members.contains(object.name.as_str()) || leaving.contains(object.name.as_str()) {
+            if members.contains_key(object.name.as_str()) || leaving.contains(object.name.as_str()) {
                 continue;
             }
-            let valid = still_listed.is_none_or(|l| l.contains(&object.ip));
+            // The plan's rule: a manual block is never revoked; without a view, nothing counts as revoked.
+            let valid = plan::is_manual(object) || still_listed.is_none_or(|l| l.contains(&object.ip));
             warn!(message = "Owned object is not in any block group (edited by hand?).", object = %object.name,
                   readd = valid && !self.dry_run);
             if valid && !self.dry_run {
@@ -141,7 +162,7 @@ impl Pass<'_> {
         }
         let names: HashSet<&str> = owned.iter().map(|o| o.name.as_str()).collect();
         let prefix = &self.config.fortigate.object_prefix;
-        for member in &members {
+        for member in members.keys() {
             if member.starts_with(prefix.as_str())
                 && !names.contains(member.as_str())
                 && !member.ends_with("placeholder")
@@ -154,10 +175,10 @@ impl Pass<'_> {
                       member = %member);
             }
         }
-        Ok(())
+        Ok(members)
     }
 
-    async fn remove(&self, plan: Plan, shutdown: &CancellationToken, report: &mut Report) {
+    async fn remove(&self, plan: Plan, member_of: &MemberOf, shutdown: &CancellationToken, report: &mut Report) {
         let total = plan.removals.len();
         let progress = total >= 100 && std::io::stderr().is_terminal();
         for (i, removal) in plan.removals.into_iter().enumerate() {
@@ -182,18 +203,18 @@ impl Pass<'_> {
                 comment: None,
                 requested_at: Utc::now(),
             });
-            let id = action.as_ref().and_then(|a| self.journal.enqueue(a).ok());
-            let result = match &removal {
-                Removal::Owned { object, .. } => self.fortigate.unblock(object.ip).await,
-                Removal::Legacy { member } => self.fortigate.unblock_legacy(member).await,
+            let id = match action {
+                Some(action) => self.journal(move |j| j.enqueue(&action)).await,
+                None => None,
             };
+            let result = self.remove_one(&removal, member_of).await;
             let outcome = match result {
                 Ok(UnblockOutcome::Unblocked) | Ok(UnblockOutcome::NotBlocked) => {
                     report.removed += 1;
                     Metrics::inc(&self.metrics.hk_pruned, reason);
                     info!(message = "Removed block.", object = %removal.name(), reason);
                     if let Some(ip) = ip {
-                        let _ = self.journal.record_unblock(ip, reason, Utc::now());
+                        self.journal(move |j| j.record_unblock(ip, reason, Utc::now())).await;
                     }
                     Outcome::Done
                 }
@@ -206,7 +227,7 @@ impl Pass<'_> {
                 }
             };
             if let Some(id) = id {
-                let _ = self.journal.complete(id, &outcome);
+                self.journal(move |j| j.complete(id, &outcome)).await;
             }
             if progress && (i + 1) % 100 == 0 {
                 eprint!("\rpruned {}/{total}", i + 1);
@@ -217,12 +238,59 @@ impl Pass<'_> {
         }
     }
 
+    /// Removes one block: the object is read again and must still be ours (or still legacy), leaves the block
+    /// groups `member_of` says it is in (member first), then is deleted.
+    async fn remove_one(&self, removal: &Removal, member_of: &MemberOf) -> Result<UnblockOutcome, fortigate::Error> {
+        let (family, name) = match removal {
+            Removal::Owned { object, .. } => (Family::of(object.ip), object.name.as_str()),
+            Removal::Legacy { member } => (member.family, member.name.as_str()),
+        };
+        let Some(entry) = self.fortigate.get_address(family, name).await? else {
+            return Ok(UnblockOutcome::NotBlocked);
+        };
+        let still_ours = match (removal, Comment::parse(&entry.comment)) {
+            (Removal::Owned { .. }, kind) => kind.is_ours(),
+            (Removal::Legacy { .. }, kind) => matches!(kind, CommentKind::Legacy { .. }),
+        };
+        if !still_ours {
+            return Err(fortigate::Error::Foreign { name: name.to_string(), comment: entry.comment });
+        }
+        for group in member_of.get(name).into_iter().flatten() {
+            self.fortigate.remove_member(family, group, name).await?;
+        }
+        Ok(match self.fortigate.delete_address(family, name).await? {
+            Change::Applied => UnblockOutcome::Unblocked,
+            Change::Unchanged => UnblockOutcome::NotBlocked,
+        })
+    }
+
+    /// Runs a journal call on the blocking pool. A failed write is logged (the journal itself buffers what it
+    /// cannot write and says so loudly); `None` if the call failed.
+    async fn journal<T, F>(&self, call: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Journal) -> Result<T, fortimisp_core::journal::Error> + Send + 'static,
+    {
+        let journal = self.journal.clone();
+        match tokio::task::spawn_blocking(move || call(&journal)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                warn!(message = "Journal write failed.", %error);
+                None
+            }
+            Err(error) => {
+                error!(message = "Journal call panicked.", %error);
+                None
+            }
+        }
+    }
+
     /// `backend = "banned-ip"`: bans expire natively; only revocations are removed, and only bans the journal
     /// says fortimisp made.
     async fn run_banned(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
         let ours: HashSet<IpAddr> = self
-            .journal
-            .active_blocks()
+            .journal(|j| j.active_blocks())
+            .await
             .unwrap_or_default()
             .into_iter()
             .filter(|b| b.backend == "banned-ip")
@@ -240,6 +308,7 @@ impl Pass<'_> {
             Err(error) => {
                 Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
                 warn!(message = "No complete view of MISP; nothing is unbanned this pass.", %error);
+                report.misp_unavailable = true;
                 return Ok(report);
             }
         };
@@ -270,7 +339,7 @@ impl Pass<'_> {
                 Ok(()) => {
                     report.removed += 1;
                     Metrics::inc(&self.metrics.hk_pruned, "revoked");
-                    let _ = self.journal.record_unblock(ip, "revoked", Utc::now());
+                    self.journal(move |j| j.record_unblock(ip, "revoked", Utc::now())).await;
                 }
                 Err(error) => {
                     report.failed += 1;

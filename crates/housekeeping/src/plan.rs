@@ -122,7 +122,8 @@ pub fn plan(
     plan
 }
 
-fn is_manual(object: &OwnedObject) -> bool {
+/// A block made by hand (`misp-event=manual`, or no event id): never revoked, only aged out.
+pub fn is_manual(object: &OwnedObject) -> bool {
     object.comment.event_id.as_deref().is_none_or(|e| e == "manual")
 }
 

@@ -5,7 +5,8 @@
 //!
 //! [`Executor::execute`] is the one code path that changes the FortiGate for a block; the daemon's [`Blocker`]
 //! task and the hand-run `integration block` both call it. It re-checks the never-block list right before the
-//! write (defence in depth), honours `dry_run`, and classifies the outcome:
+//! write (defence in depth), honours `dry_run` (the decision is journaled, but no action is enqueued, and none a
+//! real run left pending is resumed, so none is completed as skipped), and classifies the outcome:
 //! - done (created, or already there) → journal `done`, block ledger, optional MISP sighting;
 //! - retryable (timeouts, 5xx, 429) → stays pending, retried with capped exponential backoff;
 //! - fatal (401/403: token revoked, not a trusted host) → every write pauses for [`FATAL_PAUSE`], an alert
@@ -64,7 +65,7 @@ pub trait Sighter: Send + Sync + 'static {
 /// One block to carry out.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// The journal's id; `None` only if even the journal's memory fallback refused it.
+    /// The journal's id; `None` in a dry run, or if even the journal's memory fallback refused it.
     pub action: Option<ActionId>,
     pub ip: IpAddr,
     pub event_id: Option<u64>,
@@ -90,7 +91,10 @@ pub enum Executed {
 /// Carries out blocks. Shared by the daemon and the `block` subcommand.
 pub struct Executor<B: Backend, S: Sighter> {
     pub backend: B,
-    pub sighter: Option<S>,
+    pub sighter: Option<Arc<S>>,
+    /// Sightings run in a task of their own (the daemon: a slow MISP must not hold a block slot); otherwise they
+    /// are awaited (hand-run commands, which exit right after).
+    pub background_sightings: bool,
     pub journal: Journal,
     pub never_block: NeverBlock,
     pub dry_run: bool,
@@ -98,7 +102,7 @@ pub struct Executor<B: Backend, S: Sighter> {
 }
 
 impl<B: Backend, S: Sighter> Executor<B, S> {
-    /// Journals a new block decision as pending and returns the job to execute.
+    /// Journals a new block decision as pending (not in a dry run) and returns the job to execute.
     pub async fn enqueue(&self, request: &BlockRequest) -> Job {
         let event_id = (request.hit.entry.event_id != 0).then_some(request.hit.entry.event_id);
         let more = match &request.note {
@@ -117,24 +121,13 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             (Some(e), None) => format!("misp-event={e}"),
             (None, _) => "manual".to_string(),
         };
-        let action = NewAction {
-            kind: ActionKind::Block,
-            ip: request.ip,
-            reason: reason.clone(),
-            event_id,
-            rule: request.rule,
-            comment: Some(comment.as_str().to_string()),
-            requested_at: Utc::now(),
-        };
-        let journal = self.journal.clone();
-        let id = blocking(move || journal.enqueue(&action)).await;
-        let id = match id {
-            Ok(id) => Some(id),
-            Err(error) => {
-                // The journal keeps a memory copy when the file fails; an error here means even that failed.
-                error!(message = "Journal refused a block; executing without a durable record.", %error, ip = %request.ip);
-                None
-            }
+        // A dry run changes nothing, the journal's work queue included: enqueueing would hand back (and then
+        // complete as skipped) a real block another run left pending for the same address. `execute` journals
+        // the decision only.
+        let id = if self.dry_run {
+            None
+        } else {
+            self.journal_action(request.ip, &reason, event_id, request.rule, &comment).await
         };
         Job {
             action: id,
@@ -146,6 +139,35 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             received: Some(request.received),
             attempts: 0,
             not_before: Instant::now(),
+        }
+    }
+
+    /// Queues the block as pending in the journal; `None` only if even the journal's memory fallback refused it.
+    async fn journal_action(
+        &self,
+        ip: IpAddr,
+        reason: &str,
+        event_id: Option<u64>,
+        rule: Option<usize>,
+        comment: &Comment,
+    ) -> Option<ActionId> {
+        let action = NewAction {
+            kind: ActionKind::Block,
+            ip,
+            reason: reason.to_string(),
+            event_id,
+            rule,
+            comment: Some(comment.as_str().to_string()),
+            requested_at: Utc::now(),
+        };
+        let journal = self.journal.clone();
+        match blocking(move || journal.enqueue(&action)).await {
+            Ok(id) => Some(id),
+            Err(error) => {
+                // The journal keeps a memory copy when the file fails; an error here means even that failed.
+                error!(message = "Journal refused a block; executing without a durable record.", %error, %ip);
+                None
+            }
         }
     }
 
@@ -194,8 +216,16 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
                 }
                 self.finish(job, Outcome::Done, "block", &job.reason).await;
                 if let (Some(sighter), Applied::Blocked { .. }) = (&self.sighter, &applied) {
-                    if let Err(error) = sighter.sight(job.ip).await {
-                        warn!(message = "MISP sighting failed.", %error, ip = %job.ip);
+                    let (sighter, ip) = (sighter.clone(), job.ip);
+                    let sight = async move {
+                        if let Err(error) = sighter.sight(ip).await {
+                            warn!(message = "MISP sighting failed.", %error, %ip);
+                        }
+                    };
+                    if self.background_sightings {
+                        tokio::spawn(sight);
+                    } else {
+                        sight.await;
                     }
                 }
                 Executed::Done(applied)
@@ -311,6 +341,10 @@ pub struct Blocker<B: Backend, S: Sighter> {
     rate: RateLimit,
     queue: VecDeque<Job>,
     paused_until: Option<Instant>,
+    /// Hand-run mode ([`Blocker::leaving_failures_pending`]): what cannot be done now is not retried here.
+    leave_failures_pending: bool,
+    /// Blocks given up by this run and left pending in the journal (hand-run mode).
+    left_pending: usize,
 }
 
 impl<B: Backend, S: Sighter> Blocker<B, S> {
@@ -320,11 +354,25 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             rate: RateLimit::new(max_blocks_per_minute),
             queue: VecDeque::new(),
             paused_until: None,
+            leave_failures_pending: false,
+            left_pending: 0,
         }
     }
 
+    /// Hand-run mode (`replay`): a block that cannot be done now (a retryable error, or a refused token) is not
+    /// retried here but left pending in the journal, where the daemon resumes it; so [`Blocker::run`] ends once
+    /// its input is closed and every block was tried, instead of retrying through an outage forever.
+    pub fn leaving_failures_pending(mut self) -> Self {
+        self.leave_failures_pending = true;
+        self
+    }
+
     /// Queues the blocks a previous run left pending in the journal.
+    /// In a dry run nothing is resumed: those blocks stay pending for a run that may change the FortiGate.
     pub async fn resume_pending(&mut self) -> usize {
+        if self.executor.dry_run {
+            return 0;
+        }
         let journal = self.executor.journal.clone();
         let pending = match blocking(move || journal.pending_of(ActionKind::Block)).await {
             Ok(p) => p,
@@ -361,14 +409,24 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         n
     }
 
-    /// Runs until the input closes or `shutdown` fires; then lets in-flight executions finish (bounded by
-    /// `drain`). Whatever is still queued stays pending in the journal for the next start.
-    pub async fn run(mut self, mut input: mpsc::Receiver<BlockRequest>, shutdown: CancellationToken, drain: Duration) {
+    /// Runs until the input closes (and the queue is done) or `shutdown` fires; then lets in-flight executions
+    /// finish (bounded by `drain`). Whatever is still queued stays pending in the journal for the next start.
+    /// Returns how many blocks it leaves pending in the journal.
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<BlockRequest>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) -> usize {
         let mut running: JoinSet<(Job, Executed)> = JoinSet::new();
         let mut input_open = true;
         loop {
             self.dispatch(&mut running);
             self.publish_gauges();
+            // Checked after dispatch: in hand-run mode it may just have given up the whole queue.
+            if !input_open && self.queue.is_empty() && running.is_empty() {
+                break;
+            }
             let wake = if running.len() < MAX_IN_FLIGHT { self.next_wake() } else { None };
             tokio::select! {
                 biased;
@@ -386,9 +444,6 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                 },
                 _ = sleep_until_opt(wake) => {}
             }
-            if !input_open && self.queue.is_empty() && running.is_empty() {
-                break;
-            }
         }
         // Shutdown: no new executions; the running ones finish (each is journaled either way).
         let deadline = Instant::now() + drain;
@@ -401,6 +456,7 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                         message = "Shutdown deadline reached; unfinished blocks stay pending in the journal.",
                         running = running.len()
                     );
+                    self.left_pending += running.len();
                     running.abort_all();
                     break;
                 }
@@ -410,13 +466,23 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         input.close();
         while let Ok(request) = input.try_recv() {
             self.executor.enqueue(&request).await;
+            self.left_pending += 1;
         }
         self.publish_gauges();
+        self.left_pending + self.queue.len()
     }
 
     fn dispatch(&mut self, running: &mut JoinSet<(Job, Executed)>) {
         let now = Instant::now();
         if self.paused_until.is_some_and(|until| until > now) {
+            if self.leave_failures_pending && !self.queue.is_empty() {
+                warn!(
+                    message = "FortiGate writes are paused; blocks left pending in the journal for the daemon.",
+                    count = self.queue.len()
+                );
+                self.left_pending += self.queue.len();
+                self.queue.clear();
+            }
             return;
         }
         if self.paused_until.take().is_some() {
@@ -459,6 +525,10 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
     fn on_executed(&mut self, mut job: Job, executed: Executed) {
         match executed {
             Executed::Done(_) | Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {}
+            Executed::Retry(error) if self.leave_failures_pending => {
+                warn!(message = "Block failed; left pending in the journal for the daemon.", ip = %job.ip, %error);
+                self.left_pending += 1;
+            }
             Executed::Retry(error) => {
                 job.attempts += 1;
                 let wait = backoff(job.attempts);

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use fortimisp_core::config::{Backend as BackendKind, Config};
 use fortimisp_core::fortigate::UnblockOutcome;
+use fortimisp_core::journal::{ActionKind, Outcome};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::misp::SearchQuery;
 use fortimisp_core::policy::Protected;
@@ -189,8 +190,22 @@ pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
             println!("unbanned {ip}");
         }
     }
+    // A block of this address still pending in the journal would undo the operator's unblock on the daemon's
+    // next start: it is closed as skipped.
     let journal = parts.journal.clone();
-    tokio::task::spawn_blocking(move || journal.record_unblock(ip, "manual", Utc::now())).await??;
+    let cancelled = tokio::task::spawn_blocking(move || -> Result<usize, fortimisp_core::journal::Error> {
+        journal.record_unblock(ip, "manual", Utc::now())?;
+        let mut n = 0;
+        for action in journal.pending_of(ActionKind::Block)?.into_iter().filter(|a| a.ip == ip) {
+            journal.complete(action.id, &Outcome::Skipped { reason: "unblocked by hand".into() })?;
+            n += 1;
+        }
+        Ok(n)
+    })
+    .await??;
+    if cancelled > 0 {
+        println!("cancelled {cancelled} pending block(s) of {ip} in the journal");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -263,7 +278,9 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     // No mirror: every address is looked up on demand (batched, cached).
     let mirror: SharedMirror = Arc::new(RwLock::new(None));
     let decider = tokio::spawn(parts.decider(mirror).run(candidate_rx, block_tx, shutdown.clone()));
-    let mut blocker = Blocker::new(parts.executor(dry_run), parts.config.blocking.max_blocks_per_minute);
+    // A block the FortiGate refuses for now is left pending in the journal for the daemon: replay ends.
+    let mut blocker =
+        Blocker::new(parts.executor(dry_run), parts.config.blocking.max_blocks_per_minute).leaving_failures_pending();
     blocker.resume_pending().await;
     let blocker = tokio::spawn(blocker.run(block_rx, CancellationToken::new(), Duration::from_secs(30)));
     let ingest = parts.ingest(candidate_tx);
@@ -279,10 +296,11 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     }
     drop(ingest);
     decider.await?;
-    blocker.await?;
+    let left_pending = blocker.await?;
     let m = &parts.metrics;
+    let lookup_errors = Metrics::count(&m.lookups, "misp_error");
     println!(
-        "lines {lines}, parse errors {}, triggered {}, MISP requests {}, blocked {}, already blocked {}, dry run {}, failed {}",
+        "lines {lines}, parse errors {}, triggered {}, MISP requests {}, MISP lookup errors {lookup_errors}, blocked {}, already blocked {}, dry run {}, failed {}, left pending {left_pending}",
         count_all(m, |t| t.contains("fortimisp_parse_errors_total")),
         m.triggered.get(),
         m.misp_lookup_requests.get(),
@@ -291,7 +309,13 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
         Metrics::count(&m.blocks, "dry_run"),
         Metrics::count(&m.blocks, "failed"),
     );
-    Ok(ExitCode::SUCCESS)
+    if left_pending > 0 {
+        eprintln!("error: {left_pending} block(s) not done yet; they are pending in the journal for the daemon");
+    }
+    if lookup_errors > 0 {
+        eprintln!("error: {lookup_errors} address(es) could not be looked up in MISP; replay again when it answers");
+    }
+    Ok(if left_pending > 0 || lookup_errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Sums the samples of the metric lines selected by `pick` in the text exposition.

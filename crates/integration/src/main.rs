@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fortimisp_core::config::{Config, LogFormat};
+use fortimisp_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a config that cannot be loaded (the contract's "bad config fails at start").
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config);
+    fortimisp_core::process::init_logging(&config.log);
     for warning in &config.warnings {
         tracing::warn!(message = "Config warning.", warning = %warning);
     }
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(signal_to(shutdown.clone()));
+                tokio::spawn(fortimisp_core::process::cancel_on_signal(shutdown.clone()));
                 run::run(config, shutdown).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Validate => commands::validate(config).await,
@@ -129,34 +129,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logging from `[log]`; `RUST_LOG` overrides the level.
-fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
-    }
-}
-
-/// Cancels `token` on SIGTERM or SIGINT.
-async fn signal_to(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    token.cancel();
 }

@@ -85,7 +85,8 @@ impl Parts {
     pub fn executor(&self, dry_run: bool) -> Executor<AnyBackend, MispSighter> {
         Executor {
             backend: self.backend(),
-            sighter: self.config.misp.sightings.then(|| MispSighter(self.misp.clone())),
+            sighter: self.config.misp.sightings.then(|| Arc::new(MispSighter(self.misp.clone()))),
+            background_sightings: false,
             journal: self.journal.clone(),
             never_block: self.never_block.clone(),
             dry_run: dry_run || self.config.blocking.dry_run,
@@ -241,7 +242,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
 
-    let mut blocker = Blocker::new(parts.executor(false), cfg.blocking.max_blocks_per_minute);
+    let executor = Executor { background_sightings: true, ..parts.executor(false) };
+    let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute);
     blocker.resume_pending().await;
     let blocker_task = tokio::spawn(
         blocker.run(block_rx, blocker_stop.clone(), Duration::from_secs(3)).instrument(tracing::info_span!("blocker")),
@@ -289,8 +291,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     // 3. The blocker journals what it received and lets running executions finish.
     blocker_stop.cancel();
-    if tokio::time::timeout_at(deadline, blocker_task).await.is_err() {
-        warn!(message = "Blocker did not stop in time; its pending actions are in the journal.");
+    match tokio::time::timeout_at(deadline, blocker_task).await {
+        Ok(Ok(left)) if left > 0 => {
+            info!(message = "Blocks left pending in the journal for the next start.", count = left)
+        }
+        Ok(_) => {}
+        Err(_) => warn!(message = "Blocker did not stop in time; its pending actions are in the journal."),
     }
     aux_stop.cancel();
     // A journal running from memory gets one last chance to reach the file.

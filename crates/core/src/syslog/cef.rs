@@ -18,12 +18,12 @@ use std::borrow::Cow;
 use memchr::{memchr, memchr2, memrchr};
 
 use super::error::{ErrorKind, ParseError};
-use super::record::{classify, CefHeader, LogRecord};
+use super::record::{classify, CefHeader, LogRecord, Ref};
 use super::text::Text;
 
 /// Parses a CEF body starting at `start` (at the version digit, after any `CEF:` marker).
 pub(crate) fn parse<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) -> Result<(), ParseError> {
-    let b = text.bytes;
+    let b = rec.bytes;
     let n = b.len();
     let mut parts: [(usize, usize, bool); 7] = [(0, 0, false); 7];
     let mut i = start;
@@ -64,7 +64,7 @@ pub(crate) fn parse<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) -
         return Err(ParseError::new(ErrorKind::NotFortiGate, parts[1].0));
     }
     rec.cef = Some(Box::new(header));
-    parse_extension(text, i, rec);
+    parse_extension(rec, i);
     Ok(())
 }
 
@@ -87,8 +87,8 @@ fn unescaped_eq(b: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-fn parse_extension<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) {
-    let b = text.bytes;
+fn parse_extension(rec: &mut LogRecord<'_>, start: usize) {
+    let b = rec.bytes;
     let n = b.len();
     let mut key_start = start;
     while key_start < n && b[key_start] == b' ' {
@@ -122,8 +122,8 @@ fn parse_extension<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) {
         }
         let raw = &b[value_start.min(value_end)..value_end];
         let value =
-            if raw.contains(&b'\\') { Text::owned(unescape_value(raw)) } else { text.cow(value_start, value_end) };
-        push_mapped(text, key_start, eq, value, rec);
+            if raw.contains(&b'\\') { rec.own_bytes(unescape_value(raw)) } else { rec.span(value_start, value_end) };
+        push_mapped(rec, key_start, eq, value);
         match next {
             Some((ks, e2)) => {
                 key_start = ks;
@@ -135,12 +135,12 @@ fn parse_extension<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) {
 }
 
 /// Renames a CEF key and pushes the pair (`cat` becomes type + subtype).
-fn push_mapped<'a>(text: Text<'a>, key_start: usize, key_end: usize, value: Cow<'a, str>, rec: &mut LogRecord<'a>) {
-    let raw = &text.bytes[key_start..key_end];
+fn push_mapped(rec: &mut LogRecord<'_>, key_start: usize, key_end: usize, value: Ref) {
+    let raw = &rec.bytes[key_start..key_end];
     for prefix in [&b"FTNTFGT"[..], b"FortinetFortiGate", b"ad."] {
         if raw.len() > prefix.len() && raw.starts_with(prefix) {
-            let ks = key_start + prefix.len();
-            rec.push(classify(&raw[prefix.len()..]), text.cow(ks, key_end), value);
+            let key = rec.span(key_start + prefix.len(), key_end);
+            rec.push(classify(&raw[prefix.len()..]), key, value);
             return;
         }
     }
@@ -161,33 +161,33 @@ fn push_mapped<'a>(text: Text<'a>, key_start: usize, key_end: usize, value: Cow<
         b"sourceTranslatedAddress" => "transip",
         b"sourceTranslatedPort" => "transport",
         b"cat" => {
-            let (log_type, subtype) = split_cat(value);
-            rec.push(classify(b"type"), Cow::Borrowed("type"), log_type);
+            // `type:subtype`; a `cat` without `:` is the type alone.
+            let (log_type, subtype) = match rec.split_span(value, b':') {
+                Some((t, s)) => (t, Some(s)),
+                None => match rec.text_of(value).split_once(':') {
+                    Some((t, s)) => {
+                        let (t, s) = (t.to_owned(), s.to_owned());
+                        (rec.own(Cow::Owned(t)), Some(rec.own(Cow::Owned(s))))
+                    }
+                    None => (value, None),
+                },
+            };
+            let key = rec.own(Cow::Borrowed("type"));
+            rec.push(classify(b"type"), key, log_type);
             if let Some(subtype) = subtype {
-                rec.push(classify(b"subtype"), Cow::Borrowed("subtype"), subtype);
+                let key = rec.own(Cow::Borrowed("subtype"));
+                rec.push(classify(b"subtype"), key, subtype);
             }
             return;
         }
         _ => {
-            rec.push(classify(raw), text.cow(key_start, key_end), value);
+            let key = rec.span(key_start, key_end);
+            rec.push(classify(raw), key, value);
             return;
         }
     };
-    rec.push(classify(mapped.as_bytes()), Cow::Borrowed(mapped), value);
-}
-
-/// `type:subtype` → (type, subtype); a `cat` without `:` is the type alone.
-fn split_cat(value: Cow<'_, str>) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
-    match value {
-        Cow::Borrowed(v) => match v.split_once(':') {
-            Some((t, s)) => (Cow::Borrowed(t), Some(Cow::Borrowed(s))),
-            None => (Cow::Borrowed(v), None),
-        },
-        Cow::Owned(v) => match v.split_once(':') {
-            Some((t, s)) => (Cow::Owned(t.to_owned()), Some(Cow::Owned(s.to_owned()))),
-            None => (Cow::Owned(v), None),
-        },
-    }
+    let key = rec.own(Cow::Borrowed(mapped));
+    rec.push(classify(mapped.as_bytes()), key, value);
 }
 
 /// Header unescape: a backslash before one of `specials` is dropped.

@@ -19,13 +19,13 @@ pub fn describe_line(line_no: usize, input: &[u8]) -> String {
             out.push_str("\"format\":\"");
             out.push_str(record.format().as_str());
             out.push_str("\",\"fields\":{");
-            for (i, field) in record.fields().enumerate() {
+            for (i, (key, value)) in record.fields().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                push_json_string(&mut out, &field.key);
+                push_json_string(&mut out, key);
                 out.push(':');
-                push_json_string(&mut out, &field.value);
+                push_json_string(&mut out, value);
             }
             out.push_str("}}");
         }
@@ -62,4 +62,32 @@ pub(crate) fn push_json_string(out: &mut String, s: &str) {
     }
     out.push_str(&s[last..]);
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_lines() {
+        let cases: &[(usize, &[u8], &str)] = &[
+            (
+                1,
+                b"<189>date=2024-05-01 type=\"traffic\" srcip=10.0.0.1 tz=a tz=b msg=\"say \\\"hi\\\"\\ttab\"\r\n",
+                r#"{"line":1,"format":"default","fields":{"date":"2024-05-01","type":"traffic","srcip":"10.0.0.1","tz":"a","msg":"say \"hi\"\\ttab"}}"#,
+            ),
+            (
+                2,
+                b"CEF:0|Fortinet|Fortigate|v7|13|traffic:forward close|3|src=1.2.3.4 dpt=443 cat=traffic:forward msg=a\\nb",
+                r#"{"line":2,"format":"cef","fields":{"srcip":"1.2.3.4","dstport":"443","type":"traffic","subtype":"forward","msg":"a\nb"}}"#,
+            ),
+            (3, b"<999>type=traffic", r#"{"line":3,"error":"bad PRI at byte 1"}"#),
+            (4, b"", r#"{"line":4,"error":"empty message at byte 0"}"#),
+            (5, b"hello", r#"{"line":5,"error":"not a FortiGate log at byte 0"}"#),
+            (6, b"type=x ctl=\"\x01\"", r#"{"line":6,"format":"default","fields":{"type":"x","ctl":"\u0001"}}"#),
+        ];
+        for (line_no, input, want) in cases {
+            assert_eq!(describe_line(*line_no, input), *want);
+        }
+    }
 }

@@ -26,6 +26,9 @@ pub enum ErrorKind {
     /// A JSON body that is not a flat JSON object.
     #[error("bad JSON body")]
     BadJson,
+    /// A message of 2 GiB or more (a record indexes its message with 31-bit offsets).
+    #[error("message too large")]
+    TooLarge,
     /// Readable, but not a FortiGate log: no `key=value` pair with a FortiGate key, or CEF from another vendor.
     #[error("not a FortiGate log")]
     NotFortiGate,
@@ -41,6 +44,7 @@ impl ErrorKind {
             ErrorKind::Truncated => "truncated",
             ErrorKind::BadEscape => "bad_escape",
             ErrorKind::BadJson => "bad_json",
+            ErrorKind::TooLarge => "too_large",
             ErrorKind::NotFortiGate => "not_fortigate",
         }
     }

@@ -324,7 +324,8 @@ mod tests {
     fn table() {
         use Ev::{Err as E, Msg as M};
         let too_long = |len| E(FrameError::TooLong { len, max: 16 });
-        let cases: &[(&str, &[&[u8]], &[Ev])] = &[
+        type Case<'a> = (&'a str, &'a [&'a [u8]], &'a [Ev]);
+        let cases: &[Case] = &[
             ("octet counting", &[b"5 <1>ab3 <2>"], &[M("<1>ab"), M("<2>")]),
             (
                 "octet counting split",
@@ -371,7 +372,8 @@ mod tests {
 
     #[test]
     fn datagrams() {
-        let cases: &[(&[u8], Result<&[u8], FrameError>)] = &[
+        type Case<'a> = (&'a [u8], Result<&'a [u8], FrameError>);
+        let cases: &[Case] = &[
             (b"<189>a=b\n", Ok(b"<189>a=b")),
             (b"<189>a=b\r\n", Ok(b"<189>a=b")),
             (b"<189>a=b\0", Ok(b"<189>a=b")),

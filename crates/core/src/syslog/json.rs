@@ -7,17 +7,29 @@
 //! (`\q`, a bad `\u`) is [`ErrorKind::BadEscape`]; an object cut short is [`ErrorKind::Truncated`]; anything else
 //! that is not a JSON object is [`ErrorKind::BadJson`]. Text after the closing `}` is ignored.
 
-use std::borrow::Cow;
-
 use memchr::memchr2;
 
 use super::error::{ErrorKind, ParseError};
-use super::record::{classify, LogRecord};
-use super::text::Text;
+use super::record::{classify, LogRecord, Ref};
 
 struct Cursor<'a> {
-    text: Text<'a>,
+    b: &'a [u8],
     pos: usize,
+}
+
+/// A string as found: a span of the message, or unescaped bytes.
+enum Str {
+    Span(usize, usize),
+    Unescaped(Vec<u8>),
+}
+
+impl Str {
+    fn into_ref(self, rec: &mut LogRecord<'_>) -> Ref {
+        match self {
+            Str::Span(s, e) => rec.span(s, e),
+            Str::Unescaped(bytes) => rec.own_bytes(bytes),
+        }
+    }
 }
 
 impl<'a> Cursor<'a> {
@@ -26,11 +38,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn peek(&self) -> Result<u8, ParseError> {
-        self.text.bytes.get(self.pos).copied().ok_or_else(|| self.err(ErrorKind::Truncated))
+        self.b.get(self.pos).copied().ok_or_else(|| self.err(ErrorKind::Truncated))
     }
 
     fn ws(&mut self) {
-        while matches!(self.text.bytes.get(self.pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        while matches!(self.b.get(self.pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.pos += 1;
         }
     }
@@ -44,10 +56,10 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A string starting at the opening quote. Returns (raw span start, end, text).
-    fn string(&mut self) -> Result<Cow<'a, str>, ParseError> {
+    /// A string starting at the opening quote.
+    fn string(&mut self) -> Result<Str, ParseError> {
         self.expect(b'"')?;
-        let b = self.text.bytes;
+        let b = self.b;
         let start = self.pos;
         let mut out: Option<Vec<u8>> = None;
         let mut chunk = start;
@@ -60,10 +72,10 @@ impl<'a> Cursor<'a> {
             if b[k] == b'"' {
                 self.pos = k + 1;
                 return Ok(match out {
-                    None => self.text.cow(start, k),
+                    None => Str::Span(start, k),
                     Some(mut buf) => {
                         buf.extend_from_slice(&b[chunk..k]);
-                        Text::owned(buf)
+                        Str::Unescaped(buf)
                     }
                 });
             }
@@ -93,7 +105,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn hex4(&mut self, escape_at: usize) -> Result<u32, ParseError> {
-        let b = self.text.bytes;
+        let b = self.b;
         let Some(digits) = b.get(self.pos..self.pos + 4) else {
             self.pos = b.len();
             return Err(self.err(ErrorKind::Truncated));
@@ -111,7 +123,7 @@ impl<'a> Cursor<'a> {
     fn unicode_escape(&mut self, escape_at: usize) -> Result<char, ParseError> {
         let hi = self.hex4(escape_at)?;
         let code = if (0xD800..0xDC00).contains(&hi) {
-            let b = self.text.bytes;
+            let b = self.b;
             if b.get(self.pos..self.pos + 2) != Some(b"\\u") {
                 return Err(ParseError::new(ErrorKind::BadEscape, escape_at));
             }
@@ -128,8 +140,8 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips a nested object/array (strings respected) and returns its raw text.
-    fn nested(&mut self) -> Result<Cow<'a, str>, ParseError> {
-        let b = self.text.bytes;
+    fn nested(&mut self) -> Result<(usize, usize), ParseError> {
+        let b = self.b;
         let start = self.pos;
         let mut depth = 0usize;
         while self.pos < b.len() {
@@ -143,7 +155,7 @@ impl<'a> Cursor<'a> {
                     depth -= 1;
                     if depth == 0 {
                         self.pos += 1;
-                        return Ok(self.text.cow(start, self.pos));
+                        return Ok((start, self.pos));
                     }
                 }
                 _ => {}
@@ -154,8 +166,8 @@ impl<'a> Cursor<'a> {
     }
 
     /// A number or literal: the bytes up to the next `,`, `}`, `]` or whitespace.
-    fn scalar(&mut self) -> Result<Cow<'a, str>, ParseError> {
-        let b = self.text.bytes;
+    fn scalar(&mut self) -> Result<(usize, usize, bool), ParseError> {
+        let b = self.b;
         let start = self.pos;
         while self.pos < b.len() && !matches!(b[self.pos], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
             self.pos += 1;
@@ -167,13 +179,13 @@ impl<'a> Cursor<'a> {
         if !valid {
             return Err(ParseError::new(ErrorKind::BadJson, start));
         }
-        Ok(self.text.cow(start, self.pos))
+        Ok((start, self.pos, raw == b"null"))
     }
 }
 
 /// Parses a JSON object starting at `start` (at the `{`).
-pub(crate) fn parse<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) -> Result<(), ParseError> {
-    let mut cur = Cursor { text, pos: start };
+pub(crate) fn parse(rec: &mut LogRecord<'_>, start: usize) -> Result<(), ParseError> {
+    let mut cur = Cursor { b: rec.bytes, pos: start };
     cur.expect(b'{')?;
     cur.ws();
     if cur.peek()? == b'}' {
@@ -185,17 +197,22 @@ pub(crate) fn parse<'a>(text: Text<'a>, start: usize, rec: &mut LogRecord<'a>) -
         cur.ws();
         cur.expect(b':')?;
         cur.ws();
-        let (value, is_null) = match cur.peek()? {
-            b'"' => (cur.string()?, false),
-            b'{' | b'[' => (cur.nested()?, false),
+        let value = match cur.peek()? {
+            b'"' => Some(cur.string()?),
+            b'{' | b'[' => {
+                let (s, e) = cur.nested()?;
+                Some(Str::Span(s, e))
+            }
             _ => {
-                let v = cur.scalar()?;
-                let is_null = v == "null";
-                (v, is_null)
+                let (s, e, is_null) = cur.scalar()?;
+                (!is_null).then_some(Str::Span(s, e))
             }
         };
-        if !is_null {
-            rec.push(classify(key.as_bytes()), key, value);
+        if let Some(value) = value {
+            let key = key.into_ref(rec);
+            let value = value.into_ref(rec);
+            let class = classify(rec.text_of(key).as_bytes());
+            rec.push(class, key, value);
         }
         cur.ws();
         match cur.peek()? {

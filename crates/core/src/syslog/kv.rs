@@ -6,10 +6,9 @@
 //! skipped; a token without `=` (FortiOS 4's `time=10: 13:03`) is skipped and counted; junk right after a closing
 //! quote (`msg="..."|`) is skipped; a quote never closed runs to the end of the message and flags the record.
 
-use memchr::{memchr, memchr2};
+use super::scan::{find1, find2};
 
 use super::record::{classify, LogRecord};
-use super::text::Text;
 
 /// True if the body is FortiOS csv: the first value is followed by `,` and another `key=`.
 pub(crate) fn looks_like_csv(b: &[u8], start: usize) -> bool {
@@ -54,8 +53,10 @@ fn closing_quote(b: &[u8], from: usize) -> Option<(usize, bool)> {
     let mut j = from;
     let mut escaped = false;
     while j < b.len() {
-        let off = memchr2(b'"', b'\\', &b[j..])?;
-        let k = j + off;
+        let k = find2(b, j, b'"', b'\\');
+        if k >= b.len() {
+            return None;
+        }
         if b[k] == b'"' {
             return Some((k, escaped));
         }
@@ -84,8 +85,8 @@ fn unescape(b: &[u8]) -> Vec<u8> {
 }
 
 /// Parses pairs from `start` to the end; `sep` is `b' '` (default) or `b','` (csv).
-pub(crate) fn parse_pairs<'a>(text: Text<'a>, start: usize, sep: u8, rec: &mut LogRecord<'a>) {
-    let b = text.bytes;
+pub(crate) fn parse_pairs(rec: &mut LogRecord<'_>, start: usize, sep: u8) {
+    let b = rec.bytes;
     let n = b.len();
     let mut i = start;
     loop {
@@ -96,13 +97,7 @@ pub(crate) fn parse_pairs<'a>(text: Text<'a>, start: usize, sep: u8, rec: &mut L
             break;
         }
         let key_start = i;
-        while i < n {
-            let c = b[i];
-            if c == b'=' || c == b' ' || c == sep {
-                break;
-            }
-            i += 1;
-        }
+        i = find2(b, i, b'=', sep);
         if i >= n || b[i] != b'=' || i == key_start {
             // A bare token, or `=value` with no key: skip it up to the next separator.
             rec.skipped += 1;
@@ -119,12 +114,12 @@ pub(crate) fn parse_pairs<'a>(text: Text<'a>, start: usize, sep: u8, rec: &mut L
                 Some((close, escaped)) => {
                     i = close + 1;
                     if i < n && b[i] != b' ' && b[i] != sep {
-                        i = memchr2(b' ', sep, &b[i..]).map_or(n, |off| i + off);
+                        i = find2(b, i, b' ', sep);
                     }
                     if escaped {
-                        Text::owned(unescape(&b[value_start..close]))
+                        rec.own_bytes(unescape(&b[value_start..close]))
                     } else {
-                        text.cow(value_start, close)
+                        rec.span(value_start, close)
                     }
                 }
                 None => {
@@ -132,17 +127,18 @@ pub(crate) fn parse_pairs<'a>(text: Text<'a>, start: usize, sep: u8, rec: &mut L
                     i = n;
                     let raw = &b[value_start.min(n)..];
                     if raw.contains(&b'\\') {
-                        Text::owned(unescape(raw))
+                        rec.own_bytes(unescape(raw))
                     } else {
-                        text.cow(value_start, n)
+                        rec.span(value_start, n)
                     }
                 }
             }
         } else {
             let value_start = i;
-            i = memchr(sep, &b[i..]).map_or(n, |off| i + off);
-            text.cow(value_start, i)
+            i = find1(b, i, sep);
+            rec.span(value_start, i)
         };
-        rec.push(classify(&b[key_start..key_end]), text.cow(key_start, key_end), value);
+        let key = rec.span(key_start, key_end);
+        rec.push(classify(&b[key_start..key_end]), key, value);
     }
 }

@@ -7,7 +7,7 @@
 //!   relay header, then any body FortiOS sends: default `key=value`, csv, CEF (keys mapped to FortiGate names) and
 //!   JSON. The daemon calls it once per message; `integration parse` and `replay` go through [`describe_line`],
 //!   which prints the contract's JSON line.
-//! - [`LogRecord`]: borrows from the message (`Cow<'a, str>` values, owned only when unescaped), typed accessors for
+//! - [`LogRecord`]: borrows from the message (texts are spans of it; only unescaped values are allocated), typed accessors for
 //!   the fields the daemon matches on ([`LogRecord::srcip`] → `IpAddr`, [`LogRecord::policyid`], ...), FortiOS 4
 //!   aliases, and [`LogRecord::get`] for any other key.
 //!
@@ -42,10 +42,11 @@ mod json;
 mod kv;
 mod parse;
 mod record;
+mod scan;
 mod text;
 
 pub use describe::describe_line;
 pub use error::{ErrorKind, FrameError, ParseError};
 pub use frame::{datagram, FrameDecoder, Framing};
 pub use parse::parse;
-pub use record::{CefHeader, Field, Format, Header, LogRecord, Pri};
+pub use record::{CefHeader, Format, Header, LogRecord, Pri, Rfc5424Header};

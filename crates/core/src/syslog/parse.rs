@@ -9,12 +9,9 @@
 use std::borrow::Cow;
 
 use super::error::{ErrorKind, ParseError};
-use super::record::{Format, Header, LogRecord, Pri};
+use super::record::{Format, Header, LogRecord, Pri, Rfc5424Header, MAX_MESSAGE};
 use super::text::Text;
 use super::{cef, json, kv};
-
-/// Typical number of pairs on a FortiGate line; the field vector starts this large so it rarely regrows.
-const TYPICAL_FIELDS: usize = 48;
 
 /// Parses one message (already framed: a datagram, or one frame from [`FrameDecoder`](super::FrameDecoder)).
 ///
@@ -27,6 +24,9 @@ pub fn parse(message: &[u8]) -> Result<LogRecord<'_>, ParseError> {
         end -= 1;
     }
     let b = &message[..end];
+    if b.len() > MAX_MESSAGE {
+        return Err(ParseError::new(ErrorKind::TooLarge, MAX_MESSAGE));
+    }
     let text = Text::new(b);
     let mut pos = skip_spaces(b, 0);
     if pos == b.len() {
@@ -56,28 +56,27 @@ pub fn parse(message: &[u8]) -> Result<LogRecord<'_>, ParseError> {
     let header_format = match header {
         Header::None => Format::Default,
         Header::Rfc3164 { .. } => Format::Rfc3164,
-        Header::Rfc5424 { .. } => Format::Rfc5424,
+        Header::Rfc5424(_) => Format::Rfc5424,
     };
     let rest = &b[pos..];
-    let mut rec;
+    let mut rec = LogRecord::new(b, text.utf8(), pri, header);
     if rest.starts_with(b"CEF:") || cef_version_pipe(rest) {
-        rec = LogRecord::new(Format::Cef, pri, header, TYPICAL_FIELDS);
+        rec.format = Format::Cef;
         let at = if rest.starts_with(b"CEF:") { pos + 4 } else { pos };
         cef::parse(text, at, &mut rec)?;
     } else if rest[0] == b'{' {
-        rec = LogRecord::new(Format::Json, pri, header, TYPICAL_FIELDS);
-        json::parse(text, pos, &mut rec)?;
+        rec.format = Format::Json;
+        json::parse(&mut rec, pos)?;
         require_fortigate(&rec, pos)?;
     } else if kv::looks_like_csv(b, pos) {
-        rec = LogRecord::new(Format::Csv, pri, header, TYPICAL_FIELDS);
-        kv::parse_pairs(text, pos, b',', &mut rec);
+        rec.format = Format::Csv;
+        kv::parse_pairs(&mut rec, pos, b',');
         require_fortigate(&rec, pos)?;
     } else {
-        rec = LogRecord::new(header_format, pri, header, TYPICAL_FIELDS);
-        kv::parse_pairs(text, pos, b' ', &mut rec);
+        rec.format = header_format;
+        kv::parse_pairs(&mut rec, pos, b' ');
         require_fortigate(&rec, pos)?;
     }
-    rec.lossy = text.is_lossy();
     Ok(rec)
 }
 
@@ -188,7 +187,7 @@ fn rfc5424(text: Text<'_>, pos: usize) -> Result<(Header<'_>, usize), ParseError
     if b[body..].starts_with(b"\xEF\xBB\xBF") {
         body += 3;
     }
-    let header = Header::Rfc5424 {
+    let header = Header::Rfc5424(Box::new(Rfc5424Header {
         version,
         timestamp: nil_or(text, spans[0]),
         hostname: nil_or(text, spans[1]),
@@ -196,7 +195,7 @@ fn rfc5424(text: Text<'_>, pos: usize) -> Result<(Header<'_>, usize), ParseError
         procid: nil_or(text, spans[3]),
         msgid: nil_or(text, spans[4]),
         structured_data: nil_or(text, sd),
-    };
+    }));
     Ok((header, body))
 }
 
@@ -295,7 +294,9 @@ mod tests {
                 assert_eq!((error.kind, error.offset), (*kind, *offset), "{name}: error");
             }
             (Expect::Ok(..), Err(error)) => panic!("{name}: expected a record, got error {error}"),
-            (Expect::Err(kind, _), Ok(record)) => panic!("{name}: expected {kind}, got {record:#?}"),
+            (Expect::Err(kind, _), Ok(record)) => {
+                panic!("{name}: expected {kind}, got {record:#?}")
+            }
         }
     }
 
@@ -424,13 +425,13 @@ mod tests {
         assert_eq!(r.log_type(), Some("event"));
         assert_eq!(r.duplicate_keys(), 3);
         assert_eq!(r.len(), 6);
-        let keys: Vec<&str> = r.fields().map(|f| f.key.as_ref()).collect();
+        let keys: Vec<&str> = r.fields().map(|(k, _)| k).collect();
         assert_eq!(keys, ["tz", "type", "msg"]);
-        // Only the escaped value allocates.
-        for f in r.raw_fields() {
-            let owned = matches!(f.value, Cow::Owned(_));
-            assert_eq!(owned, f.key == "msg", "{f:?}");
-            assert!(matches!(f.key, Cow::Borrowed(_)));
+        // Only the escaped value is a copy; everything else points into the message.
+        let inside = |s: &str| line.as_ptr_range().contains(&s.as_ptr());
+        for (key, value) in r.raw_fields() {
+            assert!(inside(key), "{key}");
+            assert_eq!(inside(value), key != "msg", "{key}={value}");
         }
     }
 
@@ -441,7 +442,7 @@ mod tests {
         assert_eq!(r.srcip(), Some("10.0.0.1".parse::<IpAddr>().expect("literal")));
         assert_eq!(r.get("msg"), Some("caf\u{FFFD}"));
         assert_eq!(r.get("user"), Some("\u{FFFD}\u{FFFD}"));
-        assert!(matches!(r.raw_fields()[0].value, Cow::Borrowed(_)));
+        assert_eq!(r.raw_fields().next(), Some(("type", "traffic")));
     }
 
     #[test]
@@ -450,7 +451,7 @@ mod tests {
             .expect("parses");
         assert_eq!(
             r.header(),
-            &Header::Rfc5424 {
+            &Header::Rfc5424(Box::new(Rfc5424Header {
                 version: 1,
                 timestamp: Some("2003-10-11T22:14:15.003Z".into()),
                 hostname: Some("fw.example.com".into()),
@@ -458,7 +459,7 @@ mod tests {
                 procid: None,
                 msgid: Some("ID47".into()),
                 structured_data: Some("[x@1 k=\"v\"]".into()),
-            }
+            }))
         );
         assert_eq!(r.pri().map(|p| (p.facility, p.severity, p.severity_name())), Some((20, 5, "notice")));
     }

@@ -1,13 +1,17 @@
 //! [`LogRecord`]: one parsed FortiGate log message, borrowing from the input buffer.
 //!
-//! A record is a `Vec` of [`Field`]s in line order (duplicates kept, so parsing never looks back) plus a small
-//! fixed table that remembers, for the keys the daemon reads on every line (srcip, policyid, action, type, subtype,
-//! srcintf, ...), where their first occurrence sits. Those accessors are O(1); any other key is a linear
-//! [`LogRecord::get`], fine for the ~50 keys of a FortiGate line.
+//! A record is a `Vec` of 16-byte pairs of spans into the message, in line order (duplicates kept, so parsing
+//! never looks back), plus a small fixed table that remembers, for the keys the daemon reads on every line (srcip,
+//! policyid, action, type, subtype, srcintf, ...), where their first occurrence sits. Those accessors are O(1); any
+//! other key is a linear [`LogRecord::get`], fine for the ~50 keys of a FortiGate line.
 //!
-//! Values are `Cow<'a, str>`: borrowed from the message unless unescaping (or a lossy UTF-8 repair) had to
-//! allocate. Duplicate keys: the first occurrence wins everywhere (`get`, the typed accessors, [`LogRecord::fields`]);
-//! the rest are counted by [`LogRecord::duplicate_keys`] on demand.
+//! Design decision: spans, not a `Vec<(Cow, Cow)>`. A text is either a span of the message (`&'a str`, no copy) or
+//! an index into a side table of `Cow<'a, str>` that holds the few texts that had to be unescaped (allocated), the
+//! CEF names mapped to FortiGate's (`&'static str`), and lossy UTF-8 repairs. A 48-byte `(Cow, Cow)` per pair was
+//! measured at half the throughput (store-forwarding stalls moving it into the vector).
+//!
+//! Duplicate keys: the first occurrence wins everywhere (`get`, the typed accessors, [`LogRecord::fields`]); the rest
+//! are counted by [`LogRecord::duplicate_keys`] on demand.
 //!
 //! FortiOS 4 names resolve through the typed accessors: `src`→srcip, `dst`→dstip, `src_port`→srcport,
 //! `dst_port`→dstport, `log_id`→logid, `device_id`→devid, `src_int`→srcintf, `dst_int`→dstintf, and `status`→action
@@ -88,17 +92,21 @@ pub enum Header<'a> {
     /// `Mmm dd hh:mm:ss [host] `, wazuh's `YYYY Mmm dd hh:mm:ss host->ip `, or a relay's
     /// `YYYY-MM-DDThh:mm:ss[.frac]TZ host `.
     Rfc3164 { timestamp: Cow<'a, str>, hostname: Option<Cow<'a, str>> },
-    /// `VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA`.
-    Rfc5424 {
-        version: u16,
-        timestamp: Option<Cow<'a, str>>,
-        hostname: Option<Cow<'a, str>>,
-        app_name: Option<Cow<'a, str>>,
-        procid: Option<Cow<'a, str>>,
-        msgid: Option<Cow<'a, str>>,
-        /// The raw structured data (`[id k="v"]...`), not interpreted.
-        structured_data: Option<Cow<'a, str>>,
-    },
+    /// `VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA` (boxed: keeps the record small).
+    Rfc5424(Box<Rfc5424Header<'a>>),
+}
+
+/// The fields of an RFC 5424 header, as sent; `None` for the NILVALUE `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rfc5424Header<'a> {
+    pub version: u16,
+    pub timestamp: Option<Cow<'a, str>>,
+    pub hostname: Option<Cow<'a, str>>,
+    pub app_name: Option<Cow<'a, str>>,
+    pub procid: Option<Cow<'a, str>>,
+    pub msgid: Option<Cow<'a, str>>,
+    /// The raw structured data (`[id k="v"]...`), not interpreted.
+    pub structured_data: Option<Cow<'a, str>>,
 }
 
 /// The CEF header fields (`CEF:Version|Vendor|Product|DeviceVersion|SignatureID|Name|Severity|`), unescaped.
@@ -113,12 +121,24 @@ pub struct CefHeader<'a> {
     pub severity: Cow<'a, str>,
 }
 
-/// One `key=value` pair, with FortiGate's key name (CEF keys already mapped).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Field<'a> {
-    pub key: Cow<'a, str>,
-    pub value: Cow<'a, str>,
+/// A text of the record: `len` high bit clear = `message[start..start + len]`; set = `owned[start]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ref {
+    start: u32,
+    len: u32,
 }
+
+const OWNED: u32 = 1 << 31;
+
+/// One `key=value` pair as two texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pair {
+    key: Ref,
+    value: Ref,
+}
+
+/// Largest message a record can index (spans are 31-bit); far above any `max_message_bytes`.
+pub(crate) const MAX_MESSAGE: usize = (OWNED - 1) as usize;
 
 /// Slots of the keys read on the hot path, by first occurrence. `u16::MAX` = absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +174,9 @@ pub(crate) enum Hot {
 pub(crate) const HOT_COUNT: usize = Hot::DstInt as usize + 1;
 const ABSENT: u16 = u16::MAX;
 
+/// Typical number of pairs on a FortiGate line; the pair vector starts this large so it rarely regrows.
+const TYPICAL_FIELDS: usize = 48;
+
 /// What a key means to the parser: a hot slot, a key that only FortiGate uses (proof that a `key=value` body is a
 /// FortiGate log), or nothing special.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,37 +186,66 @@ pub(crate) enum KeyClass {
     Other,
 }
 
-/// Classifies a key. Called once per pair: keep it a plain `match` on bytes.
+/// Classifies a key. Called once per pair: dispatch on length first so most keys cost one or two compares.
 #[inline]
 pub(crate) fn classify(key: &[u8]) -> KeyClass {
     use Hot::*;
     use KeyClass::{Hot as H, Marker, Other};
-    match key {
-        b"srcip" => H(SrcIp),
-        b"dstip" => H(DstIp),
-        b"srcport" => H(SrcPort),
-        b"dstport" => H(DstPort),
-        b"proto" => H(Proto),
-        b"policyid" => H(PolicyId),
-        b"action" => H(Action),
-        b"type" => H(Type),
-        b"subtype" => H(Subtype),
-        b"devname" => H(DevName),
-        b"devid" => H(DevId),
-        b"vd" => H(Vd),
-        b"srcintf" => H(SrcIntf),
-        b"dstintf" => H(DstIntf),
-        b"logid" => H(LogId),
-        b"src" => H(Src),
-        b"dst" => H(Dst),
-        b"src_port" => H(SrcPortV4),
-        b"dst_port" => H(DstPortV4),
-        b"status" => H(Status),
-        b"log_id" => H(LogIdV4),
-        b"device_id" => H(DeviceId),
-        b"src_int" => H(SrcInt),
-        b"dst_int" => H(DstInt),
-        b"date" | b"time" | b"eventtime" | b"logver" | b"itime" | b"tz" | b"logdesc" | b"sessionid" => Marker,
+    match key.len() {
+        2 => match key {
+            b"vd" => H(Vd),
+            b"tz" => Marker,
+            _ => Other,
+        },
+        3 => match key {
+            b"src" => H(Src),
+            b"dst" => H(Dst),
+            _ => Other,
+        },
+        4 => match key {
+            b"type" => H(Type),
+            b"date" | b"time" => Marker,
+            _ => Other,
+        },
+        5 => match key {
+            b"srcip" => H(SrcIp),
+            b"dstip" => H(DstIp),
+            b"proto" => H(Proto),
+            b"devid" => H(DevId),
+            b"logid" => H(LogId),
+            b"itime" => Marker,
+            _ => Other,
+        },
+        6 => match key {
+            b"action" => H(Action),
+            b"status" => H(Status),
+            b"log_id" => H(LogIdV4),
+            b"logver" => Marker,
+            _ => Other,
+        },
+        7 => match key {
+            b"srcport" => H(SrcPort),
+            b"dstport" => H(DstPort),
+            b"subtype" => H(Subtype),
+            b"devname" => H(DevName),
+            b"srcintf" => H(SrcIntf),
+            b"dstintf" => H(DstIntf),
+            b"src_int" => H(SrcInt),
+            b"dst_int" => H(DstInt),
+            b"logdesc" => Marker,
+            _ => Other,
+        },
+        8 => match key {
+            b"policyid" => H(PolicyId),
+            b"src_port" => H(SrcPortV4),
+            b"dst_port" => H(DstPortV4),
+            _ => Other,
+        },
+        9 => match key {
+            b"device_id" => H(DeviceId),
+            b"eventtime" | b"sessionid" => Marker,
+            _ => Other,
+        },
         _ => Other,
     }
 }
@@ -201,40 +253,104 @@ pub(crate) fn classify(key: &[u8]) -> KeyClass {
 /// One parsed FortiGate log message. Borrows from the message bytes (`'a`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord<'a> {
+    pub(crate) bytes: &'a [u8],
+    /// The message as text, `None` if it is not valid UTF-8 (then every text is a lossy copy in `owned`).
+    pub(crate) utf8: Option<&'a str>,
     pub(crate) format: Format,
     pub(crate) pri: Option<Pri>,
     pub(crate) header: Header<'a>,
     pub(crate) cef: Option<Box<CefHeader<'a>>>,
-    pub(crate) fields: Vec<Field<'a>>,
+    pairs: Vec<Pair>,
+    owned: Vec<Cow<'a, str>>,
     pub(crate) hot: [u16; HOT_COUNT],
     pub(crate) marker: bool,
-    pub(crate) lossy: bool,
     pub(crate) unterminated: bool,
     pub(crate) skipped: u32,
 }
 
 impl<'a> LogRecord<'a> {
-    pub(crate) fn new(format: Format, pri: Option<Pri>, header: Header<'a>, capacity: usize) -> Self {
+    /// `bytes` must be at most [`MAX_MESSAGE`] long (checked by `parse`).
+    pub(crate) fn new(bytes: &'a [u8], utf8: Option<&'a str>, pri: Option<Pri>, header: Header<'a>) -> Self {
         LogRecord {
-            format,
+            bytes,
+            utf8,
+            format: Format::Default,
             pri,
             header,
             cef: None,
-            fields: Vec::with_capacity(capacity),
+            pairs: Vec::with_capacity(TYPICAL_FIELDS),
+            owned: Vec::new(),
             hot: [ABSENT; HOT_COUNT],
             marker: false,
-            lossy: false,
             unterminated: false,
             skipped: 0,
         }
     }
 
+    /// The text `bytes[start..end]`: a span when the message is UTF-8 (the common case), else a lossy copy.
+    #[inline]
+    pub(crate) fn span(&mut self, start: usize, end: usize) -> Ref {
+        if let Some(s) = self.utf8 {
+            if start <= end && end <= s.len() && s.is_char_boundary(start) && s.is_char_boundary(end) {
+                // Lossless: end <= len <= MAX_MESSAGE < 2^31.
+                return Ref { start: start as u32, len: (end - start) as u32 };
+            }
+        }
+        let text = match self.bytes.get(start..end) {
+            Some(b) => String::from_utf8_lossy(b),
+            None => Cow::Borrowed(""),
+        };
+        self.own(text)
+    }
+
+    /// A text that is not a span of the message (unescaped, mapped or repaired).
+    pub(crate) fn own(&mut self, text: Cow<'a, str>) -> Ref {
+        let index = self.owned.len();
+        self.owned.push(text);
+        Ref { start: u32::try_from(index).unwrap_or(u32::MAX), len: OWNED }
+    }
+
+    /// Unescaped bytes as an owned text (lossy if they are not UTF-8).
+    pub(crate) fn own_bytes(&mut self, bytes: Vec<u8>) -> Ref {
+        let text = match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        self.own(Cow::Owned(text))
+    }
+
+    /// Splits a span at the first `sep` byte; `None` for owned texts or when `sep` is absent.
+    pub(crate) fn split_span(&self, r: Ref, sep: u8) -> Option<(Ref, Ref)> {
+        if r.len & OWNED != 0 {
+            return None;
+        }
+        let start = r.start as usize;
+        let off = self.bytes.get(start..start + r.len as usize)?.iter().position(|&c| c == sep)?;
+        // Lossless: off < r.len < 2^31.
+        let off = off as u32;
+        Some((Ref { start: r.start, len: off }, Ref { start: r.start + off + 1, len: r.len - off - 1 }))
+    }
+
+    /// The text a [`Ref`] stands for.
+    pub(crate) fn text_of(&self, r: Ref) -> &str {
+        self.text(r)
+    }
+
+    #[inline]
+    fn text(&self, r: Ref) -> &str {
+        if r.len & OWNED != 0 {
+            return self.owned.get(r.start as usize).map_or("", |c| c.as_ref());
+        }
+        let (start, end) = (r.start as usize, r.start as usize + r.len as usize);
+        self.utf8.and_then(|s| s.get(start..end)).unwrap_or("")
+    }
+
     /// Appends a pair; `class` is `classify(key)` (computed by the caller from the raw key bytes).
     #[inline]
-    pub(crate) fn push(&mut self, class: KeyClass, key: Cow<'a, str>, value: Cow<'a, str>) {
+    pub(crate) fn push(&mut self, class: KeyClass, key: Ref, value: Ref) {
         match class {
             KeyClass::Hot(slot) => {
-                let index = self.fields.len();
+                let index = self.pairs.len();
                 let cell = &mut self.hot[slot as usize];
                 if *cell == ABSENT && index < usize::from(ABSENT) {
                     // Lossless: index < u16::MAX was just checked.
@@ -244,7 +360,7 @@ impl<'a> LogRecord<'a> {
             KeyClass::Marker => self.marker = true,
             KeyClass::Other => {}
         }
-        self.fields.push(Field { key, value });
+        self.pairs.push(Pair { key, value });
     }
 
     /// The wire format (see [`Format`]).
@@ -269,39 +385,39 @@ impl<'a> LogRecord<'a> {
 
     /// Number of pairs, duplicates included.
     pub fn len(&self) -> usize {
-        self.fields.len()
+        self.pairs.len()
     }
 
     /// True if the body carried no pair at all.
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.pairs.is_empty()
     }
 
-    /// Every pair in line order, duplicates included (see [`LogRecord::fields`] for first-wins).
-    pub fn raw_fields(&self) -> &[Field<'a>] {
-        &self.fields
+    /// Every `(key, value)` in line order, duplicates included (see [`LogRecord::fields`] for first-wins).
+    pub fn raw_fields(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.pairs.iter().map(|p| (self.text(p.key), self.text(p.value)))
     }
 
-    /// Pairs in line order, each key once (its first occurrence). O(n²) in the number of keys: for output and
-    /// tests, not for the per-line hot path.
-    pub fn fields(&self) -> impl Iterator<Item = &Field<'a>> + '_ {
-        self.fields
-            .iter()
-            .enumerate()
-            .filter(|(i, f)| !self.fields[..*i].iter().any(|g| g.key == f.key))
-            .map(|(_, f)| f)
+    /// `(key, value)` in line order, each key once (its first occurrence). O(n²) in the number of keys: for
+    /// output and tests, not for the per-line hot path.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.pairs.iter().enumerate().filter_map(|(i, p)| {
+            let key = self.text(p.key);
+            let seen = self.pairs[..i].iter().any(|q| self.text(q.key) == key);
+            (!seen).then(|| (key, self.text(p.value)))
+        })
     }
 
     /// How many pairs repeat a key seen earlier on the line (those values are ignored: the first one wins).
     pub fn duplicate_keys(&self) -> usize {
-        let mut keys: Vec<&str> = self.fields.iter().map(|f| f.key.as_ref()).collect();
+        let mut keys: Vec<&str> = self.pairs.iter().map(|p| self.text(p.key)).collect();
         keys.sort_unstable();
         keys.windows(2).filter(|w| w[0] == w[1]).count()
     }
 
-    /// True if some bytes were not UTF-8 and were replaced by U+FFFD in the values that held them.
+    /// True if the message was not valid UTF-8: invalid bytes were replaced by U+FFFD in the texts that held them.
     pub fn is_lossy(&self) -> bool {
-        self.lossy
+        self.utf8.is_none()
     }
 
     /// True if the last quoted value had no closing quote (the value runs to the end of the message).
@@ -319,7 +435,7 @@ impl<'a> LogRecord<'a> {
         if let KeyClass::Hot(slot) = classify(key.as_bytes()) {
             return self.slot(slot);
         }
-        self.fields.iter().find(|f| f.key == key).map(|f| f.value.as_ref())
+        self.pairs.iter().find(|p| self.text(p.key) == key).map(|p| self.text(p.value))
     }
 
     #[inline]
@@ -328,7 +444,7 @@ impl<'a> LogRecord<'a> {
         if index == ABSENT {
             return None;
         }
-        self.fields.get(usize::from(index)).map(|f| f.value.as_ref())
+        self.pairs.get(usize::from(index)).map(|p| self.text(p.value))
     }
 
     #[inline]

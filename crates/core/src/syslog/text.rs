@@ -21,9 +21,9 @@ impl<'a> Text<'a> {
         Text { bytes, utf8: std::str::from_utf8(bytes).ok() }
     }
 
-    /// True if the message was not valid UTF-8.
-    pub(crate) fn is_lossy(&self) -> bool {
-        self.utf8.is_none()
+    /// The message as `&str`, if it is valid UTF-8.
+    pub(crate) fn utf8(&self) -> Option<&'a str> {
+        self.utf8
     }
 
     /// `bytes[start..end]` as text, borrowed whenever possible. Out-of-range spans give "" (never panics).

@@ -121,6 +121,12 @@ pub struct RecordedRequest {
     /// Method + path template, e.g. `DELETE /api/v2/cmdb/firewall/addrgrp/{name}/member/{member}`.
     pub route: String,
     pub body: String,
+    /// Arrival order, from 1 (kept across [`FortiGateEmulator::reset_requests`]).
+    pub seq: u64,
+    /// When the request arrived (for rate checks).
+    pub at: std::time::Instant,
+    /// The HTTP status answered; `None` while in flight or when the connection was dropped (fault).
+    pub status: Option<u16>,
 }
 
 struct FaultRule {
@@ -148,6 +154,8 @@ struct Inner {
     log: Vec<RecordedRequest>,
     /// TCP connections accepted (to check the client reuses connections).
     connections: u64,
+    /// Last [`RecordedRequest::seq`] given.
+    seq: u64,
 }
 
 impl Inner {
@@ -232,6 +240,7 @@ impl FortiGateEmulator {
             counts: BTreeMap::new(),
             log: Vec::new(),
             connections: 0,
+            seq: 0,
         })));
         let cancel = CancellationToken::new();
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -600,6 +609,16 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap, query: &[(String, String
 }
 
 async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req: Request) -> Response {
+    let (response, seq) = record_and_answer(&shared, req).await;
+    let mut inner = shared.lock();
+    if let Some(entry) = inner.log.iter_mut().rev().find(|e| e.seq == seq) {
+        entry.status = Some(response.status().as_u16());
+    }
+    response
+}
+
+/// Records the request (returning its `seq`) and answers it: latency, fault, then the endpoint.
+async fn record_and_answer(shared: &Shared, req: Request) -> (Response, u64) {
     let (parts, body) = req.into_parts();
     let conn = parts.extensions.get::<Conn>().cloned();
     let body = axum::body::to_bytes(body, 4 << 20).await.unwrap_or_default();
@@ -608,38 +627,43 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req:
     let (route, template) = classify(&path);
     let route_key = format!("{method} {template}");
 
-    let (latency, fault) = {
+    let (latency, fault, seq) = {
         let mut inner = shared.lock();
         *inner.counts.entry(route_key.clone()).or_default() += 1;
+        inner.seq += 1;
+        let seq = inner.seq;
         inner.log.push(RecordedRequest {
             method: method.to_string(),
             path: path.clone(),
             query: parts.uri.query().map(str::to_string),
             route: route_key.clone(),
             body: String::from_utf8_lossy(&body).into_owned(),
+            seq,
+            at: std::time::Instant::now(),
+            status: None,
         });
-        (inner.latency, inner.take_fault(&route_key))
+        (inner.latency, inner.take_fault(&route_key), seq)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    match fault {
+    let response = match fault {
         Some(Fault::Drop) => {
             if let Some(conn) = &conn {
                 conn.kill.notify_one();
             }
             return std::future::pending().await;
         }
-        Some(Fault::Status(s)) => return plain(s, "Service Unavailable"),
-        Some(Fault::TooManyRequests) => return plain(429, "Too Many Requests"),
+        Some(Fault::Status(s)) => plain(s, "Service Unavailable"),
+        Some(Fault::TooManyRequests) => plain(429, "Too Many Requests"),
         Some(Fault::SlowAnswer(delay)) => {
-            let response = respond(&shared, &parts, &body, route, conn);
+            let response = respond(shared, &parts, &body, route, conn);
             tokio::time::sleep(delay).await;
-            return response;
+            response
         }
-        None => {}
-    }
-    respond(&shared, &parts, &body, route, conn)
+        None => respond(shared, &parts, &body, route, conn),
+    };
+    (response, seq)
 }
 
 /// Authentication, then the endpoint itself, under one lock.
