@@ -304,7 +304,6 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     let misp = misp_builder.seed(seed).start().await?;
     let misp_ca_path = dir.join("misp-ca.pem");
     std::fs::write(&misp_ca_path, misp.ca_pem().expect("a TLS emulator has a CA"))?;
-    seed_fortigate(&fortigate);
     say(&format!("FortiGate emulator {}  MISP emulator {} ({} events)", fortigate.url(), misp.url(), events.len()));
 
     // The config: lab.toml with the emulators' addresses and free loopback ports filled in.
@@ -328,6 +327,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     write_private(&config_path, &text)?;
     let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("derived config: {e}"))?;
     say(&format!("config {}", config_path.display()));
+    seed_fortigate(&fortigate, &config);
 
     // What fortimisp-core says should happen to each address of the sample.
     let plan = Plan::build(&config, &lines, &events).await?;
@@ -474,13 +474,14 @@ fn derive_config(mut raw: toml::Table, o: &Overrides<'_>) -> Result<String> {
 }
 
 /// One fortimisp block made 120 days ago and one object somebody else put in the block group.
-fn seed_fortigate(fortigate: &FortiGateEmulator) {
+fn seed_fortigate(fortigate: &FortiGateEmulator, config: &Config) {
     let created = Utc::now() - chrono::Duration::days(OLD_BLOCK_AGE_DAYS);
     let comment = Comment::new(created, "1", &format!("indicator={OLD_BLOCK}/32 seeded by the lab"));
-    let name = format!("misp-{OLD_BLOCK}");
+    let name = object_name(config, OLD_BLOCK.parse().expect("OLD_BLOCK is an address"));
     fortigate.seed_address(&name, &format!("{OLD_BLOCK}/32"), comment.as_str());
     fortigate.seed_address(FOREIGN_OBJECT, FOREIGN_SUBNET, "added by hand by the network team");
-    fortigate.seed_group(Table::Addrgrp, "MISP_BLOCK", &[&name, FOREIGN_OBJECT], "deny policy fortimisp-block-in");
+    let group = &config.fortigate.block_group;
+    fortigate.seed_group(Table::Addrgrp, group, &[&name, FOREIGN_OBJECT], "deny policy fortimisp-block-in");
 }
 
 fn object_name(config: &Config, ip: IpAddr) -> String {
@@ -908,7 +909,7 @@ pub fn render_table(report: &Report) -> String {
     out.push_str(&columns(&rows));
     let hk = &report.housekeeping;
     out.push_str(&format!(
-        "\nHOUSEKEEPING (--once, exit {})\n  misp-{OLD_BLOCK} (blocked {OLD_BLOCK_AGE_DAYS} days ago, max_age 90d): {}\n  \
+        "\nHOUSEKEEPING (--once, exit {})\n  {OLD_BLOCK} (blocked {OLD_BLOCK_AGE_DAYS} days ago, older than max_age): {}\n  \
          {FOREIGN_OBJECT} (in the block group, not fortimisp's): {}\n",
         hk.exit_code.map_or("-".into(), |c| c.to_string()),
         if hk.old_block_removed { "removed" } else { "STILL THERE" },
