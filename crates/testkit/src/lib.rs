@@ -4,9 +4,11 @@
 //! - [`fortigate`]: an axum FortiGate REST emulator (cmdb address/addrgrp, members, banned IPs) with test hooks.
 //! - [`tls`]: a throw-away rcgen CA issuing loopback server certificates, and the rustls server config.
 //! - [`misp`]: an axum MISP emulator (restSearch, feeds, sightings, warninglists) with test hooks.
+//! - [`lab`]: the lab behind the `lab` binary: both emulators, the real daemons, a replayed sample, a report.
 //!
 //! Never a dependency of the daemons.
 
 pub mod fortigate;
+pub mod lab;
 pub mod misp;
 pub mod tls;

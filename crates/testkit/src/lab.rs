@@ -1,0 +1,1008 @@
+//! The lab: the whole loop on one machine, with the real daemons and emulated servers.
+//!
+//! [`run`] starts the FortiGate and MISP emulators over HTTPS (each with a throw-away CA written to the work
+//! directory), seeds MISP from `lab/seed.json` and the FortiGate with one 120-day-old fortimisp block and one
+//! object that belongs to somebody else, writes a config derived from `config/lab.toml`, spawns the real
+//! `integration` daemon, replays `lab/sample.log` over UDP while showing the daemon's own metrics, runs
+//! `housekeeping --once`, stops the daemon with SIGTERM and returns a [`Report`]: what was blocked and why (MISP
+//! event, trigger rule), and what was deliberately not blocked and why.
+//!
+//! Design decision: the lab is a config plus emulators, never a second code path. The daemons are the shipped
+//! binaries, started as child processes with a config in the production format; the lab only replaces the
+//! addresses, CA files and state path of `lab.toml` (see its header). What the lab *expects* is computed with
+//! fortimisp-core's own definitions (`policy::Triggers`, `policy::NeverBlock`, `view::full` against the MISP
+//! emulator), and what it *reports* is read back from the FortiGate emulator and the journal, so the report
+//! checks the daemon rather than repeating it.
+//!
+//! The lab data is compiled in (`config/lab.toml`, `lab/seed.json`, `lab/sample.log`), so the binary runs from
+//! any directory and in a container; `--config`, `--seed` and `--sample` replace them.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use fortimisp_core::config::{Check, Config, RawConfig, TriggerRule};
+use fortimisp_core::fortigate::Comment;
+use fortimisp_core::indicators::IndicatorSet;
+use fortimisp_core::journal::{BlockRecord, Journal};
+use fortimisp_core::misp::SearchQuery;
+use fortimisp_core::policy::{LineFacts, NeverBlock, Protected, Triggers};
+use fortimisp_core::{clients, syslog, view};
+
+use crate::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
+use crate::misp::{MispEmulator, Seed};
+use crate::tls::{server_config, TestCa};
+
+/// `config/lab.toml`, compiled in.
+pub const LAB_TOML: &str = include_str!("../../../config/lab.toml");
+/// `lab/seed.json`, compiled in.
+pub const SEED_JSON: &str = include_str!("../../../lab/seed.json");
+/// `lab/sample.log`, compiled in.
+pub const SAMPLE_LOG: &str = include_str!("../../../lab/sample.log");
+
+/// The address of the pre-seeded block that housekeeping must age out (an indicator of seed event 1).
+const OLD_BLOCK: &str = "198.51.100.66";
+/// How old that block is made to look.
+const OLD_BLOCK_AGE_DAYS: i64 = 120;
+/// An object in the block group that fortimisp did not create: it must survive everything.
+const FOREIGN_OBJECT: &str = "partner-blocklist-1";
+const FOREIGN_SUBNET: &str = "192.0.2.200/32";
+/// Upper bound for the daemon to become healthy, for the mirror's first sync, and for the replay to settle.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What to run; see `lab --help`.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A config in the production format; `None`: the compiled-in `config/lab.toml`.
+    pub config: Option<PathBuf>,
+    /// A MISP emulator seed; `None`: the compiled-in `lab/seed.json`.
+    pub seed: Option<PathBuf>,
+    /// Log lines to replay; `None`: the compiled-in `lab/sample.log`.
+    pub sample: Option<PathBuf>,
+    /// Where `integration` and `housekeeping` are; `None`: next to the running executable.
+    pub bin_dir: Option<PathBuf>,
+    /// Never run `cargo build` for the daemons, even when started by cargo.
+    pub no_build: bool,
+    /// Work directory (config, CA files, journal, daemon logs); `None`: a new one under the temp dir.
+    pub dir: Option<PathBuf>,
+    /// Lines sent per second.
+    pub rate: f64,
+    /// No live progress.
+    pub headless: bool,
+}
+
+/// Everything the lab found, printed as a table or JSON.
+#[derive(Debug)]
+pub struct Report {
+    pub dir: PathBuf,
+    /// Where the daemons that ran are.
+    pub bin_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub fortigate_url: String,
+    pub fortigate_token: String,
+    pub fortigate_ca: PathBuf,
+    pub progress: Progress,
+    pub blocked: Vec<Blocked>,
+    pub not_blocked: Vec<NotBlocked>,
+    pub housekeeping: Housekeeping,
+    /// Expected blocks that did not land, and blocks nobody expected: empty when the loop worked.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// One block on the FortiGate, as the journal explains it.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    pub ip: IpAddr,
+    pub object: String,
+    pub group: String,
+    pub event_id: Option<u64>,
+    pub event_info: String,
+    /// The MISP indicator that matched (an address, or the CIDR containing it).
+    pub indicator: String,
+    pub rule: Option<usize>,
+    pub rule_text: String,
+    /// Line numbers of the sample that named this address.
+    pub lines: Vec<usize>,
+    /// The object exists on the FortiGate and is a member of `group`.
+    pub on_fortigate: bool,
+}
+
+/// An address from the sample that was deliberately not blocked.
+#[derive(Debug, Clone)]
+pub struct NotBlocked {
+    pub ip: IpAddr,
+    /// `never-block`, `allowlisted`, `warninglisted`, `not-ids`, `unknown` or `no-trigger`.
+    pub kind: &'static str,
+    pub why: String,
+    pub lines: Vec<usize>,
+}
+
+/// What `housekeeping --once` did with the pre-seeded objects.
+#[derive(Debug, Clone, Default)]
+pub struct Housekeeping {
+    pub exit_code: Option<i32>,
+    pub old_block_removed: bool,
+    pub foreign_untouched: bool,
+}
+
+/// The daemon's counters, scraped from its `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub sent: u64,
+    pub total: u64,
+    pub received: u64,
+    pub triggered: u64,
+    /// Candidate addresses dropped as never-block (private/reserved or `never_block`).
+    pub never_block: u64,
+    pub lookups: u64,
+    pub blocks: u64,
+    pub dropped: u64,
+    pub pending: u64,
+}
+
+impl Progress {
+    fn from_metrics(text: &str, sent: u64, total: u64) -> Progress {
+        Progress {
+            sent,
+            total,
+            received: sum(text, "fortimisp_messages_received_total", None),
+            triggered: sum(text, "fortimisp_lines_triggered_total", None),
+            never_block: sum(text, "fortimisp_candidates_total", Some("outcome=\"never_block\"")),
+            lookups: sum(text, "fortimisp_lookups_total", None),
+            blocks: sum(text, "fortimisp_blocks_total", Some("outcome=\"blocked\"")),
+            dropped: sum(text, "fortimisp_messages_dropped_total", None),
+            pending: sum(text, "fortimisp_pending_actions", None),
+        }
+    }
+
+    /// One status line.
+    pub fn line(&self) -> String {
+        format!(
+            "lines {}/{}  received {}  triggered {}  never-block {}  lookups {}  blocks {}  dropped {}",
+            self.sent,
+            self.total,
+            self.received,
+            self.triggered,
+            self.never_block,
+            self.lookups,
+            self.blocks,
+            self.dropped
+        )
+    }
+}
+
+/// Sums the samples of one metric (optionally only those whose labels contain `label`).
+fn sum(text: &str, name: &str, label: Option<&str>) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            if label.is_some_and(|label| !rest.contains(label)) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum::<f64>() as u64
+}
+
+/// A child process killed when dropped (so an error or Ctrl-C never leaves a daemon behind).
+struct ChildGuard {
+    child: Child,
+    name: &'static str,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    /// SIGTERM, then wait up to `timeout` (the contract's 10 s); SIGKILL after that.
+    fn terminate(mut self, timeout: Duration) -> Option<ExitStatus> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for, so not reused).
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The parts of a run that outlive [`run`] when the caller keeps the lab up (`--keep-running`).
+pub struct Running {
+    pub report: Report,
+    fortigate: FortiGateEmulator,
+    misp: MispEmulator,
+    daemon: Option<ChildGuard>,
+}
+
+impl Running {
+    /// Stops the daemon (SIGTERM) and the emulators.
+    pub fn stop(mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            let _ = daemon.terminate(Duration::from_secs(10));
+        }
+        self.misp.shutdown();
+        drop(self.fortigate);
+    }
+}
+
+/// Runs the lab. With `keep_running`, the daemon is left running (for the operator to try the subcommands);
+/// otherwise it is stopped with SIGTERM and its clean exit is part of the report.
+pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
+    let say = |text: &str| {
+        if !opts.headless {
+            eprintln!("[lab] {text}");
+        }
+    };
+    let lab_toml = read_or(&opts.config, LAB_TOML)?;
+    // The file must be a valid config on its own (same parser as the daemons), not a template.
+    RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
+    let seed: Seed = serde_json::from_str(&read_or(&opts.seed, SEED_JSON)?).context("the MISP seed")?;
+    let sample = read_or(&opts.sample, SAMPLE_LOG)?;
+    let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
+    let bins = locate_binaries(opts, &say)?;
+
+    let dir = match &opts.dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("fortimisp-lab-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A reused --dir starts from an empty journal.
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+
+    // The emulators, over HTTPS with their own CAs, accepting the keys lab.toml names.
+    let raw: toml::Table = lab_toml.parse().context("lab config")?;
+    let key_of = |section: &str| raw[section].get("api_key").and_then(|v| v.as_str()).map(str::to_string);
+    let fg_ca = TestCa::new();
+    let fg_ca_path = dir.join("fortigate-ca.pem");
+    fg_ca.write_ca_file(&fg_ca_path)?;
+    let mut fg_config = EmulatorConfig::default();
+    if let Some(token) = key_of("fortigate") {
+        fg_config.token = token;
+    }
+    let fortigate = FortiGateEmulator::start_tls(fg_config, server_config(&fg_ca.issue_server_cert())).await?;
+    let mut misp_builder = MispEmulator::builder().tls();
+    if let Some(key) = key_of("misp") {
+        misp_builder = misp_builder.key(key);
+    }
+    let events: Vec<String> = seed.events.iter().map(|e| e.info.clone()).collect();
+    let misp = misp_builder.seed(seed).start().await?;
+    let misp_ca_path = dir.join("misp-ca.pem");
+    std::fs::write(&misp_ca_path, misp.ca_pem().expect("a TLS emulator has a CA"))?;
+    say(&format!("FortiGate emulator {}  MISP emulator {} ({} events)", fortigate.url(), misp.url(), events.len()));
+
+    // The config: lab.toml with the emulators' addresses and free loopback ports filled in.
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+    let hk_metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+    let config_path = dir.join("config.toml");
+    let text = derive_config(
+        raw,
+        &Overrides {
+            misp_url: misp.url(),
+            misp_ca: &misp_ca_path,
+            fortigate_url: fortigate.url(),
+            fortigate_ca: &fg_ca_path,
+            udp,
+            metrics: metrics_addr,
+            hk_metrics,
+            state: &dir.join("state.db"),
+        },
+    )?;
+    write_private(&config_path, &text)?;
+    let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("derived config: {e}"))?;
+    say(&format!("config {}", config_path.display()));
+    seed_fortigate(&fortigate, &config);
+
+    // What fortimisp-core says should happen to each address of the sample.
+    let plan = Plan::build(&config, &lines, &events).await?;
+
+    // The real daemon.
+    let mut daemon = spawn(&bins, "integration", &["--config", path_str(&config_path)?], &dir)?;
+    wait_healthy(&mut daemon, metrics_addr).await?;
+    if config.misp.sync_interval.is_some() {
+        wait_for(&mut daemon, "the mirror's first full sync", || async {
+            let text = scrape(metrics_addr).await;
+            sum(&text, "fortimisp_mirror_syncs_total", Some("full_ok")) >= 1
+        })
+        .await?;
+    }
+    say(&format!(
+        "integration running (pid {}), syslog udp {udp}, metrics http://{metrics_addr}/metrics",
+        daemon.child.id()
+    ));
+
+    // Replay, with live progress.
+    let progress = replay(opts, &lines, udp, metrics_addr, &fortigate, &config, &plan, &mut daemon).await?;
+
+    // One housekeeping pass: ages out the 120-day-old block, leaves everything else alone.
+    let hk = tokio::task::block_in_place(|| run_once(&bins, &config_path, &dir))?;
+    let housekeeping = Housekeeping {
+        exit_code: hk.code(),
+        old_block_removed: fortigate.object(&object_name(&config, OLD_BLOCK.parse()?)).is_none(),
+        foreign_untouched: fortigate.object(FOREIGN_OBJECT).is_some()
+            && fortigate.members(&config.fortigate.block_group).unwrap_or_default().iter().any(|m| m == FOREIGN_OBJECT),
+    };
+    say(&format!("housekeeping --once exited {}", hk.code().map_or("by signal".into(), |c| c.to_string())));
+
+    let mut problems = Vec::new();
+    let daemon = if keep_running {
+        Some(daemon)
+    } else {
+        match tokio::task::block_in_place(|| daemon.terminate(Duration::from_secs(10))) {
+            Some(status) if status.success() => {}
+            Some(status) => problems.push(format!("integration exited with {status} after SIGTERM")),
+            None => problems.push("integration did not exit within 10 s of SIGTERM".into()),
+        }
+        None
+    };
+
+    let journal = Journal::open(&config.state.path).context("the journal")?;
+    let ledger = journal.active_blocks().context("the journal")?;
+    let blocked = plan.blocked(&config, &ledger, &fortigate, &events);
+    let not_blocked = plan.not_blocked(&ledger);
+    problems.extend(plan.problems(&blocked));
+    if housekeeping.exit_code != Some(0) {
+        problems.push(format!("housekeeping --once exited with {:?}", housekeeping.exit_code));
+    }
+    if !housekeeping.old_block_removed {
+        problems.push(format!("the {OLD_BLOCK_AGE_DAYS}-day-old block of {OLD_BLOCK} was not aged out"));
+    }
+    if !housekeeping.foreign_untouched {
+        problems.push(format!("the foreign object {FOREIGN_OBJECT} was modified or removed"));
+    }
+    let report = Report {
+        dir,
+        bin_dir: bins.clone(),
+        config_path,
+        fortigate_url: fortigate.url().to_string(),
+        fortigate_token: fortigate.token(),
+        fortigate_ca: fg_ca_path,
+        progress,
+        blocked,
+        not_blocked,
+        housekeeping,
+        problems,
+    };
+    Ok(Running { report, fortigate, misp, daemon })
+}
+
+fn config_name(opts: &Options) -> String {
+    opts.config.as_ref().map_or("config/lab.toml (built in)".into(), |p| p.display().to_string())
+}
+
+fn read_or(path: &Option<PathBuf>, builtin: &str) -> Result<String> {
+    match path {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())),
+        None => Ok(builtin.to_string()),
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+fn free_tcp_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The keys the lab replaces in `lab.toml`; everything else is used as written.
+struct Overrides<'a> {
+    misp_url: &'a str,
+    misp_ca: &'a Path,
+    fortigate_url: &'a str,
+    fortigate_ca: &'a Path,
+    udp: SocketAddr,
+    metrics: SocketAddr,
+    hk_metrics: SocketAddr,
+    state: &'a Path,
+}
+
+fn derive_config(mut raw: toml::Table, o: &Overrides<'_>) -> Result<String> {
+    fn set(raw: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
+        let table = raw
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("a config section is a table");
+        table.insert(key.to_string(), value.into());
+    }
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    set(&mut raw, "misp", "url", o.misp_url);
+    set(&mut raw, "misp", "ca_file", path(o.misp_ca));
+    set(&mut raw, "fortigate", "url", o.fortigate_url);
+    set(&mut raw, "fortigate", "ca_file", path(o.fortigate_ca));
+    set(&mut raw, "syslog", "udp", o.udp.to_string());
+    set(&mut raw, "syslog", "tcp", "");
+    set(&mut raw, "syslog", "tls", "");
+    set(&mut raw, "metrics", "listen", o.metrics.to_string());
+    set(&mut raw, "metrics", "housekeeping_listen", o.hk_metrics.to_string());
+    set(&mut raw, "state", "path", path(o.state));
+    let body = toml::to_string(&raw).context("writing the derived config")?;
+    Ok(format!(
+        "# Written by `lab` from config/lab.toml: misp/fortigate url and ca_file, syslog, metrics and state.path replaced.\n{body}"
+    ))
+}
+
+/// One fortimisp block made 120 days ago and one object somebody else put in the block group.
+fn seed_fortigate(fortigate: &FortiGateEmulator, config: &Config) {
+    let created = Utc::now() - chrono::Duration::days(OLD_BLOCK_AGE_DAYS);
+    let comment = Comment::new(created, "1", &format!("indicator={OLD_BLOCK}/32 seeded by the lab"));
+    let name = object_name(config, OLD_BLOCK.parse().expect("OLD_BLOCK is an address"));
+    fortigate.seed_address(&name, &format!("{OLD_BLOCK}/32"), comment.as_str());
+    fortigate.seed_address(FOREIGN_OBJECT, FOREIGN_SUBNET, "added by hand by the network team");
+    let group = &config.fortigate.block_group;
+    fortigate.seed_group(Table::Addrgrp, group, &[&name, FOREIGN_OBJECT], "deny policy fortimisp-block-in");
+}
+
+fn object_name(config: &Config, ip: IpAddr) -> String {
+    format!("{}{ip}", config.fortigate.object_prefix)
+}
+
+/// Where the daemons are, built first by cargo when the lab itself was started by cargo.
+fn locate_binaries(opts: &Options, say: &dyn Fn(&str)) -> Result<PathBuf> {
+    let explicit = opts.bin_dir.clone().or_else(|| std::env::var_os("FORTIMISP_BIN_DIR").map(PathBuf::from));
+    let exe = std::env::current_exe().context("cannot find the lab executable")?;
+    let dir = match &explicit {
+        Some(dir) => dir.clone(),
+        None => exe.parent().context("the lab executable has no directory")?.to_path_buf(),
+    };
+    let cargo = std::env::var_os("CARGO");
+    if let (None, false, Some(cargo)) = (&explicit, opts.no_build, cargo) {
+        // `cargo run --bin lab` builds the lab only; build the daemons with the same profile, so the lab always
+        // runs the daemons of this checkout. A no-op when they are up to date.
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "integration", "-p", "housekeeping"]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        say(&format!("building integration and housekeeping ({profile}) ..."));
+        let status = cmd.status().context("cannot run cargo build")?;
+        if !status.success() {
+            bail!("cargo build -p integration -p housekeeping failed ({status})");
+        }
+    }
+    for name in ["integration", "housekeeping"] {
+        if !dir.join(name).is_file() {
+            bail!(
+                "{} not found in {}: build the daemons (`cargo build -p integration -p housekeeping`) or pass \
+                 --bin-dir DIR",
+                name,
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+fn spawn(bins: &Path, name: &'static str, args: &[&str], dir: &Path) -> Result<ChildGuard> {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log)?;
+    let child = Command::new(bins.join(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .env("NO_COLOR", "1")
+        .spawn()
+        .with_context(|| format!("cannot start {}", bins.join(name).display()))?;
+    Ok(ChildGuard { child, name, log })
+}
+
+fn run_once(bins: &Path, config: &Path, dir: &Path) -> Result<ExitStatus> {
+    let log = dir.join("housekeeping.log");
+    let out = std::fs::File::create(&log)?;
+    let status = Command::new(bins.join("housekeeping"))
+        .arg("--config")
+        .arg(config)
+        .arg("--once")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .env("NO_COLOR", "1")
+        .status()
+        .context("cannot run housekeeping --once")?;
+    Ok(status)
+}
+
+async fn scrape(metrics: SocketAddr) -> String {
+    match reqwest::get(format!("http://{metrics}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn wait_healthy(daemon: &mut ChildGuard, metrics: SocketAddr) -> Result<()> {
+    wait_for(daemon, "integration to serve /healthz", || async {
+        reqwest::get(format!("http://{metrics}/healthz")).await.is_ok_and(|r| r.status().is_success())
+    })
+    .await
+}
+
+/// Polls `check` every 100 ms, for [`WAIT`] at most; fails early (with the daemon's log) if the daemon died.
+async fn wait_for<F, Fut>(daemon: &mut ChildGuard, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if let Some(status) = daemon.exited() {
+            bail!("{} exited ({status}) while waiting for {what}; its log:\n{}", daemon.name, log_tail(&daemon.log));
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {WAIT:?} waiting for {what}; {} log:\n{}", daemon.name, log_tail(&daemon.log));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Sends the lines over UDP at `opts.rate`, drawing progress; returns once the daemon has settled: every line
+/// received, every expected block on the FortiGate, nothing pending, and the counters still for a moment.
+#[allow(clippy::too_many_arguments)]
+async fn replay(
+    opts: &Options,
+    lines: &[&str],
+    udp: SocketAddr,
+    metrics: SocketAddr,
+    fortigate: &FortiGateEmulator,
+    config: &Config,
+    plan: &Plan,
+    daemon: &mut ChildGuard,
+) -> Result<Progress> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = String::new();
+    let show = |p: &Progress, shown: &mut String, last: bool| {
+        if opts.headless {
+            return;
+        }
+        let line = p.line();
+        if tty {
+            eprint!("\r[lab] {line}\x1b[K{}", if last { "\n" } else { "" });
+            let _ = std::io::stderr().flush();
+        } else if line != *shown {
+            eprintln!("[lab] {line}");
+        }
+        *shown = line;
+    };
+    let total = lines.len() as u64;
+    let interval = Duration::from_secs_f64(1.0 / opts.rate.max(0.1));
+    let mut next_draw = Instant::now();
+    for (i, line) in lines.iter().enumerate() {
+        socket.send_to(line.as_bytes(), udp).context("sending syslog")?;
+        if Instant::now() >= next_draw || i + 1 == lines.len() {
+            show(&Progress::from_metrics(&scrape(metrics).await, i as u64 + 1, total), &mut shown, false);
+            next_draw = Instant::now() + Duration::from_millis(200);
+        }
+        tokio::time::sleep(interval).await;
+    }
+    let expected: Vec<(String, String)> =
+        plan.expected.iter().map(|ip| (object_name(config, *ip), group_of(config, *ip).to_string())).collect();
+    let deadline = Instant::now() + WAIT;
+    let mut last = Progress::default();
+    let mut still = 0;
+    loop {
+        let p = Progress::from_metrics(&scrape(metrics).await, total, total);
+        show(&p, &mut shown, false);
+        let landed =
+            expected.iter().all(|(name, group)| fortigate.members(group).unwrap_or_default().iter().any(|m| m == name));
+        still = if p == last { still + 1 } else { 0 };
+        if p.received + p.dropped >= total && landed && p.pending == 0 && still >= 3 {
+            show(&p, &mut shown, true);
+            return Ok(p);
+        }
+        if let Some(status) = daemon.exited() {
+            bail!("integration exited ({status}) during the replay; its log:\n{}", log_tail(&daemon.log));
+        }
+        if Instant::now() > deadline {
+            show(&p, &mut shown, true);
+            // Report what is there: the table will name what is missing.
+            return Ok(p);
+        }
+        last = p;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn group_of(config: &Config, ip: IpAddr) -> &str {
+    match ip {
+        IpAddr::V4(_) => &config.fortigate.block_group,
+        IpAddr::V6(_) => &config.fortigate.block_group6,
+    }
+}
+
+fn rule_text(rule: &TriggerRule) -> String {
+    let mut parts = Vec::new();
+    if let Some(id) = rule.policy_id {
+        parts.push(format!("policy_id={id}"));
+    }
+    for (key, value) in
+        [("action", &rule.action), ("type", &rule.log_type), ("subtype", &rule.subtype), ("srcintf", &rule.srcintf)]
+    {
+        if let Some(value) = value {
+            parts.push(format!("{key}={value}"));
+        }
+    }
+    parts.push(
+        match rule.check {
+            Check::Src => "check=src",
+            Check::Dst => "check=dst",
+            Check::Both => "check=both",
+        }
+        .to_string(),
+    );
+    parts.join(" ")
+}
+
+/// What fortimisp-core's definitions say should happen to each address of the sample, before the daemon runs.
+struct Plan {
+    /// Addresses a trigger rule hands to the daemon: first rule, sample line numbers.
+    looked_up: BTreeMap<IpAddr, (usize, Vec<usize>)>,
+    /// Addresses MISP knows that appear only in lines no trigger matches.
+    untriggered: BTreeMap<IpAddr, Vec<usize>>,
+    /// Looked-up addresses that must end up blocked.
+    expected: Vec<IpAddr>,
+    /// Why each other looked-up address must not be blocked: (kind, explanation).
+    reasons: BTreeMap<IpAddr, (&'static str, String)>,
+    /// The blocking indicators, as the daemon's mirror sees them.
+    view: IndicatorSet,
+    rules: Vec<TriggerRule>,
+}
+
+impl Plan {
+    async fn build(config: &Config, lines: &[&str], events: &[String]) -> Result<Plan> {
+        let triggers = Triggers::new(config.trigger.clone());
+        let never = NeverBlock::new(config.blocking.never_block.clone());
+        let mut looked_up: BTreeMap<IpAddr, (usize, Vec<usize>)> = BTreeMap::new();
+        let mut seen_untriggered: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+        for (i, line) in lines.iter().enumerate() {
+            let Ok(record) = syslog::parse(line.as_bytes()) else { continue };
+            let facts = LineFacts {
+                policyid: record.policyid().map(u64::from),
+                action: record.action(),
+                log_type: record.log_type(),
+                subtype: record.subtype(),
+                srcintf: record.srcintf(),
+                srcip: record.srcip(),
+                dstip: record.dstip(),
+            };
+            match triggers.first_match(&facts) {
+                Some(rule) => {
+                    for ip in triggers.targets(&facts).iter() {
+                        looked_up.entry(ip).or_insert_with(|| (rule, Vec::new())).1.push(i + 1);
+                    }
+                }
+                None => {
+                    for ip in [facts.srcip, facts.dstip].into_iter().flatten() {
+                        seen_untriggered.entry(ip).or_default().push(i + 1);
+                    }
+                }
+            }
+        }
+        let client = clients::misp(&config.misp).context("MISP client")?;
+        let (view, _) = view::full(&client, &config.misp).await.context("reading the MISP emulator")?;
+        let all: Vec<IpAddr> = looked_up.keys().chain(seen_untriggered.keys()).copied().collect();
+        let known = client.search_values(&SearchQuery::new(), &all).await.context("reading the MISP emulator")?;
+        let warned = client.check_warninglist(&all).await.context("reading the MISP emulator")?;
+        let event = |id: u64| (id as usize).checked_sub(1).and_then(|i| events.get(i)).cloned().unwrap_or_default();
+
+        let mut expected = Vec::new();
+        let mut reasons = BTreeMap::new();
+        for &ip in looked_up.keys() {
+            let reason = match never.check(ip) {
+                Some(Protected::Reserved { range, name }) => {
+                    Some(("never-block", format!("{name} range {range} (built in)")))
+                }
+                Some(Protected::Configured { range }) => {
+                    Some(("allowlisted", format!("[blocking] never_block {range}")))
+                }
+                None if view.lookup(ip).is_some() => None,
+                None => Some(match (warned.get(&ip), known.iter().find(|k| k.network.contains(&ip))) {
+                    (Some(lists), _) if config.misp.enforce_warninglist => {
+                        let names: Vec<&str> = lists.iter().map(|l| l.name.as_str()).collect();
+                        ("warninglisted", format!("on MISP warninglist \"{}\"", names.join("\", \"")))
+                    }
+                    (_, Some(ind)) if !ind.to_ids && config.misp.to_ids_only => (
+                        "not-ids",
+                        format!("in MISP event {} \"{}\" with to_ids off", ind.event_id, event(ind.event_id)),
+                    ),
+                    (_, Some(ind)) => ("filtered", format!("in MISP event {} but filtered by [misp]", ind.event_id)),
+                    _ => ("unknown", "no MISP indicator".to_string()),
+                }),
+            };
+            match reason {
+                None => expected.push(ip),
+                Some(reason) => {
+                    reasons.insert(ip, reason);
+                }
+            }
+        }
+        let untriggered = seen_untriggered
+            .into_iter()
+            .filter(|(ip, _)| !looked_up.contains_key(ip) && known.iter().any(|k| k.network.contains(ip)))
+            .collect();
+        Ok(Plan { looked_up, untriggered, expected, reasons, view, rules: config.trigger.clone() })
+    }
+
+    fn blocked(
+        &self,
+        config: &Config,
+        ledger: &[BlockRecord],
+        fortigate: &FortiGateEmulator,
+        events: &[String],
+    ) -> Vec<Blocked> {
+        ledger
+            .iter()
+            .map(|b| {
+                let group = b.group.clone().unwrap_or_else(|| group_of(config, b.ip).to_string());
+                let on_fortigate = fortigate.object(&b.object).is_some()
+                    && fortigate.members(&group).unwrap_or_default().contains(&b.object);
+                Blocked {
+                    ip: b.ip,
+                    object: b.object.clone(),
+                    group,
+                    event_id: b.event_id,
+                    event_info: b
+                        .event_id
+                        .and_then(|id| (id as usize).checked_sub(1).and_then(|i| events.get(i)).cloned())
+                        .unwrap_or_default(),
+                    indicator: self.view.lookup(b.ip).map(|h| h.network.to_string()).unwrap_or_else(|| "-".into()),
+                    rule: b.rule,
+                    rule_text: b.rule.and_then(|r| self.rules.get(r)).map(rule_text).unwrap_or_else(|| "-".into()),
+                    lines: self.looked_up.get(&b.ip).map(|(_, l)| l.clone()).unwrap_or_default(),
+                    on_fortigate,
+                }
+            })
+            .collect()
+    }
+
+    fn not_blocked(&self, ledger: &[BlockRecord]) -> Vec<NotBlocked> {
+        let mut rows: Vec<NotBlocked> = self
+            .reasons
+            .iter()
+            .filter(|(ip, _)| !ledger.iter().any(|b| b.ip == **ip))
+            .map(|(ip, (kind, why))| NotBlocked {
+                ip: *ip,
+                kind,
+                why: why.clone(),
+                lines: self.looked_up.get(ip).map(|(_, l)| l.clone()).unwrap_or_default(),
+            })
+            .collect();
+        rows.extend(self.untriggered.iter().map(|(ip, lines)| NotBlocked {
+            ip: *ip,
+            kind: "no-trigger",
+            why: "in MISP, but its line matches no [[trigger]]".into(),
+            lines: lines.clone(),
+        }));
+        let order = ["never-block", "allowlisted", "warninglisted", "not-ids", "filtered", "unknown", "no-trigger"];
+        rows.sort_by_key(|r| (order.iter().position(|k| *k == r.kind), r.ip));
+        rows
+    }
+
+    fn problems(&self, blocked: &[Blocked]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for ip in &self.expected {
+            match blocked.iter().find(|b| b.ip == *ip) {
+                None => problems.push(format!("{ip} should have been blocked and was not")),
+                Some(b) if !b.on_fortigate => {
+                    problems.push(format!("{ip}: the journal records a block the FortiGate does not have"))
+                }
+                Some(_) => {}
+            }
+        }
+        for b in blocked {
+            if !self.expected.contains(&b.ip) {
+                problems.push(format!("{} was blocked although nothing called for it", b.ip));
+            }
+        }
+        problems
+    }
+}
+
+/// The final table, as printed at the end of a run.
+pub fn render_table(report: &Report) -> String {
+    let mut out = String::new();
+    let p = &report.progress;
+    out.push_str(&format!(
+        "\nReplayed {} lines: {} received, {} triggered, {} never-block, {} lookups, {} blocked, {} dropped.\n",
+        p.total, p.received, p.triggered, p.never_block, p.lookups, p.blocks, p.dropped
+    ));
+    out.push_str(&format!("\nBLOCKED ({})\n", report.blocked.len()));
+    let mut rows = vec![[
+        "IP".to_string(),
+        "OBJECT".into(),
+        "GROUP".into(),
+        "MISP EVENT".into(),
+        "INDICATOR".into(),
+        "TRIGGER".into(),
+        "LINES".into(),
+    ]];
+    for b in &report.blocked {
+        rows.push([
+            b.ip.to_string(),
+            format!("{}{}", b.object, if b.on_fortigate { "" } else { " (MISSING on FortiGate)" }),
+            b.group.clone(),
+            match b.event_id {
+                Some(id) => format!("#{id} {}", b.event_info),
+                None => "manual".into(),
+            },
+            b.indicator.clone(),
+            match b.rule {
+                Some(r) => format!("#{r} {}", b.rule_text),
+                None => "-".into(),
+            },
+            join_lines(&b.lines),
+        ]);
+    }
+    out.push_str(&columns(&rows));
+    out.push_str(&format!("\nNOT BLOCKED ({})\n", report.not_blocked.len()));
+    let mut rows = vec![["IP".to_string(), "WHY".into(), "DETAIL".into(), "LINES".into()]];
+    for n in &report.not_blocked {
+        rows.push([n.ip.to_string(), n.kind.to_string(), n.why.clone(), join_lines(&n.lines)]);
+    }
+    out.push_str(&columns(&rows));
+    let hk = &report.housekeeping;
+    out.push_str(&format!(
+        "\nHOUSEKEEPING (--once, exit {})\n  {OLD_BLOCK} (blocked {OLD_BLOCK_AGE_DAYS} days ago, older than max_age): {}\n  \
+         {FOREIGN_OBJECT} (in the block group, not fortimisp's): {}\n",
+        hk.exit_code.map_or("-".into(), |c| c.to_string()),
+        if hk.old_block_removed { "removed" } else { "STILL THERE" },
+        if hk.foreign_untouched { "untouched" } else { "MODIFIED" },
+    ));
+    if report.ok() {
+        out.push_str("\nOK: every expected block landed, nothing else was blocked.\n");
+    } else {
+        out.push_str("\nFAILED:\n");
+        for p in &report.problems {
+            out.push_str(&format!("  - {p}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "Work directory: {} (config.toml, state.db, integration.log, housekeeping.log)\n",
+        report.dir.display()
+    ));
+    out
+}
+
+fn join_lines(lines: &[usize]) -> String {
+    lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from("  ");
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            line.push_str(cell);
+            if i + 1 < N {
+                line.push_str(&" ".repeat(w - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The report as one JSON object (for tests and scripts).
+pub fn render_json(report: &Report) -> serde_json::Value {
+    use serde_json::json;
+    let p = &report.progress;
+    json!({
+        "ok": report.ok(),
+        "problems": report.problems,
+        "dir": report.dir,
+        "config": report.config_path,
+        "fortigate": {"url": report.fortigate_url, "token": report.fortigate_token, "ca_file": report.fortigate_ca},
+        "progress": {"lines": p.total, "received": p.received, "triggered": p.triggered, "never_block": p.never_block,
+                     "lookups": p.lookups, "blocks": p.blocks, "dropped": p.dropped},
+        "blocked": report.blocked.iter().map(|b| json!({
+            "ip": b.ip.to_string(), "object": b.object, "group": b.group, "event_id": b.event_id,
+            "event": b.event_info, "indicator": b.indicator, "rule": b.rule, "trigger": b.rule_text,
+            "lines": b.lines, "on_fortigate": b.on_fortigate,
+        })).collect::<Vec<_>>(),
+        "not_blocked": report.not_blocked.iter().map(|n| json!({
+            "ip": n.ip.to_string(), "why": n.kind, "detail": n.why, "lines": n.lines,
+        })).collect::<Vec<_>>(),
+        "housekeeping": {
+            "exit_code": report.housekeeping.exit_code,
+            "old_block_removed": report.housekeeping.old_block_removed,
+            "foreign_untouched": report.housekeeping.foreign_untouched,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_lab_files_are_valid() {
+        RawConfig::parse(LAB_TOML).expect("config/lab.toml is a valid config");
+        let seed: Seed = serde_json::from_str(SEED_JSON).expect("lab/seed.json is a valid seed");
+        assert!(!seed.events.is_empty());
+        for (i, line) in SAMPLE_LOG.lines().enumerate() {
+            syslog::parse(line.as_bytes()).unwrap_or_else(|e| panic!("lab/sample.log line {}: {e}", i + 1));
+        }
+    }
+
+    #[test]
+    fn sums_metric_samples() {
+        let text = "# HELP x\nfortimisp_lookups_total{outcome=\"mirror_hit\"} 3\nfortimisp_lookups_total{outcome=\"mirror_miss\"} 4\nfortimisp_lookups_totalx 9\nfortimisp_blocks_total{outcome=\"blocked\"} 2\nfortimisp_blocks_total{outcome=\"retry\"} 1\n";
+        assert_eq!(sum(text, "fortimisp_lookups_total", None), 7);
+        assert_eq!(sum(text, "fortimisp_blocks_total", Some("outcome=\"blocked\"")), 2);
+        assert_eq!(sum(text, "fortimisp_missing_total", None), 0);
+    }
+}

@@ -1,0 +1,33 @@
+//! The testkit binaries start and say where they are. Also makes `cargo test --workspace` build them (cargo builds
+//! a package's binaries for its integration tests), so the e2e tests find `lab` and the emulators in target/.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+/// Starts an emulator binary on an ephemeral port and returns the URL it prints first.
+fn first_line(bin: &str, args: &[&str]) -> String {
+    let mut child = Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    line.trim().to_string()
+}
+
+#[test]
+fn emulators_print_their_url() {
+    let fg = first_line(env!("CARGO_BIN_EXE_fortigate-emulator"), &["--listen", "127.0.0.1:0"]);
+    assert!(fg.starts_with("http://127.0.0.1:"), "fortigate-emulator printed {fg:?}");
+    let misp = first_line(env!("CARGO_BIN_EXE_misp-emulator"), &["--listen", "127.0.0.1:0"]);
+    assert!(misp.starts_with("http://127.0.0.1:"), "misp-emulator printed {misp:?}");
+}
+
+#[test]
+fn lab_documents_its_options() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lab")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in ["--config", "--headless", "--json", "--keep-running", "--bin-dir"] {
+        assert!(help.contains(option), "lab --help lacks {option}:\n{help}");
+    }
+}
