@@ -7,7 +7,7 @@ mod faults;
 mod housekeeping;
 /// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
 mod integration;
-/// The lab command, run headless: its final table matches what the emulated FortiGate holds.
+/// The lab: its report agrees with the emulated FortiGate and the journal.
 mod lab;
 /// Keys never leak, TLS fails closed, protected addresses are never blocked, loose config permissions warn.
 mod security;
