@@ -833,6 +833,8 @@ pub struct Report {
     pub lookups: u64,
     pub misp_requests: u64,
     pub fortigate_requests: u64,
+    /// FortiGate requests by route (`METHOD /path/{template}`).
+    pub fortigate_routes: Vec<(String, u64)>,
     pub blocks: u64,
     pub distinct_triggering: u64,
     pub distinct_indicators: u64,
@@ -869,7 +871,8 @@ impl Report {
             "loss": self.loss, "loss_pct": self.loss_pct(), "kernel_rcvbuf_errors": self.kernel_rcvbuf_errors,
             "parse_errors": self.parse_errors, "dropped": self.dropped, "queue_full": self.queue_full,
             "triggered": self.triggered, "lookups": self.lookups, "misp_requests": self.misp_requests,
-            "fortigate_requests": self.fortigate_requests, "blocks": self.blocks,
+            "fortigate_requests": self.fortigate_requests, "fortigate_routes": self.fortigate_routes,
+            "blocks": self.blocks,
             "distinct_triggering_ips": self.distinct_triggering, "distinct_indicators": self.distinct_indicators,
             "blocked_indicators": self.blocked_indicators, "block_latency_p50_ms": p50,
             "block_latency_p99_ms": p99, "block_latency_max_ms": max,
@@ -924,6 +927,9 @@ impl std::fmt::Display for Report {
             self.fortigate_requests,
             self.fortigate_per_block()
         )?;
+        for (route, count) in &self.fortigate_routes {
+            writeln!(f, "              {count:>6}  {route}")?;
+        }
         match self.latency_ms {
             Some((p50, p99, max)) => {
                 writeln!(f, "  latency     p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (first line → group member)")?
@@ -1010,6 +1016,7 @@ pub async fn run_daemon(lab: &Lab, corpus: &Corpus, opts: &RunOptions) -> Result
         lookups: delta("fortimisp_lookups_total"),
         misp_requests: lab.misp.total_requests(),
         fortigate_requests: lab.fortigate.total_requests(),
+        fortigate_routes: lab.fortigate.route_counts().into_iter().collect(),
         blocks: sample("fortimisp_blocks_total{outcome=\"blocked\"}"),
         distinct_triggering: sent.distinct_triggering,
         distinct_indicators: sent.distinct_indicators,
