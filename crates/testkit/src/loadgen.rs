@@ -331,8 +331,11 @@ impl UdpCounters {
         let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
         let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
         let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return UdpCounters::default() };
-        let map: HashMap<&str, u64> =
-            names.split_whitespace().zip(values.split_whitespace()).filter_map(|(n, v)| Some((n, v.parse().ok()?))).collect();
+        let map: HashMap<&str, u64> = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .filter_map(|(n, v)| Some((n, v.parse().ok()?)))
+            .collect();
         UdpCounters {
             in_errors: map.get("InErrors").copied().unwrap_or(0),
             rcvbuf_errors: map.get("RcvbufErrors").copied().unwrap_or(0),
@@ -519,7 +522,8 @@ impl Lab {
             misp.add_synthetic(opts.indicators, opts.first_indicator, chrono::Utc::now().timestamp() - 86_400);
         }
         let fg_config = EmulatorConfig { table_limit: 1_000_000, ..EmulatorConfig::default() };
-        let fortigate = Arc::new(FortiGateEmulator::start(fg_config).await.context("cannot start the FortiGate emulator")?);
+        let fortigate =
+            Arc::new(FortiGateEmulator::start(fg_config).await.context("cannot start the FortiGate emulator")?);
         let dir = std::env::temp_dir().join(format!(
             "fortimisp-loadgen-{}-{}",
             std::process::id(),
@@ -894,7 +898,11 @@ impl std::fmt::Display for Report {
             self.transport,
             self.duration.as_secs_f64()
         )?;
-        writeln!(f, "  sent        {:>10}  ({:.0} lines/s, {} send errors)", self.sent, self.send_rate, self.send_errors)?;
+        writeln!(
+            f,
+            "  sent        {:>10}  ({:.0} lines/s, {} send errors)",
+            self.sent, self.send_rate, self.send_errors
+        )?;
         writeln!(
             f,
             "  received    {:>10}  loss {} ({:.3} %), kernel RcvbufErrors +{}",
@@ -931,9 +939,10 @@ impl std::fmt::Display for Report {
             writeln!(f, "              {count:>6}  {route}")?;
         }
         match self.latency_ms {
-            Some((p50, p99, max)) => {
-                writeln!(f, "  latency     p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (first line → group member)")?
-            }
+            Some((p50, p99, max)) => writeln!(
+                f,
+                "  latency     p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (first line → group member)"
+            )?,
             None => writeln!(f, "  latency     n/a")?,
         }
         if self.daemon_rss_kib > 0 {
@@ -974,7 +983,8 @@ pub async fn run_daemon(lab: &Lab, corpus: &Corpus, opts: &RunOptions) -> Result
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = Scrape::fetch(lab.metrics)?;
         let received = now.sum("fortimisp_messages_received_total");
-        let blocked = now.get("fortimisp_blocks_total{outcome=\"blocked\"}") - before.get("fortimisp_blocks_total{outcome=\"blocked\"}");
+        let blocked = now.get("fortimisp_blocks_total{outcome=\"blocked\"}")
+            - before.get("fortimisp_blocks_total{outcome=\"blocked\"}");
         if (received == last && blocked as u64 >= sent.distinct_indicators) || Instant::now() > deadline {
             break;
         }

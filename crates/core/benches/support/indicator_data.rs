@@ -60,8 +60,12 @@ pub fn build(n: u64, probes: usize) -> (IndicatorSet, Vec<IpAddr>) {
         if members.len() < probes && rng.next() % (n / probes as u64).max(1) == 0 {
             // An address inside this network.
             let ip = match net {
-                IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | (rng.next() as u32 & !u32::from(n.netmask())))),
-                IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | (u128::from(rng.next()) & !u128::from(n.netmask())))),
+                IpNet::V4(n) => {
+                    IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | (rng.next() as u32 & !u32::from(n.netmask()))))
+                }
+                IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(
+                    u128::from(n.network()) | (u128::from(rng.next()) & !u128::from(n.netmask())),
+                )),
             };
             members.push(ip);
         }

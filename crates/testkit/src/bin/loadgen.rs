@@ -143,9 +143,13 @@ async fn main() -> Result<()> {
 
     if matches!(args.system, SystemArg::Daemon | SystemArg::Both) {
         let lab = Lab::start(&lab_opts).await?;
-        let report = loadgen::run_daemon(&lab, &corpus, &RunOptions { plan: plan(lab.udp_or_tcp(transport)), settle: args.settle })
-            .await
-            .inspect_err(|_| eprintln!("daemon log:\n{}", lab.log_text()))?;
+        let report = loadgen::run_daemon(
+            &lab,
+            &corpus,
+            &RunOptions { plan: plan(lab.udp_or_tcp(transport)), settle: args.settle },
+        )
+        .await
+        .inspect_err(|_| eprintln!("daemon log:\n{}", lab.log_text()))?;
         print(&report, args.json);
     }
     if matches!(args.system, SystemArg::Naive | SystemArg::Both) {
