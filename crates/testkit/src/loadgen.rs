@@ -162,7 +162,7 @@ impl Pool {
 
     /// Address `k`, and its indicator index when it is one.
     pub fn addr(&self, k: u32) -> (IpAddr, Option<u32>) {
-        if self.indicator_every != 0 && k % self.indicator_every == 0 {
+        if self.indicator_every != 0 && k.is_multiple_of(self.indicator_every) {
             let j = k / self.indicator_every;
             (IpAddr::V4(Ipv4Addr::from(u32::from(self.first_indicator).wrapping_add(j))), Some(j))
         } else {
