@@ -57,7 +57,7 @@ pub fn build(n: u64, probes: usize) -> (IndicatorSet, Vec<IpAddr>) {
     for i in 0..n {
         let net = network(&mut rng, i);
         set.insert(net, Entry { event_id: 1 + i / 10_000, uuid: u128::from(i) << 64 | u128::from(rng.next()) });
-        if members.len() < probes && rng.next() % (n / probes as u64).max(1) == 0 {
+        if members.len() < probes && rng.next().is_multiple_of((n / probes as u64).max(1)) {
             // An address inside this network.
             let ip = match net {
                 IpNet::V4(n) => {
