@@ -12,7 +12,7 @@
 //!
 //! Layout and why: single addresses (nearly all indicators) live in a hash map keyed by the address as an
 //! integer; networks live in one hash map per prefix length, probed longest first. A lookup is one probe plus one
-//! per prefix length actually present, with no pointer chasing; 1 M entries take roughly 100 MiB.
+//! per prefix length actually present, with no pointer chasing; 1 M entries take about 150 MiB (see BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -46,11 +46,33 @@ pub enum Inserted {
 }
 
 /// A slot for one network value: a representative attribute, plus the others carrying the same value.
+///
+/// Layout matters at 1 M indicators: no field is 16-byte aligned ([`Key`] and [`Stored`] split the u128s), and
+/// the rare extra attributes sit behind one pointer, so a host map bucket is 48 bytes instead of 80.
 #[derive(Debug, Clone)]
 struct Slot {
-    first: Entry,
+    first: Stored,
     /// Further attributes with the same value (rare: the same IP in several events).
-    more: Vec<Entry>,
+    // Boxed on purpose: 8 bytes in every slot instead of an inline Vec's 24, for a list nearly always absent.
+    #[allow(clippy::box_collection)]
+    more: Option<Box<Vec<Entry>>>,
+}
+
+/// An [`Entry`] without the 16-byte alignment of its u128 (24 bytes instead of 32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stored {
+    event_id: u64,
+    uuid: Key,
+}
+
+impl Stored {
+    fn of(entry: Entry) -> Stored {
+        Stored { event_id: entry.event_id, uuid: Key::from(entry.uuid) }
+    }
+
+    fn entry(self) -> Entry {
+        Entry { event_id: self.event_id, uuid: self.uuid.get() }
+    }
 }
 
 /// One address family: exact hosts, and networks by prefix length. Keys are the masked address as a u128
@@ -67,7 +89,7 @@ struct Family {
 pub struct IndicatorSet {
     v4: Family,
     v6: Family,
-    by_uuid: HashMap<u128, IpNet>,
+    by_uuid: HashMap<Key, IpNet>,
     min_prefix_v4: u8,
     min_prefix_v6: u8,
     rejected_wide: u64,
@@ -118,19 +140,19 @@ impl IndicatorSet {
             self.remove(entry.uuid);
             return Inserted::TooWide;
         }
-        let updated = match self.by_uuid.get(&entry.uuid) {
+        let updated = match self.by_uuid.get(&Key::from(entry.uuid)) {
             Some(_) => {
                 self.remove(entry.uuid);
                 true
             }
             None => false,
         };
-        self.by_uuid.insert(entry.uuid, network);
+        self.by_uuid.insert(Key::from(entry.uuid), network);
         let slots = self.slots_mut(network);
         match slots.get_mut(&key_of(network)) {
-            Some(slot) => slot.more.push(entry),
+            Some(slot) => slot.more.get_or_insert_with(Default::default).push(entry),
             None => {
-                slots.insert(key_of(network), Slot { first: entry, more: Vec::new() });
+                slots.insert(key_of(network), Slot { first: Stored::of(entry), more: None });
             }
         }
         if updated {
@@ -142,18 +164,27 @@ impl IndicatorSet {
 
     /// Removes the attribute with this uuid; returns the network it covered.
     pub fn remove(&mut self, uuid: u128) -> Option<IpNet> {
-        let network = self.by_uuid.remove(&uuid)?;
+        let network = self.by_uuid.remove(&Key::from(uuid))?;
         let key = key_of(network);
         let slots = self.slots_mut(network);
         if let Some(slot) = slots.get_mut(&key) {
-            if slot.first.uuid == uuid {
-                if slot.more.is_empty() {
-                    slots.remove(&key);
-                } else {
-                    slot.first = slot.more.swap_remove(0);
+            if slot.first.uuid.get() == uuid {
+                match slot.more.as_mut().filter(|more| !more.is_empty()) {
+                    Some(more) => {
+                        slot.first = Stored::of(more.swap_remove(0));
+                        if more.is_empty() {
+                            slot.more = None;
+                        }
+                    }
+                    None => {
+                        slots.remove(&key);
+                    }
                 }
-            } else {
-                slot.more.retain(|e| e.uuid != uuid);
+            } else if let Some(more) = slot.more.as_mut() {
+                more.retain(|e| e.uuid != uuid);
+                if more.is_empty() {
+                    slot.more = None;
+                }
             }
         }
         self.drop_empty_lengths();
@@ -165,27 +196,27 @@ impl IndicatorSet {
         match canonical(ip) {
             IpAddr::V4(v4) => {
                 let addr = u32::from(v4);
-                if let Some(slot) = self.v4.hosts.get(&(addr as u128)) {
-                    return Some(Hit { network: IpNet::from(IpAddr::V4(v4)), entry: slot.first });
+                if let Some(slot) = self.v4.hosts.get(&Key::from(addr as u128)) {
+                    return Some(Hit { network: IpNet::from(IpAddr::V4(v4)), entry: slot.first.entry() });
                 }
                 self.v4.nets.iter().find_map(|(len, map)| {
                     let masked = addr & mask32(*len);
-                    map.get(&(masked as u128)).map(|slot| Hit {
+                    map.get(&Key::from(masked as u128)).map(|slot| Hit {
                         network: IpNet::new(IpAddr::V4(masked.into()), *len).expect("len <= 32 by construction"),
-                        entry: slot.first,
+                        entry: slot.first.entry(),
                     })
                 })
             }
             IpAddr::V6(v6) => {
                 let addr = u128::from(v6);
-                if let Some(slot) = self.v6.hosts.get(&addr) {
-                    return Some(Hit { network: IpNet::from(IpAddr::V6(v6)), entry: slot.first });
+                if let Some(slot) = self.v6.hosts.get(&Key::from(addr)) {
+                    return Some(Hit { network: IpNet::from(IpAddr::V6(v6)), entry: slot.first.entry() });
                 }
                 self.v6.nets.iter().find_map(|(len, map)| {
                     let masked = addr & mask128(*len);
-                    map.get(&masked).map(|slot| Hit {
+                    map.get(&Key::from(masked)).map(|slot| Hit {
                         network: IpNet::new(IpAddr::V6(masked.into()), *len).expect("len <= 128 by construction"),
-                        entry: slot.first,
+                        entry: slot.first.entry(),
                     })
                 })
             }
@@ -194,12 +225,12 @@ impl IndicatorSet {
 
     /// Whether the attribute with this uuid is present.
     pub fn contains_uuid(&self, uuid: u128) -> bool {
-        self.by_uuid.contains_key(&uuid)
+        self.by_uuid.contains_key(&Key::from(uuid))
     }
 
     /// Every uuid held (for a full resync to find what disappeared).
     pub fn uuids(&self) -> impl Iterator<Item = u128> + '_ {
-        self.by_uuid.keys().copied()
+        self.by_uuid.keys().map(|k| k.get())
     }
 
     /// The map that holds `network`: the family's host map for a full-length prefix, else the map of its length.
@@ -231,13 +262,28 @@ impl IndicatorSet {
     }
 }
 
-type Key = u128;
+/// A u128 (address or uuid) as two u64s: 8-byte aligned, so map buckets carry no padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    hi: u64,
+    lo: u64,
+}
 
-fn key_of(network: IpNet) -> u128 {
-    match network.network() {
+impl Key {
+    fn from(v: u128) -> Key {
+        Key { hi: (v >> 64) as u64, lo: v as u64 }
+    }
+
+    fn get(self) -> u128 {
+        (u128::from(self.hi) << 64) | u128::from(self.lo)
+    }
+}
+
+fn key_of(network: IpNet) -> Key {
+    Key::from(match network.network() {
         IpAddr::V4(v4) => u32::from(v4) as u128,
         IpAddr::V6(v6) => u128::from(v6),
-    }
+    })
 }
 
 /// IPv4-mapped IPv6 addresses are looked up as IPv4.

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every figure of BENCHMARKS.md except the parser's, in one command (release builds):
+#
+#   bench/run.sh            # everything: ~12 min on a 2-core machine
+#   bench/run.sh ingest     # only the loadgen part (rate ladder, 60 s at R and 2R, naive baseline)
+#   bench/run.sh core       # only the criterion / memory / full-sync benches
+#
+# Environment: RATES (ladder, lines/s), LADDER_SECS (per step), SECS (the long runs), LATENCY (both emulators).
+# Raises net.core.rmem_max (root) so the daemon gets the 8 MiB UDP receive buffer it asks for.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+RATES="${RATES:-20000 40000 60000 80000 100000 120000}"
+LADDER_SECS="${LADDER_SECS:-15}"
+SECS="${SECS:-60}"
+LATENCY="${LATENCY:-50ms}"
+OUT="${OUT:-target/bench-results}"
+mkdir -p "$OUT"
+
+echo "== machine"
+uname -srm; nproc; grep -m1 'model name' /proc/cpuinfo || true; free -m | sed -n 2p; uptime
+if [ "$(id -u)" = 0 ]; then sysctl -w net.core.rmem_max=33554432 >/dev/null || true; fi
+sysctl net.core.rmem_max || true
+
+if [ "$what" = all ] || [ "$what" = core ]; then
+  echo "== indicator decision (criterion)"
+  cargo bench -p fortimisp-core --bench indicators -- --warm-up-time 1 --measurement-time 3 2>&1 | tee "$OUT/indicators.txt"
+  echo "== indicator memory"
+  cargo bench -p fortimisp-core --bench indicator_memory 2>&1 | tee "$OUT/indicator_memory.txt"
+  echo "== mirror full sync, 1 M attributes"
+  cargo bench -p fortimisp-core --bench mirror_sync 2>&1 | tee "$OUT/mirror_sync.txt"
+fi
+
+if [ "$what" = all ] || [ "$what" = ingest ]; then
+  cargo build --release -p integration -p fortimisp-testkit --bins
+  LG="target/release/loadgen"
+  common=(--misp-latency "$LATENCY" --fortigate-latency "$LATENCY" --json)
+  echo "== ingest ladder (${LADDER_SECS} s per step, daemon, UDP, MISP/FortiGate latency $LATENCY)"
+  best=0
+  for rate in $RATES; do
+    line=$("$LG" --rate "$rate" --duration "${LADDER_SECS}s" "${common[@]}" | tee -a "$OUT/ladder.txt" | grep '^JSON ' | cut -c6-)
+    loss=$(jq -r '.loss' <<<"$line"); kern=$(jq -r '.kernel_rcvbuf_errors' <<<"$line"); qf=$(jq -r '.queue_full' <<<"$line")
+    echo "rate $rate: loss $loss, kernel RcvbufErrors +$kern, queue_full $qf, sent/s $(jq -r '.send_rate|floor' <<<"$line")"
+    if [ "$loss" = 0 ] && [ "$qf" = 0 ]; then best=$rate; else break; fi
+  done
+  echo "highest zero-loss ladder rate: $best"
+  [ "$best" -gt 0 ] || { echo "no zero-loss rate on the ladder"; exit 1; }
+  echo "== ${SECS} s at $best (daemon, then the naive baseline at the same rate)"
+  "$LG" --rate "$best" --duration "${SECS}s" --system both "${common[@]}" | tee "$OUT/rate_r.txt"
+  echo "== ${SECS} s at 2x = $((2 * best)) (daemon)"
+  "$LG" --rate "$((2 * best))" --duration "${SECS}s" "${common[@]}" | tee "$OUT/rate_2r.txt"
+  echo "== as fast as possible, 10 s (sender bound)"
+  "$LG" --rate 0 --duration 10s "${common[@]}" | tee "$OUT/rate_max.txt"
+fi
