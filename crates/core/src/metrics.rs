@@ -86,7 +86,8 @@ pub struct Metrics {
     pub triggered: Counter,
     /// Parsed lines that matched no trigger rule (dropped early).
     pub untriggered: Counter,
-    /// Candidate addresses by what happened to them (`never_block`, `known_blocked`, `known_clean`, `in_flight`,
+    /// Candidate addresses by what happened to them (`never_block`, `recent` (handed over within the last second),
+    /// `known_blocked`, `known_clean`, `in_flight`,
     /// `queued`, `queue_full`).
     pub candidates: Family<Outcome, Counter>,
     // Decision.

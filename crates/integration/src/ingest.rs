@@ -39,6 +39,43 @@ pub struct Ingest {
     allowed_senders: Vec<IpNet>,
     metrics: Arc<Metrics>,
     out: mpsc::Sender<Candidate>,
+    recent: Recent,
+}
+
+/// Slots of the recently-queued filter (a direct-mapped cache: a collision only costs a redundant candidate).
+const RECENT_SLOTS: usize = 4096;
+/// An address handed to the decision stage this recently is not handed over again.
+const RECENT_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Addresses recently handed to the decision stage, so that a flood of lines from a few addresses costs one
+/// candidate per address per second instead of filling the queue and crowding out first sightings. Only a
+/// successful hand-over is remembered: a candidate dropped for a full queue is offered again on its next line.
+struct Recent {
+    slots: std::sync::Mutex<Vec<Option<(IpAddr, Instant)>>>,
+}
+
+impl Recent {
+    fn new() -> Self {
+        Recent { slots: std::sync::Mutex::new(vec![None; RECENT_SLOTS]) }
+    }
+
+    fn slot(ip: &IpAddr) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ip.hash(&mut h);
+        (h.finish() as usize) % RECENT_SLOTS
+    }
+
+    /// Whether `ip` was handed over within the window.
+    fn seen(&self, ip: IpAddr, now: Instant) -> bool {
+        let slots = self.slots.lock().expect("the recent filter is never held across a panic");
+        matches!(slots[Self::slot(&ip)], Some((seen, at)) if seen == ip && now.duration_since(at) < RECENT_WINDOW)
+    }
+
+    fn remember(&self, ip: IpAddr, now: Instant) {
+        let mut slots = self.slots.lock().expect("the recent filter is never held across a panic");
+        slots[Self::slot(&ip)] = Some((ip, now));
+    }
 }
 
 impl Ingest {
@@ -49,7 +86,7 @@ impl Ingest {
         metrics: Arc<Metrics>,
         out: mpsc::Sender<Candidate>,
     ) -> Self {
-        Ingest { triggers, never_block, allowed_senders, metrics, out }
+        Ingest { triggers, never_block, allowed_senders, metrics, out, recent: Recent::new() }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -109,8 +146,13 @@ impl Ingest {
     pub fn offer_nowait(&self, message: &[u8], received: Instant) {
         if let Evaluation::Triggered { rule, ips } = self.evaluate(message) {
             for ip in ips.into_iter().flatten() {
-                if self.out.try_send(Candidate { ip, rule, received }).is_err() {
-                    Metrics::inc(&self.metrics.candidates, "queue_full");
+                if self.recent.seen(ip, received) {
+                    Metrics::inc(&self.metrics.candidates, "recent");
+                    continue;
+                }
+                match self.out.try_send(Candidate { ip, rule, received }) {
+                    Ok(()) => self.recent.remember(ip, received),
+                    Err(_) => Metrics::inc(&self.metrics.candidates, "queue_full"),
                 }
             }
         }
@@ -190,13 +232,32 @@ mod tests {
         assert!(open.sender_allowed("198.51.100.1".parse().unwrap()));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn repeats_within_a_second_are_handed_over_once() {
+        let (ing, mut rx) = ingest(vec![rule7(Check::Src)], &[], &[]);
+        for _ in 0..100 {
+            ing.offer_nowait(LINE, Instant::now());
+        }
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "one candidate for 100 lines");
+        assert_eq!(Metrics::count(&ing.metrics().candidates, "recent"), 99);
+        tokio::time::advance(RECENT_WINDOW).await;
+        ing.offer_nowait(LINE, Instant::now());
+        assert!(rx.try_recv().is_ok(), "offered again once the window passed");
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_and_counts() {
         let (ing, mut rx) = ingest(vec![rule7(Check::Src)], &[], &[]);
-        for _ in 0..5 {
-            ing.offer_nowait(LINE, Instant::now());
+        let line =
+            |i: u8| String::from_utf8_lossy(LINE).replace("198.51.100.7", &format!("198.51.100.{i}")).into_bytes();
+        for i in 1..=5 {
+            ing.offer_nowait(&line(i), Instant::now());
         }
         assert_eq!(Metrics::count(&ing.metrics().candidates, "queue_full"), 3);
-        assert!(rx.recv().await.is_some());
+        assert_eq!(rx.recv().await.map(|c| c.ip), Some("198.51.100.1".parse().unwrap()));
+        // A dropped candidate is not remembered: its next line gets through.
+        ing.offer_nowait(&line(5), Instant::now());
+        assert_eq!(Metrics::count(&ing.metrics().candidates, "queue_full"), 3);
     }
 }
