@@ -87,8 +87,8 @@ pub struct Metrics {
     /// Parsed lines that matched no trigger rule (dropped early).
     pub untriggered: Counter,
     /// Candidate addresses by what happened to them (`never_block`, `recent` (handed over within the last second),
-    /// `known_blocked`, `known_clean`, `in_flight`,
-    /// `queued`, `queue_full`).
+    /// `known_blocked`, `known_clean`, `in_flight`, `mirror` (answered by the local mirror), `queued` (for an
+    /// on-demand MISP lookup), `queue_full`, `evicted`).
     pub candidates: Family<Outcome, Counter>,
     // Decision.
     /// Lookups by source and result (`mirror_hit`, `mirror_miss`, `cache_hit`, `cache_miss`, `misp_hit`,

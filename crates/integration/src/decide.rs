@@ -213,12 +213,14 @@ impl<L: Lookup> Decider<L> {
         match mirror_answer {
             Some(Some(hit)) => {
                 Metrics::inc(&self.metrics.lookups, "mirror_hit");
+                Metrics::inc(&self.metrics.candidates, "mirror");
                 self.decide_block(c, hit, output).await;
             }
             Some(None) => {
                 // Not cached: the mirror answers again in well under a microsecond, and caching every clean
                 // address of a flood would only cost memory.
                 Metrics::inc(&self.metrics.lookups, "mirror_miss");
+                Metrics::inc(&self.metrics.candidates, "mirror");
                 self.state.remove(&c.ip);
             }
             None => {

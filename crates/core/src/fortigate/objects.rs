@@ -81,7 +81,8 @@ impl ObjectName {
 
 impl fmt::Display for ObjectName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`, not `write_str`: column widths (`{:<48}` in `integration list`) apply.
+        f.pad(&self.0)
     }
 }
 
