@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::config::{Check, TriggerRule};
+use crate::syslog::LogRecord;
 
 /// The fields of a log line the trigger rules look at. Borrowed from the parsed record.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,6 +27,21 @@ pub struct LineFacts<'a> {
     pub srcintf: Option<&'a str>,
     pub srcip: Option<IpAddr>,
     pub dstip: Option<IpAddr>,
+}
+
+impl<'a> LineFacts<'a> {
+    /// The facts of a parsed log line (FortiOS 4 names resolve through the record's accessors).
+    pub fn of(record: &'a LogRecord<'_>) -> Self {
+        LineFacts {
+            policyid: record.policyid().map(u64::from),
+            action: record.action(),
+            log_type: record.log_type(),
+            subtype: record.subtype(),
+            srcintf: record.srcintf(),
+            srcip: record.srcip(),
+            dstip: record.dstip(),
+        }
+    }
 }
 
 /// The operator's `[[trigger]]` rules.

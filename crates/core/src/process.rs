@@ -1,10 +1,10 @@
-//! Process-level setup both binaries share: logging from `[log]`, and SIGTERM/SIGINT turned into one
-//! cancellation token. The tracing subscriber is one of the two process-wide globals (with the metrics registry
+//! Process-level setup both binaries share: loading the config at start (exit 2 naming the key), logging from
+//! `[log]`, and SIGTERM/SIGINT turned into one cancellation token. The tracing subscriber is one of the two process-wide globals (with the metrics registry
 //! handed down explicitly); nothing else here holds state.
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Log, LogFormat};
+use crate::config::{Config, Log, LogFormat};
 
 /// Installs the tracing subscriber on stderr: `[log] level` as the filter (`RUST_LOG` overrides it), pretty or
 /// JSON lines per `[log] format`.
@@ -18,18 +18,46 @@ pub fn init_logging(log: &Log) {
     }
 }
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
-pub async fn cancel_on_signal(token: CancellationToken) {
+/// Resolves on the first SIGTERM or SIGINT (SIGINT only where SIGTERM cannot be watched).
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
         }
     }
-    #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    shutdown_signal().await;
     token.cancel();
 }
+
+/// The start of both daemons: resolves the config path (`--config`, `$FORTIMISP_CONFIG`, the default), loads and
+/// validates it, installs logging and logs the config's warnings once.
+///
+/// # Errors
+/// A config that cannot be loaded: the one-line message (naming the key) is printed on stderr and the contract's
+/// exit code 2 is returned for `main` to exit with.
+pub fn start(cli_config: Option<std::path::PathBuf>) -> Result<Config, std::process::ExitCode> {
+    let path = Config::resolve_path(cli_config);
+    let config = Config::load(&path).map_err(|error| {
+        eprintln!("error: {error}");
+        std::process::ExitCode::from(EXIT_CONFIG)
+    })?;
+    init_logging(&config.log);
+    for warning in &config.warnings {
+        tracing::warn!(message = "Config warning.", warning = %warning);
+    }
+    Ok(config)
+}
+
+/// Exit code of a daemon or subcommand whose config cannot be loaded.
+pub const EXIT_CONFIG: u8 = 2;

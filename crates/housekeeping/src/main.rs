@@ -25,9 +25,6 @@ use fortimisp_core::metrics::{self, Health, Metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// Exit code for a config that cannot be loaded.
-const EXIT_CONFIG: u8 = 2;
-
 /// After SIGTERM, how long a run under way may take to stop (it stops between two removals) before the daemon
 /// exits anyway; within the contract's 10 s. A removal cut short here is still pending in the journal and the next
 /// pass plans it again.
@@ -57,18 +54,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let path = Config::resolve_path(cli.config.clone());
-    let config = match Config::load(&path) {
+    let config = match fortimisp_core::process::start(cli.config.clone()) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    fortimisp_core::process::init_logging(&config.log);
-    for warning in &config.warnings {
-        warn!(message = "Config warning.", warning = %warning);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {

@@ -115,15 +115,7 @@ impl Ingest {
                 return Evaluation::Unparsed(error.kind.as_str());
             }
         };
-        let facts = LineFacts {
-            policyid: record.policyid().map(u64::from),
-            action: record.action(),
-            log_type: record.log_type(),
-            subtype: record.subtype(),
-            srcintf: record.srcintf(),
-            srcip: record.srcip(),
-            dstip: record.dstip(),
-        };
+        let facts = LineFacts::of(&record);
         let Some(rule) = self.triggers.first_match(&facts) else {
             self.metrics.untriggered.inc();
             return Evaluation::Untriggered;

@@ -18,11 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fortimisp_core::config::Config;
 use tokio_util::sync::CancellationToken;
-
-/// Exit code for a config that cannot be loaded (the contract's "bad config fails at start").
-const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,18 +89,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let path = Config::resolve_path(cli.config.clone());
-    let config = match Config::load(&path) {
+    let config = match fortimisp_core::process::start(cli.config.clone()) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    fortimisp_core::process::init_logging(&config.log);
-    for warning in &config.warnings {
-        tracing::warn!(message = "Config warning.", warning = %warning);
-    }
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => {

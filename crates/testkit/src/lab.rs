@@ -723,15 +723,7 @@ impl Plan {
         let mut seen_untriggered: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
         for (i, line) in lines.iter().enumerate() {
             let Ok(record) = syslog::parse(line.as_bytes()) else { continue };
-            let facts = LineFacts {
-                policyid: record.policyid().map(u64::from),
-                action: record.action(),
-                log_type: record.log_type(),
-                subtype: record.subtype(),
-                srcintf: record.srcintf(),
-                srcip: record.srcip(),
-                dstip: record.dstip(),
-            };
+            let facts = LineFacts::of(&record);
             match triggers.first_match(&facts) {
                 Some(rule) => {
                     for ip in triggers.targets(&facts).iter() {

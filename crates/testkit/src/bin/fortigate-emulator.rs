@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
         seed(&emulator, path).with_context(|| format!("--seed {}", path.display()))?;
     }
     println!("{}", emulator.url());
-    wait_for_signal().await;
+    fortimisp_core::process::shutdown_signal().await;
     drop(emulator);
     Ok(())
 }
@@ -110,18 +110,4 @@ fn seed(emulator: &FortiGateEmulator, path: &std::path::Path) -> anyhow::Result<
         emulator.seed(table, entry);
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

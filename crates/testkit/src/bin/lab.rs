@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         // Dropping the lab future on a signal kills the daemon it started.
         let running = tokio::select! {
             result = lab::run(&opts, args.keep_running) => result,
-            () = signal() => {
+            () = fortimisp_core::process::shutdown_signal() => {
                 eprintln!("\n[lab] interrupted");
                 return ExitCode::from(130);
             }
@@ -107,24 +107,9 @@ fn main() -> ExitCode {
             eprintln!("[lab]   {bins}/integration --config {config} block 203.0.113.7");
             eprintln!("[lab]   {bins}/housekeeping --config {config} --once --dry-run");
             eprintln!("[lab] Ctrl-C stops the daemon and the emulators.");
-            signal().await;
+            fortimisp_core::process::shutdown_signal().await;
         }
         running.stop();
         code
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

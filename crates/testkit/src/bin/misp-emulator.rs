@@ -92,11 +92,7 @@ async fn main() -> anyhow::Result<()> {
         &emulator.key().chars().take(4).collect::<String>()
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    fortimisp_core::process::shutdown_signal().await;
     emulator.shutdown();
     Ok(())
 }
