@@ -6,7 +6,7 @@
 //! packages have integration tests of their own, so cargo builds their binaries before any test runs);
 //! `FORTIMISP_BIN_DIR` overrides where they are looked for.
 
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -30,12 +30,12 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free loopback port (bound then released; the daemon binds it right after).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    fortimisp_testkit::free_port()
 }
 
 /// A free UDP port.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    fortimisp_testkit::free_port()
 }
 
 /// A test environment: both emulators over HTTPS (each with its own private CA), a temp dir, a config.

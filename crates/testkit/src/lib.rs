@@ -15,3 +15,28 @@ pub mod lab;
 pub mod loadgen;
 pub mod misp;
 pub mod tls;
+
+/// A loopback port, free for both TCP and UDP when this returns, for a daemon the caller is about to start.
+///
+/// Ports come from below the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), so the
+/// outgoing connections and `:0` listeners of parallel tests, which the kernel serves from that range, can never
+/// take the port between this call and the daemon's bind; a process-wide counter keeps concurrent callers apart.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 { (10_000, ephemeral_low) } else { (ephemeral_low + 30_000, 65_000) };
+    let span = high - low;
+    let start = std::process::id() % span;
+    loop {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+}

@@ -655,12 +655,8 @@ impl Drop for Lab {
 }
 
 /// A free loopback port (bound then released).
-fn free_addr(udp: bool) -> Result<SocketAddr> {
-    Ok(if udp {
-        UdpSocket::bind("127.0.0.1:0")?.local_addr()?
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?
-    })
+fn free_addr(_udp: bool) -> Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], crate::free_port())))
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
