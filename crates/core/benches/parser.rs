@@ -5,7 +5,6 @@
 //! Run: `cargo bench -p fortimisp-core --bench parser`. Figures go to BENCHMARKS.md ("Parser").
 
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use criterion::{criterion_group, Criterion, Throughput};
 use fortimisp_core::syslog::{parse, Format};
@@ -18,19 +17,7 @@ const FIELDS: [&str; 13] = [
 ];
 
 fn corpus_lines() -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/corpus");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("corpus dir is readable")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    let mut lines = Vec::new();
-    for file in files {
-        let bytes = std::fs::read(&file).expect("corpus file is readable");
-        lines.extend(bytes.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
-    }
-    lines
+    fortimisp_testkit::corpus::lines()
 }
 
 /// What the daemon does with a line: parse, then read the hot fields.

@@ -14,7 +14,6 @@
 //!
 //! A short version of the same loop (2 000 inputs) runs by default so the generator itself stays tested.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -41,16 +40,7 @@ impl Rng {
 }
 
 fn corpus() -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/corpus");
-    let mut lines = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            lines.extend(bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
-        }
-    }
+    let mut lines = fortimisp_testkit::corpus::lines();
     // Synthetic lines cover what the corpus may lack.
     lines.extend(
         [

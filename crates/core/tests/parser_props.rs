@@ -7,7 +7,6 @@
 //! - a stream of octet-counted and LF frames, cut into random reads, decodes to the same messages.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use bytes::BytesMut;
@@ -16,22 +15,7 @@ use proptest::prelude::*;
 
 fn corpus() -> &'static [Vec<u8>] {
     static LINES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    LINES.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/corpus");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .expect("corpus dir is readable")
-            .map(|e| e.expect("dir entry").path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .flat_map(|f| {
-                let bytes = std::fs::read(f).expect("corpus file is readable");
-                bytes.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect::<Vec<_>>()
-            })
-            .collect()
-    })
+    LINES.get_or_init(fortimisp_testkit::corpus::lines)
 }
 
 /// Parse and describe must not panic, and the description must be JSON.

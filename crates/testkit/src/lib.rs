@@ -1,6 +1,7 @@
 //! fortimisp-testkit: emulators of the servers fortimisp talks to, for tests, the lab and benchmarks.
 //!
 //! # Layout
+//! - [`corpus`]: the repository's FortiGate log corpus, line by line.
 //! - [`fortigate`]: an axum FortiGate REST emulator (cmdb address/addrgrp, members, banned IPs) with test hooks.
 //! - [`tls`]: a throw-away rcgen CA issuing loopback server certificates, and the rustls server config.
 //! - [`misp`]: an axum MISP emulator (restSearch, feeds, sightings, warninglists) with test hooks.
@@ -10,6 +11,7 @@
 //!
 //! Never a dependency of the daemons.
 
+pub mod corpus;
 pub mod fortigate;
 pub mod lab;
 pub mod loadgen;

@@ -102,7 +102,7 @@ impl Corpus {
 
     /// The corpus of this repository (`tests/data/corpus`, found from this crate's manifest directory).
     pub fn default_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/corpus")
+        crate::corpus::dir()
     }
 
     pub fn triggering(&self) -> usize {
