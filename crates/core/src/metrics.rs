@@ -6,7 +6,7 @@
 //!
 //! The metric types are atomics: the hot path (one log line) bumps a counter without a lock.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -264,7 +264,6 @@ impl Metrics {
 #[derive(Clone, Default)]
 pub struct Health {
     unhealthy: Arc<AtomicBool>,
-    started: Arc<AtomicI64>,
 }
 
 impl Health {
@@ -274,10 +273,6 @@ impl Health {
 
     pub fn is_healthy(&self) -> bool {
         !self.unhealthy.load(Ordering::Relaxed)
-    }
-
-    pub fn mark_started(&self) {
-        self.started.store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
     }
 }
 

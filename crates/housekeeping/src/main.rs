@@ -155,7 +155,6 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
             }
         });
     }
-    health.mark_started();
     info!(message = "fortimisp housekeeping running.", interval = ?daemon.config.housekeeping.interval,
           max_age = ?daemon.config.housekeeping.max_age, feed_update_interval = ?daemon.config.misp.feed_update_interval);
 

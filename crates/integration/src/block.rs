@@ -324,15 +324,8 @@ fn backoff(attempts: u32) -> Duration {
     let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(10)));
     let capped = base.min(MAX_BACKOFF);
     // Up to 25 % jitter so many pending actions do not retry in lockstep.
-    let jitter = capped.mul_f64(rand_fraction() * 0.25);
+    let jitter = capped.mul_f64(rand::random::<f64>() * 0.25);
     capped + jitter
-}
-
-fn rand_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    (h.finish() % 1000) as f64 / 1000.0
 }
 
 /// The daemon's blocking task.
@@ -575,9 +568,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// A block request made by hand (`integration block IP`): no MISP hit behind it.
-pub fn manual_request(ip: IpAddr, note: Option<String>, hit: Option<Hit>) -> BlockRequest {
+/// A block request made by hand (`integration block IP`): no MISP hit behind it (event id 0 marks it manual).
+pub fn manual_request(ip: IpAddr, note: String) -> BlockRequest {
     use fortimisp_core::indicators::Entry;
-    let hit = hit.unwrap_or(Hit { network: ip.into(), entry: Entry { event_id: 0, uuid: 0 } });
-    BlockRequest { ip, hit, rule: None, received: Instant::now(), note: Some(note.unwrap_or_else(|| "manual".into())) }
+    let hit = Hit { network: ip.into(), entry: Entry { event_id: 0, uuid: 0 } };
+    BlockRequest { ip, hit, rule: None, received: Instant::now(), note: Some(note) }
 }

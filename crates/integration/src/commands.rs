@@ -160,7 +160,7 @@ pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: b
         None => {}
     }
     let executor = parts.executor(false);
-    let request = block::manual_request(ip, Some(comment.unwrap_or_else(|| "manual".into())), None);
+    let request = block::manual_request(ip, comment.unwrap_or_else(|| "manual".into()));
     let job = executor.enqueue(&request).await;
     match executor.execute(&job).await {
         Executed::Done(applied) => {

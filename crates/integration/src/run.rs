@@ -301,7 +301,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     drop(ingest);
     listeners.close();
-    health.mark_started();
     info!(message = "fortimisp integration running.", backend = %cfg.fortigate.backend, dry_run = cfg.blocking.dry_run,
           triggers = cfg.trigger.len(), mirror = cfg.misp.sync_interval.is_some());
 
