@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every figure of BENCHMARKS.md except the parser's, in one command (release builds):
+# Every figure of BENCHMARKS.md, in one command (release builds):
 #
-#   bench/run.sh            # everything: ~12 min on a 2-core machine
+#   bench/run.sh            # everything: ~14 min on a 2-core machine
 #   bench/run.sh ingest     # only the loadgen part (rate ladder, 60 s at R and 2R, naive baseline)
 #   bench/run.sh core       # only the criterion / memory / full-sync benches
+#   bench/run.sh parser     # only the parser: criterion, CPU-time passes, and the CPython baseline
 #
 # Environment: RATES (ladder, lines/s), LADDER_SECS (per step), SECS (the long runs), LATENCY (both emulators).
 # Raises net.core.rmem_max (root) so the daemon gets the 8 MiB UDP receive buffer it asks for.
@@ -29,6 +30,21 @@ if [ "$what" = all ] || [ "$what" = core ]; then
   cargo bench -p fortimisp-core --bench indicator_memory 2>&1 | tee "$OUT/indicator_memory.txt"
   echo "== mirror full sync, 1 M attributes"
   cargo bench -p fortimisp-core --bench mirror_sync 2>&1 | tee "$OUT/mirror_sync.txt"
+fi
+
+if [ "$what" = all ] || [ "$what" = parser ]; then
+  echo "== parser (criterion: fortimisp parse, regex per field, structural floor)"
+  cargo bench -p fortimisp-core --bench parser 2>&1 | tee "$OUT/parser.txt"
+  echo "== parser, CPU time per implementation (default-format lines, fixed passes)"
+  bin=$(cargo bench -p fortimisp-core --bench parser --no-run --message-format=json 2>/dev/null \
+    | jq -r 'select(.executable != null and .target.name == "parser") | .executable' | tail -1)
+  for impl in ours regex floor; do
+    case $impl in ours) passes=20000 ;; regex) passes=4000 ;; floor) passes=40000 ;; esac
+    (cd crates/core && PARSER_BENCH_SET=default PARSER_BENCH_IMPL=$impl PARSER_BENCH_PASSES=$passes \
+      bash -c 'time "$0"' "$bin") 2>&1 | sed "s/^/$impl: /" | tee -a "$OUT/parser.txt"
+  done
+  echo "== parser baseline in CPython (the replaced service's language)"
+  python3 bench/regex_baseline.py 20 | tee -a "$OUT/parser.txt"
 fi
 
 if [ "$what" = all ] || [ "$what" = ingest ]; then
