@@ -19,6 +19,7 @@
 //! both `action=login` and `status=failed`. [`LogRecord::get`] never aliases: it returns what the line says.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -398,13 +399,13 @@ impl<'a> LogRecord<'a> {
         self.pairs.iter().map(|p| (self.text(p.key), self.text(p.value)))
     }
 
-    /// `(key, value)` in line order, each key once (its first occurrence). O(n²) in the number of keys: for
-    /// output and tests, not for the per-line hot path.
+    /// `(key, value)` in line order, each key once (its first occurrence). Keeps a set of the keys seen (linear in
+    /// the number of pairs, allocates): for output and tests, not for the per-line hot path.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.pairs.iter().enumerate().filter_map(|(i, p)| {
+        let mut seen = HashSet::with_capacity(self.pairs.len());
+        self.pairs.iter().filter_map(move |p| {
             let key = self.text(p.key);
-            let seen = self.pairs[..i].iter().any(|q| self.text(q.key) == key);
-            (!seen).then(|| (key, self.text(p.value)))
+            seen.insert(key).then(|| (key, self.text(p.value)))
         })
     }
 
