@@ -588,6 +588,20 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks that the syslog TLS certificate and key files exist. Only the integration daemon listens for syslog,
+    /// so only it calls this: housekeeping shares the config file but not those files (a systemd unit's
+    /// credentials directory or a volume mounted into the integration container only).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `syslog.tls_cert` or `syslog.tls_key`.
+    pub fn check_syslog_files(&self) -> Result<(), Error> {
+        let Some(tls) = &self.syslog.tls else { return Ok(()) };
+        for (key, path) in [("syslog.tls_cert", &tls.cert), ("syslog.tls_key", &tls.key)] {
+            std::fs::metadata(path).map_err(|e| Error::invalid(key, format!("cannot read {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
     /// The config file to use: `--config`, then `$FORTIMISP_CONFIG`, then [`DEFAULT_CONFIG_PATH`].
     pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
         cli.or_else(|| std::env::var_os(ENV_CONFIG).map(PathBuf::from))
@@ -931,9 +945,6 @@ fn validate_syslog(raw: Syslog) -> Result<Listeners, Error> {
             }
             if raw.tls_key.is_empty() {
                 return Err(Error::invalid("syslog.tls_key", "required when syslog.tls is set"));
-            }
-            for (key, path) in [("syslog.tls_cert", &raw.tls_cert), ("syslog.tls_key", &raw.tls_key)] {
-                std::fs::metadata(path).map_err(|e| Error::invalid(key, format!("cannot read {path}: {e}")))?;
             }
             Some(TlsListener { listen, cert: PathBuf::from(raw.tls_cert), key: PathBuf::from(raw.tls_key) })
         }

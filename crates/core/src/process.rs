@@ -40,15 +40,30 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Which binary is starting: each checks the files only it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// `integration`: also checks the syslog TLS certificate and key ([`Config::check_syslog_files`]).
+    Integration,
+    /// `housekeeping`: never listens for syslog, so never needs the syslog TLS files.
+    Housekeeping,
+}
+
 /// The start of both daemons: resolves the config path (`--config`, `$FORTIMISP_CONFIG`, the default), loads and
 /// validates it, installs logging and logs the config's warnings once.
 ///
 /// # Errors
 /// A config that cannot be loaded: the one-line message (naming the key) is printed on stderr and the contract's
 /// exit code 2 is returned for `main` to exit with.
-pub fn start(cli_config: Option<std::path::PathBuf>) -> Result<Config, std::process::ExitCode> {
+pub fn start(cli_config: Option<std::path::PathBuf>, daemon: Daemon) -> Result<Config, std::process::ExitCode> {
     let path = Config::resolve_path(cli_config);
-    let config = Config::load(&path).map_err(|error| {
+    let loaded = Config::load(&path).and_then(|config| {
+        if daemon == Daemon::Integration {
+            config.check_syslog_files()?;
+        }
+        Ok(config)
+    });
+    let config = loaded.map_err(|error| {
         eprintln!("error: {error}");
         std::process::ExitCode::from(EXIT_CONFIG)
     })?;

@@ -54,7 +54,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match fortimisp_core::process::start(cli.config.clone()) {
+    let config = match fortimisp_core::process::start(cli.config.clone(), fortimisp_core::process::Daemon::Housekeeping)
+    {
         Ok(config) => config,
         Err(code) => return code,
     };

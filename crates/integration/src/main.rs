@@ -89,7 +89,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match fortimisp_core::process::start(cli.config.clone()) {
+    let config = match fortimisp_core::process::start(cli.config.clone(), fortimisp_core::process::Daemon::Integration)
+    {
         Ok(config) => config,
         Err(code) => return code,
     };

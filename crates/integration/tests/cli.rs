@@ -73,6 +73,11 @@ fn a_bad_config_fails_with_one_line_naming_the_key() {
         ("policy_id = 7", "policy_id = 7\ncheck = \"sideways\"", "trigger[0].check"),
         ("[fortigate]\n", "[fortigate]\nbackend = \"iptables\"\n", "fortigate.backend"),
         ("[misp]\n", "[misp]\nunknown_key = 1\n", "misp.unknown_key"),
+        (
+            "[syslog]\n",
+            "[syslog]\ntls = \"127.0.0.1:6514\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n",
+            "syslog.tls_cert",
+        ),
     ];
     for (from, to, key) in cases {
         let (code, stderr) = with_config(&MINIMAL.replacen(from, to, 1));
