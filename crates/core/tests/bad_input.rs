@@ -110,11 +110,6 @@ fn wrong_types_and_ranges_name_their_key() {
         ("syslog", "udp = 514", "syslog.udp:"),
         ("syslog", "udp = \"0.0.0.0\"", "syslog.udp:"),
         ("syslog", "tcp = \"0.0.0.0:99999\"", "syslog.tcp:"),
-        (
-            "syslog",
-            "tls = \"127.0.0.1:6514\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"",
-            "syslog.tls_cert:",
-        ),
         ("syslog", "tls = \"nope\"", "syslog.tls:"),
         ("syslog", "allowed_senders = \"10.0.0.0/8\"", "syslog.allowed_senders:"),
         ("syslog", "allowed_senders = [\"10.0.0.300\"]", "syslog.allowed_senders[0]:"),
@@ -144,6 +139,27 @@ fn wrong_types_and_ranges_name_their_key() {
     for (section, line, expected) in cases {
         check_err(&format!("[{section}] {line}"), &with(section, line), expected);
     }
+}
+
+/// Missing syslog TLS files are not a config error for everyone: the integration daemon checks them at start
+/// (`Config::check_syslog_files`, through `process::start`), housekeeping never reads them.
+#[test]
+fn syslog_tls_files_are_checked_by_the_integration_check_only() {
+    let text = with(
+        "syslog",
+        "tls = \"127.0.0.1:6514\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"",
+    );
+    let config = load(&text).expect("validation alone does not read the TLS files");
+    let err = config.check_syslog_files().expect_err("the integration check reads them").to_string();
+    assert!(err.starts_with("syslog.tls_cert: cannot read /nonexistent/cert.pem"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not read here, only looked up").unwrap();
+    let text = text.replace("/nonexistent/cert.pem", cert.to_str().unwrap());
+    let err = load(&text).unwrap().check_syslog_files().expect_err("the key is still missing").to_string();
+    assert!(err.starts_with("syslog.tls_key: cannot read /nonexistent/key.pem"), "{err}");
 }
 
 #[test]
