@@ -819,3 +819,36 @@ async fn journal_lost_mid_run_keeps_blocking_and_writes_back() {
     .await;
     audit(&env, &mut daemon, &["198.51.100.95", "198.51.100.96", "198.51.100.97"], &[]);
 }
+
+/// A slow FortiGate at start: after `/healthz` answers, the daemon still replays its journal and lists its
+/// blocks on the FortiGate (4 GETs, 1.5 s each here). Lines sent meanwhile must be read at once and wait in the
+/// candidate queue. When the listeners started only after that listing, they waited in the kernel's receive buffer
+/// instead, which holds a few hundred (`recv_buffer_bytes` is small here), and the rest were dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_sent_while_a_slow_fortigate_is_listed_at_start_are_read() {
+    let mut env = Env::start().await;
+    env.tweak("allowed_senders = []", "allowed_senders = []\nrecv_buffer_bytes = 1048576");
+    add_hits(&env, &["198.51.100.90"]);
+    env.fortigate.set_latency(Duration::from_millis(1500));
+    // Not `start`: it waits for the end of the start-up listing, and this test sends during it.
+    let mut daemon = env.integration().await;
+    let mut lines = vec![hit_line("198.51.100.90")];
+    // Untriggered lines (policy 99): read and counted, nothing to look up.
+    lines.extend(
+        (0..3999).map(|i| traffic_line(ip(&format!("203.0.113.{}", i % 200 + 1)), ip("192.0.2.1"), 99, "deny")),
+    );
+    let sent = lines.len() as f64;
+    for chunk in lines.chunks(20) {
+        send_udp(env.udp, chunk);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // At least 95 %: a loaded test machine may leave the reader unscheduled for a moment, but the old order lost
+    // everything beyond the receive buffer (a few hundred lines).
+    eventually(WAIT, "the lines sent during the start-up listing are read", || async {
+        env.metric("fortimisp_messages_received_total{listener=\"udp\"}").await >= 0.95 * sent
+    })
+    .await;
+    env.fortigate.set_latency(Duration::ZERO);
+    wait_blocked(&env, &["198.51.100.90"]).await;
+    audit(&env, &mut daemon, &["198.51.100.90"], &[]);
+}

@@ -269,21 +269,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
 
-    let executor = Executor { background_sightings: true, ..parts.executor(false) };
-    let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute);
-    blocker.resume_pending().await;
-    let blocker_task = tokio::spawn(
-        blocker.run(block_rx, blocker_stop.clone(), Duration::from_secs(3)).instrument(tracing::info_span!("blocker")),
-    );
-
-    let mut decider = parts.decider(shared_mirror.clone());
-    if !refused_at_start {
-        decider.seed_blocked(parts.known_blocks().await);
-    }
-    let decider_task = tokio::spawn(
-        decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")),
-    );
-
     let ingest = Arc::new(parts.ingest(candidate_tx));
     let max = cfg.syslog.max_message_bytes;
     let listeners = TaskTracker::new();
@@ -301,6 +286,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     drop(ingest);
     listeners.close();
+
+    // The listeners read before the journal replay and the listing of our blocks, which wait on the FortiGate
+    // (seconds with many objects): lines arriving meanwhile wait in the candidate queue (counted `queue_full` if it
+    // fills), not in the kernel's receive buffer, which overflows within a fraction of a second at high rates.
+    let executor = Executor { background_sightings: true, ..parts.executor(false) };
+    let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute);
+    blocker.resume_pending().await;
+    let blocker_task = tokio::spawn(
+        blocker.run(block_rx, blocker_stop.clone(), Duration::from_secs(3)).instrument(tracing::info_span!("blocker")),
+    );
+
+    let mut decider = parts.decider(shared_mirror.clone());
+    if !refused_at_start {
+        decider.seed_blocked(parts.known_blocks().await);
+    }
+    let decider_task = tokio::spawn(
+        decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")),
+    );
     info!(message = "fortimisp integration running.", backend = %cfg.fortigate.backend, dry_run = cfg.blocking.dry_run,
           triggers = cfg.trigger.len(), mirror = cfg.misp.sync_interval.is_some());
 
