@@ -189,6 +189,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         None => None,
     };
 
+    // Read syslog from here on. Everything below may wait on MISP or the FortiGate (start-up checks with retries,
+    // the journal replay, the listing of our blocks: seconds when they are slow or down); lines that arrive
+    // meanwhile wait in the bounded candidate queue (counted `queue_full` if it fills), not in the kernel's
+    // receive buffer, which overflows within a fraction of a second at high rates.
+    let listeners_stop = shutdown.child_token();
+    let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
+    let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
+
+    let ingest = Arc::new(parts.ingest(candidate_tx));
+    let max = cfg.syslog.max_message_bytes;
+    let listeners = TaskTracker::new();
+    if let Some(socket) = udp {
+        info!(message = "Listening for syslog.", listener = "udp", addr = %socket.local_addr()?);
+        listeners.spawn(listen::run_udp(socket, ingest.clone(), max, listeners_stop.clone()));
+    }
+    if let Some(listener) = tcp {
+        info!(message = "Listening for syslog.", listener = "tcp", addr = %listener.local_addr()?);
+        listeners.spawn(listen::run_stream(listener, None, ingest.clone(), max, listeners_stop.clone()));
+    }
+    if let Some((listener, acceptor)) = tls {
+        info!(message = "Listening for syslog.", listener = "tls", addr = %listener.local_addr()?);
+        listeners.spawn(listen::run_stream(listener, Some(acceptor), ingest.clone(), max, listeners_stop.clone()));
+    }
+    drop(ingest);
+    listeners.close();
+
     // Start-up checks are reported, never fatal: MISP or the FortiGate may come back later.
     match parts.misp.check(cfg.misp.sightings, false).await {
         Ok(info) => info!(message = "MISP reachable.", version = %info.version.version),
@@ -212,7 +238,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
     }
 
-    let listeners_stop = shutdown.child_token();
     let decider_stop = CancellationToken::new();
     let blocker_stop = CancellationToken::new();
     let aux_stop = CancellationToken::new();
@@ -266,30 +291,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         });
     }
 
-    let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
-    let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
-
-    let ingest = Arc::new(parts.ingest(candidate_tx));
-    let max = cfg.syslog.max_message_bytes;
-    let listeners = TaskTracker::new();
-    if let Some(socket) = udp {
-        info!(message = "Listening for syslog.", listener = "udp", addr = %socket.local_addr()?);
-        listeners.spawn(listen::run_udp(socket, ingest.clone(), max, listeners_stop.clone()));
-    }
-    if let Some(listener) = tcp {
-        info!(message = "Listening for syslog.", listener = "tcp", addr = %listener.local_addr()?);
-        listeners.spawn(listen::run_stream(listener, None, ingest.clone(), max, listeners_stop.clone()));
-    }
-    if let Some((listener, acceptor)) = tls {
-        info!(message = "Listening for syslog.", listener = "tls", addr = %listener.local_addr()?);
-        listeners.spawn(listen::run_stream(listener, Some(acceptor), ingest.clone(), max, listeners_stop.clone()));
-    }
-    drop(ingest);
-    listeners.close();
-
-    // The listeners read before the journal replay and the listing of our blocks, which wait on the FortiGate
-    // (seconds with many objects): lines arriving meanwhile wait in the candidate queue (counted `queue_full` if it
-    // fills), not in the kernel's receive buffer, which overflows within a fraction of a second at high rates.
     let executor = Executor { background_sightings: true, ..parts.executor(false) };
     let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute);
     blocker.resume_pending().await;
