@@ -239,7 +239,7 @@ impl Daemon {
     }
 
     pub fn sigterm(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        fortimisp_testkit::child::sigterm(&self.child);
     }
 
     pub fn sigkill(&mut self) {
@@ -249,16 +249,19 @@ impl Daemon {
 
     /// Waits for the process to exit, at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        fortimisp_testkit::child::wait_timeout(&mut self.child, timeout)
+    }
+
+    /// SIGTERM, then the contract's promise: exit 0 within 10 s. Panics with the log otherwise; returns how long
+    /// the exit took.
+    pub fn stop_cleanly(&mut self) -> Duration {
+        let asked = Instant::now();
+        self.sigterm();
+        let status = self.wait_exit(Duration::from_secs(10));
+        let took = asked.elapsed();
+        let status = status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM; log:\n{}", self.log_text()));
+        assert_eq!(status.code(), Some(0), "clean exit after SIGTERM ({took:?}); log:\n{}", self.log_text());
+        took
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -552,18 +555,11 @@ impl Env {
             .stderr(std::fs::File::create(&err_path).unwrap())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = fortimisp_testkit::child::wait_timeout(&mut child, timeout);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         status.map(|status| std::process::Output {
             status,
             stdout: std::fs::read(&out_path).unwrap_or_default(),

@@ -277,8 +277,7 @@ async fn misp_key_rotation() {
     assert!(!is_blocked(&env, "198.51.100.65"));
     assert!(daemon.log_text().contains("MISP lookup failed"), "error not logged:\n{}", daemon.log_text());
     audit(&env, &mut daemon, &[], &[]);
-    daemon.sigterm();
-    assert!(daemon.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
     // The operator puts the new key in the config (the harness writes the emulator's current key) and restarts.
     assert_eq!(env.misp.key(), new_key);
     let mut daemon = start(&env).await;
@@ -358,8 +357,7 @@ async fn fortigate_401_stops_writes_alerts_and_keeps_journaling() {
     audit(&env, &mut daemon, &["198.51.100.70", "198.51.100.71"], &[]);
     // The operator fixes the token and restarts: nothing was lost.
     env.fortigate.set_token(&env.fortigate.token());
-    daemon.sigterm();
-    assert!(daemon.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
     let mut daemon = start(&env).await;
     wait_blocked(&env, &["198.51.100.70", "198.51.100.71"]).await;
     assert_eq!(env.metric("fortimisp_fortigate_unauthorized").await, 0.0);

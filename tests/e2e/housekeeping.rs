@@ -523,9 +523,7 @@ async fn sigterm_ends_a_pass_cleanly() {
         env.hk_metric("fortimisp_housekeeping_pruned_total{reason=\"max_age\"}").await >= 5.0
     })
     .await;
-    daemon.sigterm();
-    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits within 10 s");
-    assert!(status.success(), "exit status {status}:\n{}", daemon.log_text());
+    daemon.stop_cleanly();
     let in_group: BTreeSet<String> = block_members(&env, "MISP_BLOCK").into_iter().collect();
     let left: Vec<&String> = names.iter().filter(|n| env.fortigate.object(n).is_some()).collect();
     assert!(!left.is_empty(), "the pass was interrupted");

@@ -442,12 +442,7 @@ async fn sigterm_exits_cleanly_within_10s_and_loses_nothing() {
         env.metric("fortimisp_lines_triggered_total").await >= srcs.len() as f64
     })
     .await;
-    let asked = Instant::now();
-    daemon.sigterm();
-    let status = daemon.wait_exit(Duration::from_secs(10));
-    let took = asked.elapsed();
-    let status = status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM; log:\n{}", daemon.log_text()));
-    assert_eq!(status.code(), Some(0), "clean exit; log:\n{}", daemon.log_text());
+    let took = daemon.stop_cleanly();
     eprintln!("SIGTERM with blocks and lookups in flight: exited after {took:?}");
     let mut expected: Vec<IpAddr> = srcs.iter().map(|s| ip(s)).collect();
     expected.sort();
@@ -459,9 +454,7 @@ async fn sigterm_exits_cleanly_within_10s_and_loses_nothing() {
     all_blocked(&env, &srcs, WAIT).await;
 
     // An idle daemon stops quickly too.
-    idle.sigterm();
-    let status = idle.wait_exit(Duration::from_secs(10)).expect("idle daemon exits within 10 s");
-    assert_eq!(status.code(), Some(0));
+    idle.stop_cleanly();
 }
 
 /// With the mirror on, an indicator soft-deleted in MISP, or whose to_ids flag is turned off, stops blocking at
@@ -812,12 +805,7 @@ async fn sigterm_exits_within_10s_even_when_misp_hangs() {
         env.metric("fortimisp_lines_triggered_total").await >= srcs.len() as f64
     })
     .await;
-    let asked = Instant::now();
-    daemon.sigterm();
-    let status = daemon.wait_exit(Duration::from_secs(10));
-    let took = asked.elapsed();
-    let status = status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM; log:\n{}", daemon.log_text()));
-    assert_eq!(status.code(), Some(0), "clean exit; log:\n{}", daemon.log_text());
+    let took = daemon.stop_cleanly();
     eprintln!("SIGTERM with MISP hanging: exited after {took:?}");
 }
 
@@ -838,9 +826,7 @@ async fn blocks_beyond_max_blocks_per_minute_wait_in_the_journal() {
     })
     .await;
     assert_eq!(env.metric("fortimisp_pending_actions").await, 2.0);
-    daemon.sigterm();
-    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits within 10 s");
-    assert_eq!(status.code(), Some(0));
+    daemon.stop_cleanly();
     assert_eq!(pending_blocks(&env).len(), 2, "the waiting blocks stay in the journal");
 
     env.tweak("max_blocks_per_minute = 1", "max_blocks_per_minute = 600");

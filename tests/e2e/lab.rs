@@ -26,7 +26,7 @@ async fn lab_report_matches_the_fortigate_and_the_journal() {
     let mut line = String::new();
     BufReader::new(lab.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let stop = |lab: &mut std::process::Child| {
-        let _ = Command::new("kill").args(["-TERM", &lab.id().to_string()]).status();
+        fortimisp_e2e::fortimisp_testkit::child::sigterm(lab);
         lab.wait().unwrap()
     };
     let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| {

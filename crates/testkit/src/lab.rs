@@ -209,21 +209,8 @@ struct ChildGuard {
 impl ChildGuard {
     /// SIGTERM, then wait up to `timeout` (the contract's 10 s); SIGKILL after that.
     fn terminate(mut self, timeout: Duration) -> Option<ExitStatus> {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for, so not reused).
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::child::sigterm(&self.child);
+        crate::child::wait_timeout(&mut self.child, timeout)
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {

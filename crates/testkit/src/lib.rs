@@ -6,11 +6,13 @@
 //! - [`tls`]: a throw-away rcgen CA issuing loopback server certificates, and the rustls server config.
 //! - [`misp`]: an axum MISP emulator (restSearch, feeds, sightings, warninglists) with test hooks.
 //! - [`lab`]: the lab behind the `lab` binary: both emulators, the real daemons, a replayed sample, a report.
+//! - [`child`]: SIGTERM and a bounded wait for the child processes of the lab and the tests.
 //! - [`loadgen`]: corpus lines at a fixed rate into the daemon (or a naive baseline), and the report (the
 //!   `loadgen` binary and the benchmarks).
 //!
 //! Never a dependency of the daemons.
 
+pub mod child;
 pub mod corpus;
 pub mod fortigate;
 pub mod lab;
