@@ -7,6 +7,7 @@
 //!   Only this module knows MISP's URLs and JSON.
 //! - [`fortigate`]: the FortiOS REST client (address objects, groups, child-table members, banned IPs). Only this
 //!   module knows FortiOS paths, percent-encoding and the response envelope.
+//! - [`backoff`]: the one capped, jittered exponential backoff behind every retry.
 //! - [`clients`]: the MISP and FortiGate clients built from the validated config.
 //! - [`config`]: the operator contract's `config.toml`, parsed then validated into a [`config::Config`].
 //! - [`indicators`]: the local set of blocking IPs and networks (longest-prefix match, keyed by uuid).
@@ -19,6 +20,7 @@
 //!   audit trail of decisions and the ledger of blocks; keeps working from memory when the file refuses writes.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod clients;
 pub mod config;
 pub mod fortigate;

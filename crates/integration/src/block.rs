@@ -320,12 +320,9 @@ impl RateLimit {
     }
 }
 
+/// The wait before the next attempt of an action that failed `attempts` times.
 fn backoff(attempts: u32) -> Duration {
-    let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(10)));
-    let capped = base.min(MAX_BACKOFF);
-    // Up to 25 % jitter so many pending actions do not retry in lockstep.
-    let jitter = capped.mul_f64(rand::random::<f64>() * 0.25);
-    capped + jitter
+    fortimisp_core::backoff::Backoff::new(Duration::from_secs(1), MAX_BACKOFF).delay(attempts)
 }
 
 /// The daemon's blocking task.

@@ -11,7 +11,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use rand::Rng;
 use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -311,10 +310,7 @@ impl Client {
     }
 
     fn backoff(&self, attempt: u32, error: &Error) -> Duration {
-        let ceiling = self.retry.ceiling(attempt);
-        let half = ceiling / 2;
-        let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
-        let delay = half + Duration::from_millis(jitter);
+        let delay = self.retry.backoff().delay(attempt);
         match error {
             Error::TooManyRequests { retry_after: Some(after) } => delay.max(*after),
             _ => delay,

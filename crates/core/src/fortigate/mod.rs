@@ -150,8 +150,12 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The upper bound of the wait after failed attempt `attempt` (1-based), before jitter.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        self.base_delay.saturating_mul(factor).min(self.max_delay)
+        self.backoff().ceiling(attempt)
+    }
+
+    /// The formula, shared with every other retry ([`crate::backoff`]).
+    pub fn backoff(&self) -> crate::backoff::Backoff {
+        crate::backoff::Backoff::new(self.base_delay, self.max_delay)
     }
 }
 

@@ -12,7 +12,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -57,12 +56,7 @@ impl RetryPolicy {
     /// The delay after failed attempt number `attempt` (1-based): `initial · 2^(attempt-1)`, capped at
     /// `max_backoff`, then a uniform draw from its upper half ("equal jitter") so clients do not retry in step.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(20);
-        let full = self.initial_backoff.saturating_mul(1u32 << exp).min(self.max_backoff);
-        let half = full / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        let extra = if jitter_ms == 0 { 0 } else { rand::thread_rng().gen_range(0..=jitter_ms) };
-        half + Duration::from_millis(extra)
+        crate::backoff::Backoff::new(self.initial_backoff, self.max_backoff).delay(attempt)
     }
 }
 
