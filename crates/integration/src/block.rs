@@ -16,7 +16,7 @@
 //! `max_blocks_per_minute` is a token bucket in front of the executor; what exceeds it waits in the queue (and
 //! the journal) and sets the `block_rate_limited` alert metric.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,13 +25,16 @@ use std::time::Duration;
 use chrono::Utc;
 use fortimisp_core::fortigate::{self, Comment, CommentKind};
 use fortimisp_core::indicators::{format_uuid, Hit};
-use fortimisp_core::journal::{ActionId, ActionKind, BlockRecord, Decision, Journal, NewAction, Outcome};
-use fortimisp_core::metrics::Metrics;
+use fortimisp_core::journal::{
+    ActionId, ActionKind, BlockRecord, Decision, Journal, NewAction, Outcome, PendingAction,
+};
+use fortimisp_core::metrics::{Metrics, Stage};
 use fortimisp_core::policy::NeverBlock;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::delay_queue::{DelayQueue, Expired};
 use tracing::{error, info, warn};
 
 use crate::decide::BlockRequest;
@@ -40,6 +43,8 @@ use crate::decide::BlockRequest;
 pub const FATAL_PAUSE: Duration = Duration::from_secs(300);
 /// Block executions in flight at once (the FortiGate client's own rate limit applies below this).
 pub const MAX_IN_FLIGHT: usize = 8;
+/// Block jobs held in memory at once (ready, waiting for a retry, running); the rest wait in the journal.
+pub const WINDOW: usize = 1_024;
 /// Longest wait between two attempts of one action.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
 
@@ -74,7 +79,28 @@ pub struct Job {
     pub reason: String,
     pub received: Option<Instant>,
     pub attempts: u32,
-    pub not_before: Instant,
+}
+
+impl Job {
+    /// A block read back from the journal: the comment decided at the time (creation time, event, indicator) is
+    /// rebuilt from its stored text.
+    fn resumed(p: PendingAction) -> Job {
+        let event = p.event_id.map(|e| e.to_string()).unwrap_or_else(|| "manual".into());
+        let comment = match p.comment.as_deref().map(Comment::parse) {
+            Some(CommentKind::Ours(m)) => Comment::new(m.created_at, m.event_id.as_deref().unwrap_or(&event), &m.rest),
+            _ => Comment::new(p.requested_at, &event, "resumed"),
+        };
+        Job {
+            action: Some(p.id),
+            ip: p.ip,
+            event_id: p.event_id,
+            rule: p.rule,
+            comment,
+            reason: p.reason,
+            received: None,
+            attempts: p.attempts,
+        }
+    }
 }
 
 /// How one execution ended.
@@ -138,7 +164,6 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             reason,
             received: Some(request.received),
             attempts: 0,
-            not_before: Instant::now(),
         }
     }
 
@@ -326,10 +351,28 @@ fn backoff(attempts: u32) -> Duration {
 }
 
 /// The daemon's blocking task.
+///
+/// It holds at most [`WINDOW`] jobs in memory (ready, waiting for a retry, or running). Every request is
+/// journaled on receipt; one that finds the window full (or older blocks still waiting in the journal) stays in
+/// the journal only and is read back, oldest first, as room frees up. So a campaign of a hundred thousand hits, a
+/// long FortiGate outage or the `max_blocks_per_minute` rail costs journal rows, not memory. The input channel is
+/// bounded too ([`crate::run::BLOCK_QUEUE`]): while the blocker is busy journaling, the decider waits on it.
 pub struct Blocker<B: Backend, S: Sighter> {
     executor: Arc<Executor<B, S>>,
     rate: RateLimit,
-    queue: VecDeque<Job>,
+    /// Jobs due now, waiting for an execution slot or a rate token, oldest first.
+    ready: VecDeque<Job>,
+    /// Jobs waiting for their retry time (a timer wheel: no scan of the queue per event).
+    retries: DelayQueue<Job>,
+    /// Executions in flight (at most [`MAX_IN_FLIGHT`]).
+    running: JoinSet<(Job, Executed)>,
+    /// The addresses of every job held in memory (and, in hand-run mode, of those given up): a pending block in
+    /// the journal for one of them is not read back a second time.
+    held: HashSet<IpAddr>,
+    /// Pending blocks may wait in the journal that are not held in memory.
+    more_in_journal: bool,
+    /// How many, as of the last read of the journal plus those deferred since (for the gauge).
+    in_journal: usize,
     paused_until: Option<Instant>,
     /// Hand-run mode ([`Blocker::leaving_failures_pending`]): what cannot be done now is not retried here.
     leave_failures_pending: bool,
@@ -342,7 +385,12 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         Blocker {
             executor: Arc::new(executor),
             rate: RateLimit::new(max_blocks_per_minute),
-            queue: VecDeque::new(),
+            ready: VecDeque::new(),
+            retries: DelayQueue::new(),
+            running: JoinSet::new(),
+            held: HashSet::new(),
+            more_in_journal: false,
+            in_journal: 0,
             paused_until: None,
             leave_failures_pending: false,
             left_pending: 0,
@@ -357,49 +405,69 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         self
     }
 
-    /// Queues the blocks a previous run left pending in the journal.
-    /// In a dry run nothing is resumed: those blocks stay pending for a run that may change the FortiGate.
+    /// Reads the blocks a previous run left pending in the journal (the first [`WINDOW`] of them; the rest are
+    /// read as room frees up). Returns how many are pending. In a dry run nothing is resumed: those blocks stay
+    /// pending for a run that may change the FortiGate.
     pub async fn resume_pending(&mut self) -> usize {
         if self.executor.dry_run {
             return 0;
         }
-        let journal = self.executor.journal.clone();
-        let pending = match blocking(move || journal.pending_of(ActionKind::Block)).await {
-            Ok(p) => p,
-            Err(error) => {
-                error!(message = "Could not read pending actions from the journal.", %error);
-                return 0;
-            }
-        };
-        let n = pending.len();
-        for p in pending {
-            // The comment decided at the time (creation time, event, indicator) is rebuilt from its stored text.
-            let event = p.event_id.map(|e| e.to_string()).unwrap_or_else(|| "manual".into());
-            let comment = match p.comment.as_deref().map(Comment::parse) {
-                Some(CommentKind::Ours(m)) => {
-                    Comment::new(m.created_at, m.event_id.as_deref().unwrap_or(&event), &m.rest)
-                }
-                _ => Comment::new(p.requested_at, &event, "resumed"),
-            };
-            self.queue.push_back(Job {
-                action: Some(p.id),
-                ip: p.ip,
-                event_id: p.event_id,
-                rule: p.rule,
-                comment,
-                reason: p.reason,
-                received: None,
-                attempts: p.attempts,
-                not_before: Instant::now(),
-            });
-        }
+        self.more_in_journal = true;
+        let n = self.read_journal().await;
         if n > 0 {
             info!(message = "Resuming pending blocks from the journal.", count = n);
         }
         n
     }
 
-    /// Runs until the input closes (and the queue is done) or `shutdown` fires; then lets in-flight executions
+    /// Jobs held in memory.
+    fn held_jobs(&self) -> usize {
+        self.ready.len() + self.retries.len() + self.running.len()
+    }
+
+    /// Moves the oldest pending blocks that are not held yet from the journal into the window. Returns how many
+    /// were pending outside memory before the read.
+    async fn read_journal(&mut self) -> usize {
+        let room = WINDOW.saturating_sub(self.held_jobs());
+        let journal = self.executor.journal.clone();
+        let pending = match blocking(move || journal.pending_of(ActionKind::Block)).await {
+            Ok(p) => p,
+            Err(error) => {
+                // Left for the next turn: `more_in_journal` stays set.
+                error!(message = "Could not read pending actions from the journal.", %error);
+                return 0;
+            }
+        };
+        let waiting: Vec<PendingAction> = pending.into_iter().filter(|p| !self.held.contains(&p.ip)).collect();
+        let total = waiting.len();
+        for p in waiting.into_iter().take(room) {
+            self.held.insert(p.ip);
+            self.ready.push_back(Job::resumed(p));
+        }
+        self.in_journal = total.saturating_sub(room);
+        self.more_in_journal = self.in_journal > 0;
+        total
+    }
+
+    /// Journals a new request and holds it if the window has room and nothing older waits in the journal.
+    async fn receive(&mut self, request: BlockRequest) {
+        let job = self.executor.enqueue(&request).await;
+        if self.held.contains(&job.ip) {
+            // Already held (the journal keeps one pending block per address): nothing more to do.
+            return;
+        }
+        // A job the journal could not record (a dry run, or even its memory copy failed) cannot be read back
+        // later, so it is held whatever the window says.
+        if job.action.is_none() || (!self.more_in_journal && self.held_jobs() < WINDOW) {
+            self.held.insert(job.ip);
+            self.ready.push_back(job);
+        } else {
+            self.more_in_journal = true;
+            self.in_journal += 1;
+        }
+    }
+
+    /// Runs until the input closes (and every job is done) or `shutdown` fires; then lets in-flight executions
     /// finish (bounded by `drain`). Whatever is still queued stays pending in the journal for the next start.
     /// Returns how many blocks it leaves pending in the journal.
     pub async fn run(
@@ -408,28 +476,30 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         shutdown: CancellationToken,
         drain: Duration,
     ) -> usize {
-        let mut running: JoinSet<(Job, Executed)> = JoinSet::new();
         let mut input_open = true;
         loop {
-            self.dispatch(&mut running);
+            // Refill from the journal in pages, not per completion: one read serves a quarter of the window.
+            if self.more_in_journal && self.held_jobs() + WINDOW / 4 <= WINDOW {
+                self.read_journal().await;
+            }
+            let wake = self.dispatch();
             self.publish_gauges();
             // Checked after dispatch: in hand-run mode it may just have given up the whole queue.
-            if !input_open && self.queue.is_empty() && running.is_empty() {
+            if !input_open && self.held_jobs() == 0 && !self.more_in_journal {
                 break;
             }
-            let wake = if running.len() < MAX_IN_FLIGHT { self.next_wake() } else { None };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(joined) = running.join_next(), if !running.is_empty() => {
+                Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
                     let (job, executed) = joined.expect("block executions do not panic");
                     self.on_executed(job, executed);
                 }
+                Some(expired) = next_expired(&mut self.retries), if !self.retries.is_empty() => {
+                    self.ready.push_back(expired.into_inner());
+                }
                 request = input.recv(), if input_open => match request {
-                    Some(request) => {
-                        let job = self.executor.enqueue(&request).await;
-                        self.queue.push_back(job);
-                    }
+                    Some(request) => self.receive(request).await,
                     None => input_open = false,
                 },
                 _ = sleep_until_opt(wake) => {}
@@ -437,17 +507,17 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         }
         // Shutdown: no new executions; the running ones finish (each is journaled either way).
         let deadline = Instant::now() + drain;
-        while !running.is_empty() {
-            match tokio::time::timeout_at(deadline, running.join_next()).await {
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.running.join_next()).await {
                 Ok(Some(Ok((job, executed)))) => self.on_executed(job, executed),
                 Ok(_) => break,
                 Err(_) => {
                     warn!(
                         message = "Shutdown deadline reached; unfinished blocks stay pending in the journal.",
-                        running = running.len()
+                        running = self.running.len()
                     );
-                    self.left_pending += running.len();
-                    running.abort_all();
+                    self.left_pending += self.running.len();
+                    self.running.abort_all();
                     break;
                 }
             }
@@ -459,57 +529,55 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             self.left_pending += 1;
         }
         self.publish_gauges();
-        self.left_pending + self.queue.len()
+        self.left_pending + self.ready.len() + self.retries.len() + self.in_journal
     }
 
-    fn dispatch(&mut self, running: &mut JoinSet<(Job, Executed)>) {
+    /// Starts what can start now. Returns when the loop must look again if nothing else happens (the end of a
+    /// pause, or the next rate token), or `None`.
+    fn dispatch(&mut self) -> Option<Instant> {
         let now = Instant::now();
-        if self.paused_until.is_some_and(|until| until > now) {
-            if self.leave_failures_pending && !self.queue.is_empty() {
+        if let Some(until) = self.paused_until.filter(|until| *until > now) {
+            if self.leave_failures_pending && (!self.ready.is_empty() || !self.retries.is_empty()) {
+                let count = self.ready.len() + self.retries.len();
                 warn!(
                     message = "FortiGate writes are paused; blocks left pending in the journal for the daemon.",
-                    count = self.queue.len()
+                    count
                 );
-                self.left_pending += self.queue.len();
-                self.queue.clear();
+                self.left_pending += count;
+                self.ready.clear();
+                self.retries.clear();
             }
-            return;
+            return Some(until);
         }
         if self.paused_until.take().is_some() {
             self.executor.metrics.fortigate_unauthorized.set(0);
             info!(message = "Resuming FortiGate writes after the pause.");
         }
         let mut limited = false;
-        let mut deferred = VecDeque::new();
-        while running.len() < MAX_IN_FLIGHT {
-            let Some(job) = self.queue.pop_front() else { break };
-            if job.not_before > now {
-                deferred.push_back(job);
-                continue;
-            }
+        while self.running.len() < MAX_IN_FLIGHT {
+            let Some(job) = self.ready.pop_front() else { break };
             // Retries of an already-counted action do not take a new token.
             if job.attempts == 0 && !self.rate.try_take() {
                 limited = true;
-                self.queue.push_front(job);
+                self.ready.push_front(job);
                 break;
             }
             let executor = self.executor.clone();
-            running.spawn(async move {
+            self.running.spawn(async move {
                 let executed = executor.execute(&job).await;
                 (job, executed)
             });
         }
-        deferred.append(&mut self.queue);
-        self.queue = deferred;
         // Logged on the transition only: this runs on every loop turn.
         let was_limited = self.executor.metrics.block_rate_limited.get() == 1;
         self.executor.metrics.block_rate_limited.set(i64::from(limited));
         if limited && !was_limited {
             warn!(
                 message = "max_blocks_per_minute reached; further blocks wait in the journal.",
-                waiting = self.queue.len()
+                waiting = self.ready.len() + self.in_journal
             );
         }
+        limited.then(|| self.rate.next_token())
     }
 
     fn on_executed(&mut self, mut job: Job, executed: Executed) {
@@ -517,8 +585,11 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             Executed::Done(_) => {
                 // The FortiGate took a write: whatever refused the token before (at start) is fixed.
                 self.executor.metrics.fortigate_unauthorized.set(0);
+                self.held.remove(&job.ip);
             }
-            Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {}
+            Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {
+                self.held.remove(&job.ip);
+            }
             Executed::Retry(error) if self.leave_failures_pending => {
                 warn!(message = "Block failed; left pending in the journal for the daemon.", ip = %job.ip, %error);
                 self.left_pending += 1;
@@ -528,8 +599,7 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                 let wait = backoff(job.attempts);
                 warn!(message = "Block failed; will retry.", ip = %job.ip, %error, attempts = job.attempts,
                       retry_in = ?wait);
-                job.not_before = Instant::now() + wait;
-                self.queue.push_back(job);
+                self.retries.insert(job, wait);
             }
             Executed::Fatal(error) => {
                 if self.paused_until.is_none() {
@@ -538,24 +608,22 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                 }
                 self.executor.metrics.fortigate_unauthorized.set(1);
                 self.paused_until = Some(Instant::now() + FATAL_PAUSE);
-                job.not_before = Instant::now();
-                self.queue.push_front(job);
+                self.ready.push_front(job);
             }
         }
     }
 
-    fn next_wake(&self) -> Option<Instant> {
-        if let Some(until) = self.paused_until {
-            return Some(until);
-        }
-        let earliest = self.queue.iter().map(|j| j.not_before).min()?;
-        Some(earliest.max(self.rate.next_token().min(earliest + Duration::from_secs(60))))
-    }
-
     fn publish_gauges(&self) {
-        self.executor.metrics.pending_actions.set(self.queue.len() as i64);
-        self.executor.metrics.journal_degraded.set(i64::from(self.executor.journal.is_degraded()));
+        let metrics = &self.executor.metrics;
+        metrics.pending_actions.set((self.ready.len() + self.retries.len() + self.in_journal) as i64);
+        metrics.queue_depth.get_or_create(&Stage { stage: "block" }).set(self.held_jobs() as i64);
+        metrics.journal_degraded.set(i64::from(self.executor.journal.is_degraded()));
     }
+}
+
+/// The next retry whose time has come.
+async fn next_expired(retries: &mut DelayQueue<Job>) -> Option<Expired<Job>> {
+    std::future::poll_fn(|cx| retries.poll_expired(cx)).await
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -570,4 +638,142 @@ pub fn manual_request(ip: IpAddr, note: String) -> BlockRequest {
     use fortimisp_core::indicators::Entry;
     let hit = Hit { network: ip.into(), entry: Entry { event_id: 0, uuid: 0 } };
     BlockRequest { ip, hit, rule: None, received: Instant::now(), note: Some(note) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A FortiGate that takes every block, recording the order, and fails the first `failures` calls per address.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<IpAddr>>,
+        failures: u32,
+    }
+
+    impl Backend for Arc<Fake> {
+        async fn block(&self, ip: IpAddr, _comment: &Comment) -> Result<Applied, fortigate::Error> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(ip);
+            let attempts = calls.iter().filter(|c| **c == ip).count() as u32;
+            if attempts <= self.failures {
+                return Err(fortigate::Error::Http { status: 503 });
+            }
+            Ok(Applied::Blocked { object: format!("misp-{ip}"), group: None })
+        }
+        fn name(&self) -> &'static str {
+            "address-group"
+        }
+    }
+
+    struct NoSightings;
+    impl Sighter for NoSightings {
+        async fn sight(&self, _ip: IpAddr) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn blocker(
+        fake: &Arc<Fake>,
+        journal: &Journal,
+        per_minute: u32,
+    ) -> (Blocker<Arc<Fake>, NoSightings>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let executor = Executor {
+            backend: fake.clone(),
+            sighter: None,
+            background_sightings: false,
+            journal: journal.clone(),
+            never_block: NeverBlock::new(Vec::new()),
+            dry_run: false,
+            metrics: metrics.clone(),
+        };
+        (Blocker::new(executor, per_minute), metrics)
+    }
+
+    /// Distinct public addresses (45.0.0.0/8; no traffic is sent).
+    fn ip(n: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x2d00_0000u32 + n as u32))
+    }
+
+    fn pending_blocks(journal: &Journal) -> usize {
+        journal.pending_of(ActionKind::Block).unwrap().len()
+    }
+
+    fn held(metrics: &Metrics) -> i64 {
+        metrics.queue_depth.get_or_create(&Stage { stage: "block" }).get()
+    }
+
+    /// Three windows' worth of hits against a rate limit that lets one through: memory holds at most a window,
+    /// the rest wait in the journal, and once the limit allows, every block is done exactly once, oldest first.
+    #[tokio::test(start_paused = true)]
+    async fn memory_holds_one_window_the_rest_waits_in_the_journal_and_all_are_done_in_order() {
+        let fake = Arc::new(Fake::default());
+        let journal = Journal::in_memory();
+        let (blocker, metrics) = blocker(&fake, &journal, 60);
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(blocker.run(rx, CancellationToken::new(), Duration::from_secs(1)));
+        let total = 3 * WINDOW;
+        let mut max_held = 0;
+        for n in 0..total {
+            tx.send(manual_request(ip(n), "test".into())).await.unwrap();
+            max_held = max_held.max(held(&metrics));
+        }
+        // Everything sent is in the journal before the channel drains; memory never held more than the window.
+        while pending_blocks(&journal) + fake.calls.lock().unwrap().len() < total {
+            tokio::task::yield_now().await;
+        }
+        max_held = max_held.max(held(&metrics));
+        assert!(max_held <= WINDOW as i64, "held {max_held} jobs in memory, window is {WINDOW}");
+        assert!(pending_blocks(&journal) > WINDOW, "the overflow waits in the journal");
+        drop(tx);
+        let left = task.await.unwrap();
+        assert_eq!(left, 0);
+        let calls = fake.calls.lock().unwrap().clone();
+        assert_eq!(calls, (0..total).map(ip).collect::<Vec<_>>(), "each block once, in arrival order");
+        assert_eq!(pending_blocks(&journal), 0);
+        assert_eq!(metrics.pending_actions.get(), 0);
+    }
+
+    /// Retries wait on their own timers: a failing address does not hold back the ones behind it, and each is
+    /// retried until done.
+    #[tokio::test(start_paused = true)]
+    async fn failed_blocks_are_retried_on_timers_without_holding_back_the_queue() {
+        let fake = Arc::new(Fake { failures: 2, ..Fake::default() });
+        let journal = Journal::in_memory();
+        let (blocker, metrics) = blocker(&fake, &journal, 600);
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(blocker.run(rx, CancellationToken::new(), Duration::from_secs(1)));
+        for n in 0..50 {
+            tx.send(manual_request(ip(n), "test".into())).await.unwrap();
+        }
+        drop(tx);
+        assert_eq!(task.await.unwrap(), 0);
+        let calls = fake.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 150, "two failures and one success per address");
+        // The first attempts of all 50 come before any retry: nobody waited behind a backoff.
+        let first: HashSet<IpAddr> = calls[..50].iter().copied().collect();
+        assert_eq!(first.len(), 50);
+        assert_eq!(pending_blocks(&journal), 0);
+        assert_eq!(metrics.blocks.get_or_create(&fortimisp_core::metrics::Outcome { outcome: "retry" }).get(), 100);
+    }
+
+    /// A second request for an address already held is not a second job.
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_request_for_a_held_address_is_one_job() {
+        let fake = Arc::new(Fake { failures: 1, ..Fake::default() });
+        let journal = Journal::in_memory();
+        let (blocker, _) = blocker(&fake, &journal, 600);
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(blocker.run(rx, CancellationToken::new(), Duration::from_secs(1)));
+        for _ in 0..5 {
+            tx.send(manual_request(ip(1), "test".into())).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(fake.calls.lock().unwrap().len(), 2, "one failure, one success: one job");
+    }
 }
