@@ -900,18 +900,21 @@ fn check_ca(key: &str, path: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
-/// FortiOS names: at most 63 characters, no `/`, no control characters, no quotes.
+/// FortiOS names, by the one definition in `fortigate::objects`: a group name leaves room for its overflow
+/// suffix, a prefix for the longest IP address, neither holds `/` or a character FortiOS refuses.
 fn check_object_name(key: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty() && key != "fortigate.object_prefix" {
-        return Err(Error::invalid(key, "must not be empty"));
+    use crate::fortigate::{objects, Error as FgError};
+    let checked = if key == "fortigate.object_prefix" {
+        objects::check_prefix(name)
+    } else {
+        objects::check_group_name(name)
+    };
+    match checked {
+        Err(FgError::InvalidName { reason, .. }) if reason == "empty" => Err(Error::invalid(key, "must not be empty")),
+        Err(FgError::InvalidName { reason, .. }) => Err(Error::invalid(key, reason)),
+        Err(other) => Err(Error::invalid(key, other.to_string())),
+        Ok(()) => Ok(()),
     }
-    if name.len() > 40 {
-        return Err(Error::invalid(key, "longer than 40 characters (FortiOS names are limited to 63)"));
-    }
-    if name.chars().any(|c| c == '/' || c == '"' || c == '\\' || c.is_control()) {
-        return Err(Error::invalid(key, "must not contain '/', quotes, backslashes or control characters"));
-    }
-    Ok(())
 }
 
 fn parse_net(key: &str, value: &str) -> Result<IpNet, Error> {

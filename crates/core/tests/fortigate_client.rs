@@ -75,7 +75,7 @@ fn unusable_options_are_rejected() {
         ("zero members", |o| o.max_group_members = 0, "max_group_members"),
         ("same groups", |o| o.block_group6 = o.block_group.clone(), "block_group6"),
         ("slash prefix", |o| o.object_prefix = "a/b".into(), "contains '/'"),
-        ("long group", |o| o.block_group = "G".repeat(70), "longer than 63"),
+        ("long group", |o| o.block_group = "G".repeat(70), "longer than 59"),
         ("newline token", |o| o.api_key = ApiKey::new("a\nb"), "api_key"),
     ];
     for (label, edit, want) in cases {
@@ -237,11 +237,11 @@ async fn duplicate_is_already_exists_whether_sent_with_500_or_424() {
         // Also the low-level calls: -5 on create and on member add are Unchanged.
         let name = fortimisp_core::fortigate::ObjectName::parse("misp-198.51.100.7").expect("name");
         assert_eq!(
-            c.create_address(&name, ip("198.51.100.7"), &comment("1")).await.expect("create"),
+            c.transport().create_address(&name, ip("198.51.100.7"), &comment("1")).await.expect("create"),
             Change::Unchanged
         );
         assert_eq!(
-            c.add_member(Family::V4, "MISP_BLOCK", "misp-198.51.100.7").await.expect("member"),
+            c.transport().add_member(Family::V4, "MISP_BLOCK", "misp-198.51.100.7").await.expect("member"),
             Change::Unchanged
         );
     }
@@ -269,8 +269,8 @@ async fn unblock_removes_member_then_object() {
     c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     c.block(ip("2001:db8::7"), &comment("1")).await.expect("block6");
     emu.reset_requests();
-    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("unblock"), UnblockOutcome::Unblocked);
-    assert_eq!(c.unblock(ip("2001:db8::7")).await.expect("unblock6"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock(ip("198.51.100.7"), None).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock(ip("2001:db8::7"), None).await.expect("unblock6"), UnblockOutcome::Unblocked);
     let deletes: Vec<String> = emu.requests().into_iter().filter(|r| r.method == "DELETE").map(|r| r.path).collect();
     assert_eq!(
         deletes,
@@ -285,7 +285,7 @@ async fn unblock_removes_member_then_object() {
     assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["misp-placeholder".to_string()]));
     // Already gone: success-equivalent, and no DELETE is sent for it.
     emu.reset_requests();
-    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("again"), UnblockOutcome::NotBlocked);
+    assert_eq!(c.unblock(ip("198.51.100.7"), None).await.expect("again"), UnblockOutcome::NotBlocked);
     assert!(emu.requests().iter().all(|r| r.method == "GET"));
     // Low level: -3/404 on delete is Unchanged.
     assert_eq!(c.delete_address(Family::V4, "misp-198.51.100.7").await.expect("delete"), Change::Unchanged);
@@ -302,7 +302,7 @@ async fn unblock_last_member_works_on_old_fortios_thanks_to_placeholder() {
     let c = client(&emu);
     c.ensure_groups().await.expect("ensure");
     c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
-    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock(ip("198.51.100.7"), None).await.expect("unblock"), UnblockOutcome::Unblocked);
     // Without the placeholder the emulated old FortiOS refuses to empty a group.
     emu.seed_address("x", "10.0.0.1", "");
     emu.seed_group(Table::Addrgrp, "G", &["x"], "");
@@ -318,7 +318,7 @@ async fn unblock_refuses_foreign_objects() {
     let c = client(&emu);
     c.ensure_groups().await.expect("ensure");
     emu.seed_address("misp-198.51.100.9", "198.51.100.9/32", "keep me");
-    assert!(matches!(c.unblock(ip("198.51.100.9")).await, Err(Error::Foreign { .. })));
+    assert!(matches!(c.unblock(ip("198.51.100.9"), None).await, Err(Error::Foreign { .. })));
     assert!(emu.object("misp-198.51.100.9").is_some());
     assert!(emu.requests().iter().all(|r| r.method != "DELETE"));
 }
@@ -329,7 +329,7 @@ async fn unblock_in_use_is_typed_and_not_retried() {
     let c = client(&emu);
     c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     emu.reference_by_policy("misp-198.51.100.7");
-    match c.unblock(ip("198.51.100.7")).await {
+    match c.unblock(ip("198.51.100.7"), None).await {
         Err(e @ Error::InUse { .. }) => {
             assert!(!e.is_retryable());
             assert!(e.to_string().contains("misp-198.51.100.7"));
@@ -424,7 +424,7 @@ async fn overflow_by_count_nests_new_groups_in_the_base_group() {
     let again = c2.block(ip("198.51.100.4"), &comment("1")).await.expect("block");
     assert!(matches!(again, BlockOutcome::AlreadyBlocked { ref group, .. } if group == "MISP_BLOCK-2"));
     // Unblock finds the right group; the freed slot is reused.
-    assert_eq!(c2.unblock(ip("198.51.100.3")).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c2.unblock(ip("198.51.100.3"), None).await.expect("unblock"), UnblockOutcome::Unblocked);
     match c2.block(ip("198.51.100.6"), &comment("1")).await.expect("block") {
         BlockOutcome::Blocked { group, .. } => assert_eq!(group, "MISP_BLOCK-2"),
         other => panic!("{other:?}"),
@@ -478,13 +478,13 @@ async fn full_errors_are_typed() {
     emu.seed_address("b", "10.0.0.2", "");
     emu.seed_group(Table::Addrgrp, "G", &["a"], "");
     emu.set_group_member_limit(1);
-    match c.add_member(Family::V4, "G", "b").await {
+    match c.transport().add_member(Family::V4, "G", "b").await {
         Err(Error::Full { name, code: -52 }) => assert_eq!(name, "G"),
         other => panic!("{other:?}"),
     }
     // Missing member reference (-3).
     emu.set_group_member_limit(100);
-    assert!(matches!(c.add_member(Family::V4, "G", "nope").await, Err(Error::NotFound { .. })));
+    assert!(matches!(c.transport().add_member(Family::V4, "G", "nope").await, Err(Error::NotFound { .. })));
 }
 
 #[tokio::test]
@@ -547,8 +547,8 @@ async fn legacy_members_are_found_and_removed_with_encoded_names() {
     emu.seed_address("198.51.100.7/32", "198.51.100.7/32", "2023-05-06 07:08:09.123456");
     emu.seed_address("198.51.100.8/32", "198.51.100.8/32", "2023-05-06 07:08:09.123456");
     emu.seed_address("ops", "10.0.0.1/32", "ops host");
-    c.add_member(Family::V4, "MISP_BLOCK", "198.51.100.7/32").await.expect("add legacy");
-    c.add_member(Family::V4, "MISP_BLOCK", "ops").await.expect("add ops");
+    c.transport().add_member(Family::V4, "MISP_BLOCK", "198.51.100.7/32").await.expect("add legacy");
+    c.transport().add_member(Family::V4, "MISP_BLOCK", "ops").await.expect("add ops");
     let legacy = c.legacy_members().await.expect("legacy");
     assert_eq!(legacy.len(), 1, "{legacy:?}");
     assert_eq!(legacy[0].name, "198.51.100.7/32");
@@ -556,7 +556,7 @@ async fn legacy_members_are_found_and_removed_with_encoded_names() {
     assert_eq!(legacy[0].network.map(|n| n.to_string()).as_deref(), Some("198.51.100.7/32"));
     assert!(c.group_members(Family::V4, "MISP_BLOCK").await.expect("members").contains(&"ops".to_string()));
     emu.reset_requests();
-    assert_eq!(c.unblock_legacy(&legacy[0]).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock_legacy(&legacy[0], None).await.expect("unblock"), UnblockOutcome::Unblocked);
     let paths: Vec<String> = emu.requests().into_iter().map(|r| r.path).collect();
     assert!(paths.contains(&"/api/v2/cmdb/firewall/addrgrp/MISP_BLOCK/member/198.51.100.7%2F32".to_string()));
     assert!(paths.contains(&"/api/v2/cmdb/firewall/address/198.51.100.7%2F32".to_string()));
@@ -567,7 +567,7 @@ async fn legacy_members_are_found_and_removed_with_encoded_names() {
     emu.seed_address("198.51.100.8/32", "198.51.100.8/32", "now managed by ops");
     let mut stale = legacy[0].clone();
     stale.name = "198.51.100.8/32".into();
-    assert!(matches!(c.unblock_legacy(&stale).await, Err(Error::Foreign { .. })));
+    assert!(matches!(c.unblock_legacy(&stale, None).await, Err(Error::Foreign { .. })));
     assert_nothing_dangerous(&emu);
 }
 
@@ -705,7 +705,7 @@ async fn retries_are_bounded() {
     emu.reference_by_policy("misp-198.51.100.7");
     c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     emu.reset_requests();
-    assert!(matches!(c.unblock(ip("198.51.100.7")).await, Err(Error::InUse { .. })));
+    assert!(matches!(c.unblock(ip("198.51.100.7"), None).await, Err(Error::InUse { .. })));
     assert_eq!(emu.route_count(&format!("DELETE {ADDR}/{{name}}")), 1);
 }
 
