@@ -324,6 +324,22 @@ mod tests {
         assert!(!c.as_str().contains('\n'));
     }
 
+    /// Refused characters: replaced in comments (whatever the source), refused in names.
+    #[test]
+    fn refused_characters() {
+        let c = Comment::new(t0(), "7 (x)", r#"say "hi" <b> & 'you' #1 (a\b)"#);
+        assert_eq!(c.as_str(), "fortimisp 2025-01-02T03:04:05Z misp-event=7__x_ say _hi_ _b_ _ _you_ _1 _a_b_");
+        assert!(!c.as_str().contains(REFUSED_CHARS));
+        assert!(Comment::parse(c.as_str()).is_ours());
+        for ch in REFUSED_CHARS {
+            let name = format!("misp{ch}");
+            assert!(matches!(ObjectName::parse(&name), Err(Error::InvalidName { .. })), "{name:?}");
+            assert!(check_prefix(&name).is_err() && check_group_name(&name).is_err(), "{name:?}");
+        }
+        assert!(check_prefix("").is_ok());
+        assert!(check_group_name("").is_err());
+    }
+
     #[test]
     fn comment_kinds() {
         let legacy = Utc.with_ymd_and_hms(2023, 5, 6, 7, 8, 9).single().expect("valid");

@@ -348,6 +348,7 @@ pub(crate) fn classify(status: u16, retry_after: Option<Duration>, body: &[u8], 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn classify_by_error_code_not_status() {
