@@ -925,7 +925,11 @@ async fn refused_characters_in_comments_are_replaced_before_sending() {
     c.block(ip("198.51.100.7"), &Comment::new(at, "1", text)).await.expect("block");
     let written = field(&emu, "misp-198.51.100.7", "comment").expect("comment");
     assert_eq!(written, "fortimisp 2025-06-01T12:00:00Z misp-event=1 say _hi_ to _b___you_ _1 _now_");
-    for request in emu.requests() {
-        assert!(!request.body.contains(REFUSED_IN_TEXT), "{}", request.body);
+    for request in emu.requests().into_iter().filter(|r| !r.body.is_empty()) {
+        let body: Value = serde_json::from_str(&request.body).expect("json body");
+        for key in ["name", "comment"] {
+            let text = body.get(key).and_then(Value::as_str).unwrap_or_default();
+            assert!(!text.contains(REFUSED_IN_TEXT), "{key}: {text:?}");
+        }
     }
 }
