@@ -904,13 +904,10 @@ fn check_ca(key: &str, path: Option<&Path>) -> Result<(), Error> {
 /// suffix, a prefix for the longest IP address, neither holds `/` or a character FortiOS refuses.
 fn check_object_name(key: &str, name: &str) -> Result<(), Error> {
     use crate::fortigate::{objects, Error as FgError};
-    let checked = if key == "fortigate.object_prefix" {
-        objects::check_prefix(name)
-    } else {
-        objects::check_group_name(name)
-    };
+    let checked =
+        if key == "fortigate.object_prefix" { objects::check_prefix(name) } else { objects::check_group_name(name) };
     match checked {
-        Err(FgError::InvalidName { reason, .. }) if reason == "empty" => Err(Error::invalid(key, "must not be empty")),
+        Err(FgError::InvalidName { reason: "empty", .. }) => Err(Error::invalid(key, "must not be empty")),
         Err(FgError::InvalidName { reason, .. }) => Err(Error::invalid(key, reason)),
         Err(other) => Err(Error::invalid(key, other.to_string())),
         Ok(()) => Ok(()),

@@ -74,7 +74,6 @@ pub struct BannedIp {
     pub source: Option<String>,
 }
 
-
 impl Transport {
     /// `GET /api/v2/monitor/system/status`: version for feature detection (also a cheap auth check).
     pub async fn system_status(&self) -> Result<SystemStatus, Error> {
@@ -284,7 +283,6 @@ impl Transport {
             .unwrap_or_default())
     }
 }
-
 
 /// Reads one answer as every request does (classification, then the typed readers on success). For the fuzz
 /// targets and the bad-input tests; re-exported as `fortigate::classify_response`.

@@ -672,7 +672,12 @@ impl Client {
     }
 
     /// Member first, then object (FortiOS refuses to delete a referenced address with -23).
-    async fn remove_object(&self, family: Family, name: &str, hint: Option<&[String]>) -> Result<UnblockOutcome, Error> {
+    async fn remove_object(
+        &self,
+        family: Family,
+        name: &str,
+        hint: Option<&[String]>,
+    ) -> Result<UnblockOutcome, Error> {
         let groups: Vec<String> = match hint {
             Some(groups) => groups.iter().filter(|g| self.is_block_group(family, g)).cloned().collect(),
             None => {

@@ -73,8 +73,8 @@ use std::time::Duration;
 
 pub use api::{AddressEntry, BannedIp, Change, Group, SystemStatus};
 pub use groups::{BlockOutcome, Client, GroupOptions, LegacyMember, OwnedObject, UnblockOutcome};
-pub use transport::{Transport, TransportOptions};
 pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
+pub use transport::{Transport, TransportOptions};
 
 use crate::secret::ApiKey;
 

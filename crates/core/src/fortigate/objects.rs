@@ -78,7 +78,11 @@ fn name_problem(name: &str, max: usize, too_long: &'static str) -> Option<&'stat
 /// # Errors
 /// [`Error::InvalidName`] naming the rule broken.
 pub fn check_prefix(prefix: &str) -> Result<(), Error> {
-    match name_problem(prefix, MAX_PREFIX_LEN, "longer than 24 characters (prefix + the longest IPv6 address must fit in 63)") {
+    match name_problem(
+        prefix,
+        MAX_PREFIX_LEN,
+        "longer than 24 characters (prefix + the longest IPv6 address must fit in 63)",
+    ) {
         Some("empty") | None => Ok(()),
         Some(reason) => Err(Error::InvalidName { name: prefix.to_string(), reason }),
     }
@@ -89,7 +93,11 @@ pub fn check_prefix(prefix: &str) -> Result<(), Error> {
 /// # Errors
 /// [`Error::InvalidName`] naming the rule broken.
 pub fn check_group_name(name: &str) -> Result<(), Error> {
-    match name_problem(name, MAX_GROUP_NAME_LEN, "longer than 59 characters (the group + its overflow suffix -201 must fit in 63)") {
+    match name_problem(
+        name,
+        MAX_GROUP_NAME_LEN,
+        "longer than 59 characters (the group + its overflow suffix -201 must fit in 63)",
+    ) {
         Some(reason) => Err(Error::InvalidName { name: name.to_string(), reason }),
         None => Ok(()),
     }

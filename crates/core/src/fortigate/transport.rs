@@ -110,7 +110,6 @@ impl RateLimiter {
     }
 }
 
-
 /// Everything the transport needs: where, which key, how to trust the box, how fast and how often to retry.
 /// Field names follow `[fortigate]` in config.toml; [`super::ClientOptions`] carries the same fields.
 #[derive(Debug, Clone)]
@@ -299,7 +298,12 @@ fn transport(e: reqwest::Error) -> Error {
 
 /// Turns one HTTP answer into the envelope or a typed error. Decided on the FortiOS `error` code first; the HTTP
 /// status only where there is no code.
-pub(crate) fn classify(status: u16, retry_after: Option<Duration>, body: &[u8], name: Option<&str>) -> Result<Envelope, Error> {
+pub(crate) fn classify(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    name: Option<&str>,
+) -> Result<Envelope, Error> {
     match status {
         401 => return Err(Error::Unauthorized),
         429 => return Err(Error::TooManyRequests { retry_after }),
@@ -407,5 +411,4 @@ mod tests {
             assert_eq!(utf8_percent_encode(raw, MKEY).to_string(), want);
         }
     }
-
 }

@@ -138,10 +138,7 @@ impl Eq for Gate {}
 
 impl Gate {
     pub fn new() -> Gate {
-        Gate {
-            open: Arc::new(tokio::sync::watch::channel(false).0),
-            held: Arc::new(tokio::sync::watch::channel(0).0),
-        }
+        Gate { open: Arc::new(tokio::sync::watch::channel(false).0), held: Arc::new(tokio::sync::watch::channel(0).0) }
     }
 
     /// Lets every held request (and every later one) through.
