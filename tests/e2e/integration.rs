@@ -729,6 +729,19 @@ async fn block_unblock_and_list_by_hand() {
     assert!(listing.contains("manual"), "list gives the reason:\n{listing}");
 }
 
+/// `integration block --comment` with characters FortiOS refuses in comments (`"` `'` `<` `>` `&` `#` `(` `)`):
+/// they are replaced by `_` as the README says, and the block goes through (the emulator refuses them like FortiOS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_comment_with_refused_characters_is_replaced() {
+    let env = Env::start().await;
+    let out = env.integration_cmd(&["block", "198.51.100.41", "--comment", r#"ticket "42" <urgent> & (ops) #7 'x'"#]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let (_, object) = env.fortigate.object("misp-198.51.100.41").expect("blocked");
+    let comment = object["comment"].as_str().expect("comment");
+    assert!(comment.ends_with(" misp-event=manual ticket _42_ _urgent_ _ _ops_ _7 _x_"), "{comment}");
+    assert!(is_member(&env, "198.51.100.41"));
+}
+
 /// `lookup` prints the decision without changing anything; `validate` exits 0 against healthy emulators and 1
 /// when the FortiGate refuses the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -900,18 +900,18 @@ fn check_ca(key: &str, path: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
-/// FortiOS names: at most 63 characters, no `/`, no control characters, no quotes.
+/// FortiOS names, by the one definition in `fortigate::objects`: a group name leaves room for its overflow
+/// suffix, a prefix for the longest IP address, neither holds `/` or a character FortiOS refuses.
 fn check_object_name(key: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty() && key != "fortigate.object_prefix" {
-        return Err(Error::invalid(key, "must not be empty"));
+    use crate::fortigate::{objects, Error as FgError};
+    let checked =
+        if key == "fortigate.object_prefix" { objects::check_prefix(name) } else { objects::check_group_name(name) };
+    match checked {
+        Err(FgError::InvalidName { reason: "empty", .. }) => Err(Error::invalid(key, "must not be empty")),
+        Err(FgError::InvalidName { reason, .. }) => Err(Error::invalid(key, reason)),
+        Err(other) => Err(Error::invalid(key, other.to_string())),
+        Ok(()) => Ok(()),
     }
-    if name.len() > 40 {
-        return Err(Error::invalid(key, "longer than 40 characters (FortiOS names are limited to 63)"));
-    }
-    if name.chars().any(|c| c == '/' || c == '"' || c == '\\' || c.is_control()) {
-        return Err(Error::invalid(key, "must not contain '/', quotes, backslashes or control characters"));
-    }
-    Ok(())
 }
 
 fn parse_net(key: &str, value: &str) -> Result<IpNet, Error> {
@@ -1151,5 +1151,58 @@ policy_id = 7
         assert!(c.warnings.iter().any(|w| w.contains("readable by other users")), "{:?}", c.warnings);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(Config::load_with_env(&path, &no_env).unwrap().warnings.is_empty());
+    }
+
+    /// The name rules agree: whatever `[fortigate]` names validation accepts, the client builds, and every object
+    /// and overflow group name it derives is a valid `ObjectName`; the limits are the reference's.
+    #[test]
+    fn names_that_validate_make_valid_object_names() {
+        use crate::fortigate::{objects, ObjectName, MAX_OVERFLOW_GROUPS};
+        // fortios-rest.md §4: keep names <= 63 (addrgrp on 6.0), comment <= 255.
+        assert_eq!((objects::MAX_NAME_LEN, objects::MAX_COMMENT_LEN), (63, 255));
+        assert_eq!((objects::MAX_PREFIX_LEN, objects::MAX_GROUP_NAME_LEN), (24, 59));
+        let longest_ip: std::net::IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        let validate = |key: &str, value: &str| {
+            let text = MINIMAL.replacen("[fortigate]", &format!("[fortigate]\n{key} = \"{value}\""), 1);
+            RawConfig::parse(&text).and_then(|raw| raw.validate(&no_env))
+        };
+        for len in 1..=80 {
+            let prefix = "p".repeat(len);
+            match validate("object_prefix", &prefix) {
+                Ok(config) => {
+                    assert!(len <= objects::MAX_PREFIX_LEN, "prefix of {len} accepted");
+                    ObjectName::for_ip(&prefix, longest_ip).expect("prefix + the longest IP");
+                    ObjectName::parse(&format!("{prefix}placeholder6")).expect("placeholder");
+                    crate::clients::fortigate(&config.fortigate).expect("the client builds");
+                }
+                Err(e) => {
+                    assert!(len > objects::MAX_PREFIX_LEN, "prefix of {len} refused: {e}");
+                    assert!(e.to_string().starts_with("fortigate.object_prefix: longer than 24"), "{e}");
+                }
+            }
+            let group = "G".repeat(len);
+            match validate("block_group", &group) {
+                Ok(config) => {
+                    assert!(len <= objects::MAX_GROUP_NAME_LEN, "group of {len} accepted");
+                    ObjectName::parse(&format!("{group}-{}", MAX_OVERFLOW_GROUPS + 1)).expect("last overflow group");
+                    crate::clients::fortigate(&config.fortigate).expect("the client builds");
+                }
+                Err(e) => assert!(len > objects::MAX_GROUP_NAME_LEN, "group of {len} refused: {e}"),
+            }
+        }
+    }
+
+    /// Names with a character FortiOS refuses in text fields are refused at validation, naming the key.
+    #[test]
+    fn names_with_refused_characters_are_refused() {
+        for c in crate::fortigate::objects::REFUSED_CHARS {
+            let value = format!("a{c}b").replace('\\', "\\\\").replace('"', "\\\"");
+            for key in ["block_group", "object_prefix"] {
+                check_err(
+                    &MINIMAL.replacen("[fortigate]", &format!("[fortigate]\n{key} = \"{value}\""), 1),
+                    &format!("fortigate.{key}: contains a character FortiOS refuses"),
+                );
+            }
+        }
     }
 }

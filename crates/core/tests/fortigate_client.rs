@@ -11,7 +11,7 @@ use fortimisp_core::fortigate::{
     BlockOutcome, Change, Client, ClientOptions, Comment, Error, Family, RetryPolicy, UnblockOutcome,
 };
 use fortimisp_core::secret::ApiKey;
-use fortimisp_testkit::fortigate::{EmulatorConfig, Fault, FortiGateEmulator, Table};
+use fortimisp_testkit::fortigate::{EmulatorConfig, Fault, FortiGateEmulator, Gate, Table, REFUSED_IN_TEXT};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -75,7 +75,7 @@ fn unusable_options_are_rejected() {
         ("zero members", |o| o.max_group_members = 0, "max_group_members"),
         ("same groups", |o| o.block_group6 = o.block_group.clone(), "block_group6"),
         ("slash prefix", |o| o.object_prefix = "a/b".into(), "contains '/'"),
-        ("long group", |o| o.block_group = "G".repeat(70), "longer than 63"),
+        ("long group", |o| o.block_group = "G".repeat(70), "longer than 59"),
         ("newline token", |o| o.api_key = ApiKey::new("a\nb"), "api_key"),
     ];
     for (label, edit, want) in cases {
@@ -237,11 +237,11 @@ async fn duplicate_is_already_exists_whether_sent_with_500_or_424() {
         // Also the low-level calls: -5 on create and on member add are Unchanged.
         let name = fortimisp_core::fortigate::ObjectName::parse("misp-198.51.100.7").expect("name");
         assert_eq!(
-            c.create_address(&name, ip("198.51.100.7"), &comment("1")).await.expect("create"),
+            c.transport().create_address(&name, ip("198.51.100.7"), &comment("1")).await.expect("create"),
             Change::Unchanged
         );
         assert_eq!(
-            c.add_member(Family::V4, "MISP_BLOCK", "misp-198.51.100.7").await.expect("member"),
+            c.transport().add_member(Family::V4, "MISP_BLOCK", "misp-198.51.100.7").await.expect("member"),
             Change::Unchanged
         );
     }
@@ -269,8 +269,8 @@ async fn unblock_removes_member_then_object() {
     c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     c.block(ip("2001:db8::7"), &comment("1")).await.expect("block6");
     emu.reset_requests();
-    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("unblock"), UnblockOutcome::Unblocked);
-    assert_eq!(c.unblock(ip("2001:db8::7")).await.expect("unblock6"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock(ip("198.51.100.7"), None).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock(ip("2001:db8::7"), None).await.expect("unblock6"), UnblockOutcome::Unblocked);
     let deletes: Vec<String> = emu.requests().into_iter().filter(|r| r.method == "DELETE").map(|r| r.path).collect();
     assert_eq!(
         deletes,
@@ -285,7 +285,7 @@ async fn unblock_removes_member_then_object() {
     assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["misp-placeholder".to_string()]));
     // Already gone: success-equivalent, and no DELETE is sent for it.
     emu.reset_requests();
-    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("again"), UnblockOutcome::NotBlocked);
+    assert_eq!(c.unblock(ip("198.51.100.7"), None).await.expect("again"), UnblockOutcome::NotBlocked);
     assert!(emu.requests().iter().all(|r| r.method == "GET"));
     // Low level: -3/404 on delete is Unchanged.
     assert_eq!(c.delete_address(Family::V4, "misp-198.51.100.7").await.expect("delete"), Change::Unchanged);
@@ -302,7 +302,7 @@ async fn unblock_last_member_works_on_old_fortios_thanks_to_placeholder() {
     let c = client(&emu);
     c.ensure_groups().await.expect("ensure");
     c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
-    assert_eq!(c.unblock(ip("198.51.100.7")).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock(ip("198.51.100.7"), None).await.expect("unblock"), UnblockOutcome::Unblocked);
     // Without the placeholder the emulated old FortiOS refuses to empty a group.
     emu.seed_address("x", "10.0.0.1", "");
     emu.seed_group(Table::Addrgrp, "G", &["x"], "");
@@ -318,7 +318,7 @@ async fn unblock_refuses_foreign_objects() {
     let c = client(&emu);
     c.ensure_groups().await.expect("ensure");
     emu.seed_address("misp-198.51.100.9", "198.51.100.9/32", "keep me");
-    assert!(matches!(c.unblock(ip("198.51.100.9")).await, Err(Error::Foreign { .. })));
+    assert!(matches!(c.unblock(ip("198.51.100.9"), None).await, Err(Error::Foreign { .. })));
     assert!(emu.object("misp-198.51.100.9").is_some());
     assert!(emu.requests().iter().all(|r| r.method != "DELETE"));
 }
@@ -329,7 +329,7 @@ async fn unblock_in_use_is_typed_and_not_retried() {
     let c = client(&emu);
     c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     emu.reference_by_policy("misp-198.51.100.7");
-    match c.unblock(ip("198.51.100.7")).await {
+    match c.unblock(ip("198.51.100.7"), None).await {
         Err(e @ Error::InUse { .. }) => {
             assert!(!e.is_retryable());
             assert!(e.to_string().contains("misp-198.51.100.7"));
@@ -424,7 +424,7 @@ async fn overflow_by_count_nests_new_groups_in_the_base_group() {
     let again = c2.block(ip("198.51.100.4"), &comment("1")).await.expect("block");
     assert!(matches!(again, BlockOutcome::AlreadyBlocked { ref group, .. } if group == "MISP_BLOCK-2"));
     // Unblock finds the right group; the freed slot is reused.
-    assert_eq!(c2.unblock(ip("198.51.100.3")).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c2.unblock(ip("198.51.100.3"), None).await.expect("unblock"), UnblockOutcome::Unblocked);
     match c2.block(ip("198.51.100.6"), &comment("1")).await.expect("block") {
         BlockOutcome::Blocked { group, .. } => assert_eq!(group, "MISP_BLOCK-2"),
         other => panic!("{other:?}"),
@@ -478,13 +478,13 @@ async fn full_errors_are_typed() {
     emu.seed_address("b", "10.0.0.2", "");
     emu.seed_group(Table::Addrgrp, "G", &["a"], "");
     emu.set_group_member_limit(1);
-    match c.add_member(Family::V4, "G", "b").await {
+    match c.transport().add_member(Family::V4, "G", "b").await {
         Err(Error::Full { name, code: -52 }) => assert_eq!(name, "G"),
         other => panic!("{other:?}"),
     }
     // Missing member reference (-3).
     emu.set_group_member_limit(100);
-    assert!(matches!(c.add_member(Family::V4, "G", "nope").await, Err(Error::NotFound { .. })));
+    assert!(matches!(c.transport().add_member(Family::V4, "G", "nope").await, Err(Error::NotFound { .. })));
 }
 
 #[tokio::test]
@@ -547,8 +547,8 @@ async fn legacy_members_are_found_and_removed_with_encoded_names() {
     emu.seed_address("198.51.100.7/32", "198.51.100.7/32", "2023-05-06 07:08:09.123456");
     emu.seed_address("198.51.100.8/32", "198.51.100.8/32", "2023-05-06 07:08:09.123456");
     emu.seed_address("ops", "10.0.0.1/32", "ops host");
-    c.add_member(Family::V4, "MISP_BLOCK", "198.51.100.7/32").await.expect("add legacy");
-    c.add_member(Family::V4, "MISP_BLOCK", "ops").await.expect("add ops");
+    c.transport().add_member(Family::V4, "MISP_BLOCK", "198.51.100.7/32").await.expect("add legacy");
+    c.transport().add_member(Family::V4, "MISP_BLOCK", "ops").await.expect("add ops");
     let legacy = c.legacy_members().await.expect("legacy");
     assert_eq!(legacy.len(), 1, "{legacy:?}");
     assert_eq!(legacy[0].name, "198.51.100.7/32");
@@ -556,7 +556,7 @@ async fn legacy_members_are_found_and_removed_with_encoded_names() {
     assert_eq!(legacy[0].network.map(|n| n.to_string()).as_deref(), Some("198.51.100.7/32"));
     assert!(c.group_members(Family::V4, "MISP_BLOCK").await.expect("members").contains(&"ops".to_string()));
     emu.reset_requests();
-    assert_eq!(c.unblock_legacy(&legacy[0]).await.expect("unblock"), UnblockOutcome::Unblocked);
+    assert_eq!(c.unblock_legacy(&legacy[0], None).await.expect("unblock"), UnblockOutcome::Unblocked);
     let paths: Vec<String> = emu.requests().into_iter().map(|r| r.path).collect();
     assert!(paths.contains(&"/api/v2/cmdb/firewall/addrgrp/MISP_BLOCK/member/198.51.100.7%2F32".to_string()));
     assert!(paths.contains(&"/api/v2/cmdb/firewall/address/198.51.100.7%2F32".to_string()));
@@ -567,7 +567,7 @@ async fn legacy_members_are_found_and_removed_with_encoded_names() {
     emu.seed_address("198.51.100.8/32", "198.51.100.8/32", "now managed by ops");
     let mut stale = legacy[0].clone();
     stale.name = "198.51.100.8/32".into();
-    assert!(matches!(c.unblock_legacy(&stale).await, Err(Error::Foreign { .. })));
+    assert!(matches!(c.unblock_legacy(&stale, None).await, Err(Error::Foreign { .. })));
     assert_nothing_dangerous(&emu);
 }
 
@@ -705,7 +705,7 @@ async fn retries_are_bounded() {
     emu.reference_by_policy("misp-198.51.100.7");
     c.block(ip("198.51.100.7"), &comment("1")).await.expect("block");
     emu.reset_requests();
-    assert!(matches!(c.unblock(ip("198.51.100.7")).await, Err(Error::InUse { .. })));
+    assert!(matches!(c.unblock(ip("198.51.100.7"), None).await, Err(Error::InUse { .. })));
     assert_eq!(emu.route_count(&format!("DELETE {ADDR}/{{name}}")), 1);
 }
 
@@ -752,4 +752,184 @@ async fn rate_limit_spaces_all_requests() {
     let start = Instant::now();
     c.system_status().await.expect("status");
     assert!(start.elapsed() >= Duration::from_millis(200));
+}
+
+const MEMBER_ADD: &str = "POST /api/v2/cmdb/firewall/addrgrp/{name}/member";
+
+/// Upper bound for waits on observable state; never reached when the code is right.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, f).await.unwrap_or_else(|_| panic!("{what}: still waiting after {PATIENCE:?}"))
+}
+
+/// Which block groups hold `member`.
+fn groups_of(emu: &FortiGateEmulator, groups: &[String], member: &str) -> Vec<String> {
+    groups.iter().filter(|g| emu.members(g).expect("group").iter().any(|m| m == member)).cloned().collect()
+}
+
+/// No lock is held across a request: while A's member add is held by the box (or failing with 503 and then
+/// held on its retry), block B completes.
+#[tokio::test]
+async fn a_slow_or_failing_member_add_does_not_hold_up_another_block() {
+    for faults in [vec![], vec![Fault::Status(503)]] {
+        let emu = emulator(EmulatorConfig::default()).await;
+        let c = Arc::new(client(&emu));
+        c.ensure_groups().await.expect("ensure");
+        let gate = Gate::new();
+        for fault in &faults {
+            emu.inject(Some(MEMBER_ADD), fault.clone(), 1);
+        }
+        emu.inject(Some(MEMBER_ADD), Fault::Hold(gate.clone()), 1);
+        let a = tokio::spawn({
+            let c = c.clone();
+            async move { c.block(ip("198.51.100.1"), &comment("1")).await }
+        });
+        within("A's member add reaches the box", gate.wait_arrived(1)).await;
+        let b = within("block B while A is held", c.block(ip("198.51.100.2"), &comment("2"))).await;
+        assert!(matches!(b, Ok(BlockOutcome::Blocked { .. })), "{faults:?}: {b:?}");
+        let members = emu.members("MISP_BLOCK").expect("base");
+        assert!(members.contains(&"misp-198.51.100.2".to_string()), "{faults:?}: {members:?}");
+        assert!(!members.contains(&"misp-198.51.100.1".to_string()), "A is still held");
+        assert!(!a.is_finished());
+        gate.open();
+        within("A after the gate opens", a).await.expect("task").expect("block A");
+        assert_eq!(emu.members("MISP_BLOCK").expect("base").len(), 3);
+    }
+}
+
+/// Two blocks racing for the last slot of a group: the one whose add is in flight keeps the slot, the other
+/// goes to an overflow group; each address ends in exactly one group and no group exceeds `max_group_members`.
+#[tokio::test]
+async fn two_blocks_racing_for_the_last_slot_end_in_one_group_each() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let mut o = options(&emu);
+    o.max_group_members = 2;
+    let c = Arc::new(Client::new(o).expect("client"));
+    c.ensure_groups().await.expect("ensure");
+    c.block(ip("198.51.100.1"), &comment("1")).await.expect("first");
+    let gate = Gate::new();
+    emu.inject(Some(MEMBER_ADD), Fault::Hold(gate.clone()), 1);
+    let a = tokio::spawn({
+        let c = c.clone();
+        async move { c.block(ip("198.51.100.2"), &comment("1")).await }
+    });
+    within("A's add reaches the box", gate.wait_arrived(1)).await;
+    let b = within("B", c.block(ip("198.51.100.3"), &comment("1"))).await.expect("B");
+    assert!(matches!(b, BlockOutcome::Blocked { ref group, .. } if group == "MISP_BLOCK-2"), "{b:?}");
+    gate.open();
+    let a = within("A", a).await.expect("task").expect("A");
+    assert!(matches!(a, BlockOutcome::Blocked { ref group, .. } if group == "MISP_BLOCK"), "{a:?}");
+    let groups = c.block_groups(Family::V4).await.expect("groups");
+    for i in 1..=3 {
+        assert_eq!(groups_of(&emu, &groups, &format!("misp-198.51.100.{i}")).len(), 1, "{i}");
+    }
+    let base = emu.members("MISP_BLOCK").expect("base");
+    assert_eq!(base.iter().filter(|m| m.starts_with("misp-198")).count(), 2, "{base:?}");
+    assert_nothing_dangerous(&emu);
+}
+
+/// The cache thinks a group has room, the box does not (-52) because a concurrent add took the last entry: the
+/// loser moves on to an overflow group; every address ends in exactly one group.
+#[tokio::test]
+async fn a_member_limit_answer_to_one_of_two_racing_blocks_moves_it_on() {
+    // Placeholder + 2 entries per group on the box; the client's own limit is far away.
+    let emu = emulator(EmulatorConfig { group_member_limit: 3, ..EmulatorConfig::default() }).await;
+    let c = Arc::new(client(&emu));
+    c.ensure_groups().await.expect("ensure");
+    c.block(ip("198.51.100.1"), &comment("1")).await.expect("first");
+    let gate = Gate::new();
+    emu.inject(Some(MEMBER_ADD), Fault::Hold(gate.clone()), 1);
+    let a = tokio::spawn({
+        let c = c.clone();
+        async move { c.block(ip("198.51.100.2"), &comment("1")).await }
+    });
+    within("A's add reaches the box", gate.wait_arrived(1)).await;
+    within("B", c.block(ip("198.51.100.3"), &comment("1"))).await.expect("B");
+    gate.open();
+    within("A", a).await.expect("task").expect("A gets -52, then a slot elsewhere");
+    let groups = c.block_groups(Family::V4).await.expect("groups");
+    assert!(groups.len() >= 2, "{groups:?}");
+    for i in 1..=3 {
+        assert_eq!(groups_of(&emu, &groups, &format!("misp-198.51.100.{i}")).len(), 1, "{i}: {groups:?}");
+    }
+    for g in &groups {
+        assert!(emu.members(g).expect("group").len() <= 3, "{g}");
+    }
+    assert_nothing_dangerous(&emu);
+}
+
+/// With nine block groups, an unblock with the caller's hint costs three requests (read, remove member,
+/// delete); without a hint the cache knows the group, so it costs the same and probes nothing.
+#[tokio::test]
+async fn unblock_with_or_without_a_hint_probes_no_group() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let mut o = options(&emu);
+    o.max_group_members = 1;
+    let c = Client::new(o).expect("client");
+    c.ensure_groups().await.expect("ensure");
+    for i in 1..=9 {
+        c.block(ip(&format!("198.51.100.{i}")), &comment("1")).await.expect("block");
+    }
+    assert_eq!(c.block_groups(Family::V4).await.expect("groups").len(), 9);
+    let routes = |emu: &FortiGateEmulator| {
+        let mut r: Vec<String> = emu.requests().into_iter().map(|r| r.route).collect();
+        r.sort();
+        r
+    };
+    let three = vec![
+        "DELETE /api/v2/cmdb/firewall/address/{name}".to_string(),
+        "DELETE /api/v2/cmdb/firewall/addrgrp/{name}/member/{member}".to_string(),
+        "GET /api/v2/cmdb/firewall/address/{name}".to_string(),
+    ];
+    emu.reset_requests();
+    let hint = ["MISP_BLOCK-5".to_string(), "ops-group".to_string()];
+    assert_eq!(c.unblock(ip("198.51.100.5"), Some(&hint)).await.expect("hinted"), UnblockOutcome::Unblocked);
+    assert_eq!(routes(&emu), three, "hinted: a group that is not a block group is never touched");
+    emu.reset_requests();
+    assert_eq!(c.unblock(ip("198.51.100.7"), None).await.expect("cached"), UnblockOutcome::Unblocked);
+    assert_eq!(routes(&emu), three, "from the cache");
+    assert!(emu.object("misp-198.51.100.5").is_none() && emu.object("misp-198.51.100.7").is_none());
+    assert_nothing_dangerous(&emu);
+}
+
+/// A wrong hint, or a cache that missed a membership (another client added it), still ends unblocked: the box's
+/// -23 makes the client read the groups again.
+#[tokio::test]
+async fn unblock_recovers_from_a_wrong_hint_or_a_stale_cache() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let c = client(&emu);
+    c.ensure_groups().await.expect("ensure");
+    let other = client(&emu);
+    other.block(ip("198.51.100.8"), &comment("1")).await.expect("block elsewhere");
+    other.block(ip("198.51.100.9"), &comment("1")).await.expect("block elsewhere");
+    assert_eq!(c.unblock(ip("198.51.100.8"), None).await.expect("stale cache"), UnblockOutcome::Unblocked);
+    let wrong = ["MISP_BLOCK-4".to_string()];
+    assert_eq!(c.unblock(ip("198.51.100.9"), Some(&wrong)).await.expect("wrong hint"), UnblockOutcome::Unblocked);
+    assert_eq!(emu.members("MISP_BLOCK"), Some(vec!["misp-placeholder".to_string()]));
+    assert!(emu.object("misp-198.51.100.9").is_none());
+    // A policy reference is still reported as in use.
+    c.block(ip("198.51.100.10"), &comment("1")).await.expect("block");
+    emu.reference_by_policy("misp-198.51.100.10");
+    assert!(matches!(c.unblock(ip("198.51.100.10"), None).await, Err(Error::InUse { .. })));
+}
+
+/// Characters FortiOS refuses in comments (MISP data, an operator's text) are replaced before sending, so the
+/// box (here the emulator, which refuses them like FortiOS) accepts the block.
+#[tokio::test]
+async fn refused_characters_in_comments_are_replaced_before_sending() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let c = client(&emu);
+    let at = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).single().expect("valid time");
+    let text = r#"say "hi" to <b>&'you' #1 (now)"#;
+    c.block(ip("198.51.100.7"), &Comment::new(at, "1", text)).await.expect("block");
+    let written = field(&emu, "misp-198.51.100.7", "comment").expect("comment");
+    assert_eq!(written, "fortimisp 2025-06-01T12:00:00Z misp-event=1 say _hi_ to _b___you_ _1 _now_");
+    for request in emu.requests().into_iter().filter(|r| !r.body.is_empty()) {
+        let body: Value = serde_json::from_str(&request.body).expect("json body");
+        for key in ["name", "comment"] {
+            let text = body.get(key).and_then(Value::as_str).unwrap_or_default();
+            assert!(!text.contains(REFUSED_IN_TEXT), "{key}: {text:?}");
+        }
+    }
 }

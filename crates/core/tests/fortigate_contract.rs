@@ -332,3 +332,29 @@ async fn monitor_endpoints() {
     let list = raw.send("GET", "/api/v2/monitor/user/banned", None).await.json();
     assert_eq!(list["results"], json!([]));
 }
+
+/// Reference §6c: FortiOS refuses `"` `'` `<` `>` `&` `#` `(` `)` in the text of names and comments. The emulator
+/// answers such a write with 424 and -651 (input value invalid) and creates or changes nothing.
+#[tokio::test]
+async fn refused_characters_in_names_and_comments_are_input_errors() {
+    let emu = FortiGateEmulator::start(EmulatorConfig::default()).await.expect("emulator");
+    let raw = Raw::new(&emu);
+    let path = "/api/v2/cmdb/firewall/address?vdom=root";
+    for c in ['"', '\'', '<', '>', '&', '#', '(', ')'] {
+        for (name, comment) in [(format!("misp-a{c}b"), "fine".to_string()), ("misp-c".into(), format!("x {c} y"))] {
+            let body = json!({"name": name, "subnet": "198.51.100.7/32", "comment": comment});
+            let answer = raw.send("POST", path, Some(body)).await;
+            assert_eq!(answer.status, 424, "{name:?} {comment:?}: {}", answer.text);
+            let env = answer.json();
+            assert_eq!(env["status"], "error");
+            assert_eq!(env["error"], -651, "{}", answer.text);
+            assert!(emu.object(&name).is_none());
+        }
+    }
+    // The same text without them is accepted; a PUT of a refused comment changes nothing.
+    let body = json!({"name": "misp-c", "subnet": "198.51.100.7/32", "comment": "fine"});
+    assert_eq!(raw.send("POST", path, Some(body)).await.status, 200);
+    let put = raw.send("PUT", "/api/v2/cmdb/firewall/address/misp-c?vdom=root", Some(json!({"comment": "<b>"}))).await;
+    assert_eq!((put.status, put.json()["error"].clone()), (424, json!(-651)));
+    assert_eq!(emu.object("misp-c").expect("object").1["comment"], "fine");
+}

@@ -181,7 +181,7 @@ pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: b
 pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
     match parts.config.fortigate.backend {
-        BackendKind::AddressGroup => match parts.fortigate.unblock(ip).await.context("FortiGate")? {
+        BackendKind::AddressGroup => match parts.fortigate.unblock(ip, None).await.context("FortiGate")? {
             UnblockOutcome::Unblocked => println!("unblocked {ip}"),
             UnblockOutcome::NotBlocked => println!("{ip} was not blocked by fortimisp"),
         },

@@ -5,11 +5,15 @@
 //! - [`objects`]: pure domain types: [`ObjectName`] (`object_prefix + IP`, never a `/`), [`Comment`] (the
 //!   `fortimisp <RFC 3339 UTC> misp-event=<id> …` marker) and [`CommentKind`] (ours / placeholder / legacy /
 //!   foreign).
-//! - `client`: [`Client`]: transport (reqwest + rustls, `Authorization: Bearer`, `vdom=`), the rate limit, retries,
-//!   the FortiOS envelope and error codes, and one typed method per REST operation. It is the only code that knows
-//!   FortiOS paths, percent-encoding and the envelope.
-//! - `groups`: the idempotent domain operations the daemons call: [`Client::ensure_groups`], [`Client::block`],
-//!   [`Client::unblock`], [`Client::list_owned`], [`Client::legacy_members`], [`Client::unblock_legacy`].
+//! - `transport`: [`Transport`]: HTTP (reqwest + rustls, `Authorization: Bearer`, `vdom=`), the rate limit,
+//!   retries, the FortiOS envelope and error codes. Knows nothing of block groups.
+//! - `api`: one typed method per REST call on [`Transport`] (address and addrgrp tables, system status, banned
+//!   IPs). With `transport`, the only code that knows FortiOS paths, percent-encoding and the envelope.
+//! - `groups`: [`Client`], the block-groups layer over an `Arc<Transport>`: it owns the group cache and the
+//!   idempotent domain operations the daemons call: [`Client::ensure_groups`], [`Client::block`],
+//!   [`Client::unblock`], [`Client::list_owned`], [`Client::legacy_members`], [`Client::unblock_legacy`]. The
+//!   dependency runs one way, groups -> api -> transport; several layers (one [`Client`] per set of block groups,
+//!   later other backends) can share one transport and its rate limit.
 //!
 //! # Invariants
 //! - Errors are decided on the envelope's `error` code, never on message text, and on the HTTP status only where
@@ -42,8 +46,10 @@
 //!   nested), one of our addresses is moved from the base group into the new overflow group to free the slot
 //!   (that address is unblocked for the duration of one request); if none can be moved, `block` returns
 //!   [`Error::Full`] naming the base group (lower `max_group_members`).
-//! - Group changes of one address family are serialised inside one [`Client`] (a `tokio::sync::Mutex` held for the
-//!   membership step only), so concurrent `block`s of one IP end with one object and one membership.
+//! - **No lock across a request.** The group cache is a `std::sync::Mutex` locked between requests only, so a slow
+//!   or retried call delays its own block and no other. Concurrent `block`s of one IP are single-flighted per
+//!   object (one object, one membership); two blocks racing for a group's last slot reserve it in the cache
+//!   first, and a "full" answer from the box moves the loser on (see `groups`).
 //!
 //! # Example
 //! ```no_run
@@ -57,16 +63,18 @@
 //! # Ok(()) }
 //! ```
 
-mod client;
+mod api;
 mod groups;
 pub mod objects;
+mod transport;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{AddressEntry, BannedIp, Change, Client, Group, SystemStatus};
-pub use groups::{BlockOutcome, LegacyMember, OwnedObject, UnblockOutcome};
+pub use api::{AddressEntry, BannedIp, Change, Group, SystemStatus};
+pub use groups::{BlockOutcome, Client, GroupOptions, LegacyMember, OwnedObject, UnblockOutcome};
 pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
+pub use transport::{Transport, TransportOptions};
 
 use crate::secret::ApiKey;
 
@@ -77,10 +85,10 @@ pub const MAX_OVERFLOW_GROUPS: usize = 200;
 /// the typed readers. For the fuzz targets and the bad-input tests.
 #[doc(hidden)]
 pub fn classify_response(status: u16, body: &[u8]) -> Result<usize, Error> {
-    client::read_response(status, body)
+    api::read_response(status, body)
 }
 
-/// Everything needed to build a [`Client`]. Field names follow `[fortigate]` in config.toml.
+/// Everything needed to build a [`Client`] and its [`Transport`]. Field names follow `[fortigate]` in config.toml.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Base URL, e.g. `https://fortigate.example.org` (no path).
@@ -111,6 +119,30 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
+    /// The transport's part.
+    pub fn transport_options(&self) -> TransportOptions {
+        TransportOptions {
+            url: self.url.clone(),
+            api_key: self.api_key.clone(),
+            vdom: self.vdom.clone(),
+            ca_file: self.ca_file.clone(),
+            verify_tls: self.verify_tls,
+            timeout: self.timeout,
+            requests_per_second: self.requests_per_second,
+            retry: self.retry,
+        }
+    }
+
+    /// The block groups' part.
+    pub fn group_options(&self) -> GroupOptions {
+        GroupOptions {
+            block_group: self.block_group.clone(),
+            block_group6: self.block_group6.clone(),
+            max_group_members: self.max_group_members,
+            object_prefix: self.object_prefix.clone(),
+        }
+    }
+
     /// Options with the contract's defaults (`vdom = "root"`, `MISP_BLOCK`/`MISP_BLOCK6`, 600 members, 10 rps,
     /// `misp-` prefix, 10 s timeout, TLS verified).
     pub fn new(url: impl Into<String>, api_key: ApiKey) -> Self {

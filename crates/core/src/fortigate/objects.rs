@@ -2,6 +2,13 @@
 //! `fortimisp <RFC 3339 UTC> misp-event=<id> …` ownership marker), and the reading of any comment found on the box
 //! into a [`CommentKind`]. Pure, no I/O.
 //!
+//! This module is also the one place that decides what a FortiOS text field may hold
+//! (`/work/shared/reference/fortios-rest.md` §4 and §6c): [`MAX_NAME_LEN`], [`MAX_PREFIX_LEN`],
+//! [`MAX_GROUP_NAME_LEN`], [`MAX_COMMENT_LEN`] and [`is_refused`]. Config validation calls [`check_prefix`] and
+//! [`check_group_name`], so a config that validates always yields valid [`ObjectName`]s. Names with a refused
+//! character are refused ([`Error::InvalidName`]); in comments, which carry MISP data and the operator's
+//! `--comment`, each refused character is replaced by `_` ([`Comment::new`]).
+//!
 //! Ownership rule (contract.md): an object is ours iff its comment starts with `fortimisp ` followed by a valid
 //! RFC 3339 time. The placeholder objects carry `fortimisp placeholder`, which is deliberately *not* a marker, so
 //! housekeeping can never prune them.
@@ -13,14 +20,88 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 
 use super::Error;
 
-/// FortiOS name length we stay under (6.0 addrgrp `name` size 63; newer builds allow 79).
+/// FortiOS name length we stay under: addrgrp `name` is 63 on 6.0 (newer builds allow 79 for addresses), and
+/// names are one namespace across addresses and groups.
 pub const MAX_NAME_LEN: usize = 63;
 /// FortiOS `comment` size.
 pub const MAX_COMMENT_LEN: usize = 255;
+/// The longest IP address text (`ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff`).
+pub const MAX_IP_TEXT_LEN: usize = 39;
+/// Longest `object_prefix`: prefix + the longest IP address fits in [`MAX_NAME_LEN`].
+pub const MAX_PREFIX_LEN: usize = MAX_NAME_LEN - MAX_IP_TEXT_LEN;
+/// Longest `block_group` / `block_group6`: the group plus its last overflow suffix (`-201`, see
+/// [`super::MAX_OVERFLOW_GROUPS`]) fits in [`MAX_NAME_LEN`].
+pub const MAX_GROUP_NAME_LEN: usize = MAX_NAME_LEN - OVERFLOW_SUFFIX_LEN;
+/// `-` and the digits of the highest overflow number, `MAX_OVERFLOW_GROUPS + 1`.
+const OVERFLOW_SUFFIX_LEN: usize = 1 + digits(super::MAX_OVERFLOW_GROUPS + 1);
+/// The characters FortiOS refuses in the text of names and comments (fortios-rest.md §6c: `"` `'` `<` `>`, and
+/// `&` `#` `(` `)` in some releases), plus the backslash; control characters are refused too ([`is_refused`]).
+pub const REFUSED_CHARS: &[char] = &['"', '\'', '<', '>', '&', '#', '(', ')', '\\'];
 /// The marker prefix; a comment is ours if this is followed by an RFC 3339 time.
 pub const MARKER: &str = "fortimisp ";
 /// Comment of the placeholder members (see [`super`] docs); never parsed as ours.
 pub const PLACEHOLDER_COMMENT: &str = "fortimisp placeholder";
+
+const fn digits(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+/// Whether FortiOS refuses `c` in a name or comment: one of [`REFUSED_CHARS`] or a control character.
+pub fn is_refused(c: char) -> bool {
+    c.is_control() || REFUSED_CHARS.contains(&c)
+}
+
+/// What is wrong with a name, by the rules of every name fortimisp writes: empty, `/`, a refused character, or
+/// longer than `max` characters (then `too_long` is the reason).
+fn name_problem(name: &str, max: usize, too_long: &'static str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name.chars().any(is_refused) {
+        Some("contains a character FortiOS refuses (quotes, < > & # ( ), backslash or a control character)")
+    } else if name.chars().count() > max {
+        Some(too_long)
+    } else {
+        None
+    }
+}
+
+/// Checks an `object_prefix`: every `prefix + IP` (and the placeholders) is then a valid [`ObjectName`]. An empty
+/// prefix passes here; whether one is allowed is the caller's rule.
+///
+/// # Errors
+/// [`Error::InvalidName`] naming the rule broken.
+pub fn check_prefix(prefix: &str) -> Result<(), Error> {
+    match name_problem(
+        prefix,
+        MAX_PREFIX_LEN,
+        "longer than 24 characters (prefix + the longest IPv6 address must fit in 63)",
+    ) {
+        Some("empty") | None => Ok(()),
+        Some(reason) => Err(Error::InvalidName { name: prefix.to_string(), reason }),
+    }
+}
+
+/// Checks a `block_group` / `block_group6`: the group and each of its overflow groups are then valid names.
+///
+/// # Errors
+/// [`Error::InvalidName`] naming the rule broken.
+pub fn check_group_name(name: &str) -> Result<(), Error> {
+    match name_problem(
+        name,
+        MAX_GROUP_NAME_LEN,
+        "longer than 59 characters (the group + its overflow suffix -201 must fit in 63)",
+    ) {
+        Some(reason) => Err(Error::InvalidName { name: name.to_string(), reason }),
+        None => Ok(()),
+    }
+}
 
 /// Address family: which tables and which block group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,28 +128,17 @@ impl ObjectName {
     /// `prefix + ip` in canonical form (IPv6 compressed, as `Ipv6Addr` prints it).
     ///
     /// # Errors
-    /// [`Error::InvalidName`] if the prefix holds a `/` or a control character, or the result is too long.
+    /// [`Error::InvalidName`] if the prefix holds a `/` or a refused character, or the result is too long.
     pub fn for_ip(prefix: &str, ip: IpAddr) -> Result<ObjectName, Error> {
         ObjectName::parse(&format!("{prefix}{ip}"))
     }
 
-    /// Validates any name by the same rules (non-empty, no `/`, no control character, ≤ 63 chars).
+    /// Validates any name by the same rules (non-empty, no `/`, no refused character, ≤ 63 chars).
     ///
     /// # Errors
     /// [`Error::InvalidName`] naming the rule broken.
     pub fn parse(name: &str) -> Result<ObjectName, Error> {
-        let reason = if name.is_empty() {
-            Some("empty")
-        } else if name.contains('/') {
-            Some("contains '/'")
-        } else if name.chars().any(char::is_control) {
-            Some("contains a control character")
-        } else if name.chars().count() > MAX_NAME_LEN {
-            Some("longer than 63 characters")
-        } else {
-            None
-        };
-        match reason {
+        match name_problem(name, MAX_NAME_LEN, "longer than 63 characters") {
             Some(reason) => Err(Error::InvalidName { name: name.to_string(), reason }),
             None => Ok(ObjectName(name.to_string())),
         }
@@ -87,12 +157,14 @@ impl fmt::Display for ObjectName {
 }
 
 /// The comment fortimisp writes: `fortimisp <RFC 3339 UTC> misp-event=<id>[ more]`, at most 255 bytes (so also
-/// at most 255 chars), cut on a char boundary, control characters replaced by spaces.
+/// at most 255 chars), cut on a char boundary, control characters replaced by spaces and the other refused
+/// characters ([`REFUSED_CHARS`]) by `_`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Comment(String);
 
 impl Comment {
-    /// Builds the marker. `more` is free text (attribute uuid, reason, `manual` …); it is what gets truncated.
+    /// Builds the marker. `more` is free text (attribute uuid, reason, an operator's `--comment` …); it is what
+    /// gets truncated. Refused characters are replaced, never refused: the text comes from MISP and operators.
     pub fn new(created_at: DateTime<Utc>, event_id: &str, more: &str) -> Comment {
         let mut s = format!(
             "{MARKER}{} misp-event={}",
@@ -103,7 +175,14 @@ impl Comment {
             s.push(' ');
             s.push_str(more);
         }
-        let mut s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let mut s: String = s
+            .chars()
+            .map(|c| match c {
+                c if c.is_control() => ' ',
+                c if is_refused(c) => '_',
+                c => c,
+            })
+            .collect();
         if s.len() > MAX_COMMENT_LEN {
             let mut cut = MAX_COMMENT_LEN;
             while !s.is_char_boundary(cut) {
@@ -251,6 +330,22 @@ mod tests {
         assert!(Comment::parse(c.as_str()).is_ours());
         let c = Comment::new(t0(), "9", "line\nbreak\ttab");
         assert!(!c.as_str().contains('\n'));
+    }
+
+    /// Refused characters: replaced in comments (whatever the source), refused in names.
+    #[test]
+    fn refused_characters() {
+        let c = Comment::new(t0(), "7 (x)", r#"say "hi" <b> & 'you' #1 (a\b)"#);
+        assert_eq!(c.as_str(), "fortimisp 2025-01-02T03:04:05Z misp-event=7__x_ say _hi_ _b_ _ _you_ _1 _a_b_");
+        assert!(!c.as_str().contains(REFUSED_CHARS));
+        assert!(Comment::parse(c.as_str()).is_ours());
+        for ch in REFUSED_CHARS {
+            let name = format!("misp{ch}");
+            assert!(matches!(ObjectName::parse(&name), Err(Error::InvalidName { .. })), "{name:?}");
+            assert!(check_prefix(&name).is_err() && check_group_name(&name).is_err(), "{name:?}");
+        }
+        assert!(check_prefix("").is_ok());
+        assert!(check_group_name("").is_err());
     }
 
     #[test]

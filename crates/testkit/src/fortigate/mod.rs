@@ -15,7 +15,8 @@
 //!   body (no `error` field); DELETE of a missing entry is 404 with -3.
 //! - Error numbers: -5 duplicate (HTTP 500 or 424, see [`EmulatorConfig::duplicate_status`]), -3 missing member
 //!   reference (424), -23 delete of a referenced entry (500), -52 group member limit (500), -4 table full (500),
-//!   -163 name clash address/addrgrp (500), -651 invalid input.
+//!   -163 name clash address/addrgrp (500), -651 invalid input: a `name` or `comment` holding a character FortiOS
+//!   refuses in text fields (`"` `'` `<` `>` `&` `#` `(` `)`, reference §6c) answers 424 with -651, on POST and PUT.
 //! - `DELETE` on a collection purges every unreferenced entry (so a test can prove the client never sends it).
 //! - Auth: `Authorization: Bearer` (`?access_token=` only before 7.4.5 / 7.6.1); bad/revoked token or untrusted host -> 401 HTML page with
 //!   `WWW-Authenticate: error="invalid_token"`; after [`EmulatorConfig::lockout_threshold`] failures the source IP
@@ -52,7 +53,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-pub use state::{normalise_subnet, BannedEntry, Table};
+pub use state::{normalise_subnet, BannedEntry, Table, REFUSED_IN_TEXT};
 use state::{Db, Filter, Outcome, Rules};
 
 /// How the emulated box is set up. `Default` is a FortiOS v7.4.4 VM with generous limits.
@@ -109,6 +110,59 @@ pub enum Fault {
     Drop,
     /// Process the request, then hold the answer back this long (the change is already made).
     SlowAnswer(Duration),
+    /// Hold the request, unprocessed, until the [`Gate`] opens: a slow box, without a clock.
+    Hold(Gate),
+}
+
+/// Holds [`Fault::Hold`] requests until [`open`](Gate::open): lets a test see a request in flight and act while it
+/// is held. Clones share one gate.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    held: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.open, &other.open)
+    }
+}
+
+impl Eq for Gate {}
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate { open: Arc::new(tokio::sync::watch::channel(false).0), held: Arc::new(tokio::sync::watch::channel(0).0) }
+    }
+
+    /// Lets every held request (and every later one) through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Requests that have arrived at the gate so far (held or let through).
+    pub fn arrived(&self) -> usize {
+        *self.held.borrow()
+    }
+
+    /// Waits until `n` requests have arrived at the gate.
+    pub async fn wait_arrived(&self, n: usize) {
+        let mut rx = self.held.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail while we hold it.
+        let _ = rx.wait_for(|held| *held >= n).await;
+    }
+
+    async fn pass(&self) {
+        let mut rx = self.open.subscribe();
+        self.held.send_modify(|n| *n += 1);
+        let _ = rx.wait_for(|open| *open).await;
+    }
 }
 
 /// One request as the emulator saw it.
@@ -660,6 +714,10 @@ async fn record_and_answer(shared: &Shared, req: Request) -> (Response, u64) {
             let response = respond(shared, &parts, &body, route, conn);
             tokio::time::sleep(delay).await;
             response
+        }
+        Some(Fault::Hold(gate)) => {
+            gate.pass().await;
+            respond(shared, &parts, &body, route, conn)
         }
         None => respond(shared, &parts, &body, route, conn),
     };

@@ -73,6 +73,23 @@ pub fn err(http: u16, code: i64, cli_error: &'static str) -> Outcome {
     Outcome::Err { http, code: Some(code), cli_error: Some(cli_error) }
 }
 
+/// Characters FortiOS refuses in the text of names and comments (reference §6c: `"` `'` `<` `>`, and `&` `#` `(`
+/// `)` in some releases). Written here from the reference, not taken from the client, so the client's own
+/// checks are tested.
+pub const REFUSED_IN_TEXT: &[char] = &['"', '\'', '<', '>', '&', '#', '(', ')'];
+
+/// The -651 answer for a text field holding a refused character, if `entry` has one in `name` or `comment`.
+fn refused_text(entry: &Map<String, Value>) -> Option<Outcome> {
+    let bad = |key: &str| entry.get(key).and_then(Value::as_str).is_some_and(|v| v.contains(REFUSED_IN_TEXT));
+    if bad("name") {
+        Some(err(424, -651, "name: invalid characters"))
+    } else if bad("comment") {
+        Some(err(424, -651, "comment: invalid characters"))
+    } else {
+        None
+    }
+}
+
 /// Knobs that make the emulator behave like one FortiOS build or another.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -209,6 +226,9 @@ impl Db {
         if name.is_empty() || name.chars().count() > 79 {
             return err(424, -651, "name: invalid length");
         }
+        if let Some(refusal) = refused_text(&entry) {
+            return refusal;
+        }
         if let Some((t, _)) = self.objects.get(&name) {
             return if *t == table {
                 err(rules.duplicate_status, -5, "A duplicate entry already exists.")
@@ -267,6 +287,9 @@ impl Db {
         };
         if *t != table {
             return err(404, -3, "Entry not found.");
+        }
+        if let Some(refusal) = refused_text(&fields) {
+            return refusal;
         }
         let mut entry = existing.clone();
         for (k, v) in fields {
