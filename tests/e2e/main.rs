@@ -9,7 +9,7 @@ mod housekeeping;
 mod integration;
 /// The lab: its report agrees with the emulated FortiGate and the journal.
 mod lab;
-/// Supervision: a restartable task comes back, a fatal one turns /healthz 503 and exits non-zero.
-mod supervision;
 /// Keys never leak, TLS fails closed, protected addresses are never blocked, loose config permissions warn.
 mod security;
+/// Supervision: a restartable task comes back, a fatal one turns /healthz 503 and exits non-zero.
+mod supervision;

@@ -406,15 +406,15 @@ impl Log {
         if self.level.trim().is_empty() {
             return Err(Error::invalid("log.level", "must not be empty"));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.level).map_err(|error| Error::invalid("log.level", format!("`{}`: {error}", self.level)))
+        tracing_subscriber::EnvFilter::try_new(&self.level)
+            .map_err(|error| Error::invalid("log.level", format!("`{}`: {error}", self.level)))
     }
 
     /// A filter with no bare level (`fortimisp_core`, `integration=debug`) logs nothing from any other target,
     /// which is legal but easy to write by mistake (`loud` for a level).
     fn warning(&self) -> Option<String> {
         const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-        let has_default =
-            self.level.split(',').any(|d| LEVELS.contains(&d.trim().to_ascii_lowercase().as_str()));
+        let has_default = self.level.split(',').any(|d| LEVELS.contains(&d.trim().to_ascii_lowercase().as_str()));
         (!has_default).then(|| {
             format!(
                 "log.level `{}` sets no default level: events of other targets are not logged (add one, e.g. `info,{}`)",

@@ -393,8 +393,7 @@ pub async fn serve(
             get(move || {
                 let report = health.report(metrics.mirror_last_sync.get(), chrono::Utc::now().timestamp());
                 async move {
-                    let status =
-                        if report.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    let status = if report.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                     (status, axum::Json(report))
                 }
             }),
