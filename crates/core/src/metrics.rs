@@ -129,7 +129,7 @@ pub struct Metrics {
     pub hk_examined: Counter,
     /// Blocks removed, by reason (`max_age`, `revoked`, `legacy`).
     pub hk_pruned: Family<Reason, Counter>,
-    /// Prune failures, by reason (`in_use`, `error`, `safety_rail`, `misp_unavailable`).
+    /// Prune failures, by reason (`in_use`, `error`, `safety_rail`, `misp_unavailable`, `panic`).
     pub hk_failures: Family<Reason, Counter>,
     /// Feed updates by outcome (`queued`, `no_feed_enabled`, `completed`, `error`).
     pub feed_updates: Family<Outcome, Counter>,
