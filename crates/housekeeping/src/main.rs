@@ -178,23 +178,28 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
         return Ok(if pruned && fed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
 
+    // The metrics server outlives the timers, so `/healthz` answers 503 while a pass is stopping.
+    let metrics_stop = CancellationToken::new();
     if let Some(addr) = daemon.config.metrics.housekeeping_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("metrics.housekeeping_listen: cannot listen on {addr}"))?;
-        let (m, h, stop) = (metrics.clone(), supervisor.health().clone(), shutdown.clone());
+        let (m, h, stop) = (metrics.clone(), supervisor.health().clone(), metrics_stop.clone());
         tokio::spawn(supervisor.fatal("metrics", async move {
             if let Err(error) = metrics::serve(listener, m, h, stop).await {
                 error!(message = "Metrics server failed.", %error);
             }
         }));
     }
-    // A fatal death stops the timers the way SIGTERM does.
+    // A fatal death stops the timers the way SIGTERM does; either way `/healthz` turns 503 at once.
     {
         let (supervisor, shutdown) = (supervisor.clone(), shutdown.clone());
         tokio::spawn(async move {
-            supervisor.failed().await;
-            shutdown.cancel();
+            tokio::select! {
+                _ = supervisor.failed() => shutdown.cancel(),
+                _ = shutdown.cancelled() => {}
+            }
+            supervisor.begin_shutdown();
         });
     }
     supervisor.health().set_task("prune", fortimisp_core::metrics::TaskState::Running);
@@ -229,6 +234,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
         }
     }
     supervisor.begin_shutdown();
+    metrics_stop.cancel();
     flush_journal(&daemon.journal).await;
     info!(message = "Stopped.");
     Ok(if supervisor.failed_task().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
