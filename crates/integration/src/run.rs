@@ -202,7 +202,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
     // the journal replay, the listing of our blocks: seconds when they are slow or down); lines that arrive
     // meanwhile wait in the bounded candidate queue (counted `queue_full` if it fills), not in the kernel's
     // receive buffer, which overflows within a fraction of a second at high rates.
-    let listeners_stop = shutdown.child_token();
+    // Not a child of `shutdown`: the listeners stop in the shutdown sequence, after the supervisor knows that
+    // shutdown began (else the decider, whose input they close, would look as if it died).
+    let listeners_stop = CancellationToken::new();
     let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
 
