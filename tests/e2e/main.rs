@@ -11,3 +11,5 @@ mod integration;
 mod lab;
 /// Keys never leak, TLS fails closed, protected addresses are never blocked, loose config permissions warn.
 mod security;
+/// Supervision: a restartable task comes back, a fatal one turns /healthz 503 and exits non-zero.
+mod supervision;

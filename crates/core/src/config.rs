@@ -395,6 +395,35 @@ impl Default for Log {
     }
 }
 
+impl Log {
+    /// `level` as the filter the logging setup installs ([`crate::process::init_logging`]). Validation builds the
+    /// same filter, so the two accept exactly the same strings: levels (`info`), `target=level` pairs, and bare
+    /// targets (`fortimisp_core`: every level of that target).
+    ///
+    /// # Errors
+    /// `log.level` naming the directive that does not parse, or an empty filter.
+    pub fn filter(&self) -> Result<tracing_subscriber::EnvFilter, Error> {
+        if self.level.trim().is_empty() {
+            return Err(Error::invalid("log.level", "must not be empty"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.level)
+            .map_err(|error| Error::invalid("log.level", format!("`{}`: {error}", self.level)))
+    }
+
+    /// A filter with no bare level (`fortimisp_core`, `integration=debug`) logs nothing from any other target,
+    /// which is legal but easy to write by mistake (`loud` for a level).
+    fn warning(&self) -> Option<String> {
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        let has_default = self.level.split(',').any(|d| LEVELS.contains(&d.trim().to_ascii_lowercase().as_str()));
+        (!has_default).then(|| {
+            format!(
+                "log.level `{}` sets no default level: events of other targets are not logged (add one, e.g. `info,{}`)",
+                self.level, self.level
+            )
+        })
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -470,8 +499,11 @@ fn default_metrics() -> String {
 fn default_hk_metrics() -> String {
     "127.0.0.1:9515".into()
 }
+/// `[log] level` when the key is absent.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
 fn default_level() -> String {
-    "info".into()
+    DEFAULT_LOG_LEVEL.into()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -777,9 +809,8 @@ impl RawConfig {
             listen: parse_listen("metrics.listen", &self.metrics.listen)?,
             housekeeping_listen: parse_listen("metrics.housekeeping_listen", &self.metrics.housekeeping_listen)?,
         };
-        if let Err(message) = tracing_filter_check(&self.log.level) {
-            return Err(Error::invalid("log.level", message));
-        }
+        self.log.filter()?;
+        warnings.extend(self.log.warning());
 
         Ok(Config {
             misp: Misp {
@@ -974,21 +1005,6 @@ fn validate_syslog(raw: Syslog) -> Result<Listeners, Error> {
     })
 }
 
-/// A light check of a tracing filter directive list, so a typo fails at start rather than silently.
-fn tracing_filter_check(level: &str) -> Result<(), String> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    if level.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    for directive in level.split(',') {
-        let lvl = directive.rsplit('=').next().unwrap_or("").trim().to_ascii_lowercase();
-        if !LEVELS.contains(&lvl.as_str()) {
-            return Err(format!("`{directive}` is not a level (trace, debug, info, warn, error, off)"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1094,7 +1110,8 @@ policy_id = 7
             ("[[trigger]]", "[housekeeping]\nfeeds = [\"a\"]\n[[trigger]]", "housekeeping.feeds[0]:"),
             ("[[trigger]]", "[metrics]\nlisten = \"localhost\"\n[[trigger]]", "metrics.listen:"),
             ("[[trigger]]", "[log]\nformat = \"xml\"\n[[trigger]]", "log.format:"),
-            ("[[trigger]]", "[log]\nlevel = \"loud\"\n[[trigger]]", "log.level:"),
+            ("[[trigger]]", "[log]\nlevel = \"integration=loud\"\n[[trigger]]", "log.level: `integration=loud`"),
+            ("[[trigger]]", "[log]\nlevel = \" \"\n[[trigger]]", "log.level: must not be empty"),
             ("[[trigger]]", "[state]\npath = \"\"\n[[trigger]]", "state.path:"),
             ("[[trigger]]", "[bogus]\n[[trigger]]", "bogus: unknown field"),
             ("[misp]\nurl = \"https://misp.example.org\"", "[misp]", "misp.url: missing field"),
@@ -1102,6 +1119,34 @@ policy_id = 7
         for (from, to, expected) in cases {
             assert!(MINIMAL.contains(from), "case {expected}: {from:?} not in the minimal config");
             check_err(&MINIMAL.replacen(from, to, 1), expected);
+        }
+    }
+
+    /// `log.level` passes validation exactly when the logging setup can install it (`EnvFilter::try_new`), bare
+    /// targets included; a filter without a default level is accepted with a warning.
+    #[test]
+    fn log_level_validation_agrees_with_the_logging_setup() {
+        let cases = [
+            ("info", true, false),
+            ("info,fortimisp_core=debug", true, false),
+            ("integration=debug", true, true),
+            ("fortimisp_core", true, true),
+            ("warn,fortimisp_core::journal", true, false),
+            ("loud", true, true),
+            ("integration=loud", false, false),
+            ("info,[bad", false, false),
+            ("", false, false),
+        ];
+        for (level, valid, warned) in cases {
+            let text = MINIMAL.replacen("[[trigger]]", &format!("[log]\nlevel = {level:?}\n[[trigger]]"), 1);
+            let result = RawConfig::parse(&text).and_then(|raw| raw.validate(&no_env));
+            let installable = !level.trim().is_empty() && tracing_subscriber::EnvFilter::try_new(level).is_ok();
+            assert_eq!(result.is_ok(), installable, "{level:?}: validation and the logging setup disagree");
+            assert_eq!(result.is_ok(), valid, "{level:?}: {result:?}");
+            if let Ok(config) = result {
+                assert!(config.log.filter().is_ok(), "{level:?}");
+                assert_eq!(config.warnings.iter().any(|w| w.starts_with("log.level")), warned, "{level:?}");
+            }
         }
     }
 

@@ -5,9 +5,12 @@
 //! small closed sets (`stage`, `reason`, `outcome`, `server`), never an IP, object name or event id.
 //!
 //! The metric types are atomics: the hot path (one log line) bumps a counter without a lock.
+//!
+//! [`Health`] is what `/healthz` reports: each supervised task's state, the mirror's age, and whether the daemon
+//! is alive (200) or has lost a task for good or begun shutting down (503). It is a liveness endpoint: a slow or
+//! unreachable MISP or FortiGate never makes it unhealthy, since a restart would not fix them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -126,7 +129,7 @@ pub struct Metrics {
     pub hk_examined: Counter,
     /// Blocks removed, by reason (`max_age`, `revoked`, `legacy`).
     pub hk_pruned: Family<Reason, Counter>,
-    /// Prune failures, by reason (`in_use`, `error`, `safety_rail`, `misp_unavailable`).
+    /// Prune failures, by reason (`in_use`, `error`, `safety_rail`, `misp_unavailable`, `panic`).
     pub hk_failures: Family<Reason, Counter>,
     /// Feed updates by outcome (`queued`, `no_feed_enabled`, `completed`, `error`).
     pub feed_updates: Family<Outcome, Counter>,
@@ -254,29 +257,119 @@ impl Metrics {
         out
     }
 
-    /// The value of a labelled counter (for tests, the lab and `loadgen`).
+    /// The value of a labelled counter (for tests, the lab, `loadgen` and `replay`'s summary).
     pub fn count<L: OneLabel>(family: &Family<L, Counter>, label: &'static str) -> u64 {
         family.get_or_create(&L::of(label)).get()
     }
+
+    /// Messages that were not FortiGate logs, every kind together.
+    pub fn parse_errors_total(&self) -> u64 {
+        crate::syslog::ErrorKind::ALL.iter().map(|kind| Self::count(&self.parse_errors, kind.as_str())).sum()
+    }
 }
 
-/// Liveness as `/healthz` reports it: 200 while every task is alive, 503 once one has died or shutdown began.
+/// What one supervised task is doing, as `/healthz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Running (or, for a housekeeping job, between two runs of a timer that is alive).
+    Running,
+    /// Died (panicked or ended early) and is waiting out its backoff before it runs again. Still healthy: the
+    /// supervisor is bringing it back.
+    Restarting,
+    /// Died for good: a task that owns state the daemon cannot rebuild. Unhealthy; the daemon shuts down.
+    Failed,
+    /// Ended because the daemon is shutting down.
+    Stopped,
+}
+
+/// One task's line in the `/healthz` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TaskHealth {
+    pub state: TaskState,
+    /// How often the supervisor has restarted it since start.
+    pub restarts: u32,
+}
+
+/// The `/healthz` body: overall status, each task's state, and the age of the MISP mirror.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HealthReport {
+    /// `ok`, `failed` (a task died for good) or `stopping` (shutdown began).
+    pub status: &'static str,
+    pub tasks: std::collections::BTreeMap<&'static str, TaskHealth>,
+    /// Seconds since the last good mirror sync; `null` when there is no mirror or it has not synced yet. Reported,
+    /// never a reason to be unhealthy: a stale mirror means MISP is down, which a restart does not fix.
+    pub mirror_age_seconds: Option<i64>,
+}
+
+impl HealthReport {
+    /// 200 for `ok`, 503 otherwise.
+    pub fn is_healthy(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+#[derive(Default)]
+struct HealthState {
+    stopping: bool,
+    tasks: std::collections::BTreeMap<&'static str, TaskHealth>,
+}
+
+/// Liveness as `/healthz` reports it: healthy while no task has died for good and shutdown has not begun. The
+/// supervisor ([`crate::supervise`]) records each task's state here; a task waiting to be restarted does not make
+/// the daemon unhealthy.
 #[derive(Clone, Default)]
 pub struct Health {
-    unhealthy: Arc<AtomicBool>,
+    state: Arc<Mutex<HealthState>>,
 }
 
 impl Health {
-    pub fn set_unhealthy(&self) {
-        self.unhealthy.store(true, Ordering::Relaxed);
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        // The state is a plain map updated in one statement: a panic elsewhere cannot leave it half-written.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records `task`'s state; [`TaskState::Restarting`] also counts a restart.
+    pub fn set_task(&self, task: &'static str, state: TaskState) {
+        let mut guard = self.lock();
+        let entry = guard.tasks.entry(task).or_insert(TaskHealth { state, restarts: 0 });
+        if state == TaskState::Restarting {
+            entry.restarts += 1;
+        }
+        entry.state = state;
+    }
+
+    /// Shutdown began: unhealthy from now on (a load balancer stops sending before the sockets close).
+    pub fn set_stopping(&self) {
+        self.lock().stopping = true;
     }
 
     pub fn is_healthy(&self) -> bool {
-        !self.unhealthy.load(Ordering::Relaxed)
+        let guard = self.lock();
+        !guard.stopping && guard.tasks.values().all(|t| t.state != TaskState::Failed)
+    }
+
+    /// The `/healthz` body. `mirror_last_sync` is the Unix time of the last good mirror sync (0: never), `now` the
+    /// current Unix time.
+    pub fn report(&self, mirror_last_sync: i64, now: i64) -> HealthReport {
+        let guard = self.lock();
+        let status = if guard.tasks.values().any(|t| t.state == TaskState::Failed) {
+            "failed"
+        } else if guard.stopping {
+            "stopping"
+        } else {
+            "ok"
+        };
+        HealthReport {
+            status,
+            tasks: guard.tasks.clone(),
+            mirror_age_seconds: (mirror_last_sync > 0).then(|| (now - mirror_last_sync).max(0)),
+        }
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires.
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires. `/healthz` answers the JSON
+/// [`HealthReport`] with 200 when healthy, 503 when not.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -298,13 +391,10 @@ pub async fn serve(
         .route(
             "/healthz",
             get(move || {
-                let healthy = health.is_healthy();
+                let report = health.report(metrics.mirror_last_sync.get(), chrono::Utc::now().timestamp());
                 async move {
-                    if healthy {
-                        (StatusCode::OK, "ok\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
-                    }
+                    let status = if report.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    (status, axum::Json(report))
                 }
             }),
         );

@@ -6,11 +6,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Log, LogFormat};
 
-/// Installs the tracing subscriber on stderr: `[log] level` as the filter (`RUST_LOG` overrides it), pretty or
-/// JSON lines per `[log] format`.
+/// Installs the tracing subscriber on stderr: `[log] level` as the filter ([`Log::filter`], the one validation
+/// checked; `RUST_LOG` overrides it), pretty or JSON lines per `[log] format`.
 pub fn init_logging(log: &Log) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| log.filter())
+        .unwrap_or_else(|_| EnvFilter::new(crate::config::DEFAULT_LOG_LEVEL));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -4,6 +4,11 @@
 //! This file parses the command line, loads the config (one line naming the key on error, exit 2), sets up
 //! logging and signals, and hands the two jobs to [`schedule::schedule`]. A prune pass is [`pass::Pass`] (I/O)
 //! around [`plan::plan`] (pure); the feed update is [`feeds::update`].
+//!
+//! Supervision: a pass or feed update that panics is caught ([`Supervisor::pass`]), logged at `error`, counted
+//! (`housekeeping_failures_total{reason="panic"}`, `feed_updates_total{outcome="error"}`) and run again at its
+//! timer's next slot; a pass reads everything afresh, and a removal it left half-done is pending in the journal.
+//! The metrics server's death is fatal: `/healthz` answers 503 and the daemon stops with exit code 1.
 
 mod feeds;
 mod pass;
@@ -22,6 +27,7 @@ use fortimisp_core::clients;
 use fortimisp_core::config::Config;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics};
+use fortimisp_core::supervise::{Faults, Supervisor};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -50,6 +56,21 @@ struct Cli {
     /// pass only).
     #[arg(long)]
     force: bool,
+    /// Test hook, debug builds only: the job NAME (`prune`, `feed`) panics when the file DIR/panic-NAME appears.
+    #[cfg(debug_assertions)]
+    #[arg(long, hide = true, value_name = "DIR")]
+    panic_trigger_dir: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The test hook the daemon runs with: none in release builds, which have no such option.
+    fn faults(&self) -> Faults {
+        #[cfg(debug_assertions)]
+        if let Some(dir) = &self.panic_trigger_dir {
+            return Faults::panic_on_file(dir.clone());
+        }
+        Faults::none()
+    }
 }
 
 fn main() -> ExitCode {
@@ -78,6 +99,7 @@ fn main() -> ExitCode {
 }
 
 struct Daemon {
+    supervisor: Supervisor,
     config: Config,
     fortigate: fortimisp_core::fortigate::Client,
     misp: fortimisp_core::misp::Client,
@@ -97,7 +119,11 @@ impl Daemon {
             force,
         };
         let started = std::time::Instant::now();
-        match pass.run(shutdown).await {
+        let Ok(result) = self.supervisor.pass("prune", pass.run(shutdown)).await else {
+            Metrics::inc(&self.metrics.hk_failures, "panic");
+            return false;
+        };
+        match result {
             Ok(report) => {
                 info!(message = "Prune pass done.", examined = report.examined, removed = report.removed,
                       failed = report.failed, readded = report.readded, dangling = report.dangling,
@@ -114,6 +140,14 @@ impl Daemon {
             }
         }
     }
+
+    async fn feed_update(&self, shutdown: &CancellationToken) -> bool {
+        let update = feeds::update(&self.misp, &self.config.housekeeping.feeds, &self.metrics, shutdown);
+        self.supervisor.pass("feed", update).await.unwrap_or_else(|_| {
+            Metrics::inc(&self.metrics.feed_updates, "error");
+            false
+        })
+    }
 }
 
 async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
@@ -123,7 +157,9 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
         error!(message = "Journal cannot be opened; removals are not recorded durably. Fix state.path.", %error);
         metrics.journal_degraded.set(1);
     }
+    let supervisor = Supervisor::new(Health::default(), cli.faults());
     let daemon = Daemon {
+        supervisor: supervisor.clone(),
         fortigate: clients::fortigate(&config.fortigate).context("fortigate")?,
         misp: clients::misp(&config.misp).context("misp")?,
         journal,
@@ -135,26 +171,40 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     if cli.once || cli.dry_run {
         let pruned = daemon.prune(cli.dry_run, cli.force, &shutdown).await;
         let fed = match (cli.dry_run, &daemon.config.misp.feed_update_interval) {
-            (false, Some(_)) => {
-                feeds::update(&daemon.misp, &daemon.config.housekeeping.feeds, &metrics, &shutdown).await
-            }
+            (false, Some(_)) => daemon.feed_update(&shutdown).await,
             _ => true,
         };
         flush_journal(&daemon.journal).await;
         return Ok(if pruned && fed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
 
-    let health = Health::default();
+    // The metrics server outlives the timers, so `/healthz` answers 503 while a pass is stopping.
+    let metrics_stop = CancellationToken::new();
     if let Some(addr) = daemon.config.metrics.housekeeping_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("metrics.housekeeping_listen: cannot listen on {addr}"))?;
-        let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let (m, h, stop) = (metrics.clone(), supervisor.health().clone(), metrics_stop.clone());
+        tokio::spawn(supervisor.fatal("metrics", async move {
             if let Err(error) = metrics::serve(listener, m, h, stop).await {
                 error!(message = "Metrics server failed.", %error);
             }
+        }));
+    }
+    // A fatal death stops the timers the way SIGTERM does; either way `/healthz` turns 503 at once.
+    {
+        let (supervisor, shutdown) = (supervisor.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = supervisor.failed() => shutdown.cancel(),
+                _ = shutdown.cancelled() => {}
+            }
+            supervisor.begin_shutdown();
         });
+    }
+    supervisor.health().set_task("prune", fortimisp_core::metrics::TaskState::Running);
+    if daemon.config.misp.feed_update_interval.is_some() {
+        supervisor.health().set_task("feed", fortimisp_core::metrics::TaskState::Running);
     }
     info!(message = "fortimisp housekeeping running.", interval = ?daemon.config.housekeeping.interval,
           max_age = ?daemon.config.housekeeping.max_age, feed_update_interval = ?daemon.config.misp.feed_update_interval);
@@ -171,7 +221,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
             d.prune(false, force.swap(false, Ordering::Relaxed), stop).await;
         },
         move || async move {
-            feeds::update(&d.misp, &d.config.housekeeping.feeds, &d.metrics, stop).await;
+            d.feed_update(stop).await;
         },
         intervals,
         &shutdown,
@@ -183,10 +233,11 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
                   grace = ?SHUTDOWN_GRACE);
         }
     }
-    health.set_unhealthy();
+    supervisor.begin_shutdown();
+    metrics_stop.cancel();
     flush_journal(&daemon.journal).await;
     info!(message = "Stopped.");
-    Ok(ExitCode::SUCCESS)
+    Ok(if supervisor.failed_task().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Writes back what the journal buffered in memory while the file refused writes (nothing when healthy).

@@ -4,11 +4,11 @@
 //! [`schedule`] takes the two jobs as closures that return futures, so tests drive it with paused time and
 //! counters instead of a FortiGate and a MISP.
 //!
-//! Rules, each tested below:
+//! Each timer is a `tokio::time::interval` with `MissedTickBehavior::Skip`. Rules, each tested below:
 //! - A job first runs at once, then at `start + k·period`: the grid never moves, so the schedule does not drift
 //!   by the length of the runs.
-//! - A run that overruns its period does not cause a burst of catch-up runs: the slots it missed are skipped and
-//!   the job next runs at the first slot of the grid that is not already past.
+//! - A run that overruns its period does not cause a burst of catch-up runs: the slots it missed collapse into one
+//!   run, right after it returns, and the job is back on its grid from the next slot on.
 //! - The two timers are independent: a slow prune pass does not delay the feed update, and the reverse.
 //! - Once `shutdown` is cancelled no run starts; a run under way gets the token itself (the jobs capture it) and
 //!   decides how to stop (the prune pass stops between two removals).
@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 /// How often each job runs. `feed: None` disables the feed update (`feed_update_interval = "0s"`).
@@ -42,45 +42,30 @@ where
     tokio::join!(every(intervals.prune, prune, shutdown), feed_timer);
 }
 
-/// One timer: runs `job` at slot 0, then at the next slot of `start + k·period` not already past when it returns.
+/// One timer: runs `job` at once, then on the grid `start + k·period`, skipping the slots a long run missed.
 async fn every<J, Fut>(period: Duration, mut job: J, shutdown: &CancellationToken)
 where
     J: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    // A zero period would spin; the config refuses it, this keeps the function total.
-    let period = period.max(Duration::from_millis(1));
-    let start = Instant::now();
-    let mut slot: u128 = 0;
+    // A zero period would panic in `interval`; the config refuses it, this keeps the function total.
+    let mut timer = tokio::time::interval(period.max(Duration::from_millis(1)));
+    timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
-        let at = slot_time(start, period, slot);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(at) => {}
+            _ = timer.tick() => {}
         }
         job().await;
-        slot = next_slot(slot, start.elapsed(), period);
     }
-}
-
-/// The slot after `done`, or the first slot at or after `elapsed` if that is later (skipping missed slots).
-fn next_slot(done: u128, elapsed: Duration, period: Duration) -> u128 {
-    let p = period.as_nanos();
-    let due = elapsed.as_nanos().div_ceil(p);
-    (done + 1).max(due)
-}
-
-fn slot_time(start: Instant, period: Duration, slot: u128) -> Instant {
-    let nanos = period.as_nanos().saturating_mul(slot);
-    let offset = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
-    start.checked_add(offset).unwrap_or_else(|| start + Duration::from_secs(86400 * 365 * 30))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use tokio::time::Instant;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -169,11 +154,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_pass_skips_missed_slots_without_a_burst_or_delaying_the_feed() {
         let intervals = Intervals { prune: HOUR, feed: Some(HOUR) };
-        // The first pass takes 2.5 h: slots 1 h and 2 h are missed, the next run is at 3 h, not at 2.5 h.
+        // The first pass takes 2.5 h: slots 1 h and 2 h collapse into one run at 2.5 h, then the grid (3 h, ...).
         let slow_first = |n| if n == 0 { HOUR * 5 / 2 } else { Duration::ZERO };
         let (prunes, feeds) = check(intervals, slow_first, instant, 6 * HOUR - HOUR / 2).await;
-        assert_eq!(prunes, vec![0.0, 3.0, 4.0, 5.0]);
+        assert_eq!(prunes, vec![0.0, 2.5, 3.0, 4.0, 5.0]);
         assert_eq!(feeds, hours(6), "the feed timer is not held up by the prune pass");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_very_long_pass_is_followed_by_one_run_not_a_burst() {
+        let intervals = Intervals { prune: HOUR, feed: None };
+        // Ten missed slots: one run when the long pass returns, none of the others.
+        let very_slow_first = |n| if n == 0 { HOUR * 21 / 2 } else { Duration::ZERO };
+        let (prunes, _) = check(intervals, very_slow_first, instant, 13 * HOUR - HOUR / 2).await;
+        assert_eq!(prunes, vec![0.0, 10.5, 11.0, 12.0]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -219,22 +213,5 @@ mod tests {
         let stopped_after = task.await.expect("schedule task does not panic");
         assert_eq!(runs.get(), vec![0.0, 1.0]);
         assert_eq!(stopped_after, HOUR + Duration::from_secs(62), "returns when the run under way has stopped");
-    }
-
-    #[test]
-    fn next_slot_skips_what_is_past() {
-        let p = HOUR;
-        let cases = [
-            (0, Duration::ZERO, 1),
-            (0, HOUR / 3, 1),
-            (0, HOUR, 1),
-            (0, HOUR * 5 / 2, 3),
-            (0, HOUR * 3, 3),
-            (4, HOUR * 4 + Duration::from_secs(1), 5),
-            (4, HOUR * 7 + Duration::from_nanos(1), 8),
-        ];
-        for (done, elapsed, want) in cases {
-            assert_eq!(next_slot(done, elapsed, p), want, "done {done}, elapsed {elapsed:?}");
-        }
     }
 }

@@ -297,18 +297,8 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     drop(ingest);
     decider.await?;
     let left_pending = blocker.await?;
-    let m = &parts.metrics;
-    let lookup_errors = Metrics::count(&m.lookups, "misp_error");
-    println!(
-        "lines {lines}, parse errors {}, triggered {}, MISP requests {}, MISP lookup errors {lookup_errors}, blocked {}, already blocked {}, dry run {}, failed {}, left pending {left_pending}",
-        count_all(m, |t| t.contains("fortimisp_parse_errors_total")),
-        m.triggered.get(),
-        m.misp_lookup_requests.get(),
-        Metrics::count(&m.blocks, "blocked"),
-        Metrics::count(&m.blocks, "already_blocked"),
-        Metrics::count(&m.blocks, "dry_run"),
-        Metrics::count(&m.blocks, "failed"),
-    );
+    let lookup_errors = Metrics::count(&parts.metrics.lookups, "misp_error");
+    println!("{}", replay_summary(&parts.metrics, lines, left_pending));
     if left_pending > 0 {
         eprintln!("error: {left_pending} block(s) not done yet; they are pending in the journal for the daemon");
     }
@@ -318,11 +308,40 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     Ok(if left_pending > 0 || lookup_errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-/// Sums the samples of the metric lines selected by `pick` in the text exposition.
-fn count_all(m: &Metrics, pick: impl Fn(&str) -> bool) -> u64 {
-    m.render()
-        .lines()
-        .filter(|l| !l.starts_with('#') && pick(l))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+/// `replay`'s one-line summary, read from the counters themselves.
+fn replay_summary(m: &Metrics, lines: u64, left_pending: usize) -> String {
+    format!(
+        "lines {lines}, parse errors {}, triggered {}, MISP requests {}, MISP lookup errors {}, blocked {}, already blocked {}, dry run {}, failed {}, left pending {left_pending}",
+        m.parse_errors_total(),
+        m.triggered.get(),
+        m.misp_lookup_requests.get(),
+        Metrics::count(&m.lookups, "misp_error"),
+        Metrics::count(&m.blocks, "blocked"),
+        Metrics::count(&m.blocks, "already_blocked"),
+        Metrics::count(&m.blocks, "dry_run"),
+        Metrics::count(&m.blocks, "failed"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The summary counts come from `Metrics` directly; parse errors of every kind are summed.
+    #[test]
+    fn replay_summary_reads_the_counters() {
+        let m = Metrics::new();
+        Metrics::inc(&m.parse_errors, "bad_pri");
+        Metrics::inc(&m.parse_errors, "bad_pri");
+        Metrics::inc(&m.parse_errors, "not_fortigate");
+        m.triggered.inc();
+        Metrics::inc(&m.blocks, "blocked");
+        Metrics::inc(&m.blocks, "failed");
+        Metrics::inc(&m.lookups, "misp_error");
+        assert_eq!(
+            replay_summary(&m, 5, 1),
+            "lines 5, parse errors 3, triggered 1, MISP requests 0, MISP lookup errors 1, blocked 1, already blocked 0, \
+             dry run 0, failed 1, left pending 1"
+        );
+    }
 }

@@ -24,8 +24,8 @@ use crate::decide::Candidate;
 /// What one message turned into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Evaluation {
-    /// Not a FortiGate log line (error kind for the metric).
-    Unparsed(&'static str),
+    /// Not a FortiGate log line: what was wrong with it.
+    Unparsed(syslog::ErrorKind),
     /// Parsed, matched no trigger rule.
     Untriggered,
     /// Matched rule `rule`; up to two addresses to look up (protected ones already removed).
@@ -112,7 +112,7 @@ impl Ingest {
             Ok(record) => record,
             Err(error) => {
                 Metrics::inc(&self.metrics.parse_errors, error.kind.as_str());
-                return Evaluation::Unparsed(error.kind.as_str());
+                return Evaluation::Unparsed(error.kind);
             }
         };
         let facts = LineFacts::of(&record);

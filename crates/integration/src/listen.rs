@@ -9,7 +9,7 @@
 //! backlog until one closes. A connection silent for [`IDLE_TIMEOUT`] is closed.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,8 +54,14 @@ pub fn bind_udp(addr: SocketAddr, recv_buffer_bytes: usize) -> std::io::Result<U
     UdpSocket::from_std(socket.into())
 }
 
-/// Receives datagrams until `shutdown`. One datagram is one message.
-pub async fn run_udp(socket: UdpSocket, ingest: Arc<Ingest>, max_message_bytes: usize, shutdown: CancellationToken) {
+/// Receives datagrams until `shutdown`. One datagram is one message. The socket is shared so that a restarted
+/// listener reads from the same one.
+pub async fn run_udp(
+    socket: Arc<UdpSocket>,
+    ingest: Arc<Ingest>,
+    max_message_bytes: usize,
+    shutdown: CancellationToken,
+) {
     // One byte more than the largest datagram so an oversize one is seen as such, not truncated silently.
     let mut buf = vec![0u8; 65536];
     let metrics = ingest.metrics();
@@ -118,7 +124,10 @@ impl KernelDrops {
             let _ = socket;
             None
         };
-        KernelDrops { inode, seen: 0 }
+        // Drops before this run (a restarted listener) were counted by the run before it.
+        let mut drops = KernelDrops { inode, seen: 0 };
+        drops.poll();
+        drops
     }
 
     /// Drops since the last call.
@@ -140,34 +149,57 @@ impl KernelDrops {
     }
 }
 
+/// Why the syslog TLS listener cannot be set up. Each names the config key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file cannot be opened, or its PEM cannot be read.
+    #[error("{key}: cannot read {}: {source}", path.display())]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("syslog.tls_cert: {} holds no certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("syslog.tls_key: {} holds no private key", .0.display())]
+    NoKey(PathBuf),
+    /// rustls refused the pair (a key that does not match the certificate, an unsupported key type).
+    #[error("syslog.tls_key: {0}")]
+    Rejected(#[source] rustls::Error),
+}
+
 /// A TLS acceptor from PEM files.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).map_err(|e| format!("syslog.tls_cert: cannot read {}: {e}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| format!("syslog.tls_cert: {}: {e}", cert.display()))?;
+///
+/// # Errors
+/// [`TlsError`], naming `syslog.tls_cert` or `syslog.tls_key`.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    let read = |key: &'static str, path: &Path| {
+        let error = |source| TlsError::Read { key, path: path.to_path_buf(), source };
+        std::fs::File::open(path).map(std::io::BufReader::new).map_err(error)
+    };
+    let certs = rustls_pemfile::certs(&mut read("syslog.tls_cert", cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Read { key: "syslog.tls_cert", path: cert.to_path_buf(), source })?;
     if certs.is_empty() {
-        return Err(format!("syslog.tls_cert: {} holds no certificate", cert.display()));
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).map_err(|e| format!("syslog.tls_key: cannot read {}: {e}", key.display()))?,
-    ))
-    .map_err(|e| format!("syslog.tls_key: {}: {e}", key.display()))?
-    .ok_or_else(|| format!("syslog.tls_key: {} holds no private key", key.display()))?;
+    let private_key = rustls_pemfile::private_key(&mut read("syslog.tls_key", key)?)
+        .map_err(|source| TlsError::Read { key: "syslog.tls_key", path: key.to_path_buf(), source })?
+        .ok_or_else(|| TlsError::NoKey(key.to_path_buf()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("syslog.tls: {e}"))?
+        .map_err(TlsError::Rejected)?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("syslog.tls_key: {e}"))?;
+        .with_single_cert(certs, private_key)
+        .map_err(TlsError::Rejected)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Accepts stream connections until `shutdown`; with `tls`, each is wrapped in TLS first.
 pub async fn run_stream(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
@@ -277,5 +309,34 @@ async fn read_stream<S: AsyncRead + Unpin>(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+
+    /// Each way the TLS files can be wrong is its own variant, naming the key at fault.
+    #[test]
+    fn tls_file_errors_are_typed_and_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (cert, key, empty) = (file("cert.pem", PEM_CERT), file("key.pem", PEM_KEY), file("empty.pem", ""));
+        let missing = dir.path().join("missing.pem");
+        let check = |cert: &Path, key: &Path| tls_acceptor(cert, key).err().expect("an error");
+        assert!(matches!(check(&missing, &key), TlsError::Read { key: "syslog.tls_cert", .. }));
+        assert!(matches!(check(&empty, &key), TlsError::NoCertificate(p) if p == empty));
+        assert!(matches!(check(&cert, &missing), TlsError::Read { key: "syslog.tls_key", .. }));
+        assert!(matches!(check(&cert, &empty), TlsError::NoKey(p) if p == empty));
+        let rejected = check(&cert, &key);
+        assert!(matches!(rejected, TlsError::Rejected(_)), "{rejected:?}");
+        assert!(rejected.to_string().starts_with("syslog.tls_key: "), "{rejected}");
     }
 }

@@ -32,6 +32,21 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
+    /// Test hook, debug builds only: the daemon's task NAME panics when the file DIR/panic-NAME appears.
+    #[cfg(debug_assertions)]
+    #[arg(long, global = true, hide = true, value_name = "DIR")]
+    panic_trigger_dir: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The test hook the daemon runs with: none in release builds, which have no such option.
+    fn faults(&self) -> fortimisp_core::supervise::Faults {
+        #[cfg(debug_assertions)]
+        if let Some(dir) = &self.panic_trigger_dir {
+            return fortimisp_core::supervise::Faults::panic_on_file(dir.clone());
+        }
+        fortimisp_core::supervise::Faults::none()
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,12 +109,13 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    let faults = cli.faults();
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(fortimisp_core::process::cancel_on_signal(shutdown.clone()));
-                run::run(config, shutdown).await.map(|()| ExitCode::SUCCESS)
+                run::run(config, shutdown, faults).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Validate => commands::validate(config).await,
             Command::Lookup { ip } => commands::lookup(config, ip).await,

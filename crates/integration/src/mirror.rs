@@ -30,7 +30,8 @@ use crate::decide::{Lookup, SharedMirror};
 /// which covers clock skew and edits committed during the previous sync.
 const OVERLAP_SECONDS: i64 = 120;
 
-/// Keeps the shared mirror in sync with MISP.
+/// Keeps the shared mirror in sync with MISP. Cloned for each (re)start of the sync task.
+#[derive(Clone)]
 pub struct Mirror {
     pub client: Arc<misp::Client>,
     pub config: MispConfig,

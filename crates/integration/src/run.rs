@@ -11,6 +11,13 @@
 //! Shutdown order (SIGTERM/SIGINT): listeners stop first; the decider drains what it holds and closes its output;
 //! the blocker journals everything it received, lets running executions finish, and returns. The whole sequence
 //! is bounded by [`SHUTDOWN_BUDGET`], inside the contract's 10 s.
+//!
+//! Supervision ([`Supervisor`]): every task runs under it, so none dies silently. The listeners, the mirror and
+//! journal pruning are restarted with backoff when they panic or end early (each listener's socket stays bound
+//! across restarts, so datagrams wait in the kernel meanwhile). The decider and the blocker own state and the
+//! metrics server reports liveness: their death is fatal: `/healthz` answers 503, an `error` names the task, the
+//! rest shuts down in the order above and [`run`] returns an error (exit code 1). Blocks the blocker journalled
+//! stay pending for the next start.
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -22,6 +29,7 @@ use fortimisp_core::config::{Backend as BackendKind, Config};
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics};
 use fortimisp_core::policy::{NeverBlock, Triggers};
+use fortimisp_core::supervise::{Faults, Supervisor};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -147,36 +155,37 @@ impl Parts {
     }
 }
 
-/// Runs the daemon until `shutdown` fires.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+/// Runs the daemon until `shutdown` fires, or until a task whose death is fatal dies (then: an error). `faults`
+/// is the debug builds' test hook ([`Faults::none`] otherwise).
+pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) -> Result<()> {
     let parts = Parts::build(config)?;
     let cfg = &parts.config;
-    let health = Health::default();
+    let supervisor = Supervisor::new(Health::default(), faults);
     let tracker = TaskTracker::new();
 
     // Bind everything first so a bad address fails at start, naming its key.
     let udp = match cfg.syslog.udp {
-        Some(addr) => Some(
+        Some(addr) => Some(Arc::new(
             listen::bind_udp(addr, cfg.syslog.recv_buffer_bytes)
                 .with_context(|| format!("syslog.udp: cannot listen on {addr}"))?,
-        ),
+        )),
         None => None,
     };
     let tcp = match cfg.syslog.tcp {
-        Some(addr) => Some(
+        Some(addr) => Some(Arc::new(
             tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("syslog.tcp: cannot listen on {addr}"))?,
-        ),
+        )),
         None => None,
     };
     let tls = match &cfg.syslog.tls {
         Some(t) => {
-            let acceptor = listen::tls_acceptor(&t.cert, &t.key).map_err(anyhow::Error::msg)?;
+            let acceptor = listen::tls_acceptor(&t.cert, &t.key)?;
             let listener = tokio::net::TcpListener::bind(t.listen)
                 .await
                 .with_context(|| format!("syslog.tls: cannot listen on {}", t.listen))?;
-            Some((listener, acceptor))
+            Some((Arc::new(listener), acceptor))
         }
         None => None,
     };
@@ -193,24 +202,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     // the journal replay, the listing of our blocks: seconds when they are slow or down); lines that arrive
     // meanwhile wait in the bounded candidate queue (counted `queue_full` if it fills), not in the kernel's
     // receive buffer, which overflows within a fraction of a second at high rates.
-    let listeners_stop = shutdown.child_token();
+    // Not a child of `shutdown`: the listeners stop in the shutdown sequence, after the supervisor knows that
+    // shutdown began (else the decider, whose input they close, would look as if it died).
+    let listeners_stop = CancellationToken::new();
     let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
 
     let ingest = Arc::new(parts.ingest(candidate_tx));
     let max = cfg.syslog.max_message_bytes;
     let listeners = TaskTracker::new();
+    // Each restart of a listener runs on the same socket (an `Arc` the closure keeps), so nothing is rebound.
     if let Some(socket) = udp {
         info!(message = "Listening for syslog.", listener = "udp", addr = %socket.local_addr()?);
-        listeners.spawn(listen::run_udp(socket, ingest.clone(), max, listeners_stop.clone()));
+        let (ingest, stop) = (ingest.clone(), listeners_stop.clone());
+        listeners.spawn(supervisor.restarting("udp", listeners_stop.clone(), move || {
+            listen::run_udp(socket.clone(), ingest.clone(), max, stop.clone())
+        }));
     }
     if let Some(listener) = tcp {
         info!(message = "Listening for syslog.", listener = "tcp", addr = %listener.local_addr()?);
-        listeners.spawn(listen::run_stream(listener, None, ingest.clone(), max, listeners_stop.clone()));
+        let (ingest, stop) = (ingest.clone(), listeners_stop.clone());
+        listeners.spawn(supervisor.restarting("tcp", listeners_stop.clone(), move || {
+            listen::run_stream(listener.clone(), None, ingest.clone(), max, stop.clone())
+        }));
     }
     if let Some((listener, acceptor)) = tls {
         info!(message = "Listening for syslog.", listener = "tls", addr = %listener.local_addr()?);
-        listeners.spawn(listen::run_stream(listener, Some(acceptor), ingest.clone(), max, listeners_stop.clone()));
+        let (ingest, stop) = (ingest.clone(), listeners_stop.clone());
+        listeners.spawn(supervisor.restarting("tls", listeners_stop.clone(), move || {
+            listen::run_stream(listener.clone(), Some(acceptor.clone()), ingest.clone(), max, stop.clone())
+        }));
     }
     drop(ingest);
     listeners.close();
@@ -242,17 +263,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let blocker_stop = CancellationToken::new();
     let aux_stop = CancellationToken::new();
 
+    // Fatal when it dies: without it nothing reports liveness, and a prober would restart the daemon anyway.
     if let Some(listener) = metrics_listener {
-        let (m, h, stop) = (parts.metrics.clone(), health.clone(), aux_stop.clone());
-        tracker.spawn(async move {
+        let (m, h, stop) = (parts.metrics.clone(), supervisor.health().clone(), aux_stop.clone());
+        tracker.spawn(supervisor.fatal("metrics", async move {
             if let Err(error) = metrics::serve(listener, m, h, stop).await {
                 error!(message = "Metrics server failed.", %error);
             }
-        });
+        }));
     }
 
     let shared_mirror: SharedMirror = Arc::new(RwLock::new(None));
     if let Some(interval) = cfg.misp.sync_interval {
+        // A restarted mirror starts with a full sync; the shared set keeps its last good state meanwhile.
         let mirror = Mirror {
             client: parts.misp.clone(),
             config: cfg.misp.clone(),
@@ -260,57 +283,46 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             metrics: parts.metrics.clone(),
         };
         let stop = aux_stop.clone();
-        tracker.spawn(mirror.run(interval, stop).instrument(tracing::info_span!("mirror")));
+        tracker.spawn(supervisor.restarting("mirror", aux_stop.clone(), move || {
+            mirror.clone().run(interval, stop.clone()).instrument(tracing::info_span!("mirror"))
+        }));
     }
 
-    // The audit trail would grow forever: once a day, forget finished actions and decisions older than a year
-    // (pending actions and open blocks are never pruned).
+    // Daily journal pruning ([`prune_journal`]).
     {
         let journal = parts.journal.clone();
         let stop = aux_stop.clone();
-        tracker.spawn(async move {
-            let mut daily = tokio::time::interval(JOURNAL_PRUNE_EVERY);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = daily.tick() => {}
-                }
-                let journal = journal.clone();
-                let cutoff = chrono::Utc::now() - chrono::Duration::days(JOURNAL_KEEP_DAYS);
-                match tokio::task::spawn_blocking(move || journal.prune(cutoff)).await {
-                    Ok(Ok(pruned)) => info!(
-                        message = "Journal pruned.",
-                        decisions = pruned.decisions,
-                        actions = pruned.actions,
-                        blocks = pruned.blocks
-                    ),
-                    Ok(Err(error)) => warn!(message = "Journal pruning failed.", %error),
-                    Err(_) => {}
-                }
-            }
-        });
+        tracker.spawn(supervisor.restarting("journal_prune", aux_stop.clone(), move || {
+            let (journal, stop) = (journal.clone(), stop.clone());
+            prune_journal(journal, stop)
+        }));
     }
 
     let executor = Executor { background_sightings: true, ..parts.executor(false) };
     let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute);
     blocker.resume_pending().await;
-    let blocker_task = tokio::spawn(
+    let blocker_task = tokio::spawn(supervisor.fatal(
+        "blocker",
         blocker.run(block_rx, blocker_stop.clone(), Duration::from_secs(3)).instrument(tracing::info_span!("blocker")),
-    );
+    ));
 
     let mut decider = parts.decider(shared_mirror.clone());
     if !refused_at_start {
         decider.seed_blocked(parts.known_blocks().await);
     }
-    let decider_task = tokio::spawn(
+    let decider_task = tokio::spawn(supervisor.fatal(
+        "decider",
         decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")),
-    );
+    ));
     info!(message = "fortimisp integration running.", backend = %cfg.fortigate.backend, dry_run = cfg.blocking.dry_run,
           triggers = cfg.trigger.len(), mirror = cfg.misp.sync_interval.is_some());
 
-    shutdown.cancelled().await;
+    let failed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        task = supervisor.failed() => Some(task),
+    };
     info!(message = "Shutting down.");
-    health.set_unhealthy();
+    supervisor.begin_shutdown();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
     // 1. Listeners stop (stream connections end with them); their Ingest handles drop, closing the candidate queue.
     listeners_stop.cancel();
@@ -324,7 +336,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     // 3. The blocker journals what it received and lets running executions finish.
     blocker_stop.cancel();
     match tokio::time::timeout_at(deadline, blocker_task).await {
-        Ok(Ok(left)) if left > 0 => {
+        Ok(Ok(Some(left))) if left > 0 => {
             info!(message = "Blocks left pending in the journal for the next start.", count = left)
         }
         Ok(_) => {}
@@ -337,5 +349,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
     info!(message = "Stopped.");
-    Ok(())
+    match failed {
+        Some(task) => anyhow::bail!("task {task} died; see the log above"),
+        None => Ok(()),
+    }
+}
+
+/// The audit trail would grow forever: once a day, forget finished actions and decisions older than a year
+/// (pending actions and open blocks are never pruned).
+async fn prune_journal(journal: Journal, stop: CancellationToken) {
+    let mut daily = tokio::time::interval(JOURNAL_PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = daily.tick() => {}
+        }
+        let journal = journal.clone();
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(JOURNAL_KEEP_DAYS);
+        match tokio::task::spawn_blocking(move || journal.prune(cutoff)).await {
+            Ok(Ok(pruned)) => info!(
+                message = "Journal pruned.",
+                decisions = pruned.decisions,
+                actions = pruned.actions,
+                blocks = pruned.blocks
+            ),
+            Ok(Err(error)) => warn!(message = "Journal pruning failed.", %error),
+            Err(_) => {}
+        }
+    }
 }

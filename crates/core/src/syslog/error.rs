@@ -35,6 +35,18 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for sums over the `parse_errors` metric.
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Empty,
+        ErrorKind::BadPri,
+        ErrorKind::BadHeader,
+        ErrorKind::Truncated,
+        ErrorKind::BadEscape,
+        ErrorKind::BadJson,
+        ErrorKind::TooLarge,
+        ErrorKind::NotFortiGate,
+    ];
+
     /// A short snake_case name, for metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
