@@ -18,6 +18,8 @@
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 //! - [`journal`]: the SQLite journal (`[state] path`) both daemons share: the durable queue of pending actions, the
 //!   audit trail of decisions and the ledger of blocks; keeps working from memory when the file refuses writes.
+//! - [`unblock`]: the one path that removes a block (journal pending, FortiGate, journal outcome), for
+//!   `integration unblock` and housekeeping alike.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -32,4 +34,5 @@ pub mod policy;
 pub mod process;
 pub mod secret;
 pub mod syslog;
+pub mod unblock;
 pub mod view;

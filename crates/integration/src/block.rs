@@ -160,8 +160,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             comment: Some(comment.as_str().to_string()),
             requested_at: Utc::now(),
         };
-        let journal = self.journal.clone();
-        match blocking(move || journal.enqueue(&action)).await {
+        match self.journal.enqueue(&action).await {
             Ok(id) => Some(id),
             Err(error) => {
                 // The journal keeps a memory copy when the file fails; an error here means even that failed.
@@ -210,8 +209,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
                     blocked_at: Utc::now(),
                     backend: self.backend.name().to_string(),
                 };
-                let journal = self.journal.clone();
-                if let Err(error) = blocking(move || journal.record_block(&record)).await {
+                if let Err(error) = self.journal.record_block(&record).await {
                     warn!(message = "Could not record the block in the journal ledger.", %error, ip = %job.ip);
                 }
                 self.finish(job, Outcome::Done, "block", &job.reason).await;
@@ -235,9 +233,9 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
                 Metrics::inc(&self.metrics.blocks, "retry");
                 let text = error.to_string();
                 if let Some(id) = job.action {
-                    let journal = self.journal.clone();
-                    let t = text.clone();
-                    let _ = blocking(move || journal.record_attempt(id, &t)).await;
+                    if let Err(error) = self.journal.record_attempt(id, &text).await {
+                        warn!(message = "Could not journal a failed attempt.", %error, ip = %job.ip);
+                    }
                 }
                 Executed::Retry(text)
             }
@@ -253,7 +251,6 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
     }
 
     async fn finish(&self, job: &Job, outcome: Outcome, verdict: &str, detail: &str) {
-        let journal = self.journal.clone();
         let decision = Decision {
             at: Utc::now(),
             ip: job.ip,
@@ -262,28 +259,16 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             event_id: job.event_id,
             rule: job.rule,
         };
-        let id = job.action;
-        let result = blocking(move || {
-            journal.record_decision(&decision)?;
-            match id {
-                Some(id) => journal.complete(id, &outcome),
+        let result = match self.journal.record_decision(&decision).await {
+            Ok(()) => match job.action {
+                Some(id) => self.journal.complete(id, &outcome).await,
                 None => Ok(()),
-            }
-        })
-        .await;
+            },
+            Err(error) => Err(error),
+        };
         if let Err(error) = result {
             warn!(message = "Could not journal an outcome.", %error, ip = %job.ip);
         }
-    }
-}
-
-/// Runs a journal call off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, fortimisp_core::journal::Error> + Send + 'static,
-) -> Result<T, fortimisp_core::journal::Error> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
 }
 
@@ -363,8 +348,7 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         if self.executor.dry_run {
             return 0;
         }
-        let journal = self.executor.journal.clone();
-        let pending = match blocking(move || journal.pending_of(ActionKind::Block)).await {
+        let pending = match self.executor.journal.pending_of(ActionKind::Block).await {
             Ok(p) => p,
             Err(error) => {
                 error!(message = "Could not read pending actions from the journal.", %error);
