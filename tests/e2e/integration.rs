@@ -8,8 +8,8 @@ use fortimisp_e2e::fortimisp_testkit::fortigate::{Fault, Table};
 use fortimisp_e2e::fortimisp_testkit::misp::AttributeSpec;
 use fortimisp_e2e::fortimisp_testkit::tls::TestCa;
 use fortimisp_e2e::{
-    eventually, fortigate_writes, journal, members, pending_blocks, recent_decisions, send_tcp, send_tcp_lossy, send_tls, send_udp,
-    traffic_line, Env,
+    eventually, fortigate_writes, journal, members, pending_blocks, recent_decisions, send_tcp, send_tcp_lossy,
+    send_tls, send_udp, traffic_line, Env,
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -910,4 +910,40 @@ async fn a_hand_unblock_cancels_a_pending_block() {
     eventually(WAIT, "the kept block lands", || async { is_member(&env, "198.51.100.97") }).await;
     eventually(WAIT, "nothing is left pending", || async { pending_blocks(&env).is_empty() }).await;
     assert!(env.fortigate.object(&name("198.51.100.98")).is_none(), "the unblocked address stays unblocked");
+}
+
+/// `unblock IP` journals the pending unblock before it touches the FortiGate: when the FortiGate keeps refusing
+/// the delete (503), the command fails and the unblock stays pending in the journal with the error; run again once
+/// the FortiGate answers, the same action completes and the ledger closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_unblock_is_journalled_before_the_fortigate_is_touched() {
+    let env = Env::start().await;
+    let out = env.integration_cmd(&["block", "198.51.100.71"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let delete = "DELETE /api/v2/cmdb/firewall/address/{name}";
+    env.fortigate.inject(Some(delete), Fault::Status(503), 100);
+
+    let out = env.integration_cmd(&["unblock", "198.51.100.71"]);
+    assert!(!out.status.success(), "a refused delete fails the command: {}", output_text(&out));
+    assert!(env.fortigate.route_count(delete) >= 1, "the delete was tried");
+    let unblocks = |env: &Env| {
+        env.journal_rows("SELECT id, ip, reason, state, attempts, last_error FROM actions WHERE kind = 'unblock'")
+    };
+    let rows = unblocks(&env);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let [id, addr, reason, state, attempts, last_error] = rows[0].clone().try_into().expect("six columns");
+    assert_eq!(
+        (addr.as_str(), reason.as_str(), state.as_str(), attempts.as_str()),
+        ("198.51.100.71", "manual", "pending", "1")
+    );
+    assert!(last_error.contains("503"), "{last_error}");
+
+    env.fortigate.clear_faults();
+    let out = env.integration_cmd(&["unblock", "198.51.100.71"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(env.fortigate.object(&name("198.51.100.71")).is_none());
+    let rows = unblocks(&env);
+    assert_eq!((rows.len(), rows[0][0].as_str(), rows[0][3].as_str()), (1, id.as_str(), "done"), "{rows:?}");
+    let ledger = env.journal_rows("SELECT unblock_reason FROM blocks WHERE ip = '198.51.100.71'");
+    assert_eq!(ledger, [["manual".to_string()]]);
 }

@@ -35,9 +35,7 @@ impl Target {
     pub fn ip(&self) -> Option<IpAddr> {
         match self {
             Target::Address(ip) | Target::Banned(ip) => Some(*ip),
-            Target::Legacy(member) => {
-                member.network.filter(|n| n.prefix_len() == n.max_prefix_len()).map(|n| n.addr())
-            }
+            Target::Legacy(member) => member.network.filter(|n| n.prefix_len() == n.max_prefix_len()).map(|n| n.addr()),
         }
     }
 }

@@ -253,11 +253,8 @@ impl Pass<'_> {
                 Vec::new()
             }
         };
-        let ours: HashMap<IpAddr, bool> = ledger
-            .into_iter()
-            .filter(|b| b.backend == "banned-ip")
-            .map(|b| (b.ip, b.event_id.is_none()))
-            .collect();
+        let ours: HashMap<IpAddr, bool> =
+            ledger.into_iter().filter(|b| b.backend == "banned-ip").map(|b| (b.ip, b.event_id.is_none())).collect();
         let banned: Vec<Ban> = self
             .fortigate
             .list_banned()
@@ -270,8 +267,7 @@ impl Pass<'_> {
         if self.config.housekeeping.unblock_revoked && !banned.is_empty() {
             match view::full(self.misp, &self.config.misp).await {
                 Ok((set, _)) => {
-                    still_listed =
-                        Some(banned.iter().map(|b| b.ip).filter(|ip| set.lookup(*ip).is_some()).collect());
+                    still_listed = Some(banned.iter().map(|b| b.ip).filter(|ip| set.lookup(*ip).is_some()).collect());
                 }
                 Err(error) => {
                     Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
@@ -286,4 +282,3 @@ impl Pass<'_> {
         Ok(report)
     }
 }
-

@@ -45,10 +45,17 @@ impl Reason {
 /// One removal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
-    Owned { object: OwnedObject, reason: Reason },
-    Legacy { member: LegacyMember },
+    Owned {
+        object: OwnedObject,
+        reason: Reason,
+    },
+    Legacy {
+        member: LegacyMember,
+    },
     /// A ban (banned-ip backend) MISP no longer lists.
-    Banned { ip: IpAddr },
+    Banned {
+        ip: IpAddr,
+    },
 }
 
 /// A ban fortimisp made (from the journal's ledger; the FortiGate's ban list carries no comment).

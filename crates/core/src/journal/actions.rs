@@ -237,10 +237,7 @@ mod tests {
         let u = housekeeping.enqueue(&unblock("198.51.100.9", 1)).await.expect("enqueue");
         // each sees the other's queue, and enqueue stays idempotent across them
         assert_eq!(housekeeping.enqueue(&block("198.51.100.7", 2)).await.expect("enqueue"), b);
-        assert_eq!(
-            ips(&integration.pending().await.expect("pending")),
-            ["block 198.51.100.7", "unblock 198.51.100.9"]
-        );
+        assert_eq!(ips(&integration.pending().await.expect("pending")), ["block 198.51.100.7", "unblock 198.51.100.9"]);
         assert_eq!(
             ips(&housekeeping.pending_of(ActionKind::Unblock).await.expect("pending")),
             ["unblock 198.51.100.9"]

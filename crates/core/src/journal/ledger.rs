@@ -34,7 +34,9 @@ pub(super) fn open(db: &Connection, b: &BlockRecord) -> rusqlite::Result<()> {
 pub(super) fn close(db: &Connection, ip: IpAddr, reason: &str, at: &str) -> rusqlite::Result<()> {
     let ip = ip.to_string();
     let closed = db
-        .prepare_cached("UPDATE blocks SET unblocked_at = ?2, unblock_reason = ?3 WHERE ip = ?1 AND unblocked_at IS NULL")?
+        .prepare_cached(
+            "UPDATE blocks SET unblocked_at = ?2, unblock_reason = ?3 WHERE ip = ?1 AND unblocked_at IS NULL",
+        )?
         .execute(params![ip, at, reason])?;
     if closed == 0 {
         db.prepare_cached("INSERT INTO blocks (ip, unblocked_at, unblock_reason) VALUES (?1, ?2, ?3)")?

@@ -54,10 +54,7 @@ pub(super) fn spawn(store: Box<dyn Store>) -> Result<(mpsc::Sender<Request>, Arc
     let (tx, rx) = mpsc::channel(QUEUE);
     let status = Arc::new(Status { degraded: AtomicBool::new(store.is_degraded()), stopped: watch::channel(false).0 });
     let shared = status.clone();
-    std::thread::Builder::new()
-        .name("journal".into())
-        .spawn(move || run(store, rx, &shared))
-        .map_err(Error::Spawn)?;
+    std::thread::Builder::new().name("journal".into()).spawn(move || run(store, rx, &shared)).map_err(Error::Spawn)?;
     Ok((tx, status))
 }
 
