@@ -490,16 +490,31 @@ pub fn journal(env: &Env) -> fortimisp_core::journal::Journal {
     fortimisp_core::journal::Journal::open(&env.state).expect("the e2e journal opens")
 }
 
-/// The IPs with a block pending in the journal.
+/// The IPs with a block pending in the journal, read from the file.
 pub fn pending_blocks(env: &Env) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = journal(env)
-        .pending_of(fortimisp_core::journal::ActionKind::Block)
-        .expect("the e2e journal reads")
-        .into_iter()
-        .map(|a| a.ip)
-        .collect();
+    let rows = env.journal_rows("SELECT ip FROM actions WHERE kind = 'block' AND state = 'pending'");
+    let mut ips: Vec<IpAddr> = rows.iter().map(|r| r[0].parse().expect("an IP in the journal")).collect();
     ips.sort();
     ips
+}
+
+/// The latest `limit` decisions in the journal, newest first, read from the file; none if there is no file yet.
+pub fn recent_decisions(env: &Env, limit: usize) -> Vec<fortimisp_core::journal::Decision> {
+    if !env.state.exists() {
+        return Vec::new();
+    }
+    let sql = format!("SELECT at, ip, verdict, detail, event_id, rule FROM decisions ORDER BY id DESC LIMIT {limit}");
+    env.journal_rows(&sql)
+        .into_iter()
+        .map(|r| fortimisp_core::journal::Decision {
+            at: r[0].parse().expect("an RFC 3339 time in the journal"),
+            ip: r[1].parse().expect("an IP in the journal"),
+            verdict: r[2].clone(),
+            detail: r[3].clone(),
+            event_id: r[4].parse().ok(),
+            rule: r[5].parse().ok(),
+        })
+        .collect()
 }
 
 /// Sends lines over TCP (LF framing), tolerating a peer that closes the connection (e.g. a refused sender).

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use fortimisp_core::journal::Journal;
 use fortimisp_e2e::fortimisp_testkit::fortigate::{Fault as FgFault, Table};
 use fortimisp_e2e::fortimisp_testkit::misp::{AttributeSpec, Fault, FaultRule};
-use fortimisp_e2e::{eventually, members, send_udp, traffic_line, Daemon, Env};
+use fortimisp_e2e::{eventually, journal, members, recent_decisions, send_udp, traffic_line, Daemon, Env};
 use serde_json::Value;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
@@ -106,9 +106,12 @@ pub(crate) fn audit(env: &Env, daemon: &mut Daemon, decided: &[&str], foreign: &
         let now = env.fortigate.object(name).map(|(_, v)| v);
         assert_eq!(&now, before, "foreign object {name} was touched");
     }
-    let journal = Journal::open(&env.state).ok();
-    let decisions = journal.as_ref().and_then(|j| j.recent_decisions(10_000).ok()).unwrap_or_default();
-    let pending = journal.as_ref().and_then(|j| j.pending().ok()).unwrap_or_default();
+    let decisions = recent_decisions(env, 10_000);
+    let pending: Vec<IpAddr> = if env.state.exists() {
+        env.journal_rows("SELECT ip FROM actions WHERE state = 'pending'").iter().map(|r| ip(&r[0])).collect()
+    } else {
+        Vec::new()
+    };
     for a in decided {
         let addr = ip(a);
         if is_blocked(env, a) {
@@ -117,7 +120,7 @@ pub(crate) fn audit(env: &Env, daemon: &mut Daemon, decided: &[&str], foreign: &
             assert!(comment.starts_with("fortimisp 20"), "{a}: comment is not our marker: {comment}");
             continue;
         }
-        if pending.iter().any(|p| p.ip == addr) {
+        if pending.contains(&addr) {
             continue;
         }
         let failed = decisions.iter().find(|d| d.ip == addr && d.verdict == "failed");
@@ -351,7 +354,7 @@ async fn fortigate_401_stops_writes_alerts_and_keeps_journaling() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(env.fortigate.total_requests(), after_401, "writes continued after a 401");
-    let pending: Vec<IpAddr> = Journal::open(&env.state).unwrap().pending().unwrap().iter().map(|p| p.ip).collect();
+    let pending: Vec<IpAddr> = journal(&env).pending().await.unwrap().iter().map(|p| p.ip).collect();
     assert!(pending.contains(&ip("198.51.100.70")) && pending.contains(&ip("198.51.100.71")), "{pending:?}");
     assert!(daemon.log_text().contains("FortiGate refused our credentials"), "no loud error");
     audit(&env, &mut daemon, &["198.51.100.70", "198.51.100.71"], &[]);
@@ -438,7 +441,7 @@ async fn fortigate_exists_adopts_ours_and_leaves_foreign() {
     assert_eq!(adopted["comment"], ours, "an adopted object is left as it is");
     assert!(!is_blocked(&env, "198.51.100.81"));
     assert!(members(&env, "MISP_BLOCK").contains(&"admin-host".to_string()), "a foreign member was removed");
-    let decisions = Journal::open(&env.state).unwrap().recent_decisions(100).unwrap();
+    let decisions = recent_decisions(&env, 100);
     let failed = decisions.iter().find(|d| d.ip == ip("198.51.100.81")).expect("a journaled decision");
     assert_eq!(failed.verdict, "failed");
     assert!(failed.detail.contains("not fortimisp's"), "{failed:?}");
@@ -811,7 +814,10 @@ async fn journal_lost_mid_run_keeps_blocking_and_writes_back() {
     eventually(WAIT, "the journal recovers", || async { env.metric("fortimisp_journal_degraded").await == 0.0 }).await;
     // (The ledger entry of 198.51.100.95 went with the deleted file; the blocks made while degraded come back.)
     eventually(WAIT, "the blocks made while degraded are in the new file", || async {
-        let ledger = Journal::open(&env.state).and_then(|j| j.active_blocks()).unwrap_or_default();
+        let ledger = match Journal::open(&env.state) {
+            Ok(journal) => journal.active_blocks().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
         ["198.51.100.96", "198.51.100.97"].iter().all(|a| ledger.iter().any(|b| b.ip == ip(a)))
     })
     .await;

@@ -589,3 +589,43 @@ async fn progress_is_shown_on_a_terminal() {
     assert_ok(&out);
     assert!(!text(&out.stderr).contains("pruned 100/"), "progress only on a terminal");
 }
+
+/// `backend = "banned-ip"`: a ban fortimisp made whose indicator MISP no longer lists is revoked through the
+/// core's unblock path, journalled (an `unblock` action, done, and the ledger closed); a ban still listed and a
+/// manual ban stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_bans_are_journalled() {
+    use fortimisp_core::journal::BlockRecord;
+    let mut env = Env::start().await;
+    env.tweak("requests_per_second = 200", "requests_per_second = 200\nbackend = \"banned-ip\"");
+    env.tweak("feed_update_interval = \"12h\"", "feed_update_interval = \"0s\"");
+    let (listed, revoked, manual) = (ip("198.51.100.61"), ip("198.51.100.62"), ip("198.51.100.63"));
+    misp_event(&env, &[listed]);
+    let journal = fortimisp_e2e::journal(&env);
+    for (addr, event_id) in [(listed, Some(7)), (revoked, Some(7)), (manual, None)] {
+        env.fortigate.seed_banned(addr, 86_400);
+        let record = BlockRecord {
+            ip: addr,
+            object: addr.to_string(),
+            group: None,
+            event_id,
+            rule: None,
+            reason: "seeded".into(),
+            blocked_at: days_ago(1),
+            backend: "banned-ip".into(),
+        };
+        journal.record_block(&record).await.expect("ledger entry");
+    }
+    drop(journal);
+
+    assert_ok(&env.housekeeping_run(&["--once"]));
+    let banned: BTreeSet<IpAddr> = env.fortigate.banned().iter().map(|b| b.ip).collect();
+    assert_eq!(banned, [listed, manual].into(), "only the revoked ban is lifted");
+    assert_eq!(
+        unblock_actions(&env),
+        [(revoked.to_string(), "revoked".to_string(), "done".to_string())].into(),
+        "the revocation is journalled"
+    );
+    let closed = env.journal_rows("SELECT ip, unblock_reason FROM blocks WHERE unblocked_at IS NOT NULL");
+    assert_eq!(closed, [[revoked.to_string(), "revoked".to_string()]]);
+}

@@ -8,8 +8,8 @@ use fortimisp_e2e::fortimisp_testkit::fortigate::{Fault, Table};
 use fortimisp_e2e::fortimisp_testkit::misp::AttributeSpec;
 use fortimisp_e2e::fortimisp_testkit::tls::TestCa;
 use fortimisp_e2e::{
-    eventually, fortigate_writes, journal, members, pending_blocks, send_tcp, send_tcp_lossy, send_tls, send_udp,
-    traffic_line, Env,
+    eventually, fortigate_writes, journal, members, pending_blocks, recent_decisions, send_tcp, send_tcp_lossy,
+    send_tls, send_udp, traffic_line, Env,
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -421,7 +421,7 @@ async fn blocks_pending_at_sigkill_complete_after_restart() {
             .map(|g| env.fortigate.route_count(&format!("POST /api/v2/cmdb/firewall/{g}/{{name}}/member")))
             .sum();
         assert_eq!(member_adds, srcs.len() as u64, "{outage:?}: one member add per block after the restart");
-        let active = journal(&env).active_blocks().unwrap();
+        let active = journal(&env).active_blocks().await.unwrap();
         assert_eq!(active.len(), srcs.len(), "{outage:?}: one ledger entry per block: {active:?}");
     }
 }
@@ -546,7 +546,7 @@ async fn senders_outside_the_allowlist_are_dropped_and_counted() {
 }
 
 /// Queues a block in the journal as an earlier run would have left it (e.g. during an outage).
-fn leave_pending(env: &Env, address: IpAddr) {
+async fn leave_pending(env: &Env, address: IpAddr) {
     use fortimisp_core::journal::{ActionKind, NewAction};
     let action = NewAction {
         kind: ActionKind::Block,
@@ -557,7 +557,7 @@ fn leave_pending(env: &Env, address: IpAddr) {
         comment: None,
         requested_at: chrono::Utc::now(),
     };
-    journal(env).enqueue(&action).unwrap();
+    journal(env).enqueue(&action).await.unwrap();
 }
 
 /// `dry_run = true`: the decision is logged and journaled, nothing at all is written to the FortiGate.
@@ -568,7 +568,7 @@ async fn dry_run_decides_and_journals_but_changes_nothing() {
     let srcs = ["198.51.100.95", "2001:db8::95"];
     indicators(&env, &srcs);
     // A real block of an earlier run, still pending: a dry run must leave it for a run that can do it.
-    leave_pending(&env, ip(srcs[0]));
+    leave_pending(&env, ip(srcs[0])).await;
     let daemon = env.integration().await;
     send_udp(env.udp, &srcs.map(hit_line));
     eventually(WAIT, "both decisions made", || async {
@@ -577,7 +577,7 @@ async fn dry_run_decides_and_journals_but_changes_nothing() {
     .await;
     assert_eq!(fortigate_writes(&env), 0, "no write at all: {:?}", env.fortigate.route_counts());
     assert!(misp_objects(&env).is_empty());
-    let decisions = journal(&env).recent_decisions(10).unwrap();
+    let decisions = recent_decisions(&env, 10);
     for s in srcs {
         assert!(
             decisions.iter().any(|d| d.ip == ip(s) && d.verdict == "dry-run"),
@@ -782,7 +782,7 @@ async fn replay_blocks_from_a_file_and_dry_run_changes_nothing() {
     indicators(&env, &srcs);
     // A block the daemon left pending (e.g. during an outage) must survive a dry run.
     let pending = ip("198.51.100.36");
-    leave_pending(&env, pending);
+    leave_pending(&env, pending).await;
     let file = env.dir.path().join("replay.log");
     let mut lines: Vec<String> = srcs.iter().map(|s| hit_line(s)).collect();
     lines.push(hit_line("198.51.100.37"));
@@ -912,8 +912,8 @@ async fn a_misp_outage_is_not_cached_and_the_next_line_blocks() {
 async fn a_hand_unblock_cancels_a_pending_block() {
     let env = Env::start().await;
     let (kept, unblocked) = (ip("198.51.100.97"), ip("198.51.100.98"));
-    leave_pending(&env, kept);
-    leave_pending(&env, unblocked);
+    leave_pending(&env, kept).await;
+    leave_pending(&env, unblocked).await;
     let out = env.integration_cmd(&["unblock", "198.51.100.98"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled 1 pending block"));
@@ -923,4 +923,40 @@ async fn a_hand_unblock_cancels_a_pending_block() {
     eventually(WAIT, "the kept block lands", || async { is_member(&env, "198.51.100.97") }).await;
     eventually(WAIT, "nothing is left pending", || async { pending_blocks(&env).is_empty() }).await;
     assert!(env.fortigate.object(&name("198.51.100.98")).is_none(), "the unblocked address stays unblocked");
+}
+
+/// `unblock IP` journals the pending unblock before it touches the FortiGate: when the FortiGate keeps refusing
+/// the delete (503), the command fails and the unblock stays pending in the journal with the error; run again once
+/// the FortiGate answers, the same action completes and the ledger closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_unblock_is_journalled_before_the_fortigate_is_touched() {
+    let env = Env::start().await;
+    let out = env.integration_cmd(&["block", "198.51.100.71"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let delete = "DELETE /api/v2/cmdb/firewall/address/{name}";
+    env.fortigate.inject(Some(delete), Fault::Status(503), 100);
+
+    let out = env.integration_cmd(&["unblock", "198.51.100.71"]);
+    assert!(!out.status.success(), "a refused delete fails the command: {}", output_text(&out));
+    assert!(env.fortigate.route_count(delete) >= 1, "the delete was tried");
+    let unblocks = |env: &Env| {
+        env.journal_rows("SELECT id, ip, reason, state, attempts, last_error FROM actions WHERE kind = 'unblock'")
+    };
+    let rows = unblocks(&env);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let [id, addr, reason, state, attempts, last_error] = rows[0].clone().try_into().expect("six columns");
+    assert_eq!(
+        (addr.as_str(), reason.as_str(), state.as_str(), attempts.as_str()),
+        ("198.51.100.71", "manual", "pending", "1")
+    );
+    assert!(last_error.contains("503"), "{last_error}");
+
+    env.fortigate.clear_faults();
+    let out = env.integration_cmd(&["unblock", "198.51.100.71"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(env.fortigate.object(&name("198.51.100.71")).is_none());
+    let rows = unblocks(&env);
+    assert_eq!((rows.len(), rows[0][0].as_str(), rows[0][3].as_str()), (1, id.as_str(), "done"), "{rows:?}");
+    let ledger = env.journal_rows("SELECT unblock_reason FROM blocks WHERE ip = '198.51.100.71'");
+    assert_eq!(ledger, [["manual".to_string()]]);
 }

@@ -79,7 +79,7 @@ async fn lab_report_matches_the_fortigate_and_the_journal() {
 
     // The journal's ledger holds exactly the reported blocks.
     let journal = Journal::open(&work.path().join("state.db")).unwrap();
-    let mut ledger: Vec<String> = journal.active_blocks().unwrap().iter().map(|b| b.ip.to_string()).collect();
+    let mut ledger: Vec<String> = journal.active_blocks().await.unwrap().iter().map(|b| b.ip.to_string()).collect();
     let mut reported: Vec<String> = blocked.iter().map(|b| b["ip"].as_str().unwrap().to_string()).collect();
     ledger.sort();
     reported.sort();

@@ -19,6 +19,8 @@
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 //! - [`journal`]: the SQLite journal (`[state] path`) both daemons share: the durable queue of pending actions, the
 //!   audit trail of decisions and the ledger of blocks; keeps working from memory when the file refuses writes.
+//! - [`unblock`]: the one path that removes a block (journal pending, FortiGate, journal outcome), for
+//!   `integration unblock` and housekeeping alike.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -34,4 +36,5 @@ pub mod process;
 pub mod secret;
 pub mod supervise;
 pub mod syslog;
+pub mod unblock;
 pub mod view;

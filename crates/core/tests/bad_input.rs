@@ -96,7 +96,11 @@ fn wrong_types_and_ranges_name_their_key() {
         ("fortigate", "backend = \"banned_ip\"", "fortigate.backend:"),
         ("fortigate", "block_group = \"\"", "fortigate.block_group:"),
         ("fortigate", "block_group = \"a\\\"b\"", "fortigate.block_group:"),
-        ("fortigate", "block_group = \"MISP_BLOCK_WITH_A_NAME_FAR_TOO_LONG_FOR_FORTIOS_EVEN_WITH_THE_63_CHARACTER_LIMIT\"", "fortigate.block_group:"),
+        (
+            "fortigate",
+            "block_group = \"MISP_BLOCK_WITH_A_NAME_FAR_TOO_LONG_FOR_FORTIOS_EVEN_WITH_THE_63_CHARACTER_LIMIT\"",
+            "fortigate.block_group:",
+        ),
         ("fortigate", "block_group6 = \"x/y\"", "fortigate.block_group6:"),
         ("fortigate", "max_group_members = 1", "fortigate.max_group_members:"),
         ("fortigate", "max_group_members = 99999999999", "fortigate.max_group_members:"),

@@ -242,8 +242,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
 
 /// Writes back what the journal buffered in memory while the file refused writes (nothing when healthy).
 async fn flush_journal(journal: &Journal) {
-    let journal = journal.clone();
-    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || journal.flush()).await {
+    if let Err(error) = journal.flush().await {
         error!(message = "Journal entries buffered in memory could not be written before exit.", %error);
     }
 }

@@ -1,19 +1,21 @@
 //! One prune pass against the FortiGate: read, plan ([`crate::plan`]), reconcile, remove, journal.
 //!
-//! Order of a removal: the journal gets a pending `unblock` action, then the object is read again (it must still
-//! carry our marker, or the legacy timestamp for a legacy member), removed from the block groups the pass saw it in
-//! (member first), and deleted; then the action is completed and the block ledger closed. That is three requests
-//! per block whatever the number of overflow groups: the pass already read every group's members, so it does not
-//! probe each group (with 5 000 blocks in 9 groups that was 11 requests a block, 8 of them 404s). An object still
+//! Every removal goes through [`fortimisp_core::unblock::Unblocker`], the core's one path that removes a block:
+//! the journal gets a pending `unblock` action, then the object is read again (it must still carry our marker, or
+//! the legacy timestamp for a legacy member), removed from the block groups the pass saw it in (member first), and
+//! deleted; then the action is completed and the block ledger closed. That is three requests per block whatever
+//! the number of overflow groups: the pass already read every group's members and passes them on, so nothing
+//! probes each group (with 5 000 blocks in 9 groups that was 11 requests a block, 8 of them 404s). An object still
 //! referenced elsewhere (-23, or a group joined since the pass read them) is reported and its action completed as
-//! failed: it is not retried in a loop; the next pass sees it again (with its new membership) and tries again.
+//! failed: it is not retried in a loop; the next pass sees it again (with its new membership) and tries again. A
+//! timeout or 5xx leaves the action pending; the next pass that plans the same removal picks up the same action.
 //!
 //! Reconciliation: an owned object that is not a member of any block group (an admin edited the group) is
 //! reported and, when it is still valid (neither expired nor revoked; manual blocks are never revoked), added back;
 //! a block-group member named like ours whose object is gone is reported.
 //!
-//! Journal calls are synchronous SQLite writes (up to `journal::BUSY_TIMEOUT` when the other daemon holds the
-//! lock): they run on the blocking pool, never on the async workers.
+//! With `backend = "banned-ip"` the pass reads the bans the journal's ledger says fortimisp made, and `plan()`
+//! decides the revocations under the same safety rail; each goes through the same `Unblocker`.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
@@ -22,14 +24,15 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use fortimisp_core::config::{Backend, Config};
-use fortimisp_core::fortigate::{self, Change, Comment, CommentKind, Family, OwnedObject, UnblockOutcome};
-use fortimisp_core::journal::{ActionKind, Journal, NewAction, Outcome};
+use fortimisp_core::fortigate::{self, Comment, Family, OwnedObject};
+use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::Metrics;
+use fortimisp_core::unblock::{self, Target, Unblocked, Unblocker};
 use fortimisp_core::{misp, view};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::plan::{self, Plan, Removal, Rules};
+use crate::plan::{self, Ban, Plan, Removal, Rules};
 
 /// What a pass did, for `--once`'s exit code and the log.
 #[derive(Debug, Default)]
@@ -83,29 +86,34 @@ impl Pass<'_> {
             if self.config.housekeeping.adopt_legacy { self.fortigate.legacy_members().await? } else { Vec::new() };
         let still_listed = self.misp_view(&owned).await;
         let misp_unavailable = self.config.housekeeping.unblock_revoked && !owned.is_empty() && still_listed.is_none();
-        let rules = Rules {
+        let rules = self.rules();
+        let plan = plan::plan(Utc::now(), &owned, &legacy, &[], still_listed.as_ref(), &rules);
+        let mut report = self.report(&plan, still_listed.is_some(), misp_unavailable);
+        let member_of = self.reconcile(&owned, &plan, still_listed.as_ref(), &mut report).await?;
+        self.remove(plan, &member_of, shutdown, &mut report).await;
+        Ok(report)
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
             max_age: self.config.housekeeping.max_age,
             unblock_revoked: self.config.housekeeping.unblock_revoked,
             max_unblock_fraction: self.config.housekeeping.max_unblock_fraction,
             force: self.force,
-        };
-        let plan = plan::plan(Utc::now(), &owned, &legacy, still_listed.as_ref(), &rules);
+        }
+    }
+
+    /// The report of a planned pass; counts what it examined and reports a tripped safety rail.
+    fn report(&self, plan: &Plan, misp_view: bool, misp_unavailable: bool) -> Report {
         self.metrics.hk_examined.inc_by(plan.examined as u64);
-        let mut report = Report {
-            examined: plan.examined,
-            misp_view: still_listed.is_some(),
-            misp_unavailable,
-            ..Report::default()
-        };
+        let mut report = Report { examined: plan.examined, misp_view, misp_unavailable, ..Report::default() };
         if let Some((would, of)) = plan.held_back {
             Metrics::inc(&self.metrics.hk_failures, "safety_rail");
             error!(message = "Revocation held back: it would remove more than max_unblock_fraction of the blocks. Check MISP; rerun with --force to proceed.",
-                   would_remove = would, blocks = of, max_unblock_fraction = rules.max_unblock_fraction);
+                   would_remove = would, blocks = of, max_unblock_fraction = self.config.housekeeping.max_unblock_fraction);
             report.held_back = Some((would, of));
         }
-        let member_of = self.reconcile(&owned, &plan, still_listed.as_ref(), &mut report).await?;
-        self.remove(plan, &member_of, shutdown, &mut report).await;
-        Ok(report)
+        report
     }
 
     /// The owned addresses MISP still lists as blocking, or `None` if no complete view could be read.
@@ -138,7 +146,7 @@ impl Pass<'_> {
                 }
             }
         }
-        let leaving: HashSet<&str> = plan.removals.iter().map(Removal::name).collect();
+        let leaving: HashSet<String> = plan.removals.iter().map(Removal::name).collect();
         for object in owned {
             if members.contains_key(object.name.as_str()) || leaving.contains(object.name.as_str()) {
                 continue;
@@ -181,6 +189,7 @@ impl Pass<'_> {
     async fn remove(&self, plan: Plan, member_of: &MemberOf, shutdown: &CancellationToken, report: &mut Report) {
         let total = plan.removals.len();
         let progress = total >= 100 && std::io::stderr().is_terminal();
+        let unblocker = Unblocker { fortigate: self.fortigate, journal: self.journal };
         for (i, removal) in plan.removals.into_iter().enumerate() {
             if shutdown.is_cancelled() {
                 report.interrupted = true;
@@ -188,46 +197,38 @@ impl Pass<'_> {
                 break;
             }
             let reason = removal.reason().as_str();
-            let ip = removal_ip(&removal);
+            let name = removal.name();
             if self.dry_run {
-                println!("would remove {} ({})", removal.name(), reason);
+                println!("would remove {name} ({reason})");
                 report.removed += 1;
                 continue;
             }
-            let action = ip.map(|ip| NewAction {
-                kind: ActionKind::Unblock,
-                ip,
-                reason: reason.to_string(),
-                event_id: None,
-                rule: None,
-                comment: None,
-                requested_at: Utc::now(),
-            });
-            let id = match action {
-                Some(action) => self.journal(move |j| j.enqueue(&action)).await,
-                None => None,
+            let groups = || Some(member_of.get(&name).cloned().unwrap_or_default());
+            let (target, member_of) = match removal {
+                Removal::Owned { object, .. } => (Target::Address(object.ip), groups()),
+                Removal::Legacy { member } => (Target::Legacy(member), groups()),
+                Removal::Banned { ip } => (Target::Banned(ip), None),
             };
-            let result = self.remove_one(&removal, member_of).await;
-            let outcome = match result {
-                Ok(UnblockOutcome::Unblocked) | Ok(UnblockOutcome::NotBlocked) => {
+            let request = unblock::Request { target, reason: reason.to_string(), member_of };
+            match unblocker.unblock(&request).await {
+                Unblocked::Done | Unblocked::NotThere => {
                     report.removed += 1;
                     Metrics::inc(&self.metrics.hk_pruned, reason);
-                    info!(message = "Removed block.", object = %removal.name(), reason);
-                    if let Some(ip) = ip {
-                        self.journal(move |j| j.record_unblock(ip, reason, Utc::now())).await;
-                    }
-                    Outcome::Done
+                    info!(message = "Removed block.", object = %name, reason);
                 }
-                Err(error) => {
+                failed => {
                     report.failed += 1;
-                    let label = if matches!(error, fortigate::Error::InUse { .. }) { "in_use" } else { "error" };
+                    let label = if matches!(failed, Unblocked::InUse(_)) { "in_use" } else { "error" };
                     Metrics::inc(&self.metrics.hk_failures, label);
-                    warn!(message = "Could not remove block; left in place.", object = %removal.name(), %error);
-                    Outcome::Failed { reason: error.to_string() }
+                    let error = match &failed {
+                        Unblocked::Foreign(e) | Unblocked::InUse(e) | Unblocked::Retryable(e) | Unblocked::Fatal(e) => {
+                            e.as_str()
+                        }
+                        Unblocked::Done | Unblocked::NotThere => "",
+                    };
+                    warn!(message = "Could not remove block; left in place.", object = %name, %error,
+                          outcome = failed.label());
                 }
-            };
-            if let Some(id) = id {
-                self.journal(move |j| j.complete(id, &outcome)).await;
             }
             if progress && (i + 1) % 100 == 0 {
                 eprint!("\rpruned {}/{total}", i + 1);
@@ -238,123 +239,42 @@ impl Pass<'_> {
         }
     }
 
-    /// Removes one block: the object is read again and must still be ours (or still legacy), leaves the block
-    /// groups `member_of` says it is in (member first), then is deleted.
-    async fn remove_one(&self, removal: &Removal, member_of: &MemberOf) -> Result<UnblockOutcome, fortigate::Error> {
-        let (family, name) = match removal {
-            Removal::Owned { object, .. } => (Family::of(object.ip), object.name.as_str()),
-            Removal::Legacy { member } => (member.family, member.name.as_str()),
-        };
-        let Some(entry) = self.fortigate.get_address(family, name).await? else {
-            return Ok(UnblockOutcome::NotBlocked);
-        };
-        let still_ours = match (removal, Comment::parse(&entry.comment)) {
-            (Removal::Owned { .. }, kind) => kind.is_ours(),
-            (Removal::Legacy { .. }, kind) => matches!(kind, CommentKind::Legacy { .. }),
-        };
-        if !still_ours {
-            return Err(fortigate::Error::Foreign { name: name.to_string(), comment: entry.comment });
-        }
-        for group in member_of.get(name).into_iter().flatten() {
-            self.fortigate.remove_member(family, group, name).await?;
-        }
-        Ok(match self.fortigate.delete_address(family, name).await? {
-            Change::Applied => UnblockOutcome::Unblocked,
-            Change::Unchanged => UnblockOutcome::NotBlocked,
-        })
-    }
-
-    /// Runs a journal call on the blocking pool. A failed write is logged (the journal itself buffers what it
-    /// cannot write and says so loudly); `None` if the call failed.
-    async fn journal<T, F>(&self, call: F) -> Option<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Journal) -> Result<T, fortimisp_core::journal::Error> + Send + 'static,
-    {
-        let journal = self.journal.clone();
-        match tokio::task::spawn_blocking(move || call(&journal)).await {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(error)) => {
-                warn!(message = "Journal write failed.", %error);
-                None
-            }
-            Err(error) => {
-                error!(message = "Journal call panicked.", %error);
-                None
-            }
-        }
-    }
-
     /// `backend = "banned-ip"`: bans expire natively; only revocations are removed, and only bans the journal
-    /// says fortimisp made.
+    /// says fortimisp made. `plan()` decides, under the same safety rail as address objects.
     async fn run_banned(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
-        let ours: HashSet<IpAddr> = self
-            .journal(|j| j.active_blocks())
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|b| b.backend == "banned-ip")
-            .map(|b| b.ip)
-            .collect();
-        let banned: Vec<IpAddr> =
-            self.fortigate.list_banned().await?.into_iter().map(|b| b.ip).filter(|ip| ours.contains(ip)).collect();
-        let mut report = Report { examined: banned.len(), ..Report::default() };
-        self.metrics.hk_examined.inc_by(banned.len() as u64);
-        if !self.config.housekeeping.unblock_revoked || banned.is_empty() {
-            return Ok(report);
-        }
-        let set = match view::full(self.misp, &self.config.misp).await {
-            Ok((set, _)) => set,
+        let ledger = match self.journal.active_blocks().await {
+            Ok(ledger) => ledger,
             Err(error) => {
-                Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
-                warn!(message = "No complete view of MISP; nothing is unbanned this pass.", %error);
-                report.misp_unavailable = true;
-                return Ok(report);
+                warn!(message = "Journal cannot be read; no ban is examined this pass.", %error);
+                Vec::new()
             }
         };
-        report.misp_view = true;
-        let revoked: Vec<IpAddr> = banned.iter().copied().filter(|ip| set.lookup(*ip).is_none()).collect();
-        let fraction = revoked.len() as f64 / banned.len() as f64;
-        if fraction > self.config.housekeeping.max_unblock_fraction && !self.force {
-            Metrics::inc(&self.metrics.hk_failures, "safety_rail");
-            error!(
-                message = "Revocation held back: too large a share of the bans.",
-                would_remove = revoked.len(),
-                blocks = banned.len()
-            );
-            report.held_back = Some((revoked.len(), banned.len()));
-            return Ok(report);
-        }
-        for ip in revoked {
-            if shutdown.is_cancelled() {
-                report.interrupted = true;
-                break;
-            }
-            if self.dry_run {
-                println!("would unban {ip} (revoked)");
-                report.removed += 1;
-                continue;
-            }
-            match self.fortigate.unban(ip).await {
-                Ok(()) => {
-                    report.removed += 1;
-                    Metrics::inc(&self.metrics.hk_pruned, "revoked");
-                    self.journal(move |j| j.record_unblock(ip, "revoked", Utc::now())).await;
+        let ours: HashMap<IpAddr, bool> =
+            ledger.into_iter().filter(|b| b.backend == "banned-ip").map(|b| (b.ip, b.event_id.is_none())).collect();
+        let banned: Vec<Ban> = self
+            .fortigate
+            .list_banned()
+            .await?
+            .into_iter()
+            .filter_map(|b| ours.get(&b.ip).map(|manual| Ban { ip: b.ip, manual: *manual }))
+            .collect();
+        let mut still_listed = None;
+        let mut misp_unavailable = false;
+        if self.config.housekeeping.unblock_revoked && !banned.is_empty() {
+            match view::full(self.misp, &self.config.misp).await {
+                Ok((set, _)) => {
+                    still_listed = Some(banned.iter().map(|b| b.ip).filter(|ip| set.lookup(*ip).is_some()).collect());
                 }
                 Err(error) => {
-                    report.failed += 1;
-                    Metrics::inc(&self.metrics.hk_failures, "error");
-                    warn!(message = "Could not unban.", %ip, %error);
+                    Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
+                    warn!(message = "No complete view of MISP; nothing is unbanned this pass.", %error);
+                    misp_unavailable = true;
                 }
             }
         }
+        let plan = plan::plan(Utc::now(), &[], &[], &banned, still_listed.as_ref(), &self.rules());
+        let mut report = self.report(&plan, still_listed.is_some(), misp_unavailable);
+        self.remove(plan, &MemberOf::new(), shutdown, &mut report).await;
         Ok(report)
-    }
-}
-
-fn removal_ip(removal: &Removal) -> Option<IpAddr> {
-    match removal {
-        Removal::Owned { object, .. } => Some(object.ip),
-        Removal::Legacy { member } => member.network.filter(|n| n.prefix_len() == n.max_prefix_len()).map(|n| n.addr()),
     }
 }

@@ -1,13 +1,15 @@
 //! What a prune pass removes, decided without I/O.
 //!
 //! [`plan`] takes what the FortiGate holds (objects fortimisp owns, and with `adopt_legacy` the legacy members of
-//! the block groups), the clock, and — only when a complete view of MISP could be read — which owned addresses
+//! the block groups; with `backend = "banned-ip"`, the bans the journal says fortimisp made), the clock, and — only when a complete view of MISP could be read — which owned addresses
 //! MISP still lists as blocking. It returns the removals with their reason, and whether the revocation safety rail
 //! tripped.
 //!
 //! Invariants, each tested below:
-//! - only objects in `owned` (our comment marker) or `legacy` (block-group members with the legacy timestamp) can
-//!   ever be in the plan; nothing else is given to this function, so nothing else can be removed;
+//! - only objects in `owned` (our comment marker), `legacy` (block-group members with the legacy timestamp) or
+//!   `banned` (our bans) can ever be in the plan; nothing else is given to this function, so nothing else can be
+//!   removed;
+//! - bans are never aged out here (they expire on the FortiGate), only revoked;
 //! - without a MISP view (`still_listed == None`: MISP down, a page failed) nothing is removed for revocation;
 //! - a manual block (`misp-event=manual`) is never revoked, only aged out;
 //! - a revocation that would remove more than `max_unblock_fraction` of the blocks is held back (unless forced).
@@ -43,8 +45,25 @@ impl Reason {
 /// One removal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
-    Owned { object: OwnedObject, reason: Reason },
-    Legacy { member: LegacyMember },
+    Owned {
+        object: OwnedObject,
+        reason: Reason,
+    },
+    Legacy {
+        member: LegacyMember,
+    },
+    /// A ban (banned-ip backend) MISP no longer lists.
+    Banned {
+        ip: IpAddr,
+    },
+}
+
+/// A ban fortimisp made (from the journal's ledger; the FortiGate's ban list carries no comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ban {
+    pub ip: IpAddr,
+    /// Made by `integration block` (no MISP event): never revoked.
+    pub manual: bool,
 }
 
 impl Removal {
@@ -52,13 +71,16 @@ impl Removal {
         match self {
             Removal::Owned { reason, .. } => *reason,
             Removal::Legacy { .. } => Reason::Legacy,
+            Removal::Banned { .. } => Reason::Revoked,
         }
     }
 
-    pub fn name(&self) -> &str {
+    /// The object name, or the address of a ban.
+    pub fn name(&self) -> String {
         match self {
-            Removal::Owned { object, .. } => object.name.as_str(),
-            Removal::Legacy { member } => &member.name,
+            Removal::Owned { object, .. } => object.name.to_string(),
+            Removal::Legacy { member } => member.name.clone(),
+            Removal::Banned { ip } => ip.to_string(),
         }
     }
 }
@@ -78,22 +100,24 @@ pub struct Plan {
     pub removals: Vec<Removal>,
     /// Revocations held back by the safety rail: (would remove, out of).
     pub held_back: Option<(usize, usize)>,
-    /// Owned objects examined.
+    /// Owned objects and bans examined.
     pub examined: usize,
 }
 
-/// Decides the removals of one pass. `still_listed`: the owned addresses MISP still lists as blocking, or `None`
-/// when no complete view of MISP could be read.
+/// Decides the removals of one pass. `still_listed`: the owned addresses (and bans) MISP still lists as
+/// blocking, or `None` when no complete view of MISP could be read.
 pub fn plan(
     now: DateTime<Utc>,
     owned: &[OwnedObject],
     legacy: &[LegacyMember],
+    banned: &[Ban],
     still_listed: Option<&HashSet<IpAddr>>,
     rules: &Rules,
 ) -> Plan {
     let max_age = chrono::Duration::from_std(rules.max_age).unwrap_or(chrono::Duration::MAX);
     let expired = |created: DateTime<Utc>| now.signed_duration_since(created) > max_age;
-    let mut plan = Plan { examined: owned.len(), ..Plan::default() };
+    let blocks = owned.len() + banned.len();
+    let mut plan = Plan { examined: blocks, ..Plan::default() };
     let mut revoked = Vec::new();
     for object in owned {
         if expired(object.comment.created_at) {
@@ -106,10 +130,14 @@ pub fn plan(
             }
         }
     }
+    if let (true, Some(listed)) = (rules.unblock_revoked, still_listed) {
+        let gone = banned.iter().filter(|b| !b.manual && !listed.contains(&b.ip));
+        revoked.extend(gone.map(|b| Removal::Banned { ip: b.ip }));
+    }
     if !revoked.is_empty() {
-        let fraction = revoked.len() as f64 / owned.len().max(1) as f64;
+        let fraction = revoked.len() as f64 / blocks.max(1) as f64;
         if fraction > rules.max_unblock_fraction && !rules.force {
-            plan.held_back = Some((revoked.len(), owned.len()));
+            plan.held_back = Some((revoked.len(), blocks));
         } else {
             plan.removals.extend(revoked);
         }
@@ -169,7 +197,7 @@ mod tests {
     }
 
     fn names(plan: &Plan) -> Vec<(String, &'static str)> {
-        plan.removals.iter().map(|r| (r.name().to_string(), r.reason().as_str())).collect()
+        plan.removals.iter().map(|r| (r.name(), r.reason().as_str())).collect()
     }
 
     #[test]
@@ -177,7 +205,7 @@ mod tests {
         let objs = [owned("198.51.100.1", 91, "1"), owned("198.51.100.2", 89, "1"), owned("2001:db8::1", 100, "2")];
         let leg = [legacy("198.51.100.7/32", 120), legacy("198.51.100.8/32", 10)];
         let listed: HashSet<IpAddr> = objs.iter().map(|o| o.ip).collect();
-        let plan = plan(now(), &objs, &leg, Some(&listed), &rules());
+        let plan = plan(now(), &objs, &leg, &[], Some(&listed), &rules());
         assert_eq!(
             names(&plan),
             [
@@ -195,22 +223,22 @@ mod tests {
         let objs: Vec<_> = (1..=10).map(|i| owned(&format!("198.51.100.{i}"), 1, "5")).collect();
         let mut listed: HashSet<IpAddr> = objs.iter().map(|o| o.ip).collect();
         // No view: nothing revoked.
-        assert!(plan(now(), &objs, &[], None, &rules()).removals.is_empty());
+        assert!(plan(now(), &objs, &[], &[], None, &rules()).removals.is_empty());
         // Two revoked: under the 50 % rail.
         listed.remove(&objs[0].ip);
         listed.remove(&objs[1].ip);
-        let p = plan(now(), &objs, &[], Some(&listed), &rules());
+        let p = plan(now(), &objs, &[], &[], Some(&listed), &rules());
         assert_eq!(p.removals.len(), 2);
         assert!(p.removals.iter().all(|r| r.reason() == Reason::Revoked));
         // Eight revoked (80 %): held back, unless forced.
         let few: HashSet<IpAddr> = objs[8..].iter().map(|o| o.ip).collect();
-        let p = plan(now(), &objs, &[], Some(&few), &rules());
+        let p = plan(now(), &objs, &[], &[], Some(&few), &rules());
         assert!(p.removals.is_empty());
         assert_eq!(p.held_back, Some((8, 10)));
-        let forced = plan(now(), &objs, &[], Some(&few), &Rules { force: true, ..rules() });
+        let forced = plan(now(), &objs, &[], &[], Some(&few), &Rules { force: true, ..rules() });
         assert_eq!(forced.removals.len(), 8);
         // Without unblock_revoked nothing is revoked.
-        let off = plan(now(), &objs, &[], Some(&few), &Rules { unblock_revoked: false, ..rules() });
+        let off = plan(now(), &objs, &[], &[], Some(&few), &Rules { unblock_revoked: false, ..rules() });
         assert!(off.removals.is_empty() && off.held_back.is_none());
     }
 
@@ -218,7 +246,31 @@ mod tests {
     fn manual_blocks_are_never_revoked() {
         let objs = [owned("198.51.100.1", 1, "manual"), owned("198.51.100.2", 1, "7"), owned("198.51.100.3", 1, "7")];
         let listed: HashSet<IpAddr> = [objs[2].ip].into_iter().collect();
-        let p = plan(now(), &objs, &[], Some(&listed), &rules());
+        let p = plan(now(), &objs, &[], &[], Some(&listed), &rules());
         assert_eq!(names(&p), [("misp-198.51.100.2".to_string(), "revoked")]);
+    }
+
+    /// Bans follow the same rules as objects: a complete view, the rail, manual never revoked, no ageing.
+    #[test]
+    fn bans_are_revoked_under_the_same_rail() {
+        let ban = |i: u8, manual| Ban { ip: format!("198.51.100.{i}").parse().unwrap(), manual };
+        let bans: Vec<Ban> = (1..=10).map(|i| ban(i, i == 10)).collect();
+        let listed = |from: usize| -> HashSet<IpAddr> { bans[from..].iter().map(|b| b.ip).collect() };
+        let check = |listed: Option<&HashSet<IpAddr>>, rules: &Rules| {
+            let p = plan(now(), &[], &[], &bans, listed, rules);
+            (names(&p), p.held_back, p.examined)
+        };
+        // No view: nothing revoked.
+        assert_eq!(check(None, &rules()), (vec![], None, 10));
+        // Two revoked of ten: under the 50 % rail.
+        let two = vec![("198.51.100.1".to_string(), "revoked"), ("198.51.100.2".to_string(), "revoked")];
+        assert_eq!(check(Some(&listed(2)), &rules()), (two, None, 10));
+        // Nothing listed: nine revocable of ten (the manual ban is never revoked), held back unless forced.
+        assert_eq!(check(Some(&HashSet::new()), &rules()), (vec![], Some((9, 10)), 10));
+        let (forced, held, _) = check(Some(&HashSet::new()), &Rules { force: true, ..rules() });
+        assert_eq!((forced.len(), held), (9, None));
+        assert!(!forced.iter().any(|(name, _)| name == "198.51.100.10"), "manual ban kept: {forced:?}");
+        // Without unblock_revoked nothing is revoked.
+        assert_eq!(check(Some(&HashSet::new()), &Rules { unblock_revoked: false, ..rules() }), (vec![], None, 10));
     }
 }

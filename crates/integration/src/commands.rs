@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use fortimisp_core::config::{Backend as BackendKind, Config};
-use fortimisp_core::fortigate::UnblockOutcome;
 use fortimisp_core::journal::{ActionKind, Outcome};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::misp::SearchQuery;
 use fortimisp_core::policy::Protected;
 use fortimisp_core::syslog;
+use fortimisp_core::unblock::{self, Target, Unblocked, Unblocker};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -162,7 +162,9 @@ pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: b
     let executor = parts.executor(false);
     let request = block::manual_request(ip, comment.unwrap_or_else(|| "manual".into()));
     let job = executor.enqueue(&request).await;
-    match executor.execute(&job).await {
+    let executed = executor.execute(&job).await;
+    flush_journal(&parts).await;
+    match executed {
         Executed::Done(applied) => {
             println!("{applied:?}");
             Ok(ExitCode::SUCCESS)
@@ -177,43 +179,66 @@ pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: b
     }
 }
 
-/// `integration unblock IP`: removes fortimisp's block (never a foreign object).
+/// `integration unblock IP`: removes fortimisp's block (never a foreign object), through the core's one unblock
+/// path: the journal has the pending unblock before the FortiGate is touched.
 pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
-    match parts.config.fortigate.backend {
-        BackendKind::AddressGroup => match parts.fortigate.unblock(ip, None).await.context("FortiGate")? {
-            UnblockOutcome::Unblocked => println!("unblocked {ip}"),
-            UnblockOutcome::NotBlocked => println!("{ip} was not blocked by fortimisp"),
-        },
-        BackendKind::BannedIp => {
-            parts.fortigate.unban(ip).await.context("FortiGate")?;
+    let target = match parts.config.fortigate.backend {
+        BackendKind::AddressGroup => Target::Address(ip),
+        BackendKind::BannedIp => Target::Banned(ip),
+    };
+    let unblocker = Unblocker { fortigate: &parts.fortigate, journal: &parts.journal };
+    let request = unblock::Request { target, reason: "manual".into(), member_of: None };
+    let unblocked = unblocker.unblock(&request).await;
+    let result = match &unblocked {
+        Unblocked::Done if parts.config.fortigate.backend == BackendKind::BannedIp => {
             println!("unbanned {ip}");
+            Ok(())
         }
-    }
+        Unblocked::Done => {
+            println!("unblocked {ip}");
+            Ok(())
+        }
+        Unblocked::NotThere => {
+            println!("{ip} was not blocked by fortimisp");
+            Ok(())
+        }
+        Unblocked::Retryable(error) => {
+            Err(anyhow::anyhow!("not unblocked yet (pending in the journal; run unblock again): {error}"))
+        }
+        Unblocked::Foreign(error) | Unblocked::InUse(error) | Unblocked::Fatal(error) => {
+            Err(anyhow::anyhow!("not unblocked: {error}"))
+        }
+    };
     // A block of this address still pending in the journal would undo the operator's unblock on the daemon's
     // next start: it is closed as skipped.
-    let journal = parts.journal.clone();
-    let cancelled = tokio::task::spawn_blocking(move || -> Result<usize, fortimisp_core::journal::Error> {
-        journal.record_unblock(ip, "manual", Utc::now())?;
-        let mut n = 0;
-        for action in journal.pending_of(ActionKind::Block)?.into_iter().filter(|a| a.ip == ip) {
-            journal.complete(action.id, &Outcome::Skipped { reason: "unblocked by hand".into() })?;
-            n += 1;
+    if unblocked.is_gone() {
+        let mut cancelled = 0;
+        for action in parts.journal.pending_of(ActionKind::Block).await?.into_iter().filter(|a| a.ip == ip) {
+            parts.journal.complete(action.id, &Outcome::Skipped { reason: "unblocked by hand".into() }).await?;
+            cancelled += 1;
         }
-        Ok(n)
-    })
-    .await??;
-    if cancelled > 0 {
-        println!("cancelled {cancelled} pending block(s) of {ip} in the journal");
+        if cancelled > 0 {
+            println!("cancelled {cancelled} pending block(s) of {ip} in the journal");
+        }
     }
+    flush_journal(&parts).await;
+    result.context("FortiGate")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A hand-run command exits right after: what the journal buffered in memory (the file refused writes) gets
+/// one last chance to reach the file, loudly if it cannot.
+async fn flush_journal(parts: &Parts) {
+    if let Err(error) = parts.journal.flush().await {
+        eprintln!("error: journal entries kept in memory could not be written: {error}");
+    }
 }
 
 /// `integration list`: the FortiGate's view joined with the journal's.
 pub async fn list(config: Config) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
-    let journal = parts.journal.clone();
-    let ledger = tokio::task::spawn_blocking(move || journal.active_blocks()).await??;
+    let ledger = parts.journal.active_blocks().await?;
     let now = Utc::now();
     println!("{:<40} {:<48} {:>8}  {:<10} REASON", "IP", "OBJECT", "AGE", "EVENT");
     match parts.config.fortigate.backend {
@@ -297,6 +322,7 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     drop(ingest);
     decider.await?;
     let left_pending = blocker.await?;
+    flush_journal(&parts).await;
     let lookup_errors = Metrics::count(&parts.metrics.lookups, "misp_error");
     println!("{}", replay_summary(&parts.metrics, lines, left_pending));
     if left_pending > 0 {

@@ -344,8 +344,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
     }
     aux_stop.cancel();
     // A journal running from memory gets one last chance to reach the file.
-    let journal = parts.journal.clone();
-    let _ = tokio::task::spawn_blocking(move || journal.flush()).await;
+    if let Err(error) = parts.journal.flush().await {
+        error!(message = "Journal entries buffered in memory could not be written before exit.", %error);
+    }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
     info!(message = "Stopped.");
@@ -364,17 +365,15 @@ async fn prune_journal(journal: Journal, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = daily.tick() => {}
         }
-        let journal = journal.clone();
         let cutoff = chrono::Utc::now() - chrono::Duration::days(JOURNAL_KEEP_DAYS);
-        match tokio::task::spawn_blocking(move || journal.prune(cutoff)).await {
-            Ok(Ok(pruned)) => info!(
+        match journal.prune(cutoff).await {
+            Ok(pruned) => info!(
                 message = "Journal pruned.",
                 decisions = pruned.decisions,
                 actions = pruned.actions,
                 blocks = pruned.blocks
             ),
-            Ok(Err(error)) => warn!(message = "Journal pruning failed.", %error),
-            Err(_) => {}
+            Err(error) => warn!(message = "Journal pruning failed.", %error),
         }
     }
 }

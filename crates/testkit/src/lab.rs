@@ -360,7 +360,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     };
 
     let journal = Journal::open(&config.state.path).context("the journal")?;
-    let ledger = journal.active_blocks().context("the journal")?;
+    let ledger = journal.active_blocks().await.context("the journal")?;
     let blocked = plan.blocked(&config, &ledger, &fortigate, &events);
     let not_blocked = plan.not_blocked(&ledger);
     problems.extend(plan.problems(&blocked));

@@ -1,0 +1,264 @@
+//! [`Journal`], the handle every caller holds: async methods that send a request to the writer and await its
+//! answer, and [`Journal::is_degraded`], which never waits.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+use super::sqlite::SqliteStore;
+use super::store::Store;
+use super::writer::{self, Request, Status};
+use super::{ActionId, ActionKind, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, Pruned};
+
+/// Handle on the journal. Cloning is cheap and shares the one writer; `Send + Sync`.
+///
+/// Dropping a handle does no I/O. When the last clone is dropped, the writer finishes the requests already sent
+/// and, if degraded, makes one last attempt to write the buffer back (and logs how many entries are lost if that
+/// fails). A process that exits right after should call [`Journal::flush`] first: the writer is a thread of its
+/// own and does not hold the process open.
+#[derive(Clone)]
+pub struct Journal {
+    requests: mpsc::Sender<Request>,
+    status: Arc<Status>,
+    /// `None` for an in-memory journal.
+    path: Option<Arc<Path>>,
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).field("degraded", &self.is_degraded()).finish()
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path`: parent directory, WAL, busy timeout, schema migrations;
+    /// then starts its writer. Synchronous: the daemons call it once at start, before their tasks run.
+    ///
+    /// # Errors
+    /// Any failure, naming `path`: the directory cannot be created, the file cannot be opened or written (a
+    /// read-only file fails here, not at the first write), its schema is newer than this build, or the writer
+    /// thread cannot be started.
+    pub fn open(path: &Path) -> Result<Journal, Error> {
+        let store = SqliteStore::open(path)?;
+        Journal::start(Box::new(store), Some(path))
+    }
+
+    /// Opens `path`, or, if that fails, starts degraded with nothing but memory and keeps trying to open `path`
+    /// every [`super::RETRY_INTERVAL`]; once it opens, what was buffered is written to it. The error is returned
+    /// (and already logged loudly) so the daemon can decide to start anyway.
+    ///
+    /// # Panics
+    /// If the operating system refuses to start a thread.
+    pub fn open_or_memory(path: &Path) -> (Journal, Option<Error>) {
+        let (store, failure) = match SqliteStore::open(path) {
+            Ok(store) => (store, None),
+            Err(error) => {
+                error!(
+                    message = "Journal cannot be opened; pending actions are kept in memory only until it can.",
+                    %error,
+                    path = %path.display(),
+                );
+                (SqliteStore::unopened(path), Some(error))
+            }
+        };
+        let journal = Journal::start(Box::new(store), Some(path)).expect("the journal writer thread starts");
+        (journal, failure)
+    }
+
+    /// A journal in an in-memory SQLite database, for tests.
+    ///
+    /// # Panics
+    /// If the operating system refuses to start a thread.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> Journal {
+        Journal::start(Box::new(SqliteStore::memory()), None).expect("the journal writer thread starts")
+    }
+
+    fn start(store: Box<dyn Store>, path: Option<&Path>) -> Result<Journal, Error> {
+        let (requests, status) = writer::spawn(store)?;
+        Ok(Journal { requests, status, path: path.map(Arc::from) })
+    }
+
+    /// Runs `call` on the writer and returns its answer.
+    async fn call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut dyn Store) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        let status = self.status.clone();
+        let request: Request = Box::new(move |store| {
+            let result = call(store);
+            // Before the answer, so a caller that saw its write buffered also sees the flag.
+            status.set_degraded(store.is_degraded());
+            // The caller may have stopped waiting; the write is done either way.
+            let _ = reply.send(result);
+        });
+        self.requests.send(request).await.map_err(|_| Error::WriterGone)?;
+        answer.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Queues an action. Idempotent: if an action of the same kind for the same IP is already pending, its id is
+    /// returned and nothing is added.
+    pub async fn enqueue(&self, action: &NewAction) -> Result<ActionId, Error> {
+        let action = action.clone();
+        self.call(move |store| store.enqueue(&action)).await
+    }
+
+    /// The pending queue, oldest first (by `requested_at`, then id): what a restart resumes. Healthy, it reads the
+    /// file, so it includes what the other daemon queued; degraded, it is this process's in-memory view.
+    pub async fn pending(&self) -> Result<Vec<PendingAction>, Error> {
+        self.call(|store| store.pending()).await
+    }
+
+    /// [`Journal::pending`] restricted to one kind (the integration daemon resumes blocks, housekeeping unblocks).
+    pub async fn pending_of(&self, kind: ActionKind) -> Result<Vec<PendingAction>, Error> {
+        let mut all = self.pending().await?;
+        all.retain(|a| a.kind == kind);
+        Ok(all)
+    }
+
+    /// Notes a failed attempt: `attempts += 1`, `last_error = error`. The action stays pending. A no-op on an
+    /// action already completed.
+    ///
+    /// # Errors
+    /// [`Error::UnknownAction`] if the id was never queued.
+    pub async fn record_attempt(&self, id: ActionId, error: &str) -> Result<(), Error> {
+        let (error, at) = (error.to_owned(), Utc::now());
+        self.call(move |store| store.record_attempt(id, &error, at)).await
+    }
+
+    /// Closes an action with its outcome; it leaves the pending queue for good. A no-op on an action already
+    /// completed (the first outcome stays).
+    ///
+    /// # Errors
+    /// [`Error::UnknownAction`] if the id was never queued.
+    pub async fn complete(&self, id: ActionId, outcome: &Outcome) -> Result<(), Error> {
+        let (outcome, at) = (outcome.clone(), Utc::now());
+        self.call(move |store| store.complete(id, &outcome, at)).await
+    }
+
+    /// Adds a decision to the audit trail; a repeat of the latest decision for the same IP only bumps its counter.
+    pub async fn record_decision(&self, decision: &Decision) -> Result<(), Error> {
+        let decision = decision.clone();
+        self.call(move |store| store.record_decision(&decision)).await
+    }
+
+    /// Opens a ledger entry for a completed block. If the IP already has an open entry, it is replaced: the
+    /// caller's record is the latest truth (e.g. the object was recreated with a new comment).
+    pub async fn record_block(&self, block: &BlockRecord) -> Result<(), Error> {
+        let block = block.clone();
+        self.call(move |store| store.record_block(&block)).await
+    }
+
+    /// Closes the open ledger entry for `ip`. A removal of a block the ledger never saw (made before the journal,
+    /// adopted from the legacy service, or lost while degraded) is still recorded, as a closed entry.
+    pub async fn record_unblock(&self, ip: IpAddr, reason: &str, at: DateTime<Utc>) -> Result<(), Error> {
+        let reason = reason.to_owned();
+        self.call(move |store| store.record_unblock(ip, &reason, at)).await
+    }
+
+    /// Open ledger entries, oldest block first.
+    pub async fn active_blocks(&self) -> Result<Vec<BlockRecord>, Error> {
+        self.call(|store| store.active_blocks()).await
+    }
+
+    /// Deletes history older than `older_than`: decisions last seen before it, actions finished before it and
+    /// ledger entries closed before it. Pending actions and open blocks are never pruned. The daemon calls this
+    /// daily; freed pages are reused, so the file stops growing.
+    ///
+    /// # Errors
+    /// When the file cannot be written (nothing is buffered: pruning can wait for the next day).
+    pub async fn prune(&self, older_than: DateTime<Utc>) -> Result<Pruned, Error> {
+        self.call(move |store| store.prune(older_than)).await
+    }
+
+    /// True while writes are kept in memory because the file refuses them. Never waits: it reads a flag the
+    /// writer updates after every request.
+    pub fn is_degraded(&self) -> bool {
+        self.status.is_degraded()
+    }
+
+    /// Tries now to write what is buffered (and to open the file if it never opened). Returns how many entries
+    /// were written. The daemons call it on shutdown; while running, writes retry every
+    /// [`super::RETRY_INTERVAL`].
+    pub async fn flush(&self) -> Result<usize, Error> {
+        self.call(|store| store.flush()).await
+    }
+
+    /// The file's path, `None` for an in-memory journal.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.path.as_deref().map(Path::to_owned)
+    }
+
+    /// Runs `inspect` on the SQLite store, on the writer thread.
+    #[cfg(test)]
+    pub(super) async fn with_sqlite<T: Send + 'static>(
+        &self,
+        inspect: impl FnOnce(&mut SqliteStore) -> T + Send + 'static,
+    ) -> T {
+        self.call(move |store| Ok(inspect(store.as_sqlite().expect("a SQLite journal"))))
+            .await
+            .expect("the writer answers")
+    }
+
+    /// Resolves once the writer thread has ended (after the last handle is dropped).
+    #[cfg(test)]
+    pub(super) fn writer_thread(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.status.stopped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::testutil::*;
+
+    #[test]
+    fn journal_is_send_sync_and_clone_shares() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Journal>();
+    }
+
+    /// The other daemon holds the write lock: the writer waits on it, but a current-thread runtime keeps running
+    /// its other tasks and `is_degraded` answers at once. (With the old synchronous journal the enqueue blocked
+    /// the only runtime thread and `is_degraded` waited on the same mutex, for up to `BUSY_TIMEOUT`.)
+    #[test]
+    fn a_busy_file_does_not_block_the_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let (_dir, path, journal) = file_journal();
+            let other = rusqlite::Connection::open(&path).expect("the other daemon's connection");
+            other.execute_batch("BEGIN IMMEDIATE").expect("the other daemon takes the write lock");
+            let writer = journal.clone();
+            let write = tokio::spawn(async move { writer.enqueue(&block("198.51.100.1", 1)).await });
+            // The writer now waits for the lock (or is about to); this runtime's only thread is free.
+            let (ping, pong) = oneshot::channel();
+            let other_task = tokio::spawn(async move { ping.send(7).expect("receiver waits") });
+            assert_eq!(pong.await.expect("the other task ran"), 7);
+            other_task.await.expect("other task");
+            assert!(!journal.is_degraded(), "answered at once, while the write waits");
+            assert!(!write.is_finished(), "the write waits for the lock");
+            other.execute_batch("COMMIT").expect("the other daemon releases the lock");
+            let id = write.await.expect("task").expect("enqueue once the lock is free");
+            assert!(!journal.is_degraded());
+            assert_eq!(journal.pending().await.expect("pending")[0].id, id);
+        });
+    }
+
+    #[tokio::test]
+    async fn a_dropped_caller_still_gets_its_write() {
+        let journal = Journal::in_memory();
+        let action = block("198.51.100.1", 1);
+        let write = journal.enqueue(&action);
+        // Polled once (the request is sent), then dropped before the answer.
+        let mut write = Box::pin(write);
+        let _ = futures::poll!(write.as_mut());
+        drop(write);
+        assert_eq!(ips(&journal.pending().await.expect("pending")), ["block 198.51.100.1"]);
+    }
+}
