@@ -105,8 +105,12 @@ impl Env {
             misp: &self.misp,
             misp_ca: self.misp_ca.as_deref(),
         };
-        let listen =
-            Listen { udp: self.udp, tcp: Some(self.tcp), metrics: self.metrics, housekeeping_metrics: Some(self.hk_metrics) };
+        let listen = Listen {
+            udp: self.udp,
+            tcp: Some(self.tcp),
+            metrics: self.metrics,
+            housekeeping_metrics: Some(self.hk_metrics),
+        };
         let mut text = ConfigDoc::template().endpoints(&servers, &listen, &self.state).render();
         for (from, to) in &self.tweaks {
             assert!(text.contains(from.as_str()), "tweak {from:?} does not apply to the base config");

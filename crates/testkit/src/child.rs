@@ -35,12 +35,7 @@ pub fn has_exited(child: &Child) -> bool {
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid(2) on a pid we spawned and have not reaped, with a valid out pointer.
     let rc = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            child.id() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
+        libc::waitid(libc::P_PID, child.id() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
     };
     // SAFETY: si_pid is set by waitid (0 when no child changed state under WNOHANG).
     rc == 0 && unsafe { info.si_pid() } != 0

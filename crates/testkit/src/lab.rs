@@ -19,10 +19,10 @@
 //! any directory and in a container; `--config`, `--seed` and `--sample` replace them.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::ffi::OsStr;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -252,8 +252,12 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         fortigate_config.token = token;
     }
     let events: Vec<String> = seed.events.iter().map(|e| e.info.clone()).collect();
-    let server_options =
-        ServerOptions { tls: true, fortigate: fortigate_config, misp_key: raw.misp.api_key.clone(), misp_seed: Some(seed) };
+    let server_options = ServerOptions {
+        tls: true,
+        fortigate: fortigate_config,
+        misp_key: raw.misp.api_key.clone(),
+        misp_seed: Some(seed),
+    };
     let servers = Servers::start(server_options, &dir).await?;
     let (fortigate, misp) = (&servers.fortigate, &servers.misp);
     say(&format!("FortiGate emulator {}  MISP emulator {} ({} events)", fortigate.url(), misp.url(), events.len()));
@@ -290,7 +294,10 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
             })
             .await?;
     }
-    say(&format!("integration running (pid {}), syslog udp {udp}, metrics http://{metrics_addr}/metrics", daemon.pid()));
+    say(&format!(
+        "integration running (pid {}), syslog udp {udp}, metrics http://{metrics_addr}/metrics",
+        daemon.pid()
+    ));
 
     // Replay, with live progress.
     let progress = replay(opts, &lines, udp, metrics_addr, fortigate, &config, &plan, &mut daemon).await?;
@@ -455,7 +462,11 @@ async fn replay(
     for (i, line) in lines.iter().enumerate() {
         socket.send_to(line.as_bytes(), udp).context("sending syslog")?;
         if Instant::now() >= next_draw || i + 1 == lines.len() {
-            show(&Progress::from_metrics(&harness::metrics_text(metrics).await, i as u64 + 1, total), &mut shown, false);
+            show(
+                &Progress::from_metrics(&harness::metrics_text(metrics).await, i as u64 + 1, total),
+                &mut shown,
+                false,
+            );
             next_draw = Instant::now() + Duration::from_millis(200);
         }
         tokio::time::sleep(interval).await;

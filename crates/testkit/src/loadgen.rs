@@ -553,7 +553,8 @@ impl Lab {
         let daemon = Daemon::spawn(&opts.daemon, &args, dir.join("daemon.log"))?;
         let Servers { fortigate, misp, .. } = servers;
         let tcp = listen.tcp.expect("Listen::free sets every address");
-        let lab = Lab { misp, fortigate: Arc::new(fortigate), udp: listen.udp, tcp, metrics: listen.metrics, dir, daemon };
+        let lab =
+            Lab { misp, fortigate: Arc::new(fortigate), udp: listen.udp, tcp, metrics: listen.metrics, dir, daemon };
         lab.wait_ready(opts).await?;
         // Latency applies to traffic from now on, not to the start-up checks and the first sync.
         lab.misp.set_latency((!opts.misp_latency.is_zero()).then_some(opts.misp_latency));
