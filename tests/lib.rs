@@ -1,29 +1,35 @@
-//! Helpers for the end-to-end tests: start the testkit emulators over TLS with private CAs, write a config, run the
-//! real `integration` / `housekeeping` binaries as child processes, send syslog, read metrics, wait on observable
-//! state.
+//! Helpers for the end-to-end tests: an [`Env`] (both emulators over TLS with private CAs, a config, the real
+//! `integration` / `housekeeping` binaries as child processes), syslog senders, metrics, waits on observable
+//! state. Starting the servers, writing the config and running the daemons is `fortimisp_testkit::harness`, shared
+//! with the lab and loadgen; this file adds what the tests need on top (panics instead of errors, text tweaks of
+//! the config, seeding helpers).
 //!
 //! The binaries are the ones `cargo test` builds into the target directory (the `integration` and `housekeeping`
 //! packages have integration tests of their own, so cargo builds their binaries before any test runs);
 //! `FORTIMISP_BIN_DIR` overrides where they are looked for.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator};
+use fortimisp_testkit::harness::{self, Binaries, ConfigDoc, Endpoints, Listen, ServerOptions, Servers};
 use fortimisp_testkit::misp::MispEmulator;
-use fortimisp_testkit::tls::{server_config, TestCa};
 
 pub use fortimisp_testkit;
 
+/// How long a daemon may take to serve `/healthz`.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
+
+/// The directory of the built binaries ([`Binaries::locate`]).
+fn binaries() -> Binaries {
+    Binaries::locate().expect("the test knows its own path")
+}
+
 /// Where the built binaries are: `$FORTIMISP_BIN_DIR`, else the directory above this test executable's `deps/`.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FORTIMISP_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("the test knows its own path");
-        exe.parent().and_then(Path::parent).expect("test executables live in target/<profile>/deps").to_path_buf()
-    });
-    let path = dir.join(name);
+    let path = binaries().path(name);
     assert!(path.exists(), "{} not built: run the tests with `cargo test --workspace`", path.display());
     path
 }
@@ -52,6 +58,8 @@ pub struct Env {
     pub extra: String,
     /// Replacements applied to the base config (`(from, to)`).
     pub tweaks: Vec<(String, String)>,
+    fortigate_ca: Option<PathBuf>,
+    misp_ca: Option<PathBuf>,
 }
 
 impl Env {
@@ -62,24 +70,23 @@ impl Env {
 
     pub async fn start_with(fg_config: EmulatorConfig) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new();
-        let cert = ca.issue_server_cert();
-        ca.write_ca_file(&dir.path().join("fortigate-ca.pem")).unwrap();
-        let fortigate = FortiGateEmulator::start_tls(fg_config, server_config(&cert)).await.unwrap();
-        let misp = MispEmulator::builder().tls().start().await.unwrap();
-        std::fs::write(dir.path().join("misp-ca.pem"), misp.ca_pem().expect("TLS emulator has a CA")).unwrap();
-        let state = dir.path().join("state.db");
+        let opts = ServerOptions { tls: true, fortigate: fg_config, ..ServerOptions::default() };
+        let Servers { fortigate, misp, fortigate_ca, misp_ca } =
+            Servers::start(opts, dir.path()).await.unwrap_or_else(|e| panic!("{e:#}"));
+        let listen = Listen::free();
         Env {
-            udp: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
-            tcp: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            hk_metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            state,
+            udp: listen.udp,
+            tcp: listen.tcp.expect("Listen::free sets every address"),
+            metrics: listen.metrics,
+            hk_metrics: listen.housekeeping_metrics.expect("Listen::free sets every address"),
+            state: dir.path().join("state.db"),
             dir,
             fortigate,
             misp,
             extra: "[[trigger]]\npolicy_id = 7\naction = \"accept\"\n".into(),
             tweaks: Vec::new(),
+            fortigate_ca,
+            misp_ca,
         }
     }
 
@@ -89,68 +96,22 @@ impl Env {
         self
     }
 
-    /// The config text.
+    /// The config text: the harness's template with this environment's servers, ports and state path, then the
+    /// tweaks, then `extra`.
     pub fn config_text(&self) -> String {
-        let d = self.dir.path();
-        let mut text = format!(
-            r#"[misp]
-url = "{misp}"
-api_key = "{misp_key}"
-ca_file = "{misp_ca}"
-timeout = "5s"
-sync_interval = "0s"
-lookup_cache_ttl = "10m"
-feed_update_interval = "12h"
-min_prefix_v4 = 16
-min_prefix_v6 = 48
-
-[fortigate]
-url = "{fg}"
-api_key = "{fg_key}"
-ca_file = "{fg_ca}"
-vdom = "root"
-requests_per_second = 200
-timeout = "5s"
-
-[syslog]
-udp = "{udp}"
-tcp = "{tcp}"
-allowed_senders = []
-
-[blocking]
-never_block = ["198.51.100.250"]
-dry_run = false
-max_blocks_per_minute = 600
-
-[housekeeping]
-max_age = "90d"
-interval = "1h"
-unblock_revoked = true
-adopt_legacy = false
-max_unblock_fraction = 0.5
-
-[state]
-path = "{state}"
-
-[metrics]
-listen = "{metrics}"
-housekeeping_listen = "{hk_metrics}"
-
-[log]
-level = "info,fortimisp_core=debug"
-"#,
-            misp = self.misp.url(),
-            misp_key = self.misp.key(),
-            misp_ca = d.join("misp-ca.pem").display(),
-            fg = self.fortigate.url(),
-            fg_key = self.fortigate.token(),
-            fg_ca = d.join("fortigate-ca.pem").display(),
-            udp = self.udp,
-            tcp = self.tcp,
-            state = self.state.display(),
-            metrics = self.metrics,
-            hk_metrics = self.hk_metrics,
-        );
+        let servers = Endpoints {
+            fortigate: &self.fortigate,
+            fortigate_ca: self.fortigate_ca.as_deref(),
+            misp: &self.misp,
+            misp_ca: self.misp_ca.as_deref(),
+        };
+        let listen = Listen {
+            udp: self.udp,
+            tcp: Some(self.tcp),
+            metrics: self.metrics,
+            housekeeping_metrics: Some(self.hk_metrics),
+        };
+        let mut text = ConfigDoc::template().endpoints(&servers, &listen, &self.state).render();
         for (from, to) in &self.tweaks {
             assert!(text.contains(from.as_str()), "tweak {from:?} does not apply to the base config");
             text = text.replacen(from.as_str(), to, 1);
@@ -163,12 +124,7 @@ level = "info,fortimisp_core=debug"
     /// Writes the config (mode 0600) and returns its path.
     pub fn write_config(&self) -> PathBuf {
         let path = self.dir.path().join("config.toml");
-        std::fs::write(&path, self.config_text()).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        harness::write_private(&path, &self.config_text()).unwrap_or_else(|e| panic!("{e:#}"));
         path
     }
 
@@ -183,13 +139,13 @@ level = "info,fortimisp_core=debug"
     /// Runs `integration --config <config> ARGS...` to completion.
     pub fn integration_cmd(&self, args: &[&str]) -> std::process::Output {
         let config = self.write_config();
-        Command::new(bin("integration")).arg("--config").arg(&config).args(args).output().unwrap()
+        binaries().command("integration").arg("--config").arg(&config).args(args).output().unwrap()
     }
 
     /// Runs `housekeeping --config <config> ARGS...` to completion.
     pub fn housekeeping_cmd(&self, args: &[&str]) -> std::process::Output {
         let config = self.write_config();
-        Command::new(bin("housekeeping")).arg("--config").arg(&config).args(args).output().unwrap()
+        binaries().command("housekeeping").arg("--config").arg(&config).args(args).output().unwrap()
     }
 
     /// Scrapes one sample of the integration daemon's metrics (0 if absent).
@@ -198,66 +154,46 @@ level = "info,fortimisp_core=debug"
     }
 }
 
-/// A daemon child process; killed when dropped. Its stderr goes to a log file printed on failure.
-pub struct Daemon {
-    pub child: Child,
-    pub log: PathBuf,
+/// A daemon child process ([`harness::Daemon`]: `child`, `log`, `log_text`, `sigterm`, `wait_exit` ...), with
+/// the tests' panicking waits; killed when dropped, its log printed if the test is failing.
+pub struct Daemon(pub harness::Daemon);
+
+impl Deref for Daemon {
+    type Target = harness::Daemon;
+    fn deref(&self) -> &harness::Daemon {
+        &self.0
+    }
+}
+
+impl DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut harness::Daemon {
+        &mut self.0
+    }
 }
 
 impl Daemon {
+    /// Starts the built binary `name` with `args`; its stderr goes to a new log file in `dir`.
     pub fn spawn(name: &str, args: &[&str], dir: &Path) -> Daemon {
         let log = dir.join(format!("{name}-{}.log", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin(name))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .env("NO_COLOR", "1")
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Daemon { child, log }
+        Daemon(harness::Daemon::spawn(&bin(name), args, log).unwrap_or_else(|e| panic!("cannot start {name}: {e:#}")))
     }
 
-    /// Waits (30 s at most) until `/healthz` answers 200.
+    /// Waits (30 s at most) until `/healthz` answers 200; panics with the log if it does not or the daemon exits.
     pub async fn wait_healthy(&self, metrics: SocketAddr) {
-        let url = format!("http://{metrics}/healthz");
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(&url).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "daemon not healthy within 30 s; log:\n{}", self.log_text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(error) = self.0.wait_healthy(metrics, HEALTHY_WITHIN).await {
+            panic!("daemon not healthy: {error:#}");
         }
     }
 
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn sigterm(&self) {
-        fortimisp_testkit::child::sigterm(&self.child);
-    }
-
     pub fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the process to exit, at most `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        fortimisp_testkit::child::wait_timeout(&mut self.child, timeout)
+        self.0.kill();
     }
 
     /// SIGTERM, then the contract's promise: exit 0 within 10 s. Panics with the log otherwise; returns how long
     /// the exit took.
     pub fn stop_cleanly(&mut self) -> Duration {
         let asked = Instant::now();
-        self.sigterm();
-        let status = self.wait_exit(Duration::from_secs(10));
+        let status = self.0.stop(Duration::from_secs(10));
         let took = asked.elapsed();
         let status = status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM; log:\n{}", self.log_text()));
         assert_eq!(status.code(), Some(0), "clean exit after SIGTERM ({took:?}); log:\n{}", self.log_text());
@@ -265,14 +201,13 @@ impl Daemon {
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        !self.0.has_exited()
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.kill();
         if std::thread::panicking() {
             eprintln!("---- daemon log {} ----\n{}", self.log.display(), self.log_text());
         }
@@ -288,11 +223,9 @@ fn rand_suffix() -> u128 {
 
 /// Scrapes `sample` (a metric name with its labels, exactly as exposed) from a metrics endpoint.
 pub async fn scrape(metrics: SocketAddr, sample: &str) -> f64 {
-    let text = match reqwest::get(format!("http://{metrics}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return 0.0,
-    };
-    text.lines()
+    harness::metrics_text(metrics)
+        .await
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
@@ -561,11 +494,11 @@ impl Env {
         let n = rand_suffix();
         let (out_path, err_path) =
             (self.dir.path().join(format!("cmd-{n}.out")), self.dir.path().join(format!("cmd-{n}.err")));
-        let mut child = Command::new(bin("integration"))
+        let mut child = binaries()
+            .command("integration")
             .arg("--config")
             .arg(&config)
             .args(args)
-            .env("NO_COLOR", "1")
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(&err_path).unwrap())
             .spawn()

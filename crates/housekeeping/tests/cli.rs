@@ -29,12 +29,50 @@ fn a_bad_config_fails_with_one_line_naming_the_key() {
 /// sharing the same config file, must not refuse to start because it cannot see them.
 #[test]
 fn the_syslog_tls_files_are_not_required() {
-    let out = once_with_config(
-        "[syslog]\ntls = \"127.0.0.1:6514\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n\
-         [housekeeping]\nmax_unblock_fraction = 2.0\n",
+    // The first thing the daemon does after loading the config is bind its metrics listener: on a port already
+    // taken, that fails at once with its own error (exit 1), which housekeeping reaches only if it accepted a
+    // config whose syslog TLS files do not exist. Checking them would exit 2 naming syslog.tls_cert instead.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = daemon_with_config(
+        dir.path(),
+        &format!(
+            "[syslog]\ntls = \"127.0.0.1:6514\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n\
+             [metrics]\nhousekeeping_listen = \"{addr}\"\n"
+        ),
     );
-    // Validation checks [syslog] before [housekeeping]: reaching the fraction means the TLS files were not checked.
-    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("error: housekeeping.max_unblock_fraction"), "{stderr}");
+    assert!(!stderr.contains("syslog.tls"), "housekeeping checked the syslog TLS files:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: metrics.housekeeping_listen: cannot listen on"), "{stderr}");
+}
+
+/// Runs `housekeeping --config <CLIENTS + rest>` as a daemon (its journal and stderr in `dir`) until it exits;
+/// panics if it is still running after 30 s (it is meant to fail at start).
+fn daemon_with_config(dir: &std::path::Path, rest: &str) -> Output {
+    let (path, state, log) = (dir.join("config.toml"), dir.join("state.db"), dir.join("stderr.log"));
+    std::fs::write(&path, format!("{CLIENTS}[state]\npath = \"{}\"\n{rest}", state.display())).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_housekeeping"))
+        .arg("--config")
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("housekeeping still running after 30 s; stderr:\n{}", std::fs::read_to_string(&log).unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output { status, stdout: Vec::new(), stderr: std::fs::read(&log).unwrap() }
 }

@@ -8,8 +8,9 @@
 //! event, trigger rule), and what was deliberately not blocked and why.
 //!
 //! Design decision: the lab is a config plus emulators, never a second code path. The daemons are the shipped
-//! binaries, started as child processes with a config in the production format; the lab only replaces the
-//! addresses, CA files and state path of `lab.toml` (see its header). What the lab *expects* is computed with
+//! binaries, started as child processes with a config in the production format, all through
+//! [`crate::harness`] as the end-to-end tests and loadgen start them; the lab only replaces the addresses, keys,
+//! CA files and state path of `lab.toml` (see its header). What the lab *expects* is computed with
 //! fortimisp-core's own definitions (`policy::Triggers`, `policy::NeverBlock`, `view::full` against the MISP
 //! emulator), and what it *reports* is read back from the FortiGate emulator and the journal, so the report
 //! checks the daemon rather than repeating it.
@@ -18,10 +19,11 @@
 //! any directory and in a container; `--config`, `--seed` and `--sample` replace them.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -35,8 +37,8 @@ use fortimisp_core::policy::{LineFacts, NeverBlock, Protected, Triggers};
 use fortimisp_core::{clients, syslog, view};
 
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
-use crate::misp::{MispEmulator, Seed};
-use crate::tls::{server_config, TestCa};
+use crate::harness::{self, Binaries, ConfigDoc, Daemon, Listen, ServerOptions, Servers};
+use crate::misp::Seed;
 
 /// `config/lab.toml`, compiled in.
 pub const LAB_TOML: &str = include_str!("../../../config/lab.toml");
@@ -199,50 +201,22 @@ fn sum(text: &str, name: &str, label: Option<&str>) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// A child process killed when dropped (so an error or Ctrl-C never leaves a daemon behind).
-struct ChildGuard {
-    child: Child,
-    name: &'static str,
-    log: PathBuf,
-}
-
-impl ChildGuard {
-    /// SIGTERM, then wait up to `timeout` (the contract's 10 s); SIGKILL after that.
-    fn terminate(mut self, timeout: Duration) -> Option<ExitStatus> {
-        crate::child::sigterm(&self.child);
-        crate::child::wait_timeout(&mut self.child, timeout)
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// The parts of a run that outlive [`run`] when the caller keeps the lab up (`--keep-running`).
 pub struct Running {
     pub report: Report,
-    fortigate: FortiGateEmulator,
-    misp: MispEmulator,
-    daemon: Option<ChildGuard>,
+    servers: Servers,
+    /// Killed when dropped, so an error or Ctrl-C never leaves a daemon behind.
+    daemon: Option<Daemon>,
 }
 
 impl Running {
     /// Stops the daemon (SIGTERM) and the emulators.
     pub fn stop(mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            let _ = daemon.terminate(Duration::from_secs(10));
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.stop(Duration::from_secs(10));
         }
-        self.misp.shutdown();
-        drop(self.fortigate);
+        self.servers.misp.shutdown();
+        drop(self.servers);
     }
 }
 
@@ -256,7 +230,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     };
     let lab_toml = read_or(&opts.config, LAB_TOML)?;
     // The file must be a valid config on its own (same parser as the daemons), not a template.
-    RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
+    let raw = RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
     let seed: Seed = serde_json::from_str(&read_or(&opts.seed, SEED_JSON)?).context("the MISP seed")?;
     let sample = read_or(&opts.sample, SAMPLE_LOG)?;
     let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -273,69 +247,60 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     }
 
     // The emulators, over HTTPS with their own CAs, accepting the keys lab.toml names.
-    let raw: toml::Table = lab_toml.parse().context("lab config")?;
-    let key_of = |section: &str| raw[section].get("api_key").and_then(|v| v.as_str()).map(str::to_string);
-    let fg_ca = TestCa::new();
-    let fg_ca_path = dir.join("fortigate-ca.pem");
-    fg_ca.write_ca_file(&fg_ca_path)?;
-    let mut fg_config = EmulatorConfig::default();
-    if let Some(token) = key_of("fortigate") {
-        fg_config.token = token;
-    }
-    let fortigate = FortiGateEmulator::start_tls(fg_config, server_config(&fg_ca.issue_server_cert())).await?;
-    let mut misp_builder = MispEmulator::builder().tls();
-    if let Some(key) = key_of("misp") {
-        misp_builder = misp_builder.key(key);
+    let mut fortigate_config = EmulatorConfig::default();
+    if let Some(token) = raw.fortigate.api_key.clone() {
+        fortigate_config.token = token;
     }
     let events: Vec<String> = seed.events.iter().map(|e| e.info.clone()).collect();
-    let misp = misp_builder.seed(seed).start().await?;
-    let misp_ca_path = dir.join("misp-ca.pem");
-    std::fs::write(&misp_ca_path, misp.ca_pem().expect("a TLS emulator has a CA"))?;
+    let server_options = ServerOptions {
+        tls: true,
+        fortigate: fortigate_config,
+        misp_key: raw.misp.api_key.clone(),
+        misp_seed: Some(seed),
+    };
+    let servers = Servers::start(server_options, &dir).await?;
+    let (fortigate, misp) = (&servers.fortigate, &servers.misp);
     say(&format!("FortiGate emulator {}  MISP emulator {} ({} events)", fortigate.url(), misp.url(), events.len()));
 
     // The config: lab.toml with the emulators' addresses and free loopback ports filled in.
-    let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
-    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
-    let hk_metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+    let listen = Listen { tcp: None, ..Listen::free() };
+    let (udp, metrics_addr) = (listen.udp, listen.metrics);
     let config_path = dir.join("config.toml");
-    let text = derive_config(
-        raw,
-        &Overrides {
-            misp_url: misp.url(),
-            misp_ca: &misp_ca_path,
-            fortigate_url: fortigate.url(),
-            fortigate_ca: &fg_ca_path,
-            udp,
-            metrics: metrics_addr,
-            hk_metrics,
-            state: &dir.join("state.db"),
-        },
-    )?;
-    write_private(&config_path, &text)?;
+    let mut doc = ConfigDoc::parse(&lab_toml).with_context(|| config_name(opts))?;
+    doc.endpoints(&servers.endpoints(), &listen, &dir.join("state.db"));
+    let text = format!(
+        "# Written by `lab` from config/lab.toml: misp/fortigate url, api_key and ca_file, syslog, metrics and \
+         state.path replaced.\n{}",
+        doc.render()
+    );
+    harness::write_private(&config_path, &text)?;
     let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("derived config: {e}"))?;
     say(&format!("config {}", config_path.display()));
-    seed_fortigate(&fortigate, &config);
+    seed_fortigate(fortigate, &config);
 
     // What fortimisp-core says should happen to each address of the sample.
     let plan = Plan::build(&config, &lines, &events).await?;
 
     // The real daemon.
-    let mut daemon = spawn(&bins, "integration", &["--config", path_str(&config_path)?], &dir)?;
-    wait_healthy(&mut daemon, metrics_addr).await?;
+    let config_arg = config_path.as_os_str();
+    let mut daemon =
+        Daemon::spawn(&bins.path("integration"), &[OsStr::new("--config"), config_arg], dir.join("integration.log"))?;
+    daemon.wait_healthy(metrics_addr, WAIT).await?;
     if config.misp.sync_interval.is_some() {
-        wait_for(&mut daemon, "the mirror's first full sync", || async {
-            let text = scrape(metrics_addr).await;
-            sum(&text, "fortimisp_mirror_syncs_total", Some("full_ok")) >= 1
-        })
-        .await?;
+        daemon
+            .wait_until("the mirror's first full sync", WAIT, || async {
+                let text = harness::metrics_text(metrics_addr).await;
+                sum(&text, "fortimisp_mirror_syncs_total", Some("full_ok")) >= 1
+            })
+            .await?;
     }
     say(&format!(
         "integration running (pid {}), syslog udp {udp}, metrics http://{metrics_addr}/metrics",
-        daemon.child.id()
+        daemon.pid()
     ));
 
     // Replay, with live progress.
-    let progress = replay(opts, &lines, udp, metrics_addr, &fortigate, &config, &plan, &mut daemon).await?;
+    let progress = replay(opts, &lines, udp, metrics_addr, fortigate, &config, &plan, &mut daemon).await?;
 
     // One housekeeping pass: ages out the 120-day-old block, leaves everything else alone.
     let hk = tokio::task::block_in_place(|| run_once(&bins, &config_path, &dir))?;
@@ -351,7 +316,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     let daemon = if keep_running {
         Some(daemon)
     } else {
-        match tokio::task::block_in_place(|| daemon.terminate(Duration::from_secs(10))) {
+        match tokio::task::block_in_place(|| daemon.stop(Duration::from_secs(10))) {
             Some(status) if status.success() => {}
             Some(status) => problems.push(format!("integration exited with {status} after SIGTERM")),
             None => problems.push("integration did not exit within 10 s of SIGTERM".into()),
@@ -361,7 +326,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
 
     let journal = Journal::open(&config.state.path).context("the journal")?;
     let ledger = journal.active_blocks().await.context("the journal")?;
-    let blocked = plan.blocked(&config, &ledger, &fortigate, &events);
+    let blocked = plan.blocked(&config, &ledger, fortigate, &events);
     let not_blocked = plan.not_blocked(&ledger);
     problems.extend(plan.problems(&blocked));
     if housekeeping.exit_code != Some(0) {
@@ -375,18 +340,18 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     }
     let report = Report {
         dir,
-        bin_dir: bins.clone(),
+        bin_dir: bins.dir.clone(),
         config_path,
         fortigate_url: fortigate.url().to_string(),
         fortigate_token: fortigate.token(),
-        fortigate_ca: fg_ca_path,
+        fortigate_ca: servers.fortigate_ca.clone().unwrap_or_default(),
         progress,
         blocked,
         not_blocked,
         housekeeping,
         problems,
     };
-    Ok(Running { report, fortigate, misp, daemon })
+    Ok(Running { report, servers, daemon })
 }
 
 fn config_name(opts: &Options) -> String {
@@ -398,66 +363,6 @@ fn read_or(path: &Option<PathBuf>, builtin: &str) -> Result<String> {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())),
         None => Ok(builtin.to_string()),
     }
-}
-
-fn path_str(path: &Path) -> Result<&str> {
-    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
-}
-
-fn free_tcp_port() -> Result<u16> {
-    Ok(crate::free_port())
-}
-
-fn free_udp_port() -> Result<u16> {
-    Ok(crate::free_port())
-}
-
-/// The keys the lab replaces in `lab.toml`; everything else is used as written.
-struct Overrides<'a> {
-    misp_url: &'a str,
-    misp_ca: &'a Path,
-    fortigate_url: &'a str,
-    fortigate_ca: &'a Path,
-    udp: SocketAddr,
-    metrics: SocketAddr,
-    hk_metrics: SocketAddr,
-    state: &'a Path,
-}
-
-fn derive_config(mut raw: toml::Table, o: &Overrides<'_>) -> Result<String> {
-    fn set(raw: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
-        let table = raw
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("a config section is a table");
-        table.insert(key.to_string(), value.into());
-    }
-    let path = |p: &Path| p.to_string_lossy().into_owned();
-    set(&mut raw, "misp", "url", o.misp_url);
-    set(&mut raw, "misp", "ca_file", path(o.misp_ca));
-    set(&mut raw, "fortigate", "url", o.fortigate_url);
-    set(&mut raw, "fortigate", "ca_file", path(o.fortigate_ca));
-    set(&mut raw, "syslog", "udp", o.udp.to_string());
-    set(&mut raw, "syslog", "tcp", "");
-    set(&mut raw, "syslog", "tls", "");
-    set(&mut raw, "metrics", "listen", o.metrics.to_string());
-    set(&mut raw, "metrics", "housekeeping_listen", o.hk_metrics.to_string());
-    set(&mut raw, "state", "path", path(o.state));
-    let body = toml::to_string(&raw).context("writing the derived config")?;
-    Ok(format!(
-        "# Written by `lab` from config/lab.toml: misp/fortigate url and ca_file, syslog, metrics and state.path replaced.\n{body}"
-    ))
 }
 
 /// One fortimisp block made 120 days ago and one object somebody else put in the block group.
@@ -476,18 +381,16 @@ fn object_name(config: &Config, ip: IpAddr) -> String {
 }
 
 /// Where the daemons are, built first by cargo when the lab itself was started by cargo.
-fn locate_binaries(opts: &Options, say: &dyn Fn(&str)) -> Result<PathBuf> {
-    let explicit = opts.bin_dir.clone().or_else(|| std::env::var_os("FORTIMISP_BIN_DIR").map(PathBuf::from));
-    let exe = std::env::current_exe().context("cannot find the lab executable")?;
-    let dir = match &explicit {
-        Some(dir) => dir.clone(),
-        None => exe.parent().context("the lab executable has no directory")?.to_path_buf(),
+fn locate_binaries(opts: &Options, say: &dyn Fn(&str)) -> Result<Binaries> {
+    let explicit = opts.bin_dir.is_some() || std::env::var_os("FORTIMISP_BIN_DIR").is_some();
+    let bins = match &opts.bin_dir {
+        Some(dir) => Binaries::new(dir),
+        None => Binaries::locate()?,
     };
-    let cargo = std::env::var_os("CARGO");
-    if let (None, false, Some(cargo)) = (&explicit, opts.no_build, cargo) {
+    if let (false, false, Some(cargo)) = (explicit, opts.no_build, std::env::var_os("CARGO")) {
         // `cargo run --bin lab` builds the lab only; build the daemons with the same profile, so the lab always
         // runs the daemons of this checkout. A no-op when they are up to date.
-        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
+        let profile = bins.dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "integration", "-p", "housekeeping"]);
         match profile.as_str() {
@@ -505,88 +408,23 @@ fn locate_binaries(opts: &Options, say: &dyn Fn(&str)) -> Result<PathBuf> {
             bail!("cargo build -p integration -p housekeeping failed ({status})");
         }
     }
-    for name in ["integration", "housekeeping"] {
-        if !dir.join(name).is_file() {
-            bail!(
-                "{} not found in {}: build the daemons (`cargo build -p integration -p housekeeping`) or pass \
-                 --bin-dir DIR",
-                name,
-                dir.display()
-            );
-        }
-    }
-    Ok(dir)
+    bins.require(&["integration", "housekeeping"]).context("the daemons are missing (or pass --bin-dir DIR)")?;
+    Ok(bins)
 }
 
-fn spawn(bins: &Path, name: &'static str, args: &[&str], dir: &Path) -> Result<ChildGuard> {
-    let log = dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log)?;
-    let child = Command::new(bins.join(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(file)
-        .env("NO_COLOR", "1")
-        .spawn()
-        .with_context(|| format!("cannot start {}", bins.join(name).display()))?;
-    Ok(ChildGuard { child, name, log })
-}
-
-fn run_once(bins: &Path, config: &Path, dir: &Path) -> Result<ExitStatus> {
+fn run_once(bins: &Binaries, config: &Path, dir: &Path) -> Result<ExitStatus> {
     let log = dir.join("housekeeping.log");
     let out = std::fs::File::create(&log)?;
-    let status = Command::new(bins.join("housekeeping"))
+    let status = bins
+        .command("housekeeping")
         .arg("--config")
         .arg(config)
         .arg("--once")
-        .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
-        .env("NO_COLOR", "1")
         .status()
         .context("cannot run housekeeping --once")?;
     Ok(status)
-}
-
-async fn scrape(metrics: SocketAddr) -> String {
-    match reqwest::get(format!("http://{metrics}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-async fn wait_healthy(daemon: &mut ChildGuard, metrics: SocketAddr) -> Result<()> {
-    wait_for(daemon, "integration to serve /healthz", || async {
-        reqwest::get(format!("http://{metrics}/healthz")).await.is_ok_and(|r| r.status().is_success())
-    })
-    .await
-}
-
-/// Polls `check` every 100 ms, for [`WAIT`] at most; fails early (with the daemon's log) if the daemon died.
-async fn wait_for<F, Fut>(daemon: &mut ChildGuard, what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return Ok(());
-        }
-        if let Some(status) = daemon.exited() {
-            bail!("{} exited ({status}) while waiting for {what}; its log:\n{}", daemon.name, log_tail(&daemon.log));
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {WAIT:?} waiting for {what}; {} log:\n{}", daemon.name, log_tail(&daemon.log));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// Sends the lines over UDP at `opts.rate`, drawing progress; returns once the daemon has settled: every line
@@ -600,7 +438,7 @@ async fn replay(
     fortigate: &FortiGateEmulator,
     config: &Config,
     plan: &Plan,
-    daemon: &mut ChildGuard,
+    daemon: &mut Daemon,
 ) -> Result<Progress> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let tty = std::io::stderr().is_terminal();
@@ -624,7 +462,11 @@ async fn replay(
     for (i, line) in lines.iter().enumerate() {
         socket.send_to(line.as_bytes(), udp).context("sending syslog")?;
         if Instant::now() >= next_draw || i + 1 == lines.len() {
-            show(&Progress::from_metrics(&scrape(metrics).await, i as u64 + 1, total), &mut shown, false);
+            show(
+                &Progress::from_metrics(&harness::metrics_text(metrics).await, i as u64 + 1, total),
+                &mut shown,
+                false,
+            );
             next_draw = Instant::now() + Duration::from_millis(200);
         }
         tokio::time::sleep(interval).await;
@@ -635,7 +477,7 @@ async fn replay(
     let mut last = Progress::default();
     let mut still = 0;
     loop {
-        let p = Progress::from_metrics(&scrape(metrics).await, total, total);
+        let p = Progress::from_metrics(&harness::metrics_text(metrics).await, total, total);
         show(&p, &mut shown, false);
         let landed =
             expected.iter().all(|(name, group)| fortigate.members(group).unwrap_or_default().iter().any(|m| m == name));
@@ -644,8 +486,8 @@ async fn replay(
             show(&p, &mut shown, true);
             return Ok(p);
         }
-        if let Some(status) = daemon.exited() {
-            bail!("integration exited ({status}) during the replay; its log:\n{}", log_tail(&daemon.log));
+        if let Some(status) = daemon.exit_status() {
+            bail!("integration exited ({status}) during the replay; its log:\n{}", daemon.log_tail());
         }
         if Instant::now() > deadline {
             show(&p, &mut shown, true);

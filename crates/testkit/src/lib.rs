@@ -6,6 +6,8 @@
 //! - [`tls`]: a throw-away rcgen CA issuing loopback server certificates, and the rustls server config.
 //! - [`misp`]: an axum MISP emulator (restSearch, feeds, sightings, warninglists) with test hooks.
 //! - [`lab`]: the lab behind the `lab` binary: both emulators, the real daemons, a replayed sample, a report.
+//! - [`harness`]: one way to start the emulators, write a production-format config for them and run the real
+//!   daemons; used by the lab, loadgen and the end-to-end tests.
 //! - [`child`]: SIGTERM and a bounded wait for the child processes of the lab and the tests.
 //! - [`loadgen`]: corpus lines at a fixed rate into the daemon (or a naive baseline), and the report (the
 //!   `loadgen` binary and the benchmarks).
@@ -15,6 +17,7 @@
 pub mod child;
 pub mod corpus;
 pub mod fortigate;
+pub mod harness;
 pub mod lab;
 pub mod loadgen;
 pub mod misp;

@@ -14,7 +14,8 @@
 //! - [`Watcher`]: polls the emulated FortiGate's block groups every 5 ms and records when each `misp-<ip>` member
 //!   appears, which is where block latency ends.
 //! - [`Lab`]: both emulators in this process (plain HTTP, optional latency) and the real `integration` binary as a
-//!   child process with a generated config.
+//!   child process, all started through [`crate::harness`] (its config template with the settings of
+//!   [`LabOptions`]).
 //! - [`naive`]: the baseline the issue asks for, the earlier service's shape: one thread, one blocking restSearch
 //!   per received line.
 //!
@@ -24,17 +25,19 @@
 //! Nothing here asserts on timing: benchmarks report, the smoke test only checks that traffic flowed.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use fortimisp_core::config::{Check, TriggerRule};
 
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
+use crate::harness::{self, ConfigDoc, Daemon, Listen, ServerOptions, Servers};
 use crate::misp::MispEmulator;
 
 /// The address written into templates to find out whether the parser sees the rewritten `srcip`.
@@ -499,8 +502,8 @@ impl LabOptions {
     }
 }
 
-/// Both emulators in this process and the daemon as a child process. Dropping it kills the daemon and removes
-/// its directory.
+/// Both emulators in this process and the daemon as a child process. Dropping it stops the daemon (SIGTERM, then
+/// SIGKILL after 10 s) and removes its directory.
 pub struct Lab {
     pub misp: MispEmulator,
     pub fortigate: Arc<FortiGateEmulator>,
@@ -508,96 +511,50 @@ pub struct Lab {
     pub tcp: SocketAddr,
     pub metrics: SocketAddr,
     pub dir: PathBuf,
-    child: Child,
+    daemon: Daemon,
 }
 
 static LAB_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// How long the daemon may take to serve `/healthz`, and then to load the mirror.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
 impl Lab {
-    /// Starts the emulators (plain HTTP on loopback), writes the config, starts the daemon and waits until it
-    /// serves `/healthz` (and, with a mirror, until the first full sync is in).
+    /// Starts the emulators (plain HTTP on loopback), writes the config (the harness's template with the
+    /// settings of `opts`), starts the daemon and waits until it serves `/healthz` (and, with a mirror, until the
+    /// first full sync is in).
     pub async fn start(opts: &LabOptions) -> Result<Lab> {
-        let misp = MispEmulator::start().await.context("cannot start the MISP emulator")?;
-        if opts.indicators > 0 {
-            misp.add_synthetic(opts.indicators, opts.first_indicator, chrono::Utc::now().timestamp() - 86_400);
-        }
-        let fg_config = EmulatorConfig { table_limit: 1_000_000, ..EmulatorConfig::default() };
-        let fortigate =
-            Arc::new(FortiGateEmulator::start(fg_config).await.context("cannot start the FortiGate emulator")?);
         let dir = std::env::temp_dir().join(format!(
             "fortimisp-loadgen-{}-{}",
             std::process::id(),
             LAB_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let udp = free_addr(true)?;
-        let tcp = free_addr(false)?;
-        let metrics = free_addr(false)?;
-        let config = format!(
-            r#"[misp]
-url = "{misp}"
-api_key = "{misp_key}"
-timeout = "10s"
-sync_interval = "{sync}"
-lookup_cache_ttl = "10m"
-enforce_warninglist = true
-
-[fortigate]
-url = "{fg}"
-api_key = "{fg_key}"
-vdom = "root"
-requests_per_second = {rps}
-timeout = "10s"
-
-[syslog]
-udp = "{udp}"
-tcp = "{tcp}"
-recv_buffer_bytes = {rcvbuf}
-
-[[trigger]]
-type = "traffic"
-check = "src"
-
-[blocking]
-max_blocks_per_minute = {bpm}
-
-[state]
-path = "{state}"
-
-[metrics]
-listen = "{metrics}"
-
-[log]
-level = "{level}"
-"#,
-            misp = misp.url(),
-            misp_key = misp.key(),
-            sync = if opts.mirror { "5m" } else { "0s" },
-            fg = fortigate.url(),
-            fg_key = fortigate.token(),
-            rps = opts.fortigate_rps,
-            rcvbuf = opts.recv_buffer_bytes,
-            bpm = opts.max_blocks_per_minute,
-            state = dir.join("state.db").display(),
-            level = opts.log_level,
-        );
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, config)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))?;
+        let fortigate = EmulatorConfig { table_limit: 1_000_000, ..EmulatorConfig::default() };
+        let servers = Servers::start(ServerOptions { fortigate, ..ServerOptions::default() }, &dir).await?;
+        if opts.indicators > 0 {
+            servers.misp.add_synthetic(opts.indicators, opts.first_indicator, chrono::Utc::now().timestamp() - 86_400);
         }
-        let log = std::fs::File::create(dir.join("daemon.log"))?;
-        let child = Command::new(&opts.daemon)
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .env("NO_COLOR", "1")
-            .spawn()
-            .with_context(|| format!("cannot start {}", opts.daemon.display()))?;
-        let mut lab = Lab { misp, fortigate, udp, tcp, metrics, dir, child };
+        let listen = Listen { housekeeping_metrics: None, ..Listen::free() };
+        let mut config = ConfigDoc::template();
+        config
+            .endpoints(&servers.endpoints(), &listen, &dir.join("state.db"))
+            .timeout(Duration::from_secs(10))
+            .sync_interval(if opts.mirror { Duration::from_secs(300) } else { Duration::ZERO })
+            .enforce_warninglist(true)
+            .requests_per_second(opts.fortigate_rps)
+            .recv_buffer_bytes(opts.recv_buffer_bytes)
+            .max_blocks_per_minute(opts.max_blocks_per_minute)
+            .log_level(&opts.log_level)
+            .triggers(&[TriggerRule { log_type: Some("traffic".into()), check: Check::Src, ..TriggerRule::default() }]);
+        let config_path = dir.join("config.toml");
+        harness::write_private(&config_path, &config.render())?;
+        let args = [OsStr::new("--config"), config_path.as_os_str()];
+        let daemon = Daemon::spawn(&opts.daemon, &args, dir.join("daemon.log"))?;
+        let Servers { fortigate, misp, .. } = servers;
+        let tcp = listen.tcp.expect("Listen::free sets every address");
+        let lab =
+            Lab { misp, fortigate: Arc::new(fortigate), udp: listen.udp, tcp, metrics: listen.metrics, dir, daemon };
         lab.wait_ready(opts).await?;
         // Latency applies to traffic from now on, not to the start-up checks and the first sync.
         lab.misp.set_latency((!opts.misp_latency.is_zero()).then_some(opts.misp_latency));
@@ -607,29 +564,20 @@ level = "{level}"
         Ok(lab)
     }
 
-    async fn wait_ready(&mut self, opts: &LabOptions) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!("the daemon exited ({status}); log:\n{}", self.log_text());
-            }
-            let healthy = http_get(self.metrics, "/healthz").is_ok();
-            let synced = !opts.mirror
-                || Scrape::fetch(self.metrics)
-                    .map(|s| s.get("fortimisp_mirror_indicators") >= opts.indicators as f64)
-                    .unwrap_or(false);
-            if healthy && synced {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the daemon was not ready within 120 s; log:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    async fn wait_ready(&self, opts: &LabOptions) -> Result<()> {
+        self.daemon.wait_healthy(self.metrics, READY_WITHIN).await?;
+        if opts.mirror {
+            let (metrics, indicators) = (self.metrics, opts.indicators as f64);
+            let synced = || async move {
+                Scrape::fetch(metrics).map(|s| s.get("fortimisp_mirror_indicators") >= indicators).unwrap_or(false)
+            };
+            self.daemon.wait_until("the mirror's first full sync", READY_WITHIN, synced).await?;
         }
+        Ok(())
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+        self.daemon.log_text()
     }
 
     /// The daemon's syslog address for `transport`.
@@ -642,21 +590,15 @@ level = "{level}"
 
     /// The daemon's process id (for RSS and CPU figures).
     pub fn daemon_pid(&self) -> u32 {
-        self.child.id()
+        self.daemon.pid()
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.daemon.stop(Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A free loopback port (bound then released).
-fn free_addr(_udp: bool) -> Result<SocketAddr> {
-    Ok(SocketAddr::from(([127, 0, 0, 1], crate::free_port())))
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.

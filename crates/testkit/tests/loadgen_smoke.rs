@@ -6,19 +6,16 @@
 //! package has integration tests of its own, so cargo builds its binary first); `FORTIMISP_BIN_DIR` overrides
 //! where it is looked for, as in the end-to-end tests.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use fortimisp_testkit::harness::Binaries;
 use fortimisp_testkit::loadgen::{self, Corpus, Lab, LabOptions, Pool, RunOptions, SendPlan, Transport};
 
 fn daemon_bin() -> PathBuf {
-    let dir = std::env::var_os("FORTIMISP_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("the test knows its own path");
-        exe.parent().and_then(Path::parent).expect("test executables live in target/<profile>/deps").to_path_buf()
-    });
-    let path = dir.join("integration");
-    assert!(path.exists(), "{} not built: run the tests with `cargo test --workspace`", path.display());
-    path
+    let bins = Binaries::locate().expect("the test knows its own path");
+    bins.require(&["integration"]).unwrap_or_else(|e| panic!("{e:#}; run the tests with `cargo test --workspace`"));
+    bins.path("integration")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

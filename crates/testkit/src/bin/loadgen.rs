@@ -63,7 +63,7 @@ struct Args {
     /// Corpus directory (*.log).
     #[arg(long)]
     corpus: Option<PathBuf>,
-    /// The integration binary [default: next to this executable].
+    /// The integration binary [default: $FORTIMISP_BIN_DIR/integration, else next to this executable].
     #[arg(long)]
     daemon: Option<PathBuf>,
     /// Latency added to every MISP emulator answer.
@@ -128,10 +128,10 @@ async fn main() -> Result<()> {
         return external(&args, &corpus, plan(target));
     }
 
-    let daemon = args.daemon.clone().unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("the process knows its own path");
-        exe.with_file_name("integration")
-    });
+    let daemon = match args.daemon.clone() {
+        Some(daemon) => daemon,
+        None => fortimisp_testkit::harness::Binaries::locate()?.path("integration"),
+    };
     let mut lab_opts = LabOptions::new(daemon);
     lab_opts.misp_latency = args.misp_latency;
     lab_opts.fortigate_latency = args.fortigate_latency;

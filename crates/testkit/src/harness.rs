@@ -1,0 +1,582 @@
+//! The harness: one way to run the real daemons against the emulators, shared by the end-to-end tests
+//! (`tests/lib.rs`, its `Env`), the lab ([`crate::lab`]) and the load generator ([`crate::loadgen`]).
+//!
+//! Pieces, in the order a user needs them:
+//! - [`Servers`]: the FortiGate and MISP emulators on loopback, each over HTTPS with its own throw-away CA (the CA
+//!   certificates are written to the work directory as `fortigate-ca.pem` and `misp-ca.pem`) or over plain HTTP.
+//! - [`Listen`]: free loopback addresses for the daemon's syslog listeners and both metrics servers.
+//! - [`ConfigDoc`]: a config in the production format. The base is [`TEMPLATE`] or a file of the user's (the lab's
+//!   `config/lab.toml`); [`ConfigDoc::endpoints`] writes in the servers' URLs, keys and CA files, the listen
+//!   addresses and the state path, and typed setters change the keys a user varies. Edits keep the document's
+//!   key order, layout and comments, so a rendered template is plain text a test can still read and edit.
+//! - [`Binaries`]: where `integration` and `housekeeping` are.
+//! - [`Daemon`]: one daemon as a child process, its stderr in a log file; waited on until ready (failing early,
+//!   with the log, if it exits), stopped with SIGTERM and a bounded wait ([`crate::child`]); killed when dropped,
+//!   so an error or a panic never leaves one behind.
+//!
+//! Design decision: the daemons are the shipped binaries and the config is the production format, so nothing here
+//! is a second code path. What differs between the users is data (which base document, which overrides), never
+//! how the servers, the config or the daemons are started.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fortimisp_core::config::{Check, TriggerRule};
+use toml_edit::{value, DocumentMut, Item, Table};
+
+use crate::fortigate::{EmulatorConfig, FortiGateEmulator};
+use crate::misp::{MispEmulator, Seed};
+use crate::tls::{server_config, TestCa};
+
+/// File name of the FortiGate emulator's CA certificate in the work directory (`fortigate.ca_file`).
+pub const FORTIGATE_CA: &str = "fortigate-ca.pem";
+/// File name of the MISP emulator's CA certificate in the work directory (`misp.ca_file`).
+pub const MISP_CA: &str = "misp-ca.pem";
+
+// ---- servers ----------------------------------------------------------------------------------------------
+
+/// How to start the emulators.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// HTTPS with a throw-away CA per emulator; plain HTTP otherwise.
+    pub tls: bool,
+    pub fortigate: EmulatorConfig,
+    /// The key MISP accepts; `None`: the emulator's default.
+    pub misp_key: Option<String>,
+    /// Events, attributes and warninglists MISP holds at start.
+    pub misp_seed: Option<Seed>,
+}
+
+/// Both emulators, serving until dropped.
+pub struct Servers {
+    pub fortigate: FortiGateEmulator,
+    pub misp: MispEmulator,
+    /// The FortiGate's CA certificate (HTTPS only).
+    pub fortigate_ca: Option<PathBuf>,
+    /// MISP's CA certificate (HTTPS only).
+    pub misp_ca: Option<PathBuf>,
+}
+
+impl Servers {
+    /// Starts the FortiGate emulator, then MISP, on ephemeral loopback ports; with `tls`, writes their CA
+    /// certificates into `dir` ([`FORTIGATE_CA`], [`MISP_CA`]).
+    pub async fn start(opts: ServerOptions, dir: &Path) -> Result<Servers> {
+        let (fortigate, fortigate_ca) = if opts.tls {
+            let ca = TestCa::new();
+            let path = dir.join(FORTIGATE_CA);
+            ca.write_ca_file(&path).with_context(|| format!("cannot write {}", path.display()))?;
+            let fortigate = FortiGateEmulator::start_tls(opts.fortigate, server_config(&ca.issue_server_cert())).await;
+            (fortigate.context("cannot start the FortiGate emulator")?, Some(path))
+        } else {
+            (FortiGateEmulator::start(opts.fortigate).await.context("cannot start the FortiGate emulator")?, None)
+        };
+        let mut builder = MispEmulator::builder();
+        if opts.tls {
+            builder = builder.tls();
+        }
+        if let Some(key) = opts.misp_key {
+            builder = builder.key(key);
+        }
+        if let Some(seed) = opts.misp_seed {
+            builder = builder.seed(seed);
+        }
+        let misp = builder.start().await.context("cannot start the MISP emulator")?;
+        let misp_ca = match misp.ca_pem() {
+            Some(pem) => {
+                let path = dir.join(MISP_CA);
+                std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        Ok(Servers { fortigate, misp, fortigate_ca, misp_ca })
+    }
+
+    /// What a config needs to know about them ([`ConfigDoc::endpoints`]).
+    pub fn endpoints(&self) -> Endpoints<'_> {
+        Endpoints {
+            fortigate: &self.fortigate,
+            fortigate_ca: self.fortigate_ca.as_deref(),
+            misp: &self.misp,
+            misp_ca: self.misp_ca.as_deref(),
+        }
+    }
+}
+
+/// The running servers as a config names them: URL and key read when the config is written (a test may have
+/// changed the key meanwhile), CA file if they serve HTTPS.
+#[derive(Clone, Copy)]
+pub struct Endpoints<'a> {
+    pub fortigate: &'a FortiGateEmulator,
+    pub fortigate_ca: Option<&'a Path>,
+    pub misp: &'a MispEmulator,
+    pub misp_ca: Option<&'a Path>,
+}
+
+// ---- listen addresses -------------------------------------------------------------------------------------
+
+/// Where the daemons listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    /// `syslog.udp`.
+    pub udp: SocketAddr,
+    /// `syslog.tcp`; `None`: off.
+    pub tcp: Option<SocketAddr>,
+    /// `metrics.listen` (integration).
+    pub metrics: SocketAddr,
+    /// `metrics.housekeeping_listen`; `None`: the key is left out.
+    pub housekeeping_metrics: Option<SocketAddr>,
+}
+
+impl Listen {
+    /// Free loopback ports for all four ([`crate::free_port`]).
+    pub fn free() -> Listen {
+        let port = || SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        Listen { udp: port(), tcp: Some(port()), metrics: port(), housekeeping_metrics: Some(port()) }
+    }
+}
+
+// ---- config -----------------------------------------------------------------------------------------------
+
+/// The base config of the e2e tests and loadgen, in the production format (`config/config.toml`'s keys). The
+/// endpoints are placeholders for [`ConfigDoc::endpoints`]; there is no `[[trigger]]`, each user adds its own.
+/// The e2e tests edit the rendered text by exact lines (`Env::tweak`), so change a line here only together with
+/// the tests that name it.
+pub const TEMPLATE: &str = r#"[misp]
+url = "https://127.0.0.1:1"
+api_key = "placeholder"
+ca_file = "misp-ca.pem"
+timeout = "5s"
+sync_interval = "0s"
+lookup_cache_ttl = "10m"
+feed_update_interval = "12h"
+min_prefix_v4 = 16
+min_prefix_v6 = 48
+
+[fortigate]
+url = "https://127.0.0.1:1"
+api_key = "placeholder"
+ca_file = "fortigate-ca.pem"
+vdom = "root"
+requests_per_second = 200
+timeout = "5s"
+
+[syslog]
+udp = "127.0.0.1:1"
+tcp = "127.0.0.1:1"
+allowed_senders = []
+
+[blocking]
+never_block = ["198.51.100.250"]
+dry_run = false
+max_blocks_per_minute = 600
+
+[housekeeping]
+max_age = "90d"
+interval = "1h"
+unblock_revoked = true
+adopt_legacy = false
+max_unblock_fraction = 0.5
+
+[state]
+path = "state.db"
+
+[metrics]
+listen = "127.0.0.1:1"
+housekeeping_listen = "127.0.0.1:1"
+
+[log]
+level = "info,fortimisp_core=debug"
+"#;
+
+/// A config document: a base (the [`TEMPLATE`] or a user's file) and the harness's edits to it.
+#[derive(Debug, Clone)]
+pub struct ConfigDoc {
+    doc: DocumentMut,
+}
+
+impl ConfigDoc {
+    /// The [`TEMPLATE`].
+    pub fn template() -> ConfigDoc {
+        ConfigDoc::parse(TEMPLATE).expect("invariant: the template is valid TOML")
+    }
+
+    /// A user's config text (TOML; the daemons validate it when they load it).
+    pub fn parse(text: &str) -> Result<ConfigDoc> {
+        Ok(ConfigDoc { doc: text.parse::<DocumentMut>().context("not a TOML document")? })
+    }
+
+    /// Writes in what the harness decides: both servers' URL, key and CA file (`ca_file` removed for plain HTTP),
+    /// the listen addresses (`syslog.tls` turned off where the base sets it: the harness has no certificate for
+    /// it) and `state.path`. Everything else is left as the base has it.
+    pub fn endpoints(&mut self, servers: &Endpoints<'_>, listen: &Listen, state: &Path) -> &mut Self {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let misp = self.section("misp");
+        misp["url"] = value(servers.misp.url());
+        misp["api_key"] = value(servers.misp.key());
+        match servers.misp_ca {
+            Some(ca) => misp["ca_file"] = value(path(ca)),
+            None => drop(misp.remove("ca_file")),
+        }
+        let fortigate = self.section("fortigate");
+        fortigate["url"] = value(servers.fortigate.url());
+        fortigate["api_key"] = value(servers.fortigate.token());
+        match servers.fortigate_ca {
+            Some(ca) => fortigate["ca_file"] = value(path(ca)),
+            None => drop(fortigate.remove("ca_file")),
+        }
+        let syslog = self.section("syslog");
+        syslog["udp"] = value(listen.udp.to_string());
+        syslog["tcp"] = value(listen.tcp.map(|a| a.to_string()).unwrap_or_default());
+        if syslog.contains_key("tls") {
+            syslog["tls"] = value("");
+        }
+        let metrics = self.section("metrics");
+        metrics["listen"] = value(listen.metrics.to_string());
+        match listen.housekeeping_metrics {
+            Some(addr) => metrics["housekeeping_listen"] = value(addr.to_string()),
+            None => drop(metrics.remove("housekeeping_listen")),
+        }
+        self.section("state")["path"] = value(path(state));
+        self
+    }
+
+    /// `misp.timeout` and `fortigate.timeout`.
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.section("misp")["timeout"] = value(duration(timeout));
+        self.section("fortigate")["timeout"] = value(duration(timeout));
+        self
+    }
+
+    /// `misp.sync_interval` (zero: no mirror, on-demand lookups only).
+    pub fn sync_interval(&mut self, interval: Duration) -> &mut Self {
+        self.section("misp")["sync_interval"] = value(duration(interval));
+        self
+    }
+
+    /// `misp.enforce_warninglist`.
+    pub fn enforce_warninglist(&mut self, on: bool) -> &mut Self {
+        self.section("misp")["enforce_warninglist"] = value(on);
+        self
+    }
+
+    /// `fortigate.requests_per_second`.
+    pub fn requests_per_second(&mut self, n: u32) -> &mut Self {
+        self.section("fortigate")["requests_per_second"] = value(i64::from(n));
+        self
+    }
+
+    /// `syslog.recv_buffer_bytes`.
+    pub fn recv_buffer_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.section("syslog")["recv_buffer_bytes"] = value(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self
+    }
+
+    /// `blocking.max_blocks_per_minute`.
+    pub fn max_blocks_per_minute(&mut self, n: u32) -> &mut Self {
+        self.section("blocking")["max_blocks_per_minute"] = value(i64::from(n));
+        self
+    }
+
+    /// `log.level`.
+    pub fn log_level(&mut self, level: &str) -> &mut Self {
+        self.section("log")["level"] = value(level);
+        self
+    }
+
+    /// Replaces every `[[trigger]]` with `rules`.
+    pub fn triggers(&mut self, rules: &[TriggerRule]) -> &mut Self {
+        let mut tables = toml_edit::ArrayOfTables::new();
+        for rule in rules {
+            let mut t = Table::new();
+            if let Some(id) = rule.policy_id {
+                t["policy_id"] = value(i64::try_from(id).unwrap_or(i64::MAX));
+            }
+            for (key, v) in [
+                ("action", &rule.action),
+                ("type", &rule.log_type),
+                ("subtype", &rule.subtype),
+                ("srcintf", &rule.srcintf),
+            ] {
+                if let Some(v) = v {
+                    t[key] = value(v.as_str());
+                }
+            }
+            t["check"] = value(match rule.check {
+                Check::Src => "src",
+                Check::Dst => "dst",
+                Check::Both => "both",
+            });
+            tables.push(t);
+        }
+        self.doc.remove("trigger");
+        self.doc.insert("trigger", Item::ArrayOfTables(tables));
+        self
+    }
+
+    /// The document as TOML text.
+    pub fn render(&self) -> String {
+        self.doc.to_string()
+    }
+
+    /// A top-level table, created (at the end) when the base lacks it.
+    fn section(&mut self, name: &str) -> &mut Table {
+        self.doc
+            .entry(name)
+            .or_insert_with(|| Item::Table(Table::new()))
+            .as_table_mut()
+            .unwrap_or_else(|| panic!("[{name}] of the config is a table"))
+    }
+}
+
+/// A duration as the config writes it (`"10s"`, `"5m"`, `"0s"`).
+fn duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".into()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+/// Writes a config readable by its owner only (mode 0600), as the daemons expect of a file holding keys.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+    }
+    Ok(())
+}
+
+// ---- binaries ---------------------------------------------------------------------------------------------
+
+/// The directory holding the daemon binaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    pub fn new(dir: impl Into<PathBuf>) -> Binaries {
+        Binaries { dir: dir.into() }
+    }
+
+    /// `$FORTIMISP_BIN_DIR`, else the directory of the running executable, or the one above it for a test
+    /// executable (`target/<profile>/deps`): where cargo puts the daemons of the same build.
+    pub fn locate() -> Result<Binaries> {
+        if let Some(dir) = std::env::var_os("FORTIMISP_BIN_DIR") {
+            return Ok(Binaries::new(dir));
+        }
+        let exe = std::env::current_exe().context("cannot find the running executable")?;
+        let mut dir = exe.parent().context("the running executable has no directory")?;
+        if dir.file_name() == Some(OsStr::new("deps")) {
+            dir = dir.parent().context("deps/ has no parent")?;
+        }
+        Ok(Binaries::new(dir))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Fails, saying how to build them, unless every binary of `names` is there.
+    pub fn require(&self, names: &[&str]) -> Result<()> {
+        for name in names {
+            if !self.path(name).is_file() {
+                bail!(
+                    "{name} not found in {}: build it (`cargo build -p {name}`), or set FORTIMISP_BIN_DIR",
+                    self.dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A command for `name` as the harness runs every binary: no stdin, `NO_COLOR` (logs are read as text).
+    pub fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.path(name));
+        cmd.stdin(Stdio::null()).env("NO_COLOR", "1");
+        cmd
+    }
+}
+
+// ---- daemons ----------------------------------------------------------------------------------------------
+
+/// How often readiness is polled.
+const POLL: Duration = Duration::from_millis(50);
+/// How many lines of the log an error quotes.
+const LOG_TAIL: usize = 30;
+
+/// A daemon child process, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    /// The binary's file name, for messages.
+    pub name: String,
+    /// Its stderr (the daemons log there).
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `binary ARGS...` with stdout discarded and stderr written to `log` (created or truncated).
+    pub fn spawn<S: AsRef<OsStr>>(binary: &Path, args: &[S], log: PathBuf) -> Result<Daemon> {
+        let file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .env("NO_COLOR", "1")
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let name = binary.file_name().map_or_else(|| "daemon".into(), |n| n.to_string_lossy().into_owned());
+        Ok(Daemon { child, name, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+    }
+
+    /// Whether the process has exited, without collecting its status ([`crate::child::has_exited`]).
+    pub fn has_exited(&self) -> bool {
+        crate::child::has_exited(&self.child)
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Polls `check` until it is true, for `timeout` at most; fails early, quoting the log, if the daemon exits.
+    pub async fn wait_until<F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check().await {
+                return Ok(());
+            }
+            if self.has_exited() {
+                bail!("{} exited while waiting for {what}; its log:\n{}", self.name, self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}; {} log:\n{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until `/healthz` on `metrics` answers 200 (the daemon has started), for `timeout` at most.
+    pub async fn wait_healthy(&self, metrics: SocketAddr, timeout: Duration) -> Result<()> {
+        let client = reqwest::Client::new();
+        let url = format!("http://{metrics}/healthz");
+        let what = format!("{} to serve {url}", self.name);
+        self.wait_until(&what, timeout, || async {
+            client.get(&url).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await
+    }
+
+    /// SIGTERM, as `docker stop` and systemd send it.
+    pub fn sigterm(&self) {
+        crate::child::sigterm(&self.child);
+    }
+
+    /// Waits for the exit, `timeout` at most: the status, or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        crate::child::wait_timeout(&mut self.child, timeout)
+    }
+
+    /// SIGTERM, then waits for the exit, `timeout` at most (the contract promises 10 s). `None`: still running
+    /// (it is killed when dropped).
+    pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One scrape of a daemon's `/metrics` as text (empty when it does not answer).
+pub async fn metrics_text(metrics: SocketAddr) -> String {
+    match reqwest::get(format!("http://{metrics}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fortimisp_core::config::RawConfig;
+
+    /// A document with the endpoints and every typed override written in parses as a config, and the edits land
+    /// where the daemons read them.
+    #[tokio::test]
+    async fn the_template_with_overrides_is_a_valid_config() {
+        let dir = std::env::temp_dir().join(format!("fortimisp-harness-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for tls in [true, false] {
+            let servers = Servers::start(ServerOptions { tls, ..ServerOptions::default() }, &dir).await.unwrap();
+            let listen = Listen { tcp: None, housekeeping_metrics: None, ..Listen::free() };
+            let mut doc = ConfigDoc::template();
+            doc.endpoints(&servers.endpoints(), &listen, &dir.join("state.db"))
+                .timeout(Duration::from_secs(10))
+                .sync_interval(Duration::from_secs(300))
+                .enforce_warninglist(true)
+                .requests_per_second(7)
+                .recv_buffer_bytes(1 << 20)
+                .max_blocks_per_minute(9)
+                .log_level("warn")
+                .triggers(&[TriggerRule { log_type: Some("traffic".into()), ..TriggerRule::default() }]);
+            let text = doc.render();
+            let raw = RawConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let config = raw.validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(config.misp.url.as_str().trim_end_matches('/'), servers.misp.url());
+            assert_eq!(config.fortigate.requests_per_second, 7.0);
+            assert_eq!(config.misp.sync_interval, Some(Duration::from_secs(300)));
+            assert_eq!(config.syslog.udp, Some(listen.udp));
+            assert_eq!(config.syslog.tcp, None);
+            assert_eq!(config.trigger.len(), 1);
+            assert_eq!(text.contains("ca_file"), tls, "{text}");
+            assert!(!text.contains("housekeeping_listen"), "{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn durations_are_written_as_the_config_reads_them() {
+        assert_eq!(duration(Duration::ZERO), "0s");
+        assert_eq!(duration(Duration::from_secs(10)), "10s");
+        assert_eq!(duration(Duration::from_secs(300)), "5m");
+    }
+}
