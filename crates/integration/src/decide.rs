@@ -192,8 +192,8 @@ impl<L: Lookup> Decider<L> {
         output: mpsc::Sender<BlockRequest>,
         shutdown: CancellationToken,
     ) {
-        // A task gives its permit back before it sends its answer, so at most `max_concurrent_lookups` tasks hold a
-        // permit and a few more may be sending: the channel has room for all of them.
+        // A task gives its permit back before it sends its answer, and answers are taken before new candidates
+        // (`biased`): at most `max_concurrent_lookups` tasks hold a permit, and one waiting to send holds none.
         let (answers_tx, mut answers) = mpsc::channel::<BatchAnswer>(self.settings.max_concurrent_lookups.max(1) * 2);
         let mut in_flight = 0usize;
         loop {
