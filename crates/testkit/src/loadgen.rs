@@ -531,6 +531,14 @@ impl Watcher {
     }
 }
 
+/// `a - b` in seconds, negative when `a` is earlier.
+fn signed_secs(a: Instant, b: Instant) -> f64 {
+    match a.checked_duration_since(b) {
+        Some(d) => d.as_secs_f64(),
+        None => -b.duration_since(a).as_secs_f64(),
+    }
+}
+
 /// Samples a process's RSS every 50 ms and keeps the highest.
 struct RssSampler {
     stop: Arc<AtomicBool>,
@@ -963,12 +971,13 @@ pub struct Report {
 /// What a [`Flood`] run adds to the report.
 #[derive(Debug, Clone, Default)]
 pub struct FloodReport {
-    /// From the last line sent to the last indicator blocked; `None` when not every indicator sent was blocked
-    /// within the settle time.
-    pub last_block_after_end: Option<Duration>,
+    /// Seconds from the last line sent to the last indicator blocked (negative: before the end of the flood);
+    /// `None` when not every indicator sent was blocked within the settle time.
+    pub last_block_after_end: Option<f64>,
     /// Addresses the daemon shed from its lookup queue (`fortimisp_lookups_shed_total`; 0 where it has none).
     pub shed: u64,
-    /// Daemon RSS before the first line, highest while sampled every 50 ms until the report, and at the report.
+    /// Daemon RSS before the first line, highest until the report (sampled every 50 ms, and VmHWM), and at the
+    /// report.
     pub rss_start_kib: u64,
     pub rss_peak_kib: u64,
     pub rss_end_kib: u64,
@@ -1008,7 +1017,7 @@ impl Report {
             "daemon_rss_mib": self.daemon_rss_kib as f64 / 1024.0, "daemon_hwm_mib": self.daemon_hwm_kib as f64 / 1024.0,
             "daemon_cpu_cores": self.daemon_cpu,
             "flood": self.flood.as_ref().map(|f| serde_json::json!({
-                "last_block_after_end_s": f.last_block_after_end.map(|d| d.as_secs_f64()),
+                "last_block_after_end_s": f.last_block_after_end,
                 "shed": f.shed,
                 "rss_start_mib": f.rss_start_kib as f64 / 1024.0,
                 "rss_peak_mib": f.rss_peak_kib as f64 / 1024.0,
@@ -1087,7 +1096,7 @@ impl std::fmt::Display for Report {
         if let Some(flood) = &self.flood {
             let last = flood.last_block_after_end.map_or_else(
                 || format!("not all blocked ({} of {})", self.blocked_indicators, self.distinct_indicators),
-                |d| format!("{:.2} s", d.as_secs_f64()),
+                |s| format!("{s:.2} s"),
             );
             let mib = |kib: u64| kib as f64 / 1024.0;
             writeln!(
@@ -1157,11 +1166,12 @@ pub async fn run_daemon(lab: &Lab, corpus: &Corpus, opts: &RunOptions) -> Result
     let (rss, hwm) = rss_kib(pid);
     let flood = plan.flood.map(|_| FloodReport {
         last_block_after_end: (blocked_at.len() as u64 >= sent.distinct_indicators)
-            .then(|| blocked_at.values().max().map(|at| at.saturating_duration_since(send_done)))
+            .then(|| blocked_at.values().max().map(|&at| signed_secs(at, send_done)))
             .flatten(),
         shed: delta("fortimisp_lookups_shed_total"),
         rss_start_kib: rss_start,
-        rss_peak_kib: rss_peak.max(rss),
+        // VmHWM as well: a peak between two samples is not missed (the start-up before it is lower).
+        rss_peak_kib: rss_peak.max(hwm),
         rss_end_kib: rss,
     });
     Ok(Report {
