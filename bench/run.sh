@@ -5,6 +5,7 @@
 #   bench/run.sh ingest     # only the loadgen part (rate ladder, 60 s at R and 2R, naive baseline)
 #   bench/run.sh core       # only the criterion / memory / full-sync benches
 #   bench/run.sh parser     # only the parser: criterion, CPU-time passes, and the CPython baseline
+#   bench/run.sh flood      # only the scan flood (BASE_DAEMON=path/to/integration also runs that binary first)
 #
 # Environment: RATES (ladder, lines/s), LADDER_SECS (per step), SECS (the long runs), LATENCY (both emulators).
 # Raises net.core.rmem_max (root) so the daemon gets the 8 MiB UDP receive buffer it asks for.
@@ -67,4 +68,18 @@ if [ "$what" = all ] || [ "$what" = ingest ]; then
   "$LG" --rate "$((2 * best))" --duration "${SECS}s" "${common[@]}" | tee "$OUT/rate_2r.txt"
   echo "== as fast as possible, 10 s (sender bound)"
   "$LG" --rate 0 --duration 10s "${common[@]}" | tee "$OUT/rate_max.txt"
+fi
+
+if [ "$what" = all ] || [ "$what" = flood ]; then
+  cargo build --release -p integration -p fortimisp-testkit --bins
+  LG="target/release/loadgen"
+  # 200 000 new sources at 20 000 lines/s, 50 indicators among them sent 3 times 2 s apart, MISP at 1 s, no mirror.
+  flood=(--flood-indicators 50 --flood-repeats 3 --flood-gap 2s --rate 20000 --duration 10s --misp-latency 1s
+         --max-blocks-per-minute 6000 --fortigate-rps 200 --json)
+  if [ -n "${BASE_DAEMON:-}" ]; then
+    echo "== scan flood, $BASE_DAEMON"; uptime
+    "$LG" "${flood[@]}" --daemon "$BASE_DAEMON" --settle 300s | tee "$OUT/flood_base.txt"
+  fi
+  echo "== scan flood"; uptime
+  "$LG" "${flood[@]}" --settle 60s | tee "$OUT/flood.txt"
 fi

@@ -91,7 +91,8 @@ pub struct Metrics {
     pub untriggered: Counter,
     /// Candidate addresses by what happened to them (`never_block`, `recent` (handed over within the last second),
     /// `known_blocked`, `known_clean`, `in_flight`, `mirror` (answered by the local mirror), `queued` (for an
-    /// on-demand MISP lookup), `queue_full`, `evicted`).
+    /// on-demand MISP lookup), `repeated` (seen again while waiting for its lookup: moved ahead of first
+    /// sightings), `waiting` (seen again after that), `queue_full`, `evicted`).
     pub candidates: Family<Outcome, Counter>,
     // Decision.
     /// Lookups by source and result (`mirror_hit`, `mirror_miss`, `cache_hit`, `cache_miss`, `misp_hit`,
@@ -99,6 +100,12 @@ pub struct Metrics {
     pub lookups: Family<Outcome, Counter>,
     /// MISP restSearch requests sent for on-demand lookups.
     pub misp_lookup_requests: Counter,
+    /// Addresses waiting for an on-demand MISP lookup (bounded by the decision stage's `max_waiting`).
+    pub lookup_waiting: Gauge,
+    /// Addresses shed from a full on-demand lookup queue, unanswered; each is asked again on its next line.
+    pub lookups_shed: Counter,
+    /// Addresses the decision stage holds state for (bounded by its `max_tracked`).
+    pub decide_tracked: Gauge,
     /// Indicators in the local mirror.
     pub mirror_indicators: Gauge,
     /// Unix time of the last successful mirror sync.
@@ -157,6 +164,9 @@ impl Metrics {
             candidates: Family::default(),
             lookups: Family::default(),
             misp_lookup_requests: Counter::default(),
+            lookup_waiting: Gauge::default(),
+            lookups_shed: Counter::default(),
+            decide_tracked: Gauge::default(),
             mirror_indicators: Gauge::default(),
             mirror_last_sync: Gauge::default(),
             mirror_syncs: Family::default(),
@@ -190,6 +200,13 @@ impl Metrics {
             "MISP restSearch requests for on-demand lookups",
             m.misp_lookup_requests.clone(),
         );
+        r.register("lookup_waiting", "Addresses waiting for an on-demand MISP lookup", m.lookup_waiting.clone());
+        r.register(
+            "lookups_shed",
+            "Addresses shed from a full on-demand lookup queue, asked again on their next line",
+            m.lookups_shed.clone(),
+        );
+        r.register("decide_tracked", "Addresses the decision stage holds state for", m.decide_tracked.clone());
         r.register("mirror_indicators", "Indicators in the local mirror", m.mirror_indicators.clone());
         r.register(
             "mirror_last_sync_timestamp_seconds",

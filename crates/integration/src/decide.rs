@@ -7,17 +7,28 @@
 //! 1. Dedup: an address already blocked, being blocked, being looked up, or recently found clean is dropped here
 //!    and costs no lookup and no API call ([`IpState`]).
 //! 2. Local mirror: when the mirror has completed a sync it answers hits and misses itself.
-//! 3. Otherwise an on-demand MISP lookup: addresses are batched (up to `batch_size`, or after `linger`), one
-//!    request in flight per address, answers (hits and misses) cached for `lookup_cache_ttl`.
+//! 3. Otherwise an on-demand MISP lookup: the address waits in [`Waiting`] until a batch is sent, one request in
+//!    flight per address, answers (hits and misses) cached for `lookup_cache_ttl`.
 //!
 //! Design decision: the state lives in this one task, not behind a lock; lookups run in spawned tasks that report
 //! back on a channel. Single ownership gives single-flight per address for free and keeps the hot path lock-free
 //! but for the read lock on the mirror.
 //!
+//! Under a backlog (no mirror yet, or `sync_interval = "0s"`, and more new addresses than MISP answers):
+//! - A lookup task is spawned only once it holds one of the `max_concurrent_lookups` permits; the addresses wait
+//!   here, not in tasks queued on a semaphore.
+//! - A batch takes everything waiting, up to `max_batch` (one restSearch), so batches grow with the backlog. Below
+//!   `batch_size` waiting, a batch lingers for `linger` to gather company.
+//! - An address seen again while it waits goes ahead of every first sighting: a scan sends each source once, an
+//!   attacker keeps coming back.
+//! - At most `max_waiting` addresses wait. Beyond that the oldest first sightings are shed (counted in
+//!   `fortimisp_lookups_shed_total`) and forgotten, not cached: a shed address is asked again on its next line.
+//!
 //! Memory is bounded: the state map holds at most `max_tracked` addresses; beyond that, expired and then clean
-//! entries are evicted (counted), never pending ones.
+//! entries are evicted (counted), never pending ones, and a new address that still finds no room is shed. Only a
+//! block decided by the mirror is recorded regardless, so that no block is lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -25,7 +36,8 @@ use std::time::Duration;
 
 use fortimisp_core::indicators::{Hit, IndicatorSet};
 use fortimisp_core::metrics::Metrics;
-use tokio::sync::{mpsc, Semaphore};
+use fortimisp_core::misp;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -51,19 +63,31 @@ pub struct BlockRequest {
     pub note: Option<String>,
 }
 
+/// Why an on-demand lookup has no answer. Nothing is cached from it: the addresses are asked again on their next
+/// line.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// MISP did not answer the restSearch, after the client's retries.
+    #[error("misp lookup failed: {0}")]
+    Misp(#[from] misp::Error),
+}
+
 /// An on-demand lookup of many addresses at once. Returns the hits; an address not returned is clean.
 pub trait Lookup: Send + Sync + 'static {
-    fn lookup(&self, ips: Vec<IpAddr>) -> impl Future<Output = Result<Vec<(IpAddr, Hit)>, String>> + Send;
+    fn lookup(&self, ips: Vec<IpAddr>) -> impl Future<Output = Result<Vec<(IpAddr, Hit)>, LookupError>> + Send;
 }
 
 /// The mirror shared with the sync task: `None` until the first full sync has completed.
 pub type SharedMirror = Arc<RwLock<Option<IndicatorSet>>>;
 
 /// What the decision stage knows about one address.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IpState {
     /// Blocked (or its block is queued); rechecked after `until` so a block housekeeping removed can return.
     Blocked { until: Instant },
+    /// Waiting in [`Waiting`] for a lookup since its first line was received. `repeated`: a later line came
+    /// meanwhile, so it waits in the queue that goes first.
+    Waiting { since: Instant, repeated: bool },
     /// A lookup for it is in flight; further lines for it wait for that answer.
     InFlight,
     /// MISP does not list it (or not as blocking), as of `until - ttl`.
@@ -74,13 +98,18 @@ enum IpState {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub cache_ttl: Duration,
-    /// Addresses per on-demand MISP request.
+    /// Addresses waiting that make a batch worth sending at once; fewer wait up to `linger` for company.
     pub batch_size: usize,
+    /// Addresses per on-demand MISP request at most: under a backlog a batch takes this many (one restSearch).
+    pub max_batch: usize,
     /// How long a partial batch waits for company before it is sent.
     pub linger: Duration,
-    /// On-demand requests in flight at once.
+    /// On-demand requests in flight at once (permits; a lookup task is spawned holding one).
     pub max_concurrent_lookups: usize,
-    /// Addresses tracked at most (memory bound).
+    /// Addresses waiting for a lookup at most. When full, the oldest first sighting is shed for a new one.
+    pub max_waiting: usize,
+    /// Addresses tracked at most (memory bound). Must exceed `max_waiting` plus the addresses in flight
+    /// (`max_concurrent_lookups × max_batch`), which are never evicted.
     pub max_tracked: usize,
 }
 
@@ -89,8 +118,11 @@ impl Default for Settings {
         Settings {
             cache_ttl: Duration::from_secs(600),
             batch_size: 200,
+            max_batch: misp::client::MAX_VALUES_PER_SEARCH,
             linger: Duration::from_millis(20),
             max_concurrent_lookups: 4,
+            // 5 s of a 20 000 new sources a second scan; about 10 MiB with the state entries.
+            max_waiting: 100_000,
             max_tracked: 1_000_000,
         }
     }
@@ -98,8 +130,21 @@ impl Default for Settings {
 
 /// Answer of one on-demand batch, sent back to the decision task.
 struct BatchAnswer {
-    batch: Vec<(IpAddr, Candidate)>,
-    result: Result<Vec<(IpAddr, Hit)>, String>,
+    batch: Vec<Candidate>,
+    result: Result<Vec<(IpAddr, Hit)>, LookupError>,
+}
+
+/// Addresses waiting for an on-demand lookup, in two queues. An entry is current while the address's state is
+/// `Waiting` with the matching `repeated`; entries left behind by a move to `repeated` are skipped when reached
+/// (and dropped when `first` outgrows twice the bound).
+#[derive(Default)]
+struct Waiting {
+    /// First sightings, oldest first: sent in this order, and shed from the front when full.
+    first: VecDeque<Candidate>,
+    /// Addresses seen again while they waited: sent before any first sighting, never shed for a new address.
+    repeated: VecDeque<Candidate>,
+    /// Distinct addresses waiting (current entries of both queues).
+    len: usize,
 }
 
 /// The decision task. Build with [`Decider::new`], then [`Decider::run`].
@@ -109,8 +154,9 @@ pub struct Decider<L: Lookup> {
     lookup: Arc<L>,
     metrics: Arc<Metrics>,
     state: HashMap<IpAddr, IpState>,
-    batch: Vec<(IpAddr, Candidate)>,
-    batch_started: Option<Instant>,
+    waiting: Waiting,
+    /// When the waiting queue last went from empty to not empty (start of the linger).
+    waiting_since: Option<Instant>,
     permits: Arc<Semaphore>,
 }
 
@@ -123,8 +169,8 @@ impl<L: Lookup> Decider<L> {
             lookup,
             metrics,
             state: HashMap::new(),
-            batch: Vec::new(),
-            batch_started: None,
+            waiting: Waiting::default(),
+            waiting_since: None,
             permits,
         }
     }
@@ -137,18 +183,21 @@ impl<L: Lookup> Decider<L> {
         }
     }
 
-    /// Runs until `input` is closed or `shutdown` fires; then flushes what it holds and returns.
+    /// Runs until `input` is closed or `shutdown` fires; then sends one more round of batches (as many as there are
+    /// free permits), waits for every lookup in flight and returns. Addresses still waiting then are dropped: they
+    /// are asked again on their next line.
     pub async fn run(
         mut self,
         mut input: mpsc::Receiver<Candidate>,
         output: mpsc::Sender<BlockRequest>,
         shutdown: CancellationToken,
     ) {
-        // Answers come back from at most `max_concurrent_lookups` tasks: bounded by the semaphore.
+        // A task gives its permit back before it sends its answer, and answers are taken before new candidates
+        // (`biased`): at most `max_concurrent_lookups` tasks hold a permit, and one waiting to send holds none.
         let (answers_tx, mut answers) = mpsc::channel::<BatchAnswer>(self.settings.max_concurrent_lookups.max(1) * 2);
         let mut in_flight = 0usize;
         loop {
-            let linger_deadline = self.batch_started.map(|t| t + self.settings.linger);
+            let linger_deadline = self.linger_deadline();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -161,20 +210,23 @@ impl<L: Lookup> Decider<L> {
                         self.metrics.queue_depth.get_or_create(&fortimisp_core::metrics::Stage { stage: "decide" })
                             .set(input.len() as i64);
                         self.on_candidate(c, &output).await;
-                        if self.batch.len() >= self.settings.batch_size {
-                            in_flight += self.flush(&answers_tx);
-                        }
                     }
                     None => break,
                 },
-                _ = sleep_until_opt(linger_deadline) => {
-                    in_flight += self.flush(&answers_tx);
-                }
+                _ = sleep_until_opt(linger_deadline) => {}
             }
+            in_flight += self.dispatch(&answers_tx, false);
+            self.report();
         }
-        // Drain: send what is batched and wait (bounded by the caller's shutdown timeout) for the answers, so a
-        // hit found during shutdown still reaches the blocker (which journals it).
-        in_flight += self.flush(&answers_tx);
+        // Drain: send what the free permits allow and wait (bounded by the caller's shutdown timeout) for the
+        // answers, so a hit found during shutdown still reaches the blocker (which journals it).
+        in_flight += self.dispatch(&answers_tx, true);
+        if self.waiting.len > 0 {
+            debug!(
+                message = "Addresses still waiting for a lookup at shutdown are dropped.",
+                addresses = self.waiting.len
+            );
+        }
         drop(answers_tx);
         while in_flight > 0 {
             match answers.recv().await {
@@ -185,12 +237,27 @@ impl<L: Lookup> Decider<L> {
                 None => break,
             }
         }
+        self.report();
+    }
+
+    /// When the linger of a partial batch ends, if a permit is free to send it then (no timer otherwise: the
+    /// answer that frees a permit wakes the task).
+    fn linger_deadline(&self) -> Option<Instant> {
+        if self.waiting.len == 0 || self.permits.available_permits() == 0 {
+            return None;
+        }
+        self.waiting_since.map(|t| t + self.settings.linger)
+    }
+
+    fn report(&self) {
+        self.metrics.lookup_waiting.set(self.waiting.len as i64);
+        self.metrics.decide_tracked.set(self.state.len() as i64);
     }
 
     async fn on_candidate(&mut self, c: Candidate, output: &mpsc::Sender<BlockRequest>) {
         let now = Instant::now();
-        match self.state.get(&c.ip) {
-            Some(IpState::Blocked { until }) if *until > now => {
+        match self.state.get(&c.ip).copied() {
+            Some(IpState::Blocked { until }) if until > now => {
                 Metrics::inc(&self.metrics.candidates, "known_blocked");
                 return;
             }
@@ -198,7 +265,17 @@ impl<L: Lookup> Decider<L> {
                 Metrics::inc(&self.metrics.candidates, "in_flight");
                 return;
             }
-            Some(IpState::Clean { until }) if *until > now => {
+            Some(IpState::Waiting { since, repeated: false }) => {
+                Metrics::inc(&self.metrics.candidates, "repeated");
+                self.state.insert(c.ip, IpState::Waiting { since, repeated: true });
+                self.waiting.repeated.push_back(Candidate { received: since, ..c });
+                return;
+            }
+            Some(IpState::Waiting { repeated: true, .. }) => {
+                Metrics::inc(&self.metrics.candidates, "waiting");
+                return;
+            }
+            Some(IpState::Clean { until }) if until > now => {
                 Metrics::inc(&self.metrics.candidates, "known_clean");
                 Metrics::inc(&self.metrics.lookups, "cache_hit");
                 return;
@@ -226,13 +303,72 @@ impl<L: Lookup> Decider<L> {
             None => {
                 Metrics::inc(&self.metrics.lookups, "cache_miss");
                 Metrics::inc(&self.metrics.candidates, "queued");
-                self.track(c.ip, IpState::InFlight);
-                if self.batch.is_empty() {
-                    self.batch_started = Some(now);
-                }
-                self.batch.push((c.ip, c));
+                self.enqueue(c, now);
             }
         }
+    }
+
+    /// Puts a first sighting in the waiting queue, shedding the oldest first sighting when the queue is full, or
+    /// this one when there is none to shed or no room to track it.
+    fn enqueue(&mut self, c: Candidate, now: Instant) {
+        // An expired entry of this address is replaced, not added.
+        self.state.remove(&c.ip);
+        if self.waiting.len >= self.settings.max_waiting && !self.shed_oldest_first() {
+            self.metrics.lookups_shed.inc();
+            return;
+        }
+        if self.state.len() >= self.settings.max_tracked {
+            self.evict();
+            if self.state.len() >= self.settings.max_tracked {
+                self.metrics.lookups_shed.inc();
+                return;
+            }
+        }
+        self.state.insert(c.ip, IpState::Waiting { since: c.received, repeated: false });
+        self.waiting.first.push_back(c);
+        self.waiting.len += 1;
+        if self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
+        if self.waiting.first.len() > 2 * self.settings.max_waiting.max(1) {
+            let state = &self.state;
+            self.waiting.first.retain(|c| matches!(state.get(&c.ip), Some(IpState::Waiting { repeated: false, .. })));
+        }
+    }
+
+    /// Sheds the oldest address waiting on its first sighting. Returns false when there is none.
+    fn shed_oldest_first(&mut self) -> bool {
+        while let Some(c) = self.waiting.first.pop_front() {
+            if matches!(self.state.get(&c.ip), Some(IpState::Waiting { repeated: false, .. })) {
+                self.state.remove(&c.ip);
+                self.waiting.len -= 1;
+                self.metrics.lookups_shed.inc();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes up to `n` waiting addresses, repeated ones first, and marks them in flight.
+    fn take_batch(&mut self, n: usize) -> Vec<Candidate> {
+        let mut batch = Vec::with_capacity(n.min(self.waiting.len));
+        for repeated in [true, false] {
+            let queue = if repeated { &mut self.waiting.repeated } else { &mut self.waiting.first };
+            while batch.len() < n {
+                let Some(c) = queue.pop_front() else { break };
+                if let Some(s) = self.state.get_mut(&c.ip) {
+                    if matches!(s, IpState::Waiting { repeated: r, .. } if *r == repeated) {
+                        *s = IpState::InFlight;
+                        batch.push(c);
+                    }
+                }
+            }
+        }
+        self.waiting.len -= batch.len();
+        if self.waiting.len == 0 {
+            self.waiting_since = None;
+        }
+        batch
     }
 
     async fn decide_block(&mut self, c: Candidate, hit: Hit, output: &mpsc::Sender<BlockRequest>) {
@@ -243,28 +379,39 @@ impl<L: Lookup> Decider<L> {
         }
     }
 
-    /// Sends the current batch to MISP in a task of its own. Returns how many tasks were started (0 or 1).
-    fn flush(&mut self, answers: &mpsc::Sender<BatchAnswer>) -> usize {
-        self.batch_started = None;
-        if self.batch.is_empty() {
-            return 0;
+    /// Sends batches while a permit is free and a batch is due (full enough, lingered long enough, or `force`).
+    /// Each task is spawned holding its permit. Returns how many tasks were started.
+    fn dispatch(&mut self, answers: &mpsc::Sender<BatchAnswer>, force: bool) -> usize {
+        let mut started = 0;
+        while self.waiting.len > 0 {
+            let lingered = self.waiting_since.is_some_and(|t| Instant::now() >= t + self.settings.linger);
+            if !(force || lingered || self.waiting.len >= self.settings.batch_size) {
+                break;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else { break };
+            let batch = self.take_batch(self.settings.max_batch.max(1));
+            if batch.is_empty() {
+                break;
+            }
+            self.spawn_lookup(batch, permit, answers.clone());
+            started += 1;
         }
-        let batch = std::mem::take(&mut self.batch);
+        started
+    }
+
+    fn spawn_lookup(&self, batch: Vec<Candidate>, permit: OwnedSemaphorePermit, answers: mpsc::Sender<BatchAnswer>) {
         let lookup = self.lookup.clone();
-        let permits = self.permits.clone();
-        let answers = answers.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let ips: Vec<IpAddr> = batch.iter().map(|(ip, _)| *ip).collect();
+            let ips: Vec<IpAddr> = batch.iter().map(|c| c.ip).collect();
             metrics.misp_lookup_requests.inc();
             let started = std::time::Instant::now();
             let result = lookup.lookup(ips).await;
             metrics.observe_request("misp", result.is_ok(), started.elapsed());
+            drop(permit);
             // The receiver lives as long as the decision task, which waits for every answer.
             let _ = answers.send(BatchAnswer { batch, result }).await;
         });
-        1
     }
 
     async fn on_answer(&mut self, answer: BatchAnswer, output: &mpsc::Sender<BlockRequest>) {
@@ -272,15 +419,15 @@ impl<L: Lookup> Decider<L> {
             Ok(hits) => {
                 let hits: HashMap<IpAddr, Hit> = hits.into_iter().collect();
                 let until = Instant::now() + self.settings.cache_ttl;
-                for (ip, candidate) in answer.batch {
-                    match hits.get(&ip) {
+                for candidate in answer.batch {
+                    match hits.get(&candidate.ip) {
                         Some(hit) => {
                             Metrics::inc(&self.metrics.lookups, "misp_hit");
                             self.decide_block(candidate, *hit, output).await;
                         }
                         None => {
                             Metrics::inc(&self.metrics.lookups, "misp_miss");
-                            self.track(ip, IpState::Clean { until });
+                            self.track(candidate.ip, IpState::Clean { until });
                         }
                     }
                 }
@@ -290,9 +437,9 @@ impl<L: Lookup> Decider<L> {
                 // again: nothing is cached from a failed lookup.
                 warn!(message = "MISP lookup failed; addresses will be looked up again on their next line.", %error,
                       addresses = answer.batch.len());
-                for (ip, _) in answer.batch {
+                for candidate in answer.batch {
                     Metrics::inc(&self.metrics.lookups, "misp_error");
-                    self.state.remove(&ip);
+                    self.state.remove(&candidate.ip);
                 }
             }
         }
@@ -305,13 +452,13 @@ impl<L: Lookup> Decider<L> {
         self.state.insert(ip, state);
     }
 
-    /// Frees room: expired entries first, then clean ones. In-flight and blocked entries stay.
+    /// Frees room: expired entries first, then clean ones. Waiting, in-flight and blocked entries stay.
     fn evict(&mut self) {
         let now = Instant::now();
         let before = self.state.len();
         self.state.retain(|_, s| match s {
             IpState::Blocked { until } | IpState::Clean { until } => *until > now,
-            IpState::InFlight => true,
+            IpState::Waiting { .. } | IpState::InFlight => true,
         });
         if self.state.len() >= self.settings.max_tracked {
             self.state.retain(|_, s| !matches!(s, IpState::Clean { .. }));
@@ -339,7 +486,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
-    /// A MISP stand-in: knows a fixed set of hits, records every batch it is asked.
+    /// A MISP stand-in: knows a fixed set of hits, records every batch it is asked and how many lookups ran at
+    /// once; with a `gate`, each lookup first waits for one of its permits.
     #[derive(Default)]
     struct FakeLookup {
         hits: HashMap<IpAddr, Hit>,
@@ -347,20 +495,67 @@ mod tests {
         fail: AtomicUsize,
         /// Every lookup fails until then (an outage).
         down_until: Mutex<Option<Instant>>,
+        gate: Option<Semaphore>,
+        running: AtomicUsize,
+        most_running: AtomicUsize,
+    }
+
+    impl FakeLookup {
+        fn gated() -> Self {
+            FakeLookup { gate: Some(Semaphore::new(0)), ..FakeLookup::default() }
+        }
+
+        fn open_gate(&self) {
+            self.gate.as_ref().expect("a gated lookup").add_permits(Semaphore::MAX_PERMITS / 2);
+        }
+
+        fn calls(&self) -> Vec<Vec<IpAddr>> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    fn misp_down() -> LookupError {
+        LookupError::Misp(misp::Error::Timeout { path: "/attributes/restSearch".into() })
     }
 
     impl Lookup for FakeLookup {
-        async fn lookup(&self, ips: Vec<IpAddr>) -> Result<Vec<(IpAddr, Hit)>, String> {
+        async fn lookup(&self, ips: Vec<IpAddr>) -> Result<Vec<(IpAddr, Hit)>, LookupError> {
+            let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_running.fetch_max(running, Ordering::SeqCst);
             self.calls.lock().unwrap().push(ips.clone());
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("the gate is never closed").forget();
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
             if self.down_until.lock().unwrap().is_some_and(|until| Instant::now() < until) {
-                return Err("MISP unreachable".into());
+                return Err(misp_down());
             }
             if self.fail.load(Ordering::SeqCst) > 0 {
                 self.fail.fetch_sub(1, Ordering::SeqCst);
-                return Err("MISP down".into());
+                return Err(misp_down());
             }
             Ok(ips.into_iter().filter_map(|ip| self.hits.get(&ip).map(|h| (ip, *h))).collect())
+        }
+    }
+
+    /// Waits (in paused time, so instantly) until `done` holds; panics after a minute of virtual time.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Address number `i` of a flood (192.0.2.0/24 and up).
+    fn nth(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0xC000_0200u32 + i))
+    }
+
+    async fn flood(rig: &Rig, range: std::ops::Range<u32>) {
+        for i in range {
+            rig.input.send(Candidate { ip: nth(i), rule: 0, received: Instant::now() }).await.unwrap();
         }
     }
 
@@ -466,21 +661,117 @@ mod tests {
         assert_eq!(Metrics::count(&rig.metrics.lookups, "mirror_miss"), 1);
     }
 
+    /// A flood faster than MISP answers: the state map never holds more than `max_tracked` addresses and the
+    /// queue never more than `max_waiting`, checked after every step and every millisecond while it drains.
     #[tokio::test(start_paused = true)]
     async fn memory_stays_bounded_under_a_flood_of_distinct_addresses() {
-        let settings = Settings { max_tracked: 100, cache_ttl: Duration::from_secs(3600), ..Settings::default() };
+        let settings = Settings {
+            max_tracked: 100,
+            max_waiting: 40,
+            batch_size: 20,
+            max_batch: 20,
+            max_concurrent_lookups: 2,
+            cache_ttl: Duration::from_secs(3600),
+            ..Settings::default()
+        };
         let rig = start(None, FakeLookup::default(), settings);
-        for i in 0..1000u32 {
-            let a = std::net::Ipv4Addr::from(0xC633_6400u32 + i);
-            rig.input.send(Candidate { ip: IpAddr::V4(a), rule: 0, received: Instant::now() }).await.unwrap();
-            if i % 50 == 49 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+        let tracked = || rig.metrics.decide_tracked.get();
+        let waiting = || rig.metrics.lookup_waiting.get();
+        for step in 0..5u32 {
+            flood(&rig, step * 200..step * 200 + 200).await;
+            let queued = u64::from(step * 200 + 200);
+            until("the step is queued", || Metrics::count(&rig.metrics.candidates, "queued") == queued).await;
+            for _ in 0..200 {
+                assert!(tracked() <= 100, "tracked {} > max_tracked", tracked());
+                assert!(waiting() <= 40, "waiting {} > max_waiting", waiting());
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(waiting(), 0);
+        // Each step of 200: 40 go out in two batches, 40 wait, 120 are shed.
+        assert_eq!(rig.metrics.lookups_shed.get(), 5 * 120);
         let evicted =
             rig.metrics.candidates.get_or_create(&fortimisp_core::metrics::Outcome { outcome: "evicted" }).get();
         assert!(evicted > 0, "clean entries were evicted to stay under max_tracked");
+    }
+
+    /// Permits are taken before a task is spawned: with every lookup stuck, two permits mean two tasks, and the
+    /// 3000 other addresses wait in the decider, not in tasks queued on the semaphore.
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_task_is_spawned_only_holding_a_permit() {
+        let settings = Settings { max_concurrent_lookups: 2, ..Settings::default() };
+        let rig = start(None, FakeLookup::gated(), settings);
+        let alive_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        flood(&rig, 0..5000).await;
+        until("every address is queued", || Metrics::count(&rig.metrics.candidates, "queued") == 5000).await;
+        until("two lookups run", || rig.lookup.calls().len() == 2).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let alive = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        assert_eq!(alive - alive_before, 2, "one task per permit, none waiting for one");
+        assert_eq!(rig.lookup.calls().len(), 2);
+        rig.lookup.open_gate();
+        until("every address is answered", || Metrics::count(&rig.metrics.lookups, "misp_miss") == 5000).await;
+        assert_eq!(rig.lookup.most_running.load(Ordering::SeqCst), 2, "never more lookups than permits");
+        assert_eq!(rig.lookup.calls().iter().map(Vec::len).sum::<usize>(), 5000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_grow_with_the_backlog() {
+        let settings = Settings { max_concurrent_lookups: 1, batch_size: 200, max_batch: 1000, ..Settings::default() };
+        let rig = start(None, FakeLookup::default(), settings);
+        flood(&rig, 0..3000).await;
+        until("every address is answered", || Metrics::count(&rig.metrics.lookups, "misp_miss") == 3000).await;
+        let sizes: Vec<usize> = rig.lookup.calls().iter().map(Vec::len).collect();
+        // The first batch leaves as soon as it is worth sending; the backlog behind it goes 1000 at a time.
+        assert_eq!(sizes, [200, 1000, 1000, 800]);
+        assert_eq!(rig.metrics.misp_lookup_requests.get(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_addresses_are_bounded_and_a_shed_one_is_asked_again() {
+        let settings = Settings {
+            max_concurrent_lookups: 1,
+            batch_size: 100,
+            max_batch: 100,
+            max_waiting: 500,
+            ..Settings::default()
+        };
+        let rig = start(None, FakeLookup::gated(), settings);
+        flood(&rig, 0..1000).await;
+        until("every address is queued", || Metrics::count(&rig.metrics.candidates, "queued") == 1000).await;
+        // 0..100 are in flight; of the 900 after them, the 400 oldest were shed for newer ones.
+        assert_eq!(rig.metrics.lookup_waiting.get(), 500);
+        assert_eq!(rig.metrics.lookups_shed.get(), 400);
+        assert_eq!(rig.metrics.decide_tracked.get(), 600);
+        rig.lookup.open_gate();
+        until("every address kept is answered", || Metrics::count(&rig.metrics.lookups, "misp_miss") == 600).await;
+        let asked: Vec<IpAddr> = rig.lookup.calls().concat();
+        let kept: Vec<IpAddr> = (0..100).chain(500..1000).map(nth).collect();
+        assert_eq!(asked, kept, "the oldest first sightings were shed, the rest asked in order");
+        // A shed address was not cached as clean: its next line asks MISP.
+        flood(&rig, 150..151).await;
+        until("the shed address is answered", || Metrics::count(&rig.metrics.lookups, "misp_miss") == 601).await;
+        assert_eq!(rig.lookup.calls().last().unwrap(), &vec![nth(150)]);
+        assert_eq!(Metrics::count(&rig.metrics.candidates, "known_clean"), 0);
+        // An address that was answered is cached.
+        flood(&rig, 600..601).await;
+        until("the repeat is counted", || Metrics::count(&rig.metrics.candidates, "known_clean") == 1).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_seen_again_while_waiting_goes_first() {
+        let settings = Settings { max_concurrent_lookups: 1, batch_size: 100, max_batch: 100, ..Settings::default() };
+        let rig = start(None, FakeLookup::gated(), settings);
+        flood(&rig, 0..300).await;
+        flood(&rig, 250..251).await;
+        until("every line is counted", || Metrics::count(&rig.metrics.candidates, "repeated") == 1).await;
+        rig.lookup.open_gate();
+        until("every address is answered", || Metrics::count(&rig.metrics.lookups, "misp_miss") == 300).await;
+        let calls = rig.lookup.calls();
+        let expected: Vec<IpAddr> = std::iter::once(250).chain(100..199).map(nth).collect();
+        assert_eq!(calls[1], expected, "the repeated address leads the next batch");
+        let expected: Vec<IpAddr> = (199..250).chain(251..300).map(nth).collect();
+        assert_eq!(calls[2], expected, "and is asked once");
     }
 
     /// Issue 8's "MISP down for 2 minutes mid-run", in paused time: the FortiGate logs the address every 10 s;

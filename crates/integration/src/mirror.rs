@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::decide::{Lookup, SharedMirror};
+use crate::decide::{Lookup, LookupError, SharedMirror};
 
 /// Overlap of incremental syncs: attributes edited within this window before the last sync are fetched again,
 /// which covers clock skew and edits committed during the previous sync.
@@ -157,7 +157,8 @@ impl Mirror {
     }
 }
 
-/// On-demand lookups through MISP restSearch (value lists, batched by the client).
+/// On-demand lookups through MISP restSearch: one value list per batch (the decision stage's batches are at most
+/// the client's `batch_size`, [`misp::client::MAX_VALUES_PER_SEARCH`]).
 pub struct MispLookup {
     pub client: Arc<misp::Client>,
     pub query: SearchQuery,
@@ -165,8 +166,8 @@ pub struct MispLookup {
 }
 
 impl Lookup for MispLookup {
-    async fn lookup(&self, ips: Vec<IpAddr>) -> Result<Vec<(IpAddr, Hit)>, String> {
-        let found = self.client.search_values(&self.query, &ips).await.map_err(|e| e.to_string())?;
+    async fn lookup(&self, ips: Vec<IpAddr>) -> Result<Vec<(IpAddr, Hit)>, LookupError> {
+        let found = self.client.search_values(&self.query, &ips).await?;
         let mut hits = Vec::new();
         for ip in ips {
             // The most specific blocking indicator for this address.

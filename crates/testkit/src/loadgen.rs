@@ -16,6 +16,9 @@
 //! - [`Lab`]: both emulators in this process (plain HTTP, optional latency) and the real `integration` binary as a
 //!   child process, all started through [`crate::harness`] (its config template with the settings of
 //!   [`LabOptions`]).
+//! - [`Flood`]: the scan scenario instead of the pool: every line triggers and comes from a new source, and a few
+//!   indicators among them are each sent a few times. Reports when the last indicator was blocked after the end
+//!   of the flood, what the daemon shed, and its RSS at start, peak and end ([`FloodReport`]).
 //! - [`naive`]: the baseline the issue asks for, the earlier service's shape: one thread, one blocking restSearch
 //!   per received line.
 //!
@@ -202,6 +205,43 @@ pub struct SendPlan {
     pub pool: Pool,
     /// The pool is revealed linearly over this time (zero = all from the start).
     pub ramp: Duration,
+    /// Send a scan instead of the pool's addresses (needs a `rate`; `pool` then holds the flood's indicators).
+    pub flood: Option<Flood>,
+}
+
+/// A scan from new sources: line `n` is a triggering line from the clean address `12.0.0.1 + n`, except that the
+/// pool's indicators (`pool.indicators()` of them, spread evenly over the flood) each replace `repeats` lines,
+/// `gap` apart. The gap should exceed the daemon's one-second recently-queued filter, or the repeats never reach
+/// the decision stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Flood {
+    pub repeats: u32,
+    pub gap: Duration,
+}
+
+impl Flood {
+    /// Line number → indicator index, for `lines` lines at `rate` lines/s.
+    fn schedule(&self, pool: &Pool, lines: u64, rate: u64) -> HashMap<u64, u32> {
+        let indicators = u64::from(pool.indicators());
+        let mut at = HashMap::new();
+        if indicators == 0 || lines == 0 {
+            return at;
+        }
+        let repeats = u64::from(self.repeats.max(1));
+        let gap = (self.gap.as_secs_f64() * rate as f64) as u64;
+        let span = lines.saturating_sub((repeats - 1) * gap).max(1);
+        for j in 0..indicators {
+            let first = j * span / indicators + span / (2 * indicators);
+            for r in 0..repeats {
+                let mut n = first + r * gap;
+                while at.contains_key(&n) {
+                    n += 1;
+                }
+                at.insert(n.min(lines.saturating_sub(1)), j as u32);
+            }
+        }
+        at
+    }
 }
 
 /// What the sender did.
@@ -223,10 +263,6 @@ pub struct Sent {
 
 /// Sends for `plan.duration` on the calling thread. `stop` ends it early.
 pub fn send(plan: &SendPlan, corpus: &Corpus, stop: &AtomicBool) -> Result<Sent> {
-    enum Out {
-        Udp(UdpSocket),
-        Tcp(std::io::BufWriter<TcpStream>),
-    }
     let mut out = match plan.transport {
         Transport::Udp => {
             let bind: SocketAddr =
@@ -244,7 +280,15 @@ pub fn send(plan: &SendPlan, corpus: &Corpus, stop: &AtomicBool) -> Result<Sent>
     };
     let pool = plan.pool;
     let mut sent = Sent { first_sent: vec![None; pool.indicators() as usize], ..Sent::default() };
-    let mut seen = vec![false; pool.size as usize];
+    let mut seen = vec![false; if plan.flood.is_some() { 0 } else { pool.size as usize }];
+    let (flood, triggering_templates): (HashMap<u64, u32>, Vec<&Template>) = match (plan.flood, plan.rate) {
+        (Some(flood), Some(rate)) => (
+            flood.schedule(&pool, (plan.duration.as_secs_f64() * rate as f64) as u64, rate),
+            corpus.templates.iter().filter(|t| t.triggering).collect(),
+        ),
+        (Some(_), None) => bail!("a flood needs a rate"),
+        (None, _) => (HashMap::new(), Vec::new()),
+    };
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut buf = Vec::with_capacity(4096);
     let templates = &corpus.templates;
@@ -269,6 +313,31 @@ pub fn send(plan: &SendPlan, corpus: &Corpus, stop: &AtomicBool) -> Result<Sent>
             ((pool.size as f64 * elapsed.as_secs_f64() / plan.ramp.as_secs_f64()) as u32).clamp(1, pool.size)
         };
         while sent.lines < due {
+            if plan.flood.is_some() {
+                let template = triggering_templates[next_template % triggering_templates.len()];
+                next_template = next_template.wrapping_add(1);
+                let (ip, indicator) = match flood.get(&sent.lines) {
+                    Some(&j) => (pool.addr(j).0, Some(j)),
+                    None => (IpAddr::V4(Ipv4Addr::from(u32::from(FIRST_CLEAN).wrapping_add(sent.lines as u32))), None),
+                };
+                template.render(ip, &mut buf);
+                sent.triggering += 1;
+                match indicator {
+                    None => sent.distinct_triggering += 1,
+                    Some(j) => {
+                        let slot = &mut sent.first_sent[j as usize];
+                        if slot.is_none() {
+                            *slot = Some(Instant::now());
+                            sent.distinct_indicators += 1;
+                            sent.distinct_triggering += 1;
+                        }
+                    }
+                }
+                if !send_line(&mut out, &mut buf, &mut sent) {
+                    break 'outer;
+                }
+                continue;
+            }
             let template = &templates[next_template];
             next_template = (next_template + 1) % templates.len();
             // xorshift64*: cheap and good enough to spread addresses.
@@ -292,24 +361,8 @@ pub fn send(plan: &SendPlan, corpus: &Corpus, stop: &AtomicBool) -> Result<Sent>
                     }
                 }
             }
-            let ok = match &mut out {
-                Out::Udp(socket) => socket.send(&buf).is_ok(),
-                Out::Tcp(writer) => {
-                    buf.push(b'\n');
-                    if writer.write_all(&buf).is_err() {
-                        sent.send_errors += 1;
-                        break 'outer;
-                    }
-                    true
-                }
-            };
-            if ok {
-                sent.lines += 1;
-                sent.bytes += buf.len() as u64;
-            } else {
-                sent.send_errors += 1;
-                // A refused datagram (nobody listening yet, ENOBUFS) still counts toward the schedule.
-                sent.lines += 1;
+            if !send_line(&mut out, &mut buf, &mut sent) {
+                break 'outer;
             }
         }
     }
@@ -318,6 +371,36 @@ pub fn send(plan: &SendPlan, corpus: &Corpus, stop: &AtomicBool) -> Result<Sent>
     }
     sent.elapsed = start.elapsed();
     Ok(sent)
+}
+
+/// Where [`send`] writes.
+enum Out {
+    Udp(UdpSocket),
+    Tcp(std::io::BufWriter<TcpStream>),
+}
+
+/// Sends one line and counts it; false when the TCP connection is gone.
+fn send_line(out: &mut Out, buf: &mut Vec<u8>, sent: &mut Sent) -> bool {
+    let ok = match out {
+        Out::Udp(socket) => socket.send(buf).is_ok(),
+        Out::Tcp(writer) => {
+            buf.push(b'\n');
+            if writer.write_all(buf).is_err() {
+                sent.send_errors += 1;
+                return false;
+            }
+            true
+        }
+    };
+    if ok {
+        sent.lines += 1;
+        sent.bytes += buf.len() as u64;
+    } else {
+        sent.send_errors += 1;
+        // A refused datagram (nobody listening yet, ENOBUFS) still counts toward the schedule.
+        sent.lines += 1;
+    }
+    true
 }
 
 // ---- kernel counters --------------------------------------------------------------------------------------
@@ -448,6 +531,42 @@ impl Watcher {
     pub fn finish(mut self) -> HashMap<u32, Instant> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+}
+
+/// `a - b` in seconds, negative when `a` is earlier.
+fn signed_secs(a: Instant, b: Instant) -> f64 {
+    match a.checked_duration_since(b) {
+        Some(d) => d.as_secs_f64(),
+        None => -b.duration_since(a).as_secs_f64(),
+    }
+}
+
+/// Samples a process's RSS every 50 ms and keeps the highest.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid).0);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        RssSampler { stop, handle }
+    }
+
+    /// The highest RSS seen, in KiB.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(0)
     }
 }
 
@@ -787,6 +906,23 @@ pub struct Report {
     pub daemon_hwm_kib: u64,
     /// Daemon CPU use during the run, in cores (1.0 = one core busy).
     pub daemon_cpu: f64,
+    /// Set for a [`Flood`] run.
+    pub flood: Option<FloodReport>,
+}
+
+/// What a [`Flood`] run adds to the report.
+#[derive(Debug, Clone, Default)]
+pub struct FloodReport {
+    /// Seconds from the last line sent to the last indicator blocked (negative: before the end of the flood);
+    /// `None` when not every indicator sent was blocked within the settle time.
+    pub last_block_after_end: Option<f64>,
+    /// Addresses the daemon shed from its lookup queue (`fortimisp_lookups_shed_total`; 0 where it has none).
+    pub shed: u64,
+    /// Daemon RSS before the first line, highest until the report (sampled every 50 ms, and VmHWM), and at the
+    /// report.
+    pub rss_start_kib: u64,
+    pub rss_peak_kib: u64,
+    pub rss_end_kib: u64,
 }
 
 impl Report {
@@ -822,6 +958,13 @@ impl Report {
             "fortigate_requests_per_block": self.fortigate_per_block(),
             "daemon_rss_mib": self.daemon_rss_kib as f64 / 1024.0, "daemon_hwm_mib": self.daemon_hwm_kib as f64 / 1024.0,
             "daemon_cpu_cores": self.daemon_cpu,
+            "flood": self.flood.as_ref().map(|f| serde_json::json!({
+                "last_block_after_end_s": f.last_block_after_end,
+                "shed": f.shed,
+                "rss_start_mib": f.rss_start_kib as f64 / 1024.0,
+                "rss_peak_mib": f.rss_peak_kib as f64 / 1024.0,
+                "rss_end_mib": f.rss_end_kib as f64 / 1024.0,
+            })),
         })
     }
 }
@@ -892,6 +1035,22 @@ impl std::fmt::Display for Report {
                 self.daemon_cpu
             )?;
         }
+        if let Some(flood) = &self.flood {
+            let last = flood.last_block_after_end.map_or_else(
+                || format!("not all blocked ({} of {})", self.blocked_indicators, self.distinct_indicators),
+                |s| format!("{s:.2} s"),
+            );
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            writeln!(
+                f,
+                "  flood       last indicator blocked {last} after the end; shed {}; RSS start {:.1} MiB, peak {:.1} \
+                 MiB, end {:.1} MiB",
+                flood.shed,
+                mib(flood.rss_start_kib),
+                mib(flood.rss_peak_kib),
+                mib(flood.rss_end_kib)
+            )?;
+        }
         Ok(())
     }
 }
@@ -912,6 +1071,8 @@ pub async fn run_daemon(lab: &Lab, corpus: &Corpus, opts: &RunOptions) -> Result
     let pid = lab.daemon_pid();
     let cpu_before = cpu_seconds(pid);
     let watcher = Watcher::start(Arc::clone(&lab.fortigate), "MISP_BLOCK".into(), "misp-".into(), plan.pool);
+    let rss_start = rss_kib(pid).0;
+    let rss_sampler = RssSampler::start(pid);
     let sent = send_blocking(plan.clone(), corpus.clone()).await?;
     let send_done = Instant::now();
     // Drain: until `received` stops moving and every indicator sent is blocked (or the settle time is up).
@@ -931,6 +1092,7 @@ pub async fn run_daemon(lab: &Lab, corpus: &Corpus, opts: &RunOptions) -> Result
     let cpu = cpu_seconds(pid) - cpu_before;
     let wall = sent.elapsed + send_done.elapsed();
     let blocked_at = watcher.finish();
+    let rss_peak = rss_sampler.finish();
     let after = Scrape::fetch(lab.metrics)?;
     let kernel = UdpCounters::read().since(kernel_before);
     let delta = |name: &str| (after.sum(name) - before.sum(name)).max(0.0) as u64;
@@ -944,6 +1106,16 @@ pub async fn run_daemon(lab: &Lab, corpus: &Corpus, opts: &RunOptions) -> Result
         })
         .collect();
     let (rss, hwm) = rss_kib(pid);
+    let flood = plan.flood.map(|_| FloodReport {
+        last_block_after_end: (blocked_at.len() as u64 >= sent.distinct_indicators)
+            .then(|| blocked_at.values().max().map(|&at| signed_secs(at, send_done)))
+            .flatten(),
+        shed: delta("fortimisp_lookups_shed_total"),
+        rss_start_kib: rss_start,
+        // VmHWM as well: a peak between two samples is not missed (the start-up before it is lower).
+        rss_peak_kib: rss_peak.max(hwm),
+        rss_end_kib: rss,
+    });
     Ok(Report {
         system: System::Daemon.as_str(),
         transport: transport_name(plan.transport),
@@ -973,6 +1145,7 @@ pub async fn run_daemon(lab: &Lab, corpus: &Corpus, opts: &RunOptions) -> Result
         daemon_rss_kib: rss,
         daemon_hwm_kib: hwm,
         daemon_cpu: cpu / wall.as_secs_f64(),
+        flood,
     })
 }
 

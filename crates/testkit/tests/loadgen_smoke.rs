@@ -34,6 +34,7 @@ async fn loadgen_drives_the_daemon() {
         duration: Duration::from_secs(3),
         pool,
         ramp: Duration::from_secs(1),
+        flood: None,
     };
     let report = loadgen::run_daemon(&lab, &corpus, &RunOptions { plan, settle: Duration::from_secs(5) })
         .await

@@ -75,7 +75,8 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// TCP + TLS connect timeout.
     pub connect_timeout: Duration,
-    /// Values per restSearch in [`Client::search_values`] (MISP turns the list into one SQL `IN`).
+    /// Values per restSearch in [`Client::search_values`] (MISP turns the list into one SQL `IN`); default
+    /// [`MAX_VALUES_PER_SEARCH`].
     pub batch_size: usize,
     /// `limit` of paged syncs.
     pub page_size: u32,
@@ -83,8 +84,16 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
 }
 
+/// Values per restSearch in [`Client::search_values`] by default. It is also the largest on-demand batch of the
+/// decision stage, so that one batch is one request: run one after the other, smaller chunks would multiply the
+/// time a batch takes by their number (eight seconds for 2000 values with MISP answering in one). MISP turns the
+/// list into one SQL `IN` on the indexed `value1`/`value2` columns; lists in the thousands have timed out
+/// (MISP/MISP#8267) or exceeded `max_allowed_packet` (MISP/MISP#2365), hence a thousand and not more.
+pub const MAX_VALUES_PER_SEARCH: usize = 1000;
+
 impl ClientOptions {
-    /// Options with the defaults: verify TLS, 10 s timeout, batches of 250 values, pages of 5000.
+    /// Options with the defaults: verify TLS, 10 s timeout, batches of [`MAX_VALUES_PER_SEARCH`] values, pages of
+    /// 5000.
     pub fn new(url: impl Into<String>, api_key: ApiKey) -> Self {
         ClientOptions {
             url: url.into(),
@@ -93,7 +102,7 @@ impl ClientOptions {
             verify_tls: true,
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
-            batch_size: 250,
+            batch_size: MAX_VALUES_PER_SEARCH,
             page_size: 5000,
             retry: RetryPolicy::default(),
         }

@@ -9,7 +9,11 @@
 //! ```text
 //! loadgen --rate 50000 --duration 60s --misp-latency 50ms --fortigate-latency 50ms --system both
 //! loadgen --target 127.0.0.1:5514 --metrics 127.0.0.1:9090 --rate 1000   # an already running daemon
+//! loadgen --flood-indicators 50 --rate 20000 --duration 10s --misp-latency 1s --settle 60s   # a scan
 //! ```
+//!
+//! `--flood-indicators N` sends a scan instead of the pool: every line triggers and comes from a new source, and
+//! N indicators among them are each sent `--flood-repeats` times, `--flood-gap` apart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use fortimisp_testkit::loadgen::{
-    self, Corpus, Lab, LabOptions, Pool, Report, RunOptions, Scrape, SendPlan, Transport, UdpCounters,
+    self, Corpus, Flood, Lab, LabOptions, Pool, Report, RunOptions, Scrape, SendPlan, Transport, UdpCounters,
 };
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -93,6 +97,15 @@ struct Args {
     /// ... and read its metrics here.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// A scan: every line a new triggering source, with this many indicators among them (replaces the pool).
+    #[arg(long)]
+    flood_indicators: Option<u32>,
+    /// How many lines each indicator of the scan sends.
+    #[arg(long, default_value_t = 3)]
+    flood_repeats: u32,
+    /// Time between two lines of one indicator of the scan (over the daemon's one-second recently-queued filter).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    flood_gap: Duration,
     /// Also print each report as one JSON line (prefixed `JSON `).
     #[arg(long)]
     json: bool,
@@ -102,7 +115,11 @@ struct Args {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let corpus = Corpus::load(&args.corpus.clone().unwrap_or_else(Corpus::default_dir))?;
-    let pool = Pool::new(args.pool, args.indicator_fraction, loadgen::FIRST_INDICATOR);
+    let pool = match args.flood_indicators {
+        Some(n) => Pool { size: n, indicator_every: 1, first_indicator: loadgen::FIRST_INDICATOR },
+        None => Pool::new(args.pool, args.indicator_fraction, loadgen::FIRST_INDICATOR),
+    };
+    let flood = args.flood_indicators.map(|_| Flood { repeats: args.flood_repeats, gap: args.flood_gap });
     let transport = match args.transport {
         TransportArg::Udp => Transport::Udp,
         TransportArg::Tcp => Transport::Tcp,
@@ -122,6 +139,7 @@ async fn main() -> Result<()> {
         duration: args.duration,
         pool,
         ramp: args.ramp.unwrap_or(args.duration),
+        flood,
     };
 
     if let Some(target) = args.target {
