@@ -297,36 +297,41 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
     }
 }
 
-/// The token bucket behind `max_blocks_per_minute`.
+/// The token bucket behind `max_blocks_per_minute`, kept as a theoretical arrival time (GCRA) in integer time:
+/// a full bucket of `per_minute` tokens, one more every `60 s / per_minute`. No floating point, so the time of the
+/// next token is always strictly later than a refused take (a float bucket could sit at 0.999… tokens and ask to
+/// be woken 0 ns later, forever).
 #[derive(Debug)]
 struct RateLimit {
-    per_minute: f64,
-    tokens: f64,
-    last: Instant,
+    /// Time between two tokens.
+    interval: Duration,
+    /// How far ahead of now the arrival time may run: `(per_minute - 1) × interval` (the burst).
+    burst: Duration,
+    /// When the bucket will be full again (the theoretical arrival time of the next take).
+    tat: Instant,
 }
 
 impl RateLimit {
     fn new(per_minute: u32) -> Self {
-        RateLimit { per_minute: per_minute as f64, tokens: per_minute as f64, last: Instant::now() }
+        let per_minute = per_minute.max(1);
+        let interval = Duration::from_secs(60) / per_minute;
+        RateLimit { interval, burst: interval * (per_minute - 1), tat: Instant::now() }
     }
 
     fn try_take(&mut self) -> bool {
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_minute / 60.0;
-        self.tokens = (self.tokens + refill).min(self.per_minute);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let tat = self.tat.max(now);
+        if tat.duration_since(now) <= self.burst {
+            self.tat = tat + self.interval;
             true
         } else {
             false
         }
     }
 
-    /// When the next token will be there.
+    /// When the next token will be there (strictly after a refused [`try_take`](Self::try_take)).
     fn next_token(&self) -> Instant {
-        let missing = (1.0 - self.tokens).max(0.0);
-        self.last + Duration::from_secs_f64(missing * 60.0 / self.per_minute)
+        self.tat - self.burst
     }
 }
 
@@ -694,6 +699,31 @@ mod tests {
 
     fn held(metrics: &Metrics) -> i64 {
         metrics.queue_depth.get_or_create(&Stage { stage: "block" }).get()
+    }
+
+    /// The bucket lets a burst of `per_minute` through, then one per interval; a refused take always names a
+    /// later time (a float bucket stuck at 0.999… tokens asked to be woken 0 ns later, forever, and this test hung).
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_gives_a_burst_then_one_per_interval_and_always_a_later_wake() {
+        for per_minute in [1, 7, 60, 600, 1_000_000] {
+            let mut rate = RateLimit::new(per_minute);
+            let burst = (0..per_minute + 5).take_while(|_| rate.try_take()).count();
+            assert_eq!(burst, per_minute as usize, "burst at {per_minute}/min");
+            let start = Instant::now();
+            let mut taken = 0;
+            while Instant::now() < start + Duration::from_secs(60) {
+                if rate.try_take() {
+                    taken += 1;
+                    continue;
+                }
+                let wake = rate.next_token();
+                assert!(wake > Instant::now(), "a refused take must wake later ({per_minute}/min)");
+                tokio::time::sleep_until(wake).await;
+            }
+            // Within one token, or 0.01 % where the timer's 1 ms granularity ends the minute between tokens.
+            let (expected, slack) = (per_minute as i64, (per_minute as i64 / 10_000).max(1));
+            assert!((taken as i64 - expected).abs() <= slack, "{taken} takes in a minute at {per_minute}/min");
+        }
     }
 
     /// Three windows' worth of hits against a rate limit that lets one through: memory holds at most a window,
