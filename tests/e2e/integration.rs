@@ -751,8 +751,13 @@ async fn lookup_and_validate() {
     env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.31"));
     env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.32").to_ids(false));
     env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.250"));
+    env.misp.add_attribute(event, AttributeSpec::new("ip-dst", "203.0.113.128/26"));
+    env.misp.add_attribute(event, AttributeSpec::new("ip-src", "2001:db8:77::/64"));
     let cases = [
         ("198.51.100.31", "decision: would block"),
+        ("203.0.113.130", "decision: would block"),
+        ("2001:db8:77::9", "decision: would block"),
+        ("203.0.113.127", "decision: would not block"),
         ("198.51.100.32", "decision: would not block"),
         ("198.51.100.33", "decision: would not block"),
         ("198.51.100.250", "decision: not blocked (protected address)"),
@@ -771,6 +776,35 @@ async fn lookup_and_validate() {
     let out = env.integration_cmd(&["validate"]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(stdout(&out).contains("FAIL  fortigate"), "{}", output_text(&out));
+}
+
+/// On-demand lookups (no mirror: the test config's `sync_interval = "0s"`) see CIDR indicators, which an exact
+/// restSearch never returns; both families; the CIDR set is loaded once, not per lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_lookups_see_cidr_indicators() {
+    let env = Env::start().await;
+    let event = env.misp.add_event("Scanners", true, &[]);
+    env.misp.add_attribute(event, AttributeSpec::new("ip-src", "203.0.113.128/26"));
+    env.misp.add_attribute(event, AttributeSpec::new("ip-src", "2001:db8:77::/64"));
+    env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.64/26").to_ids(false));
+    let _daemon = env.integration().await;
+    let srcs = ["203.0.113.130", "203.0.113.190", "2001:db8:77::9"];
+    send_tcp(env.tcp, &srcs.map(hit_line), false);
+    all_blocked(&env, &srcs, WAIT).await;
+    send_tcp(env.tcp, &[hit_line("198.51.100.70"), hit_line("203.0.113.127")], false);
+    eventually(WAIT, "the two clean lines were looked up", || async {
+        env.metric("fortimisp_lookups_total{outcome=\"misp_miss\"}").await >= 2.0
+    })
+    .await;
+    assert!(!is_member(&env, "198.51.100.70"), "a CIDR without to_ids does not block");
+    assert!(!is_member(&env, "203.0.113.127"), "outside the CIDR");
+    let cidr_loads = env
+        .misp
+        .requests()
+        .iter()
+        .filter(|r| r.route == "attributes/restSearch" && r.body.to_string().contains("%/%"))
+        .count();
+    assert_eq!(cidr_loads, 1, "one load of the CIDR indicators serves every lookup (within lookup_cache_ttl)");
 }
 
 /// `replay FILE` blocks from a file of lines through the daemon's stages; `--dry-run` changes nothing, not even

@@ -86,6 +86,25 @@ async fn lab_report_matches_the_fortigate_and_the_journal() {
     assert_eq!(ledger, reported);
     drop(journal);
 
+    // `replay --dry-run` of the same sample with the same config and MISP decides the same blocks as the daemon
+    // (restSearch does not return a CIDR that contains an address: the on-demand path must still see it).
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/sample.log");
+    let out = Command::new(bin("integration"))
+        .arg("--config")
+        .arg(work.path().join("config.toml"))
+        .arg("replay")
+        .arg(&sample)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "replay --dry-run failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains(&format!("dry run {},", blocked.len())),
+        "replay decides as the lab did ({}): {text}",
+        blocked.len()
+    );
+
     let status = tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(move || stop(&mut lab)))
         .await
         .expect("lab stops within 20 s of SIGTERM")

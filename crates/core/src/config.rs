@@ -263,8 +263,8 @@ pub enum Check {
 pub struct TriggerRule {
     /// FortiGate `policyid`.
     pub policy_id: Option<u64>,
-    /// FortiGate `action` (accept, deny, close, timeout, server-rst, ...).
-    pub action: Option<String>,
+    /// FortiGate `action` (accept, deny, close, timeout, server-rst, ...): one value or a list of alternatives.
+    pub action: Option<OneOrMany>,
     /// FortiGate `type` (traffic, utm, event ...).
     #[serde(rename = "type")]
     pub log_type: Option<String>,
@@ -275,6 +275,51 @@ pub struct TriggerRule {
     /// Which address to look up.
     #[serde(default)]
     pub check: Check,
+}
+
+/// A trigger value written as one string or a list of alternatives (`action = ["close", "timeout"]`); matched
+/// without regard to ASCII case.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "OneOrManyText")]
+pub struct OneOrMany(Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a string or a list of strings")]
+enum OneOrManyText {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrManyText> for OneOrMany {
+    fn from(text: OneOrManyText) -> Self {
+        match text {
+            OneOrManyText::One(one) => OneOrMany(vec![one]),
+            OneOrManyText::Many(many) => OneOrMany(many),
+        }
+    }
+}
+
+impl OneOrMany {
+    pub fn values(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether `have` is one of the values (ASCII case-insensitive).
+    pub fn matches(&self, have: &str) -> bool {
+        self.0.iter().any(|want| want.eq_ignore_ascii_case(have))
+    }
+}
+
+impl<S: Into<String>> FromIterator<S> for OneOrMany {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        OneOrMany(iter.into_iter().map(Into::into).collect())
+    }
+}
+
+impl std::fmt::Display for OneOrMany {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
 }
 
 /// `[blocking]` as written.
@@ -769,6 +814,9 @@ impl RawConfig {
         let syslog = validate_syslog(self.syslog)?;
 
         for (i, rule) in self.trigger.iter().enumerate() {
+            if rule.action.as_ref().is_some_and(|a| a.values().is_empty()) {
+                return Err(Error::invalid(format!("trigger[{i}].action"), "an empty list matches no line"));
+            }
             if rule.policy_id.is_none()
                 && rule.action.is_none()
                 && rule.log_type.is_none()

@@ -106,7 +106,7 @@ fn rule_matches(rule: &TriggerRule, facts: &LineFacts<'_>) -> bool {
         }
     }
     rule.policy_id.is_none_or(|id| facts.policyid == Some(id))
-        && eq(&rule.action, facts.action)
+        && rule.action.as_ref().is_none_or(|want| facts.action.is_some_and(|have| want.matches(have)))
         && eq(&rule.log_type, facts.log_type)
         && eq(&rule.subtype, facts.subtype)
         && eq(&rule.srcintf, facts.srcintf)
@@ -272,7 +272,12 @@ mod tests {
     }
 
     fn rule(policy: Option<u64>, action: Option<&str>, check: Check) -> TriggerRule {
-        TriggerRule { policy_id: policy, action: action.map(String::from), check, ..TriggerRule::default() }
+        TriggerRule {
+            policy_id: policy,
+            action: action.map(|a| [a].into_iter().collect()),
+            check,
+            ..TriggerRule::default()
+        }
     }
 
     #[test]
@@ -291,6 +296,20 @@ mod tests {
             (vec![rule(Some(7), Some("ACCEPT"), Check::Dst)], Targets { src: None, dst: facts.dstip }),
             (vec![rule(Some(8), None, Check::Src)], Targets::default()),
             (vec![rule(Some(7), Some("deny"), Check::Src)], Targets::default()),
+            (
+                vec![TriggerRule {
+                    action: Some(["close", "Accept", "timeout"].into_iter().collect()),
+                    ..TriggerRule::default()
+                }],
+                Targets { src: facts.srcip, dst: None },
+            ),
+            (
+                vec![TriggerRule {
+                    action: Some(["close", "timeout"].into_iter().collect()),
+                    ..TriggerRule::default()
+                }],
+                Targets::default(),
+            ),
             (vec![rule(None, None, Check::Both)], Targets { src: facts.srcip, dst: facts.dstip }),
             (
                 vec![rule(Some(7), None, Check::Src), rule(None, Some("accept"), Check::Dst)],

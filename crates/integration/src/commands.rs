@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::block::{self, Blocker, Executed};
 use crate::decide::SharedMirror;
+use crate::mirror::CidrIndicators;
 use crate::run::Parts;
 use fortimisp_core::view;
 
@@ -103,7 +104,7 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
     // Everything MISP holds for the value, unfiltered, so the operator sees why a filter excludes it.
     let all = parts.misp.search_values(&SearchQuery::new(), &[ip]).await.context("MISP restSearch")?;
     if all.is_empty() {
-        println!("misp: no attribute matches {ip} exactly (CIDR indicators only show through the mirror)");
+        println!("misp: no attribute has the value {ip}");
     }
     for ind in &all {
         println!(
@@ -132,8 +133,22 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
         },
         Err(error) => println!("warninglists: check failed: {error}"),
     }
+    // The daemon's answer: the exact lookup combined with the CIDR indicators (restSearch matches values exactly).
+    let cidrs = CidrIndicators::new(cfg.lookup_cache_ttl)
+        .get(&parts.misp, cfg)
+        .await
+        .context("MISP restSearch (CIDR indicators)")?;
     let filtered = parts.misp.search_values(&view::base_query(cfg), &[ip]).await.context("MISP restSearch")?;
-    let hit = filtered.iter().any(|ind| view::is_blocking(cfg, ind) && ind.network.contains(&ip));
+    let found = view::hit(cfg, ip, &filtered, &cidrs);
+    if let Some(hit) = found.filter(|h| h.network.prefix_len() < h.network.max_prefix_len()) {
+        println!(
+            "misp: event {} attribute {} network {} contains {ip} -> counts as a hit",
+            hit.entry.event_id,
+            fortimisp_core::indicators::format_uuid(hit.entry.uuid),
+            hit.network
+        );
+    }
+    let hit = found.is_some();
     let decision = match (parts.never_block.check(ip), hit) {
         (Some(_), _) => "not blocked (protected address)",
         (None, true) => "would block",

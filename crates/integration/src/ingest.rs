@@ -183,7 +183,12 @@ mod tests {
     }
 
     fn rule7(check: Check) -> TriggerRule {
-        TriggerRule { policy_id: Some(7), action: Some("accept".into()), check, ..TriggerRule::default() }
+        TriggerRule {
+            policy_id: Some(7),
+            action: Some(["accept"].into_iter().collect()),
+            check,
+            ..TriggerRule::default()
+        }
     }
 
     const LINE: &[u8] = br#"<189>date=2024-05-01 time=10:00:00 devname="fw1" type="traffic" subtype="forward" srcip=198.51.100.7 dstip=10.0.0.5 srcintf="wan1" policyid=7 action="accept""#;

@@ -11,12 +11,13 @@
 //! Filters come from `[misp]`: types, to_ids, published, tags, enforceWarninglist. The incremental query leaves out
 //! the to_ids filter so an attribute whose IDS flag was turned off is seen (and removed).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fortimisp_core::config::Misp as MispConfig;
-use fortimisp_core::indicators::{parse_uuid, Entry, Hit, IndicatorSet};
+use fortimisp_core::indicators::{parse_uuid, Hit, IndicatorSet};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::misp::{self, Deleted, Indicator, SearchQuery};
 use fortimisp_core::view::{self, base_query, is_blocking};
@@ -157,39 +158,75 @@ impl Mirror {
     }
 }
 
+/// The CIDR-valued blocking indicators, for answers that do not come from the full mirror (before its first sync,
+/// with `sync_interval = "0s"`, and in `lookup`/`replay`): an exact restSearch does not return a network that
+/// contains the address, so an on-demand answer is the exact lookup combined with this set ([`view::hit`]).
+///
+/// Loaded on first use and reloaded when older than `refresh` (one paged restSearch, `value` LIKE `%/%`; usually
+/// a few pages). Until a first load succeeds there is no answer: a lookup fails (nothing cached, the address is
+/// asked again) rather than missing an address inside a CIDR. A failed reload keeps the last good set, loudly.
+pub struct CidrIndicators {
+    refresh: Duration,
+    current: tokio::sync::Mutex<Option<(Arc<IndicatorSet>, Instant)>>,
+}
+
+impl CidrIndicators {
+    pub fn new(refresh: Duration) -> Self {
+        CidrIndicators { refresh, current: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The set, reloaded first if it is missing or older than `refresh`. Concurrent callers share one load.
+    pub async fn get(&self, client: &misp::Client, cfg: &MispConfig) -> Result<Arc<IndicatorSet>, misp::Error> {
+        let mut current = self.current.lock().await;
+        if let Some((set, loaded)) = current.as_ref() {
+            if loaded.elapsed() < self.refresh {
+                return Ok(set.clone());
+            }
+        }
+        match view::cidrs(client, cfg).await {
+            Ok(set) => {
+                let set = Arc::new(set);
+                *current = Some((set.clone(), Instant::now()));
+                Ok(set)
+            }
+            Err(error) => match current.as_mut() {
+                Some((set, loaded)) => {
+                    warn!(message = "Could not reload the CIDR indicators; keeping the last good set.", %error,
+                          age = ?loaded.elapsed());
+                    // Tried again after another `refresh`, not on every lookup.
+                    *loaded = Instant::now();
+                    Ok(set.clone())
+                }
+                None => Err(error),
+            },
+        }
+    }
+}
+
 /// On-demand lookups through MISP restSearch: one value list per batch (the decision stage's batches are at most
-/// the client's `batch_size`, [`misp::client::MAX_VALUES_PER_SEARCH`]).
+/// the client's `batch_size`, [`misp::client::MAX_VALUES_PER_SEARCH`]), combined with the CIDR indicators so the
+/// answer is the one the full mirror would give.
 pub struct MispLookup {
     pub client: Arc<misp::Client>,
     pub query: SearchQuery,
     pub config: MispConfig,
+    pub cidrs: Arc<CidrIndicators>,
 }
 
 impl Lookup for MispLookup {
     async fn lookup(&self, ips: Vec<IpAddr>) -> Result<Vec<(IpAddr, Hit)>, LookupError> {
-        let found = self.client.search_values(&self.query, &ips).await?;
-        let mut hits = Vec::new();
-        for ip in ips {
-            // The most specific blocking indicator for this address.
-            let best = found
-                .iter()
-                .filter(|ind| is_blocking(&self.config, ind) && ind.network.contains(&ip))
-                .filter(|ind| within_limits(&self.config, ind))
-                .max_by_key(|ind| ind.network.prefix_len());
-            if let Some(ind) = best {
-                hits.push((
-                    ip,
-                    Hit { network: ind.network, entry: Entry { event_id: ind.event_id, uuid: parse_uuid(&ind.uuid) } },
-                ));
-            }
+        let cidrs = self.cidrs.get(&self.client, &self.config).await?;
+        // An exact search returns attributes whose value is one of the addresses: group them by address.
+        let mut exact: HashMap<IpAddr, Vec<Indicator>> = HashMap::new();
+        for ind in self.client.search_values(&self.query, &ips).await? {
+            exact.entry(ind.network.addr()).or_default().push(ind);
         }
-        Ok(hits)
-    }
-}
-
-fn within_limits(cfg: &MispConfig, ind: &Indicator) -> bool {
-    match ind.network {
-        ipnet::IpNet::V4(n) => n.prefix_len() >= cfg.min_prefix_v4,
-        ipnet::IpNet::V6(n) => n.prefix_len() >= cfg.min_prefix_v6,
+        Ok(ips
+            .into_iter()
+            .filter_map(|ip| {
+                let exact = exact.get(&ip).map(Vec::as_slice).unwrap_or_default();
+                view::hit(&self.config, ip, exact, &cidrs).map(|hit| (ip, hit))
+            })
+            .collect())
     }
 }

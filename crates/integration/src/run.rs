@@ -40,7 +40,7 @@ use crate::block::{Blocker, Executor};
 use crate::decide::{self, Decider, SharedMirror};
 use crate::ingest::Ingest;
 use crate::listen;
-use crate::mirror::{Mirror, MispLookup};
+use crate::mirror::{CidrIndicators, Mirror, MispLookup};
 use fortimisp_core::view;
 
 /// Candidates waiting for the decision stage. When full, UDP drops (counted) and TCP/TLS senders wait.
@@ -107,6 +107,7 @@ impl Parts {
             client: self.misp.clone(),
             query: view::base_query(&self.config.misp),
             config: self.config.misp.clone(),
+            cidrs: Arc::new(CidrIndicators::new(self.config.misp.lookup_cache_ttl)),
         };
         let settings = decide::Settings { cache_ttl: self.config.misp.lookup_cache_ttl, ..decide::Settings::default() };
         Decider::new(settings, mirror, Arc::new(lookup), self.metrics.clone())

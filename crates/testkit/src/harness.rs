@@ -297,12 +297,10 @@ impl ConfigDoc {
             if let Some(id) = rule.policy_id {
                 t["policy_id"] = value(i64::try_from(id).unwrap_or(i64::MAX));
             }
-            for (key, v) in [
-                ("action", &rule.action),
-                ("type", &rule.log_type),
-                ("subtype", &rule.subtype),
-                ("srcintf", &rule.srcintf),
-            ] {
+            if let Some(action) = &rule.action {
+                t["action"] = value(action.values().iter().map(String::as_str).collect::<toml_edit::Array>());
+            }
+            for (key, v) in [("type", &rule.log_type), ("subtype", &rule.subtype), ("srcintf", &rule.srcintf)] {
                 if let Some(v) = v {
                     t[key] = value(v.as_str());
                 }

@@ -511,9 +511,10 @@ fn rule_text(rule: &TriggerRule) -> String {
     if let Some(id) = rule.policy_id {
         parts.push(format!("policy_id={id}"));
     }
-    for (key, value) in
-        [("action", &rule.action), ("type", &rule.log_type), ("subtype", &rule.subtype), ("srcintf", &rule.srcintf)]
-    {
+    if let Some(action) = &rule.action {
+        parts.push(format!("action={action}"));
+    }
+    for (key, value) in [("type", &rule.log_type), ("subtype", &rule.subtype), ("srcintf", &rule.srcintf)] {
         if let Some(value) = value {
             parts.push(format!("{key}={value}"));
         }
