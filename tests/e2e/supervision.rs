@@ -124,3 +124,51 @@ async fn a_panicking_prune_pass_is_counted_and_the_next_pass_runs() {
     assert_eq!(body["tasks"]["prune"]["restarts"], 1, "{body}");
     assert_eq!(body["tasks"]["prune"]["state"], "running", "{body}");
 }
+
+/// `/readyz`: body of a readiness probe (status code and JSON).
+async fn readyz(metrics: SocketAddr) -> Option<(u16, serde_json::Value)> {
+    let response = reqwest::get(format!("http://{metrics}/readyz")).await.ok()?;
+    let code = response.status().as_u16();
+    Some((code, response.json().await.ok()?))
+}
+
+/// `/healthz` is liveness, `/readyz` says whether the daemon can do its job: ready with both servers answering;
+/// 503 naming `fortigate` once a write is refused (401), while `/healthz` stays 200; 503 naming `misp` for a
+/// daemon started while MISP is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_what_fails_while_healthz_stays_alive() {
+    let env = Env::start().await;
+    let event = env.misp.add_event("Readiness", true, &[]);
+    env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.77"));
+    let daemon = env.integration().await;
+    eventually(WAIT, "ready with both servers answering", || async {
+        readyz(env.metrics).await.is_some_and(|(code, body)| code == 200 && body["status"] == "ready")
+    })
+    .await;
+    let (_, body) = readyz(env.metrics).await.unwrap();
+    for check in ["misp", "fortigate", "journal"] {
+        assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
+    }
+    assert!(body["checks"].get("mirror").is_none(), "no mirror configured: {body}");
+
+    env.fortigate.revoke_token();
+    send_udp(env.udp, &[traffic_line(ip("198.51.100.77"), ip("203.0.113.1"), 7, "accept")]);
+    eventually(WAIT, "not ready, naming the FortiGate", || async {
+        readyz(env.metrics).await.is_some_and(|(code, body)| {
+            code == 503 && body["failing"].as_array().is_some_and(|f| f.iter().any(|c| c == "fortigate"))
+        })
+    })
+    .await;
+    assert_eq!(healthz(env.metrics).await.map(|(code, _)| code), Some(200), "still alive");
+    drop(daemon);
+
+    let env = Env::start().await;
+    env.misp.shutdown();
+    let _daemon = env.integration().await;
+    eventually(WAIT, "not ready, naming MISP", || async {
+        readyz(env.metrics).await.is_some_and(|(code, body)| {
+            code == 503 && body["failing"] == serde_json::json!(["misp"]) && body["checks"]["misp"]["ok"] == false
+        })
+    })
+    .await;
+}

@@ -15,6 +15,7 @@
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
 //! - [`process`]: logging setup and SIGTERM/SIGINT handling shared by both binaries.
 //! - [`view`]: a complete view of the blocking indicators in MISP (shared by the mirror and housekeeping).
+//! - [`ready`]: readiness (`/readyz`): MISP and the FortiGate answer, the journal writes, the mirror is fresh.
 //! - [`supervise`]: no task dies silently: restarts with backoff, or a fatal death that turns `/healthz` 503.
 //! - [`secret`]: [`secret::ApiKey`], a key that prints as `***`.
 //! - [`journal`]: the SQLite journal (`[state] path`) both daemons share: the durable queue of pending actions, the
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod misp;
 pub mod policy;
 pub mod process;
+pub mod ready;
 pub mod secret;
 pub mod supervise;
 pub mod syslog;

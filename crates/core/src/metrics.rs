@@ -1,4 +1,4 @@
-//! Every metric fortimisp exports, in one place, and the tiny HTTP server for `/metrics` and `/healthz`.
+//! Every metric fortimisp exports, in one place, and the tiny HTTP server for `/metrics`, `/healthz` and `/readyz`.
 //!
 //! [`Metrics`] holds the counters, gauges and histograms of both daemons (a daemon leaves the other's at zero) and
 //! the [`Registry`] they are registered in. Names follow `fortimisp_<noun>_<unit|total>`; label values come from
@@ -385,12 +385,14 @@ impl Health {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` fires. `/healthz` answers the JSON
-/// [`HealthReport`] with 200 when healthy, 503 when not.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` fires. `/healthz` answers the JSON
+/// [`HealthReport`] with 200 when healthy, 503 when not; `/readyz` the [`crate::ready::ReadyReport`], 200 when
+/// ready, 503 when not.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Health,
+    readiness: crate::ready::Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::http::{header, StatusCode};
@@ -403,6 +405,19 @@ pub async fn serve(
             get(move || {
                 let m = m.clone();
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()) }
+            }),
+        )
+        .route(
+            "/readyz",
+            get({
+                let m = metrics.clone();
+                move || {
+                    let report = readiness.report(&m, chrono::Utc::now().timestamp());
+                    async move {
+                        let status = if report.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                        (status, axum::Json(report))
+                    }
+                }
             }),
         )
         .route(

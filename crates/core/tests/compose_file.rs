@@ -6,7 +6,7 @@
 //! - `integration` publishes 514/udp and 514/tcp onto the port `config.toml` listens on, as a non-root user;
 //! - both daemons share one named state volume holding `state.path`, read the config from a read-only bind mount,
 //!   and get their API keys as compose secrets at the paths `config.toml` names (never inline);
-//! - restart policies, hardening, and healthchecks identical to the images' `HEALTHCHECK` on `/healthz`.
+//! - restart policies, hardening, and healthchecks identical to the images' `HEALTHCHECK` on `/readyz` (healthy means working).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -348,7 +348,7 @@ fn daemons_are_hardened_and_stop_in_time() {
 }
 
 #[test]
-fn healthchecks_probe_healthz_like_the_images() {
+fn healthchecks_probe_readyz_like_the_images() {
     let c = compose();
     let cfg = config();
     let ports = [port_of(&cfg.metrics.listen), port_of(&cfg.metrics.housekeeping_listen)];
@@ -361,7 +361,7 @@ fn healthchecks_probe_healthz_like_the_images() {
         assert_eq!(test.first().map(String::as_str), Some("CMD"), "{name}: exec-form healthcheck");
         let command = &test[1..];
         let joined = command.join(" ");
-        assert!(joined.contains("/healthz"), "{name}: the healthcheck GETs /healthz");
+        assert!(joined.contains("GET /readyz "), "{name}: the healthcheck GETs /readyz (ready, not only alive)");
         assert!(joined.contains(&format!("/dev/tcp/127.0.0.1/{metrics_port}")), "{name}: probes [metrics] listen");
         // Compose would interpolate a `$` (and silently drop the variable).
         assert!(!joined.contains('$'), "{name}: `$` in a compose healthcheck is interpolated by compose");

@@ -27,6 +27,7 @@ use fortimisp_core::clients;
 use fortimisp_core::config::Config;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics};
+use fortimisp_core::ready::{self, Readiness};
 use fortimisp_core::supervise::{Faults, Supervisor};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -184,11 +185,19 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("metrics.housekeeping_listen: cannot listen on {addr}"))?;
-        let (m, h, stop) = (metrics.clone(), supervisor.health().clone(), metrics_stop.clone());
+        let readiness = Readiness::new();
+        let (m, h, r, stop) = (metrics.clone(), supervisor.health().clone(), readiness.clone(), metrics_stop.clone());
         tokio::spawn(supervisor.fatal("metrics", async move {
-            if let Err(error) = metrics::serve(listener, m, h, stop).await {
+            if let Err(error) = metrics::serve(listener, m, h, r, stop).await {
                 error!(message = "Metrics server failed.", %error);
             }
+        }));
+        // Its own clients: the probes must not share the passes' rate limit or wait behind them.
+        let misp = Arc::new(clients::misp(&daemon.config.misp).context("misp")?);
+        let fortigate = Arc::new(clients::fortigate(&daemon.config.fortigate).context("fortigate")?);
+        let (m, stop) = (metrics.clone(), metrics_stop.clone());
+        tokio::spawn(supervisor.restarting("readiness", metrics_stop.clone(), move || {
+            ready::probe(misp.clone(), fortigate.clone(), readiness.clone(), m.clone(), stop.clone())
         }));
     }
     // A fatal death stops the timers the way SIGTERM does; either way `/healthz` turns 503 at once.

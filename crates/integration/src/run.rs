@@ -41,6 +41,7 @@ use crate::decide::{self, Decider, SharedMirror};
 use crate::ingest::Ingest;
 use crate::listen;
 use crate::mirror::{CidrIndicators, Mirror, MispLookup};
+use fortimisp_core::ready::{self, Readiness};
 use fortimisp_core::view;
 
 /// Candidates waiting for the decision stage. When full, UDP drops (counted) and TCP/TLS senders wait.
@@ -265,12 +266,23 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
     let aux_stop = CancellationToken::new();
 
     // Fatal when it dies: without it nothing reports liveness, and a prober would restart the daemon anyway.
+    // Readiness: MISP and the FortiGate probed, the journal, and the mirror's age (three sync intervals, at least
+    // ten minutes, cover a slow full sync).
+    let mut readiness = Readiness::new();
+    if let Some(interval) = cfg.misp.sync_interval {
+        readiness = readiness.with_mirror((interval * 3).max(Duration::from_secs(600)));
+    }
     if let Some(listener) = metrics_listener {
-        let (m, h, stop) = (parts.metrics.clone(), supervisor.health().clone(), aux_stop.clone());
+        let (m, h, r, stop) = (parts.metrics.clone(), supervisor.health().clone(), readiness.clone(), aux_stop.clone());
         tracker.spawn(supervisor.fatal("metrics", async move {
-            if let Err(error) = metrics::serve(listener, m, h, stop).await {
+            if let Err(error) = metrics::serve(listener, m, h, r, stop).await {
                 error!(message = "Metrics server failed.", %error);
             }
+        }));
+        let (misp, fortigate, m, stop) =
+            (parts.misp.clone(), parts.fortigate.clone(), parts.metrics.clone(), aux_stop.clone());
+        tracker.spawn(supervisor.restarting("readiness", aux_stop.clone(), move || {
+            ready::probe(misp.clone(), fortigate.clone(), readiness.clone(), m.clone(), stop.clone())
         }));
     }
 
