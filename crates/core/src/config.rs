@@ -1197,11 +1197,13 @@ policy_id = 7
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("key");
         std::fs::write(&key_file, "fgtoken\n").unwrap();
-        let from_file = MINIMAL.replace("api_key = \"fgtoken\"", &format!("api_key_file = {:?}", key_file.display().to_string()));
+        let from_file =
+            MINIMAL.replace("api_key = \"fgtoken\"", &format!("api_key_file = {:?}", key_file.display().to_string()));
         let keys_from_env = MINIMAL
             .replace("api_key = \"fgtoken\"", "")
             .replace("api_key = \"0123456789012345678901234567890123456789\"", "");
-        let env = |name: &str| (name == ENV_MISP_API_KEY || name == ENV_FORTIGATE_API_KEY).then(|| "from-env".to_string());
+        let env =
+            |name: &str| (name == ENV_MISP_API_KEY || name == ENV_FORTIGATE_API_KEY).then(|| "from-env".to_string());
         // (config text, mode, warned)
         let cases = [
             (MINIMAL, 0o644, true),

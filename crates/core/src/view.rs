@@ -146,7 +146,11 @@ mod tests {
             ("", attribute("ip-dst", false, false, &[]), Some("to_ids is off (misp.to_ids_only)")),
             ("to_ids_only = false", attribute("ip-dst", false, false, &[]), None),
             ("", attribute("domain|ip", true, false, &[]), Some("type domain|ip is not in misp.types")),
-            (tagged, attribute("ip-src", true, false, &["tlp:white", "false-positive"]), Some("tagged false-positive (misp.tags_exclude)")),
+            (
+                tagged,
+                attribute("ip-src", true, false, &["tlp:white", "false-positive"]),
+                Some("tagged false-positive (misp.tags_exclude)"),
+            ),
             (tagged, attribute("ip-src", true, false, &["tlp:green"]), Some("none of the misp.tags_include tags")),
             (tagged, attribute("ip-src", true, false, &["tlp:white"]), None),
         ];

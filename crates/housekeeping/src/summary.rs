@@ -37,7 +37,10 @@ pub fn summary(report: &Report, settings: &Settings) -> String {
             why.push(format!("{} revoked in MISP", removed.revoked));
         }
         if removed.legacy > 0 {
-            why.push(format!("{} older than max_age ({max_age})", count(removed.legacy, "legacy member", "legacy members")));
+            why.push(format!(
+                "{} older than max_age ({max_age})",
+                count(removed.legacy, "legacy member", "legacy members")
+            ));
         }
         let verb = if settings.dry_run { "would remove" } else { "removed" };
         format!("{examined}; {verb} {}: {}", removed.total(), why.join(", "))
@@ -63,10 +66,7 @@ pub fn summary(report: &Report, settings: &Settings) -> String {
         ));
     }
     if report.readded > 0 {
-        lines.push(format!(
-            "re-added {} that no block group held",
-            count(report.readded, "object", "objects")
-        ));
+        lines.push(format!("re-added {} that no block group held", count(report.readded, "object", "objects")));
     }
     if report.dangling > 0 {
         lines.push(format!(
@@ -87,7 +87,7 @@ fn count(n: usize, one: &str, many: &str) -> String {
 /// `90d` for whole days (humantime would say `2months 29days 1h 30m 36s` for 90 days), humantime otherwise.
 fn format_max_age(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs > 0 && secs % 86_400 == 0 && d.subsec_nanos() == 0 {
+    if secs > 0 && secs.is_multiple_of(86_400) && d.subsec_nanos() == 0 {
         format!("{}d", secs / 86_400)
     } else {
         humantime::format_duration(d).to_string()

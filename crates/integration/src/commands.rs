@@ -114,8 +114,7 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
     println!("{}", output::warninglist_line(shown, cfg.enforce_warninglist));
     let filtered = parts.misp.search_values(&view::base_query(cfg), &[ip]).await.context("MISP restSearch")?;
     let hit = filtered.iter().any(|ind| view::is_blocking(cfg, ind) && ind.network.contains(&ip));
-    let decision =
-        output::lookup_decision(parts.never_block.check(ip), hit, &all, cfg, warninglists.as_deref().ok());
+    let decision = output::lookup_decision(parts.never_block.check(ip), hit, &all, cfg, warninglists.as_deref().ok());
     println!("decision: {decision}");
     Ok(ExitCode::SUCCESS)
 }

@@ -254,59 +254,65 @@ mod tests {
         let configured = Protected::Configured { range: "198.51.100.53/32".parse().unwrap() };
         let blocking = [attribute(true)];
         let not_ids = [attribute(false)];
-        // (protected, hit, attributes, config, warninglists, expected line)
-        let cases: [(Option<Protected>, bool, &[Indicator], &MispConfig, Option<&[String]>, &str); 9] = [
-            (
-                Some(reserved),
-                true,
-                &blocking,
-                &cfg,
-                Some(&[]),
-                "never blocked: reserved range 10.0.0.0/8 (private); nothing overrides the reserved ranges",
-            ),
-            (
-                Some(configured),
-                true,
-                &blocking,
-                &cfg,
-                Some(&[]),
-                "not blocked: never_block 198.51.100.53/32 (integration block --force overrides it)",
-            ),
-            (None, true, &blocking, &cfg, Some(&[]), "would block: MISP lists it as a blocking indicator"),
-            // A CIDR indicator: a hit with no exact attribute.
-            (None, true, &[], &cfg, Some(&[]), "would block: MISP lists it as a blocking indicator"),
-            (
-                None,
-                false,
-                &blocking,
-                &cfg,
-                Some(&dns),
-                "would not block: on MISP warninglist \"Public DNS resolvers\" (misp.enforce_warninglist)",
-            ),
-            (None, true, &blocking, &not_enforced, Some(&dns), "would block: MISP lists it as a blocking indicator"),
-            (
-                None,
-                false,
-                &blocking,
-                &cfg,
-                None,
-                "would not block: MISP leaves it out of the [misp] search (an unpublished event with \
-                 misp.published_only, or a warninglist)",
-            ),
-            (
-                None,
-                false,
-                &not_ids,
-                &cfg,
-                Some(&dns),
-                "would not block: MISP has it, but no attribute passes the [misp] filters",
-            ),
-            (None, false, &[], &cfg, Some(&[]), "would not block: MISP has no blocking indicator for it"),
-        ];
-        for (protected, hit, attributes, cfg, lists, expected) in cases {
+        /// The one caller of `lookup_decision` here: its facts, and the line it must print.
+        fn check(
+            protected: Option<Protected>,
+            hit: bool,
+            attributes: &[Indicator],
+            cfg: &MispConfig,
+            lists: Option<&[String]>,
+            expected: &str,
+        ) {
             let decision = lookup_decision(protected, hit, attributes, cfg, lists);
             assert_eq!(decision.to_string(), expected, "{decision:?}");
         }
+        let block = "would block: MISP lists it as a blocking indicator";
+        check(
+            Some(reserved),
+            true,
+            &blocking,
+            &cfg,
+            Some(&[]),
+            "never blocked: reserved range 10.0.0.0/8 (private); nothing overrides the reserved ranges",
+        );
+        check(
+            Some(configured),
+            true,
+            &blocking,
+            &cfg,
+            Some(&[]),
+            "not blocked: never_block 198.51.100.53/32 (integration block --force overrides it)",
+        );
+        check(None, true, &blocking, &cfg, Some(&[]), block);
+        // A CIDR indicator: a hit with no exact attribute.
+        check(None, true, &[], &cfg, Some(&[]), block);
+        check(
+            None,
+            false,
+            &blocking,
+            &cfg,
+            Some(&dns),
+            "would not block: on MISP warninglist \"Public DNS resolvers\" (misp.enforce_warninglist)",
+        );
+        check(None, true, &blocking, &not_enforced, Some(&dns), block);
+        check(
+            None,
+            false,
+            &blocking,
+            &cfg,
+            None,
+            "would not block: MISP leaves it out of the [misp] search (an unpublished event with \
+             misp.published_only, or a warninglist)",
+        );
+        check(
+            None,
+            false,
+            &not_ids,
+            &cfg,
+            Some(&dns),
+            "would not block: MISP has it, but no attribute passes the [misp] filters",
+        );
+        check(None, false, &[], &cfg, Some(&[]), "would not block: MISP has no blocking indicator for it");
     }
 
     #[test]
@@ -316,7 +322,11 @@ mod tests {
         assert!(attribute_line(&cfg, &attribute(false)).ends_with(" -> filtered out: to_ids is off (misp.to_ids_only)"));
         let dns = ["Public DNS resolvers".to_string()];
         let cases = [
-            (Ok(&dns[..]), true, "warninglists: \"Public DNS resolvers\" (misp.enforce_warninglist: MISP leaves the address out)"),
+            (
+                Ok(&dns[..]),
+                true,
+                "warninglists: \"Public DNS resolvers\" (misp.enforce_warninglist: MISP leaves the address out)",
+            ),
             (Ok(&dns[..]), false, "warninglists: \"Public DNS resolvers\" (not enforced)"),
             (Ok(&[][..]), true, "warninglists: none"),
             (Err("HTTP 500"), true, "warninglists: check failed: HTTP 500"),
