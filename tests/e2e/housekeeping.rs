@@ -310,7 +310,8 @@ async fn mass_revocation_trips_the_safety_rail_unless_forced() {
     assert_eq!(unblock_actions(&env).len(), 8);
 }
 
-/// `--dry-run` changes nothing and prints exactly what the following real pass removes.
+/// `--dry-run` changes nothing and prints exactly what the following real pass removes, then a summary in words
+/// (what would be removed and why; after the real pass, that nothing is due).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_changes_nothing_and_lists_what_a_real_pass_removes() {
     let mut env = Env::start().await;
@@ -336,12 +337,27 @@ async fn dry_run_changes_nothing_and_lists_what_a_real_pass_removes() {
         .map(|l| l.split(" (").next().unwrap().to_string())
         .collect();
 
-    assert_ok(&env.housekeeping_run(&["--once"]));
+    let why = "5: 3 older than max_age (90d), 1 revoked in MISP, 1 legacy member older than max_age (90d)";
+    let summary = |out: &Output| text(&out.stdout).lines().last().unwrap_or_default().to_string();
+    assert_eq!(summary(&dry), format!("dry run, nothing changed: examined 13 blocks; would remove {why}"));
+
+    let real = env.housekeeping_run(&["--once"]);
+    assert_ok(&real);
+    assert_eq!(text(&real.stdout), format!("examined 13 blocks; removed {why}\n"), "the summary alone on stdout");
     let after: BTreeSet<String> =
         env.fortigate.names(Table::Address).into_iter().chain(env.fortigate.names(Table::Address6)).collect();
     let removed: BTreeSet<String> = before.0.into_iter().chain(before.1).filter(|n| !after.contains(n)).collect();
     assert_eq!(listed, removed, "dry run listed:\n{}", text(&dry.stdout));
     assert_eq!(removed.len(), 5, "{removed:?}");
+
+    let idle = env.housekeeping_run(&["--once", "--dry-run"]);
+    assert_ok(&idle);
+    assert_eq!(
+        text(&idle.stdout),
+        "dry run, nothing changed: examined 9 blocks; nothing is due (none older than max_age (90d), none revoked \
+         in MISP)\n",
+        "nothing due is said in words, on stdout"
+    );
 }
 
 /// `--once` asks MISP to fetch all feeds and reports "No feed enabled."; the daemon counts it in

@@ -679,35 +679,91 @@ fn output_text(out: &std::process::Output) -> String {
 }
 
 /// `block`, `unblock` and `list` by hand: the daemon's path, the never-block rules (`--force` overrides the
-/// operator's list, never the reserved ranges), and foreign objects refused and untouched.
+/// operator's list, never the reserved ranges), and foreign objects refused and untouched. Each prints a sentence
+/// a person reads on success, and its error once (one `error:` line, no log line repeating it) on failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_unblock_and_list_by_hand() {
     let env = Env::start().await;
     env.fortigate.seed_address("misp-198.51.100.66", "198.51.100.66/32", "hand-made by the firewall team");
     let foreign_before = env.fortigate.object("misp-198.51.100.66").unwrap();
 
-    /// The command line, whether it exits 0, and whether `misp-<address>` is blocked afterwards.
+    /// The command line, whether it exits 0, whether `misp-<address>` is blocked afterwards, and what it says:
+    /// stdout when it succeeds, the one error line when it fails.
     struct Case {
         args: &'static [&'static str],
         ok: bool,
         blocked: Option<(&'static str, bool)>,
+        says: &'static str,
     }
-    let case = |args, ok, blocked| Case { args, ok, blocked };
+    let case = |args, ok, blocked, says| Case { args, ok, blocked, says };
     let cases = [
-        case(&["block", "198.51.100.40", "--comment", "ticket 42"], true, Some(("198.51.100.40", true))),
-        case(&["block", "2001:db8::40"], true, Some(("2001:db8::40", true))),
-        case(&["block", "2001:db8::40"], true, Some(("2001:db8::40", true))),
-        case(&["block", "198.51.100.250"], false, Some(("198.51.100.250", false))),
-        case(&["block", "198.51.100.250", "--force"], true, Some(("198.51.100.250", true))),
-        case(&["block", "10.1.2.3", "--force"], false, Some(("10.1.2.3", false))),
-        case(&["block", "127.0.0.1", "--force"], false, Some(("127.0.0.1", false))),
-        case(&["block", "198.51.100.66"], false, None),
-        case(&["unblock", "198.51.100.40"], true, Some(("198.51.100.40", false))),
-        case(&["unblock", "198.51.100.66"], false, None),
+        case(
+            &["block", "198.51.100.40", "--comment", "ticket 42"],
+            true,
+            Some(("198.51.100.40", true)),
+            "blocked 198.51.100.40: address object misp-198.51.100.40 in group MISP_BLOCK",
+        ),
+        case(
+            &["block", "2001:db8::40"],
+            true,
+            Some(("2001:db8::40", true)),
+            "blocked 2001:db8::40: address object misp-2001:db8::40 in group MISP_BLOCK6",
+        ),
+        case(
+            &["block", "2001:db8::40"],
+            true,
+            Some(("2001:db8::40", true)),
+            "2001:db8::40 was already blocked: address object misp-2001:db8::40 in group MISP_BLOCK6",
+        ),
+        case(
+            &["block", "198.51.100.250"],
+            false,
+            Some(("198.51.100.250", false)),
+            "error: 198.51.100.250 is in blocking.never_block (198.51.100.250/32); add --force to block it anyway",
+        ),
+        case(
+            &["block", "198.51.100.250", "--force"],
+            true,
+            Some(("198.51.100.250", true)),
+            "blocked 198.51.100.250: address object misp-198.51.100.250 in group MISP_BLOCK",
+        ),
+        case(
+            &["block", "10.1.2.3", "--force"],
+            false,
+            Some(("10.1.2.3", false)),
+            "error: 10.1.2.3 is in the reserved range 10.0.0.0/8 (private); it can never be blocked",
+        ),
+        case(
+            &["block", "127.0.0.1", "--force"],
+            false,
+            Some(("127.0.0.1", false)),
+            "error: 127.0.0.1 is in the reserved range",
+        ),
+        case(&["block", "198.51.100.66"], false, None, "error: not blocked: "),
+        case(&["unblock", "198.51.100.40"], true, Some(("198.51.100.40", false)), "unblocked 198.51.100.40"),
+        case(&["unblock", "198.51.100.66"], false, None, "error: FortiGate: not unblocked: "),
+        // For the listing: numeric order puts .9 before .10 and .250, and the comment is the operator's.
+        case(
+            &["block", "198.51.100.10", "--comment", "ticket 43"],
+            true,
+            Some(("198.51.100.10", true)),
+            "blocked 198.51.100.10",
+        ),
+        case(&["block", "198.51.100.9"], true, Some(("198.51.100.9", true)), "blocked 198.51.100.9"),
     ];
-    for Case { args, ok, blocked } in cases {
+    for Case { args, ok, blocked, says } in cases {
         let out = env.integration_cmd(args);
         assert_eq!(out.status.success(), ok, "{args:?}: {}", output_text(&out));
+        if ok {
+            assert!(stdout(&out).starts_with(says), "{args:?}: want {says:?}: {}", output_text(&out));
+            assert_eq!(stdout(&out).lines().count(), 1, "{args:?}: one sentence: {}", output_text(&out));
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let error = stderr.lines().find(|l| l.starts_with(says));
+            let error = error.unwrap_or_else(|| panic!("{args:?}: want {says:?}: {}", output_text(&out)));
+            let detail = error.rsplit(": ").next().unwrap();
+            assert_eq!(stderr.matches(detail).count(), 1, "{args:?}: the error once: {}", output_text(&out));
+        }
         if let Some((src, exists)) = blocked {
             assert_eq!(env.fortigate.object(&name(src)).is_some(), exists, "{args:?}: object {src}");
             assert_eq!(is_member(&env, src), exists, "{args:?}: membership of {src}");
@@ -720,13 +776,24 @@ async fn block_unblock_and_list_by_hand() {
     let out = env.integration_cmd(&["list"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let listing = stdout(&out);
-    for shown in ["misp-2001:db8::40", "misp-198.51.100.250"] {
-        assert!(listing.contains(shown), "list shows {shown}:\n{listing}");
-    }
+    let lines: Vec<&str> = listing.lines().collect();
+    let rows: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split_whitespace().collect()).collect();
+    let ips: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(
+        ips,
+        ["198.51.100.9", "198.51.100.10", "198.51.100.250", "2001:db8::40"],
+        "sorted by address:\n{listing}"
+    );
+    // Columns as wide as their content: the widest IP, then two spaces.
+    let widest = ips.iter().map(|ip| ip.len()).max().unwrap();
+    assert_eq!(widest, "198.51.100.250".len());
+    assert_eq!(lines[0].find("OBJECT"), Some(widest + 2), "{listing}");
+    let ticket = lines.iter().find(|l| l.starts_with("198.51.100.10 ")).unwrap();
+    assert!(ticket.ends_with("  manual  ticket 43"), "the operator's comment:\n{listing}");
+    assert!(!listing.contains("misp-event="), "no repeated event:\n{listing}");
     for hidden in ["misp-198.51.100.40", "misp-198.51.100.66"] {
         assert!(!listing.contains(hidden), "list hides {hidden}:\n{listing}");
     }
-    assert!(listing.contains("manual"), "list gives the reason:\n{listing}");
 }
 
 /// `integration block --comment` with characters FortiOS refuses in comments (`"` `'` `<` `>` `&` `#` `(` `)`):
@@ -742,8 +809,8 @@ async fn block_comment_with_refused_characters_is_replaced() {
     assert!(is_member(&env, "198.51.100.41"));
 }
 
-/// `lookup` prints the decision without changing anything; `validate` exits 0 against healthy emulators and 1
-/// when the FortiGate refuses the token.
+/// `lookup` prints one decision, with its reason, without changing anything; `validate` exits 0 against healthy
+/// emulators and 1 when the FortiGate refuses the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_and_validate() {
     let env = Env::start().await;
@@ -751,22 +818,29 @@ async fn lookup_and_validate() {
     env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.31"));
     env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.32").to_ids(false));
     env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.250"));
+    env.misp.add_attribute(event, AttributeSpec::new("ip-src", "198.51.100.34"));
+    env.misp.add_attribute(event, AttributeSpec::new("ip-src", "10.1.2.3"));
+    env.misp.add_warninglist("Known good", "cidr", &["198.51.100.34/32"]);
     env.misp.add_attribute(event, AttributeSpec::new("ip-dst", "203.0.113.128/26"));
     env.misp.add_attribute(event, AttributeSpec::new("ip-src", "2001:db8:77::/64"));
     let cases = [
-        ("198.51.100.31", "decision: would block"),
-        ("203.0.113.130", "decision: would block"),
-        ("2001:db8:77::9", "decision: would block"),
-        ("203.0.113.127", "decision: would not block"),
-        ("198.51.100.32", "decision: would not block"),
-        ("198.51.100.33", "decision: would not block"),
-        ("198.51.100.250", "decision: not blocked (protected address)"),
-        ("10.1.2.3", "decision: not blocked (protected address)"),
+        ("198.51.100.31", "would block: MISP lists it as a blocking indicator"),
+        ("203.0.113.130", "would block: MISP lists it as a blocking indicator"),
+        ("2001:db8:77::9", "would block: MISP lists it as a blocking indicator"),
+        ("203.0.113.127", "would not block: MISP has no blocking indicator for it"),
+        ("198.51.100.32", "would not block: MISP has it, but no attribute passes the [misp] filters"),
+        ("198.51.100.33", "would not block: MISP has no blocking indicator for it"),
+        ("198.51.100.34", "would not block: on MISP warninglist \"Known good\" (misp.enforce_warninglist)"),
+        ("198.51.100.250", "not blocked: never_block 198.51.100.250/32 (integration block --force overrides it)"),
+        ("10.1.2.3", "never blocked: reserved range 10.0.0.0/8 (private); nothing overrides the reserved ranges"),
     ];
     for (address, expected) in cases {
         let out = env.integration_cmd(&["lookup", address]);
         assert!(out.status.success(), "lookup {address}: {}", output_text(&out));
-        assert!(stdout(&out).contains(expected), "lookup {address}: want {expected:?}: {}", output_text(&out));
+        let text = stdout(&out);
+        let decisions: Vec<&str> = text.lines().filter(|l| l.starts_with("decision:")).collect();
+        assert_eq!(decisions, [format!("decision: {expected}")], "lookup {address}: {}", output_text(&out));
+        assert!(!text.contains("counts as a hit"), "lookup {address}: {}", output_text(&out));
     }
     assert_eq!(fortigate_writes(&env), 0, "lookup changes nothing");
 

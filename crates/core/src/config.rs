@@ -6,8 +6,8 @@
 //! ever sees a [`Config`].
 //!
 //! Every error names the full key path (`misp.timeout: invalid value ...`) on one line and never contains a
-//! secret. Problems that are not fatal (a config file readable by others, `verify_tls = false`) are returned in
-//! [`Config::warnings`] so the binary logs them once at start.
+//! secret. Problems that are not fatal (a file holding an inline `api_key` that others can read, `verify_tls =
+//! false`) are returned in [`Config::warnings`] so the binary reports them once at start.
 //!
 //! Field names match the TOML keys, which match `../shared/contract.md`: extend, never rename.
 
@@ -658,8 +658,11 @@ impl Config {
     pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
         let raw = RawConfig::parse(&text)?;
+        // Only a file that holds a key is worth protecting: the shipped config points at key files and may stay
+        // world-readable (docs/production.md).
+        let holds_key = raw.misp.api_key.is_some() || raw.fortigate.api_key.is_some();
         let mut config = raw.validate(env)?;
-        if let Some(warning) = permission_warning(path) {
+        if let Some(warning) = holds_key.then(|| permission_warning(path)).flatten() {
             config.warnings.push(warning);
         }
         Ok(config)
@@ -686,14 +689,15 @@ impl Config {
     }
 }
 
-/// A config file holding a secret should not be readable by others.
+/// A config file holding a secret (an inline `api_key`; the caller checks) should not be readable by others.
 #[cfg(unix)]
 fn permission_warning(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o004 != 0).then(|| {
         format!(
-            "config: {} is readable by other users (mode {:o}); if it holds an api_key, run chmod o-r on it",
+            "config: {} holds an api_key and is readable by other users (mode {:o}); run chmod o-r on it, or move \
+             the key to api_key_file",
             path.display(),
             mode & 0o777
         )
@@ -1232,18 +1236,40 @@ policy_id = 7
         assert_eq!(nets, ["198.51.100.7/32", "203.0.113.0/24", "2001:db8::/48"]);
     }
 
+    /// A world-readable file is a warning only when it holds a key inline: the shipped config reads its keys from
+    /// files and may stay world-readable.
     #[cfg(unix)]
     #[test]
-    fn world_readable_file_is_a_warning() {
+    fn world_readable_file_is_a_warning_only_when_it_holds_a_key() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, MINIMAL).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let c = Config::load_with_env(&path, &no_env).unwrap();
-        assert!(c.warnings.iter().any(|w| w.contains("readable by other users")), "{:?}", c.warnings);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(Config::load_with_env(&path, &no_env).unwrap().warnings.is_empty());
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "fgtoken\n").unwrap();
+        let from_file =
+            MINIMAL.replace("api_key = \"fgtoken\"", &format!("api_key_file = {:?}", key_file.display().to_string()));
+        let keys_from_env = MINIMAL
+            .replace("api_key = \"fgtoken\"", "")
+            .replace("api_key = \"0123456789012345678901234567890123456789\"", "");
+        let env =
+            |name: &str| (name == ENV_MISP_API_KEY || name == ENV_FORTIGATE_API_KEY).then(|| "from-env".to_string());
+        // (config text, mode, warned)
+        let cases = [
+            (MINIMAL, 0o644, true),
+            (MINIMAL, 0o640, false),
+            (MINIMAL, 0o600, false),
+            (from_file.as_str(), 0o600, false),
+            // Still holds the MISP key inline.
+            (from_file.as_str(), 0o644, true),
+            (keys_from_env.as_str(), 0o644, false),
+        ];
+        for (i, (text, mode, warned)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("config-{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let c = Config::load_with_env(&path, &env).unwrap();
+            let warnings: Vec<_> = c.warnings.iter().filter(|w| w.contains("readable by other users")).collect();
+            assert_eq!(warnings.len(), usize::from(warned), "case {i} (mode {mode:o}): {:?}", c.warnings);
+        }
     }
 
     /// The name rules agree: whatever `[fortigate]` names validation accepts, the client builds, and every object

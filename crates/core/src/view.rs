@@ -2,8 +2,9 @@
 //!
 //! Both daemons need the same answer to "does MISP still list this address as something to block?": the
 //! integration daemon's mirror and housekeeping's revocation check. This module holds that definition once:
-//! [`base_query`] (the restSearch filters), [`is_blocking`] (the same filters applied to one attribute) and
-//! [`full`] (every page, into an [`IndicatorSet`]).
+//! [`base_query`] (the restSearch filters), [`is_blocking`] (the same filters applied to one attribute; [`exclusion`]
+//! says which filter leaves an attribute out, for `integration lookup`) and [`full`] (every page, into an
+//! [`IndicatorSet`]).
 //!
 //! MISP's restSearch matches values exactly: a lookup of `203.0.113.130` does not return the attribute
 //! `203.0.113.128/26`. So every answer that does not come from the full mirror combines an exact lookup with
@@ -37,11 +38,55 @@ pub fn base_query(cfg: &MispConfig) -> SearchQuery {
 /// Whether an attribute counts as blocking under `[misp]` (the server filtered already; this re-checks what an
 /// incremental sync deliberately asks wider).
 pub fn is_blocking(cfg: &MispConfig, ind: &Indicator) -> bool {
-    !ind.deleted
-        && (!cfg.to_ids_only || ind.to_ids)
-        && cfg.types.iter().any(|t| t == ind.kind.as_str())
-        && !ind.tags.iter().any(|t| cfg.tags_exclude.contains(t))
-        && (cfg.tags_include.is_empty() || ind.tags.iter().any(|t| cfg.tags_include.contains(t)))
+    exclusion(cfg, ind).is_none()
+}
+
+/// Which `[misp]` filter leaves an attribute out, the first that does; `None`: it is blocking. (The warninglist
+/// and `published_only` are the server's filters, on the address and the event: not checked here.)
+pub fn exclusion<'a>(cfg: &MispConfig, ind: &'a Indicator) -> Option<Exclusion<'a>> {
+    if ind.deleted {
+        return Some(Exclusion::Deleted);
+    }
+    if cfg.to_ids_only && !ind.to_ids {
+        return Some(Exclusion::NotIds);
+    }
+    if !cfg.types.iter().any(|t| t == ind.kind.as_str()) {
+        return Some(Exclusion::Type(ind.kind.as_str()));
+    }
+    if let Some(tag) = ind.tags.iter().find(|t| cfg.tags_exclude.contains(t)) {
+        return Some(Exclusion::TagExcluded(tag));
+    }
+    if !cfg.tags_include.is_empty() && !ind.tags.iter().any(|t| cfg.tags_include.contains(t)) {
+        return Some(Exclusion::NoIncludedTag);
+    }
+    None
+}
+
+/// Why `[misp]` leaves an attribute out; displays as a short reason naming the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion<'a> {
+    /// Soft-deleted in MISP.
+    Deleted,
+    /// The IDS flag is off and `misp.to_ids_only` is on.
+    NotIds,
+    /// A type `misp.types` does not list.
+    Type(&'a str),
+    /// Tagged with a tag in `misp.tags_exclude`.
+    TagExcluded(&'a str),
+    /// `misp.tags_include` is set and the attribute has none of its tags.
+    NoIncludedTag,
+}
+
+impl std::fmt::Display for Exclusion<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exclusion::Deleted => f.write_str("deleted in MISP"),
+            Exclusion::NotIds => f.write_str("to_ids is off (misp.to_ids_only)"),
+            Exclusion::Type(kind) => write!(f, "type {kind} is not in misp.types"),
+            Exclusion::TagExcluded(tag) => write!(f, "tagged {tag} (misp.tags_exclude)"),
+            Exclusion::NoIncludedTag => f.write_str("none of the misp.tags_include tags"),
+        }
+    }
 }
 
 /// Every blocking indicator, all pages, into a new set. Returns the set and the highest attribute timestamp.
@@ -115,6 +160,55 @@ mod tests {
     use super::*;
     use crate::misp::AttributeKind;
 
+    fn config(misp_extra: &str) -> MispConfig {
+        let text = format!(
+            "[misp]\nurl = \"https://misp.example.org\"\napi_key = \"k\"\n{misp_extra}\n\
+             [fortigate]\nurl = \"https://fortigate.example.org\"\napi_key = \"t\"\n[[trigger]]\npolicy_id = 7\n"
+        );
+        crate::config::RawConfig::parse(&text).and_then(|raw| raw.validate(&|_| None)).expect("valid config").misp
+    }
+
+    fn attribute(kind: &str, to_ids: bool, deleted: bool, tags: &[&str]) -> Indicator {
+        Indicator {
+            network: "198.51.100.7/32".parse().unwrap(),
+            kind: AttributeKind::from_misp_type(kind),
+            attribute_id: 1,
+            event_id: 1,
+            uuid: "5f0c0000-0000-4000-8000-000000000001".into(),
+            to_ids,
+            deleted,
+            timestamp: 0,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    /// Each filter names itself; `is_blocking` is exactly "no exclusion".
+    #[test]
+    fn exclusion_names_the_filter() {
+        let tagged = "tags_include = [\"tlp:white\"]\ntags_exclude = [\"false-positive\"]";
+        // (misp config, attribute, expected reason or None)
+        let cases = [
+            ("", attribute("ip-src", true, false, &[]), None),
+            ("", attribute("ip-src", true, true, &[]), Some("deleted in MISP")),
+            ("", attribute("ip-dst", false, false, &[]), Some("to_ids is off (misp.to_ids_only)")),
+            ("to_ids_only = false", attribute("ip-dst", false, false, &[]), None),
+            ("", attribute("domain|ip", true, false, &[]), Some("type domain|ip is not in misp.types")),
+            (
+                tagged,
+                attribute("ip-src", true, false, &["tlp:white", "false-positive"]),
+                Some("tagged false-positive (misp.tags_exclude)"),
+            ),
+            (tagged, attribute("ip-src", true, false, &["tlp:green"]), Some("none of the misp.tags_include tags")),
+            (tagged, attribute("ip-src", true, false, &["tlp:white"]), None),
+        ];
+        for (extra, ind, expected) in cases {
+            let cfg = config(extra);
+            let got = exclusion(&cfg, &ind).map(|e| e.to_string());
+            assert_eq!(got.as_deref(), expected, "{extra:?} {ind:?}");
+            assert_eq!(is_blocking(&cfg, &ind), expected.is_none());
+        }
+    }
+
     fn indicator(value: &str, uuid: u128, to_ids: bool) -> Indicator {
         Indicator {
             network: crate::misp::indicator::parse_network(value).unwrap(),
@@ -131,15 +225,9 @@ mod tests {
 
     /// The answer off the mirror is the mirror's: an address inside a CIDR indicator is a hit even though the
     /// exact lookup found nothing; the most specific indicator wins; filters and prefix limits apply to both.
-    fn misp_config() -> MispConfig {
-        let text = "[misp]\nurl = \"https://misp.example.org\"\napi_key = \"k\"\n\
-                    [fortigate]\nurl = \"https://fortigate.example.org\"\napi_key = \"k\"\n[[trigger]]\npolicy_id = 7\n";
-        crate::config::RawConfig::parse(text).unwrap().validate(&|_| None).unwrap().misp
-    }
-
     #[test]
     fn an_exact_answer_and_the_cidr_indicators_give_the_mirrors_answer() {
-        let cfg = misp_config();
+        let cfg = config("");
         let all = [
             indicator("203.0.113.128/26", 1, true),
             indicator("203.0.113.130", 2, true),

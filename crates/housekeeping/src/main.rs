@@ -3,7 +3,9 @@
 //!
 //! This file parses the command line, loads the config (one line naming the key on error, exit 2), sets up
 //! logging and signals, and hands the two jobs to [`schedule::schedule`]. A prune pass is [`pass::Pass`] (I/O)
-//! around [`plan::plan`] (pure); the feed update is [`feeds::update`].
+//! around [`plan::plan`] (pure); the feed update is [`feeds::update`]. `--once` prints the pass's
+//! [`summary::summary`] on stdout; the daemon logs each pass's numbers. An error that ends the process is reported
+//! once ([`fortimisp_core::process::report_failure`]).
 //!
 //! Supervision: a pass or feed update that panics is caught ([`Supervisor::pass`]), logged at `error`, counted
 //! (`housekeeping_failures_total{reason="panic"}`, `feed_updates_total{outcome="error"}`) and run again at its
@@ -14,6 +16,7 @@ mod feeds;
 mod pass;
 mod plan;
 mod schedule;
+mod summary;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,7 @@ use fortimisp_core::clients;
 use fortimisp_core::config::Config;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics};
+use fortimisp_core::process;
 use fortimisp_core::ready::{self, Readiness};
 use fortimisp_core::supervise::{Faults, Supervisor};
 use tokio_util::sync::CancellationToken;
@@ -76,11 +80,12 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match fortimisp_core::process::start(cli.config.clone(), fortimisp_core::process::Daemon::Housekeeping)
-    {
+    let config = match process::start(cli.config.clone(), process::Daemon::Housekeeping, process::Warnings::Log) {
         Ok(config) => config,
         Err(code) => return code,
     };
+    let log = config.log.clone();
+    let role = if cli.once || cli.dry_run { process::Role::Command } else { process::Role::Daemon };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
@@ -92,8 +97,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config, cli, shutdown)) {
         Ok(code) => code,
         Err(error) => {
-            error!(message = "Failed.", error = %format!("{error:#}"));
-            eprintln!("error: {error:#}");
+            process::report_failure(role, &log, &error);
             ExitCode::FAILURE
         }
     }
@@ -108,8 +112,17 @@ struct Daemon {
     metrics: Arc<Metrics>,
 }
 
+/// Where a pass's report goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReportTo {
+    /// `--once`: the summary, on stdout, for the person who ran it.
+    Summary,
+    /// The daemon's timer: one log line with the numbers.
+    Log,
+}
+
 impl Daemon {
-    async fn prune(&self, dry_run: bool, force: bool, shutdown: &CancellationToken) -> bool {
+    async fn prune(&self, dry_run: bool, force: bool, shutdown: &CancellationToken, report_to: ReportTo) -> bool {
         let pass = pass::Pass {
             config: &self.config,
             fortigate: &self.fortigate,
@@ -126,9 +139,23 @@ impl Daemon {
         };
         match result {
             Ok(report) => {
-                info!(message = "Prune pass done.", examined = report.examined, removed = report.removed,
-                      failed = report.failed, readded = report.readded, dangling = report.dangling,
-                      misp_view = report.misp_view, held_back = ?report.held_back, dry_run, took = ?started.elapsed());
+                match report_to {
+                    ReportTo::Summary => {
+                        let hk = &self.config.housekeeping;
+                        let settings = summary::Settings {
+                            dry_run,
+                            max_age: hk.max_age,
+                            unblock_revoked: hk.unblock_revoked,
+                            max_unblock_fraction: hk.max_unblock_fraction,
+                        };
+                        println!("{}", summary::summary(&report, &settings));
+                    }
+                    ReportTo::Log => {
+                        info!(message = "Prune pass done.", examined = report.examined,
+                              removed = report.removed.total(), failed = report.failed, readded = report.readded,
+                              dangling = report.dangling, revocation = report.revocation(), took = ?started.elapsed());
+                    }
+                }
                 if report.is_success() && !dry_run {
                     self.metrics.hk_last_success.set(chrono::Utc::now().timestamp());
                 }
@@ -170,7 +197,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     tokio::spawn(fortimisp_core::process::cancel_on_signal(shutdown.clone()));
 
     if cli.once || cli.dry_run {
-        let pruned = daemon.prune(cli.dry_run, cli.force, &shutdown).await;
+        let pruned = daemon.prune(cli.dry_run, cli.force, &shutdown, ReportTo::Summary).await;
         let fed = match (cli.dry_run, &daemon.config.misp.feed_update_interval) {
             (false, Some(_)) => daemon.feed_update(&shutdown).await,
             _ => true,
@@ -227,7 +254,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     let (d, stop, force) = (&daemon, &shutdown, &force_next);
     let timers = schedule::schedule(
         move || async move {
-            d.prune(false, force.swap(false, Ordering::Relaxed), stop).await;
+            d.prune(false, force.swap(false, Ordering::Relaxed), stop, ReportTo::Log).await;
         },
         move || async move {
             d.feed_update(stop).await;

@@ -34,11 +34,12 @@ use tracing::{error, info, warn};
 
 use crate::plan::{self, Ban, Plan, Removal, Rules};
 
-/// What a pass did, for `--once`'s exit code and the log.
+/// What a pass did, for `--once`'s exit code and summary ([`crate::summary`]) and the daemon's log.
 #[derive(Debug, Default)]
 pub struct Report {
     pub examined: usize,
-    pub removed: usize,
+    /// Removals done; in a dry run, the removals that would be done.
+    pub removed: Removed,
     pub failed: usize,
     pub held_back: Option<(usize, usize)>,
     pub misp_view: bool,
@@ -49,11 +50,47 @@ pub struct Report {
     pub misp_unavailable: bool,
 }
 
+/// Removals by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub max_age: usize,
+    pub revoked: usize,
+    pub legacy: usize,
+}
+
+impl Removed {
+    pub fn add(&mut self, reason: plan::Reason) {
+        match reason {
+            plan::Reason::MaxAge => self.max_age += 1,
+            plan::Reason::Revoked => self.revoked += 1,
+            plan::Reason::Legacy => self.legacy += 1,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.max_age + self.revoked + self.legacy
+    }
+}
+
 impl Report {
     /// A pass fails when a removal failed, the safety rail tripped or revocation could not be checked: the
     /// operator must look.
     pub fn is_success(&self) -> bool {
         self.failed == 0 && self.held_back.is_none() && !self.interrupted && !self.misp_unavailable
+    }
+
+    /// What became of revocation this pass, for the daemon's log: `held_back` (the safety rail),
+    /// `misp_unavailable`, `checked`, or `not_checked` (`unblock_revoked` off, or no block to check).
+    pub fn revocation(&self) -> &'static str {
+        if self.held_back.is_some() {
+            "held_back"
+        } else if self.misp_unavailable {
+            "misp_unavailable"
+        } else if self.misp_view {
+            "checked"
+        } else {
+            "not_checked"
+        }
     }
 }
 
@@ -196,11 +233,12 @@ impl Pass<'_> {
                 info!(message = "Shutdown requested; the pass stops between two removals.", done = i, total);
                 break;
             }
-            let reason = removal.reason().as_str();
+            let why = removal.reason();
+            let reason = why.as_str();
             let name = removal.name();
             if self.dry_run {
                 println!("would remove {name} ({reason})");
-                report.removed += 1;
+                report.removed.add(why);
                 continue;
             }
             let groups = || Some(member_of.get(&name).cloned().unwrap_or_default());
@@ -212,7 +250,7 @@ impl Pass<'_> {
             let request = unblock::Request { target, reason: reason.to_string(), member_of };
             match unblocker.unblock(&request).await {
                 Unblocked::Done | Unblocked::NotThere => {
-                    report.removed += 1;
+                    report.removed.add(why);
                     Metrics::inc(&self.metrics.hk_pruned, reason);
                     info!(message = "Removed block.", object = %name, reason);
                 }

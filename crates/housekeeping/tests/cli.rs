@@ -47,6 +47,50 @@ fn the_syslog_tls_files_are_not_required() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.starts_with("error: metrics.housekeeping_listen: cannot listen on"), "{stderr}");
+    assert_eq!(stderr.matches("cannot listen on").count(), 1, "the error is printed once:\n{stderr}");
+}
+
+/// A daemon logging JSON reports the error that stops it once, as a JSON log event: every line of its stderr
+/// stays JSON.
+#[test]
+fn a_json_logging_daemon_reports_its_failure_once_as_json() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = daemon_with_config(
+        dir.path(),
+        &format!("[metrics]\nhousekeeping_listen = \"{addr}\"\n[log]\nformat = \"json\"\n"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for line in stderr.lines() {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "not JSON: {line:?}\n{stderr}");
+    }
+    let failures: Vec<&str> = stderr.lines().filter(|l| l.contains("cannot listen on")).collect();
+    assert_eq!(failures.len(), 1, "{stderr}");
+    let event: serde_json::Value = serde_json::from_str(failures[0]).unwrap();
+    assert_eq!(event["level"], "ERROR", "{event}");
+}
+
+/// `--once --dry-run` against a FortiGate that is not there: the failed pass is reported once, without colour in
+/// the redirected stderr, and exit 1.
+#[test]
+fn once_reports_a_failed_pass_without_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, format!("{CLIENTS}[state]\npath = \"{}\"\n", dir.path().join("state.db").display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_housekeeping"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--once", "--dry-run"])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!out.stderr.contains(&0x1b), "ANSI escape in redirected stderr: {stderr:?}");
+    assert_eq!(stderr.matches("Prune pass failed").count(), 1, "{stderr}");
+    assert!(out.stdout.is_empty(), "no summary of a pass that could not run: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 /// Runs `housekeeping --config <CLIENTS + rest>` as a daemon (its journal and stderr in `dir`) until it exits;

@@ -195,16 +195,15 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
         }
     }
 
-    /// Executes one block and journals its outcome.
+    /// Executes one block and journals its outcome. The caller reports it (the daemon's [`Blocker`] logs it,
+    /// `integration block` prints it), so a hand-run block prints its outcome once, not as a log line too.
     pub async fn execute(&self, job: &Job) -> Executed {
         if let Some(protected) = self.never_block.check(job.ip) {
             let reason = format!("protected: {protected}");
-            warn!(message = "Refusing to block a protected address.", ip = %job.ip, %protected);
             self.finish(job, Outcome::Skipped { reason: reason.clone() }, "never-block", &reason).await;
             return Executed::Protected(reason);
         }
         if self.dry_run {
-            info!(message = "Dry run: would block.", ip = %job.ip, reason = %job.reason);
             Metrics::inc(&self.metrics.blocks, "dry_run");
             self.finish(job, Outcome::Skipped { reason: "dry_run".into() }, "dry-run", &job.reason).await;
             return Executed::DryRun;
@@ -222,8 +221,6 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
                 if let Some(received) = job.received {
                     self.metrics.block_latency_seconds.observe(received.elapsed().as_secs_f64());
                 }
-                info!(message = "Blocked.", ip = %job.ip, %object, group = group.as_deref().unwrap_or("-"),
-                      reason = %job.reason, outcome);
                 let record = BlockRecord {
                     ip: job.ip,
                     object,
@@ -268,7 +265,6 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
                 let outcome = if matches!(error, fortigate::Error::Foreign { .. }) { "foreign" } else { "failed" };
                 Metrics::inc(&self.metrics.blocks, outcome);
                 let reason = error.to_string();
-                error!(message = "Block failed and will not be retried.", ip = %job.ip, error = %reason);
                 self.finish(job, Outcome::Failed { reason: reason.clone() }, "failed", &reason).await;
                 Executed::Failed(reason)
             }
@@ -571,12 +567,27 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
 
     fn on_executed(&mut self, mut job: Job, executed: Executed) {
         match executed {
-            Executed::Done(_) => {
+            Executed::Done(applied) => {
+                let (outcome, object, group) = match &applied {
+                    Applied::Blocked { object, group } => ("blocked", object, group),
+                    Applied::AlreadyBlocked { object, group } => ("already_blocked", object, group),
+                };
+                info!(message = "Blocked.", ip = %job.ip, %object, group = group.as_deref().unwrap_or("-"),
+                      reason = %job.reason, outcome);
                 // The FortiGate took a write: whatever refused the token before (at start) is fixed.
                 self.executor.metrics.fortigate_unauthorized.set(0);
                 self.held.remove(&job.ip);
             }
-            Executed::DryRun | Executed::Protected(_) | Executed::Failed(_) => {
+            Executed::DryRun => {
+                info!(message = "Dry run: would block.", ip = %job.ip, reason = %job.reason);
+                self.held.remove(&job.ip);
+            }
+            Executed::Protected(reason) => {
+                warn!(message = "Refusing to block a protected address.", ip = %job.ip, %reason);
+                self.held.remove(&job.ip);
+            }
+            Executed::Failed(error) => {
+                error!(message = "Block failed and will not be retried.", ip = %job.ip, %error);
                 self.held.remove(&job.ip);
             }
             Executed::Retry(error) if self.leave_failures_pending => {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::block::{self, Blocker, Executed};
 use crate::decide::SharedMirror;
 use crate::mirror::CidrIndicators;
+use crate::output::{self, ListRow};
 use crate::run::Parts;
 use fortimisp_core::view;
 
@@ -98,41 +99,20 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
     let cfg = &parts.config.misp;
     println!("address: {ip}");
-    if let Some(protected) = parts.never_block.check(ip) {
-        println!("decision: never blocked ({protected})");
-    }
     // Everything MISP holds for the value, unfiltered, so the operator sees why a filter excludes it.
     let all = parts.misp.search_values(&SearchQuery::new(), &[ip]).await.context("MISP restSearch")?;
     if all.is_empty() {
         println!("misp: no attribute has the value {ip}");
     }
     for ind in &all {
-        println!(
-            "misp: event {} attribute {} type {} value {} to_ids={} deleted={} tags=[{}] -> {}",
-            ind.event_id,
-            ind.uuid,
-            ind.kind,
-            ind.network,
-            ind.to_ids,
-            ind.deleted,
-            ind.tags.join(","),
-            if view::is_blocking(cfg, ind) { "counts as a hit" } else { "filtered out by [misp]" }
-        );
+        println!("{}", output::attribute_line(cfg, ind));
     }
-    match parts.misp.check_warninglist(&[ip]).await {
-        Ok(hits) => match hits.get(&ip) {
-            Some(lists) => {
-                let names: Vec<&str> = lists.iter().map(|h| h.name.as_str()).collect();
-                println!(
-                    "warninglists: {}{}",
-                    names.join(", "),
-                    if cfg.enforce_warninglist { " (enforced: not blocked)" } else { "" }
-                );
-            }
-            None => println!("warninglists: none"),
-        },
-        Err(error) => println!("warninglists: check failed: {error}"),
-    }
+    let warninglists: Result<Vec<String>, String> = match parts.misp.check_warninglist(&[ip]).await {
+        Ok(hits) => Ok(hits.get(&ip).map(|lists| lists.iter().map(|h| h.name.clone()).collect()).unwrap_or_default()),
+        Err(error) => Err(error.to_string()),
+    };
+    let shown: Result<&[String], &str> = warninglists.as_deref().map_err(String::as_str);
+    println!("{}", output::warninglist_line(shown, cfg.enforce_warninglist));
     // The daemon's answer: the exact lookup combined with the CIDR indicators (restSearch matches values exactly).
     let cidrs = CidrIndicators::new(cfg.lookup_cache_ttl)
         .get(&parts.misp, cfg)
@@ -142,18 +122,14 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
     let found = view::hit(cfg, ip, &filtered, &cidrs);
     if let Some(hit) = found.filter(|h| h.network.prefix_len() < h.network.max_prefix_len()) {
         println!(
-            "misp: event {} attribute {} network {} contains {ip} -> counts as a hit",
+            "misp: network {} (event {}, attribute {}) contains {ip}: passes the [misp] filters",
+            hit.network,
             hit.entry.event_id,
-            fortimisp_core::indicators::format_uuid(hit.entry.uuid),
-            hit.network
+            fortimisp_core::indicators::format_uuid(hit.entry.uuid)
         );
     }
-    let hit = found.is_some();
-    let decision = match (parts.never_block.check(ip), hit) {
-        (Some(_), _) => "not blocked (protected address)",
-        (None, true) => "would block",
-        (None, false) => "would not block (no blocking indicator)",
-    };
+    let decision =
+        output::lookup_decision(parts.never_block.check(ip), found.is_some(), &all, cfg, warninglists.as_deref().ok());
     println!("decision: {decision}");
     Ok(ExitCode::SUCCESS)
 }
@@ -181,7 +157,7 @@ pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: b
     flush_journal(&parts).await;
     match executed {
         Executed::Done(applied) => {
-            println!("{applied:?}");
+            println!("{}", output::block_sentence(ip, &applied));
             Ok(ExitCode::SUCCESS)
         }
         Executed::DryRun => {
@@ -255,57 +231,49 @@ pub async fn list(config: Config) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
     let ledger = parts.journal.active_blocks().await?;
     let now = Utc::now();
-    println!("{:<40} {:<48} {:>8}  {:<10} REASON", "IP", "OBJECT", "AGE", "EVENT");
+    let event_of = |event_id: Option<u64>| event_id.map_or_else(|| "manual".to_string(), |e| e.to_string());
+    let mut rows = Vec::new();
     match parts.config.fortigate.backend {
         BackendKind::AddressGroup => {
             let owned = parts.fortigate.list_owned().await.context("FortiGate")?;
             for obj in &owned {
-                let age = now.signed_duration_since(obj.comment.created_at);
-                let reason = ledger
-                    .iter()
-                    .find(|b| b.ip == obj.ip)
-                    .map(|b| b.reason.clone())
-                    .unwrap_or_else(|| obj.comment.rest.clone());
-                println!(
-                    "{:<40} {:<48} {:>8}  {:<10} {}",
-                    obj.ip,
-                    obj.name,
-                    format_age(age),
-                    obj.comment.event_id.as_deref().unwrap_or("-"),
-                    reason
-                );
+                rows.push(ListRow {
+                    ip: obj.ip,
+                    object: obj.name.to_string(),
+                    age: Some(now.signed_duration_since(obj.comment.created_at)),
+                    event: obj.comment.event_id.clone().unwrap_or_else(|| "-".into()),
+                    // What follows the marker: the operator's --comment, or the indicator and rule.
+                    comment: obj.comment.rest.clone(),
+                });
             }
-            let missing: Vec<_> = ledger.iter().filter(|b| !owned.iter().any(|o| o.ip == b.ip)).collect();
-            for b in missing {
-                println!(
-                    "{:<40} {:<48} {:>8}  {:<10} journal only (not on the FortiGate): {}",
-                    b.ip,
-                    b.object,
-                    "-",
-                    b.event_id.map(|e| e.to_string()).unwrap_or("-".into()),
-                    b.reason
-                );
+            for b in ledger.iter().filter(|b| !owned.iter().any(|o| o.ip == b.ip)) {
+                rows.push(ListRow {
+                    ip: b.ip,
+                    object: b.object.clone(),
+                    age: Some(now.signed_duration_since(b.blocked_at)),
+                    event: event_of(b.event_id),
+                    comment: "in the journal only: not on the FortiGate".into(),
+                });
             }
         }
         BackendKind::BannedIp => {
             for banned in parts.fortigate.list_banned().await.context("FortiGate")? {
-                let reason = ledger.iter().find(|b| b.ip == banned.ip).map(|b| b.reason.clone()).unwrap_or_default();
-                println!("{:<40} {:<48} {:>8}  {:<10} {}", banned.ip, "(banned ip)", "-", "-", reason);
+                let ours = ledger.iter().find(|b| b.ip == banned.ip);
+                rows.push(ListRow {
+                    ip: banned.ip,
+                    object: "(banned ip)".into(),
+                    age: banned.created.map(|created| now.signed_duration_since(created)),
+                    event: ours.map_or_else(|| "-".into(), |b| event_of(b.event_id)),
+                    comment: match ours.and_then(|b| b.rule) {
+                        Some(rule) => format!("rule={rule}"),
+                        None => String::new(),
+                    },
+                });
             }
         }
     }
+    print!("{}", output::list_table(rows));
     Ok(ExitCode::SUCCESS)
-}
-
-fn format_age(age: chrono::Duration) -> String {
-    let secs = age.num_seconds().max(0);
-    if secs >= 86400 {
-        format!("{}d", secs / 86400)
-    } else if secs >= 3600 {
-        format!("{}h", secs / 3600)
-    } else {
-        format!("{}m", secs / 60)
-    }
 }
 
 /// `integration replay LOGFILE`: the file's lines through ingest, decide and block, then a summary.

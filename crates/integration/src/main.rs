@@ -3,7 +3,9 @@
 //! This file does four things: parse the command line, load the config (one line naming the key on error, exit
 //! 2), set up logging, and turn SIGTERM/SIGINT into a cancellation token. Everything else is in the modules:
 //! [`run`] wires the daemon's stages ([`listen`] → [`ingest`] → [`decide`] → [`block`]), [`mirror`] keeps the
-//! local copy of MISP's indicators, [`commands`] holds the hand-run subcommands, which call the same stages.
+//! local copy of MISP's indicators, [`commands`] holds the hand-run subcommands, which call the same stages, and
+//! [`output`] what they print. An error that ends the process is reported once
+//! ([`fortimisp_core::process::report_failure`]).
 
 mod backend;
 mod block;
@@ -12,12 +14,14 @@ mod decide;
 mod ingest;
 mod listen;
 mod mirror;
+mod output;
 mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fortimisp_core::process;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -104,17 +108,26 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match fortimisp_core::process::start(cli.config.clone(), fortimisp_core::process::Daemon::Integration)
-    {
+    // `validate` prints the config's warnings in its report; logging them as well would show each twice.
+    let warnings = match cli.command {
+        Some(Command::Validate) => process::Warnings::Command,
+        _ => process::Warnings::Log,
+    };
+    let config = match process::start(cli.config.clone(), process::Daemon::Integration, warnings) {
         Ok(config) => config,
         Err(code) => return code,
+    };
+    let log = config.log.clone();
+    let role = match cli.command {
+        None | Some(Command::Run) => process::Role::Daemon,
+        Some(_) => process::Role::Command,
     };
     let faults = cli.faults();
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(fortimisp_core::process::cancel_on_signal(shutdown.clone()));
+                tokio::spawn(process::cancel_on_signal(shutdown.clone()));
                 run::run(config, shutdown, faults).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Validate => commands::validate(config).await,
@@ -129,8 +142,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!(message = "Failed.", error = %format!("{error:#}"));
-            eprintln!("error: {error:#}");
+            process::report_failure(role, &log, &error);
             ExitCode::FAILURE
         }
     }
