@@ -118,7 +118,8 @@ async fn lab_runs_a_production_config_with_its_credentials_replaced() {
     let config = input.path().join("production.toml");
     std::fs::write(&config, production).unwrap();
     let bin_dir = bin("integration").parent().unwrap().to_path_buf();
-    let refused = [(ENV_MISP_API_KEY, "refused-misp-key-0123456789abcdef0123456789"), (ENV_FORTIGATE_API_KEY, "refused-token")];
+    let refused =
+        [(ENV_MISP_API_KEY, "refused-misp-key-0123456789abcdef0123456789"), (ENV_FORTIGATE_API_KEY, "refused-token")];
 
     for env in [&[][..], &refused[..]] {
         let work = tempfile::tempdir().unwrap();
@@ -141,7 +142,11 @@ async fn lab_runs_a_production_config_with_its_credentials_replaced() {
         assert!(!report["blocked"].as_array().unwrap().is_empty(), "{case}: the shipped [[trigger]] blocks something");
 
         let keys = lab_keys();
-        assert_eq!(report["fortigate"]["token"], keys.fortigate.as_str(), "{case}: the emulator accepts the lab's token");
+        assert_eq!(
+            report["fortigate"]["token"],
+            keys.fortigate.as_str(),
+            "{case}: the emulator accepts the lab's token"
+        );
         let written = std::fs::read_to_string(work.path().join("config.toml")).unwrap();
         let raw = fortimisp_core::config::RawConfig::parse(&written).unwrap();
         assert_eq!(raw.misp.api_key.as_deref(), Some(keys.misp.as_str()), "{case}");

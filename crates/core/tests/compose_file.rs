@@ -9,7 +9,8 @@
 //! - restart policies, hardening, and healthchecks identical to the images' `HEALTHCHECK` on `/healthz`;
 //! - the setup steps (this file's header, the README, production.md §3.1) run `validate` before `up`, and their
 //!   commands, run in a directory laid out like a fresh clone, create every file the services mount;
-//! - the images ship binaries stripped by `scripts/split-debuginfo`, whose debug information a `symbols` stage holds.
+//! - the images ship binaries stripped by `scripts/split-debuginfo`, whose debug information a `symbols` stage holds;
+//! - the README's Quick start warns, before its commands run, that the first build needs the network and disk.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -462,12 +463,8 @@ fn runnable(line: &str) -> bool {
 /// Every file a service bind-mounts or a secret reads, as written (`./config/config.toml`).
 fn mounted_files(c: &Value) -> BTreeSet<String> {
     let Value::Mapping(services) = &c["services"] else { panic!("services must be a mapping") };
-    let mut files: BTreeSet<String> = services
-        .values()
-        .flat_map(mounts)
-        .filter(|m| m.kind == "bind")
-        .map(|m| m.source)
-        .collect();
+    let mut files: BTreeSet<String> =
+        services.values().flat_map(mounts).filter(|m| m.kind == "bind").map(|m| m.source).collect();
     let Value::Mapping(secrets) = &c["secrets"] else { panic!("top-level secrets must be a mapping") };
     files.extend(secrets.values().map(|s| text(&s["file"])));
     files
@@ -542,7 +539,8 @@ fn images_ship_stripped_binaries_and_a_symbols_stage() {
         let installed: BTreeSet<&str> =
             run.split_whitespace().filter_map(|w| w.strip_prefix("target/release/")).collect();
         assert!(!installed.is_empty(), "{file}: no target/release/<binary> installed");
-        let (_, after) = run.split_once(SPLIT).unwrap_or_else(|| panic!("{file}: the binaries are not run through {SPLIT}"));
+        let (_, after) =
+            run.split_once(SPLIT).unwrap_or_else(|| panic!("{file}: the binaries are not run through {SPLIT}"));
         let args: Vec<&str> = after.split("&&").next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(args.first(), Some(&"/symbols"), "{file}: {SPLIT} writes the debug files to /symbols");
         let stripped: BTreeSet<&str> = args[1..]
@@ -557,7 +555,8 @@ fn images_ship_stripped_binaries_and_a_symbols_stage() {
             .unwrap_or_else(|| panic!("{file}: no `FROM scratch AS symbols` stage"));
         assert_eq!(stages[symbols][1..], ["COPY --from=build /symbols/ /"], "{file}: the symbols stage");
         assert!(symbols + 1 < stages.len(), "{file}: the symbols stage must not be the last (compose builds the last)");
-        let copies: Vec<&String> = stages.last().expect("a final stage").iter().filter(|i| i.starts_with("COPY --from=build ")).collect();
+        let copies: Vec<&String> =
+            stages.last().expect("a final stage").iter().filter(|i| i.starts_with("COPY --from=build ")).collect();
         assert!(!copies.is_empty(), "{file}: the final stage copies the binaries");
         for copy in copies {
             let source = copy.split_whitespace().nth(2).unwrap_or_default();
@@ -601,4 +600,22 @@ fn split_debuginfo_strips_the_binary_and_keeps_the_symbols_aside() {
     let after = std::fs::metadata(&binary).unwrap();
     assert!(after.len() < before / 2, "{before} bytes before, {} after", after.len());
     assert_eq!(after.permissions().mode() & 0o777, 0o755, "still executable");
+}
+
+// ---- the README's Quick start ---------------------------------------------------------------------------------
+
+/// A new user learns, before the Quick start's commands are explained, that the first build downloads crates
+/// (network access) and how much disk `target/` takes (a figure in GB), and how to work offline and get it back.
+#[test]
+fn quick_start_warns_about_network_and_disk() {
+    let start = README.find("## Quick start").expect("README has a Quick start");
+    let section = &README[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    let before_the_tour = &section[..section.find("Then the lab:").expect("the Quick start explains the lab")];
+    for needed in ["crates.io", "network", "cargo fetch", "--offline", "target/", "cargo clean"] {
+        assert!(before_the_tour.contains(needed), "the Quick start must mention `{needed}` before the lab's tour");
+    }
+    let disk = regex::Regex::new(r"`target/` grows to about (\d+) GB").unwrap();
+    let gb: u32 = disk.captures(before_the_tour).expect("a disk figure for target/ in GB")[1].parse().unwrap();
+    assert!((1..100).contains(&gb), "{gb} GB");
 }

@@ -330,8 +330,11 @@ fn feed_updates_are_off_as_the_docs_recommend() {
         ("SECURITY.md", include_str!("../../../SECURITY.md")),
     ];
     let shipped = parse(EXAMPLE).misp.feed_update_interval;
-    let without_key: String =
-        EXAMPLE.lines().filter(|l| !l.trim_start().starts_with("feed_update_interval")).map(|l| format!("{l}\n")).collect();
+    let without_key: String = EXAMPLE
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("feed_update_interval"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert_eq!(parse(&without_key).misp.feed_update_interval, shipped, "the built-in default is the shipped value");
     let setting = regex::Regex::new(r#"feed_update_interval = "([^"]*)""#).unwrap();
     let mut recommendations = 0;

@@ -142,7 +142,8 @@ fn mode(path: &std::path::Path) -> u32 {
 
 #[test]
 fn header_commands_read_the_indented_block_only() {
-    let unit = "# title\n# prose\n#\n#   install a b\n#   (umask 077; x\n#        y)\n#\n#   not = \"a command\"\n[Unit]\n";
+    let unit =
+        "# title\n# prose\n#\n#   install a b\n#   (umask 077; x\n#        y)\n#\n#   not = \"a command\"\n[Unit]\n";
     assert_eq!(header_commands(unit), ["   install a b", "   (umask 077; x", "        y)"]);
     let root = std::path::Path::new("/tmp/r");
     assert_eq!(
@@ -184,11 +185,8 @@ fn the_install_steps_work_in_an_empty_root() {
     }
     assert!(script.contains("install"), "no install step found in the header of {}", UNITS[0].0);
     assert!(skipped.iter().all(|l| l.starts_with("systemctl")), "only systemctl may be skipped: {skipped:?}");
-    let out = std::process::Command::new("sh")
-        .args(["-eu", "-c", &script])
-        .current_dir(&checkout)
-        .output()
-        .expect("sh runs");
+    let out =
+        std::process::Command::new("sh").args(["-eu", "-c", &script]).current_dir(&checkout).output().expect("sh runs");
     assert!(
         out.status.success(),
         "the install steps fail in an empty root:\n{script}\n{}",
@@ -200,7 +198,8 @@ fn the_install_steps_work_in_an_empty_root() {
         let installed = at(&format!("/usr/local/bin/{binary}"));
         assert!(value(file, unit, "ExecStart").contains(&format!("exec /usr/local/bin/{binary} ")), "{file}");
         assert_eq!(mode(&installed), 0o755, "{}", installed.display());
-        let (full, stripped) = (std::fs::metadata(&stand_in).unwrap().len(), std::fs::metadata(&installed).unwrap().len());
+        let (full, stripped) =
+            (std::fs::metadata(&stand_in).unwrap().len(), std::fs::metadata(&installed).unwrap().len());
         assert!(stripped < full / 2, "{binary} is not stripped of its debug information ({stripped} of {full} bytes)");
         let symbols = at(&format!("/usr/lib/debug/usr/local/bin/{binary}.debug"));
         assert!(symbols.is_file(), "{}: the debug information of {binary} is not where gdb looks", symbols.display());
@@ -212,7 +211,12 @@ fn the_install_steps_work_in_an_empty_root() {
             assert_eq!(mode(path.parent().unwrap()), 0o700, "the directory of {source}");
         }
         let unit_file = at(&format!("/etc/systemd/system/{file}"));
-        assert_eq!(std::fs::read_to_string(&unit_file).ok().as_deref(), Some(unit), "{} installed", unit_file.display());
+        assert_eq!(
+            std::fs::read_to_string(&unit_file).ok().as_deref(),
+            Some(unit),
+            "{} installed",
+            unit_file.display()
+        );
     }
     let config = at(DEFAULT_CONFIG_PATH);
     assert_eq!(std::fs::read_to_string(&config).ok().as_deref(), Some(CONFIG), "{} installed", config.display());

@@ -607,8 +607,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let servers = Servers::start(ServerOptions::default(), dir.path()).await.unwrap();
         let production = TEMPLATE
-            .replace("api_key = \"placeholder\"\nca_file = \"misp-ca.pem\"", "api_key_file = \"/nonexistent/misp_api_key\"")
-            .replace("api_key = \"placeholder\"\nca_file = \"fortigate-ca.pem\"", "api_key_file = \"/nonexistent/fg_key\"");
+            .replace(
+                "api_key = \"placeholder\"\nca_file = \"misp-ca.pem\"",
+                "api_key_file = \"/nonexistent/misp_api_key\"",
+            )
+            .replace(
+                "api_key = \"placeholder\"\nca_file = \"fortigate-ca.pem\"",
+                "api_key_file = \"/nonexistent/fg_key\"",
+            );
         assert_eq!(production.matches("api_key_file").count(), 2, "{production}");
         let mut doc = ConfigDoc::parse(&production).unwrap();
         doc.endpoints(&servers.endpoints(), &Listen::free(), &dir.path().join("state.db"));
