@@ -1,5 +1,6 @@
 //! The lab (`lab --headless --json`): its report must agree with what is really on the emulated FortiGate and in
-//! the journal, checked over the FortiGate's REST API and by opening the journal, while the lab keeps running.
+//! the journal, checked over the FortiGate's REST API and by opening the journal, while the lab keeps running; and
+//! `lab --config` runs the shipped production config with its credentials replaced by the lab's.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -110,4 +111,72 @@ async fn lab_report_matches_the_fortigate_and_the_journal() {
         .expect("lab stops within 20 s of SIGTERM")
         .unwrap();
     assert!(status.success(), "lab exit status {status}");
+}
+
+/// The shipped production config.
+const PRODUCTION_CONFIG: &str = include_str!("../../config/config.toml");
+
+/// `lab --config` with a production config: the MISP key from an `api_key_file` that does not exist, the FortiGate
+/// token from `FORTIMISP_FORTIGATE_API_KEY` only (no key in the file). The lab replaces every credential as it
+/// replaces the URLs, so it runs with the variables unset, and with both set to keys the emulators refuse (which
+/// would win over any key in the file if they reached the daemons). Neither the key file path nor those keys end up
+/// in the lab's config or logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_runs_a_production_config_with_its_credentials_replaced() {
+    use fortimisp_core::config::{ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY};
+    use fortimisp_e2e::fortimisp_testkit::lab::lab_keys;
+
+    let input = tempfile::tempdir().unwrap();
+    let missing_key_file = input.path().join("no-such-dir/misp_api_key");
+    let (misp_line, fortigate_line) =
+        ("api_key_file = \"/run/secrets/misp_api_key\"", "api_key_file = \"/run/secrets/fortigate_api_key\"\n");
+    assert!(PRODUCTION_CONFIG.contains(misp_line) && PRODUCTION_CONFIG.contains(fortigate_line));
+    let production = PRODUCTION_CONFIG
+        .replace(misp_line, &format!("api_key_file = {:?}", missing_key_file.display().to_string()))
+        .replace(fortigate_line, "");
+    let config = input.path().join("production.toml");
+    std::fs::write(&config, production).unwrap();
+    let bin_dir = bin("integration").parent().unwrap().to_path_buf();
+    let refused =
+        [(ENV_MISP_API_KEY, "refused-misp-key-0123456789abcdef0123456789"), (ENV_FORTIGATE_API_KEY, "refused-token")];
+
+    for env in [&[][..], &refused[..]] {
+        let work = tempfile::tempdir().unwrap();
+        let mut lab = Command::new(bin("lab"));
+        lab.args(["--headless", "--json", "--no-build", "--rate", "100", "--config"])
+            .arg(&config)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--dir")
+            .arg(work.path())
+            .env_remove(ENV_MISP_API_KEY)
+            .env_remove(ENV_FORTIGATE_API_KEY);
+        lab.envs(env.iter().copied());
+        let out = tokio::task::spawn_blocking(move || lab.output().unwrap()).await.unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let case = if env.is_empty() { "variables unset" } else { "variables set to refused keys" };
+        assert!(out.status.success(), "{case}: lab exited {}\n{stderr}\n{stdout}", out.status);
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{case}: {e}: {stdout}"));
+        assert_eq!(report["ok"], true, "{case}: {:#}", report["problems"]);
+        assert!(!report["blocked"].as_array().unwrap().is_empty(), "{case}: the shipped [[trigger]] blocks something");
+
+        let keys = lab_keys();
+        assert_eq!(
+            report["fortigate"]["token"],
+            keys.fortigate.as_str(),
+            "{case}: the emulator accepts the lab's token"
+        );
+        let written = std::fs::read_to_string(work.path().join("config.toml")).unwrap();
+        let raw = fortimisp_core::config::RawConfig::parse(&written).unwrap();
+        assert_eq!(raw.misp.api_key.as_deref(), Some(keys.misp.as_str()), "{case}");
+        assert_eq!(raw.fortigate.api_key.as_deref(), Some(keys.fortigate.as_str()), "{case}");
+        assert!(raw.misp.api_key_file.is_none() && raw.fortigate.api_key_file.is_none(), "{case}: {written}");
+        for file in ["config.toml", "integration.log", "housekeeping.log"] {
+            let text = std::fs::read_to_string(work.path().join(file)).unwrap_or_default();
+            assert!(!text.contains("no-such-dir"), "{case}: {file} names the production key file");
+            for (_, key) in refused {
+                assert!(!text.contains(key), "{case}: {file} holds a key from the environment");
+            }
+        }
+    }
 }

@@ -128,8 +128,9 @@ pub struct RawMisp {
     /// How long on-demand answers (hit and miss) are cached.
     #[serde(default = "d_10m", with = "humantime_serde")]
     pub lookup_cache_ttl: Duration,
-    /// Housekeeping asks MISP to fetch its feeds this often; `0s` disables.
-    #[serde(default = "d_12h", with = "humantime_serde")]
+    /// Housekeeping asks MISP to fetch its feeds this often; `0s` (the default) disables. Off by default because
+    /// MISP lets only site admins fetch feeds, and the recommended key is unprivileged.
+    #[serde(default, with = "humantime_serde")]
     pub feed_update_interval: Duration,
     /// Add a MISP sighting when an IP is blocked.
     #[serde(default)]
@@ -483,9 +484,6 @@ fn d_10m() -> Duration {
 }
 fn d_1h() -> Duration {
     Duration::from_secs(3600)
-}
-fn d_12h() -> Duration {
-    Duration::from_secs(12 * 3600)
 }
 fn d_24h() -> Duration {
     Duration::from_secs(24 * 3600)
@@ -1108,6 +1106,8 @@ policy_id = 7
         assert_eq!(c.syslog.udp, Some("0.0.0.0:514".parse().unwrap()));
         assert_eq!(c.housekeeping.max_age, Duration::from_secs(90 * 86400));
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9514".parse().unwrap()));
+        // Feed fetches need a site admin key; the recommended key is unprivileged, so they are opt-in.
+        assert_eq!(c.misp.feed_update_interval, None);
         assert_eq!(c.trigger[0].check, Check::Src);
         assert!(c.warnings.is_empty());
     }

@@ -6,7 +6,12 @@
 //! - `integration` publishes 514/udp and 514/tcp onto the port `config.toml` listens on, as a non-root user;
 //! - both daemons share one named state volume holding `state.path`, read the config from a read-only bind mount,
 //!   and get their API keys as compose secrets at the paths `config.toml` names (never inline);
-//! - restart policies, hardening, and healthchecks identical to the images' `HEALTHCHECK` on `/readyz` (healthy means working).
+//! - restart policies, hardening, and healthchecks identical to the images' `HEALTHCHECK` on `/readyz` (healthy
+//!   means working);
+//! - the setup steps (this file's header, the README, production.md §3.1) run `validate` before `up`, and their
+//!   commands, run in a directory laid out like a fresh clone, create every file the services mount;
+//! - the images ship binaries stripped by `scripts/split-debuginfo`, whose debug information a `symbols` stage holds;
+//! - the README's Quick start warns, before its commands run, that the first build needs the network and disk.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -157,6 +162,23 @@ fn used_secrets(service: &Value) -> Vec<String> {
 
 /// The instructions of a Dockerfile's final stage, continuation lines joined, comments dropped.
 fn final_stage(dockerfile: &str) -> Vec<String> {
+    stages(dockerfile).pop().expect("a Dockerfile has a FROM")
+}
+
+/// Every stage of a Dockerfile, each starting with its `FROM`, continuation lines joined, comments dropped.
+fn stages(dockerfile: &str) -> Vec<Vec<String>> {
+    let mut stages: Vec<Vec<String>> = Vec::new();
+    for instruction in instructions(dockerfile) {
+        match stages.last_mut() {
+            Some(stage) if !instruction.starts_with("FROM ") => stage.push(instruction),
+            _ => stages.push(vec![instruction]),
+        }
+    }
+    stages
+}
+
+/// A Dockerfile's instructions, continuation lines joined, comments dropped.
+fn instructions(dockerfile: &str) -> Vec<String> {
     let mut instructions: Vec<String> = Vec::new();
     let mut current = String::new();
     for line in dockerfile.lines() {
@@ -172,8 +194,7 @@ fn final_stage(dockerfile: &str) -> Vec<String> {
             }
         }
     }
-    let last_from = instructions.iter().rposition(|i| i.starts_with("FROM ")).expect("a Dockerfile has a FROM");
-    instructions.split_off(last_from)
+    instructions
 }
 
 fn instruction<'a>(stage: &'a [String], name: &str) -> Option<&'a str> {
@@ -391,4 +412,211 @@ fn images_run_unprivileged_binaries() {
     for ignored in ["target", ".git", "secrets"] {
         assert!(DOCKERIGNORE.lines().any(|l| l.trim().trim_end_matches('/') == ignored), ".dockerignore: {ignored}/");
     }
+}
+
+// ---- setup steps: validate before up, every mounted file created ------------------------------------------------
+
+const README: &str = include_str!("../../../README.md");
+const PRODUCTION: &str = include_str!("../../../docs/production.md");
+const SECRETS_GITIGNORE: &str = include_str!("../../../secrets/.gitignore");
+
+/// The comment block at the top of docker-compose.yml.
+fn compose_header() -> Vec<&'static str> {
+    COMPOSE.lines().take_while(|l| l.starts_with('#')).collect()
+}
+
+/// The `sh` block of a Markdown document that starts the services (`docker compose up`): the setup steps.
+fn setup_block(name: &str, markdown: &'static str) -> Vec<&'static str> {
+    let mut blocks = markdown.split("```").skip(1).step_by(2);
+    let block = blocks
+        .find(|b| b.starts_with("sh\n") && b.contains("docker compose up"))
+        .unwrap_or_else(|| panic!("{name}: no ```sh block with `docker compose up`"));
+    block.lines().skip(1).collect()
+}
+
+/// Index of the first line containing `needle`.
+fn position(lines: &[&str], needle: &str) -> Option<usize> {
+    lines.iter().position(|l| l.contains(needle))
+}
+
+#[test]
+fn setup_steps_validate_before_up() {
+    for (name, lines) in [
+        ("docker-compose.yml (header)", compose_header()),
+        ("README.md", setup_block("README.md", README)),
+        ("docs/production.md", setup_block("docs/production.md", PRODUCTION)),
+    ] {
+        let validate = position(&lines, "docker compose run --rm integration validate");
+        let up = position(&lines, "docker compose up");
+        match (validate, up) {
+            (Some(validate), Some(up)) => assert!(validate < up, "{name}: `validate` must come before `up`"),
+            _ => panic!("{name}: the steps must name `integration validate` ({validate:?}) and `up` ({up:?})"),
+        }
+    }
+}
+
+/// Commands of the setup steps the test cannot run: they need root, a container engine, an editor or the network.
+fn runnable(line: &str) -> bool {
+    let first = line.split_whitespace().next().unwrap_or_default();
+    !matches!(first, "sudo" | "docker" | "git" | "cd" | "$EDITOR")
+}
+
+/// Every file a service bind-mounts or a secret reads, as written (`./config/config.toml`).
+fn mounted_files(c: &Value) -> BTreeSet<String> {
+    let Value::Mapping(services) = &c["services"] else { panic!("services must be a mapping") };
+    let mut files: BTreeSet<String> =
+        services.values().flat_map(mounts).filter(|m| m.kind == "bind").map(|m| m.source).collect();
+    let Value::Mapping(secrets) = &c["secrets"] else { panic!("top-level secrets must be a mapping") };
+    files.extend(secrets.values().map(|s| text(&s["file"])));
+    files
+}
+
+/// A fresh clone has no key files (`secrets/` ignores everything but its `.gitignore`) and every other mounted file
+/// is in the repository. The key-file commands of each setup (the README's, production.md §3.1's, this file's
+/// header), run with `sh` in a directory laid out like that clone, must create every mounted file, private (0600),
+/// so no `docker compose` command meets a missing bind source. Skipped: `sudo`, `docker`, `git`, `cd`, `$EDITOR`.
+#[cfg(unix)]
+#[test]
+fn setup_steps_create_every_mounted_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let ignored: Vec<&str> = SECRETS_GITIGNORE.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(ignored, ["*", "!.gitignore"], "secrets/.gitignore keeps every key file out of git");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let files = mounted_files(&compose());
+    assert!(files.iter().any(|f| f.starts_with("./secrets/")), "the key files are among the mounts: {files:?}");
+    let header_steps: Vec<&str> =
+        compose_header().into_iter().filter(|l| l.starts_with("#        ")).map(|l| &l[1..]).collect();
+    for (name, lines) in [
+        ("README.md", setup_block("README.md", README)),
+        ("docs/production.md", setup_block("docs/production.md", PRODUCTION)),
+        ("docker-compose.yml (header)", header_steps),
+    ] {
+        let clone = tempfile::tempdir().unwrap();
+        std::fs::create_dir(clone.path().join("secrets")).unwrap();
+        for file in files.iter().filter(|f| !f.starts_with("./secrets/")) {
+            let (from, to) = (repo.join(file), clone.path().join(file));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{file} is mounted but not in the repository: {e}"));
+        }
+        let script: String = lines.iter().filter(|l| runnable(l)).map(|l| format!("{l}\n")).collect();
+        let out = std::process::Command::new("sh")
+            .args(["-eu", "-c", &script])
+            .current_dir(clone.path())
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success(), "{name}: the steps fail:\n{script}\n{}", String::from_utf8_lossy(&out.stderr));
+        for file in &files {
+            let path = clone.path().join(file);
+            let meta = std::fs::metadata(&path)
+                .unwrap_or_else(|_| panic!("{name}: after the steps, `{file}` (mounted by compose) does not exist"));
+            assert!(meta.is_file() && meta.len() > 0, "{name}: `{file}` is empty or not a file");
+            if file.starts_with("./secrets/") {
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}: `{file}` must be private");
+            }
+        }
+    }
+}
+
+// ---- stripped binaries ----------------------------------------------------------------------------------------
+
+/// The script every image strips its binaries with.
+const SPLIT: &str = "scripts/split-debuginfo";
+
+/// Each image's build stage installs binaries into /out and passes every one to `scripts/split-debuginfo /symbols`;
+/// a `symbols` stage (not the last, so compose builds the runtime image) holds only the debug files; the final stage
+/// copies the stripped binaries and never the debug files.
+#[test]
+fn images_ship_stripped_binaries_and_a_symbols_stage() {
+    for (file, text) in DOCKERFILES {
+        let stages = stages(text);
+        let build = stages
+            .iter()
+            .find(|s| s[0].starts_with("FROM rust:") && s[0].ends_with(" AS build"))
+            .unwrap_or_else(|| panic!("{file}: no `FROM rust:... AS build` stage"));
+        let run = build
+            .iter()
+            .find(|i| i.starts_with("RUN ") && i.contains("cargo build"))
+            .unwrap_or_else(|| panic!("{file}: the build stage runs no cargo build"));
+        let installed: BTreeSet<&str> =
+            run.split_whitespace().filter_map(|w| w.strip_prefix("target/release/")).collect();
+        assert!(!installed.is_empty(), "{file}: no target/release/<binary> installed");
+        let (_, after) =
+            run.split_once(SPLIT).unwrap_or_else(|| panic!("{file}: the binaries are not run through {SPLIT}"));
+        let args: Vec<&str> = after.split("&&").next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(args.first(), Some(&"/symbols"), "{file}: {SPLIT} writes the debug files to /symbols");
+        let stripped: BTreeSet<&str> = args[1..]
+            .iter()
+            .map(|a| a.strip_prefix("/out/").unwrap_or_else(|| panic!("{file}: {SPLIT} argument {a} is not in /out")))
+            .collect();
+        assert_eq!(stripped, installed, "{file}: every binary installed into /out is stripped");
+
+        let symbols = stages
+            .iter()
+            .position(|s| s[0] == "FROM scratch AS symbols")
+            .unwrap_or_else(|| panic!("{file}: no `FROM scratch AS symbols` stage"));
+        assert_eq!(stages[symbols][1..], ["COPY --from=build /symbols/ /"], "{file}: the symbols stage");
+        assert!(symbols + 1 < stages.len(), "{file}: the symbols stage must not be the last (compose builds the last)");
+        let copies: Vec<&String> =
+            stages.last().expect("a final stage").iter().filter(|i| i.starts_with("COPY --from=build ")).collect();
+        assert!(!copies.is_empty(), "{file}: the final stage copies the binaries");
+        for copy in copies {
+            let source = copy.split_whitespace().nth(2).unwrap_or_default();
+            assert!(source.starts_with("/out/"), "{file}: the final stage copies {source}, not a stripped binary");
+        }
+    }
+    for command in ["--target symbols", "readelf -n"] {
+        assert!(README.contains(command), "the README says how to get the symbols (`{command}`)");
+    }
+}
+
+/// `scripts/split-debuginfo`, on a copy of this (debug-built) test executable: the binary loses its debug sections
+/// but keeps its symbol table, its mode and a `.gnu_debuglink`; the `.debug` file holds the debug sections.
+#[cfg(target_os = "linux")]
+#[test]
+fn split_debuginfo_strips_the_binary_and_keeps_the_symbols_aside() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = tempfile::tempdir().unwrap();
+    let binary = tmp.path().join("bin/app");
+    std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+    std::fs::copy(std::env::current_exe().unwrap(), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = std::fs::metadata(&binary).unwrap().len();
+    let out = std::process::Command::new("sh")
+        .arg(repo.join(SPLIT))
+        .arg(tmp.path().join("symbols"))
+        .arg(&binary)
+        .output()
+        .expect("sh runs");
+    assert!(out.status.success(), "{SPLIT} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sections = |path: &std::path::Path| {
+        let out = std::process::Command::new("readelf").args(["-S", "-W"]).arg(path).output().expect("readelf runs");
+        assert!(out.status.success(), "readelf {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (stripped, debug) = (sections(&binary), sections(&tmp.path().join("symbols/app.debug")));
+    assert!(!stripped.contains(".debug_info"), "the binary still has .debug_info:\n{stripped}");
+    assert!(stripped.contains(".symtab") && stripped.contains(".gnu_debuglink"), "symbols and debuglink:\n{stripped}");
+    assert!(debug.contains(".debug_info"), "the .debug file has no .debug_info:\n{debug}");
+    let after = std::fs::metadata(&binary).unwrap();
+    assert!(after.len() < before / 2, "{before} bytes before, {} after", after.len());
+    assert_eq!(after.permissions().mode() & 0o777, 0o755, "still executable");
+}
+
+// ---- the README's Quick start ---------------------------------------------------------------------------------
+
+/// A new user learns, before the Quick start's commands are explained, that the first build downloads crates
+/// (network access) and how much disk `target/` takes (a figure in GB), and how to work offline and get it back.
+#[test]
+fn quick_start_warns_about_network_and_disk() {
+    let start = README.find("## Quick start").expect("README has a Quick start");
+    let section = &README[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    let before_the_tour = &section[..section.find("Then the lab:").expect("the Quick start explains the lab")];
+    for needed in ["crates.io", "network", "cargo fetch", "--offline", "target/", "cargo clean"] {
+        assert!(before_the_tour.contains(needed), "the Quick start must mention `{needed}` before the lab's tour");
+    }
+    let disk = regex::Regex::new(r"`target/` grows to about (\d+) GB").unwrap();
+    let gb: u32 = disk.captures(before_the_tour).expect("a disk figure for target/ in GB")[1].parse().unwrap();
+    assert!((1..100).contains(&gb), "{gb} GB");
 }

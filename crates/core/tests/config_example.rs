@@ -319,3 +319,32 @@ fn line_reader_handles_strings_and_comments() {
     assert_eq!(header("[[trigger]]   # c"), Some("trigger"));
     assert_eq!(header("[log]"), Some("log"));
 }
+
+/// The docs recommend an unprivileged MISP key, with which MISP refuses feed fetches, and so `feed_update_interval
+/// = "0s"`. The shipped file and the built-in default must be that recommendation, not a value the docs warn about.
+#[test]
+fn feed_updates_are_off_as_the_docs_recommend() {
+    const DOCS: [(&str, &str); 3] = [
+        ("README.md", include_str!("../../../README.md")),
+        ("docs/production.md", include_str!("../../../docs/production.md")),
+        ("SECURITY.md", include_str!("../../../SECURITY.md")),
+    ];
+    let shipped = parse(EXAMPLE).misp.feed_update_interval;
+    let without_key: String = EXAMPLE
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("feed_update_interval"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(parse(&without_key).misp.feed_update_interval, shipped, "the built-in default is the shipped value");
+    let setting = regex::Regex::new(r#"feed_update_interval = "([^"]*)""#).unwrap();
+    let mut recommendations = 0;
+    for (file, text) in DOCS {
+        for found in setting.captures_iter(text) {
+            let value = humantime::parse_duration(&found[1]).unwrap_or_else(|e| panic!("{file}: {}: {e}", &found[0]));
+            assert_eq!(value, shipped, "{file} recommends `{}`, config/config.toml ships {shipped:?}", &found[0]);
+            recommendations += 1;
+        }
+    }
+    assert!(recommendations >= 3, "the docs recommend a feed_update_interval ({recommendations} found)");
+    assert!(shipped.is_zero(), "with the recommended unprivileged key, feed updates must be off: {shipped:?}");
+}

@@ -1,6 +1,8 @@
 //! The systemd units in `config/systemd/` against what the daemons and `config.toml` expect: the shared dynamic
 //! user and state directory, capabilities (port 514 for `integration` only), the stop contract (SIGTERM, exit within
 //! 10 s), the hardening baseline, and API keys passed from `LoadCredential=` in the environment variables core reads.
+//! The install commands at the top of `fortimisp-integration.service` are run in a temporary root and must put
+//! every file where the units look for it.
 
 use fortimisp_core::config::{RawConfig, DEFAULT_CONFIG_PATH, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY};
 
@@ -100,4 +102,123 @@ fn keys_come_from_credentials_through_the_environment() {
             "{file}: ExecStart must exec the daemon with the default config path"
         );
     }
+}
+
+/// Commands of the install steps that need root and a running systemd; the test skips them and nothing else.
+const NEEDS_ROOT: [&str; 4] = ["systemctl", "useradd", "chown", "sudo"];
+
+/// The install steps at the top of a unit: the first run of comment lines indented as commands (`#   ...`),
+/// without the `#`.
+fn header_commands(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .take_while(|l| l.starts_with('#'))
+        .skip_while(|l| !l.starts_with("#   "))
+        .take_while(|l| l.starts_with("#   "))
+        .map(|l| &l[1..])
+        .collect()
+}
+
+/// `line` with every absolute path (a word starting with `/`, after a blank or a redirection) moved under `root`,
+/// as `DESTDIR` does.
+fn under_root(line: &str, root: &std::path::Path) -> String {
+    let root = root.to_str().expect("a UTF-8 temporary directory");
+    let mut out = String::new();
+    let mut previous = ' ';
+    for c in line.chars() {
+        if c == '/' && matches!(previous, ' ' | '\t' | '>') {
+            out.push_str(root);
+        }
+        out.push(c);
+        previous = c;
+    }
+    out
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[test]
+fn header_commands_read_the_indented_block_only() {
+    let unit =
+        "# title\n# prose\n#\n#   install a b\n#   (umask 077; x\n#        y)\n#\n#   not = \"a command\"\n[Unit]\n";
+    assert_eq!(header_commands(unit), ["   install a b", "   (umask 077; x", "        y)"]);
+    let root = std::path::Path::new("/tmp/r");
+    assert_eq!(
+        under_root("install -D -t /usr/bin a/b > /etc/x 'k' >/etc/y", root),
+        "install -D -t /tmp/r/usr/bin a/b > /tmp/r/etc/x 'k' >/tmp/r/etc/y"
+    );
+}
+
+/// The header's install steps, run with `sh -eu` in an empty temporary root (`DESTDIR`-style: absolute paths moved
+/// under it) from a stand-in checkout (the real `config/` and `scripts/`, a debug-built executable as each release
+/// binary), must succeed and leave each file where the units read it: the binaries `ExecStart` runs, the config at
+/// the default path, the credentials `LoadCredential=` loads (0600 in a 0700 directory), both unit files, and the
+/// split-off debug information where gdb looks for it. Skipped: only `systemctl` (needs root and a running
+/// systemd); `objcopy` comes with the C toolchain the build needs.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_install_steps_work_in_an_empty_root() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository");
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let (root, checkout) = (tmp.path().join("root"), tmp.path().join("checkout"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(checkout.join("target/release")).unwrap();
+    for dir in ["config", "scripts"] {
+        std::os::unix::fs::symlink(repo.join(dir), checkout.join(dir)).unwrap();
+    }
+    // Any ELF executable with debug information stands in for a release binary.
+    let stand_in = std::env::current_exe().expect("the test executable");
+    for (_, binary, _) in UNITS {
+        std::fs::copy(&stand_in, checkout.join("target/release").join(binary)).unwrap();
+    }
+
+    let mut script = String::new();
+    let mut skipped = Vec::new();
+    for line in header_commands(INTEGRATION) {
+        match line.split_whitespace().next() {
+            Some(word) if NEEDS_ROOT.contains(&word) => skipped.push(line.trim()),
+            _ => script.push_str(&format!("{}\n", under_root(line, &root))),
+        }
+    }
+    assert!(script.contains("install"), "no install step found in the header of {}", UNITS[0].0);
+    assert!(skipped.iter().all(|l| l.starts_with("systemctl")), "only systemctl may be skipped: {skipped:?}");
+    let out =
+        std::process::Command::new("sh").args(["-eu", "-c", &script]).current_dir(&checkout).output().expect("sh runs");
+    assert!(
+        out.status.success(),
+        "the install steps fail in an empty root:\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let at = |path: &str| root.join(path.trim_start_matches('/'));
+    for (file, binary, unit) in UNITS {
+        let installed = at(&format!("/usr/local/bin/{binary}"));
+        assert!(value(file, unit, "ExecStart").contains(&format!("exec /usr/local/bin/{binary} ")), "{file}");
+        assert_eq!(mode(&installed), 0o755, "{}", installed.display());
+        let (full, stripped) =
+            (std::fs::metadata(&stand_in).unwrap().len(), std::fs::metadata(&installed).unwrap().len());
+        assert!(stripped < full / 2, "{binary} is not stripped of its debug information ({stripped} of {full} bytes)");
+        let symbols = at(&format!("/usr/lib/debug/usr/local/bin/{binary}.debug"));
+        assert!(symbols.is_file(), "{}: the debug information of {binary} is not where gdb looks", symbols.display());
+        for credential in values(unit, "LoadCredential") {
+            let (_, source) = credential.split_once(':').expect("LoadCredential=name:path");
+            let path = at(source);
+            assert!(std::fs::metadata(&path).is_ok_and(|m| m.len() > 0), "{file}: {source} is not created");
+            assert_eq!(mode(&path), 0o600, "{source}");
+            assert_eq!(mode(path.parent().unwrap()), 0o700, "the directory of {source}");
+        }
+        let unit_file = at(&format!("/etc/systemd/system/{file}"));
+        assert_eq!(
+            std::fs::read_to_string(&unit_file).ok().as_deref(),
+            Some(unit),
+            "{} installed",
+            unit_file.display()
+        );
+    }
+    let config = at(DEFAULT_CONFIG_PATH);
+    assert_eq!(std::fs::read_to_string(&config).ok().as_deref(), Some(CONFIG), "{} installed", config.display());
+    assert_eq!(mode(&config), 0o644, "{DEFAULT_CONFIG_PATH}");
 }

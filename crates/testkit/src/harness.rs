@@ -6,13 +6,16 @@
 //!   certificates are written to the work directory as `fortigate-ca.pem` and `misp-ca.pem`) or over plain HTTP.
 //! - [`Listen`]: free loopback addresses for the daemon's syslog listeners and both metrics servers.
 //! - [`ConfigDoc`]: a config in the production format. The base is [`TEMPLATE`] or a file of the user's (the lab's
-//!   `config/lab.toml`); [`ConfigDoc::endpoints`] writes in the servers' URLs, keys and CA files, the listen
-//!   addresses and the state path, and typed setters change the keys a user varies. Edits keep the document's
-//!   key order, layout and comments, so a rendered template is plain text a test can still read and edit.
+//!   `config/lab.toml`, or a production config given to `lab --config`); [`ConfigDoc::endpoints`] writes in the
+//!   servers' URLs, keys and CA files (replacing `api_key_file` too), the listen addresses and the state path, and
+//!   typed setters change the keys a user varies. Edits keep the document's key order, layout and comments, so a
+//!   rendered template is plain text a test can still read and edit.
 //! - [`Binaries`]: where `integration` and `housekeeping` are.
 //! - [`Daemon`]: one daemon as a child process, its stderr in a log file; waited on until ready (failing early,
 //!   with the log, if it exits), stopped with SIGTERM and a bounded wait ([`crate::child`]); killed when dropped,
 //!   so an error or a panic never leaves one behind.
+//! - Every binary runs without the [`CREDENTIAL_ENV`] variables: they win over the config's keys, so an operator's
+//!   real key in the environment would otherwise reach the emulators in place of the key the harness wrote.
 //!
 //! Design decision: the daemons are the shipped binaries and the config is the production format, so nothing here
 //! is a second code path. What differs between the users is data (which base document, which overrides), never
@@ -26,12 +29,27 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fortimisp_core::config::{Check, TriggerRule};
+use fortimisp_core::config::{Check, TriggerRule, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY};
 use toml_edit::{value, DocumentMut, Item, Table};
 
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator};
 use crate::misp::{MispEmulator, Seed};
 use crate::tls::{server_config, TestCa};
+
+/// The environment variables that override the config's API keys. The harness removes them from every binary it
+/// starts ([`Binaries::command`], [`Daemon::spawn`]) and reads configs without them ([`env_without_credentials`]):
+/// the keys are the ones [`ConfigDoc::endpoints`] wrote.
+pub const CREDENTIAL_ENV: [&str; 2] = [ENV_MISP_API_KEY, ENV_FORTIGATE_API_KEY];
+
+/// The process environment as the harness's binaries see it: without [`CREDENTIAL_ENV`]. For
+/// `Config::load_with_env`.
+pub fn env_without_credentials(name: &str) -> Option<String> {
+    if CREDENTIAL_ENV.contains(&name) {
+        None
+    } else {
+        std::env::var(name).ok()
+    }
+}
 
 /// File name of the FortiGate emulator's CA certificate in the work directory (`fortigate.ca_file`).
 pub const FORTIGATE_CA: &str = "fortigate-ca.pem";
@@ -211,13 +229,15 @@ impl ConfigDoc {
         Ok(ConfigDoc { doc: text.parse::<DocumentMut>().context("not a TOML document")? })
     }
 
-    /// Writes in what the harness decides: both servers' URL, key and CA file (`ca_file` removed for plain HTTP),
-    /// the listen addresses (`syslog.tls` turned off where the base sets it: the harness has no certificate for
-    /// it) and `state.path`. Everything else is left as the base has it.
+    /// Writes in what the harness decides: both servers' URL, key and CA file (`ca_file` removed for plain HTTP;
+    /// `api_key_file` removed, so a production config's key files are never read), the listen addresses
+    /// (`syslog.tls` turned off where the base sets it: the harness has no certificate for it) and `state.path`.
+    /// Everything else is left as the base has it.
     pub fn endpoints(&mut self, servers: &Endpoints<'_>, listen: &Listen, state: &Path) -> &mut Self {
         let path = |p: &Path| p.to_string_lossy().into_owned();
         let misp = self.section("misp");
         misp["url"] = value(servers.misp.url());
+        misp.remove("api_key_file");
         misp["api_key"] = value(servers.misp.key());
         match servers.misp_ca {
             Some(ca) => misp["ca_file"] = value(path(ca)),
@@ -225,6 +245,7 @@ impl ConfigDoc {
         }
         let fortigate = self.section("fortigate");
         fortigate["url"] = value(servers.fortigate.url());
+        fortigate.remove("api_key_file");
         fortigate["api_key"] = value(servers.fortigate.token());
         match servers.fortigate_ca {
             Some(ca) => fortigate["ca_file"] = value(path(ca)),
@@ -397,11 +418,20 @@ impl Binaries {
         Ok(())
     }
 
-    /// A command for `name` as the harness runs every binary: no stdin, `NO_COLOR` (logs are read as text).
+    /// A command for `name` as the harness runs every binary: no stdin, `NO_COLOR` (logs are read as text), no
+    /// [`CREDENTIAL_ENV`].
     pub fn command(&self, name: &str) -> Command {
         let mut cmd = Command::new(self.path(name));
         cmd.stdin(Stdio::null()).env("NO_COLOR", "1");
+        without_credentials(&mut cmd);
         cmd
+    }
+}
+
+/// Removes [`CREDENTIAL_ENV`] from what `cmd` inherits.
+fn without_credentials(cmd: &mut Command) {
+    for name in CREDENTIAL_ENV {
+        cmd.env_remove(name);
     }
 }
 
@@ -422,17 +452,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `binary ARGS...` with stdout discarded and stderr written to `log` (created or truncated).
+    /// Starts `binary ARGS...` with stdout discarded, stderr written to `log` (created or truncated), and no
+    /// [`CREDENTIAL_ENV`].
     pub fn spawn<S: AsRef<OsStr>>(binary: &Path, args: &[S], log: PathBuf) -> Result<Daemon> {
         let file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(binary)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .env("NO_COLOR", "1")
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut cmd = Command::new(binary);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).env("NO_COLOR", "1");
+        without_credentials(&mut cmd);
+        let child = cmd.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
         let name = binary.file_name().map_or_else(|| "daemon".into(), |n| n.to_string_lossy().into_owned());
         Ok(Daemon { child, name, log })
     }
@@ -569,6 +596,44 @@ mod tests {
             assert!(!text.contains("housekeeping_listen"), "{text}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A production config's credentials (key files that do not exist here, no inline key) are replaced by the
+    /// emulators' keys: the result validates without the files and without the environment.
+    #[tokio::test]
+    async fn endpoints_replace_every_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let servers = Servers::start(ServerOptions::default(), dir.path()).await.unwrap();
+        let production = TEMPLATE
+            .replace(
+                "api_key = \"placeholder\"\nca_file = \"misp-ca.pem\"",
+                "api_key_file = \"/nonexistent/misp_api_key\"",
+            )
+            .replace(
+                "api_key = \"placeholder\"\nca_file = \"fortigate-ca.pem\"",
+                "api_key_file = \"/nonexistent/fg_key\"",
+            );
+        assert_eq!(production.matches("api_key_file").count(), 2, "{production}");
+        let mut doc = ConfigDoc::parse(&production).unwrap();
+        doc.endpoints(&servers.endpoints(), &Listen::free(), &dir.path().join("state.db"));
+        let text = doc.render();
+        assert!(!text.contains("api_key_file") && !text.contains("/nonexistent/"), "{text}");
+        let config = RawConfig::parse(&text).unwrap().validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.misp.api_key.expose(), servers.misp.key());
+        assert_eq!(config.fortigate.api_key.expose(), servers.fortigate.token());
+    }
+
+    /// The variables that would override the written keys never reach a binary the harness starts, nor a config the
+    /// harness reads.
+    #[test]
+    fn binaries_run_without_the_credential_variables() {
+        let cmd = Binaries::new("/nonexistent").command("integration");
+        let removed: Vec<&OsStr> = cmd.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
+        for name in CREDENTIAL_ENV {
+            assert!(removed.contains(&OsStr::new(name)), "{name} is not removed: {removed:?}");
+            assert_eq!(env_without_credentials(name), None);
+        }
+        assert_eq!(env_without_credentials("PATH"), std::env::var("PATH").ok(), "other variables are read");
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //!
 //! Design decision: the lab is a config plus emulators, never a second code path. The daemons are the shipped
 //! binaries, started as child processes with a config in the production format, all through
-//! [`crate::harness`] as the end-to-end tests and loadgen start them; the lab only replaces the addresses, keys,
-//! CA files and state path of `lab.toml` (see its header). What the lab *expects* is computed with
+//! [`crate::harness`] as the end-to-end tests and loadgen start them; the lab only replaces the addresses,
+//! credentials, CA files and state path of `lab.toml` (see its header). The credentials are always the lab's own
+//! ([`lab_keys`]): a production config given with `--config` keeps its `api_key`, `api_key_file` and
+//! `FORTIMISP_*_API_KEY` out of the lab, so its key files need not exist and its keys never reach the emulators or
+//! the work directory. What the lab *expects* is computed with
 //! fortimisp-core's own definitions (`policy::Triggers`, `policy::NeverBlock`, `view::full` against the MISP
 //! emulator), and what it *reports* is read back from the FortiGate emulator and the journal, so the report
 //! checks the daemon rather than repeating it.
@@ -230,7 +233,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     };
     let lab_toml = read_or(&opts.config, LAB_TOML)?;
     // The file must be a valid config on its own (same parser as the daemons), not a template.
-    let raw = RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
+    RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
     let seed: Seed = serde_json::from_str(&read_or(&opts.seed, SEED_JSON)?).context("the MISP seed")?;
     let sample = read_or(&opts.sample, SAMPLE_LOG)?;
     let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -246,18 +249,12 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         let _ = std::fs::remove_file(dir.join(file));
     }
 
-    // The emulators, over HTTPS with their own CAs, accepting the keys lab.toml names.
-    let mut fortigate_config = EmulatorConfig::default();
-    if let Some(token) = raw.fortigate.api_key.clone() {
-        fortigate_config.token = token;
-    }
+    // The emulators, over HTTPS with their own CAs, accepting the lab's keys (never the given config's).
+    let keys = lab_keys();
+    let fortigate_config = EmulatorConfig { token: keys.fortigate, ..EmulatorConfig::default() };
     let events: Vec<String> = seed.events.iter().map(|e| e.info.clone()).collect();
-    let server_options = ServerOptions {
-        tls: true,
-        fortigate: fortigate_config,
-        misp_key: raw.misp.api_key.clone(),
-        misp_seed: Some(seed),
-    };
+    let server_options =
+        ServerOptions { tls: true, fortigate: fortigate_config, misp_key: Some(keys.misp), misp_seed: Some(seed) };
     let servers = Servers::start(server_options, &dir).await?;
     let (fortigate, misp) = (&servers.fortigate, &servers.misp);
     say(&format!("FortiGate emulator {}  MISP emulator {} ({} events)", fortigate.url(), misp.url(), events.len()));
@@ -269,12 +266,14 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     let mut doc = ConfigDoc::parse(&lab_toml).with_context(|| config_name(opts))?;
     doc.endpoints(&servers.endpoints(), &listen, &dir.join("state.db"));
     let text = format!(
-        "# Written by `lab` from config/lab.toml: misp/fortigate url, api_key and ca_file, syslog, metrics and \
-         state.path replaced.\n{}",
+        "# Written by `lab` from {}: misp/fortigate url, api_key (the lab's; api_key_file removed) and ca_file, \
+         syslog, metrics and state.path replaced.\n{}",
+        config_name(opts),
         doc.render()
     );
     harness::write_private(&config_path, &text)?;
-    let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("derived config: {e}"))?;
+    let config = Config::load_with_env(&config_path, &harness::env_without_credentials)
+        .map_err(|e| anyhow::anyhow!("derived config: {e}"))?;
     say(&format!("config {}", config_path.display()));
     seed_fortigate(fortigate, &config);
 
@@ -352,6 +351,22 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         problems,
     };
     Ok(Running { report, servers, daemon })
+}
+
+/// The keys the emulators accept in the lab, whatever config is given: `config/lab.toml`'s own (compiled in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabKeys {
+    pub misp: String,
+    pub fortigate: String,
+}
+
+/// `config/lab.toml`'s `misp.api_key` and `fortigate.api_key`.
+pub fn lab_keys() -> LabKeys {
+    let raw = RawConfig::parse(LAB_TOML).expect("invariant: config/lab.toml parses (tested)");
+    LabKeys {
+        misp: raw.misp.api_key.expect("invariant: config/lab.toml sets misp.api_key (tested)"),
+        fortigate: raw.fortigate.api_key.expect("invariant: config/lab.toml sets fortigate.api_key (tested)"),
+    }
 }
 
 fn config_name(opts: &Options) -> String {
@@ -813,6 +828,8 @@ mod tests {
     #[test]
     fn the_bundled_lab_files_are_valid() {
         RawConfig::parse(LAB_TOML).expect("config/lab.toml is a valid config");
+        let keys = lab_keys();
+        assert!(!keys.misp.is_empty() && !keys.fortigate.is_empty());
         let seed: Seed = serde_json::from_str(SEED_JSON).expect("lab/seed.json is a valid seed");
         assert!(!seed.events.is_empty());
         for (i, line) in SAMPLE_LOG.lines().enumerate() {
