@@ -405,7 +405,7 @@ fn add_sighting(inner: &mut super::Inner, body: &Value, path: &str) -> Response 
         targets.extend(inner.store.live_by_value(value).into_iter().map(|a| (a.id, a.event_id, value.clone())));
     }
     if let Some(key) = by_id {
-        let found = key.parse::<u64>().ok().and_then(|id| inner.store.attribute(id)).filter(|a| !a.deleted);
+        let found = inner.store.attribute_by_key(&key).filter(|a| !a.deleted);
         if let Some(a) = found {
             targets.push((a.id, a.event_id, a.value.clone()));
         }

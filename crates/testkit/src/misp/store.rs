@@ -341,6 +341,14 @@ impl Store {
         self.positions.get(&id).map(|&p| &self.attributes[p as usize])
     }
 
+    /// An attribute by id or uuid (MISP takes either wherever an attribute is named in a path).
+    pub fn attribute_by_key(&self, key: &str) -> Option<&Attribute> {
+        match key.parse::<u64>() {
+            Ok(id) => self.attribute(id),
+            Err(_) => self.attributes.iter().find(|a| a.uuid().eq_ignore_ascii_case(key)),
+        }
+    }
+
     pub fn attribute_count(&self) -> usize {
         self.attributes.len()
     }
