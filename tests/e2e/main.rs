@@ -15,3 +15,5 @@ mod lab;
 mod security;
 /// Supervision: a restartable task comes back, a fatal one turns /healthz 503 and exits non-zero.
 mod supervision;
+/// `integration validate` against admin profiles and MISP roles that lack each permission.
+mod validate;
