@@ -3,7 +3,8 @@
 //! ```json
 //! {
 //!   "keys": ["<40 alphanumeric chars>"],
-//!   "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true,
+//!   "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true, "perm_auth": true,
+//!            "perm_add": true, "perm_modify": true, "perm_publish": true,
 //!            "enforce_rate_limit": false, "rate_limit_count": 0},
 //!   "background_jobs": true,
 //!   "events": [{"info": "C2 servers", "published": true, "tags": ["tlp:white"],
@@ -151,7 +152,8 @@ mod tests {
     fn documented_example_parses_and_unknown_keys_fail() {
         let example = r#"{
           "keys": ["0123456789abcdefghijABCDEFGHIJ0123456789"],
-          "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true,
+          "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true, "perm_auth": true,
+                   "perm_add": true, "perm_modify": true, "perm_publish": true,
                    "enforce_rate_limit": false, "rate_limit_count": 0},
           "background_jobs": true,
           "events": [{"info": "C2 servers", "published": true, "tags": ["tlp:white"],
