@@ -190,6 +190,15 @@ fn is_forbidden(error: &fortigate::Error) -> bool {
     matches!(error, fortigate::Error::Forbidden { .. })
 }
 
+/// A 403 in a few words: `http 403` (and FortiOS's error number when it sent one).
+fn refusal(error: &fortigate::Error) -> String {
+    match error {
+        fortigate::Error::Forbidden { status, code: Some(code) } => format!("http {status}, error {code}"),
+        fortigate::Error::Forbidden { status, code: None } => format!("http {status}"),
+        other => other.to_string(),
+    }
+}
+
 /// A block group read with its reference count.
 pub fn group_check(group: &str, answer: Result<Option<GroupMeta>, fortigate::Error>) -> Check {
     match answer {
@@ -219,8 +228,9 @@ pub fn group_check(group: &str, answer: Result<Option<GroupMeta>, fortigate::Err
         Err(error) if is_forbidden(&error) => Check::new(
             Status::Missing,
             format!(
-                "fortigate: cannot read address group {group} ({error}): the admin profile needs firewall address \
-                 read-write"
+                "fortigate: cannot read address group {group} ({}): the admin profile needs firewall address \
+                 read-write",
+                refusal(&error)
             ),
         ),
         Err(error) => Check::new(Status::Fail, format!("fortigate: cannot read address group {group}: {error}")),
@@ -237,8 +247,9 @@ pub fn write_probe_check(probe: &WriteProbe) -> Check {
         WriteProbe::Refused { name, error } if is_forbidden(error) => Check::new(
             Status::Missing,
             format!(
-                "fortigate: the token may not create address objects ({error}): give the admin profile firewall \
-                 address read-write (probe {name} not created)"
+                "fortigate: the token may not create address objects ({}): give the admin profile firewall address \
+                 read-write (probe {name} not created)",
+                refusal(error)
             ),
         ),
         WriteProbe::Refused { name, error } => {
@@ -250,12 +261,13 @@ pub fn write_probe_check(probe: &WriteProbe) -> Check {
         ),
         WriteProbe::LeftBehind { name, error, cause } => {
             let status = if is_forbidden(error) { Status::Missing } else { Status::Fail };
-            let before = cause.as_ref().map(|c| format!(" (after: {c})")).unwrap_or_default();
+            let before = cause.as_ref().map(|c| format!(" (after: {})", refusal(c))).unwrap_or_default();
             Check::new(
                 status,
                 format!(
                     "fortigate: the probe object {name} may still be on the FortiGate: deleting it failed: \
-                     {error}{before}; delete it by hand (config firewall address, delete {name})"
+                     {}{before}; delete it by hand (config firewall address, delete {name})",
+                    refusal(error)
                 ),
             )
         }
@@ -269,8 +281,9 @@ pub fn banned_read_check(answer: Result<usize, fortigate::Error>) -> Check {
         Err(error) if is_forbidden(&error) => Check::new(
             Status::Missing,
             format!(
-                "fortigate: cannot read the banned-IP list ({error}): the admin profile needs User & \
-                 Authentication (authgrp) read-write"
+                "fortigate: cannot read the banned-IP list ({}): the admin profile needs User & Authentication \
+                 (authgrp) read-write",
+                refusal(&error)
             ),
         ),
         Err(error) => Check::new(Status::Fail, format!("fortigate: cannot read the banned-IP list: {error}")),
@@ -285,8 +298,9 @@ pub fn ban_check(answer: Result<(), fortigate::Error>) -> Check {
         Err(error) if is_forbidden(&error) => Check::new(
             Status::Missing,
             format!(
-                "fortigate: the token may not ban addresses ({error}): the admin profile needs User & \
-                 Authentication (authgrp) read-write"
+                "fortigate: the token may not ban addresses ({}): the admin profile needs User & Authentication \
+                 (authgrp) read-write",
+                refusal(&error)
             ),
         ),
         Err(fortigate::Error::Api { status, code: Some(code), .. }) if (400..500).contains(&status) => Check::new(
@@ -415,6 +429,17 @@ mod tests {
             assert_eq!(check.status, status, "{check}");
             assert!(check.text.starts_with("fortigate: ") && check.text.contains(words), "{check}");
         }
+    }
+
+    #[test]
+    fn a_403_reads_as_a_status_not_a_debug_value() {
+        let line = write_probe_check(&WriteProbe::Refused {
+            name: ObjectName::parse("misp-validate-0000002a").expect("name"),
+            error: forbidden(),
+        });
+        assert!(line.text.contains("(http 403)") && !line.text.contains("None"), "{line}");
+        let coded = fortigate::Error::Forbidden { status: 403, code: Some(-37) };
+        assert!(ban_check(Err(coded)).text.contains("(http 403, error -37)"));
     }
 
     #[test]
