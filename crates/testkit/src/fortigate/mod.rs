@@ -99,7 +99,7 @@ pub struct AdminProfile {
 impl AdminProfile {
     /// Everything fortimisp can use (the default).
     pub const FULL: AdminProfile = AdminProfile { address: Access::ReadWrite, authgrp: Access::ReadWrite };
-    /// Firewall addresses read-only (a read-only profile: listing works, the first block fails), no banned IPs.
+    /// Firewall addresses and the banned list read-only (listing works; the first block or ban answers 403).
     pub const READ_ONLY: AdminProfile = AdminProfile { address: Access::Read, authgrp: Access::Read };
     /// The minimal address-group profile of docs/production.md: addresses read-write, no User & Authentication
     /// group, so the banned-IP monitor answers 403.
