@@ -90,6 +90,16 @@ impl Env {
         }
     }
 
+    /// The FortiGate emulator's CA certificate (PEM file).
+    pub fn fortigate_ca(&self) -> &Path {
+        self.fortigate_ca.as_deref().expect("Env serves HTTPS")
+    }
+
+    /// The MISP emulator's CA certificate (PEM file).
+    pub fn misp_ca(&self) -> &Path {
+        self.misp_ca.as_deref().expect("Env serves HTTPS")
+    }
+
     /// Replaces `from` with `to` in the base config (e.g. `("sync_interval = \"0s\"", "sync_interval = \"1s\"")`).
     pub fn tweak(&mut self, from: &str, to: &str) -> &mut Self {
         self.tweaks.push((from.to_string(), to.to_string()));

@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `integration` and `housekeeping` binaries against the testkit emulators (HTTPS with
 //! private CAs), fed with real FortiGate log lines over UDP and TCP. One test binary, one module per area.
 
+/// The real clients (PyMISP, fortigate-api) against the emulators; skipped loudly without them.
+mod contract;
 /// The fault matrix: MISP and FortiGate failures, an unwritable journal, floods and hostile datagrams.
 mod faults;
 /// The housekeeping daemon: pruning by age, revocation and legacy adoption, safety rails, feed updates, scale.
@@ -13,3 +15,5 @@ mod lab;
 mod security;
 /// Supervision: a restartable task comes back, a fatal one turns /healthz 503 and exits non-zero.
 mod supervision;
+/// `integration validate` against admin profiles and MISP roles that lack each permission.
+mod validate;

@@ -13,6 +13,8 @@
 //! - [`indicators`]: the local set of blocking IPs and networks (longest-prefix match, keyed by uuid).
 //! - [`metrics`]: every exported metric, and the `/metrics` + `/healthz` server.
 //! - [`policy`]: pure decisions: trigger rules, the never-block ranges.
+//! - [`preflight`]: what `integration validate` proves: reachability and every permission the config needs,
+//!   against the live servers, without changing anything lasting.
 //! - [`process`]: logging setup and SIGTERM/SIGINT handling shared by both binaries.
 //! - [`view`]: a complete view of the blocking indicators in MISP (shared by the mirror and housekeeping).
 //! - [`ready`]: readiness (`/readyz`): MISP and the FortiGate answer, the journal writes, the mirror is fresh.
@@ -33,6 +35,7 @@ pub mod journal;
 pub mod metrics;
 pub mod misp;
 pub mod policy;
+pub mod preflight;
 pub mod process;
 pub mod ready;
 pub mod secret;

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
+use fortimisp_testkit::fortigate::{AdminProfile, EmulatorConfig, FortiGateEmulator, Table};
 use serde_json::{json, Value};
 
 struct Raw {
@@ -357,4 +357,147 @@ async fn refused_characters_in_names_and_comments_are_input_errors() {
     let put = raw.send("PUT", "/api/v2/cmdb/firewall/address/misp-c?vdom=root", Some(json!({"comment": "<b>"}))).await;
     assert_eq!((put.status, put.json()["error"].clone()), (424, json!(-651)));
     assert_eq!(emu.object("misp-c").expect("object").1["comment"], "fine");
+}
+
+/// Reference §6c: FortiOS returns every address with its uuid and many default fields, not only the ones written.
+/// The uuid is assigned at creation, differs between objects and stays the same across reads and updates.
+#[tokio::test]
+async fn address_get_returns_the_uuid_and_the_default_fields() {
+    let (emu, raw) = start().await;
+    let path = "/api/v2/cmdb/firewall/address";
+    for (name, ip) in [("misp-a", "198.51.100.7/32"), ("misp-b", "198.51.100.8/32")] {
+        let body = json!({"name": name, "type": "ipmask", "subnet": ip, "comment": "c"});
+        assert_eq!(raw.send("POST", path, Some(body)).await.status, 200);
+    }
+    let get = |name: &'static str| {
+        let raw = &raw;
+        async move { raw.send("GET", &format!("{path}/{name}"), None).await.json()["results"][0].clone() }
+    };
+    let a = get("misp-a").await;
+    let fields = keys(&a);
+    assert!(fields.len() >= 40, "{} fields: {fields:?}", fields.len());
+    for (field, want) in [
+        ("name", json!("misp-a")),
+        ("q_origin_key", json!("misp-a")),
+        ("subnet", json!("198.51.100.7 255.255.255.255")),
+        ("type", json!("ipmask")),
+        ("comment", json!("c")),
+        ("color", json!(0)),
+        ("allow-routing", json!("disable")),
+        ("fabric-object", json!("disable")),
+        ("sdn-addr-type", json!("private")),
+        ("macaddr", json!([])),
+        ("tagging", json!([])),
+    ] {
+        assert_eq!(a[field], want, "{field}: {a}");
+    }
+    let uuid = a["uuid"].as_str().expect("uuid").to_string();
+    let shape: Vec<usize> = uuid.split('-').map(str::len).collect();
+    assert_eq!(shape, [8, 4, 4, 4, 12], "{uuid}");
+    assert_ne!(get("misp-b").await["uuid"], a["uuid"], "one uuid per object");
+    let put = raw.send("PUT", &format!("{path}/misp-a"), Some(json!({"comment": "d", "q_origin_key": "x"}))).await;
+    assert_eq!(put.status, 200);
+    let after = get("misp-a").await;
+    assert_eq!((after["uuid"].as_str(), after["comment"].as_str()), (Some(uuid.as_str()), Some("d")));
+    assert_eq!(after["q_origin_key"], "misp-a", "meta fields sent back are not stored");
+    // Groups and IPv6 too; `format=` still narrows the fields.
+    emu.seed_address6("misp-6", "2001:db8::7/128", "");
+    emu.seed_group(Table::Addrgrp, "g", &["misp-a"], "");
+    let g = raw.send("GET", "/api/v2/cmdb/firewall/addrgrp/g", None).await.json()["results"][0].clone();
+    assert!(g["uuid"].is_string() && g["exclude"] == "disable" && g["type"] == "default", "{g}");
+    let a6 = raw.send("GET", "/api/v2/cmdb/firewall/address6/misp-6", None).await.json()["results"][0].clone();
+    assert!(a6["uuid"].is_string() && a6["host-type"] == "any" && a6["ip6"] == "2001:db8::7/128", "{a6}");
+    let narrow = raw.send("GET", &format!("{path}?format=name|uuid"), None).await.json();
+    for item in narrow["results"].as_array().expect("results") {
+        assert_eq!(keys(item), set(&["name", "uuid"]), "{item}");
+    }
+}
+
+/// `?action=schema` describes the table (reference §2) instead of listing it; `?action=default` is a new entry.
+#[tokio::test]
+async fn schema_and_default_actions_describe_the_tables() {
+    let (emu, raw) = start().await;
+    emu.seed_address("misp-a", "198.51.100.7/32", "");
+    let schema = raw.send("GET", "/api/v2/cmdb/firewall/address?action=schema", None).await;
+    assert_eq!(schema.status, 200);
+    let r = &schema.json()["results"];
+    assert!(r.is_object(), "schema results are one object, not the listing: {r}");
+    assert_eq!(
+        (r["name"].as_str(), r["category"].as_str(), r["mkey"].as_str()),
+        (Some("address"), Some("table"), Some("name"))
+    );
+    let children = &r["children"];
+    assert_eq!(children["name"]["size"], 79);
+    assert_eq!(children["comment"]["size"], 255);
+    assert_eq!(children["uuid"]["type"], "uuid");
+    let types: Vec<&str> =
+        children["type"]["options"].as_array().expect("options").iter().filter_map(|o| o["name"].as_str()).collect();
+    assert!(types.contains(&"ipmask") && types.contains(&"iprange"), "{types:?}");
+    let grp = raw.send("GET", "/api/v2/cmdb/firewall/addrgrp?action=schema", None).await.json();
+    assert_eq!(grp["results"]["children"]["member"]["category"], "table");
+    assert_eq!(grp["results"]["children"]["member"]["mkey"], "name");
+    let grp6 = raw.send("GET", "/api/v2/cmdb/firewall/addrgrp6?action=schema", None).await.json();
+    assert_eq!(grp6["results"]["name"], "addrgrp6");
+    let default = raw.send("GET", "/api/v2/cmdb/firewall/address?action=default", None).await.json();
+    assert_eq!((default["results"]["type"].as_str(), default["results"]["name"].as_str()), (Some("ipmask"), Some("")));
+}
+
+/// `with_meta=1` adds `q_ref`: how many groups and policies reference the entry.
+#[tokio::test]
+async fn with_meta_counts_references() {
+    let (emu, raw) = start().await;
+    emu.seed_address("a", "10.0.0.1/32", "");
+    emu.seed_group(Table::Addrgrp, "g1", &["a"], "");
+    emu.seed_group(Table::Addrgrp, "g2", &["a"], "");
+    emu.reference_by_policy("g1");
+    let q_ref = |name: &'static str| {
+        let raw = &raw;
+        async move {
+            let v = raw.send("GET", &format!("/api/v2/cmdb/firewall/{name}?with_meta=1"), None).await.json();
+            v["results"][0]["q_ref"].clone()
+        }
+    };
+    assert_eq!(q_ref("address/a").await, json!(2));
+    assert_eq!(q_ref("addrgrp/g1").await, json!(1));
+    assert_eq!(q_ref("addrgrp/g2").await, json!(0));
+    let plain = raw.send("GET", "/api/v2/cmdb/firewall/addrgrp/g1", None).await.json();
+    assert!(plain["results"][0].get("q_ref").is_none(), "meta only when asked");
+}
+
+/// Admin profiles: a call the profile does not allow answers 403 with the envelope and no error number; what it
+/// allows works as before, and nothing changes on a refused write.
+#[tokio::test]
+async fn admin_profiles_refuse_with_403() {
+    let (emu, raw) = start().await;
+    emu.seed_address("a", "10.0.0.1/32", "");
+    let addr = json!({"name": "b", "subnet": "10.0.0.2/32"});
+    let ban = json!({"ip_addresses": ["198.51.100.7"], "expiry": 60});
+    /// (profile, method, path, body, expected status)
+    type Case<'a> = (AdminProfile, &'a str, &'a str, Option<Value>, u16);
+    let cases: Vec<Case> = vec![
+        (AdminProfile::READ_ONLY, "GET", "/api/v2/cmdb/firewall/address/a", None, 200),
+        (AdminProfile::READ_ONLY, "GET", "/api/v2/cmdb/firewall/addrgrp", None, 200),
+        (AdminProfile::READ_ONLY, "POST", "/api/v2/cmdb/firewall/address", Some(addr.clone()), 403),
+        (AdminProfile::READ_ONLY, "DELETE", "/api/v2/cmdb/firewall/address/a", None, 403),
+        (AdminProfile::READ_ONLY, "POST", "/api/v2/cmdb/firewall/addrgrp", Some(json!({"name": "g"})), 403),
+        (AdminProfile::READ_ONLY, "GET", "/api/v2/monitor/user/banned", None, 200),
+        (AdminProfile::READ_ONLY, "POST", "/api/v2/monitor/user/banned/add_users", Some(ban.clone()), 403),
+        (AdminProfile::NO_MONITOR, "GET", "/api/v2/monitor/user/banned", None, 403),
+        (AdminProfile::NO_MONITOR, "POST", "/api/v2/monitor/user/banned/add_users", Some(ban.clone()), 403),
+        (AdminProfile::NO_MONITOR, "GET", "/api/v2/monitor/system/status", None, 200),
+        (AdminProfile::NO_MONITOR, "POST", "/api/v2/cmdb/firewall/address", Some(addr.clone()), 200),
+    ];
+    for (profile, method, path, body, status) in cases {
+        emu.set_profile(profile);
+        let a = raw.send(method, path, body).await;
+        assert_eq!(a.status, status, "{profile:?} {method} {path}: {}", a.text);
+        let v = a.json();
+        assert_eq!(v["http_status"], status, "{method} {path}");
+        if status == 403 {
+            assert_eq!(v["status"], "error");
+            assert!(v.get("error").is_none(), "no error number on 403: {v}");
+        }
+    }
+    assert!(emu.object("a").is_some(), "the refused delete changed nothing");
+    assert!(emu.banned().is_empty(), "the refused bans changed nothing");
 }

@@ -271,3 +271,139 @@ async fn rate_limit_and_server_errors() {
         assert_eq!(raw.status, StatusCode::FORBIDDEN, "{path}");
     }
 }
+
+fn object_keys(v: &Value) -> Vec<&str> {
+    v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().map(String::as_str).collect()
+}
+
+/// `users/view/me` as MISP 2.5.1 answers it (`UsersController::view`): the whole `User` row (no `authkey`, no
+/// `server_id`, `password`/`totp` masked), the whole `Role` (no `perm_full`), `UserSetting` and `Organisation`.
+#[tokio::test]
+async fn me_has_the_full_user_role_and_organisation() {
+    let emulator = seeded().await;
+    let me = call(&emulator, Method::GET, "/users/view/me", Some(("Authorization", DEFAULT_KEY)), None).await.json();
+    assert_eq!(object_keys(&me).len(), 4, "{me}");
+    let user = &me["User"];
+    for key in ["id", "org_id", "email", "role_id", "disabled", "termsaccepted", "change_pw", "last_api_access"] {
+        assert!(user.get(key).is_some(), "User.{key}: {user}");
+    }
+    assert!(user.get("authkey").is_none() && user.get("server_id").is_none(), "{user}");
+    assert_eq!((user["password"].as_str(), user["id"].as_str()), (Some("*****"), Some("1")));
+    assert_eq!(user["disabled"], false);
+    let role = &me["Role"];
+    assert!(object_keys(role).len() >= 35, "every role column: {role}");
+    for key in ["perm_auth", "perm_sighting", "perm_site_admin", "perm_add", "permission", "rate_limit_count"] {
+        assert!(role.get(key).is_some(), "Role.{key}: {role}");
+    }
+    assert!(role.get("perm_full").is_none());
+    assert!(role["rate_limit_count"].is_string() && role["perm_auth"].is_boolean());
+    let org = &me["Organisation"];
+    assert_eq!(org["id"], user["org_id"]);
+    assert!(org["uuid"].is_string() && org["name"].is_string() && org["local"] == true, "{org}");
+    assert_eq!(me["UserSetting"], json!([]));
+
+    emulator.set_role(Role::read_only("fortimisp"));
+    let me = call(&emulator, Method::GET, "/users/view/me", Some(("Authorization", DEFAULT_KEY)), None).await.json();
+    assert_eq!((me["Role"]["name"].as_str(), me["Role"]["permission"].as_str()), (Some("fortimisp"), Some("0")));
+    assert_eq!(me["Role"]["perm_sighting"], false);
+}
+
+/// A role without "Auth key access" cannot use its key: MISP answers as for a wrong key.
+#[tokio::test]
+async fn a_role_without_auth_key_access_is_refused() {
+    let emulator = seeded().await;
+    emulator.set_role(Role { perm_auth: false, ..Role::default() });
+    let raw = call(&emulator, Method::GET, "/servers/getVersion", Some(("Authorization", DEFAULT_KEY)), None).await;
+    assert_eq!(raw.status, StatusCode::FORBIDDEN);
+    assert_eq!(raw.json()["message"], AUTH_FAILED);
+}
+
+/// `attributes/describeTypes.json` (PyMISP reads it at every start and logs an ERROR when it is missing).
+#[tokio::test]
+async fn describe_types_shape() {
+    let emulator = seeded().await;
+    for path in ["/attributes/describeTypes.json", "/attributes/describeTypes"] {
+        let raw = call(&emulator, Method::GET, path, Some(("Authorization", DEFAULT_KEY)), None).await;
+        assert_eq!(raw.status, StatusCode::OK, "{path}");
+        let result = &raw.json()["result"];
+        assert_eq!(object_keys(result).len(), 4, "{result}");
+        let types = result["types"].as_array().expect("types");
+        assert!(types.contains(&json!("ip-src")) && types.contains(&json!("ip-dst|port")), "{types:?}");
+        assert_eq!(result["sane_defaults"]["ip-dst"], json!({"default_category": "Network activity", "to_ids": 1}));
+        assert!(result["categories"].as_array().expect("categories").contains(&json!("Network activity")));
+        let network = result["category_type_mappings"]["Network activity"].as_array().expect("mapping");
+        assert!(network.contains(&json!("ip-src")));
+    }
+}
+
+/// Feeds index, view and cache (`FeedsController`, MISP 2.5.1): `[{"Feed": {...}}]` with string ids, boolean
+/// flags and `cache_timestamp` (`false` until cached); view 404 `Invalid Feed.`; cacheFeeds is site admin only and
+/// answers `saveSuccessResponse`.
+#[tokio::test]
+async fn feeds_index_view_and_cache() {
+    let emulator = seeded().await;
+    let osint = emulator.add_feed("osint", true);
+    let other = emulator.add_feed("other", false);
+    emulator.set_feed_caching(osint, true);
+    let auth = Some(("Authorization", DEFAULT_KEY));
+    for path in ["/feeds/index", "/feeds"] {
+        let index = call(&emulator, Method::GET, path, auth, None).await.json();
+        let feeds = index.as_array().unwrap_or_else(|| panic!("{path}: array: {index}"));
+        assert_eq!(feeds.len(), 2, "{path}");
+        let first = &feeds[0]["Feed"];
+        assert_eq!((first["id"].as_str(), first["name"].as_str()), (Some("1"), Some("osint")), "{path}");
+        for key in ["provider", "url", "source_format", "enabled", "caching_enabled", "distribution", "settings"] {
+            assert!(first.get(key).is_some(), "{path}: Feed.{key}");
+        }
+        assert_eq!((first["enabled"].as_bool(), first["cache_timestamp"].as_bool()), (Some(true), Some(false)));
+    }
+    let view = call(&emulator, Method::GET, &format!("/feeds/view/{other}"), auth, None).await;
+    assert_eq!(view.status, StatusCode::OK);
+    let view = view.json();
+    assert_eq!((view["Feed"]["name"].as_str(), view["Feed"]["enabled"].as_bool()), (Some("other"), Some(false)));
+    assert!(view["Feed"]["coverage_by_other_feeds"].is_string());
+    let missing = call(&emulator, Method::GET, "/feeds/view/99", auth, None).await;
+    assert_eq!((missing.status, missing.json()["message"].clone()), (StatusCode::NOT_FOUND, json!("Invalid Feed.")));
+
+    let cache = post(&emulator, "/feeds/cacheFeeds/all", json!({})).await;
+    assert_eq!(
+        (cache.status, cache.json()),
+        (
+            StatusCode::OK,
+            json!({"saved": true, "success": true, "name": "Feed caching job initiated.",
+                   "message": "Feed caching job initiated.", "url": "/feeds/cacheFeed"})
+        )
+    );
+    let index = call(&emulator, Method::GET, "/feeds/index", auth, None).await.json();
+    assert!(index[0]["Feed"]["cache_timestamp"].is_i64(), "cached: {}", index[0]);
+    assert_eq!(index[1]["Feed"]["cache_timestamp"], false, "caching disabled: not cached");
+
+    emulator.set_role(Role::read_only("fortimisp"));
+    let refused = post(&emulator, "/feeds/cacheFeeds/freetext", json!({})).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.json()["message"], "You do not have permission to use this functionality.");
+    let index = call(&emulator, Method::GET, "/feeds/index", auth, None).await;
+    assert_eq!(index.status, StatusCode::OK, "the index is open to every role");
+}
+
+/// `/sightings/index`: a flat list of the sightings, each with its attribute's uuid and the organisation.
+#[tokio::test]
+async fn sightings_index_lists_what_was_added() {
+    let emulator = seeded().await;
+    let empty = post(&emulator, "/sightings/index", json!({})).await;
+    assert_eq!((empty.status, empty.json()), (StatusCode::OK, json!([])));
+    let added = post(&emulator, "/sightings/add", json!({"value": "2001:db8::7", "source": "fortimisp"})).await;
+    let added = added.json()["Sighting"].clone();
+    let index = post(&emulator, "/sightings/index", json!({})).await.json();
+    let list = index.as_array().expect("array");
+    assert_eq!(list.len(), 1);
+    let s = &list[0];
+    assert_eq!(
+        (&s["id"], &s["attribute_id"], &s["source"]),
+        (&added["id"], &added["attribute_id"], &json!("fortimisp"))
+    );
+    let attribute_id: u64 = s["attribute_id"].as_str().and_then(|v| v.parse().ok()).expect("attribute id");
+    let attribute = emulator.attribute(attribute_id).expect("attribute");
+    assert_eq!(s["attribute_uuid"], attribute.uuid().as_ref());
+    assert!(s["Organisation"]["name"].is_string() && s.get("Sighting").is_none(), "{s}");
+}

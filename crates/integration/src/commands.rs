@@ -15,6 +15,7 @@ use fortimisp_core::journal::{ActionKind, Outcome};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::misp::SearchQuery;
 use fortimisp_core::policy::Protected;
+use fortimisp_core::preflight;
 use fortimisp_core::syslog;
 use fortimisp_core::unblock::{self, Target, Unblocked, Unblocker};
 use tokio::sync::mpsc;
@@ -47,7 +48,9 @@ pub fn parse(logfile: &str) -> Result<()> {
     Ok(())
 }
 
-/// `integration validate`: config (already loaded), MISP and FortiGate reachability and permissions.
+/// `integration validate`: config (already loaded), MISP and FortiGate reachability, and every permission the
+/// configuration needs, proven without changing anything lasting (`core::preflight`; the FortiGate write check
+/// creates and deletes one probe address object).
 pub async fn validate(config: Config) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
     let cfg = &parts.config;
@@ -56,40 +59,13 @@ pub async fn validate(config: Config) -> Result<ExitCode> {
     for warning in &cfg.warnings {
         println!("warn  {warning}");
     }
-    match parts.misp.check(cfg.misp.sightings, false).await {
-        Ok(info) => {
-            println!("ok    misp: {} (version {})", cfg.misp.url, info.version.version);
-            if cfg.misp.sightings && !info.user.role.perm_sighting {
-                ok = false;
-                println!("FAIL  misp: misp.sightings is on but the key's role lacks perm_sighting");
-            }
-            if cfg.misp.feed_update_interval.is_some() && !info.user.role.perm_site_admin {
-                println!("warn  misp: feed updates need a site admin key; housekeeping's feed update will fail");
-            }
-        }
-        Err(error) => {
-            ok = false;
-            println!("FAIL  misp: {}: {error}", cfg.misp.url);
-        }
-    }
-    match parts.fortigate.system_status().await {
-        Ok(status) => {
-            println!(
-                "ok    fortigate: {} (version {}, vdom {})",
-                cfg.fortigate.url, status.version, cfg.fortigate.vdom
-            );
-            match parts.fortigate.list_owned().await {
-                Ok(owned) => println!("ok    fortigate: can read address objects ({} owned by fortimisp)", owned.len()),
-                Err(error) => {
-                    ok = false;
-                    println!("FAIL  fortigate: cannot list address objects: {error}");
-                }
-            }
-        }
-        Err(error) => {
-            ok = false;
-            println!("FAIL  fortigate: {}: {error}", cfg.fortigate.url);
-        }
+    // Each permission the configured backend needs, proven against the live servers (core::preflight): one line
+    // per check; MISSING or FAIL exits 1.
+    let mut checks = preflight::misp(&parts.misp, &cfg.misp).await;
+    checks.extend(preflight::fortigate(&parts.fortigate, &cfg.fortigate, Utc::now()).await);
+    for check in &checks {
+        println!("{check}");
+        ok &= check.status.passes();
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

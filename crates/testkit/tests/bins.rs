@@ -22,6 +22,40 @@ fn emulators_print_their_url() {
     assert!(misp.starts_with("http://127.0.0.1:"), "misp-emulator printed {misp:?}");
 }
 
+/// `--profile read-only`: reads work, writes answer 403 (what `integration validate` must catch).
+#[tokio::test]
+async fn fortigate_emulator_takes_an_admin_profile() {
+    let (url, _emulator) = first_line_alive(
+        env!("CARGO_BIN_EXE_fortigate-emulator"),
+        &["--listen", "127.0.0.1:0", "--profile", "read-only"],
+    );
+    let http = reqwest::Client::new();
+    let path = format!("{url}/api/v2/cmdb/firewall/address");
+    let read = http.get(&path).bearer_auth("fortimisp-emulator-token").send().await.expect("answer");
+    assert_eq!(read.status().as_u16(), 200);
+    let body = serde_json::json!({"name": "x", "subnet": "192.0.2.1/32"});
+    let write = http.post(&path).bearer_auth("fortimisp-emulator-token").json(&body).send().await.expect("answer");
+    assert_eq!(write.status().as_u16(), 403);
+}
+
+/// Like [`first_line`], but the emulator keeps running until the returned guard is dropped.
+fn first_line_alive(bin: &str, args: &[&str]) -> (String, Kill) {
+    let mut child = Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (line.trim().to_string(), Kill(child))
+}
+
+/// Kills the child when dropped.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn lab_documents_its_options() {
     let out = Command::new(env!("CARGO_BIN_EXE_lab")).arg("--help").output().unwrap();

@@ -64,6 +64,14 @@ pub struct Group {
     pub comment: String,
 }
 
+/// A group read with `with_meta=1`: the group, and how many objects (policies, other groups) reference it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMeta {
+    pub group: Group,
+    /// FortiOS's `q_ref`; `None` when the box did not send it.
+    pub references: Option<u64>,
+}
+
 /// One banned-IP (quarantine) entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BannedIp {
@@ -185,6 +193,23 @@ impl Transport {
         }
     }
 
+    /// One group with its reference count (`with_meta=1`, `None` if missing).
+    pub async fn group_with_meta(&self, family: Family, name: &str) -> Result<Option<GroupMeta>, Error> {
+        let endpoint = Endpoint::Entry(Table::groups(family), name);
+        match self.call(Method::GET, endpoint, &[("with_meta", "1")], None, Some(name)).await {
+            Ok(env) => Ok(first_result(&env).map(|g| GroupMeta {
+                group: Group {
+                    name: str_field(g, "name").unwrap_or(name).to_string(),
+                    members: member_names(g.get("member")),
+                    comment: str_field(g, "comment").unwrap_or_default().to_string(),
+                },
+                references: g.get("q_ref").and_then(Value::as_u64),
+            })),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `POST` a group with initial members; -5 = [`Change::Unchanged`].
     pub async fn create_group(
         &self,
@@ -245,6 +270,13 @@ impl Transport {
         let secs = expiry.map_or(0, |d| d.as_secs().max(1));
         let body = json!({"ip_addresses": [ip.to_string()], "expiry": secs});
         self.banned_action("user/banned/add_users", ip, &body).await
+    }
+
+    /// `POST /api/v2/monitor/user/banned/add_users` with an empty list: bans nobody, and proves the profile may
+    /// ban (a profile without the permission answers 403 before the list is read).
+    pub async fn ban_nobody(&self) -> Result<(), Error> {
+        let body = json!({"ip_addresses": [], "expiry": 1});
+        self.call(Method::POST, Endpoint::Monitor("user/banned/add_users"), &[], Some(&body), None).await.map(drop)
     }
 
     /// `POST /api/v2/monitor/user/banned/clear_users`.

@@ -278,6 +278,11 @@ impl Client {
         &self.transport
     }
 
+    /// The block groups and object prefix this client works with.
+    pub fn group_options(&self) -> &GroupOptions {
+        &self.opts
+    }
+
     fn cache(&self, family: Family) -> &Mutex<Cache> {
         match family {
             Family::V4 => &self.v4,

@@ -14,6 +14,9 @@
 //!   [`Client::unblock`], [`Client::list_owned`], [`Client::legacy_members`], [`Client::unblock_legacy`]. The
 //!   dependency runs one way, groups -> api -> transport; several layers (one [`Client`] per set of block groups,
 //!   later other backends) can share one transport and its rate limit.
+//! - `probe`: what `integration validate` uses to prove the token's permissions without leaving anything behind:
+//!   [`Client::probe_address_write`] (create, read back and delete a probe object, [`WriteProbe`]),
+//!   [`Client::probe_ban`], [`Client::block_group_meta`] (a block group and how many objects reference it).
 //!
 //! # Invariants
 //! - Errors are decided on the envelope's `error` code, never on message text, and on the HTTP status only where
@@ -66,14 +69,16 @@
 mod api;
 mod groups;
 pub mod objects;
+mod probe;
 mod transport;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use api::{AddressEntry, BannedIp, Change, Group, SystemStatus};
+pub use api::{AddressEntry, BannedIp, Change, Group, GroupMeta, SystemStatus};
 pub use groups::{BlockOutcome, Client, GroupOptions, LegacyMember, OwnedObject, UnblockOutcome};
 pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
+pub use probe::{WriteProbe, PROBE_IP};
 pub use transport::{Transport, TransportOptions};
 
 use crate::secret::ApiKey;

@@ -41,6 +41,8 @@ pub const REFUSED_CHARS: &[char] = &['"', '\'', '<', '>', '&', '#', '(', ')', '\
 pub const MARKER: &str = "fortimisp ";
 /// Comment of the placeholder members (see [`super`] docs); never parsed as ours.
 pub const PLACEHOLDER_COMMENT: &str = "fortimisp placeholder";
+/// How the comment of `integration validate`'s probe object starts; never parsed as ours.
+pub const PROBE_COMMENT: &str = "fortimisp validate probe";
 
 const fn digits(mut n: usize) -> usize {
     let mut d = 1;
@@ -196,6 +198,15 @@ impl Comment {
     /// The comment of the placeholder members (not a marker: never pruned).
     pub(crate) fn placeholder() -> Comment {
         Comment(PLACEHOLDER_COMMENT.to_string())
+    }
+
+    /// The comment of `integration validate`'s probe object: says what it is and that it may be deleted. Not a
+    /// marker (the word after `fortimisp ` is not a time), so housekeeping and `list` never take it for a block.
+    pub(crate) fn probe(created_at: DateTime<Utc>) -> Comment {
+        Comment(format!(
+            "{PROBE_COMMENT} {}: created and deleted by integration validate, safe to delete",
+            created_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -364,6 +375,10 @@ mod tests {
             assert_eq!(Comment::parse(c).is_ours(), ours, "{c:?}");
         }
         assert_eq!(Comment::parse("fortimisp placeholder"), CommentKind::Placeholder);
+        let probe = Comment::probe(legacy);
+        assert!(probe.as_str().starts_with(PROBE_COMMENT) && probe.as_str().contains("safe to delete"));
+        assert!(!probe.as_str().contains(REFUSED_CHARS) && probe.as_str().len() <= MAX_COMMENT_LEN);
+        assert_eq!(Comment::parse(probe.as_str()), CommentKind::Foreign, "a probe is never taken for a block");
         assert_eq!(
             Comment::parse("2023-05-06 07:08:09.123456"),
             CommentKind::Legacy { created_at: legacy + chrono::Duration::microseconds(123_456) }

@@ -3,7 +3,7 @@
 //! ```text
 //! fortigate-emulator --listen 127.0.0.1:8443 [--tls-dir DIR] [--token T] [--version v7.4.4]
 //!                    [--tls-name fortigate]... [--group-member-limit N] [--refuse-empty-groups]
-//!                    [--duplicate-status 500|424] [--seed objects.json]
+//!                    [--duplicate-status 500|424] [--seed objects.json] [--profile full|read-only|no-monitor]
 //! ```
 //! Prints its URL on the first line of stdout, then serves until SIGINT/SIGTERM. With `--tls-dir`, `cert.pem` and
 //! `key.pem` there are used; if absent, a throw-away CA is generated and `ca.pem`, `cert.pem`, `key.pem` are written
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
+use fortimisp_testkit::fortigate::{AdminProfile, EmulatorConfig, FortiGateEmulator, Table};
 use fortimisp_testkit::tls;
 
 #[derive(Parser, Debug)]
@@ -51,6 +51,27 @@ struct Args {
     /// HTTP status sent with error -5 (duplicate).
     #[arg(long, default_value_t = 500)]
     duplicate_status: u16,
+    /// The token's admin profile: `full`; `read-only` (firewall addresses and the banned list read-only: writes
+    /// answer 403); `no-monitor` (addresses read-write, no banned-IP monitor: its calls answer 403).
+    #[arg(long, value_enum, default_value_t = Profile::Full)]
+    profile: Profile,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Profile {
+    Full,
+    ReadOnly,
+    NoMonitor,
+}
+
+impl From<Profile> for AdminProfile {
+    fn from(p: Profile) -> AdminProfile {
+        match p {
+            Profile::Full => AdminProfile::FULL,
+            Profile::ReadOnly => AdminProfile::READ_ONLY,
+            Profile::NoMonitor => AdminProfile::NO_MONITOR,
+        }
+    }
 }
 
 #[tokio::main]
@@ -63,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         group_member_limit: args.group_member_limit,
         refuse_empty_groups: args.refuse_empty_groups,
         duplicate_status: args.duplicate_status,
+        profile: args.profile.into(),
         ..EmulatorConfig::default()
     };
     let tls_config = match &args.tls_dir {

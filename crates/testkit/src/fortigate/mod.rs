@@ -22,14 +22,24 @@
 //!   `WWW-Authenticate: error="invalid_token"`; after [`EmulatorConfig::lockout_threshold`] failures the source IP
 //!   gets 429 for [`EmulatorConfig::lockout_duration`], doubling on each further lockout; calls during the lockout
 //!   are refused without checking the token; a success resets the counter.
+//! - Entries as FortiOS shows them: a GET returns the uuid (assigned at creation, kept for the entry's life) and the
+//!   table's default fields under the ones written (`schema::defaults`, reference §6c); `q_origin_key` on each
+//!   result; `with_meta=1` adds the meta fields (`q_ref`: how many groups and policies reference the entry).
+//!   `?action=schema` on a table answers its description (`name`, `category`, `mkey`, `children` with each
+//!   field's type, help, size or options), `?action=default` a new entry's defaults.
+//! - Admin profiles ([`EmulatorConfig::profile`], [`AdminProfile`]): a token whose profile lacks `address`
+//!   read(-write) or `authgrp` (the banned-IP monitor) gets HTTP 403 with the envelope (`status: error`,
+//!   `http_status: 403`, no `error` number) on the calls that need it.
 //! - Older FortiOS refusing empty groups ([`EmulatorConfig::refuse_empty_groups`]).
 //! - Monitor: `GET /api/v2/monitor/system/status`, `GET /api/v2/monitor/user/banned`,
 //!   `POST …/banned/{add_users,clear_users,clear_all}`.
 //!
-//! Emulator choices where the reference is silent: an unknown `vdom` answers 404 without `error`; an empty group
-//! refusal is -651; -163 is used for an address/group name clash; banned entries list as
+//! Emulator choices where the reference is silent: an unknown `vdom` answers 404 without `error`; a missing
+//! permission is 403 without `error` (FortiOS's behaviour; the reference lists 403 and -14/-37 without a body);
+//! an empty group refusal is -651; -163 is used for an address/group name clash; banned entries list as
 //! `{ip_address, ipv6, created, expires, source}` with Unix seconds (`expires` 0 = never).
 
+mod schema;
 mod state;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -56,6 +66,52 @@ use tower::ServiceExt;
 pub use state::{normalise_subnet, BannedEntry, Table, REFUSED_IN_TEXT};
 use state::{Db, Filter, Outcome, Rules};
 
+/// One permission of an admin profile (`config system accprofile`): `none`, `read` or `read-write`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    None,
+    Read,
+    ReadWrite,
+}
+
+impl Access {
+    fn allows(self, write: bool) -> bool {
+        match self {
+            Access::None => false,
+            Access::Read => !write,
+            Access::ReadWrite => true,
+        }
+    }
+}
+
+/// The REST API admin's profile, as far as fortimisp's calls go. A call the profile does not allow answers HTTP 403
+/// with the envelope and no `error` number (reference §3: 403 = the profile lacks a permission).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminProfile {
+    /// `fwgrp-permission address`: the `firewall/address`, `address6`, `addrgrp`, `addrgrp6` tables and their
+    /// member child tables (GET needs read, POST/PUT/DELETE read-write).
+    pub address: Access,
+    /// `authgrp` (User & Authentication): the banned-IP monitor, `monitor/user/banned` (GET needs read, the
+    /// `add_users`/`clear_users`/`clear_all` actions read-write).
+    pub authgrp: Access,
+}
+
+impl AdminProfile {
+    /// Everything fortimisp can use (the default).
+    pub const FULL: AdminProfile = AdminProfile { address: Access::ReadWrite, authgrp: Access::ReadWrite };
+    /// Firewall addresses and the banned list read-only (listing works; the first block or ban answers 403).
+    pub const READ_ONLY: AdminProfile = AdminProfile { address: Access::Read, authgrp: Access::Read };
+    /// The minimal address-group profile of docs/production.md: addresses read-write, no User & Authentication
+    /// group, so the banned-IP monitor answers 403.
+    pub const NO_MONITOR: AdminProfile = AdminProfile { address: Access::ReadWrite, authgrp: Access::None };
+}
+
+impl Default for AdminProfile {
+    fn default() -> Self {
+        AdminProfile::FULL
+    }
+}
+
 /// How the emulated box is set up. `Default` is a FortiOS v7.4.4 VM with generous limits.
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
@@ -79,6 +135,8 @@ pub struct EmulatorConfig {
     pub lockout_threshold: u32,
     /// First lockout length; doubles on each further lockout of the same IP.
     pub lockout_duration: Duration,
+    /// What the token's admin profile allows ([`AdminProfile::FULL`] by default).
+    pub profile: AdminProfile,
 }
 
 impl Default for EmulatorConfig {
@@ -95,6 +153,7 @@ impl Default for EmulatorConfig {
             duplicate_status: 500,
             lockout_threshold: 3,
             lockout_duration: Duration::from_secs(60),
+            profile: AdminProfile::FULL,
         }
     }
 }
@@ -392,6 +451,11 @@ impl FortiGateEmulator {
 
     pub fn set_duplicate_status(&self, status: u16) {
         self.shared.lock().config.duplicate_status = status;
+    }
+
+    /// Changes what the token's admin profile allows (takes effect on the next request).
+    pub fn set_profile(&self, profile: AdminProfile) {
+        self.shared.lock().config.profile = profile;
     }
 
     // ---- faults ----
@@ -758,11 +822,24 @@ fn respond(
             Err(_) => return ctx.reply(&inner.db, "", "", None, None, state::err(400, -651, "body is not valid JSON")),
         }
     };
+    if let Some((path, name, action)) = forbidden(&route, &method, inner.config.profile) {
+        return ctx.reply(&inner.db, path, name, None, action, state::bare(403));
+    }
     let rules = inner.rules();
     let db = &mut inner.db;
+    let with_meta = query.iter().any(|(k, v)| k == "with_meta" && v != "0");
+    let action = query.iter().find(|(k, _)| k == "action").map(|(_, v)| v.as_str());
     match (route, &method) {
+        (Route::Collection(t), &Method::GET) if action == Some("schema") => {
+            let outcome = Outcome::Ok { results: Some(schema::schema(t)) };
+            ctx.reply(db, "firewall", t.as_str(), None, None, outcome)
+        }
+        (Route::Collection(t), &Method::GET) if action == Some("default") => {
+            let outcome = Outcome::Ok { results: Some(Db::default_entry(t)) };
+            ctx.reply(db, "firewall", t.as_str(), None, None, outcome)
+        }
         (Route::Collection(t), &Method::GET) => {
-            let outcome = list(db, t, &query);
+            let outcome = add_meta(db, t, list(db, t, &query), with_meta);
             ctx.reply(db, "firewall", t.as_str(), None, None, outcome)
         }
         (Route::Collection(t), &Method::POST) => {
@@ -775,7 +852,7 @@ fn respond(
             ctx.reply(db, "firewall", t.as_str(), None, None, outcome)
         }
         (Route::Entry(t, name), &Method::GET) => {
-            let outcome = db.get_entry(t, &name);
+            let outcome = add_meta(db, t, db.get_entry(t, &name), with_meta);
             let outcome = project_outcome(outcome, &query);
             ctx.reply(db, "firewall", t.as_str(), Some(name.into()), None, outcome)
         }
@@ -835,6 +912,46 @@ fn respond(
         (Route::BadPath, _) => ctx.reply(db, "firewall", "", None, None, state::bare(400)),
         (Route::Unknown, _) => ctx.reply(db, "", "", None, None, state::bare(404)),
         _ => ctx.reply(db, "", "", None, None, state::bare(405)),
+    }
+}
+
+/// The 403 a call gets when the profile lacks its permission: `Some((path, name, action))` for the envelope.
+fn forbidden(
+    route: &Route,
+    method: &Method,
+    profile: AdminProfile,
+) -> Option<(&'static str, &'static str, Option<&'static str>)> {
+    let write = *method != Method::GET;
+    match route {
+        Route::Collection(t) | Route::Entry(t, _) | Route::Members(t, _) | Route::Member(t, _, _)
+            if !profile.address.allows(write) =>
+        {
+            Some(("firewall", t.as_str(), None))
+        }
+        Route::Banned if !profile.authgrp.allows(false) => Some(("user", "banned", Some("select"))),
+        Route::BannedAction(action) if !profile.authgrp.allows(true) => Some(("user", "banned", Some(action))),
+        _ => None,
+    }
+}
+
+/// `with_meta=1`: each result gets FortiOS's meta fields, `q_ref` counting the objects that reference it.
+fn add_meta(db: &Db, table: Table, outcome: Outcome, with_meta: bool) -> Outcome {
+    match outcome {
+        Outcome::Ok { results: Some(Value::Array(items)) } if with_meta => {
+            let items = items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(mut entry) => {
+                        let name = entry.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                        entry.extend(schema::meta(table, db.references(&name)));
+                        Value::Object(entry)
+                    }
+                    other => other,
+                })
+                .collect();
+            Outcome::Ok { results: Some(Value::Array(items)) }
+        }
+        other => other,
     }
 }
 

@@ -1,12 +1,16 @@
 //! The emulated configuration database: four cmdb tables sharing one name space, group members, references, banned
 //! IPs, and the FortiOS rules that make the client's life hard (duplicates, in-use, member limits, empty groups).
 //!
-//! Pure state, no I/O: every operation returns an [`Outcome`] that the HTTP layer turns into an envelope.
+//! Pure state, no I/O: every operation returns an [`Outcome`] that the HTTP layer turns into an envelope. Entries
+//! are stored as FortiOS shows them: the table's default fields and a uuid ([`super::schema`]) under the fields
+//! written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{json, Map, Value};
+
+use super::schema;
 
 /// One cmdb table the emulator serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -121,6 +125,8 @@ pub struct Db {
     policy_refs: BTreeSet<String>,
     pub banned: Vec<BannedEntry>,
     pub revision: u64,
+    /// Entries created so far (each gets [`schema::uuid_for`] of its number).
+    created: u64,
 }
 
 /// `a.b.c.d/len` or `a.b.c.d m.m.m.m` -> `a.b.c.d m.m.m.m` (what FortiOS returns).
@@ -195,17 +201,42 @@ impl Db {
     }
 
     fn is_referenced(&self, name: &str) -> bool {
-        self.policy_refs.contains(name)
-            || self.objects.values().any(|(t, e)| t.is_group() && member_names(e).iter().any(|m| m == name))
+        self.references(name) > 0
     }
 
-    /// Inserts an entry without the API's checks (test seeding); normalises the address fields.
-    pub fn seed(&mut self, table: Table, mut entry: Map<String, Value>) {
+    /// How many objects reference `name`: the groups holding it and the policies using it (`q_ref`).
+    pub fn references(&self, name: &str) -> usize {
+        usize::from(self.policy_refs.contains(name))
+            + self.objects.values().filter(|(t, e)| t.is_group() && member_names(e).iter().any(|m| m == name)).count()
+    }
+
+    /// A new entry as FortiOS stores it: the table's defaults, a fresh uuid, then the fields written (meta fields
+    /// such as `q_origin_key`, sent back by clients that PUT what they GET, are not stored).
+    fn fill(&mut self, table: Table, written: Map<String, Value>) -> Map<String, Value> {
+        self.created += 1;
+        let mut entry = schema::defaults(table);
+        entry.insert("uuid".into(), schema::uuid_for(self.created).into());
+        entry.extend(written.into_iter().filter(|(k, _)| !k.starts_with("q_")));
+        entry
+    }
+
+    /// Inserts an entry without the API's checks (test seeding); fills the defaults and normalises the address
+    /// fields.
+    pub fn seed(&mut self, table: Table, entry: Map<String, Value>) {
+        let mut entry = self.fill(table, entry);
         normalise_fields(table, &mut entry);
         if let Some(name) = entry.get("name").and_then(Value::as_str).map(str::to_string) {
             self.objects.insert(name, (table, entry));
             self.bump();
         }
+    }
+
+    /// `?action=default`: what a new entry of `table` holds before anything is written.
+    pub fn default_entry(table: Table) -> Value {
+        let mut entry = schema::defaults(table);
+        entry.insert("name".into(), "".into());
+        entry.insert("uuid".into(), "00000000-0000-0000-0000-000000000000".into());
+        Value::Object(entry)
     }
 
     /// `GET /cmdb/firewall/{table}/{name}`: the real 404 carries no `error` field.
@@ -217,16 +248,16 @@ impl Db {
     }
 
     pub fn create(&mut self, table: Table, body: &Value, rules: &Rules) -> Outcome {
-        let Some(mut entry) = body.as_object().cloned() else {
+        let Some(written) = body.as_object().cloned() else {
             return err(400, -651, "body is not a JSON object");
         };
-        let Some(name) = entry.get("name").and_then(Value::as_str).map(str::to_string) else {
+        let Some(name) = written.get("name").and_then(Value::as_str).map(str::to_string) else {
             return err(424, -651, "name: missing");
         };
         if name.is_empty() || name.chars().count() > 79 {
             return err(424, -651, "name: invalid length");
         }
-        if let Some(refusal) = refused_text(&entry) {
+        if let Some(refusal) = refused_text(&written) {
             return refusal;
         }
         if let Some((t, _)) = self.objects.get(&name) {
@@ -238,11 +269,12 @@ impl Db {
                 err(500, -5, "A duplicate entry already exists.")
             };
         }
-        if let Some(c) = entry.get("comment").and_then(Value::as_str) {
+        if let Some(c) = written.get("comment").and_then(Value::as_str) {
             if c.chars().count() > 255 {
                 return err(424, -651, "comment: too long");
             }
         }
+        let mut entry = self.fill(table, written);
         match table {
             Table::Address | Table::Address6 => {
                 if self.objects.values().filter(|(t, _)| *t == table).count() >= rules.table_limit {
@@ -293,7 +325,7 @@ impl Db {
         }
         let mut entry = existing.clone();
         for (k, v) in fields {
-            if k != "name" {
+            if k != "name" && !k.starts_with("q_") {
                 entry.insert(k, v);
             }
         }
@@ -429,6 +461,11 @@ fn normalise_fields(table: Table, entry: &mut Map<String, Value>) -> bool {
                 let subnet = entry.get("subnet").and_then(Value::as_str).unwrap_or("0.0.0.0/0");
                 match normalise_subnet(subnet) {
                     Some(s) => {
+                        // FortiOS 7.x prints an ipmask entry's address and mask in start-ip / end-ip too.
+                        if let Some((ip, mask)) = s.split_once(' ') {
+                            entry.insert("start-ip".into(), Value::from(ip));
+                            entry.insert("end-ip".into(), Value::from(mask));
+                        }
                         entry.insert("subnet".into(), Value::from(s));
                     }
                     None => return false,

@@ -16,6 +16,13 @@
 //! - `/sightings/add` (perm_sighting): `{"Sighting": {...}}`, or HTTP 200 `{"message": "Could not add the
 //!   Sighting. Reason: ..."}`.
 //! - `/warninglists/checkValue`: `{value: [{"id","name","matched"}]}`, `[]` when nothing hits.
+//! - What PyMISP reads at start and in its feed and sighting calls (shapes in `views`): `/users/view/me` with the
+//!   full `User`, `Role`, `UserSetting` and `Organisation`; `/attributes/describeTypes.json`; `/feeds/index`
+//!   (and `GET /feeds`), `/feeds/view/{id}` (404 `Invalid Feed.`), `/feeds/cacheFeeds/{all|freetext|csv|misp|id}`
+//!   (site admin); `/sightings/index`.
+//! - Roles ([`Role`]): no `perm_auth` refuses the key (403 as for a wrong key), no `perm_sighting` refuses
+//!   sightings, no `perm_site_admin` refuses the feed actions (403 "You do not have permission ..."),
+//!   `rate_limit_count = 0` with `enforce_rate_limit` refuses restSearch (405).
 //!
 //! # Not emulated
 //! Other export formats, events/restSearch, objects, sharing groups, distribution, sync. Without `order`, rows
@@ -25,6 +32,7 @@ mod routes;
 pub mod seed;
 pub mod store;
 pub mod tls;
+mod views;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -40,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 pub use seed::{Role, Seed};
-pub use store::{Attribute, AttributeSpec, Event, SightingRecord};
+pub use store::{Attribute, AttributeSpec, Event, Feed, SightingRecord};
 pub use tls::TlsMaterial;
 
 /// The key tests use unless they set their own (40 alphanumeric characters, as MISP requires).
@@ -403,7 +411,13 @@ impl MispEmulator {
             inner.store.add_warninglist(&list.name, &list.kind, list.entries, list.enabled);
         }
         for feed in seed.feeds {
-            inner.store.add_feed(&feed.name, feed.enabled);
+            let id = inner.store.add_feed(&feed.name, feed.enabled);
+            if let Some(stored) = inner.store.feeds.iter_mut().find(|f| f.id == id) {
+                stored.provider = feed.provider.unwrap_or(stored.provider.clone());
+                stored.url = feed.url.unwrap_or(stored.url.clone());
+                stored.source_format = feed.source_format.unwrap_or(stored.source_format.clone());
+                stored.caching_enabled = feed.caching_enabled;
+            }
         }
     }
 
@@ -469,6 +483,18 @@ impl MispEmulator {
     /// Adds a feed; returns its id.
     pub fn add_feed(&self, name: &str, enabled: bool) -> u64 {
         self.lock().store.add_feed(name, enabled)
+    }
+
+    /// Lets `/feeds/cacheFeeds` cache this feed (or not).
+    pub fn set_feed_caching(&self, feed_id: u64, enabled: bool) {
+        if let Some(feed) = self.lock().store.feeds.iter_mut().find(|f| f.id == feed_id) {
+            feed.caching_enabled = enabled;
+        }
+    }
+
+    /// The feeds as stored (with their cache timestamps).
+    pub fn feeds(&self) -> Vec<store::Feed> {
+        self.lock().store.feeds.clone()
     }
 
     /// With background jobs (default) fetches answer "queued"; without, they run inline.

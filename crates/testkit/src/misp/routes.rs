@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::{Extension, Router};
 use serde_json::{json, Map, Value};
 
-use super::{ConnKill, Fault, FeedFetch, RateCheck, RecordedRequest, Shared, REQUEST_LOG_CAPACITY};
+use super::{views, ConnKill, Fault, FeedFetch, RateCheck, RecordedRequest, Shared, REQUEST_LOG_CAPACITY};
 
 /// MISP's text for a refused key (`AppController`, REST branch).
 pub const AUTH_FAILED: &str = "Authentication failed. Please make sure you pass the API key of an API enabled user \
@@ -27,10 +27,16 @@ fn route_name(path: &str) -> String {
     let trimmed = trimmed.strip_suffix(".json").unwrap_or(trimmed);
     let parts: Vec<&str> = trimmed.split('/').filter(|p| !p.is_empty()).collect();
     match parts.as_slice() {
-        ["feeds", "fetchFromFeed", ..] => "feeds/fetchFromFeed".into(),
-        ["sightings", "add", ..] => "sightings/add".into(),
+        ["feeds"] => "feeds/index".into(),
+        ["feeds", action @ ("fetchFromFeed" | "view" | "cacheFeeds"), ..] => format!("feeds/{action}"),
+        ["sightings", action @ ("add" | "index"), ..] => format!("sightings/{action}"),
         _ => parts.join("/"),
     }
+}
+
+/// The numeric id at the end of `/controller/action/{id}[.json]`.
+fn last_id(path: &str) -> Option<u64> {
+    path.trim_end_matches(".json").rsplit('/').next().and_then(|s| s.parse().ok())
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
@@ -166,7 +172,9 @@ async fn handle(
     }
 
     let mut inner = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let authorized = !force_auth_failure && presented_keys(&headers).iter().any(|k| inner.keys.contains(k));
+    // A role without "Auth key access" (perm_auth) cannot log in by key: the same 403 as a wrong key.
+    let authorized =
+        !force_auth_failure && inner.role.perm_auth && presented_keys(&headers).iter().any(|k| inner.keys.contains(k));
     if !authorized {
         if !is_rest(&headers, &route) {
             let mut response = Response::new(Body::empty());
@@ -191,21 +199,33 @@ async fn handle(
             }),
         ),
         "users/view/me" => {
-            let role = &inner.role;
-            json_response(
-                StatusCode::OK,
-                &json!({
-                    "User": {"id": "1", "org_id": "1", "email": "admin@admin.test", "role_id": "1",
-                             "disabled": false, "autoalert": false, "change_pw": false, "termsaccepted": true},
-                    "Role": {"id": "1", "name": role.name, "perm_add": true, "perm_modify": true,
-                             "perm_modify_org": true, "perm_publish": true, "perm_auth": true,
-                             "perm_site_admin": role.perm_site_admin, "perm_admin": role.perm_site_admin,
-                             "perm_sighting": role.perm_sighting, "perm_tagger": true,
-                             "enforce_rate_limit": role.enforce_rate_limit,
-                             "rate_limit_count": role.rate_limit_count.to_string()},
-                    "UserSetting": [],
-                }),
-            )
+            let now = inner.store.now();
+            json_response(StatusCode::OK, &views::me(&inner.role, now))
+        }
+        "attributes/describeTypes" => {
+            let mut response = Response::new(Body::from(views::DESCRIBE_TYPES));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        "feeds/index" if method == Method::GET => json_response(StatusCode::OK, &views::feeds_index(&inner.store)),
+        "feeds/view" if method == Method::GET => {
+            // ACL `host_org_user`: the key's user is in the host organisation, so any role may read a feed.
+            match last_id(&path).and_then(|id| views::feed_view(&inner.store, id)) {
+                Some(body) => json_response(StatusCode::OK, &body),
+                None => error(StatusCode::NOT_FOUND, "Invalid Feed.", &path),
+            }
+        }
+        "feeds/cacheFeeds" if method == Method::POST => {
+            if !inner.role.perm_site_admin {
+                return error(StatusCode::FORBIDDEN, NO_PERMISSION, &path);
+            }
+            let scope = path.trim_end_matches(".json").strip_prefix("/feeds/cacheFeeds/").unwrap_or("freetext");
+            inner.store.cache_feeds(scope);
+            json_response(StatusCode::OK, &views::cache_feeds_answer(inner.background_jobs))
+        }
+        "sightings/index" => {
+            let event = path.trim_end_matches(".json").strip_prefix("/sightings/index/").and_then(|s| s.parse().ok());
+            json_response(StatusCode::OK, &views::sightings_index(&inner.store, event))
         }
         "attributes/restSearch" => {
             let rate = inner.rate_check();
@@ -257,8 +277,8 @@ async fn handle(
             if !inner.role.perm_site_admin {
                 return error(StatusCode::FORBIDDEN, NO_PERMISSION, &path);
             }
-            let id = path.trim_end_matches(".json").rsplit('/').next().and_then(|s| s.parse::<u64>().ok());
-            let Some(feed) = id.and_then(|id| inner.store.feeds.iter().find(|f| f.id == id).cloned()) else {
+            let Some(feed) = last_id(&path).and_then(|id| inner.store.feeds.iter().find(|f| f.id == id).cloned())
+            else {
                 return error(StatusCode::NOT_FOUND, "Invalid feed.", &path);
             };
             let result = if !feed.enabled {
@@ -385,7 +405,7 @@ fn add_sighting(inner: &mut super::Inner, body: &Value, path: &str) -> Response 
         targets.extend(inner.store.live_by_value(value).into_iter().map(|a| (a.id, a.event_id, value.clone())));
     }
     if let Some(key) = by_id {
-        let found = key.parse::<u64>().ok().and_then(|id| inner.store.attribute(id)).filter(|a| !a.deleted);
+        let found = inner.store.attribute_by_key(&key).filter(|a| !a.deleted);
         if let Some(a) = found {
             targets.push((a.id, a.event_id, a.value.clone()));
         }
@@ -425,6 +445,12 @@ mod tests {
             ("/attributes/restSearch.json", "attributes/restSearch"),
             ("/feeds/fetchFromFeed/12", "feeds/fetchFromFeed"),
             ("/sightings/add/5", "sightings/add"),
+            ("/sightings/index", "sightings/index"),
+            ("/feeds", "feeds/index"),
+            ("/feeds/index", "feeds/index"),
+            ("/feeds/view/3", "feeds/view"),
+            ("/feeds/cacheFeeds/all", "feeds/cacheFeeds"),
+            ("/attributes/describeTypes.json", "attributes/describeTypes"),
             ("/servers/getVersion", "servers/getVersion"),
         ];
         for (path, expected) in cases {

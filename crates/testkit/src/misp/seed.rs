@@ -3,14 +3,16 @@
 //! ```json
 //! {
 //!   "keys": ["<40 alphanumeric chars>"],
-//!   "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true,
+//!   "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true, "perm_auth": true,
+//!            "perm_add": true, "perm_modify": true, "perm_publish": true,
 //!            "enforce_rate_limit": false, "rate_limit_count": 0},
 //!   "background_jobs": true,
 //!   "events": [{"info": "C2 servers", "published": true, "tags": ["tlp:white"],
 //!               "attributes": [{"type": "ip-dst", "value": "198.51.100.7", "to_ids": true, "tags": [],
 //!                               "timestamp": 1700000000, "deleted": false, "uuid": "...", "comment": ""}]}],
 //!   "warninglists": [{"name": "RFC 1918", "type": "cidr", "entries": ["10.0.0.0/8"], "enabled": true}],
-//!   "feeds": [{"name": "CIRCL OSINT", "enabled": true}]
+//!   "feeds": [{"name": "CIRCL OSINT", "enabled": true, "provider": "CIRCL", "source_format": "misp",
+//!              "url": "https://www.circl.lu/doc/misp/feed-osint", "caching_enabled": true}]
 //! }
 //! ```
 //! Every key is optional; attribute fields other than `type` and `value` too (`to_ids` defaults to true,
@@ -38,13 +40,22 @@ pub struct Seed {
     pub feeds: Vec<SeedFeed>,
 }
 
-/// The key's role, as `/users/view/me` reports it.
+/// The key's role, as `/users/view/me` reports it. Every field is optional in a seed (the default is MISP's
+/// `admin` role).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Role {
     pub name: String,
+    /// Needed for `/sightings/add`.
     pub perm_sighting: bool,
+    /// Needed for the feed actions (fetch, cache).
     pub perm_site_admin: bool,
+    /// "Auth key access": without it MISP refuses the key (403, as for a wrong key).
+    pub perm_auth: bool,
+    pub perm_add: bool,
+    pub perm_modify: bool,
+    pub perm_publish: bool,
+    /// With `rate_limit_count`: restSearch calls per 15 minutes; 0 forbids API searches (405).
     pub enforce_rate_limit: bool,
     pub rate_limit_count: u64,
 }
@@ -55,8 +66,27 @@ impl Default for Role {
             name: "admin".into(),
             perm_sighting: true,
             perm_site_admin: true,
+            perm_auth: true,
+            perm_add: true,
+            perm_modify: true,
+            perm_publish: true,
             enforce_rate_limit: false,
             rate_limit_count: 0,
+        }
+    }
+}
+
+impl Role {
+    /// The role docs/production.md recommends for fortimisp: auth key access, nothing else.
+    pub fn read_only(name: &str) -> Role {
+        Role {
+            name: name.into(),
+            perm_sighting: false,
+            perm_site_admin: false,
+            perm_add: false,
+            perm_modify: false,
+            perm_publish: false,
+            ..Role::default()
         }
     }
 }
@@ -92,6 +122,18 @@ pub struct SeedFeed {
     pub name: String,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Default `emulator`.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Default `https://feeds.example.org/<id>`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `misp` (default), `freetext` or `csv`.
+    #[serde(default)]
+    pub source_format: Option<String>,
+    /// Whether `/feeds/cacheFeeds` caches it (default false).
+    #[serde(default)]
+    pub caching_enabled: bool,
 }
 
 fn yes() -> bool {
@@ -110,14 +152,16 @@ mod tests {
     fn documented_example_parses_and_unknown_keys_fail() {
         let example = r#"{
           "keys": ["0123456789abcdefghijABCDEFGHIJ0123456789"],
-          "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true,
+          "role": {"name": "Org Admin", "perm_sighting": true, "perm_site_admin": true, "perm_auth": true,
+                   "perm_add": true, "perm_modify": true, "perm_publish": true,
                    "enforce_rate_limit": false, "rate_limit_count": 0},
           "background_jobs": true,
           "events": [{"info": "C2 servers", "published": true, "tags": ["tlp:white"],
                       "attributes": [{"type": "ip-dst", "value": "198.51.100.7", "to_ids": true, "tags": [],
                                       "timestamp": 1700000000, "deleted": false, "uuid": "u", "comment": ""}]}],
           "warninglists": [{"name": "RFC 1918", "type": "cidr", "entries": ["10.0.0.0/8"], "enabled": true}],
-          "feeds": [{"name": "CIRCL OSINT", "enabled": true}]
+          "feeds": [{"name": "CIRCL OSINT", "enabled": true, "provider": "CIRCL", "source_format": "misp",
+                     "url": "https://www.circl.lu/doc/misp/feed-osint", "caching_enabled": true}]
         }"#;
         let cases: [(&str, bool); 4] = [
             (example, true),

@@ -102,7 +102,7 @@ pub struct Warninglist {
     nets: Vec<IpNet>,
 }
 
-/// A feed as far as fetching goes.
+/// A feed: what fetching, caching and the feeds index need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feed {
     pub id: u64,
@@ -110,6 +110,14 @@ pub struct Feed {
     pub enabled: bool,
     /// When background jobs are off, the inline fetch answers "Fetching the feed has failed."
     pub fails: bool,
+    pub provider: String,
+    pub url: String,
+    /// `misp`, `freetext` or `csv`.
+    pub source_format: String,
+    /// Whether `/feeds/cacheFeeds` caches it.
+    pub caching_enabled: bool,
+    /// When it was last cached (epoch), `None` if never (the index shows `false`).
+    pub cache_timestamp: Option<i64>,
 }
 
 /// A sighting the emulator saved.
@@ -333,6 +341,14 @@ impl Store {
         self.positions.get(&id).map(|&p| &self.attributes[p as usize])
     }
 
+    /// An attribute by id or uuid (MISP takes either wherever an attribute is named in a path).
+    pub fn attribute_by_key(&self, key: &str) -> Option<&Attribute> {
+        match key.parse::<u64>() {
+            Ok(id) => self.attribute(id),
+            Err(_) => self.attributes.iter().find(|a| a.uuid().eq_ignore_ascii_case(key)),
+        }
+    }
+
     pub fn attribute_count(&self) -> usize {
         self.attributes.len()
     }
@@ -387,10 +403,39 @@ impl Store {
         self.warninglists.iter_mut().find(|w| w.id == id).map(|w| w.enabled = enabled).is_some()
     }
 
+    /// Adds a feed (provider `emulator`, a `misp` feed at an example URL, caching off); returns its id.
     pub fn add_feed(&mut self, name: &str, enabled: bool) -> u64 {
         let id = self.feeds.iter().map(|f| f.id).max().unwrap_or(0) + 1;
-        self.feeds.push(Feed { id, name: name.into(), enabled, fails: false });
+        self.feeds.push(Feed {
+            id,
+            name: name.into(),
+            enabled,
+            fails: false,
+            provider: "emulator".into(),
+            url: format!("https://feeds.example.org/{id}"),
+            source_format: "misp".into(),
+            caching_enabled: false,
+            cache_timestamp: None,
+        });
         id
+    }
+
+    /// `/feeds/cacheFeeds/{scope}`: marks the caching-enabled feeds in `scope` (`all`, `freetext` (with `csv`),
+    /// `misp`, or a feed id) as cached now; returns how many.
+    pub fn cache_feeds(&mut self, scope: &str) -> usize {
+        let now = self.now();
+        let in_scope = |f: &Feed| match scope {
+            "all" => true,
+            "freetext" | "csv" => f.source_format == "freetext" || f.source_format == "csv",
+            "misp" => f.source_format == "misp",
+            id => id.parse::<u64>().is_ok_and(|id| id == f.id),
+        };
+        let mut cached = 0;
+        for feed in self.feeds.iter_mut().filter(|f| f.caching_enabled && in_scope(f)) {
+            feed.cache_timestamp = Some(now);
+            cached += 1;
+        }
+        cached
     }
 
     /// Enabled warninglists `value` hits, with the entry that matched.
