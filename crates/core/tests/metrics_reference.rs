@@ -54,7 +54,8 @@ fn metric_names_follow_prometheus_conventions() {
 
 #[test]
 fn readme_metrics_table_lists_every_metric() {
-    let exported: BTreeSet<String> = exported().into_iter().map(|(name, _)| name).collect();
+    let metrics = exported();
+    let exported: BTreeSet<String> = metrics.iter().map(|(name, _)| name.clone()).collect();
     let documented: BTreeSet<String> = README
         .lines()
         .filter_map(|line| line.strip_prefix("| `fortimisp_"))
@@ -65,7 +66,7 @@ fn readme_metrics_table_lists_every_metric() {
     assert!(missing.is_empty(), "README's metrics table lacks {missing:?}");
     assert!(stale.is_empty(), "README's metrics table names metrics that do not exist: {stale:?}");
     // And the table gives each one's type as the scrape does.
-    for (name, kind) in exported() {
+    for (name, kind) in &metrics {
         let row = README.lines().find(|l| l.starts_with(&format!("| `{name}` "))).expect("documented above");
         assert!(row.contains(&format!("| {kind} |")), "README gives {name} the type {kind}: {row}");
     }
