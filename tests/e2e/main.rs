@@ -11,6 +11,8 @@ mod housekeeping;
 mod integration;
 /// The lab: its report agrees with the emulated FortiGate and the journal.
 mod lab;
+/// The Grafana dashboard and the Prometheus alert rules, against promtool and a real Prometheus.
+mod monitoring;
 /// Keys never leak, TLS fails closed, protected addresses are never blocked, loose config permissions warn.
 mod security;
 /// Supervision: a restartable task comes back, a fatal one turns /healthz 503 and exits non-zero.

@@ -6,6 +6,11 @@
 //!
 //! The metric types are atomics: the hot path (one log line) bumps a counter without a lock.
 //!
+//! A labelled series appears once it has counted something, except the series an alert rule watches
+//! (`deploy/prometheus/fortimisp-rules.yml`): the task that does the work creates those at 0 when it starts
+//! ([`Metrics::requests`], [`Metrics::start_at_zero`]). A counter that appears with the value 1 has no increase
+//! in Prometheus, so the first failure would never fire an alert.
+//!
 //! [`Health`] is what `/healthz` reports: each supervised task's state, the mirror's age, and whether the daemon
 //! is alive (200) or has lost a task for good or begun shutting down (503). It is a liveness endpoint: a slow or
 //! unreachable MISP or FortiGate never makes it unhealthy, since a restart would not fix them.
@@ -69,6 +74,26 @@ pub struct RequestLabels {
     pub outcome: &'static str,
 }
 
+/// The histogram family of `fortimisp_request_duration_seconds`.
+type RequestFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+/// Times every HTTP request to one server into `fortimisp_request_duration_seconds{server, outcome}`. The MISP
+/// client and the FortiGate transport hold one and observe each request they send (each retry is a request);
+/// the time a request waits for the client-side rate limit is not part of it. Made by [`Metrics::requests`].
+#[derive(Clone, Debug)]
+pub struct RequestObserver {
+    family: RequestFamily,
+    server: &'static str,
+}
+
+impl RequestObserver {
+    /// Records one request: `failed` when the server gave no usable answer (`outcome="error"`), else `ok`.
+    pub fn observe(&self, failed: bool, elapsed: Duration) {
+        let outcome = if failed { "error" } else { "ok" };
+        self.family.get_or_create(&RequestLabels { server: self.server, outcome }).observe(elapsed.as_secs_f64());
+    }
+}
+
 fn histogram() -> Histogram {
     // 1 ms .. ~33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -127,8 +152,9 @@ pub struct Metrics {
     pub journal_degraded: Gauge,
     /// Queue depth between stages, by stage.
     pub queue_depth: Family<Stage, Gauge>,
-    /// Request latency by server (`misp`, `fortigate`) and outcome (`ok`, `error`).
-    pub request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Latency of every HTTP request, by server (`misp`, `fortigate`) and outcome (`ok`; `error`: no usable
+    /// answer), observed by the clients through a [`RequestObserver`].
+    pub request_seconds: RequestFamily,
     /// Time from receipt of the first triggering line to the block being in place.
     pub block_latency_seconds: Histogram,
     // Housekeeping.
@@ -138,7 +164,8 @@ pub struct Metrics {
     pub hk_pruned: Family<Reason, Counter>,
     /// Prune failures, by reason (`in_use`, `error`, `safety_rail`, `misp_unavailable`, `panic`).
     pub hk_failures: Family<Reason, Counter>,
-    /// Feed updates by outcome (`queued`, `no_feed_enabled`, `completed`, `error`).
+    /// Feed updates by outcome (`queued`, `completed`, `no_feed_enabled`, `other`: MISP answered; `feed_disabled`,
+    /// `failed`: MISP refused or failed; `error`: no answer).
     pub feed_updates: Family<Outcome, Counter>,
     /// Unix time of the last successful prune pass.
     pub hk_last_success: Gauge,
@@ -261,10 +288,21 @@ impl Metrics {
         family.get_or_create(&L::of(label)).inc();
     }
 
-    /// Records one REST request's latency.
-    pub fn observe_request(&self, server: &'static str, ok: bool, elapsed: Duration) {
-        let outcome = if ok { "ok" } else { "error" };
-        self.request_seconds.get_or_create(&RequestLabels { server, outcome }).observe(elapsed.as_secs_f64());
+    /// The observer of `server`'s requests, for its client; its `ok` and `error` series start at 0 (the alert on
+    /// an unreachable MISP compares them).
+    pub fn requests(&self, server: &'static str) -> RequestObserver {
+        for outcome in ["ok", "error"] {
+            drop(self.request_seconds.get_or_create(&RequestLabels { server, outcome }));
+        }
+        RequestObserver { family: self.request_seconds.clone(), server }
+    }
+
+    /// Creates the series `labels` of `family` at 0, so an alert sees their first increase. Called by the task
+    /// that counts them, when it starts: a series exists only in a daemon that does that work.
+    pub fn start_at_zero<L: OneLabel>(family: &Family<L, Counter>, labels: &[&'static str]) {
+        for label in labels {
+            drop(family.get_or_create(&L::of(label)));
+        }
     }
 
     /// The Prometheus text exposition.
@@ -442,11 +480,34 @@ mod tests {
         let m = Metrics::new();
         Metrics::inc(&m.dropped, "queue_full");
         m.triggered.inc();
-        m.observe_request("misp", true, Duration::from_millis(3));
+        m.requests("misp").observe(false, Duration::from_millis(3));
         let text = m.render();
         assert!(text.contains("fortimisp_messages_dropped_total{reason=\"queue_full\"} 1"), "{text}");
         assert!(text.contains("fortimisp_lines_triggered_total 1"), "{text}");
         assert!(text.contains("fortimisp_request_duration_seconds_count{server=\"misp\",outcome=\"ok\"} 1"), "{text}");
         assert_eq!(Metrics::count(&m.dropped, "queue_full"), 1);
+    }
+
+    /// The series an alert watches exist at 0 before the first event, only where they were started.
+    #[test]
+    fn watched_series_start_at_zero() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("reason=\"safety_rail\""));
+        Metrics::start_at_zero(&m.hk_failures, &["safety_rail", "error"]);
+        let observer = m.requests("fortigate");
+        let text = m.render();
+        for sample in [
+            "fortimisp_housekeeping_failures_total{reason=\"safety_rail\"} 0",
+            "fortimisp_housekeeping_failures_total{reason=\"error\"} 0",
+            "fortimisp_request_duration_seconds_count{server=\"fortigate\",outcome=\"ok\"} 0",
+            "fortimisp_request_duration_seconds_count{server=\"fortigate\",outcome=\"error\"} 0",
+        ] {
+            assert!(text.contains(sample), "{sample} in\n{text}");
+        }
+        assert!(!text.contains("server=\"misp\""), "only the servers asked for: {text}");
+        observer.observe(true, Duration::from_millis(5));
+        assert!(m
+            .render()
+            .contains("fortimisp_request_duration_seconds_count{server=\"fortigate\",outcome=\"error\"} 1"));
     }
 }

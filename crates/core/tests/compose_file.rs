@@ -2,7 +2,9 @@
 //! Dockerfiles and `config/config.toml` it relies on:
 //!
 //! - services: `integration` and `housekeeping` always; `fortigate-emulator`, `misp-emulator` and `lab` only in the
-//!   `lab` profile;
+//!   `lab` profile; `prometheus` and `grafana` only in the `monitoring` profile;
+//! - the monitoring profile: Prometheus scrapes both daemons on the ports `config.toml` names, with the alert rules
+//!   loaded; Grafana gets Prometheus as its data source and the dashboard; both are published on loopback only;
 //! - `integration` publishes 514/udp and 514/tcp onto the port `config.toml` listens on, as a non-root user;
 //! - both daemons share one named state volume holding `state.path`, read the config from a read-only bind mount,
 //!   and get their API keys as compose secrets at the paths `config.toml` names (never inline);
@@ -31,6 +33,10 @@ const DOCKERFILES: &[(&str, &str)] = &[
 
 const DAEMONS: [&str; 2] = ["integration", "housekeeping"];
 const LAB: [&str; 3] = ["fortigate-emulator", "misp-emulator", "lab"];
+const MONITORING: [&str; 2] = ["prometheus", "grafana"];
+const PROMETHEUS_YML: &str = include_str!("../../../deploy/prometheus/prometheus.yml");
+const GRAFANA_DATASOURCE: &str = include_str!("../../../deploy/grafana/provisioning/datasources/prometheus.yml");
+const GRAFANA_DASHBOARDS: &str = include_str!("../../../deploy/grafana/provisioning/dashboards/fortimisp.yml");
 const SECRETS: [&str; 2] = ["misp_api_key", "fortigate_api_key"];
 
 fn compose() -> Value {
@@ -224,7 +230,8 @@ fn services_and_profiles() {
         Value::Mapping(m) => m.keys().map(text).collect(),
         other => panic!("services must be a mapping, got {other:?}"),
     };
-    let expected: BTreeSet<String> = DAEMONS.iter().chain(LAB.iter()).map(|s| s.to_string()).collect();
+    let expected: BTreeSet<String> =
+        DAEMONS.iter().chain(LAB.iter()).chain(MONITORING.iter()).map(|s| s.to_string()).collect();
     assert_eq!(names, expected);
     for name in DAEMONS {
         assert!(
@@ -234,6 +241,13 @@ fn services_and_profiles() {
     }
     for name in LAB {
         assert_eq!(list(service(&c, name).get("profiles")), ["lab"], "{name} must only run with `--profile lab`");
+    }
+    for name in MONITORING {
+        assert_eq!(
+            list(service(&c, name).get("profiles")),
+            ["monitoring"],
+            "{name} must only run with `--profile monitoring`"
+        );
     }
     assert_eq!(list(service(&c, "lab").get("command")), ["lab", "--config", "/etc/fortimisp/lab.toml"]);
     for (name, binary) in [("fortigate-emulator", "fortigate-emulator"), ("misp-emulator", "misp-emulator")] {
@@ -619,4 +633,90 @@ fn quick_start_warns_about_network_and_disk() {
     let disk = regex::Regex::new(r"`target/` grows to about (\d+) GB").unwrap();
     let gb: u32 = disk.captures(before_the_tour).expect("a disk figure for target/ in GB")[1].parse().unwrap();
     assert!((1..100).contains(&gb), "{gb} GB");
+}
+
+// ---- the monitoring profile ----------------------------------------------------------------------------------
+
+/// The bind mount of `service` whose target is `target`: its source, read-only.
+fn bind_source(service: &Value, target: &str) -> String {
+    let mount =
+        mounts(service).into_iter().find(|m| m.target == target).unwrap_or_else(|| panic!("no mount at {target}"));
+    assert_eq!(mount.kind, "bind", "{target} is a bind mount of a file of the repository");
+    assert!(mount.read_only, "{target} is mounted read-only");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(&mount.source);
+    assert!(path.exists(), "{} (mounted at {target}) exists", mount.source);
+    mount.source
+}
+
+fn yaml(text: &str, name: &str) -> Value {
+    serde_norway::from_str(text).unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"))
+}
+
+#[test]
+fn monitoring_profile_scrapes_both_daemons_with_the_rules() {
+    let c = compose();
+    let cfg = config();
+    let prometheus = service(&c, "prometheus");
+    assert_eq!(bind_source(prometheus, "/etc/prometheus/prometheus.yml"), "./deploy/prometheus/prometheus.yml");
+    assert_eq!(
+        bind_source(prometheus, "/etc/prometheus/fortimisp-rules.yml"),
+        "./deploy/prometheus/fortimisp-rules.yml"
+    );
+    assert!(
+        list(prometheus.get("command")).contains(&"--config.file=/etc/prometheus/prometheus.yml".to_string()),
+        "prometheus reads the mounted config"
+    );
+    let p = yaml(PROMETHEUS_YML, "deploy/prometheus/prometheus.yml");
+    assert_eq!(list(p.get("rule_files")), ["/etc/prometheus/fortimisp-rules.yml"], "the alert rules are loaded");
+    // Each daemon is scraped on the compose network at the port config.toml serves its metrics on, in a job the
+    // rules recognise (`up{job=~"fortimisp.*"}`).
+    let Some(Value::Sequence(jobs)) = p.get("scrape_configs") else { panic!("scrape_configs is a list") };
+    let mut scraped = BTreeSet::new();
+    for job in jobs {
+        let name = text(&job["job_name"]);
+        assert!(name.starts_with("fortimisp"), "job {name}: the alert rules match job=~\"fortimisp.*\"");
+        let Some(Value::Sequence(statics)) = job.get("static_configs") else { panic!("{name}: static_configs") };
+        for s in statics {
+            scraped.extend(list(s.get("targets")));
+        }
+    }
+    let expected: BTreeSet<String> = [
+        format!("integration:{}", port_of(&cfg.metrics.listen)),
+        format!("housekeeping:{}", port_of(&cfg.metrics.housekeeping_listen)),
+    ]
+    .into();
+    assert_eq!(scraped, expected, "both daemons, by service name, on their [metrics] ports");
+}
+
+#[test]
+fn monitoring_profile_provisions_grafana_and_stays_on_loopback() {
+    let c = compose();
+    let grafana = service(&c, "grafana");
+    assert_eq!(bind_source(grafana, "/etc/grafana/provisioning"), "./deploy/grafana/provisioning");
+    assert_eq!(bind_source(grafana, "/etc/grafana/dashboards/fortimisp.json"), "./deploy/grafana/fortimisp.json");
+    let datasources = yaml(GRAFANA_DATASOURCE, "the Grafana data source");
+    let source = &datasources["datasources"][0];
+    assert_eq!(text(&source["type"]), "prometheus");
+    let port = ports(service(&c, "prometheus")).first().map(|p| p.1).expect("prometheus publishes its port");
+    assert_eq!(text(&source["url"]), format!("http://prometheus:{port}"), "Grafana reaches the prometheus service");
+    let providers = yaml(GRAFANA_DASHBOARDS, "the Grafana dashboard provider");
+    assert_eq!(
+        text(&providers["providers"][0]["options"]["path"]),
+        "/etc/grafana/dashboards",
+        "where the JSON is mounted"
+    );
+    // Published on this host's loopback only; the daemons' metrics ports not at all.
+    for name in MONITORING {
+        let Some(Value::Sequence(items)) = service(&c, name).get("ports") else { panic!("{name} publishes a port") };
+        for item in items {
+            assert!(text(item).starts_with("127.0.0.1:"), "{name}: publish on 127.0.0.1 only, not {}", text(item));
+        }
+    }
+    for name in DAEMONS {
+        let metrics = [port_of(&config().metrics.listen), port_of(&config().metrics.housekeeping_listen)];
+        assert!(
+            ports(service(&c, name)).iter().all(|(_, target, _)| !metrics.contains(target)),
+            "{name}: the metrics ports stay on the compose network"
+        );
+    }
 }

@@ -933,3 +933,33 @@ async fn refused_characters_in_comments_are_replaced_before_sending() {
         }
     }
 }
+
+// ---- request timing -----------------------------------------------------------------------------------------
+
+/// `fortimisp_request_duration_seconds_count{server="fortigate", outcome}` as scraped.
+fn timed(metrics: &fortimisp_core::metrics::Metrics, outcome: &str) -> u64 {
+    let sample = format!("fortimisp_request_duration_seconds_count{{server=\"fortigate\",outcome=\"{outcome}\"}} ");
+    let text = metrics.render();
+    text.lines().find_map(|l| l.strip_prefix(&sample)).map_or(0, |v| v.parse().expect("a count"))
+}
+
+/// Every request of a block is timed, and the answers of normal work (a group not there yet: 404) are `ok`; a
+/// refused token is an `error`, sent once.
+#[tokio::test]
+async fn every_request_is_timed_and_normal_answers_are_not_errors() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let metrics = fortimisp_core::metrics::Metrics::new();
+    let mut o = options(&emu);
+    o.requests = Some(metrics.requests("fortigate"));
+    let client = Client::new(o).expect("client builds");
+
+    client.block(ip("198.51.100.7"), &comment("1")).await.expect("blocked");
+    let sent = emu.total_requests();
+    assert!(sent >= 3, "groups checked, object created, member added: {:?}", emu.route_counts());
+    assert_eq!((timed(&metrics, "ok"), timed(&metrics, "error")), (sent, 0));
+
+    emu.revoke_token();
+    client.block(ip("198.51.100.8"), &comment("1")).await.expect_err("the token is refused");
+    assert_eq!(emu.total_requests(), sent + 1, "a 401 is not retried");
+    assert_eq!((timed(&metrics, "ok"), timed(&metrics, "error")), (sent, 1));
+}

@@ -667,3 +667,34 @@ async fn pager_as_stream() {
     let results: Vec<bool> = client.pages(SearchQuery::new()).into_stream().map(|p| p.is_ok()).collect().await;
     assert_eq!(results, vec![true, false], "the stream ends after an error");
 }
+
+// ---- request timing -----------------------------------------------------------------------------------------
+
+/// `fortimisp_request_duration_seconds_count{server, outcome}` as scraped.
+fn timed(metrics: &fortimisp_core::metrics::Metrics, server: &str, outcome: &str) -> u64 {
+    let sample = format!("fortimisp_request_duration_seconds_count{{server=\"{server}\",outcome=\"{outcome}\"}} ");
+    let text = metrics.render();
+    text.lines().find_map(|l| l.strip_prefix(&sample)).map_or(0, |v| v.parse().expect("a count"))
+}
+
+/// With an observer every HTTP request is timed, each retry on its own: a 500 then an answer are one `error` and
+/// one `ok`; a refused key (not retried) is one more `error`. Nothing else is counted.
+#[tokio::test(start_paused = true)]
+async fn every_request_is_timed_retries_included() {
+    let emulator = MispEmulator::start().await.expect("emulator starts");
+    let metrics = fortimisp_core::metrics::Metrics::new();
+    let mut opts = options(&emulator);
+    opts.requests = Some(metrics.requests("misp"));
+    let client = Client::new(opts).expect("client builds");
+    assert_eq!((timed(&metrics, "misp", "ok"), timed(&metrics, "misp", "error")), (0, 0), "both start at 0");
+
+    emulator.fail_next(1, Fault::html(500));
+    client.version().await.expect("answered after one retry");
+    assert_eq!((timed(&metrics, "misp", "ok"), timed(&metrics, "misp", "error")), (1, 1));
+
+    emulator.fail_next(1, Fault::AuthFailure);
+    client.version().await.expect_err("the key is refused");
+    assert_eq!((timed(&metrics, "misp", "ok"), timed(&metrics, "misp", "error")), (1, 2));
+    assert_eq!(emulator.total_requests(), 3, "one observation per request");
+    assert!(!metrics.render().contains("server=\"fortigate\""), "only this client's server");
+}

@@ -180,6 +180,11 @@ impl Daemon {
 
 async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
+    // The series the alert rules watch start at 0, so their first increase is seen.
+    Metrics::start_at_zero(&metrics.hk_failures, &["in_use", "error", "safety_rail", "misp_unavailable", "panic"]);
+    if config.misp.feed_update_interval.is_some() {
+        Metrics::start_at_zero(&metrics.feed_updates, &["error", "failed", "feed_disabled"]);
+    }
     let (journal, journal_error) = Journal::open_or_memory(&config.state.path);
     if let Some(error) = journal_error {
         error!(message = "Journal cannot be opened; removals are not recorded durably. Fix state.path.", %error);
@@ -188,8 +193,8 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     let supervisor = Supervisor::new(Health::default(), cli.faults());
     let daemon = Daemon {
         supervisor: supervisor.clone(),
-        fortigate: clients::fortigate(&config.fortigate).context("fortigate")?,
-        misp: clients::misp(&config.misp).context("misp")?,
+        fortigate: clients::fortigate_timed(&config.fortigate, &metrics).context("fortigate")?,
+        misp: clients::misp_timed(&config.misp, &metrics).context("misp")?,
         journal,
         metrics: metrics.clone(),
         config,
@@ -220,8 +225,8 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
             }
         }));
         // Its own clients: the probes must not share the passes' rate limit or wait behind them.
-        let misp = Arc::new(clients::misp(&daemon.config.misp).context("misp")?);
-        let fortigate = Arc::new(clients::fortigate(&daemon.config.fortigate).context("fortigate")?);
+        let misp = Arc::new(clients::misp_timed(&daemon.config.misp, &metrics).context("misp")?);
+        let fortigate = Arc::new(clients::fortigate_timed(&daemon.config.fortigate, &metrics).context("fortigate")?);
         let (m, stop) = (metrics.clone(), metrics_stop.clone());
         tokio::spawn(supervisor.restarting("readiness", metrics_stop.clone(), move || {
             ready::probe(misp.clone(), fortigate.clone(), readiness.clone(), m.clone(), stop.clone())

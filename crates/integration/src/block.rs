@@ -208,9 +208,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             self.finish(job, Outcome::Skipped { reason: "dry_run".into() }, "dry-run", &job.reason).await;
             return Executed::DryRun;
         }
-        let started = std::time::Instant::now();
         let result = self.backend.block(job.ip, &job.comment).await;
-        self.metrics.observe_request("fortigate", result.is_ok(), started.elapsed());
         match result {
             Ok(applied) => {
                 let (outcome, object, group) = match &applied {

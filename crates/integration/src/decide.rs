@@ -405,9 +405,7 @@ impl<L: Lookup> Decider<L> {
         tokio::spawn(async move {
             let ips: Vec<IpAddr> = batch.iter().map(|c| c.ip).collect();
             metrics.misp_lookup_requests.inc();
-            let started = std::time::Instant::now();
             let result = lookup.lookup(ips).await;
-            metrics.observe_request("misp", result.is_ok(), started.elapsed());
             drop(permit);
             // The receiver lives as long as the decision task, which waits for every answer.
             let _ = answers.send(BatchAnswer { batch, result }).await;

@@ -68,6 +68,8 @@ pub async fn run_udp(
     // Datagrams the kernel drops because the receive buffer is full never reach us: read its counter for this
     // socket once a second so those drops are counted too (`reason="kernel_rcvbuf"`).
     let mut kernel = KernelDrops::new(&socket);
+    // At 0 from the start, so the alert on kernel drops sees the first one.
+    Metrics::start_at_zero(&metrics.dropped, &["kernel_rcvbuf"]);
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

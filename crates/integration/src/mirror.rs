@@ -98,6 +98,8 @@ impl Mirror {
         let mut last_full: Option<Instant> = None;
         let mut since = 0i64;
         let mut retry = Duration::from_secs(5);
+        // The mirror-stale alert looks for these series: they exist only where a mirror runs.
+        Metrics::start_at_zero(&self.metrics.mirror_syncs, &["full_ok", "incremental_ok", "error"]);
         loop {
             let due_full = last_full.is_none_or(|t| t.elapsed() >= full_every);
             let started = Instant::now();

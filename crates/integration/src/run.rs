@@ -75,8 +75,8 @@ impl Parts {
                    %error, path = %config.state.path.display());
             metrics.journal_degraded.set(1);
         }
-        let fortigate = Arc::new(clients::fortigate(&config.fortigate).context("fortigate")?);
-        let misp = Arc::new(clients::misp(&config.misp).context("misp")?);
+        let fortigate = Arc::new(clients::fortigate_timed(&config.fortigate, &metrics).context("fortigate")?);
+        let misp = Arc::new(clients::misp_timed(&config.misp, &metrics).context("misp")?);
         let never_block = NeverBlock::new(config.blocking.never_block.clone());
         Ok(Parts { config, metrics, journal, fortigate, misp, never_block })
     }

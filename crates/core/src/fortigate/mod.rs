@@ -121,6 +121,9 @@ pub struct ClientOptions {
     pub object_prefix: String,
     /// Retry policy for retryable errors.
     pub retry: RetryPolicy,
+    /// Times every request (`fortimisp_request_duration_seconds{server="fortigate"}`); `None`: not timed (the
+    /// hand-run commands).
+    pub requests: Option<crate::metrics::RequestObserver>,
 }
 
 impl ClientOptions {
@@ -135,6 +138,7 @@ impl ClientOptions {
             timeout: self.timeout,
             requests_per_second: self.requests_per_second,
             retry: self.retry,
+            requests: self.requests.clone(),
         }
     }
 
@@ -164,6 +168,7 @@ impl ClientOptions {
             max_group_members: 600,
             object_prefix: "misp-".into(),
             retry: RetryPolicy::default(),
+            requests: None,
         }
     }
 }
@@ -268,6 +273,16 @@ impl Error {
             Error::Api { status, code, .. } => code.is_none() && *status >= 500,
             _ => false,
         }
+    }
+
+    /// The request got no usable answer: a timeout, a connection or TLS failure, an HTTP error without an envelope
+    /// (5xx from a proxy), 429, 401/403, or a body we cannot read. The answers FortiOS gives in normal work (404 for
+    /// an object that is not there, -5 already exists, -23 in use, ...) are answers. This is `outcome="error"` of
+    /// `fortimisp_request_duration_seconds`.
+    pub fn is_request_failure(&self) -> bool {
+        self.is_retryable()
+            || self.is_fatal()
+            || matches!(self, Error::Transport(_) | Error::Http { .. } | Error::Protocol { .. })
     }
 
     /// The operator must act (token, trusted hosts, profile permissions); the daemon should alert and stop calling.

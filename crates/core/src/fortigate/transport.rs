@@ -130,6 +130,8 @@ pub struct TransportOptions {
     pub requests_per_second: f64,
     /// Retry policy for retryable errors.
     pub retry: RetryPolicy,
+    /// Times every request (`fortimisp_request_duration_seconds{server="fortigate"}`); `None`: not timed.
+    pub requests: Option<crate::metrics::RequestObserver>,
 }
 
 /// The FortiOS REST transport of one FortiGate (one VDOM). Cheap to share (`Arc<Transport>`): one connection
@@ -141,6 +143,7 @@ pub struct Transport {
     vdom: String,
     limiter: RateLimiter,
     retry: RetryPolicy,
+    requests: Option<crate::metrics::RequestObserver>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -188,6 +191,7 @@ impl Transport {
             vdom: opts.vdom,
             limiter: RateLimiter::new(opts.requests_per_second),
             retry: opts.retry,
+            requests: opts.requests,
         })
     }
 
@@ -271,20 +275,28 @@ impl Transport {
         name: Option<&str>,
     ) -> Result<Envelope, Error> {
         self.limiter.acquire().await;
-        let mut request = self.http.request(method.clone(), url).header(AUTHORIZATION, self.auth.clone());
-        if let Some(body) = body {
-            request = request.json(body);
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut request = self.http.request(method.clone(), url).header(AUTHORIZATION, self.auth.clone());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.map_err(transport)?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let bytes = response.bytes().await.map_err(transport)?;
+            classify(status, retry_after, &bytes, name)
         }
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = response.bytes().await.map_err(transport)?;
-        classify(status, retry_after, &bytes, name)
+        .await;
+        if let Some(requests) = &self.requests {
+            requests.observe(result.as_ref().is_err_and(Error::is_request_failure), started.elapsed());
+        }
+        result
     }
 }
 
@@ -397,6 +409,33 @@ mod tests {
             let r = classify(status, None, &body, Some("n"));
             assert!(check(&r), "case {i}: status {status}: {:?}", r.as_ref().err());
         }
+    }
+
+    /// What counts as a failed request in `fortimisp_request_duration_seconds`: no usable answer. FortiOS's
+    /// answers of normal work (not found, already exists, in use, ...) do not.
+    #[test]
+    fn request_failures_are_the_answers_that_are_not_answers() {
+        let env = |http: u16, code: i64| {
+            serde_json::to_vec(&json!({"status": "error", "http_status": http, "error": code})).expect("json")
+        };
+        let cases: Vec<(u16, Vec<u8>, bool)> = vec![
+            (200, br#"{"status":"success","results":[]}"#.to_vec(), false),
+            (404, env(404, -3), false),
+            (500, env(500, -5), false),
+            (500, env(500, -23), false),
+            (500, env(500, -52), false),
+            (500, env(500, -651), false),
+            (401, b"<html>401</html>".to_vec(), true),
+            (403, env(403, -14), true),
+            (429, Vec::new(), true),
+            (503, b"Service Unavailable".to_vec(), true),
+            (200, b"not json".to_vec(), true),
+        ];
+        for (status, body, failure) in cases {
+            let failed = classify(status, None, &body, Some("n")).as_ref().is_err_and(Error::is_request_failure);
+            assert_eq!(failed, failure, "status {status}, body {}", String::from_utf8_lossy(&body));
+        }
+        assert!(Error::Timeout.is_request_failure());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::error::Error;
 use super::indicator::{parse_network, AttributeKind, Indicator};
 use super::query::SearchQuery;
 use super::wire;
+use crate::metrics::RequestObserver;
 use crate::secret::ApiKey;
 
 /// How the client retries. `Default` suits production; tests shrink the delays.
@@ -82,6 +83,9 @@ pub struct ClientOptions {
     pub page_size: u32,
     /// Retry behaviour.
     pub retry: RetryPolicy,
+    /// Times every request (`fortimisp_request_duration_seconds{server="misp"}`); `None`: not timed (the
+    /// hand-run commands).
+    pub requests: Option<RequestObserver>,
 }
 
 /// Values per restSearch in [`Client::search_values`] by default. It is also the largest on-demand batch of the
@@ -105,6 +109,7 @@ impl ClientOptions {
             batch_size: MAX_VALUES_PER_SEARCH,
             page_size: 5000,
             retry: RetryPolicy::default(),
+            requests: None,
         }
     }
 }
@@ -254,6 +259,7 @@ pub struct Client {
     batch_size: usize,
     page_size: u32,
     retry: RetryPolicy,
+    requests: Option<RequestObserver>,
 }
 
 impl Client {
@@ -305,6 +311,7 @@ impl Client {
             batch_size: options.batch_size.max(1),
             page_size: options.page_size.max(1),
             retry: options.retry,
+            requests: options.requests,
         })
     }
 
@@ -487,7 +494,13 @@ impl Client {
     async fn send(&self, method: Method, path: &str, body: Option<&Value>, effect: Effect) -> Result<Reply, Error> {
         let mut attempt = 1u32;
         loop {
-            let error = match self.send_once(method.clone(), path, body).await {
+            let started = std::time::Instant::now();
+            let result = self.send_once(method.clone(), path, body).await;
+            if let Some(requests) = &self.requests {
+                // Every error answer counts: MISP answers nothing but 2xx in normal work.
+                requests.observe(result.is_err(), started.elapsed());
+            }
+            let error = match result {
                 Ok(reply) => return Ok(reply),
                 Err(error) => error,
             };
