@@ -510,7 +510,7 @@ fn setup_steps_create_every_mounted_file() {
         for file in files.iter().filter(|f| !f.starts_with("./secrets/")) {
             let (from, to) = (repo.join(file), clone.path().join(file));
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{file} is mounted but not in the repository: {e}"));
+            copy_tree(&from, &to).unwrap_or_else(|e| panic!("{file} is mounted but not in the repository: {e}"));
         }
         let script: String = lines.iter().filter(|l| runnable(l)).map(|l| format!("{l}\n")).collect();
         let out = std::process::Command::new("sh")
@@ -523,11 +523,25 @@ fn setup_steps_create_every_mounted_file() {
             let path = clone.path().join(file);
             let meta = std::fs::metadata(&path)
                 .unwrap_or_else(|_| panic!("{name}: after the steps, `{file}` (mounted by compose) does not exist"));
-            assert!(meta.is_file() && meta.len() > 0, "{name}: `{file}` is empty or not a file");
+            assert!(meta.is_dir() || meta.len() > 0, "{name}: `{file}` is empty");
             if file.starts_with("./secrets/") {
                 assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}: `{file}` must be private");
             }
         }
+    }
+}
+
+/// Copies a file, or a directory with everything in it (the monitoring profile mounts directories).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to).map(|_| ())
     }
 }
 
