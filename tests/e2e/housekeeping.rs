@@ -155,6 +155,36 @@ async fn prunes_expired_blocks_member_first_and_nothing_else() {
     assert!(writes(&env).is_empty(), "a second pass changes nothing: {:?}", writes(&env));
 }
 
+/// A token whose profile may read but not write (or that the FortiGate stops accepting mid-pass): the first
+/// refused removal stops the pass. Each further request would be refused as well and count toward an admin
+/// lockout that would also stop the integration daemon. The removals stay for the next pass, the summary says why,
+/// and the exit status is non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_removal_stops_the_pass_at_once() {
+    use fortimisp_e2e::fortimisp_testkit::fortigate::AdminProfile;
+    let env = Env::start().await;
+    let (event, _) = misp_event(&env, &[]);
+    let old: Vec<String> =
+        (1..=5).map(|n| seed_own(&env, ip(&format!("198.51.100.{n}")), days_ago(100), &event.to_string())).collect();
+    seed_block_groups(&env, &old, &[], 10);
+    env.fortigate.set_profile(AdminProfile::READ_ONLY);
+    env.fortigate.reset_requests();
+
+    let out = env.housekeeping_run(&["--once"]);
+    assert!(!out.status.success(), "a refused pass fails: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("stopped: the FortiGate refused the API token or its profile"),
+        "{}",
+        text(&out.stdout)
+    );
+    let refused: Vec<_> =
+        env.fortigate.requests().into_iter().filter(|r| r.status.is_some_and(|s| s == 401 || s == 403)).collect();
+    assert_eq!(refused.len(), 1, "one refused request, then the pass stops: {refused:?}");
+    for name in &old {
+        assert!(env.fortigate.object(name).is_some(), "{name} stays for the next pass");
+    }
+}
+
 /// With `adopt_legacy`, old members of the block groups whose comment is the legacy bare timestamp are pruned
 /// (names with a `/` included); a legacy-commented object outside the block groups, a fresh legacy member and a
 /// foreign member stay.

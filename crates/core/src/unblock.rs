@@ -64,7 +64,11 @@ pub enum Unblocked {
     InUse(String),
     /// Timeout, 5xx, 429, or the journal refused even its memory fallback: the action stays pending.
     Retryable(String),
-    /// Refused for good (401/403, an invalid name, any other FortiOS error): action failed.
+    /// The FortiGate refused our credentials or permissions (401/403): the action stays pending. A caller with
+    /// more removals to make stops: each further refused request counts toward an admin lockout, and a profile
+    /// that may not delete one object may not delete the next.
+    Refused(String),
+    /// Refused for good (an invalid name, any other FortiOS error): action failed.
     Fatal(String),
 }
 
@@ -74,7 +78,8 @@ impl Unblocked {
         matches!(self, Unblocked::Done | Unblocked::NotThere)
     }
 
-    /// A short label for metrics and messages: `done`, `not_there`, `foreign`, `in_use`, `retryable`, `fatal`.
+    /// A short label for metrics and messages: `done`, `not_there`, `foreign`, `in_use`, `retryable`, `refused`,
+    /// `fatal`.
     pub fn label(&self) -> &'static str {
         match self {
             Unblocked::Done => "done",
@@ -82,6 +87,7 @@ impl Unblocked {
             Unblocked::Foreign(_) => "foreign",
             Unblocked::InUse(_) => "in_use",
             Unblocked::Retryable(_) => "retryable",
+            Unblocked::Refused(_) => "refused",
             Unblocked::Fatal(_) => "fatal",
         }
     }
@@ -94,6 +100,7 @@ impl Unblocked {
             Err(e @ fortigate::Error::Foreign { .. }) => Unblocked::Foreign(e.to_string()),
             Err(e @ fortigate::Error::InUse { .. }) => Unblocked::InUse(e.to_string()),
             Err(e) if e.is_retryable() => Unblocked::Retryable(e.to_string()),
+            Err(e) if e.is_fatal() => Unblocked::Refused(e.to_string()),
             Err(e) => Unblocked::Fatal(e.to_string()),
         }
     }
@@ -106,7 +113,7 @@ impl Unblocked {
             Unblocked::Foreign(reason) | Unblocked::InUse(reason) | Unblocked::Fatal(reason) => {
                 Some(Outcome::Failed { reason: reason.clone() })
             }
-            Unblocked::Retryable(_) => None,
+            Unblocked::Retryable(_) | Unblocked::Refused(_) => None,
         }
     }
 }
@@ -176,7 +183,11 @@ impl Unblocker<'_> {
 
 fn unblocked_reason(unblocked: &Unblocked) -> &str {
     match unblocked {
-        Unblocked::Foreign(r) | Unblocked::InUse(r) | Unblocked::Retryable(r) | Unblocked::Fatal(r) => r,
+        Unblocked::Foreign(r)
+        | Unblocked::InUse(r)
+        | Unblocked::Retryable(r)
+        | Unblocked::Refused(r)
+        | Unblocked::Fatal(r) => r,
         Unblocked::Done | Unblocked::NotThere => "",
     }
 }

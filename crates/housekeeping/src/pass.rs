@@ -46,6 +46,8 @@ pub struct Report {
     pub readded: usize,
     pub dangling: usize,
     pub interrupted: bool,
+    /// The FortiGate refused our credentials or permissions (401/403) on a removal: the pass stopped there.
+    pub refused: bool,
     /// Revocation was due but MISP could not be read completely: the pass did only half its job.
     pub misp_unavailable: bool,
 }
@@ -76,7 +78,7 @@ impl Report {
     /// A pass fails when a removal failed, the safety rail tripped or revocation could not be checked: the
     /// operator must look.
     pub fn is_success(&self) -> bool {
-        self.failed == 0 && self.held_back.is_none() && !self.interrupted && !self.misp_unavailable
+        self.failed == 0 && self.held_back.is_none() && !self.interrupted && !self.refused && !self.misp_unavailable
     }
 
     /// What became of revocation this pass, for the daemon's log: `held_back` (the safety rail),
@@ -254,14 +256,27 @@ impl Pass<'_> {
                     Metrics::inc(&self.metrics.hk_pruned, reason);
                     info!(message = "Removed block.", object = %name, reason);
                 }
+                Unblocked::Refused(error) => {
+                    // Every further request would be refused too, and each refusal counts toward an admin lockout
+                    // that would also stop the integration daemon's blocks: the pass stops here.
+                    report.failed += 1;
+                    report.refused = true;
+                    Metrics::inc(&self.metrics.hk_failures, "error");
+                    self.metrics.fortigate_unauthorized.set(1);
+                    error!(message = "FortiGate refused our credentials; the pass stops so as not to extend an admin lockout. Check the API token, its profile and trusted hosts.",
+                           object = %name, %error, left = total - i - 1);
+                    break;
+                }
                 failed => {
                     report.failed += 1;
                     let label = if matches!(failed, Unblocked::InUse(_)) { "in_use" } else { "error" };
                     Metrics::inc(&self.metrics.hk_failures, label);
                     let error = match &failed {
-                        Unblocked::Foreign(e) | Unblocked::InUse(e) | Unblocked::Retryable(e) | Unblocked::Fatal(e) => {
-                            e.as_str()
-                        }
+                        Unblocked::Foreign(e)
+                        | Unblocked::InUse(e)
+                        | Unblocked::Retryable(e)
+                        | Unblocked::Refused(e)
+                        | Unblocked::Fatal(e) => e.as_str(),
                         Unblocked::Done | Unblocked::NotThere => "",
                     };
                     warn!(message = "Could not remove block; left in place.", object = %name, %error,

@@ -65,6 +65,13 @@ pub fn summary(report: &Report, settings: &Settings) -> String {
             count(report.failed, "removal", "removals")
         ));
     }
+    if report.refused {
+        lines.push(
+            "stopped: the FortiGate refused the API token or its profile (401/403); no further request was sent, so \
+             as not to extend an admin lockout. Fix the token, its profile or trusted hosts"
+                .into(),
+        );
+    }
     if report.readded > 0 {
         lines.push(format!("re-added {} that no block group held", count(report.readded, "object", "objects")));
     }
@@ -147,6 +154,7 @@ mod tests {
             readded: 1,
             dangling: 3,
             interrupted: true,
+            refused: true,
             ..report(Removed { max_age: 1, ..Removed::default() })
         };
         assert_eq!(
@@ -155,6 +163,8 @@ mod tests {
              revocation held back: it would remove 20 of 30 blocks, more than max_unblock_fraction (0.5); check \
              MISP, then rerun with --force\n\
              failed: 2 removals (see the log); the next pass tries again\n\
+             stopped: the FortiGate refused the API token or its profile (401/403); no further request was sent, so \
+             as not to extend an admin lockout. Fix the token, its profile or trusted hosts\n\
              re-added 1 object that no block group held\n\
              3 block-group members named like fortimisp's but with no fortimisp object (see the log)\n\
              interrupted by shutdown: what is left is done by the next pass"

@@ -173,6 +173,10 @@ pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
         Unblocked::Retryable(error) => {
             Err(anyhow::anyhow!("not unblocked yet (pending in the journal; run unblock again): {error}"))
         }
+        Unblocked::Refused(error) => Err(anyhow::anyhow!(
+            "not unblocked: the FortiGate refused the token or its profile (pending in the journal; fix the token, \
+             then run unblock again): {error}"
+        )),
         Unblocked::Foreign(error) | Unblocked::InUse(error) | Unblocked::Fatal(error) => {
             Err(anyhow::anyhow!("not unblocked: {error}"))
         }
