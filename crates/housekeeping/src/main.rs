@@ -159,9 +159,14 @@ impl Daemon {
                 if report.is_success() && !dry_run {
                     self.metrics.hk_last_success.set(chrono::Utc::now().timestamp());
                 }
+                // The FortiGate answered the listing: refused again only if a removal was refused.
+                self.metrics.fortigate_unauthorized.set(i64::from(report.refused));
                 report.is_success()
             }
             Err(error) => {
+                if error.is_fatal() {
+                    self.metrics.fortigate_unauthorized.set(1);
+                }
                 Metrics::inc(&self.metrics.hk_failures, "error");
                 error!(message = "Prune pass failed: cannot read the FortiGate.", %error);
                 false

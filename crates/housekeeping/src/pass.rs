@@ -262,7 +262,6 @@ impl Pass<'_> {
                     report.failed += 1;
                     report.refused = true;
                     Metrics::inc(&self.metrics.hk_failures, "error");
-                    self.metrics.fortigate_unauthorized.set(1);
                     error!(message = "FortiGate refused our credentials; the pass stops so as not to extend an admin lockout. Check the API token, its profile and trusted hosts.",
                            object = %name, %error, left = total - i - 1);
                     break;
