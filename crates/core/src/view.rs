@@ -143,7 +143,7 @@ pub fn hit(cfg: &MispConfig, ip: IpAddr, exact: &[Indicator], cidrs: &IndicatorS
 }
 
 /// Whether a network is no wider than `min_prefix_v4`/`min_prefix_v6` allow.
-pub fn within_limits(cfg: &MispConfig, net: &ipnet::IpNet) -> bool {
+fn within_limits(cfg: &MispConfig, net: &ipnet::IpNet) -> bool {
     match net {
         ipnet::IpNet::V4(n) => n.prefix_len() >= cfg.min_prefix_v4,
         ipnet::IpNet::V6(n) => n.prefix_len() >= cfg.min_prefix_v6,

@@ -106,8 +106,9 @@ fn main() -> ExitCode {
 struct Daemon {
     supervisor: Supervisor,
     config: Config,
-    fortigate: fortimisp_core::fortigate::Client,
-    misp: fortimisp_core::misp::Client,
+    /// Shared with the readiness probe, so the FortiGate sees one client and one request rate.
+    fortigate: Arc<fortimisp_core::fortigate::Client>,
+    misp: Arc<fortimisp_core::misp::Client>,
     journal: Journal,
     metrics: Arc<Metrics>,
 }
@@ -198,8 +199,8 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     let supervisor = Supervisor::new(Health::default(), cli.faults());
     let daemon = Daemon {
         supervisor: supervisor.clone(),
-        fortigate: clients::fortigate_timed(&config.fortigate, &metrics).context("fortigate")?,
-        misp: clients::misp_timed(&config.misp, &metrics).context("misp")?,
+        fortigate: Arc::new(clients::fortigate_timed(&config.fortigate, &metrics).context("fortigate")?),
+        misp: Arc::new(clients::misp_timed(&config.misp, &metrics).context("misp")?),
         journal,
         metrics: metrics.clone(),
         config,
@@ -229,9 +230,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
                 error!(message = "Metrics server failed.", %error);
             }
         }));
-        // Its own clients: the probes must not share the passes' rate limit or wait behind them.
-        let misp = Arc::new(clients::misp_timed(&daemon.config.misp, &metrics).context("misp")?);
-        let fortigate = Arc::new(clients::fortigate_timed(&daemon.config.fortigate, &metrics).context("fortigate")?);
+        let (misp, fortigate) = (daemon.misp.clone(), daemon.fortigate.clone());
         let (m, stop) = (metrics.clone(), metrics_stop.clone());
         tokio::spawn(supervisor.restarting("readiness", metrics_stop.clone(), move || {
             ready::probe(misp.clone(), fortigate.clone(), readiness.clone(), m.clone(), stop.clone())

@@ -265,13 +265,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
     let blocker_stop = CancellationToken::new();
     let aux_stop = CancellationToken::new();
 
-    // Fatal when it dies: without it nothing reports liveness, and a prober would restart the daemon anyway.
     // Readiness: MISP and the FortiGate probed, the journal, and the mirror's age (three sync intervals, at least
     // ten minutes, cover a slow full sync).
     let mut readiness = Readiness::new();
     if let Some(interval) = cfg.misp.sync_interval {
         readiness = readiness.with_mirror((interval * 3).max(Duration::from_secs(600)));
     }
+    // The metrics server is fatal when it dies: without it nothing reports liveness, and a prober would restart
+    // the daemon anyway.
     if let Some(listener) = metrics_listener {
         let (m, h, r, stop) = (parts.metrics.clone(), supervisor.health().clone(), readiness.clone(), aux_stop.clone());
         tracker.spawn(supervisor.fatal("metrics", async move {
