@@ -29,6 +29,7 @@
 pub mod backoff;
 pub mod clients;
 pub mod config;
+pub mod feed;
 pub mod fortigate;
 pub mod indicators;
 pub mod journal;

@@ -182,6 +182,8 @@ pub async fn fortigate(client: &fortigate::Client, cfg: &config::FortiGate, now:
             checks.push(banned_read_check(client.list_banned().await.map(|list| list.len())));
             checks.push(ban_check(client.probe_ban().await));
         }
+        // The feed objects are checked by `feeds`, which needs `[feed]`.
+        Backend::ThreatFeed => {}
     }
     checks
 }

@@ -153,6 +153,7 @@ pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
     let target = match parts.config.fortigate.backend {
         BackendKind::AddressGroup => Target::Address(ip),
         BackendKind::BannedIp => Target::Banned(ip),
+        BackendKind::ThreatFeed => todo!("threat-feed backend (issue 14, in progress)"),
     };
     let unblocker = Unblocker { fortigate: &parts.fortigate, journal: &parts.journal };
     let request = unblock::Request { target, reason: "manual".into(), member_of: None };
@@ -251,6 +252,7 @@ pub async fn list(config: Config) -> Result<ExitCode> {
                 });
             }
         }
+        BackendKind::ThreatFeed => todo!("threat-feed backend (issue 14, in progress)"),
     }
     print!("{}", output::list_table(rows));
     Ok(ExitCode::SUCCESS)

@@ -88,6 +88,7 @@ impl Parts {
                 client: self.fortigate.clone(),
                 expiry: self.config.housekeeping.max_age,
             }),
+            BackendKind::ThreatFeed => todo!("threat-feed backend (issue 14, in progress)"),
         }
     }
 
@@ -129,6 +130,7 @@ impl Parts {
         let result = match self.config.fortigate.backend {
             BackendKind::AddressGroup => self.member_objects().await,
             BackendKind::BannedIp => self.fortigate.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect()),
+            BackendKind::ThreatFeed => todo!("threat-feed backend (issue 14, in progress)"),
         };
         match result {
             Ok(ips) => ips,

@@ -57,6 +57,10 @@ impl Error {
     }
 }
 
+mod feed;
+
+pub use feed::{Contents, Feed, RawFeed, Serve, UpdateMethod, ENV_FEED_PASSWORD, FALLBACK_LIMIT, MAX_FEED_NAME};
+
 // ---------------------------------------------------------------------------------------------------------------
 // Raw: the TOML as written.
 // ---------------------------------------------------------------------------------------------------------------
@@ -81,6 +85,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub log: Log,
+    /// Read when `fortigate.backend = "threat-feed"`.
+    pub feed: Option<RawFeed>,
 }
 
 /// `[misp]` as written.
@@ -151,6 +157,8 @@ pub enum Backend {
     AddressGroup,
     /// The banned-IP (quarantine) monitor API, with native expiry.
     BannedIp,
+    /// Entries of FortiGate external threat feeds (`[feed]`), served for pulls and/or pushed.
+    ThreatFeed,
 }
 
 impl fmt::Display for Backend {
@@ -158,6 +166,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::AddressGroup => "address-group",
             Backend::BannedIp => "banned-ip",
+            Backend::ThreatFeed => "threat-feed",
         })
     }
 }
@@ -565,6 +574,8 @@ pub struct Config {
     pub state: State,
     pub metrics: Metrics,
     pub log: Log,
+    /// `[feed]`, present when `fortigate.backend = "threat-feed"`.
+    pub feed: Option<Feed>,
     /// Non-fatal problems the binary logs once at start (never containing a secret).
     pub warnings: Vec<String>,
 }
@@ -862,6 +873,16 @@ impl RawConfig {
         self.log.filter()?;
         warnings.extend(self.log.warning());
 
+        // A `[feed]` table is checked whatever the backend (a typo is caught before the switch), and kept only
+        // for the threat-feed backend, which cannot run without one.
+        let feed = match (self.feed.map(|raw| raw.validate(env)).transpose()?, self.fortigate.backend) {
+            (Some(feed), Backend::ThreatFeed) => Some(feed),
+            (None, Backend::ThreatFeed) => {
+                return Err(Error::invalid("feed", "required when fortigate.backend = \"threat-feed\""))
+            }
+            (_, _) => None,
+        };
+
         Ok(Config {
             misp: Misp {
                 url: misp_url,
@@ -908,6 +929,7 @@ impl RawConfig {
             state: self.state,
             metrics,
             log: self.log,
+            feed,
             warnings,
         })
     }

@@ -1,0 +1,20 @@
+//! Threat-feed contents, pure: which entries each FortiGate external threat feed holds, the text served for a
+//! pull, the commands a push sends, and the FortiGate's feed events on the syslog stream.
+//!
+//! Nothing here does I/O or reads a clock. The integration daemon owns the live state (`integration::feed`):
+//! it hands the log-triggered blocks and the mirror's indicators to [`layout`], [`render`]s what it serves and
+//! [`diff`]s what it pushes.
+//!
+//! - [`content`]: the mirror's indicators as feed entries: never-block ranges cut out, CIDR-aggregated, newest
+//!   first.
+//! - [`Names`]: the feeds' names (`name`, `name6` when the families are split, `name-2`, ... beyond the cap).
+//! - [`layout`]: entries into feeds under a cap, blocked addresses first; what does not fit is counted.
+//! - [`render`] / [`Snapshot`]: one feed's text (`#` header, one address or CIDR per line) and its ETag.
+//! - [`diff`]: the `add`/`remove` between two versions of a feed.
+//! - [`event`]: logid 0100022220/22222/22224 lines (updated, loaded, overflow).
+
+pub mod content;
+pub mod event;
+mod layout;
+
+pub use layout::{diff, layout, render, Diff, Family, FeedContent, Layout, Names, Snapshot};
