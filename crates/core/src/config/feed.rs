@@ -365,7 +365,7 @@ password = "inline password 1""#)
 
     #[test]
     fn names_must_fit_fortios_with_their_suffixes() {
-        let long = "a".repeat(34);
+        let long = "a".repeat(35);
         let err = raw(&format!("update = [\"push\"]\nname = \"{long}\"")).validate(&env_none).unwrap_err();
         assert_eq!(err.key(), "feed.name");
         raw(&format!("update = [\"push\"]\nname = \"{long}\"\nsplit_families = false")).validate(&env_none).unwrap();
