@@ -373,7 +373,7 @@ password = "inline password 1""#)
         assert_eq!(err.key(), "feed.name");
         let err = raw("update = [\"push\"]\nmax_feeds = 0").validate(&env_none).unwrap_err();
         assert_eq!(err.key(), "feed.max_feeds");
-        let err = raw(&format!("update = [\"push\"]\nname = \"{}\"\nmax_feeds = 10", "a".repeat(31)))
+        let err = raw(&format!("update = [\"push\"]\nname = \"{}\"\nmax_feeds = 10", "a".repeat(32)))
             .validate(&env_none)
             .unwrap_err();
         assert_eq!(err.key(), "feed.name");
