@@ -67,6 +67,25 @@ macro_rules! one_label {
 }
 one_label!(Reason => reason, Outcome => outcome, Stage => stage, Listener => listener);
 
+/// A `feed` label: a threat feed's name, from `[feed]` (a closed set: the names `core::feed::Names` derives).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedLabel {
+    pub feed: String,
+}
+
+/// `command` and `outcome` labels of a threat-feed push.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub command: &'static str,
+    pub outcome: &'static str,
+}
+
+/// A `family` label (`ipv4`, `ipv6`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    pub family: &'static str,
+}
+
 /// `server` and `outcome` labels of a request latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -171,6 +190,25 @@ pub struct Metrics {
     pub hk_last_success: Gauge,
     /// Unix time of the last successful feed update.
     pub feed_last_success: Gauge,
+    // Threat feeds (`backend = "threat-feed"`).
+    /// Entries each threat feed serves (pull) or was last pushed (push).
+    pub tf_entries: Family<FeedLabel, Gauge>,
+    /// Entries left out of the threat feeds (beyond `max_entries` × `max_feeds`), by address family.
+    pub tf_left_out: Family<FamilyLabel, Gauge>,
+    /// The per-feed entry cap in use (from `max_entries`, or the FortiGate's reported limit).
+    pub tf_limit: Gauge,
+    /// Threat-feed contents built (one per change of the blocks or the mirror, at most).
+    pub tf_builds: Counter,
+    /// Push API commands, by command (`add`, `remove`, `snapshot`) and outcome (`ok`, `error`).
+    pub tf_pushes: Family<PushLabels, Counter>,
+    /// Entries the FortiGate reports loaded, per feed (entry-list status, or the 22222 event).
+    pub tf_loaded: Family<FeedLabel, Gauge>,
+    /// Unix time the FortiGate last loaded each feed.
+    pub tf_last_loaded: Family<FeedLabel, Gauge>,
+    /// 1 while the FortiGate reports that a feed overflowed its limit (entries dropped).
+    pub tf_overflow: Family<FeedLabel, Gauge>,
+    /// Threat-feed event lines on the syslog stream, by event (`updated`, `loaded`, `overflow`).
+    pub tf_events: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -212,6 +250,15 @@ impl Metrics {
             feed_updates: Family::default(),
             hk_last_success: Gauge::default(),
             feed_last_success: Gauge::default(),
+            tf_entries: Family::default(),
+            tf_left_out: Family::default(),
+            tf_limit: Gauge::default(),
+            tf_builds: Counter::default(),
+            tf_pushes: Family::default(),
+            tf_loaded: Family::default(),
+            tf_last_loaded: Family::default(),
+            tf_overflow: Family::default(),
+            tf_events: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -280,6 +327,27 @@ impl Metrics {
             "Unix time of the last good feed update",
             m.feed_last_success.clone(),
         );
+        r.register("feed_entries", "Entries each threat feed serves or was last pushed", m.tf_entries.clone());
+        r.register(
+            "feed_left_out",
+            "Entries left out of the threat feeds by the cap, by address family",
+            m.tf_left_out.clone(),
+        );
+        r.register("feed_entry_limit", "Per-feed entry cap in use", m.tf_limit.clone());
+        r.register("feed_builds", "Threat-feed contents built", m.tf_builds.clone());
+        r.register("feed_pushes", "Threat-feed push API commands by command and outcome", m.tf_pushes.clone());
+        r.register("feed_loaded_entries", "Entries the FortiGate reports loaded, per feed", m.tf_loaded.clone());
+        r.register(
+            "feed_last_loaded_timestamp_seconds",
+            "Unix time the FortiGate last loaded each feed",
+            m.tf_last_loaded.clone(),
+        );
+        r.register(
+            "feed_overflow",
+            "1 while the FortiGate reports a feed beyond its entry limit",
+            m.tf_overflow.clone(),
+        );
+        r.register("feed_events", "Threat-feed event lines received on syslog, by event", m.tf_events.clone());
         Metrics { registry, ..m }
     }
 

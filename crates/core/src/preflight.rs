@@ -10,7 +10,8 @@
 //! - FortiGate ([`fortigate`]): `monitor/system/status` (URL, token, VDOM), then per backend:
 //!   - `address-group`: both block groups read with their reference count (a group no policy references blocks
 //!     nothing), and a probe address object created, read back and deleted ([`crate::fortigate::WriteProbe`]);
-//!   - `banned-ip`: the banned list read, and `add_users` with an empty list.
+//!   - `banned-ip`: the banned list read, and `add_users` with an empty list;
+//!   - `threat-feed`: the feed objects, status and push permission ([`crate::feed::check`]).
 //!
 //! The decisions (which status, which words) are pure functions of what the servers answered, tested as tables;
 //! only [`misp`] and [`fortigate`] do I/O.
@@ -63,7 +64,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(status: Status, text: impl Into<String>) -> Check {
+    pub fn new(status: Status, text: impl Into<String>) -> Check {
         Check { status, text: text.into() }
     }
 }
@@ -182,7 +183,7 @@ pub async fn fortigate(client: &fortigate::Client, cfg: &config::FortiGate, now:
             checks.push(banned_read_check(client.list_banned().await.map(|list| list.len())));
             checks.push(ban_check(client.probe_ban().await));
         }
-        // The feed objects are checked by `feeds`, which needs `[feed]`.
+        // The feed objects are checked by `feed::check::checks`, which needs `[feed]`.
         Backend::ThreatFeed => {}
     }
     checks

@@ -27,6 +27,10 @@ pub enum Target {
     Legacy(LegacyMember),
     /// The banned-IP backend.
     Banned(IpAddr),
+    /// The threat-feed backend: the address leaves the served feeds once the ledger closes (the integration daemon
+    /// rereads it), and each feed of `push_to` gets a `remove` at once (push API). Feed entries carry no owner
+    /// marker: only addresses of fortimisp's own ledger are ever given here.
+    Feed { ip: IpAddr, push_to: Vec<String> },
 }
 
 impl Target {
@@ -34,7 +38,7 @@ impl Target {
     /// removed without a journal entry).
     pub fn ip(&self) -> Option<IpAddr> {
         match self {
-            Target::Address(ip) | Target::Banned(ip) => Some(*ip),
+            Target::Address(ip) | Target::Banned(ip) | Target::Feed { ip, .. } => Some(*ip),
             Target::Legacy(member) => member.network.filter(|n| n.prefix_len() == n.max_prefix_len()).map(|n| n.addr()),
         }
     }
@@ -177,6 +181,13 @@ impl Unblocker<'_> {
             Target::Banned(ip) => self.fortigate.unban(*ip).await.map(|()| UnblockOutcome::Unblocked),
             Target::Address(ip) => self.fortigate.unblock(*ip, hint).await,
             Target::Legacy(member) => self.fortigate.unblock_legacy(member, hint).await,
+            Target::Feed { ip, push_to } => {
+                let entry = [ipnet::IpNet::from(*ip)];
+                for feed in push_to {
+                    self.fortigate.transport().push_feed(feed, fortigate::PushCommand::Remove, &entry).await?;
+                }
+                Ok(UnblockOutcome::Unblocked)
+            }
         }
     }
 }

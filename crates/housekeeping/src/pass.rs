@@ -15,7 +15,8 @@
 //! a block-group member named like ours whose object is gone is reported.
 //!
 //! With `backend = "banned-ip"` the pass reads the bans the journal's ledger says fortimisp made, and `plan()`
-//! decides the revocations under the same safety rail; each goes through the same `Unblocker`.
+//! decides the revocations under the same safety rail; each goes through the same `Unblocker`. With
+//! `backend = "threat-feed"` the ledger's feed entries are planned the same way, and also age out.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
@@ -113,8 +114,10 @@ pub struct Pass<'a> {
 impl Pass<'_> {
     /// Runs one pass. Errors reading the FortiGate fail the pass; everything after is per object.
     pub async fn run(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
-        if self.config.fortigate.backend == Backend::BannedIp {
-            return self.run_banned(shutdown).await;
+        match self.config.fortigate.backend {
+            Backend::BannedIp => return self.run_banned(shutdown).await,
+            Backend::ThreatFeed => return self.run_feed(shutdown).await,
+            Backend::AddressGroup => {}
         }
         if !self.dry_run {
             // Keeps the groups (and their placeholders) valid, whatever an admin did since the last pass.
@@ -247,7 +250,11 @@ impl Pass<'_> {
             let (target, member_of) = match removal {
                 Removal::Owned { object, .. } => (Target::Address(object.ip), groups()),
                 Removal::Legacy { member } => (Target::Legacy(member), groups()),
-                Removal::Banned { ip } => (Target::Banned(ip), None),
+                Removal::Ledger { ip, .. } if self.config.fortigate.backend == Backend::ThreatFeed => {
+                    let push_to = self.config.feed.as_ref().map_or_else(Vec::new, |f| f.push_targets(ip));
+                    (Target::Feed { ip, push_to }, None)
+                }
+                Removal::Ledger { ip, .. } => (Target::Banned(ip), None),
             };
             let request = unblock::Request { target, reason: reason.to_string(), member_of };
             match unblocker.unblock(&request).await {
@@ -308,23 +315,47 @@ impl Pass<'_> {
             .list_banned()
             .await?
             .into_iter()
-            .filter_map(|b| ours.get(&b.ip).map(|manual| Ban { ip: b.ip, manual: *manual }))
+            .filter_map(|b| ours.get(&b.ip).map(|manual| Ban { ip: b.ip, manual: *manual, aged_from: None }))
             .collect();
+        self.run_ledger(&banned, shutdown).await
+    }
+
+    /// `backend = "threat-feed"`: the feeds hold no comments, so the ledger is what fortimisp owns; entries age
+    /// out by `max_age` and are revoked under the same rail as objects. A removal closes the ledger entry (the
+    /// integration daemon stops serving it within seconds) and, with push, sends `remove` at once.
+    async fn run_feed(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
+        let ledger = match self.journal.active_blocks().await {
+            Ok(ledger) => ledger,
+            Err(error) => {
+                warn!(message = "Journal cannot be read; no feed entry is examined this pass.", %error);
+                Vec::new()
+            }
+        };
+        let blocks: Vec<Ban> = ledger
+            .into_iter()
+            .filter(|b| b.backend == "threat-feed")
+            .map(|b| Ban { ip: b.ip, manual: b.event_id.is_none(), aged_from: Some(b.blocked_at) })
+            .collect();
+        self.run_ledger(&blocks, shutdown).await
+    }
+
+    /// Plans and removes ledger-only blocks (bans, feed entries).
+    async fn run_ledger(&self, blocks: &[Ban], shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
         let mut still_listed = None;
         let mut misp_unavailable = false;
-        if self.config.housekeeping.unblock_revoked && !banned.is_empty() {
+        if self.config.housekeeping.unblock_revoked && !blocks.is_empty() {
             match view::full(self.misp, &self.config.misp).await {
                 Ok((set, _)) => {
-                    still_listed = Some(banned.iter().map(|b| b.ip).filter(|ip| set.lookup(*ip).is_some()).collect());
+                    still_listed = Some(blocks.iter().map(|b| b.ip).filter(|ip| set.lookup(*ip).is_some()).collect());
                 }
                 Err(error) => {
                     Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
-                    warn!(message = "No complete view of MISP; nothing is unbanned this pass.", %error);
+                    warn!(message = "No complete view of MISP; nothing is removed for revocation this pass.", %error);
                     misp_unavailable = true;
                 }
             }
         }
-        let plan = plan::plan(Utc::now(), &[], &[], &banned, still_listed.as_ref(), &self.rules());
+        let plan = plan::plan(Utc::now(), &[], &[], blocks, still_listed.as_ref(), &self.rules());
         let mut report = self.report(&plan, still_listed.is_some(), misp_unavailable);
         self.remove(plan, &MemberOf::new(), shutdown, &mut report).await;
         Ok(report)

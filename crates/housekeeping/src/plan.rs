@@ -1,7 +1,7 @@
 //! What a prune pass removes, decided without I/O.
 //!
 //! [`plan`] takes what the FortiGate holds (objects fortimisp owns, and with `adopt_legacy` the legacy members of
-//! the block groups; with `backend = "banned-ip"`, the bans the journal says fortimisp made), the clock, and — only when a complete view of MISP could be read — which owned addresses
+//! the block groups; with `backend = "banned-ip"` or `"threat-feed"`, the bans or feed entries the journal says fortimisp made), the clock, and — only when a complete view of MISP could be read — which owned addresses
 //! MISP still lists as blocking. It returns the removals with their reason, and whether the revocation safety rail
 //! tripped.
 //!
@@ -9,7 +9,8 @@
 //! - only objects in `owned` (our comment marker), `legacy` (block-group members with the legacy timestamp) or
 //!   `banned` (our bans) can ever be in the plan; nothing else is given to this function, so nothing else can be
 //!   removed;
-//! - bans are never aged out here (they expire on the FortiGate), only revoked;
+//! - bans are never aged out here (they expire on the FortiGate), only revoked; threat-feed entries (ledger blocks
+//!   with a block time) age out by `max_age` like objects;
 //! - without a MISP view (`still_listed == None`: MISP down, a page failed) nothing is removed for revocation;
 //! - a manual block (`misp-event=manual`) is never revoked, only aged out;
 //! - a revocation that would remove more than `max_unblock_fraction` of the blocks is held back (unless forced).
@@ -52,18 +53,22 @@ pub enum Removal {
     Legacy {
         member: LegacyMember,
     },
-    /// A ban (banned-ip backend) MISP no longer lists.
-    Banned {
+    /// A block the journal's ledger holds (banned-ip: MISP no longer lists it; threat-feed: too old, or revoked).
+    Ledger {
         ip: IpAddr,
+        reason: Reason,
     },
 }
 
-/// A ban fortimisp made (from the journal's ledger; the FortiGate's ban list carries no comment).
+/// A block known from the journal's ledger only: a ban (the FortiGate's ban list carries no comment) or a
+/// threat-feed entry (a feed has no comments at all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ban {
     pub ip: IpAddr,
     /// Made by `integration block` (no MISP event): never revoked.
     pub manual: bool,
+    /// When it was made, for `max_age`; `None` for a ban, which expires on the FortiGate by itself.
+    pub aged_from: Option<DateTime<Utc>>,
 }
 
 impl Removal {
@@ -71,7 +76,7 @@ impl Removal {
         match self {
             Removal::Owned { reason, .. } => *reason,
             Removal::Legacy { .. } => Reason::Legacy,
-            Removal::Banned { .. } => Reason::Revoked,
+            Removal::Ledger { reason, .. } => *reason,
         }
     }
 
@@ -80,7 +85,7 @@ impl Removal {
         match self {
             Removal::Owned { object, .. } => object.name.to_string(),
             Removal::Legacy { member } => member.name.clone(),
-            Removal::Banned { ip } => ip.to_string(),
+            Removal::Ledger { ip, .. } => ip.to_string(),
         }
     }
 }
@@ -130,9 +135,17 @@ pub fn plan(
             }
         }
     }
+    let mut live = Vec::new();
+    for ban in banned {
+        if ban.aged_from.is_some_and(expired) {
+            plan.removals.push(Removal::Ledger { ip: ban.ip, reason: Reason::MaxAge });
+        } else {
+            live.push(ban);
+        }
+    }
     if let (true, Some(listed)) = (rules.unblock_revoked, still_listed) {
-        let gone = banned.iter().filter(|b| !b.manual && !listed.contains(&b.ip));
-        revoked.extend(gone.map(|b| Removal::Banned { ip: b.ip }));
+        let gone = live.into_iter().filter(|b| !b.manual && !listed.contains(&b.ip));
+        revoked.extend(gone.map(|b| Removal::Ledger { ip: b.ip, reason: Reason::Revoked }));
     }
     if !revoked.is_empty() {
         let fraction = revoked.len() as f64 / blocks.max(1) as f64;
@@ -253,7 +266,7 @@ mod tests {
     /// Bans follow the same rules as objects: a complete view, the rail, manual never revoked, no ageing.
     #[test]
     fn bans_are_revoked_under_the_same_rail() {
-        let ban = |i: u8, manual| Ban { ip: format!("198.51.100.{i}").parse().unwrap(), manual };
+        let ban = |i: u8, manual| Ban { ip: format!("198.51.100.{i}").parse().unwrap(), manual, aged_from: None };
         let bans: Vec<Ban> = (1..=10).map(|i| ban(i, i == 10)).collect();
         let listed = |from: usize| -> HashSet<IpAddr> { bans[from..].iter().map(|b| b.ip).collect() };
         let check = |listed: Option<&HashSet<IpAddr>>, rules: &Rules| {
@@ -272,5 +285,31 @@ mod tests {
         assert!(!forced.iter().any(|(name, _)| name == "198.51.100.10"), "manual ban kept: {forced:?}");
         // Without unblock_revoked nothing is revoked.
         assert_eq!(check(Some(&HashSet::new()), &Rules { unblock_revoked: false, ..rules() }), (vec![], None, 10));
+    }
+
+    /// Threat-feed entries (ledger blocks with a block time) age out like objects, manual ones included, and are
+    /// revoked under the same rail; a ban (no block time) never ages out here.
+    #[test]
+    fn ledger_blocks_with_a_time_age_out_and_are_revoked() {
+        let at = |days: i64| Some(now() - chrono::Duration::days(days));
+        let blocks = [
+            Ban { ip: "198.51.100.1".parse().unwrap(), manual: false, aged_from: at(91) },
+            Ban { ip: "198.51.100.2".parse().unwrap(), manual: true, aged_from: at(91) },
+            Ban { ip: "198.51.100.3".parse().unwrap(), manual: false, aged_from: at(5) },
+            Ban { ip: "198.51.100.4".parse().unwrap(), manual: false, aged_from: at(5) },
+            Ban { ip: "198.51.100.5".parse().unwrap(), manual: false, aged_from: None },
+        ];
+        let listed: HashSet<IpAddr> = ["198.51.100.4", "198.51.100.5"].iter().map(|s| s.parse().unwrap()).collect();
+        let p = plan(now(), &[], &[], &blocks, Some(&listed), &rules());
+        assert_eq!(
+            names(&p),
+            [
+                ("198.51.100.1".to_string(), "max_age"),
+                ("198.51.100.2".to_string(), "max_age"),
+                ("198.51.100.3".to_string(), "revoked")
+            ]
+        );
+        // Without a view of MISP only the ageing happens.
+        assert_eq!(plan(now(), &[], &[], &blocks, None, &rules()).removals.len(), 2);
     }
 }

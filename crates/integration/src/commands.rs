@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use fortimisp_core::config::{Backend as BackendKind, Config};
+use fortimisp_core::config::{Backend as BackendKind, Config, Contents};
 use fortimisp_core::journal::{ActionKind, Outcome};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::misp::SearchQuery;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::block::{self, Blocker, Executed};
 use crate::decide::SharedMirror;
+use crate::feed::state::FeedState;
 use crate::mirror::CidrIndicators;
 use crate::output::{self, ListRow};
 use crate::run::Parts;
@@ -63,6 +64,9 @@ pub async fn validate(config: Config) -> Result<ExitCode> {
     // per check; MISSING or FAIL exits 1.
     let mut checks = preflight::misp(&parts.misp, &cfg.misp).await;
     checks.extend(preflight::fortigate(&parts.fortigate, &cfg.fortigate, Utc::now()).await);
+    if let Some(feed) = &cfg.feed {
+        checks.extend(fortimisp_core::feed::check::checks(parts.fortigate.transport(), feed).await);
+    }
     for check in &checks {
         println!("{check}");
         ok &= check.status.passes();
@@ -153,7 +157,9 @@ pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
     let target = match parts.config.fortigate.backend {
         BackendKind::AddressGroup => Target::Address(ip),
         BackendKind::BannedIp => Target::Banned(ip),
-        BackendKind::ThreatFeed => todo!("threat-feed backend (issue 14, in progress)"),
+        BackendKind::ThreatFeed => {
+            Target::Feed { ip, push_to: parts.config.feed.as_ref().map_or_else(Vec::new, |f| f.push_targets(ip)) }
+        }
     };
     let unblocker = Unblocker { fortigate: &parts.fortigate, journal: &parts.journal };
     let request = unblock::Request { target, reason: "manual".into(), member_of: None };
@@ -207,6 +213,45 @@ async fn flush_journal(parts: &Parts) {
     }
 }
 
+/// `integration list --feeds`: per threat feed, what fortimisp serves or pushes (the journal's blocks and, in
+/// indicators mode, MISP's actionable indicators, laid out as the daemon does) next to what the FortiGate reports
+/// it loaded (entry-list status).
+pub async fn list_feeds(config: Config) -> Result<ExitCode> {
+    let parts = Parts::build(config)?;
+    let Some(cfg) = parts.config.feed.as_ref() else {
+        bail!("fortigate.backend is not \"threat-feed\": there are no threat feeds to list");
+    };
+    let state = FeedState::new(cfg, parts.metrics.clone());
+    let ledger = parts.journal.active_blocks().await?;
+    state.replace_blocked(
+        ledger.iter().filter(|b| b.backend == crate::feed::BACKEND).map(|b| (b.ip, b.blocked_at.timestamp())).collect(),
+    );
+    if cfg.contents == Contents::Indicators {
+        let (set, _) = view::full(&parts.misp, &parts.config.misp).await.context("MISP")?;
+        state.set_indicators(fortimisp_core::feed::content::entries(&set, &parts.never_block));
+    }
+    let transport = parts.fortigate.transport();
+    let mut statuses = Vec::new();
+    for name in state.names().all() {
+        statuses.push((name.clone(), transport.feed_status(&name).await));
+    }
+    // The device's limit is the cap when max_entries = 0, as in the daemon.
+    if let Some(limit) = statuses.iter().find_map(|(_, s)| s.as_ref().ok().and_then(|s| s.limit)) {
+        state.set_device_limit(limit);
+    }
+    let built = state.current();
+    let rows = statuses
+        .into_iter()
+        .map(|(name, status)| output::FeedRow {
+            served: built.entries(&name).len(),
+            status: status.map_err(|e| e.to_string()),
+            name,
+        })
+        .collect();
+    print!("{}", output::feeds_table(rows, built.layout.left_out_v4 + built.layout.left_out_v6, built.cap, Utc::now()));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `integration list`: the FortiGate's view joined with the journal's.
 pub async fn list(config: Config) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
@@ -252,7 +297,20 @@ pub async fn list(config: Config) -> Result<ExitCode> {
                 });
             }
         }
-        BackendKind::ThreatFeed => todo!("threat-feed backend (issue 14, in progress)"),
+        BackendKind::ThreatFeed => {
+            for b in ledger.iter().filter(|b| b.backend == crate::feed::BACKEND) {
+                rows.push(ListRow {
+                    ip: b.ip,
+                    object: format!("feed {}", b.object),
+                    age: Some(now.signed_duration_since(b.blocked_at)),
+                    event: event_of(b.event_id),
+                    comment: match b.rule {
+                        Some(rule) => format!("rule={rule}"),
+                        None => String::new(),
+                    },
+                });
+            }
+        }
     }
     print!("{}", output::list_table(rows));
     Ok(ExitCode::SUCCESS)

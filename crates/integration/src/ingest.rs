@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::decide::Candidate;
+use fortimisp_core::feed::event::FeedEvent;
 
 /// What one message turned into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     out: mpsc::Sender<Candidate>,
     recent: Recent,
+    /// The threat-feed backend's confirmation task: the FortiGate's feed events (22220/22222/22224).
+    feed_events: Option<mpsc::Sender<FeedEvent>>,
 }
 
 /// Slots of the recently-queued filter (a direct-mapped cache: a collision only costs a redundant candidate).
@@ -86,7 +89,14 @@ impl Ingest {
         metrics: Arc<Metrics>,
         out: mpsc::Sender<Candidate>,
     ) -> Self {
-        Ingest { triggers, never_block, allowed_senders, metrics, out, recent: Recent::new() }
+        Ingest { triggers, never_block, allowed_senders, metrics, out, recent: Recent::new(), feed_events: None }
+    }
+
+    /// Hands the FortiGate's threat-feed events to `events` (without waiting: a full queue drops the event, the
+    /// entry-list status poll covers for it).
+    pub fn with_feed_events(mut self, events: mpsc::Sender<FeedEvent>) -> Self {
+        self.feed_events = Some(events);
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -115,6 +125,11 @@ impl Ingest {
                 return Evaluation::Unparsed(error.kind);
             }
         };
+        if let Some(events) = &self.feed_events {
+            if let Some(event) = fortimisp_core::feed::event::of(&record) {
+                let _ = events.try_send(event);
+            }
+        }
         let facts = LineFacts::of(&record);
         let Some(rule) = self.triggers.first_match(&facts) else {
             self.metrics.untriggered.inc();

@@ -11,6 +11,7 @@ mod backend;
 mod block;
 mod commands;
 mod decide;
+mod feed;
 mod ingest;
 mod listen;
 mod mirror;
@@ -74,7 +75,11 @@ enum Command {
     /// Remove a block fortimisp made.
     Unblock { ip: std::net::IpAddr },
     /// List the blocks fortimisp owns on the FortiGate, with age and reason.
-    List,
+    List {
+        /// Threat-feed backend: per feed, entries served, entries the FortiGate loaded, last load, overflow.
+        #[arg(long)]
+        feeds: bool,
+    },
     /// Feed a file of log lines through the pipeline.
     Replay {
         logfile: PathBuf,
@@ -134,7 +139,8 @@ fn main() -> ExitCode {
             Command::Lookup { ip } => commands::lookup(config, ip).await,
             Command::Block { ip, comment, force } => commands::block(config, ip, comment, force).await,
             Command::Unblock { ip } => commands::unblock(config, ip).await,
-            Command::List => commands::list(config).await,
+            Command::List { feeds: false } => commands::list(config).await,
+            Command::List { feeds: true } => commands::list_feeds(config).await,
             Command::Replay { logfile, dry_run } => commands::replay(config, &logfile, dry_run).await,
             Command::Parse { .. } => unreachable!("handled before the config is loaded"),
         }

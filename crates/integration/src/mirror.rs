@@ -38,6 +38,8 @@ pub struct Mirror {
     pub config: MispConfig,
     pub shared: SharedMirror,
     pub metrics: Arc<Metrics>,
+    /// Bumped after every sync that changed the shared set (the threat feed's indicators follow it).
+    pub changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Mirror {
@@ -82,6 +84,9 @@ impl Mirror {
             }
             self.publish(set);
         }
+        if n > 0 {
+            self.changed.send_modify(|g| *g += 1);
+        }
         Ok((n, max_ts))
     }
 
@@ -110,6 +115,7 @@ impl Mirror {
                         let wide = set.rejected_wide();
                         self.publish(&set);
                         *self.shared.write().expect("mirror lock is never held across a panic") = Some(set);
+                        self.changed.send_modify(|g| *g += 1);
                         since = max_ts;
                         last_full = Some(started);
                         Metrics::inc(&self.metrics.mirror_syncs, "full_ok");

@@ -180,6 +180,56 @@ pub fn list_table(mut rows: Vec<ListRow>) -> String {
     out
 }
 
+/// One threat feed in `integration list --feeds`.
+pub struct FeedRow {
+    pub name: String,
+    /// Entries fortimisp serves or pushes.
+    pub served: usize,
+    /// What the FortiGate reports, or why it could not be read.
+    pub status: Result<fortimisp_core::fortigate::FeedStatus, String>,
+}
+
+/// `integration list --feeds`'s table: per feed, entries served, entries the FortiGate loaded, the last load's
+/// age, overflow; then what the cap left out.
+pub fn feeds_table(rows: Vec<FeedRow>, left_out: u64, cap: usize, now: chrono::DateTime<chrono::Utc>) -> String {
+    let header = ["FEED", "SERVED", "LOADED", "LAST LOAD", "OVERFLOW", "FORTIGATE"].map(String::from);
+    let cells: Vec<[String; 6]> = std::iter::once(header)
+        .chain(rows.into_iter().map(|r| {
+            let dash = || "-".to_string();
+            match r.status {
+                Ok(s) => [
+                    r.name,
+                    r.served.to_string(),
+                    s.loaded.map_or_else(dash, |n| n.to_string()),
+                    s.last_update.map_or_else(|| "never".to_string(), |at| format!("{} ago", format_age(now - at))),
+                    s.overflow.map_or_else(dash, |o| if o { "YES".to_string() } else { "no".to_string() }),
+                    s.file_status.unwrap_or_else(dash),
+                ],
+                Err(error) => [r.name, r.served.to_string(), dash(), dash(), dash(), format!("unreadable: {error}")],
+            }
+        }))
+        .collect();
+    let width = |col: usize| cells.iter().map(|row| row[col].chars().count()).max().unwrap_or(0);
+    let w: Vec<usize> = (0..5).map(width).collect();
+    let mut out = String::new();
+    for [name, served, loaded, last, overflow, status] in &cells {
+        let line = format!(
+            "{name:<w0$}  {served:>w1$}  {loaded:>w2$}  {last:<w3$}  {overflow:<w4$}  {status}",
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3],
+            w4 = w[4]
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if left_out > 0 {
+        out.push_str(&format!("{left_out} entries left out: the feeds are full (cap {cap} per feed)\n"));
+    }
+    out
+}
+
 /// An age in whole days, hours or minutes (`3d`, `5h`, `12m`).
 pub fn format_age(age: chrono::Duration) -> String {
     let secs = age.num_seconds().max(0);

@@ -35,9 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
-use crate::backend::{AddressGroup, AnyBackend, BannedIp, MispSighter};
+use crate::backend::{AddressGroup, AnyBackend, BannedIp, MispSighter, ThreatFeed, ThreatFeedDirect};
 use crate::block::{Blocker, Executor};
 use crate::decide::{self, Decider, SharedMirror};
+use crate::feed::{self, confirm::Confirm, push::Pusher, state::FeedState};
 use crate::ingest::Ingest;
 use crate::listen;
 use crate::mirror::{CidrIndicators, Mirror, MispLookup};
@@ -51,6 +52,8 @@ pub const BLOCK_QUEUE: usize = 4_096;
 /// How often the journal's audit trail is pruned, and how long it is kept.
 const JOURNAL_PRUNE_EVERY: Duration = Duration::from_secs(86_400);
 const JOURNAL_KEEP_DAYS: i64 = 365;
+/// Threat-feed events (logid 2222x) waiting for the confirmation task; beyond, dropped (the status poll covers).
+const FEED_EVENT_QUEUE: usize = 256;
 /// Time allowed for the whole shutdown sequence.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
 
@@ -62,6 +65,14 @@ pub struct Parts {
     pub fortigate: Arc<fortimisp_core::fortigate::Client>,
     pub misp: Arc<fortimisp_core::misp::Client>,
     pub never_block: NeverBlock,
+    /// The threat-feed backend's live state, in the daemon only (hand-run commands block directly).
+    pub feed: Option<FeedParts>,
+}
+
+/// The daemon's threat-feed state and pusher (`backend = "threat-feed"`).
+pub struct FeedParts {
+    pub state: Arc<FeedState>,
+    pub pusher: Option<Arc<Pusher>>,
 }
 
 impl Parts {
@@ -78,7 +89,7 @@ impl Parts {
         let fortigate = Arc::new(clients::fortigate_timed(&config.fortigate, &metrics).context("fortigate")?);
         let misp = Arc::new(clients::misp_timed(&config.misp, &metrics).context("misp")?);
         let never_block = NeverBlock::new(config.blocking.never_block.clone());
-        Ok(Parts { config, metrics, journal, fortigate, misp, never_block })
+        Ok(Parts { config, metrics, journal, fortigate, misp, never_block, feed: None })
     }
 
     pub fn backend(&self) -> AnyBackend {
@@ -88,7 +99,20 @@ impl Parts {
                 client: self.fortigate.clone(),
                 expiry: self.config.housekeeping.max_age,
             }),
-            BackendKind::ThreatFeed => todo!("threat-feed backend (issue 14, in progress)"),
+            BackendKind::ThreatFeed => match &self.feed {
+                Some(feed) => AnyBackend::ThreatFeed(ThreatFeed {
+                    state: feed.state.clone(),
+                    push: feed.pusher.as_ref().map(|p| p.waiter()),
+                }),
+                None => {
+                    let cfg = self.config.feed.as_ref().expect("config validation requires [feed] for threat-feed");
+                    AnyBackend::ThreatFeedDirect(ThreatFeedDirect {
+                        transport: self.fortigate.transport().clone(),
+                        names: cfg.names(),
+                        push: cfg.push,
+                    })
+                }
+            },
         }
     }
 
@@ -130,7 +154,14 @@ impl Parts {
         let result = match self.config.fortigate.backend {
             BackendKind::AddressGroup => self.member_objects().await,
             BackendKind::BannedIp => self.fortigate.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect()),
-            BackendKind::ThreatFeed => todo!("threat-feed backend (issue 14, in progress)"),
+            BackendKind::ThreatFeed => self
+                .journal
+                .active_blocks()
+                .await
+                .map(|ledger| ledger.into_iter().filter(|b| b.backend == feed::BACKEND).map(|b| b.ip).collect())
+                .map_err(|error| fortimisp_core::fortigate::Error::NotConfirmed {
+                    detail: format!("journal: {error}"),
+                }),
         };
         match result {
             Ok(ips) => ips,
@@ -162,7 +193,19 @@ impl Parts {
 /// Runs the daemon until `shutdown` fires, or until a task whose death is fatal dies (then: an error). `faults`
 /// is the debug builds' test hook ([`Faults::none`] otherwise).
 pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) -> Result<()> {
-    let parts = Parts::build(config)?;
+    let mut parts = Parts::build(config)?;
+    if let Some(feed_cfg) = &parts.config.feed {
+        let state = Arc::new(FeedState::new(feed_cfg, parts.metrics.clone()));
+        let pusher = feed_cfg.push.then(|| {
+            Arc::new(Pusher::new(
+                parts.fortigate.transport().clone(),
+                state.clone(),
+                parts.metrics.clone(),
+                feed_cfg.snapshot_interval,
+            ))
+        });
+        parts.feed = Some(FeedParts { state, pusher });
+    }
     let cfg = &parts.config;
     let supervisor = Supervisor::new(Health::default(), faults);
     let tracker = TaskTracker::new();
@@ -193,6 +236,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
         }
         None => None,
     };
+    let feed_server = match cfg.feed.as_ref().and_then(|f| f.serve.as_ref()) {
+        Some(serve) => Some(feed::serve::bind(serve).await?),
+        None => None,
+    };
     let metrics_listener = match cfg.metrics.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -212,7 +259,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
     let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
 
-    let ingest = Arc::new(parts.ingest(candidate_tx));
+    let (feed_event_tx, feed_event_rx) = mpsc::channel(FEED_EVENT_QUEUE);
+    let mut ingest = parts.ingest(candidate_tx);
+    if parts.feed.is_some() {
+        ingest = ingest.with_feed_events(feed_event_tx);
+    } else {
+        drop(feed_event_tx);
+    }
+    let ingest = Arc::new(ingest);
     let max = cfg.syslog.max_message_bytes;
     let listeners = TaskTracker::new();
     // Each restart of a listener runs on the same socket (an `Arc` the closure keeps), so nothing is rebound.
@@ -290,6 +344,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
     }
 
     let shared_mirror: SharedMirror = Arc::new(RwLock::new(None));
+    let mirror_changed = Arc::new(tokio::sync::watch::channel(0u64).0);
     if let Some(interval) = cfg.misp.sync_interval {
         // A restarted mirror starts with a full sync; the shared set keeps its last good state meanwhile.
         let mirror = Mirror {
@@ -297,6 +352,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
             config: cfg.misp.clone(),
             shared: shared_mirror.clone(),
             metrics: parts.metrics.clone(),
+            changed: mirror_changed.clone(),
         };
         let stop = aux_stop.clone();
         tracker.spawn(supervisor.restarting("mirror", aux_stop.clone(), move || {
@@ -312,6 +368,24 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
             let (journal, stop) = (journal.clone(), stop.clone());
             prune_journal(journal, stop)
         }));
+    }
+
+    if let (Some(feed_parts), Some(feed_cfg)) = (&parts.feed, &cfg.feed) {
+        start_feeds(
+            &parts,
+            feed_parts,
+            feed_cfg,
+            FeedTasks {
+                server: feed_server,
+                events: feed_event_rx,
+                mirror: shared_mirror.clone(),
+                mirror_changed: mirror_changed.subscribe(),
+            },
+            &supervisor,
+            &tracker,
+            &aux_stop,
+        )
+        .await;
     }
 
     let executor = Executor { background_sightings: true, ..parts.executor(false) };
@@ -369,6 +443,83 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
     match failed {
         Some(task) => anyhow::bail!("task {task} died; see the log above"),
         None => Ok(()),
+    }
+}
+
+/// What [`start_feeds`] runs besides the state: the bound server, the events from ingest, the mirror to follow.
+struct FeedTasks {
+    server: Option<feed::serve::Bound>,
+    events: mpsc::Receiver<fortimisp_core::feed::event::FeedEvent>,
+    mirror: SharedMirror,
+    mirror_changed: tokio::sync::watch::Receiver<u64>,
+}
+
+/// The threat-feed backend's tasks, all restarted when they die (each rebuilds from the shared state): the ledger
+/// reader (seeded once before anything is served or pushed), the mirror follower (indicators mode), the HTTPS
+/// server (pull), the pusher (push), and the confirmation from the FortiGate (events, entry-list status).
+async fn start_feeds(
+    parts: &Parts,
+    feed_parts: &FeedParts,
+    cfg: &fortimisp_core::config::Feed,
+    tasks: FeedTasks,
+    supervisor: &Supervisor,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    let state = feed_parts.state.clone();
+    match parts.journal.active_blocks().await {
+        Ok(ledger) => {
+            let open =
+                ledger.into_iter().filter(|b| b.backend == feed::BACKEND).map(|b| (b.ip, b.blocked_at.timestamp()));
+            state.replace_blocked(open.collect());
+        }
+        Err(error) => warn!(message = "Journal cannot be read at start; the threat feeds wait for it.", %error),
+    }
+    {
+        let (journal, state, stop2) = (parts.journal.clone(), state.clone(), stop.clone());
+        tracker.spawn(supervisor.restarting("feed_ledger", stop.clone(), move || {
+            feed::follow_ledger(journal.clone(), state.clone(), feed::LEDGER_EVERY, stop2.clone())
+        }));
+    }
+    if cfg.contents == fortimisp_core::config::Contents::Indicators {
+        let (mirror, changed, never, state, stop2) =
+            (tasks.mirror, tasks.mirror_changed, parts.never_block.clone(), state.clone(), stop.clone());
+        tracker.spawn(supervisor.restarting("feed_indicators", stop.clone(), move || {
+            feed::follow_mirror(mirror.clone(), changed.clone(), never.clone(), state.clone(), stop2.clone())
+        }));
+    }
+    if let Some(server) = tasks.server {
+        info!(message = "Serving threat feeds.", addr = %server.local_addr(), feeds = ?state.names().all());
+        let server = Arc::new(server);
+        let (state, metrics, stop2) = (state.clone(), parts.metrics.clone(), stop.clone());
+        tracker.spawn(supervisor.restarting("feed_server", stop.clone(), move || {
+            server.clone().serve(state.clone(), metrics.clone(), stop2.clone())
+        }));
+    }
+    if let Some(pusher) = &feed_parts.pusher {
+        let (pusher, stop2) = (pusher.clone(), stop.clone());
+        tracker.spawn(supervisor.restarting("feed_pusher", stop.clone(), move || {
+            let (pusher, stop) = (pusher.clone(), stop2.clone());
+            async move { pusher.run(stop).await }
+        }));
+    }
+    let confirm = Arc::new(Confirm { state: state.clone(), metrics: parts.metrics.clone() });
+    {
+        // One receiver for every run of the task (a tokio mutex: a panic releases it, and the restart locks it again).
+        let events = Arc::new(tokio::sync::Mutex::new(tasks.events));
+        let (confirm, stop2) = (confirm.clone(), stop.clone());
+        tracker.spawn(supervisor.restarting("feed_events", stop.clone(), move || {
+            let (confirm, events, stop) = (confirm.clone(), events.clone(), stop2.clone());
+            async move { confirm.events(&mut *events.lock().await, stop).await }
+        }));
+    }
+    {
+        let (confirm, transport, every, stop2) =
+            (confirm.clone(), parts.fortigate.transport().clone(), cfg.status_interval, stop.clone());
+        tracker.spawn(supervisor.restarting("feed_status", stop.clone(), move || {
+            let (confirm, transport, stop) = (confirm.clone(), transport.clone(), stop2.clone());
+            async move { confirm.poll(&transport, every, stop).await }
+        }));
     }
 }
 

@@ -164,6 +164,21 @@ impl Feed {
     pub fn pull(&self) -> bool {
         self.serve.is_some()
     }
+
+    /// The feeds' names.
+    pub fn names(&self) -> crate::feed::Names {
+        crate::feed::Names::new(&self.name, self.split_families, self.max_feeds)
+    }
+
+    /// The feeds a removal of `ip` sends `remove` to: with push, every feed of its family; without, none (the
+    /// integration daemon stops serving it once the ledger closes).
+    pub fn push_targets(&self, ip: std::net::IpAddr) -> Vec<String> {
+        if self.push {
+            self.names().of_family(crate::feed::Family::of(ip))
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl RawFeed {

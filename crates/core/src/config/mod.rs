@@ -882,6 +882,12 @@ impl RawConfig {
             }
             (_, _) => None,
         };
+        if feed.as_ref().is_some_and(|f| f.contents == Contents::Indicators) && self.misp.sync_interval.is_zero() {
+            return Err(Error::invalid(
+                "feed.contents",
+                "\"indicators\" serves the local mirror: misp.sync_interval must be greater than 0s",
+            ));
+        }
 
         Ok(Config {
             misp: Misp {

@@ -11,10 +11,35 @@
 //! - [`layout`]: entries into feeds under a cap, blocked addresses first; what does not fit is counted.
 //! - [`render`] / [`Snapshot`]: one feed's text (`#` header, one address or CIDR per line) and its ETag.
 //! - [`diff`]: the `add`/`remove` between two versions of a feed.
+//! - [`check`]: what `integration validate` proves about the feed objects on the FortiGate.
 //! - [`event`]: logid 0100022220/22222/22224 lines (updated, loaded, overflow).
 
+pub mod check;
 pub mod content;
 pub mod event;
 mod layout;
 
 pub use layout::{diff, layout, render, Diff, Family, FeedContent, Layout, Names, Snapshot};
+
+impl Family {
+    /// The family of an address.
+    pub fn of(ip: std::net::IpAddr) -> Family {
+        match ip {
+            std::net::IpAddr::V4(_) => Family::V4,
+            std::net::IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl Names {
+    /// The first feed an address of `ip`'s family goes to.
+    pub fn first_of(&self, ip: std::net::IpAddr) -> String {
+        self.name(Family::of(ip), 0)
+    }
+
+    /// Every feed that may hold an address of `family` (all of them when the families share feeds).
+    pub fn of_family(&self, family: Family) -> Vec<String> {
+        let all = self.all();
+        (0..all.len() as u32).map(|i| self.name(family, i)).filter(|name| all.contains(name)).collect()
+    }
+}

@@ -330,7 +330,7 @@ pub(crate) fn read_response(status: u16, body: &[u8]) -> Result<usize, Error> {
     Ok(seen)
 }
 
-fn first_result(env: &Envelope) -> Option<&Value> {
+pub(crate) fn first_result(env: &Envelope) -> Option<&Value> {
     match &env.results {
         Value::Array(items) => items.first(),
         Value::Object(_) => Some(&env.results),
@@ -338,7 +338,7 @@ fn first_result(env: &Envelope) -> Option<&Value> {
     }
 }
 
-fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+pub(crate) fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 

@@ -14,6 +14,8 @@
 //!   [`Client::unblock`], [`Client::list_owned`], [`Client::legacy_members`], [`Client::unblock_legacy`]. The
 //!   dependency runs one way, groups -> api -> transport; several layers (one [`Client`] per set of block groups,
 //!   later other backends) can share one transport and its rate limit.
+//! - `feeds`: the threat-feed calls on [`Transport`]: [`Transport::push_feed`] (`add`/`remove`/`snapshot`),
+//!   [`Transport::feed_status`] (the entry-list status, [`FeedStatus`]), [`Transport::external_resource`].
 //! - `probe`: what `integration validate` uses to prove the token's permissions without leaving anything behind:
 //!   [`Client::probe_address_write`] (create, read back and delete a probe object, [`WriteProbe`]),
 //!   [`Client::probe_ban`], [`Client::block_group_meta`] (a block group and how many objects reference it).
@@ -67,6 +69,7 @@
 //! ```
 
 mod api;
+mod feeds;
 mod groups;
 pub mod objects;
 mod probe;
@@ -76,6 +79,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use api::{AddressEntry, BannedIp, Change, Group, GroupMeta, SystemStatus};
+pub use feeds::{entry_text, ExternalResource, FeedStatus, PushCommand};
 pub use groups::{BlockOutcome, Client, GroupOptions, LegacyMember, OwnedObject, UnblockOutcome};
 pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
 pub use probe::{WriteProbe, PROBE_IP};
@@ -242,6 +246,10 @@ pub enum Error {
     Http { status: u16 },
     #[error("request timed out")]
     Timeout,
+    /// A change handed to a background sender (the threat-feed pusher) that the FortiGate has not confirmed yet:
+    /// it stays pending and is tried again.
+    #[error("not confirmed by the fortigate yet: {detail}")]
+    NotConfirmed { detail: String },
     /// Connection refused/reset/closed, TLS failure (including certificate verification).
     #[error("connection to fortigate failed")]
     Transport(#[source] reqwest::Error),
@@ -267,7 +275,7 @@ impl Error {
     /// Never: 401/403, validation, conflicts, anything FortiOS answered with an error code.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::TooManyRequests { .. } | Error::Timeout => true,
+            Error::TooManyRequests { .. } | Error::Timeout | Error::NotConfirmed { .. } => true,
             Error::Transport(e) => !is_certificate_error(e),
             Error::Http { status } => *status >= 500,
             Error::Api { status, code, .. } => code.is_none() && *status >= 500,
@@ -288,6 +296,16 @@ impl Error {
     /// The operator must act (token, trusted hosts, profile permissions); the daemon should alert and stop calling.
     pub fn is_fatal(&self) -> bool {
         matches!(self, Error::Unauthorized | Error::Forbidden { .. })
+    }
+
+    /// A copy for a second reader (errors hold a `reqwest::Error`, which does not clone): the fatal ones keep their
+    /// kind; any other becomes [`Error::NotConfirmed`] with its message (to be tried again).
+    pub fn for_waiter(&self) -> Error {
+        match self {
+            Error::Unauthorized => Error::Unauthorized,
+            Error::Forbidden { status, code } => Error::Forbidden { status: *status, code: *code },
+            other => Error::NotConfirmed { detail: other.to_string() },
+        }
     }
 }
 

@@ -33,15 +33,19 @@ pub(crate) enum Table {
     Address6,
     Addrgrp,
     Addrgrp6,
+    /// `system/external-resource`: the threat feeds.
+    ExternalResource,
 }
 
 impl Table {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The table's path under `/api/v2/cmdb/`.
+    pub(crate) fn path(self) -> &'static str {
         match self {
-            Table::Address => "address",
-            Table::Address6 => "address6",
-            Table::Addrgrp => "addrgrp",
-            Table::Addrgrp6 => "addrgrp6",
+            Table::Address => "firewall/address",
+            Table::Address6 => "firewall/address6",
+            Table::Addrgrp => "firewall/addrgrp",
+            Table::Addrgrp6 => "firewall/addrgrp6",
+            Table::ExternalResource => "system/external-resource",
         }
     }
 
@@ -198,13 +202,13 @@ impl Transport {
     fn url(&self, endpoint: &Endpoint<'_>, query: &[(&str, &str)]) -> String {
         let enc = |s: &str| utf8_percent_encode(s, MKEY).to_string();
         let path = match endpoint {
-            Endpoint::Collection(t) => format!("/api/v2/cmdb/firewall/{}", t.as_str()),
-            Endpoint::Entry(t, n) => format!("/api/v2/cmdb/firewall/{}/{}", t.as_str(), enc(n)),
+            Endpoint::Collection(t) => format!("/api/v2/cmdb/{}", t.path()),
+            Endpoint::Entry(t, n) => format!("/api/v2/cmdb/{}/{}", t.path(), enc(n)),
             Endpoint::Members(t, g) => {
-                format!("/api/v2/cmdb/firewall/{}/{}/member", t.as_str(), enc(g))
+                format!("/api/v2/cmdb/{}/{}/member", t.path(), enc(g))
             }
             Endpoint::Member(t, g, m) => {
-                format!("/api/v2/cmdb/firewall/{}/{}/member/{}", t.as_str(), enc(g), enc(m))
+                format!("/api/v2/cmdb/{}/{}/member/{}", t.path(), enc(g), enc(m))
             }
             Endpoint::Monitor(p) => format!("/api/v2/monitor/{p}"),
         };

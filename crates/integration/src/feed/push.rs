@@ -1,0 +1,207 @@
+//! The pusher (`update` has `push`, FortiOS 7.2.1+): keeps each feed on the FortiGate equal to [`FeedState`]'s
+//! contents through the push API.
+//!
+//! It wakes on every change of the state (or on the snapshot timer), takes the current contents, and sends per
+//! feed the `remove` and `add` that turn what it last pushed into them, so blocks that arrive together go out in
+//! one request. Its first round, and one every `snapshot_interval`, sends a `snapshot` of every feed instead:
+//! that repairs any drift (an entry removed by hand, a FortiGate restored from backup, a hand-run `integration
+//! block` that pushed to the family's first feed).
+//!
+//! Waiters: [`PushWait::until`] is how the blocker learns that a block's generation reached the FortiGate (its
+//! journal action completes only then). A failure is published to the waiters: a retryable one (timeout, 5xx) is
+//! retried here with backoff and the waiters keep waiting up to their own timeout; a 401/403 stops the pusher for
+//! [`REFUSED_PAUSE`] (each refused request counts toward an admin lockout), and every waiter gets the refusal at
+//! once, so its block stays pending in the journal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fortimisp_core::backoff::Backoff;
+use fortimisp_core::feed::diff;
+use fortimisp_core::fortigate::{self, PushCommand, Transport};
+use fortimisp_core::metrics::{Metrics, PushLabels};
+use ipnet::IpNet;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::state::FeedState;
+
+/// How long the pusher stays quiet after the FortiGate refused the token or its profile.
+pub const REFUSED_PAUSE: Duration = Duration::from_secs(300);
+
+/// What the waiters see.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Every generation up to this one is on the FortiGate.
+    pushed: u64,
+    /// The last round's failure, until a round succeeds.
+    failure: Option<Arc<fortigate::Error>>,
+}
+
+/// The waiters' side of a pusher.
+#[derive(Clone)]
+pub struct PushWait {
+    progress: watch::Receiver<Progress>,
+}
+
+impl PushWait {
+    /// Returns once generation `generation` is on the FortiGate. Fails at once with the refusal when the
+    /// FortiGate refuses the token (401/403), and with [`fortigate::Error::NotConfirmed`] (retryable) after
+    /// `timeout` or when the pusher stopped.
+    pub async fn until(&self, generation: u64, timeout: Duration) -> Result<(), fortigate::Error> {
+        let mut progress = self.progress.clone();
+        let wait = progress.wait_for(|p| p.pushed >= generation || p.failure.as_ref().is_some_and(|e| e.is_fatal()));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(p)) if p.pushed >= generation => Ok(()),
+            Ok(Ok(p)) => Err(p.failure.as_ref().map_or(fortigate::Error::Unauthorized, |e| e.for_waiter())),
+            Ok(Err(_)) => Err(fortigate::Error::NotConfirmed { detail: "the pusher stopped".into() }),
+            Err(_) => {
+                let last = self.progress.borrow().failure.as_ref().map(|e| e.to_string());
+                Err(fortigate::Error::NotConfirmed {
+                    detail: last.unwrap_or_else(|| format!("no push confirmed within {timeout:?}")),
+                })
+            }
+        }
+    }
+}
+
+/// See the module docs.
+pub struct Pusher {
+    pub transport: Arc<Transport>,
+    pub state: Arc<FeedState>,
+    pub metrics: Arc<Metrics>,
+    pub snapshot_interval: Duration,
+    progress: watch::Sender<Progress>,
+}
+
+impl Pusher {
+    pub fn new(
+        transport: Arc<Transport>,
+        state: Arc<FeedState>,
+        metrics: Arc<Metrics>,
+        snapshot_interval: Duration,
+    ) -> Pusher {
+        Pusher { transport, state, metrics, snapshot_interval, progress: watch::channel(Progress::default()).0 }
+    }
+
+    pub fn waiter(&self) -> PushWait {
+        PushWait { progress: self.progress.subscribe() }
+    }
+
+    /// Runs until `shutdown`. Restartable: a new run starts with a snapshot round.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        for command in ["add", "remove", "snapshot"] {
+            for outcome in ["ok", "error"] {
+                drop(self.metrics.tf_pushes.get_or_create(&PushLabels { command, outcome }));
+            }
+        }
+        let mut changes = self.state.subscribe();
+        // Nothing is pushed before the contents are complete: a snapshot of a partial list withdraws blocks.
+        while !self.state.is_ready() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+        }
+        let mut pushed: HashMap<String, Vec<IpNet>> = HashMap::new();
+        let mut snapshot_due = true;
+        let mut snapshot_timer = tokio::time::interval(self.snapshot_interval);
+        snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        snapshot_timer.reset();
+        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        let mut attempt = 0;
+        loop {
+            changes.borrow_and_update();
+            let built = self.state.current();
+            let result = if snapshot_due {
+                self.snapshot_round(&built, &mut pushed).await
+            } else {
+                self.diff_round(&built, &mut pushed).await
+            };
+            let wait = match result {
+                Ok(()) => {
+                    attempt = 0;
+                    if snapshot_due {
+                        info!(
+                            message = "Threat feeds pushed in full (snapshot).",
+                            generation = built.generation,
+                            feeds = pushed.len()
+                        );
+                    }
+                    snapshot_due = false;
+                    self.progress.send_modify(|p| {
+                        p.pushed = p.pushed.max(built.generation);
+                        p.failure = None;
+                    });
+                    None
+                }
+                Err(failure) => {
+                    attempt += 1;
+                    let pause = if failure.is_fatal() {
+                        self.metrics.fortigate_unauthorized.set(1);
+                        error!(message = "FortiGate refused the push; pushing pauses. Check the API token, its profile (external-resource write) and trusted hosts.",
+                               error = %failure, pause = ?REFUSED_PAUSE);
+                        REFUSED_PAUSE
+                    } else {
+                        let delay = backoff.delay(attempt);
+                        warn!(message = "Threat-feed push failed; retrying.", error = %failure, retry_in = ?delay);
+                        delay
+                    };
+                    // What was half applied is unknown: the next round repairs with a snapshot.
+                    snapshot_due = true;
+                    self.progress.send_modify(|p| p.failure = Some(Arc::new(failure)));
+                    Some(pause)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed(), if wait.is_none() => {}
+                _ = snapshot_timer.tick(), if wait.is_none() => snapshot_due = true,
+                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            }
+        }
+    }
+
+    async fn snapshot_round(
+        &self,
+        built: &super::state::Built,
+        pushed: &mut HashMap<String, Vec<IpNet>>,
+    ) -> Result<(), fortigate::Error> {
+        for content in &built.layout.feeds {
+            self.send(&content.name, PushCommand::Snapshot, &content.entries).await?;
+            pushed.insert(content.name.clone(), content.entries.clone());
+        }
+        Ok(())
+    }
+
+    async fn diff_round(
+        &self,
+        built: &super::state::Built,
+        pushed: &mut HashMap<String, Vec<IpNet>>,
+    ) -> Result<(), fortigate::Error> {
+        for content in &built.layout.feeds {
+            let before = pushed.get(&content.name).map_or(&[][..], Vec::as_slice);
+            let change = diff(before, &content.entries);
+            if !change.remove.is_empty() {
+                self.send(&content.name, PushCommand::Remove, &change.remove).await?;
+            }
+            if !change.add.is_empty() {
+                self.send(&content.name, PushCommand::Add, &change.add).await?;
+            }
+            pushed.insert(content.name.clone(), content.entries.clone());
+        }
+        Ok(())
+    }
+
+    async fn send(&self, feed: &str, command: PushCommand, entries: &[IpNet]) -> Result<(), fortigate::Error> {
+        let result = self.transport.push_feed(feed, command, entries).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.tf_pushes.get_or_create(&PushLabels { command: command.as_str(), outcome }).inc();
+        if result.is_ok() {
+            self.metrics.fortigate_unauthorized.set(0);
+        }
+        result
+    }
+}
