@@ -2,7 +2,7 @@
 //!
 //! [`Metrics`] holds the counters, gauges and histograms of both daemons (a daemon leaves the other's at zero) and
 //! the [`Registry`] they are registered in. Names follow `fortimisp_<noun>_<unit|total>`; label values come from
-//! small closed sets (`stage`, `reason`, `outcome`, `server`), never an IP, object name or event id.
+//! small closed sets (`stage`, `reason`, `outcome`, `server`, `result`), never an IP, object name or event id.
 //!
 //! The metric types are atomics: the hot path (one log line) bumps a counter without a lock.
 //!
@@ -51,6 +51,12 @@ pub struct Listener {
     pub listener: &'static str,
 }
 
+/// A `result` label (threat-feed requests).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestResult {
+    pub result: &'static str,
+}
+
 /// Label sets made of one static string, so [`Metrics::inc`] and [`Metrics::count`] serve every family.
 pub trait OneLabel: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static {
     fn of(value: &'static str) -> Self;
@@ -65,7 +71,7 @@ macro_rules! one_label {
         }
     )*};
 }
-one_label!(Reason => reason, Outcome => outcome, Stage => stage, Listener => listener);
+one_label!(Reason => reason, Outcome => outcome, Stage => stage, Listener => listener, RequestResult => result);
 
 /// A `feed` label: a threat feed's name, from `[feed]` (a closed set: the names `core::feed::Names` derives).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -209,6 +215,12 @@ pub struct Metrics {
     pub tf_overflow: Family<FeedLabel, Gauge>,
     /// Threat-feed event lines on the syslog stream, by event (`updated`, `loaded`, `overflow`).
     pub tf_events: Family<Reason, Counter>,
+    // Threat feeds (the FortiGate pulling from our listener).
+    /// Threat-feed requests by result (`served`, `not_modified`, `unauthorized`, `forbidden`, `not_found`:
+    /// unknown feed, other path or method; `tls_error`: the handshake failed or timed out).
+    pub feed_requests: Family<RequestResult, Counter>,
+    /// Bytes of threat-feed bodies sent (200 answers to `GET`).
+    pub feed_served_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -259,6 +271,8 @@ impl Metrics {
             tf_last_loaded: Family::default(),
             tf_overflow: Family::default(),
             tf_events: Family::default(),
+            feed_requests: Family::default(),
+            feed_served_bytes: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -348,6 +362,8 @@ impl Metrics {
             m.tf_overflow.clone(),
         );
         r.register("feed_events", "Threat-feed event lines received on syslog, by event", m.tf_events.clone());
+        r.register("feed_requests", "Threat-feed requests by result", m.feed_requests.clone());
+        r.register("feed_served_bytes", "Bytes of threat-feed bodies sent", m.feed_served_bytes.clone());
         Metrics { registry, ..m }
     }
 

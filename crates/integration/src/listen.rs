@@ -7,6 +7,9 @@
 //!
 //! Limits: at most [`MAX_CONNECTIONS`] stream connections at once; a further connection waits in the accept
 //! backlog until one closes. A connection silent for [`IDLE_TIMEOUT`] is closed.
+//!
+//! The TLS server config of every TLS listener (syslog here, the threat feed in `feed::serve`) is loaded by
+//! [`tls_server_config`], whose errors name the listener's config keys ([`TlsKeys`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -151,7 +154,19 @@ impl KernelDrops {
     }
 }
 
-/// Why the syslog TLS listener cannot be set up. Each names the config key at fault.
+/// The config keys a TLS listener's files come from, named in its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsKeys {
+    pub cert: &'static str,
+    pub key: &'static str,
+}
+
+impl TlsKeys {
+    /// The syslog TLS listener's (`[syslog.tls]`).
+    pub const SYSLOG: TlsKeys = TlsKeys { cert: "syslog.tls_cert", key: "syslog.tls_key" };
+}
+
+/// Why a TLS listener cannot be set up. Each names the config key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file cannot be opened, or its PEM cannot be read.
@@ -162,41 +177,54 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("syslog.tls_cert: {} holds no certificate", .0.display())]
-    NoCertificate(PathBuf),
-    #[error("syslog.tls_key: {} holds no private key", .0.display())]
-    NoKey(PathBuf),
+    #[error("{key}: {} holds no certificate", path.display())]
+    NoCertificate { key: &'static str, path: PathBuf },
+    #[error("{key}: {} holds no private key", path.display())]
+    NoKey { key: &'static str, path: PathBuf },
     /// rustls refused the pair (a key that does not match the certificate, an unsupported key type).
-    #[error("syslog.tls_key: {0}")]
-    Rejected(#[source] rustls::Error),
+    #[error("{key}: {source}")]
+    Rejected {
+        key: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
-/// A TLS acceptor from PEM files.
+/// The syslog TLS listener's acceptor from PEM files.
 ///
 /// # Errors
 /// [`TlsError`], naming `syslog.tls_cert` or `syslog.tls_key`.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    tls_server_config(TlsKeys::SYSLOG, cert, key).map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A rustls server config (ring provider, TLS 1.2 and 1.3) serving the chain in `cert` with the private key in
+/// `key`; shared by every TLS listener, which may add to it (ALPN).
+///
+/// # Errors
+/// [`TlsError`], naming `keys.cert` or `keys.key`.
+pub fn tls_server_config(keys: TlsKeys, cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let read = |key: &'static str, path: &Path| {
         let error = |source| TlsError::Read { key, path: path.to_path_buf(), source };
         std::fs::File::open(path).map(std::io::BufReader::new).map_err(error)
     };
-    let certs = rustls_pemfile::certs(&mut read("syslog.tls_cert", cert)?)
+    let certs = rustls_pemfile::certs(&mut read(keys.cert, cert)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read { key: "syslog.tls_cert", path: cert.to_path_buf(), source })?;
+        .map_err(|source| TlsError::Read { key: keys.cert, path: cert.to_path_buf(), source })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate(cert.to_path_buf()));
+        return Err(TlsError::NoCertificate { key: keys.cert, path: cert.to_path_buf() });
     }
-    let private_key = rustls_pemfile::private_key(&mut read("syslog.tls_key", key)?)
-        .map_err(|source| TlsError::Read { key: "syslog.tls_key", path: key.to_path_buf(), source })?
-        .ok_or_else(|| TlsError::NoKey(key.to_path_buf()))?;
+    let private_key = rustls_pemfile::private_key(&mut read(keys.key, key)?)
+        .map_err(|source| TlsError::Read { key: keys.key, path: key.to_path_buf(), source })?
+        .ok_or_else(|| TlsError::NoKey { key: keys.key, path: key.to_path_buf() })?;
+    let rejected = |source| TlsError::Rejected { key: keys.key, source };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(TlsError::Rejected)?
+        .map_err(rejected)?
         .with_no_client_auth()
         .with_single_cert(certs, private_key)
-        .map_err(TlsError::Rejected)?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        .map_err(rejected)
 }
 
 /// Accepts stream connections until `shutdown`; with `tls`, each is wrapped in TLS first.
@@ -334,11 +362,13 @@ mod tests {
         let missing = dir.path().join("missing.pem");
         let check = |cert: &Path, key: &Path| tls_acceptor(cert, key).err().expect("an error");
         assert!(matches!(check(&missing, &key), TlsError::Read { key: "syslog.tls_cert", .. }));
-        assert!(matches!(check(&empty, &key), TlsError::NoCertificate(p) if p == empty));
+        assert!(
+            matches!(check(&empty, &key), TlsError::NoCertificate { key: "syslog.tls_cert", path } if path == empty)
+        );
         assert!(matches!(check(&cert, &missing), TlsError::Read { key: "syslog.tls_key", .. }));
-        assert!(matches!(check(&cert, &empty), TlsError::NoKey(p) if p == empty));
+        assert!(matches!(check(&cert, &empty), TlsError::NoKey { key: "syslog.tls_key", path } if path == empty));
         let rejected = check(&cert, &key);
-        assert!(matches!(rejected, TlsError::Rejected(_)), "{rejected:?}");
+        assert!(matches!(rejected, TlsError::Rejected { key: "syslog.tls_key", .. }), "{rejected:?}");
         assert!(rejected.to_string().starts_with("syslog.tls_key: "), "{rejected}");
     }
 }

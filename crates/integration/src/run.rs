@@ -489,11 +489,14 @@ async fn start_feeds(
         }));
     }
     if let Some(server) = tasks.server {
-        info!(message = "Serving threat feeds.", addr = %server.local_addr(), feeds = ?state.names().all());
+        if let Ok(addr) = server.local_addr() {
+            info!(message = "Serving threat feeds.", %addr, feeds = ?state.names().all());
+        }
         let server = Arc::new(server);
-        let (state, metrics, stop2) = (state.clone(), parts.metrics.clone(), stop.clone());
+        let source: Arc<dyn feed::serve::Source> = state.clone();
+        let (metrics, stop2) = (parts.metrics.clone(), stop.clone());
         tracker.spawn(supervisor.restarting("feed_server", stop.clone(), move || {
-            server.clone().serve(state.clone(), metrics.clone(), stop2.clone())
+            server.clone().serve(source.clone(), metrics.clone(), stop2.clone())
         }));
     }
     if let Some(pusher) = &feed_parts.pusher {

@@ -13,6 +13,7 @@
 
 pub mod confirm;
 pub mod push;
+pub mod serve;
 pub mod state;
 
 use std::collections::HashMap;

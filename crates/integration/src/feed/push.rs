@@ -52,8 +52,14 @@ impl PushWait {
     /// `timeout` or when the pusher stopped.
     pub async fn until(&self, generation: u64, timeout: Duration) -> Result<(), fortigate::Error> {
         let mut progress = self.progress.clone();
-        let wait = progress.wait_for(|p| p.pushed >= generation || p.failure.as_ref().is_some_and(|e| e.is_fatal()));
-        match tokio::time::timeout(timeout, wait).await {
+        let wait = async {
+            progress
+                .wait_for(|p| p.pushed >= generation || p.failure.as_ref().is_some_and(|e| e.is_fatal()))
+                .await
+                .map(|p| p.clone())
+        };
+        let waited = tokio::time::timeout(timeout, wait).await;
+        match waited {
             Ok(Ok(p)) if p.pushed >= generation => Ok(()),
             Ok(Ok(p)) => Err(p.failure.as_ref().map_or(fortigate::Error::Unauthorized, |e| e.for_waiter())),
             Ok(Err(_)) => Err(fortigate::Error::NotConfirmed { detail: "the pusher stopped".into() }),

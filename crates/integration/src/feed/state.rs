@@ -86,10 +86,6 @@ impl FeedState {
         &self.names
     }
 
-    pub fn contents(&self) -> Contents {
-        self.contents
-    }
-
     /// Adds a log-triggered block; the generation that holds it.
     pub fn add_blocked(&self, ip: IpAddr, at: i64) -> u64 {
         self.change(|inputs| {
@@ -234,5 +230,16 @@ fn left_out_note(layout: &Layout, cap: usize) -> String {
         String::new()
     } else {
         format!("{left_out} entries left out (cap {cap} per feed)")
+    }
+}
+
+impl super::serve::Source for FeedState {
+    /// Nothing before the contents are complete (see [`FeedState::is_ready`]): the FortiGate keeps its last list
+    /// while a fetch fails.
+    fn snapshot(&self, name: &str) -> Option<Arc<Snapshot>> {
+        if !self.is_ready() {
+            return None;
+        }
+        self.current().snapshots.get(name).cloned()
     }
 }
