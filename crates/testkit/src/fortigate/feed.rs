@@ -6,7 +6,7 @@
 //! - [`is_valid_entry`]: an IPv4/IPv6 address, a range `a-b` or a CIDR; anything else is kept but counted invalid
 //!   (reference §6: FortiOS keeps loading the rest of the file).
 //! - [`FeedList`]: the loaded entries in order, after the limit: [`FeedList::load`] for a pulled file (entries
-//!   beyond the limit dropped from the end, in file order), [`FeedList::apply`] for a pushed [`PushCommand`].
+//!   beyond the limit dropped from the end, in file order), [`FeedList::apply`] for a pushed command ([`PushOp`]).
 //! - [`FeedState`]: a feed's runtime status (the list, the last fetch, counters) and [`FeedState::entry_list`], the
 //!   `results` object of `monitor/system/external-resource/entry-list`.
 //! - [`event_line`]: logid 0100022220 / 22222 / 22224 in the default `key=value` syslog format.
@@ -54,16 +54,7 @@ pub fn is_valid_entry(entry: &str) -> bool {
     }
 }
 
-/// One command of `POST monitor/system/external-resource/dynamic`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushCommand {
-    /// The external-resource name.
-    pub feed: String,
-    pub op: PushOp,
-    pub entries: Vec<String>,
-}
-
-/// What a push command does to the feed's list.
+/// What one command of `POST monitor/system/external-resource/dynamic` does to the feed's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOp {
     /// Add the entries not already held (at the end, in command order).

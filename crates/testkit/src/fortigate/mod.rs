@@ -38,7 +38,7 @@
 //!     `format=`, `with_meta=1`, `?action=schema|default`; fields checked as FortiOS does (name 35, `resource`
 //!     required and 511, closed choices for `type`, `status`, `update-method`, `server-identity-check`,
 //!     `refresh-rate` 1–43200): a bad value answers 424 with -651, a duplicate -5; the password is write-only
-//!     (`ENC XXXX`). See [`resource`].
+//!     (`ENC XXXX`). See `resource.rs`.
 //!   - Push API (7.2.1+): `POST /api/v2/monitor/system/external-resource/dynamic`, `add`/`remove`/`snapshot` as set
 //!     operations on a feed with `update-method push`.
 //!   - `GET /api/v2/monitor/system/external-resource/entry-list?mkey=<feed>[&status_only=true]`: the feed's status
@@ -49,10 +49,10 @@
 //!   - The box's own fetches of `update-method feed` resources ([`FortiGateEmulator::pull_now`], or on a schedule
 //!     with [`EmulatorConfig::feed_polling`]): HTTP basic auth, HTTPS verified against
 //!     [`EmulatorConfig::feed_ca_pem`], one entry per line, the entry limit applied from the end of the file, the
-//!     last list kept in force when a fetch fails. See [`feed`] and [`puller`].
+//!     last list kept in force when a fetch fails. See `feed.rs` and `puller.rs`.
 //!   - Feed events (logid 0100022220 updated, 22222 loaded, 22224 overflow) in the default `key=value` syslog
 //!     format, over UDP to [`EmulatorConfig::event_syslog`]; the field names beyond `logid`, `type`, `subtype`,
-//!     `level`, `name` are the emulator's (see [`feed`]).
+//!     `level`, `name` are the emulator's (see `feed.rs`).
 //!   - Admin profiles: the external-resource table and both monitor calls need [`AdminProfile::sysgrp`]
 //!     (read for GETs, read-write for writes and pushes).
 //!
@@ -64,9 +64,9 @@
 //! push body, answers 400 with -651 (nothing of that body is applied); the entry limit applies to each feed on its
 //! own; a push leaves `resource_file_status` alone (nothing was fetched).
 
-pub mod feed;
-pub mod puller;
-pub mod resource;
+mod feed;
+mod puller;
+mod resource;
 mod schema;
 mod state;
 

@@ -2,12 +2,12 @@
 //! the CA a test gives), the polling task, and the feed events sent to a syslog collector over UDP.
 //!
 //! What a fetch *means* (load, limit, status, events) is pure and lives in [`super::feed`]; this module only moves
-//! bytes: [`pull`] copies what it needs out of the shared state, fetches without holding the lock, and hands the
+//! bytes: [`pull_now`](super::FortiGateEmulator::pull_now) copies what it needs out of the shared state, fetches without holding the lock, and hands the
 //! answer back to [`FeedState::fetched`](super::feed::FeedState::fetched).
 //!
 //! # Emulator choices where the reference is silent
 //! - Polling is off until a test or the lab turns it on ([`FeedPolling`]): a test drives fetches with
-//!   [`pull`] (`FortiGateEmulator::pull_now`) or sets a short interval. [`FeedPolling::RefreshRate`] uses each
+//!   [`FortiGateEmulator::pull_now`](super::FortiGateEmulator::pull_now) or sets a short interval. [`FeedPolling::RefreshRate`] uses each
 //!   feed's `refresh-rate` minutes, as the real box does. A new feed (or one just enabled) is fetched as soon as
 //!   the poller sees it, then at its interval.
 //! - TLS: with a CA given (`set_feed_ca`) only that CA is trusted; without one, the usual web roots. The chain is
@@ -46,7 +46,7 @@ pub enum FeedPolling {
     RefreshRate,
 }
 
-/// What a successful [`pull`] did.
+/// What a successful [`pull_now`](super::FortiGateEmulator::pull_now) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullOutcome {
     /// A file was loaded: `count` entries held, `dropped` beyond the limit, `changed` against the list before.
@@ -55,7 +55,7 @@ pub enum PullOutcome {
     NotModified,
 }
 
-/// Why a [`pull`] did not load a file. The feed's status records the failures too (`resource_file_status`).
+/// Why a [`pull_now`](super::FortiGateEmulator::pull_now) did not load a file. The feed's status records the failures too (`resource_file_status`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PullError {
     #[error("no external resource named {0}")]

@@ -2,7 +2,7 @@
 //! them, the field rules (name 35, resource 511, closed choices, `refresh-rate` 1–43200), the write-only
 //! password, each feed's runtime [`FeedState`], and the push API's commands applied to them.
 //!
-//! A separate name space from the four firewall tables of [`super::state`]. Every operation returns an
+//! A separate name space from the four firewall tables of `state.rs`. Every operation returns an
 //! [`Outcome`] the HTTP layer turns into an envelope; the caller bumps the config revision on a successful write.
 //!
 //! # Emulator choices where the reference is silent
