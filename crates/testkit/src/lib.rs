@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`corpus`]: the repository's FortiGate log corpus, line by line.
-//! - [`fortigate`]: an axum FortiGate REST emulator (cmdb address/addrgrp, members, banned IPs) with test hooks.
+//! - [`fortigate`]: an axum FortiGate REST emulator (cmdb address/addrgrp, members, banned IPs, external threat
+//!   feeds: the `system/external-resource` table, the push API, the entry-list status, the box's own fetches of a
+//!   feed over HTTPS and its feed events to syslog) with test hooks.
 //! - [`tls`]: a throw-away rcgen CA issuing loopback server certificates, and the rustls server config.
 //! - [`misp`]: an axum MISP emulator (restSearch, feeds, sightings, warninglists) with test hooks.
 //! - [`lab`]: the lab behind the `lab` binary: both emulators, the real daemons, a replayed sample, a report.

@@ -38,6 +38,45 @@ async fn fortigate_emulator_takes_an_admin_profile() {
     assert_eq!(write.status().as_u16(), 403);
 }
 
+/// The threat-feed flags reach the emulator: the entry limit shows in the entry-list status; a bad polling value
+/// is refused.
+#[tokio::test]
+async fn fortigate_emulator_takes_the_feed_flags() {
+    let (url, _emulator) = first_line_alive(
+        env!("CARGO_BIN_EXE_fortigate-emulator"),
+        &["--listen", "127.0.0.1:0", "--feed-entry-limit", "7", "--feed-poll-interval", "refresh-rate"],
+    );
+    let http = reqwest::Client::new();
+    let feed = serde_json::json!({"name": "f", "type": "address", "update-method": "push",
+                                  "resource": "https://127.0.0.1/placeholder"});
+    let created = http
+        .post(format!("{url}/api/v2/cmdb/system/external-resource"))
+        .bearer_auth("fortimisp-emulator-token")
+        .json(&feed)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(created.status().as_u16(), 200);
+    let status: serde_json::Value = http
+        .get(format!("{url}/api/v2/monitor/system/external-resource/entry-list?mkey=f&status_only=true"))
+        .bearer_auth("fortimisp-emulator-token")
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["results"]["limit"], 7, "{status}");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_fortigate-emulator"))
+        .args(["--listen", "127.0.0.1:0", "--feed-poll-interval", "sometimes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!refused.success());
+}
+
 /// Like [`first_line`], but the emulator keeps running until the returned guard is dropped.
 fn first_line_alive(bin: &str, args: &[&str]) -> (String, Kill) {
     let mut child = Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();

@@ -4,23 +4,32 @@
 //! fortigate-emulator --listen 127.0.0.1:8443 [--tls-dir DIR] [--token T] [--version v7.4.4]
 //!                    [--tls-name fortigate]... [--group-member-limit N] [--refuse-empty-groups]
 //!                    [--duplicate-status 500|424] [--seed objects.json] [--profile full|read-only|no-monitor]
+//!                    [--feed-poll-interval off|refresh-rate|10s] [--feed-ca ca.pem] [--feed-entry-limit N]
+//!                    [--event-syslog 127.0.0.1:5514]
 //! ```
 //! Prints its URL on the first line of stdout, then serves until SIGINT/SIGTERM. With `--tls-dir`, `cert.pem` and
 //! `key.pem` there are used; if absent, a throw-away CA is generated and `ca.pem`, `cert.pem`, `key.pem` are written
 //! there (point the client's `ca_file` at `ca.pem`).
+//!
+//! External threat feeds (`system/external-resource`) are served always; the box fetches pulled feeds on its own
+//! only with `--feed-poll-interval` (`refresh-rate`: each feed's own minutes, as FortiOS; a duration: every feed at
+//! that interval; `off`, the default: never), trusting `--feed-ca` (else the web roots), and sends its feed
+//! events (logid 0100022220/22222/22224) to `--event-syslog` over UDP.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use fortimisp_testkit::fortigate::{AdminProfile, EmulatorConfig, FortiGateEmulator, Table};
+use fortimisp_testkit::fortigate::{
+    AdminProfile, EmulatorConfig, FeedPolling, FortiGateEmulator, Table, DEFAULT_FEED_ENTRY_LIMIT,
+};
 use fortimisp_testkit::tls;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "fortigate-emulator",
-    about = "Emulated FortiGate REST API (cmdb address/addrgrp, members, banned IPs)"
+    about = "Emulated FortiGate REST API (cmdb address/addrgrp, members, banned IPs, external threat feeds)"
 )]
 struct Args {
     /// Address to listen on.
@@ -51,10 +60,36 @@ struct Args {
     /// HTTP status sent with error -5 (duplicate).
     #[arg(long, default_value_t = 500)]
     duplicate_status: u16,
-    /// The token's admin profile: `full`; `read-only` (firewall addresses and the banned list read-only: writes
-    /// answer 403); `no-monitor` (addresses read-write, no banned-IP monitor: its calls answer 403).
+    /// The token's admin profile: `full`; `read-only` (firewall addresses, the banned list and the threat feeds
+    /// read-only: writes answer 403); `no-monitor` (addresses read-write, no banned-IP monitor and no System group:
+    /// their calls, threat feeds included, answer 403).
     #[arg(long, value_enum, default_value_t = Profile::Full)]
     profile: Profile,
+    /// When pulled threat feeds are fetched: `off` (only on request), `refresh-rate` (each feed's own minutes), or
+    /// a duration such as `10s` (every feed at that interval).
+    #[arg(long, default_value = "off", value_parser = parse_polling)]
+    feed_poll_interval: FeedPolling,
+    /// PEM file of the CA(s) trusted when fetching threat feeds (default: the web roots).
+    #[arg(long)]
+    feed_ca: Option<PathBuf>,
+    /// Entries one threat feed may hold (the entry-list `limit`); the rest of a file is dropped (log id 22224).
+    #[arg(long, default_value_t = DEFAULT_FEED_ENTRY_LIMIT)]
+    feed_entry_limit: usize,
+    /// UDP syslog collector for the threat-feed events (default: none).
+    #[arg(long)]
+    event_syslog: Option<SocketAddr>,
+}
+
+fn parse_polling(s: &str) -> Result<FeedPolling, String> {
+    match s {
+        "off" => Ok(FeedPolling::Off),
+        "refresh-rate" => Ok(FeedPolling::RefreshRate),
+        _ => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(FeedPolling::Every(d)),
+            Ok(_) => Ok(FeedPolling::Off),
+            Err(e) => Err(format!("expected off, refresh-rate or a duration such as 10s: {e}")),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -78,6 +113,10 @@ impl From<Profile> for AdminProfile {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let args = Args::parse();
+    let feed_ca_pem = match &args.feed_ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("--feed-ca {}", path.display()))?),
+        None => None,
+    };
     let config = EmulatorConfig {
         token: args.token,
         version: args.version,
@@ -85,6 +124,10 @@ async fn main() -> anyhow::Result<()> {
         refuse_empty_groups: args.refuse_empty_groups,
         duplicate_status: args.duplicate_status,
         profile: args.profile.into(),
+        feed_entry_limit: args.feed_entry_limit,
+        feed_polling: args.feed_poll_interval,
+        feed_ca_pem,
+        event_syslog: args.event_syslog,
         ..EmulatorConfig::default()
     };
     let tls_config = match &args.tls_dir {

@@ -33,12 +33,40 @@
 //! - Older FortiOS refusing empty groups ([`EmulatorConfig::refuse_empty_groups`]).
 //! - Monitor: `GET /api/v2/monitor/system/status`, `GET /api/v2/monitor/user/banned`,
 //!   `POST …/banned/{add_users,clear_users,clear_all}`.
+//! - External threat feeds (reference §6, §6b):
+//!   - `/api/v2/cmdb/system/external-resource[/{name}]`, GET/POST/PUT/DELETE with the same envelope, `filter=`,
+//!     `format=`, `with_meta=1`, `?action=schema|default`; fields checked as FortiOS does (name 35, `resource`
+//!     required and 511, closed choices for `type`, `status`, `update-method`, `server-identity-check`,
+//!     `refresh-rate` 1–43200): a bad value answers 424 with -651, a duplicate -5; the password is write-only
+//!     (`ENC XXXX`). See `resource.rs`.
+//!   - Push API (7.2.1+): `POST /api/v2/monitor/system/external-resource/dynamic`, `add`/`remove`/`snapshot` as set
+//!     operations on a feed with `update-method push`.
+//!   - `GET /api/v2/monitor/system/external-resource/entry-list?mkey=<feed>[&status_only=true]`: the feed's status
+//!     object, shaped like a recorded FortiOS 7.4.2 answer (`status: "success"`, `resource_file_status`
+//!     `not-fetched|downloaded|fetch-failed`, `last_content_update_time`, `conn_attempt_time`,
+//!     `http_status_code`, `valid_count`, `invalid_count`, `overflow`, `entries` of `{entry, valid: bool}`) plus the
+//!     device `limit` ([`EmulatorConfig::feed_entry_limit`]).
+//!   - The box's own fetches of `update-method feed` resources ([`FortiGateEmulator::pull_now`], or on a schedule
+//!     with [`EmulatorConfig::feed_polling`]): HTTP basic auth, HTTPS verified against
+//!     [`EmulatorConfig::feed_ca_pem`], one entry per line, the entry limit applied from the end of the file, the
+//!     last list kept in force when a fetch fails. See `feed.rs` and `puller.rs`.
+//!   - Feed events (logid 0100022220 updated, 22222 loaded, 22224 overflow) in the default `key=value` syslog
+//!     format, over UDP to [`EmulatorConfig::event_syslog`]; the field names beyond `logid`, `type`, `subtype`,
+//!     `level`, `name` are the emulator's (see `feed.rs`).
+//!   - Admin profiles: the external-resource table and both monitor calls need [`AdminProfile::sysgrp`]
+//!     (read for GETs, read-write for writes and pushes).
 //!
 //! Emulator choices where the reference is silent: an unknown `vdom` answers 404 without `error`; a missing
 //! permission is 403 without `error` (FortiOS's behaviour; the reference lists 403 and -14/-37 without a body);
 //! an empty group refusal is -651; -163 is used for an address/group name clash; banned entries list as
-//! `{ip_address, ipv6, created, expires, source}` with Unix seconds (`expires` 0 = never).
+//! `{ip_address, ipv6, created, expires, source}` with Unix seconds (`expires` 0 = never). For feeds: an unknown
+//! feed on a monitor call answers 404 with -3; a push to a feed whose `update-method` is not `push`, or a malformed
+//! push body, answers 400 with -651 (nothing of that body is applied); the entry limit applies to each feed on its
+//! own; a push leaves `resource_file_status` alone (nothing was fetched).
 
+mod feed;
+mod puller;
+mod resource;
 mod schema;
 mod state;
 
@@ -63,8 +91,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+pub use feed::DEFAULT_LIMIT as DEFAULT_FEED_ENTRY_LIMIT;
+pub use puller::{FeedPolling, PullError, PullOutcome};
+use resource::Resources;
 pub use state::{normalise_subnet, BannedEntry, Table, REFUSED_IN_TEXT};
 use state::{Db, Filter, Outcome, Rules};
+
+/// The box's host name: `hostname` in `monitor/system/status`, `devname` in its logs.
+const HOSTNAME: &str = "fortigate-emulator";
 
 /// One permission of an admin profile (`config system accprofile`): `none`, `read` or `read-write`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,16 +128,23 @@ pub struct AdminProfile {
     /// `authgrp` (User & Authentication): the banned-IP monitor, `monitor/user/banned` (GET needs read, the
     /// `add_users`/`clear_users`/`clear_all` actions read-write).
     pub authgrp: Access,
+    /// `sysgrp` (System), where FortiOS puts `config system external-resource`: the `system/external-resource`
+    /// table and the feed monitor calls (GET and `entry-list` need read; writes and the push API read-write).
+    pub sysgrp: Access,
 }
 
 impl AdminProfile {
     /// Everything fortimisp can use (the default).
-    pub const FULL: AdminProfile = AdminProfile { address: Access::ReadWrite, authgrp: Access::ReadWrite };
-    /// Firewall addresses and the banned list read-only (listing works; the first block or ban answers 403).
-    pub const READ_ONLY: AdminProfile = AdminProfile { address: Access::Read, authgrp: Access::Read };
+    pub const FULL: AdminProfile =
+        AdminProfile { address: Access::ReadWrite, authgrp: Access::ReadWrite, sysgrp: Access::ReadWrite };
+    /// Firewall addresses, the banned list and the threat feeds read-only (listing works; the first block, ban or
+    /// push answers 403).
+    pub const READ_ONLY: AdminProfile =
+        AdminProfile { address: Access::Read, authgrp: Access::Read, sysgrp: Access::Read };
     /// The minimal address-group profile of docs/production.md: addresses read-write, no User & Authentication
-    /// group, so the banned-IP monitor answers 403.
-    pub const NO_MONITOR: AdminProfile = AdminProfile { address: Access::ReadWrite, authgrp: Access::None };
+    /// group and no System group, so the banned-IP monitor and the threat feeds answer 403.
+    pub const NO_MONITOR: AdminProfile =
+        AdminProfile { address: Access::ReadWrite, authgrp: Access::None, sysgrp: Access::None };
 }
 
 impl Default for AdminProfile {
@@ -137,6 +178,17 @@ pub struct EmulatorConfig {
     pub lockout_duration: Duration,
     /// What the token's admin profile allows ([`AdminProfile::FULL`] by default).
     pub profile: AdminProfile,
+    /// Entries one external threat feed may hold (the entry-list `limit`); entries beyond it are dropped from the
+    /// end at each load or push (log id 22224). Default [`DEFAULT_FEED_ENTRY_LIMIT`].
+    pub feed_entry_limit: usize,
+    /// When pulled feeds are fetched on their own ([`FeedPolling::Off`] by default: only
+    /// [`FortiGateEmulator::pull_now`] fetches).
+    pub feed_polling: FeedPolling,
+    /// PEM of the CA(s) the feed fetches trust; `None`: the usual web roots.
+    pub feed_ca_pem: Option<Vec<u8>>,
+    /// Where the feed events go (UDP syslog, default format); `None`: nowhere (they are still kept, see
+    /// [`FortiGateEmulator::feed_events`]).
+    pub event_syslog: Option<SocketAddr>,
 }
 
 impl Default for EmulatorConfig {
@@ -154,6 +206,10 @@ impl Default for EmulatorConfig {
             lockout_threshold: 3,
             lockout_duration: Duration::from_secs(60),
             profile: AdminProfile::FULL,
+            feed_entry_limit: feed::DEFAULT_LIMIT,
+            feed_polling: FeedPolling::Off,
+            feed_ca_pem: None,
+            event_syslog: None,
         }
     }
 }
@@ -242,6 +298,31 @@ pub struct RecordedRequest {
     pub status: Option<u16>,
 }
 
+/// One external threat feed as a test sees it: [`FortiGateEmulator::feed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedView {
+    /// The `system/external-resource` entry as a GET shows it (password masked).
+    pub config: Value,
+    /// The entries the feed holds, in order, after the limit.
+    pub entries: Vec<String>,
+    pub valid_count: usize,
+    pub invalid_count: usize,
+    /// Entries were dropped beyond the limit at the last load or push.
+    pub overflow: bool,
+    /// How many.
+    pub dropped: usize,
+    /// `not-fetched`, `downloaded` or `fetch-failed`.
+    pub resource_file_status: String,
+    /// Unix seconds of the last content change; 0 before the first load or push.
+    pub last_content_update_time: i64,
+    /// HTTP status of the last fetch (0: none, or no answer).
+    pub http_status_code: u16,
+    /// Fetch attempts made.
+    pub fetches: u64,
+    /// Why the last fetch failed (`None` once one succeeds).
+    pub last_error: Option<String>,
+}
+
 struct FaultRule {
     route: Option<String>,
     fault: Fault,
@@ -269,6 +350,18 @@ struct Inner {
     connections: u64,
     /// Last [`RecordedRequest::seq`] given.
     seq: u64,
+    /// `system/external-resource` and what each feed holds.
+    resources: Resources,
+    /// Wakes the feed poller when the feeds or the polling change (a permit is kept if it is busy fetching).
+    feed_wake: Arc<Notify>,
+    /// Held across one fetch: fetches are serialised device-wide.
+    fetch_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Fetches completed so far; `wait_feed_fetches` waits on it. Sent to with the state lock released.
+    fetched: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Every feed event line produced, in order (sent to `event_syslog` or not).
+    event_log: Vec<String>,
+    /// Event lines waiting to be sent once the state lock is released.
+    outbox: Vec<String>,
 }
 
 impl Inner {
@@ -354,11 +447,18 @@ impl FortiGateEmulator {
             log: Vec::new(),
             connections: 0,
             seq: 0,
+            resources: Resources::default(),
+            feed_wake: Arc::new(Notify::new()),
+            fetch_lock: Arc::new(tokio::sync::Mutex::new(())),
+            fetched: Arc::new(tokio::sync::watch::channel(0).0),
+            event_log: Vec::new(),
+            outbox: Vec::new(),
         })));
         let cancel = CancellationToken::new();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(accept_loop(listener, app, acceptor, shared.clone(), cancel.clone()));
+        tokio::spawn(puller::poll_loop(shared.clone(), cancel.clone()));
         Ok(FortiGateEmulator { url, addr, shared, cancel })
     }
 
@@ -509,6 +609,90 @@ impl FortiGateEmulator {
         self.shared.lock().untrusted = !trusted;
     }
 
+    // ---- external threat feeds ----
+
+    /// An external resource as the API shows it, with what it holds and how its fetches went.
+    pub fn feed(&self, name: &str) -> Option<FeedView> {
+        let inner = self.shared.lock();
+        let resource = inner.resources.get(name)?;
+        let state = &resource.state;
+        Some(FeedView {
+            config: Value::Object(resource.shown()),
+            entries: state.list.entries().to_vec(),
+            valid_count: state.list.valid_count(),
+            invalid_count: state.list.invalid_count(),
+            overflow: state.list.dropped() > 0,
+            dropped: state.list.dropped(),
+            resource_file_status: state.file_status.as_str().to_string(),
+            last_content_update_time: state.last_content_update,
+            http_status_code: state.http_status,
+            fetches: state.fetches,
+            last_error: state.last_error.clone(),
+        })
+    }
+
+    /// Names of the external resources, sorted.
+    pub fn feed_names(&self) -> Vec<String> {
+        self.shared.lock().resources.names()
+    }
+
+    /// Fetches of `name`'s resource so far (0 for an unknown feed).
+    pub fn feed_fetches(&self, name: &str) -> u64 {
+        self.shared.lock().resources.get(name).map_or(0, |r| r.state.fetches)
+    }
+
+    /// Waits until `name` has been fetched at least `n` times (put a timeout around it).
+    pub async fn wait_feed_fetches(&self, name: &str, n: u64) {
+        let mut rx = self.shared.lock().fetched.subscribe();
+        while self.feed_fetches(name) < n {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Fetches `name`'s resource once and loads it, as the FortiGate does every `refresh-rate`; returns when done.
+    ///
+    /// # Errors
+    /// [`PullError`]: no such feed, a feed the box does not pull (push or disabled), or a failed fetch (the feed's
+    /// status records it and the previous list stays).
+    pub async fn pull_now(&self, name: &str) -> Result<PullOutcome, PullError> {
+        puller::pull(&self.shared, name).await
+    }
+
+    /// Entries one feed may hold from the next load or push on.
+    pub fn set_feed_limit(&self, n: usize) {
+        self.shared.lock().config.feed_entry_limit = n;
+    }
+
+    /// Fetch pulled feeds every `interval`, whatever their `refresh-rate` (`Duration::ZERO`: stop polling).
+    pub fn set_feed_poll_interval(&self, interval: Duration) {
+        let polling = if interval.is_zero() { FeedPolling::Off } else { FeedPolling::Every(interval) };
+        self.set_feed_polling(polling);
+    }
+
+    /// When pulled feeds are fetched on their own.
+    pub fn set_feed_polling(&self, polling: FeedPolling) {
+        let inner = &mut *self.shared.lock();
+        inner.config.feed_polling = polling;
+        inner.feed_wake.notify_one();
+    }
+
+    /// The CA (PEM, one or more certificates) feed fetches trust from now on, instead of the web roots.
+    pub fn set_feed_ca(&self, pem: &[u8]) {
+        self.shared.lock().config.feed_ca_pem = Some(pem.to_vec());
+    }
+
+    /// Send feed events to this UDP syslog collector from now on.
+    pub fn set_event_syslog(&self, addr: SocketAddr) {
+        self.shared.lock().config.event_syslog = Some(addr);
+    }
+
+    /// Every feed event line produced so far, in order (whether sent to a collector or not).
+    pub fn feed_events(&self) -> Vec<String> {
+        self.shared.lock().event_log.clone()
+    }
+
     // ---- request log ----
 
     /// Requests seen for a route (`"METHOD /path/{template}"`).
@@ -615,11 +799,20 @@ enum Route {
     Status,
     Banned,
     BannedAction(&'static str),
+    /// `cmdb/system/external-resource`
+    Resources,
+    /// `cmdb/system/external-resource/{name}`
+    Resource(String),
+    /// `monitor/system/external-resource/dynamic` (push API)
+    FeedPush,
+    /// `monitor/system/external-resource/entry-list`
+    FeedEntryList,
     BadPath,
     Unknown,
 }
 
 const CMDB: &str = "/api/v2/cmdb/firewall/";
+const RESOURCES: &str = "/api/v2/cmdb/system/external-resource";
 
 fn decode(seg: &str) -> String {
     percent_decode_str(seg).decode_utf8_lossy().into_owned()
@@ -644,7 +837,18 @@ fn classify(path: &str) -> (Route, String) {
             _ => (Route::BadPath, format!("{base}/<bad path>")),
         };
     }
+    if let Some(rest) = path.strip_prefix(RESOURCES) {
+        return match rest.strip_prefix('/').map(|r| r.split('/').collect::<Vec<_>>()).as_deref() {
+            None if rest.is_empty() => (Route::Resources, RESOURCES.to_string()),
+            Some([""]) => (Route::Resources, RESOURCES.to_string()),
+            Some([name]) => (Route::Resource(decode(name)), format!("{RESOURCES}/{{name}}")),
+            Some(_) => (Route::BadPath, format!("{RESOURCES}/<bad path>")),
+            None => (Route::Unknown, path.to_string()),
+        };
+    }
     let route = match path {
+        "/api/v2/monitor/system/external-resource/dynamic" => Route::FeedPush,
+        "/api/v2/monitor/system/external-resource/entry-list" => Route::FeedEntryList,
         "/api/v2/monitor/system/status" => Route::Status,
         "/api/v2/monitor/user/banned" => Route::Banned,
         "/api/v2/monitor/user/banned/add_users" => Route::BannedAction("add_users"),
@@ -728,6 +932,8 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap, query: &[(String, String
 
 async fn handle(axum::extract::State(shared): axum::extract::State<Shared>, req: Request) -> Response {
     let (response, seq) = record_and_answer(&shared, req).await;
+    // Feed events a push produced go out once the state lock is released.
+    puller::flush_events(&shared);
     let mut inner = shared.lock();
     if let Some(entry) = inner.log.iter_mut().rev().find(|e| e.seq == seq) {
         entry.status = Some(response.status().as_u16());
@@ -826,9 +1032,13 @@ fn respond(
         return ctx.reply(&inner.db, path, name, None, action, state::bare(403));
     }
     let rules = inner.rules();
-    let db = &mut inner.db;
     let with_meta = query.iter().any(|(k, v)| k == "with_meta" && v != "0");
     let action = query.iter().find(|(k, _)| k == "action").map(|(_, v)| v.as_str());
+    let route = match feed_route(&mut inner, route, &method, &json_body, &query, action, with_meta, &ctx) {
+        Ok(response) => return response,
+        Err(route) => route,
+    };
+    let db = &mut inner.db;
     match (route, &method) {
         (Route::Collection(t), &Method::GET) if action == Some("schema") => {
             let outcome = Outcome::Ok { results: Some(schema::schema(t)) };
@@ -886,7 +1096,7 @@ fn respond(
                 "model_name": "FortiGate",
                 "model_number": "VM64",
                 "model": "FGVM64",
-                "hostname": "fortigate-emulator",
+                "hostname": HOSTNAME,
                 "log_disk_status": "available",
             });
             ctx.reply(db, "system", "status", None, Some(""), Outcome::Ok { results: Some(results) })
@@ -915,6 +1125,92 @@ fn respond(
     }
 }
 
+/// The external-resource table and the feed monitor calls; `Err(route)` hands any other route back.
+#[allow(clippy::too_many_arguments)]
+fn feed_route(
+    inner: &mut Inner,
+    route: Route,
+    method: &Method,
+    body: &Value,
+    query: &[(String, String)],
+    action: Option<&str>,
+    with_meta: bool,
+    ctx: &EnvelopeCtx,
+) -> Result<Response, Route> {
+    const PATH: &str = "system";
+    const NAME: &str = "external-resource";
+    let wrote = |inner: &mut Inner, outcome: &Outcome| {
+        if matches!(outcome, Outcome::Ok { .. }) {
+            inner.db.revision += 1;
+            inner.feed_wake.notify_one();
+        }
+    };
+    let (mkey, action, outcome) = match (route, method) {
+        (Route::Resources, &Method::GET) if action == Some("schema") => {
+            (None, None, Outcome::Ok { results: Some(schema::resource_schema()) })
+        }
+        (Route::Resources, &Method::GET) if action == Some("default") => {
+            (None, None, Outcome::Ok { results: Some(Resources::default_entry()) })
+        }
+        (Route::Resources, &Method::GET) => {
+            let outcome = list_entries(inner.resources.entries(), query);
+            (None, None, add_meta_for(PATH, NAME, outcome, with_meta))
+        }
+        (Route::Resources, &Method::POST) => {
+            let outcome = inner.resources.create(body, inner.config.duplicate_status);
+            wrote(inner, &outcome);
+            (body.get("name").cloned(), None, outcome)
+        }
+        (Route::Resources, &Method::DELETE) => {
+            let outcome = inner.resources.purge();
+            wrote(inner, &outcome);
+            (None, None, outcome)
+        }
+        (Route::Resource(name), &Method::GET) => {
+            let outcome = add_meta_for(PATH, NAME, inner.resources.get_entry(&name), with_meta);
+            (Some(name.into()), None, project_outcome(outcome, query))
+        }
+        (Route::Resource(name), &Method::PUT) => {
+            let outcome = inner.resources.update(&name, body);
+            wrote(inner, &outcome);
+            (Some(name.into()), None, outcome)
+        }
+        (Route::Resource(name), &Method::DELETE) => {
+            let outcome = inner.resources.delete(&name);
+            wrote(inner, &outcome);
+            (Some(name.into()), None, outcome)
+        }
+        (Route::FeedPush, &Method::POST) => {
+            let limit = inner.config.feed_entry_limit;
+            let outcome = match inner.resources.push(body, limit, unix_now()) {
+                Ok(events) => {
+                    puller::emit(inner, &events);
+                    Outcome::Ok { results: Some(json!({})) }
+                }
+                Err(refusal) => refusal,
+            };
+            (None, Some("dynamic"), outcome)
+        }
+        (Route::FeedEntryList, &Method::GET) => {
+            let param = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+            let status_only = param("status_only").is_some_and(|v| v == "true" || v == "1");
+            let outcome = match param("mkey").map(|mkey| (mkey, inner.resources.get(mkey))) {
+                None => state::err(400, -651, "mkey: required"),
+                Some((_, None)) => state::err(404, -3, "Entry not found."),
+                Some((_, Some(r))) => {
+                    Outcome::Ok { results: Some(r.state.entry_list(inner.config.feed_entry_limit, status_only)) }
+                }
+            };
+            (param("mkey").map(Value::from), Some("entry-list"), outcome)
+        }
+        (Route::Resources | Route::Resource(_) | Route::FeedPush | Route::FeedEntryList, _) => {
+            (None, None, state::bare(405))
+        }
+        (route, _) => return Err(route),
+    };
+    Ok(ctx.reply(&inner.db, PATH, NAME, mkey, action, outcome))
+}
+
 /// The 403 a call gets when the profile lacks its permission: `Some((path, name, action))` for the envelope.
 fn forbidden(
     route: &Route,
@@ -930,7 +1226,34 @@ fn forbidden(
         }
         Route::Banned if !profile.authgrp.allows(false) => Some(("user", "banned", Some("select"))),
         Route::BannedAction(action) if !profile.authgrp.allows(true) => Some(("user", "banned", Some(action))),
+        Route::Resources | Route::Resource(_) if !profile.sysgrp.allows(write) => {
+            Some(("system", "external-resource", None))
+        }
+        Route::FeedPush if !profile.sysgrp.allows(true) => Some(("system", "external-resource", Some("dynamic"))),
+        Route::FeedEntryList if !profile.sysgrp.allows(false) => {
+            Some(("system", "external-resource", Some("entry-list")))
+        }
         _ => None,
+    }
+}
+
+/// `with_meta=1` on a table nothing references in the emulator: `q_ref` 0.
+fn add_meta_for(path: &str, name: &str, outcome: Outcome, with_meta: bool) -> Outcome {
+    match outcome {
+        Outcome::Ok { results: Some(Value::Array(items)) } if with_meta => {
+            let items = items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(mut entry) => {
+                        entry.extend(schema::meta_for(path, name, 0));
+                        Value::Object(entry)
+                    }
+                    other => other,
+                })
+                .collect();
+            Outcome::Ok { results: Some(Value::Array(items)) }
+        }
+        other => other,
     }
 }
 
@@ -996,6 +1319,11 @@ fn project_outcome(outcome: Outcome, query: &[(String, String)]) -> Outcome {
 }
 
 fn list(db: &Db, table: Table, query: &[(String, String)]) -> Outcome {
+    list_entries(db.entries(table), query)
+}
+
+/// A collection GET over `entries`: `filter=` groups, `start`/`count`, `format=`.
+fn list_entries(entries: Vec<Map<String, Value>>, query: &[(String, String)]) -> Outcome {
     let mut groups = Vec::new();
     for (_, v) in query.iter().filter(|(k, _)| k == "filter") {
         let mut any = Vec::new();
@@ -1011,13 +1339,12 @@ fn list(db: &Db, table: Table, query: &[(String, String)]) -> Outcome {
     let start = num("start").unwrap_or(0);
     let count = num("count").unwrap_or(usize::MAX);
     let fields = format_fields(query);
-    let items: Vec<Value> =
-        state::listing(db.entries(table).into_iter().filter(|e| state::matches_all(&groups, e)).collect())
-            .into_iter()
-            .skip(start)
-            .take(count)
-            .map(|e| state::project(e, fields.as_deref()))
-            .collect();
+    let items: Vec<Value> = state::listing(entries.into_iter().filter(|e| state::matches_all(&groups, e)).collect())
+        .into_iter()
+        .skip(start)
+        .take(count)
+        .map(|e| state::project(e, fields.as_deref()))
+        .collect();
     Outcome::Ok { results: Some(Value::Array(items)) }
 }
 

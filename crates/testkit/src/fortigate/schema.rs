@@ -1,6 +1,7 @@
-//! What FortiOS 7.x shows about the four address tables beyond the fields a client writes: the default fields of
-//! a new entry (an address GET returns the uuid and dozens of defaults, not the five fields written; reference §6c),
-//! the `?action=schema` description of a table, and the `with_meta=1` fields. Pure data, no I/O.
+//! What FortiOS 7.x shows about the four address tables and `system/external-resource` beyond the fields a client
+//! writes: the default fields of a new entry (an address GET returns the uuid and dozens of defaults, not the five
+//! fields written; reference §6c), the `?action=schema` description of a table, and the `with_meta=1` fields. Pure
+//! data, no I/O.
 //!
 //! Field names and defaults follow FortiOS 7.4 (`config firewall address` / `address6` / `addrgrp` / `addrgrp6`,
 //! the same names Fortinet's Terraform provider and Ansible collection use with `-` in place of `_`). Only the
@@ -69,9 +70,14 @@ pub fn uuid_for(n: u64) -> String {
 /// `with_meta=1`: the meta fields FortiOS adds to each result; `q_ref` is how many objects reference the entry
 /// (groups holding it, policies using it).
 pub fn meta(table: Table, references: usize) -> Map<String, Value> {
+    meta_for("firewall", table.as_str(), references)
+}
+
+/// [`meta`] for any cmdb table, named by its path and name (`system`, `external-resource`).
+pub fn meta_for(path: &str, name: &str, references: usize) -> Map<String, Value> {
     let value = json!({
         "q_ref": references, "q_static": false, "q_no_rename": false, "q_no_edit": false, "q_type": 0,
-        "q_path": "firewall", "q_name": table.as_str(), "q_mkey_type": "string",
+        "q_path": path, "q_name": name, "q_mkey_type": "string",
     });
     match value {
         Value::Object(map) => map,
@@ -229,6 +235,99 @@ pub fn schema(table: Table) -> Value {
     })
 }
 
+/// The fields FortiOS 7.4 fills in on a new `system/external-resource` entry (`uuid` assigned per entry, the
+/// password never shown: see [`super::resource`]).
+pub fn resource_defaults() -> Map<String, Value> {
+    serde_json::from_str(RESOURCE_DEFAULTS).expect("invariant: the default table is a JSON object")
+}
+
+const RESOURCE_DEFAULTS: &str = r#"{
+    "status": "enable", "type": "category", "update-method": "feed", "category": 0, "username": "",
+    "password": "", "client-cert-auth": "disable", "client-cert": "", "comments": "", "resource": "",
+    "user-agent": "", "server-identity-check": "none", "refresh-rate": 5, "source-ip": "0.0.0.0",
+    "interface-select-method": "auto", "interface": ""
+}"#;
+
+/// Closed choices of `system/external-resource`: field, then the values FortiOS accepts.
+pub const RESOURCE_OPTIONS: &[(&str, &[&str])] = &[
+    ("status", &["enable", "disable"]),
+    ("type", &["category", "domain", "malware", "address", "mac-address", "generic-address"]),
+    ("update-method", &["feed", "push"]),
+    ("server-identity-check", &["none", "basic", "full"]),
+    ("client-cert-auth", &["enable", "disable"]),
+    ("interface-select-method", &["auto", "sdwan", "specify"]),
+];
+
+/// `GET /api/v2/cmdb/system/external-resource?action=schema`.
+pub fn resource_schema() -> Value {
+    let children = vec![
+        sized("name", "string", "External resource name.", 35),
+        unitary(
+            "uuid",
+            "uuid",
+            "Universally Unique Identifier (UUID; automatically assigned but can be manually reset).",
+        ),
+        enable_disable("status", "Enable/disable user resource."),
+        option(
+            "type",
+            "User resource type.",
+            &[
+                ("category", "FortiGuard category."),
+                ("domain", "Domain Name."),
+                ("malware", "Malware hash."),
+                ("address", "Firewall IP address."),
+                ("mac-address", "Firewall MAC address."),
+                ("generic-address", "Generic addresses."),
+            ],
+        ),
+        option(
+            "update-method",
+            "External resource update method.",
+            &[
+                ("feed", "FortiGate unit will pull update from the external resource."),
+                ("push", "External resource update is pushed to the FortiGate unit through the FortiGate RESTAPI."),
+            ],
+        ),
+        unitary("category", "integer", "User resource category."),
+        sized("username", "string", "HTTP basic authentication user name.", 64),
+        sized("password", "password", "HTTP basic authentication password.", 128),
+        enable_disable("client-cert-auth", "Enable/disable using client certificate for TLS authentication."),
+        sized("client-cert", "string", "Client certificate name.", 79),
+        sized("comments", "var-string", "Comment.", 255),
+        sized("resource", "string", "URL of external resource.", 511),
+        sized("user-agent", "var-string", "HTTP User-Agent header (default = 'curl/7.58.0').", 255),
+        option(
+            "server-identity-check",
+            "Certificate verification option.",
+            &[
+                ("none", "No certificate verification."),
+                ("basic", "Check server certificate only."),
+                ("full", "Check server certificate and verify the domain matches in the server certificate."),
+            ],
+        ),
+        json!({"name": "refresh-rate", "category": "unitary", "type": "integer",
+               "help": "Time interval to refresh external resource (1 - 43200 min, default = 5 min).",
+               "min-value": 1, "max-value": 43200}),
+        unitary("source-ip", "ipv4-address", "Source IPv4 address used to communicate with server."),
+        option(
+            "interface-select-method",
+            "Specify how to select outgoing interface to reach server.",
+            &[
+                ("auto", "Set outgoing interface automatically."),
+                ("sdwan", "Set outgoing interface by SD-WAN or policy routing rules."),
+                ("specify", "Set outgoing interface manually."),
+            ],
+        ),
+        sized("interface", "string", "Specify outgoing interface to reach server.", 15),
+    ];
+    let children: Map<String, Value> =
+        children.into_iter().filter_map(|c| Some((c.get("name")?.as_str()?.to_string(), c))).collect();
+    json!({
+        "name": "external-resource", "category": "table", "help": "Configure external resource.", "mkey": "name",
+        "mkey_type": "string", "children": children,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +346,26 @@ mod tests {
             }
             assert_eq!(schema["mkey"], "name");
         }
+    }
+
+    #[test]
+    fn every_external_resource_default_and_option_is_in_its_schema() {
+        let schema = resource_schema();
+        let children = schema["children"].as_object().expect("children");
+        for field in resource_defaults().keys() {
+            assert!(children.contains_key(field), "external-resource: {field}");
+        }
+        for (field, values) in RESOURCE_OPTIONS {
+            let options: Vec<&str> = children[*field]["options"]
+                .as_array()
+                .expect("options")
+                .iter()
+                .filter_map(|o| o["name"].as_str())
+                .collect();
+            assert_eq!(&options, values, "{field}");
+        }
+        assert_eq!(children["name"]["size"], 35);
+        assert_eq!(children["resource"]["size"], 511);
     }
 
     #[test]
