@@ -5,6 +5,8 @@
 mod contract;
 /// The fault matrix: MISP and FortiGate failures, an unwritable journal, floods and hostile datagrams.
 mod faults;
+/// The threat-feed backend: pull (TLS, basic auth, allowed clients), push, indicators mode, consistency.
+mod feeds;
 /// The housekeeping daemon: pruning by age, revocation and legacy adoption, safety rails, feed updates, scale.
 mod housekeeping;
 /// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.

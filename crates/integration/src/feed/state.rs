@@ -106,6 +106,13 @@ impl FeedState {
             for (ip, (at, _)) in &inputs.local {
                 blocked.insert(*ip, *at);
             }
+            // An address already held keeps its time (the ledger's may differ from this process's by a second):
+            // only a change of the set is a change.
+            for (ip, at) in blocked.iter_mut() {
+                if let Some(held) = inputs.blocked.get(ip) {
+                    *at = *held;
+                }
+            }
             let first = !std::mem::replace(&mut inputs.ledger_read, true);
             if inputs.blocked == blocked {
                 return first;
