@@ -26,6 +26,8 @@ pub struct Entry {
     pub event_id: u64,
     /// MISP attribute uuid (as a 128-bit number; [`format_uuid`] prints it back).
     pub uuid: u128,
+    /// `Attribute.timestamp`, Unix seconds (the feed orders its entries newest first by it).
+    pub timestamp: i64,
 }
 
 /// A lookup answer: the indicator that matched and the network it covers.
@@ -63,15 +65,16 @@ struct Slot {
 struct Stored {
     event_id: u64,
     uuid: Key,
+    timestamp: i64,
 }
 
 impl Stored {
     fn of(entry: Entry) -> Stored {
-        Stored { event_id: entry.event_id, uuid: Key::from(entry.uuid) }
+        Stored { event_id: entry.event_id, uuid: Key::from(entry.uuid), timestamp: entry.timestamp }
     }
 
     fn entry(self) -> Entry {
-        Entry { event_id: self.event_id, uuid: self.uuid.get() }
+        Entry { event_id: self.event_id, uuid: self.uuid.get(), timestamp: self.timestamp }
     }
 }
 
@@ -233,6 +236,25 @@ impl IndicatorSet {
         self.by_uuid.keys().map(|k| k.get())
     }
 
+    /// Every stored network with the newest timestamp among its attributes: IPv4 then IPv6, otherwise in no
+    /// particular order. Each network once, however many attributes carry it.
+    pub fn iter(&self) -> impl Iterator<Item = (IpNet, i64)> + '_ {
+        fn newest(slot: &Slot) -> i64 {
+            let more = slot.more.iter().flat_map(|more| more.iter().map(|e| e.timestamp));
+            more.fold(slot.first.timestamp, i64::max)
+        }
+        fn family(f: &Family, v4: bool) -> impl Iterator<Item = (IpNet, i64)> + '_ {
+            let host_len = if v4 { 32 } else { 128 };
+            let hosts = f.hosts.iter().map(move |(k, slot)| (host_len, k, slot));
+            let nets = f.nets.iter().flat_map(|(len, map)| map.iter().map(move |(k, slot)| (*len, k, slot)));
+            hosts.chain(nets).map(move |(len, k, slot)| {
+                let addr = if v4 { IpAddr::V4((k.get() as u32).into()) } else { IpAddr::V6(k.get().into()) };
+                (IpNet::new(addr, len).expect("stored prefix lengths fit their family"), newest(slot))
+            })
+        }
+        family(&self.v4, true).chain(family(&self.v6, false))
+    }
+
     /// The map that holds `network`: the family's host map for a full-length prefix, else the map of its length.
     fn slots_mut(&mut self, network: IpNet) -> &mut HashMap<Key, Slot> {
         let (family, len, host_len) = match network {
@@ -342,7 +364,7 @@ mod tests {
     }
 
     fn entry(event_id: u64, uuid: u128) -> Entry {
-        Entry { event_id, uuid }
+        Entry { event_id, uuid, timestamp: 1_700_000_000 + event_id as i64 }
     }
 
     fn check(set: &IndicatorSet, ip: &str, expected: Option<(&str, u64)>) {
@@ -410,6 +432,31 @@ mod tests {
         assert_eq!(set.insert(net("198.0.0.0/8"), entry(1, 7)), Inserted::TooWide);
         check(&set, "198.51.100.2", None);
         assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn iter_gives_each_network_once_with_its_newest_timestamp() {
+        let mut set = IndicatorSet::default();
+        let at = |event_id, uuid, timestamp| Entry { event_id, uuid, timestamp };
+        set.insert(net("203.0.113.9"), at(1, 1, 100));
+        set.insert(net("203.0.113.9"), at(2, 2, 300));
+        set.insert(net("203.0.113.9"), at(3, 3, 200));
+        set.insert(net("203.0.113.0/24"), at(4, 4, 50));
+        set.insert(net("2001:db8::7"), at(5, 5, 70));
+        set.insert(net("2001:db8:1::/48"), at(6, 6, 80));
+        let mut got: Vec<(String, i64)> = set.iter().map(|(n, ts)| (n.to_string(), ts)).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("2001:db8:1::/48".to_string(), 80),
+                ("2001:db8::7/128".to_string(), 70),
+                ("203.0.113.0/24".to_string(), 50),
+                ("203.0.113.9/32".to_string(), 300),
+            ]
+        );
+        set.remove(2);
+        assert!(set.iter().any(|(n, ts)| n == net("203.0.113.9") && ts == 200));
     }
 
     #[test]

@@ -200,6 +200,11 @@ impl NeverBlock {
             .map(|&(range, name)| Protected::Reserved { range, name })
     }
 
+    /// Every protected range: the built-in reserved ones, then the configured ones (the feed cuts them all out).
+    pub fn ranges(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.reserved.iter().map(|&(net, _)| net).chain(self.configured.iter().copied())
+    }
+
     /// Whether `ip` is in a built-in reserved range (which even `block --force` may not override).
     pub fn is_reserved(&self, ip: IpAddr) -> bool {
         matches!(self.check(ip), Some(Protected::Reserved { .. }))

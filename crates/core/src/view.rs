@@ -134,7 +134,10 @@ pub fn hit(cfg: &MispConfig, ip: IpAddr, exact: &[Indicator], cidrs: &IndicatorS
         .iter()
         .filter(|ind| is_blocking(cfg, ind) && ind.network.contains(&ip) && within_limits(cfg, &ind.network))
         .max_by_key(|ind| ind.network.prefix_len())
-        .map(|ind| Hit { network: ind.network, entry: Entry { event_id: ind.event_id, uuid: parse_uuid(&ind.uuid) } });
+        .map(|ind| Hit {
+            network: ind.network,
+            entry: Entry { event_id: ind.event_id, uuid: parse_uuid(&ind.uuid), timestamp: ind.timestamp },
+        });
     match (best_exact, cidrs.lookup(ip)) {
         (Some(a), Some(b)) if b.network.prefix_len() > a.network.prefix_len() => Some(b),
         (Some(a), _) => Some(a),
@@ -152,7 +155,7 @@ fn within_limits(cfg: &MispConfig, net: &ipnet::IpNet) -> bool {
 
 /// Adds one attribute to a set, keyed by its uuid.
 pub fn insert(set: &mut IndicatorSet, ind: &Indicator) -> Inserted {
-    set.insert(ind.network, Entry { event_id: ind.event_id, uuid: parse_uuid(&ind.uuid) })
+    set.insert(ind.network, Entry { event_id: ind.event_id, uuid: parse_uuid(&ind.uuid), timestamp: ind.timestamp })
 }
 
 #[cfg(test)]

@@ -634,7 +634,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// A block request made by hand (`integration block IP`): no MISP hit behind it (event id 0 marks it manual).
 pub fn manual_request(ip: IpAddr, note: String) -> BlockRequest {
     use fortimisp_core::indicators::Entry;
-    let hit = Hit { network: ip.into(), entry: Entry { event_id: 0, uuid: 0 } };
+    let hit = Hit { network: ip.into(), entry: Entry { event_id: 0, uuid: 0, timestamp: 0 } };
     BlockRequest { ip, hit, rule: None, received: Instant::now(), note: Some(note) }
 }
 

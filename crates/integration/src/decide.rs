@@ -562,7 +562,7 @@ mod tests {
     }
 
     fn hit(net: &str, event_id: u64) -> Hit {
-        Hit { network: net.parse().unwrap(), entry: Entry { event_id, uuid: event_id as u128 } }
+        Hit { network: net.parse().unwrap(), entry: Entry { event_id, uuid: event_id as u128, timestamp: 0 } }
     }
 
     fn candidate(s: &str) -> Candidate {
@@ -647,7 +647,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_synced_mirror_answers_without_misp() {
         let mut set = IndicatorSet::new(16, 48);
-        set.insert("198.51.100.0/24".parse().unwrap(), Entry { event_id: 9, uuid: 1 });
+        set.insert("198.51.100.0/24".parse().unwrap(), Entry { event_id: 9, uuid: 1, timestamp: 0 });
         let mut rig = start(Some(set), FakeLookup::default(), Settings::default());
         rig.input.send(candidate("198.51.100.77")).await.unwrap();
         rig.input.send(candidate("192.0.2.1")).await.unwrap();

@@ -56,7 +56,13 @@ pub fn build(n: u64, probes: usize) -> (IndicatorSet, Vec<IpAddr>) {
     let mut members = Vec::with_capacity(probes);
     for i in 0..n {
         let net = network(&mut rng, i);
-        set.insert(net, Entry { event_id: 1 + i / 10_000, uuid: u128::from(i) << 64 | u128::from(rng.next()) });
+        let entry = Entry {
+            event_id: 1 + i / 10_000,
+            uuid: u128::from(i) << 64 | u128::from(rng.next()),
+            // From `i`, not the generator: the networks and probes stay those of earlier runs.
+            timestamp: 1_700_000_000 + (i * 7_919 % 31_536_000) as i64,
+        };
+        set.insert(net, entry);
         if members.len() < probes && rng.next().is_multiple_of((n / probes as u64).max(1)) {
             // An address inside this network.
             let ip = match net {
