@@ -12,7 +12,9 @@
 //!
 //! Layout and why: single addresses (nearly all indicators) live in a hash map keyed by the address as an
 //! integer; networks live in one hash map per prefix length, probed longest first. A lookup is one probe plus one
-//! per prefix length actually present, with no pointer chasing; 1 M entries take about 150 MiB (see BENCHMARKS.md).
+//! per prefix length actually present, with no pointer chasing. An entry (uuid, event id, attribute timestamp) is
+//! stored in 24 bytes, so a host bucket is 48 bytes: 1 M entries take about 146 MiB (measured with
+//! `--bench indicator_memory`, timestamps included; see BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
