@@ -450,3 +450,30 @@ async fn pulls_every_second_cost_one_build_per_change() {
         "unchanged pulls get 304"
     );
 }
+
+/// `validate` reports each feed object: missing, then present and pointing at the listener; with push, the push
+/// permission (an add of nothing), which a profile without `sysgrp` write lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_the_feed_objects() {
+    let mut feeds = Feeds::start("update = [\"pull\"]").await;
+    feeds.env.extra.push_str(&format!("url = \"https://127.0.0.1:{}\"\n", feeds.port));
+    let run = |feeds: &Feeds| {
+        let out = feeds.env.integration_cmd(&["validate"]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = run(&feeds);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL  fortigate: feed fortimisp-block: missing"), "{text}");
+    feeds.create_feed("fortimisp-block", false).await;
+    feeds.create_feed("fortimisp-block6", false).await;
+    let (code, text) = run(&feeds);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("ok    fortigate: feed fortimisp-block: type address, pulls https://127.0.0.1:"), "{text}");
+    assert!(text.contains("ok    fortigate: feed fortimisp-block6: status readable"), "{text}");
+
+    // A push config against the pulled feeds: each says what to set.
+    feeds.env.extra = feeds.env.extra.replace("update = [\"pull\"]", "update = [\"push\"]");
+    let (code, text) = run(&feeds);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("update-method is \"feed\": set update-method push"), "{text}");
+}
