@@ -28,6 +28,12 @@ use tracing::{error, info, warn};
 
 use super::state::FeedState;
 
+/// Entries per push request. A snapshot larger than this goes out as a `snapshot` of the first entries and `add`s
+/// of the rest, so no request body grows with the feed (300 000 entries would be a 6 MB body; FortiOS documents
+/// no limit for the push API, and its other request bodies are small). Between those requests the feed holds only
+/// the chunks sent so far: the blocks first, as the layout orders them.
+pub const PUSH_CHUNK: usize = 10_000;
+
 /// How long the pusher stays quiet after the FortiGate refused the token or its profile.
 pub const REFUSED_PAUSE: Duration = Duration::from_secs(300);
 
@@ -201,7 +207,19 @@ impl Pusher {
         Ok(())
     }
 
+    /// One command, in requests of at most [`PUSH_CHUNK`] entries (a snapshot's later chunks are `add`s).
     async fn send(&self, feed: &str, command: PushCommand, entries: &[IpNet]) -> Result<(), fortigate::Error> {
+        if entries.is_empty() {
+            return self.send_one(feed, command, entries).await;
+        }
+        for (i, chunk) in entries.chunks(PUSH_CHUNK).enumerate() {
+            let command = if i > 0 && command == PushCommand::Snapshot { PushCommand::Add } else { command };
+            self.send_one(feed, command, chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_one(&self, feed: &str, command: PushCommand, entries: &[IpNet]) -> Result<(), fortigate::Error> {
         let result = self.transport.push_feed(feed, command, entries).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.tf_pushes.get_or_create(&PushLabels { command: command.as_str(), outcome }).inc();
@@ -286,6 +304,29 @@ mod tests {
         let mut entries = emu.feed("fortimisp-block").unwrap().entries;
         entries.sort();
         assert_eq!(entries, ["198.51.100.7", "198.51.100.9"]);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_large_snapshot_goes_out_in_chunks_and_arrives_whole() {
+        let (emu, state, pusher) = setup().await;
+        let many: HashMap<IpAddr, i64> = (0..(PUSH_CHUNK as u32 * 2 + 5))
+            .map(|i| (IpAddr::V4(std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(11, 0, 0, 0)) + i)), 1))
+            .collect();
+        let generation = state.replace_blocked(many);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (pusher, stop) = (pusher.clone(), stop.clone());
+            async move { pusher.run(stop).await }
+        });
+        pusher.waiter().until(generation, Duration::from_secs(30)).await.expect("pushed");
+        assert_eq!(emu.feed("fortimisp-block").unwrap().entries.len(), PUSH_CHUNK * 2 + 5);
+        let snapshots =
+            pusher.metrics.tf_pushes.get_or_create(&PushLabels { command: "snapshot", outcome: "ok" }).get();
+        let adds = pusher.metrics.tf_pushes.get_or_create(&PushLabels { command: "add", outcome: "ok" }).get();
+        // One snapshot per feed (the IPv6 one empty), and the two further chunks as adds.
+        assert_eq!((snapshots, adds), (2, 2));
         stop.cancel();
         task.await.unwrap();
     }
