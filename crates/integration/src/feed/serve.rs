@@ -154,6 +154,11 @@ impl Bound {
     /// sending for up to [`SHUTDOWN_GRACE`], then returns. Shared, so a restarted task serves the same socket.
     pub async fn serve(self: Arc<Self>, source: Arc<dyn Source>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
         let (listener, acceptor, limits) = (&self.listener, &self.acceptor, self.limits);
+        // The alert on refused fetches compares these: each exists from the start, at 0.
+        Metrics::start_at_zero(
+            &metrics.feed_requests,
+            &["served", "not_modified", "unauthorized", "forbidden", "not_found", "tls_error"],
+        );
         let access = self.access.clone();
         let shared = Arc::new(Shared { source, metrics, access, refusals: RefusalLog::default() });
         // Held by each connection for its whole life: when none is left, accepting waits (see MAX_CONNECTIONS).
