@@ -12,7 +12,9 @@
 //!
 //! Layout and why: single addresses (nearly all indicators) live in a hash map keyed by the address as an
 //! integer; networks live in one hash map per prefix length, probed longest first. A lookup is one probe plus one
-//! per prefix length actually present, with no pointer chasing; 1 M entries take about 150 MiB (see BENCHMARKS.md).
+//! per prefix length actually present, with no pointer chasing. An entry (uuid, event id, attribute timestamp) is
+//! stored in 24 bytes, so a host bucket is 48 bytes: 1 M entries take about 146 MiB (measured with
+//! `--bench indicator_memory`, timestamps included; see BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,8 +51,9 @@ pub enum Inserted {
 
 /// A slot for one network value: a representative attribute, plus the others carrying the same value.
 ///
-/// Layout matters at 1 M indicators: no field is 16-byte aligned ([`Key`] and [`Stored`] split the u128s), and
-/// the rare extra attributes sit behind one pointer, so a host map bucket is 48 bytes instead of 80.
+/// Layout matters at 1 M indicators: no field is 16-byte aligned ([`Key`] and [`Stored`] split the u128s), the
+/// representative is compact ([`Stored`]), and the rare extra attributes sit behind one pointer, so a host map
+/// bucket is 48 bytes instead of the 96 of a plain `(u128, Entry, Vec<Entry>)`.
 #[derive(Debug, Clone)]
 struct Slot {
     first: Stored,
@@ -60,21 +63,30 @@ struct Slot {
     more: Option<Box<Vec<Entry>>>,
 }
 
-/// An [`Entry`] without the 16-byte alignment of its u128 (24 bytes instead of 32).
+/// An [`Entry`] in 24 bytes instead of 48: no 16-byte alignment (the uuid is a [`Key`]), and the event id and
+/// timestamp as u32s, which hold every real value (MISP stores both as 32-bit integers). An entry whose event id
+/// or timestamp does not fit is stored with event id [`WIDE`] and kept whole in [`IndicatorSet::wide`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stored {
-    event_id: u64,
     uuid: Key,
-    timestamp: i64,
+    event_id: u32,
+    timestamp: u32,
 }
 
+/// The event id of a [`Stored`] whose entry lives in [`IndicatorSet::wide`].
+const WIDE: u32 = u32::MAX;
+
 impl Stored {
-    fn of(entry: Entry) -> Stored {
-        Stored { event_id: entry.event_id, uuid: Key::from(entry.uuid), timestamp: entry.timestamp }
+    /// The compact form, or `None` when a field does not fit.
+    fn compact(entry: Entry) -> Option<Stored> {
+        let event_id = u32::try_from(entry.event_id).ok().filter(|&id| id != WIDE)?;
+        let timestamp = u32::try_from(entry.timestamp).ok()?;
+        Some(Stored { uuid: Key::from(entry.uuid), event_id, timestamp })
     }
 
-    fn entry(self) -> Entry {
-        Entry { event_id: self.event_id, uuid: self.uuid.get(), timestamp: self.timestamp }
+    /// A stand-in for an entry kept in [`IndicatorSet::wide`].
+    fn wide(entry: Entry) -> Stored {
+        Stored { uuid: Key::from(entry.uuid), event_id: WIDE, timestamp: 0 }
     }
 }
 
@@ -93,6 +105,8 @@ pub struct IndicatorSet {
     v4: Family,
     v6: Family,
     by_uuid: HashMap<Key, IpNet>,
+    /// The entries too wide for [`Stored`] (an event id or timestamp beyond u32), by uuid: empty in practice.
+    wide: HashMap<Key, Entry>,
     min_prefix_v4: u8,
     min_prefix_v6: u8,
     rejected_wide: u64,
@@ -110,6 +124,7 @@ impl IndicatorSet {
             v4: Family::default(),
             v6: Family::default(),
             by_uuid: HashMap::new(),
+            wide: HashMap::new(),
             min_prefix_v4,
             min_prefix_v6,
             rejected_wide: 0,
@@ -151,11 +166,16 @@ impl IndicatorSet {
             None => false,
         };
         self.by_uuid.insert(Key::from(entry.uuid), network);
+        let compact = Stored::compact(entry);
         let slots = self.slots_mut(network);
         match slots.get_mut(&key_of(network)) {
             Some(slot) => slot.more.get_or_insert_with(Default::default).push(entry),
             None => {
-                slots.insert(key_of(network), Slot { first: Stored::of(entry), more: None });
+                let first = compact.unwrap_or_else(|| Stored::wide(entry));
+                slots.insert(key_of(network), Slot { first, more: None });
+                if compact.is_none() {
+                    self.wide.insert(Key::from(entry.uuid), entry);
+                }
             }
         }
         if updated {
@@ -168,13 +188,21 @@ impl IndicatorSet {
     /// Removes the attribute with this uuid; returns the network it covered.
     pub fn remove(&mut self, uuid: u128) -> Option<IpNet> {
         let network = self.by_uuid.remove(&Key::from(uuid))?;
+        if !self.wide.is_empty() {
+            self.wide.remove(&Key::from(uuid));
+        }
         let key = key_of(network);
+        let mut promoted_wide = None;
         let slots = self.slots_mut(network);
         if let Some(slot) = slots.get_mut(&key) {
             if slot.first.uuid.get() == uuid {
                 match slot.more.as_mut().filter(|more| !more.is_empty()) {
                     Some(more) => {
-                        slot.first = Stored::of(more.swap_remove(0));
+                        let next = more.swap_remove(0);
+                        slot.first = Stored::compact(next).unwrap_or_else(|| {
+                            promoted_wide = Some(next);
+                            Stored::wide(next)
+                        });
                         if more.is_empty() {
                             slot.more = None;
                         }
@@ -190,6 +218,9 @@ impl IndicatorSet {
                 }
             }
         }
+        if let Some(entry) = promoted_wide {
+            self.wide.insert(Key::from(entry.uuid), entry);
+        }
         self.drop_empty_lengths();
         Some(network)
     }
@@ -200,26 +231,26 @@ impl IndicatorSet {
             IpAddr::V4(v4) => {
                 let addr = u32::from(v4);
                 if let Some(slot) = self.v4.hosts.get(&Key::from(addr as u128)) {
-                    return Some(Hit { network: IpNet::from(IpAddr::V4(v4)), entry: slot.first.entry() });
+                    return Some(Hit { network: IpNet::from(IpAddr::V4(v4)), entry: self.entry(slot.first) });
                 }
                 self.v4.nets.iter().find_map(|(len, map)| {
                     let masked = addr & mask32(*len);
                     map.get(&Key::from(masked as u128)).map(|slot| Hit {
                         network: IpNet::new(IpAddr::V4(masked.into()), *len).expect("len <= 32 by construction"),
-                        entry: slot.first.entry(),
+                        entry: self.entry(slot.first),
                     })
                 })
             }
             IpAddr::V6(v6) => {
                 let addr = u128::from(v6);
                 if let Some(slot) = self.v6.hosts.get(&Key::from(addr)) {
-                    return Some(Hit { network: IpNet::from(IpAddr::V6(v6)), entry: slot.first.entry() });
+                    return Some(Hit { network: IpNet::from(IpAddr::V6(v6)), entry: self.entry(slot.first) });
                 }
                 self.v6.nets.iter().find_map(|(len, map)| {
                     let masked = addr & mask128(*len);
                     map.get(&Key::from(masked)).map(|slot| Hit {
                         network: IpNet::new(IpAddr::V6(masked.into()), *len).expect("len <= 128 by construction"),
-                        entry: slot.first.entry(),
+                        entry: self.entry(slot.first),
                     })
                 })
             }
@@ -239,11 +270,15 @@ impl IndicatorSet {
     /// Every stored network with the newest timestamp among its attributes: IPv4 then IPv6, otherwise in no
     /// particular order. Each network once, however many attributes carry it.
     pub fn iter(&self) -> impl Iterator<Item = (IpNet, i64)> + '_ {
-        fn newest(slot: &Slot) -> i64 {
+        let newest = move |slot: &Slot| {
             let more = slot.more.iter().flat_map(|more| more.iter().map(|e| e.timestamp));
-            more.fold(slot.first.timestamp, i64::max)
-        }
-        fn family(f: &Family, v4: bool) -> impl Iterator<Item = (IpNet, i64)> + '_ {
+            more.fold(self.entry(slot.first).timestamp, i64::max)
+        };
+        fn family<'s>(
+            f: &'s Family,
+            v4: bool,
+            newest: impl Fn(&Slot) -> i64 + 's,
+        ) -> impl Iterator<Item = (IpNet, i64)> + 's {
             let host_len = if v4 { 32 } else { 128 };
             let hosts = f.hosts.iter().map(move |(k, slot)| (host_len, k, slot));
             let nets = f.nets.iter().flat_map(|(len, map)| map.iter().map(move |(k, slot)| (*len, k, slot)));
@@ -252,7 +287,18 @@ impl IndicatorSet {
                 (IpNet::new(addr, len).expect("stored prefix lengths fit their family"), newest(slot))
             })
         }
-        family(&self.v4, true).chain(family(&self.v6, false))
+        family(&self.v4, true, newest).chain(family(&self.v6, false, newest))
+    }
+
+    /// The whole entry behind a stored one.
+    #[inline]
+    fn entry(&self, stored: Stored) -> Entry {
+        if stored.event_id == WIDE {
+            if let Some(entry) = self.wide.get(&stored.uuid) {
+                return *entry;
+            }
+        }
+        Entry { event_id: u64::from(stored.event_id), uuid: stored.uuid.get(), timestamp: i64::from(stored.timestamp) }
     }
 
     /// The map that holds `network`: the family's host map for a full-length prefix, else the map of its length.
@@ -457,6 +503,40 @@ mod tests {
         );
         set.remove(2);
         assert!(set.iter().any(|(n, ts)| n == net("203.0.113.9") && ts == 200));
+    }
+
+    #[test]
+    fn entries_beyond_u32_are_kept_whole() {
+        let mut set = IndicatorSet::default();
+        let wide = [
+            Entry { event_id: u64::MAX, uuid: 1, timestamp: 5 },
+            Entry { event_id: u64::from(u32::MAX), uuid: 2, timestamp: 5 },
+            Entry { event_id: 3, uuid: 3, timestamp: -1 },
+            Entry { event_id: 4, uuid: 4, timestamp: i64::MAX },
+        ];
+        for (i, entry) in wide.iter().enumerate() {
+            let ip = format!("198.51.100.{i}");
+            set.insert(net(&ip), *entry);
+            assert_eq!(set.lookup(ip.parse().unwrap()).unwrap().entry, *entry, "{entry:?}");
+        }
+        let mut stamps: Vec<i64> = set.iter().map(|(_, ts)| ts).collect();
+        stamps.sort();
+        assert_eq!(stamps, vec![-1, 5, 5, i64::MAX]);
+        // A wide entry promoted from the extra list, then removed: nothing left behind.
+        set.insert(net("203.0.113.1"), entry(7, 10));
+        set.insert(net("203.0.113.1"), Entry { event_id: 1 << 40, uuid: 11, timestamp: 9 });
+        set.remove(10);
+        assert_eq!(set.lookup("203.0.113.1".parse().unwrap()).unwrap().entry.event_id, 1 << 40);
+        for uuid in [1, 2, 3, 4, 11] {
+            set.remove(uuid);
+        }
+        assert!(set.is_empty() && set.wide.is_empty());
+    }
+
+    #[test]
+    fn a_host_bucket_stays_48_bytes() {
+        assert_eq!(std::mem::size_of::<Stored>(), 24);
+        assert_eq!(std::mem::size_of::<(Key, Slot)>(), 48);
     }
 
     #[test]

@@ -137,7 +137,12 @@ pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: b
     flush_journal(&parts).await;
     match executed {
         Executed::Done(applied) => {
-            println!("{}", output::block_sentence(ip, &applied));
+            println!("{}", output::block_sentence(ip, &applied, &parts.config.fortigate.backend.to_string()));
+            if parts.config.feed.as_ref().is_some_and(|f| !f.push) {
+                println!(
+                    "the running integration daemon serves it within seconds; the FortiGate loads it at its next pull"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Executed::DryRun => {

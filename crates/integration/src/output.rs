@@ -17,7 +17,15 @@ use crate::block::Applied;
 
 /// The sentence `integration block IP` prints when the FortiGate took the block (as `unblock` prints
 /// `unblocked IP`).
-pub fn block_sentence(ip: IpAddr, applied: &Applied) -> String {
+pub fn block_sentence(ip: IpAddr, applied: &Applied, backend: &str) -> String {
+    if backend == crate::feed::BACKEND {
+        return match applied {
+            Applied::Blocked { object, .. } => format!("blocked {ip}: entry of threat feed {object}"),
+            Applied::AlreadyBlocked { object, .. } => {
+                format!("{ip} was already blocked: entry of threat feed {object}")
+            }
+        };
+    }
     match applied {
         Applied::Blocked { object, group: Some(group) } => {
             format!("blocked {ip}: address object {object} in group {group}")
@@ -163,17 +171,30 @@ pub fn list_table(mut rows: Vec<ListRow>) -> String {
             [r.ip.to_string(), r.object, r.age.map_or_else(|| "-".to_string(), format_age), r.event, r.comment]
         }))
         .collect();
-    let width = |col: usize| cells.iter().map(|row| row[col].chars().count()).max().unwrap_or(0);
-    let widths = [width(0), width(1), width(2), width(3)];
+    columns(&cells, [false, false, true, false, false])
+}
+
+/// Rows as columns: each as wide as its widest cell (right-aligned where `right`), two spaces between columns, the
+/// last column unpadded, no trailing blanks.
+fn columns<const N: usize>(cells: &[[String; N]], right: [bool; N]) -> String {
+    let widths: Vec<usize> =
+        (0..N).map(|col| cells.iter().map(|row| row[col].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
-    for [ip, object, age, event, comment] in &cells {
-        let line = format!(
-            "{ip:<w0$}  {object:<w1$}  {age:>w2$}  {event:<w3$}  {comment}",
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3]
-        );
+    for row in cells {
+        let mut line = String::new();
+        for (col, cell) in row.iter().enumerate() {
+            let pad = if col + 1 == N { 0 } else { widths[col].saturating_sub(cell.chars().count()) };
+            if col > 0 {
+                line.push_str("  ");
+            }
+            if right[col] {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
         out.push_str(line.trim_end());
         out.push('\n');
     }
@@ -209,21 +230,7 @@ pub fn feeds_table(rows: Vec<FeedRow>, left_out: u64, cap: usize, now: chrono::D
             }
         }))
         .collect();
-    let width = |col: usize| cells.iter().map(|row| row[col].chars().count()).max().unwrap_or(0);
-    let w: Vec<usize> = (0..5).map(width).collect();
-    let mut out = String::new();
-    for [name, served, loaded, last, overflow, status] in &cells {
-        let line = format!(
-            "{name:<w0$}  {served:>w1$}  {loaded:>w2$}  {last:<w3$}  {overflow:<w4$}  {status}",
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3],
-            w4 = w[4]
-        );
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = columns(&cells, [false, true, true, false, false, false]);
     if left_out > 0 {
         out.push_str(&format!("{left_out} entries left out: the feeds are full (cap {cap} per feed)\n"));
     }
@@ -290,8 +297,13 @@ mod tests {
             (Applied::AlreadyBlocked { object: "203.0.113.7".into(), group: None }, "203.0.113.7 was already banned"),
         ];
         for (applied, expected) in cases {
-            assert_eq!(block_sentence(ip("203.0.113.7"), &applied), expected);
+            assert_eq!(block_sentence(ip("203.0.113.7"), &applied, "address-group"), expected);
         }
+        let fed = Applied::Blocked { object: "fortimisp-block".into(), group: None };
+        assert_eq!(
+            block_sentence(ip("203.0.113.7"), &fed, "threat-feed"),
+            "blocked 203.0.113.7: entry of threat feed fortimisp-block"
+        );
     }
 
     /// One decision per address, with its reason; the protected check comes first, a hit next.
@@ -426,5 +438,33 @@ IP             OBJECT              AGE  EVENT   COMMENT
         for (secs, expected) in cases {
             assert_eq!(format_age(chrono::Duration::seconds(secs)), expected);
         }
+    }
+
+    #[test]
+    fn feeds_table_shows_served_next_to_loaded_and_what_was_left_out() {
+        use fortimisp_core::fortigate::FeedStatus;
+        let now: chrono::DateTime<chrono::Utc> = "2026-12-03T12:00:00Z".parse().unwrap();
+        let rows = vec![
+            FeedRow {
+                name: "fortimisp-block".into(),
+                served: 1200,
+                status: Ok(FeedStatus {
+                    loaded: Some(1150),
+                    overflow: Some(false),
+                    last_update: Some(now - chrono::Duration::minutes(3)),
+                    file_status: Some("downloaded".into()),
+                    ..FeedStatus::default()
+                }),
+            },
+            FeedRow { name: "fortimisp-block6".into(), served: 3, status: Err("http 403".into()) },
+        ];
+        let table = feeds_table(rows, 7, 50_000, now);
+        assert_eq!(
+            table,
+            "FEED              SERVED  LOADED  LAST LOAD  OVERFLOW  FORTIGATE\n\
+             fortimisp-block     1200    1150  3m ago     no        downloaded\n\
+             fortimisp-block6       3       -  -          -         unreadable: http 403\n\
+             7 entries left out: the feeds are full (cap 50000 per feed)\n"
+        );
     }
 }

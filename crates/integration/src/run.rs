@@ -481,6 +481,12 @@ async fn start_feeds(
             feed::follow_ledger(journal.clone(), state.clone(), feed::LEDGER_EVERY, stop2.clone())
         }));
     }
+    {
+        let (state, stop2) = (state.clone(), stop.clone());
+        tracker.spawn(
+            supervisor.restarting("feed_builder", stop.clone(), move || feed::keep_built(state.clone(), stop2.clone())),
+        );
+    }
     if cfg.contents == fortimisp_core::config::Contents::Indicators {
         let (mirror, changed, never, state, stop2) =
             (tasks.mirror, tasks.mirror_changed, parts.never_block.clone(), state.clone(), stop.clone());

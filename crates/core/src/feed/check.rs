@@ -139,7 +139,8 @@ mod tests {
         let pull_url = feed("url = \"https://fm.example.org:8514\"\ntls_cert = \"c\"\ntls_key = \"k\"");
         let push = feed("update = [\"push\"]");
         let good = "https://fm.example.org:8514/feeds/fortimisp-block.txt";
-        let cases: Vec<(&Feed, Result<Option<ExternalResource>, fortigate::Error>, Status, &str)> = vec![
+        type Read = Result<Option<ExternalResource>, fortigate::Error>;
+        let cases: Vec<(&Feed, Read, Status, &str)> = vec![
             (&pull, Ok(Some(object("address", good, Some("feed"), Some("fortigate")))), Status::Ok, "pulls"),
             (&pull, Ok(Some(object("address", good, None, Some("fortigate")))), Status::Ok, "pulls"),
             (&pull_url, Ok(Some(object("address", good, Some("feed"), Some("fortigate")))), Status::Ok, "pulls"),

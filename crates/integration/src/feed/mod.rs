@@ -66,6 +66,26 @@ pub async fn follow_ledger(journal: Journal, state: Arc<FeedState>, every: Durat
     }
 }
 
+/// Builds the contents after each change (at most once a second), so the `feed_*` metrics and the first fetch
+/// after a change are current even when nobody fetches: still at most one build per change.
+pub async fn keep_built(state: Arc<FeedState>, stop: CancellationToken) {
+    let mut changes = state.subscribe();
+    loop {
+        if state.is_ready() {
+            state.current();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        // Changes that arrive together (a burst of blocks, a mirror sync) make one build.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Recomputes the indicator entries after every mirror change (`contents = "indicators"`), off the async
 /// threads: 1 M indicators take a noticeable fraction of a second.
 pub async fn follow_mirror(

@@ -211,3 +211,102 @@ impl Pusher {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fortimisp_core::config::RawFeed;
+    use fortimisp_core::fortigate::ClientOptions;
+    use fortimisp_core::secret::ApiKey;
+    use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator};
+    use std::net::IpAddr;
+
+    async fn push_feed(emu: &FortiGateEmulator, name: &str) {
+        let body = serde_json::json!({"name": name, "type": "address", "update-method": "push",
+                                      "resource": "https://fortimisp.invalid/push-only"});
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v2/cmdb/system/external-resource?vdom=root", emu.url()))
+            .bearer_auth(emu.token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    async fn setup() -> (FortiGateEmulator, Arc<FeedState>, Arc<Pusher>) {
+        let emu = FortiGateEmulator::start(EmulatorConfig::default()).await.unwrap();
+        push_feed(&emu, "fortimisp-block").await;
+        push_feed(&emu, "fortimisp-block6").await;
+        let mut options = ClientOptions::new(emu.url(), ApiKey::new(emu.token()));
+        options.requests_per_second = 0.0;
+        let transport = Arc::new(Transport::new(options.transport_options()).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let raw: RawFeed = toml::from_str("update = [\"push\"]").unwrap();
+        let state = Arc::new(FeedState::new(&raw.validate(&|_| None).unwrap(), metrics.clone()));
+        let pusher = Arc::new(Pusher::new(transport, state.clone(), metrics, Duration::from_secs(3600)));
+        (emu, state, pusher)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_block_waits_for_its_push_and_blocks_together_share_a_request() {
+        let (emu, state, pusher) = setup().await;
+        // Someone else's entry in our feed: the first round's snapshot replaces the whole list.
+        state.replace_blocked(HashMap::new());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (pusher, stop) = (pusher.clone(), stop.clone());
+            async move { pusher.run(stop).await }
+        });
+        let wait = pusher.waiter();
+        let generation = state.add_blocked(ip("198.51.100.7"), 1);
+        wait.until(generation, Duration::from_secs(10)).await.expect("pushed");
+        assert_eq!(emu.feed("fortimisp-block").unwrap().entries, ["198.51.100.7"]);
+        let before = emu.route_count("POST /api/v2/monitor/system/external-resource/dynamic");
+        state.add_blocked(ip("198.51.100.8"), 2);
+        let last = state.add_blocked(ip("198.51.100.9"), 3);
+        wait.until(last, Duration::from_secs(10)).await.expect("pushed");
+        let mut entries = emu.feed("fortimisp-block").unwrap().entries;
+        entries.sort();
+        assert_eq!(entries, ["198.51.100.7", "198.51.100.8", "198.51.100.9"]);
+        let requests = emu.route_count("POST /api/v2/monitor/system/external-resource/dynamic") - before;
+        assert!(requests <= 2, "two blocks, {requests} requests");
+        // The ledger shows the three, then housekeeping closes one: pushed as `remove`.
+        state.replace_blocked(HashMap::from([
+            (ip("198.51.100.7"), 1),
+            (ip("198.51.100.8"), 2),
+            (ip("198.51.100.9"), 3),
+        ]));
+        let removed = state.replace_blocked(HashMap::from([(ip("198.51.100.7"), 1), (ip("198.51.100.9"), 3)]));
+        wait.until(removed, Duration::from_secs(10)).await.expect("pushed");
+        let mut entries = emu.feed("fortimisp-block").unwrap().entries;
+        entries.sort();
+        assert_eq!(entries, ["198.51.100.7", "198.51.100.9"]);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_fails_the_waiters_at_once() {
+        let (emu, state, pusher) = setup().await;
+        state.replace_blocked(HashMap::new());
+        emu.revoke_token();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (pusher, stop) = (pusher.clone(), stop.clone());
+            async move { pusher.run(stop).await }
+        });
+        let generation = state.add_blocked(ip("198.51.100.7"), 1);
+        let started = tokio::time::Instant::now();
+        let result = pusher.waiter().until(generation, Duration::from_secs(20)).await;
+        assert!(matches!(result, Err(fortigate::Error::Unauthorized)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(20), "not a timeout");
+        assert_eq!(pusher.metrics.fortigate_unauthorized.get(), 1);
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

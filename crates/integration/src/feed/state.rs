@@ -250,3 +250,77 @@ impl super::serve::Source for FeedState {
         self.current().snapshots.get(name).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fortimisp_core::config::RawFeed;
+
+    fn state(extra: &str) -> FeedState {
+        let raw: RawFeed = toml::from_str(&format!("update = [\"push\"]\n{extra}")).unwrap();
+        FeedState::new(&raw.validate(&|_| None).unwrap(), Arc::new(Metrics::new()))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn contents_are_built_once_per_change_and_ready_only_after_the_ledger() {
+        let s = state("");
+        assert!(!s.is_ready(), "nothing is served before the ledger was read");
+        s.replace_blocked(HashMap::new());
+        assert!(s.is_ready());
+        let first = s.current();
+        assert!(Arc::ptr_eq(&first, &s.current()), "no change, no build");
+        assert_eq!(s.metrics.tf_builds.get(), 1);
+        let generation = s.add_blocked(ip("198.51.100.7"), 100);
+        let second = s.current();
+        assert_eq!(second.generation, generation);
+        assert_eq!(second.entries("fortimisp-block"), ["198.51.100.7/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(s.metrics.tf_builds.get(), 2);
+        assert_eq!(s.current().snapshots["fortimisp-block"].entries, 1);
+    }
+
+    #[test]
+    fn the_ledger_is_the_truth_but_fresh_local_blocks_wait_for_it() {
+        let s = state("");
+        s.replace_blocked(HashMap::new());
+        let added = s.add_blocked(ip("198.51.100.7"), 100);
+        // The ledger does not show it yet: kept.
+        assert_eq!(s.replace_blocked(HashMap::new()), added);
+        assert_eq!(s.current().entries("fortimisp-block").len(), 1);
+        // The ledger shows it one second later: the same set, no change.
+        assert_eq!(s.replace_blocked(HashMap::from([(ip("198.51.100.7"), 101)])), added);
+        // Housekeeping closed it in the ledger: gone.
+        assert!(s.replace_blocked(HashMap::new()) > added);
+        assert!(s.current().entries("fortimisp-block").is_empty());
+        // Another process's block appears.
+        s.replace_blocked(HashMap::from([(ip("2001:db8::7"), 5)]));
+        assert_eq!(s.current().entries("fortimisp-block6"), ["2001:db8::7/128".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn the_cap_is_max_entries_else_the_device_limit_else_the_old_per_feed_limit() {
+        let s = state("contents = \"indicators\"");
+        s.replace_blocked(HashMap::new());
+        assert!(!s.is_ready(), "indicators mode waits for the mirror");
+        let nets: Vec<(IpNet, i64)> = (0..10u8).map(|i| (format!("198.51.100.{i}/32").parse().unwrap(), 0)).collect();
+        s.set_indicators(nets.clone());
+        assert!(s.is_ready());
+        assert_eq!(s.current().cap, config::FALLBACK_LIMIT as usize);
+        s.set_device_limit(4);
+        let built = s.current();
+        assert_eq!((built.cap, built.entries("fortimisp-block").len(), built.layout.left_out_v4), (4, 4, 6));
+        assert_eq!(s.metrics.tf_left_out.get_or_create(&FamilyLabel { family: "ipv4" }).get(), 6);
+        let capped = state("contents = \"indicators\"\nmax_entries = 8\nmax_feeds = 2");
+        capped.replace_blocked(HashMap::new());
+        capped.set_indicators(nets);
+        capped.set_device_limit(4);
+        let built = capped.current();
+        assert_eq!(
+            (built.cap, built.entries("fortimisp-block").len(), built.entries("fortimisp-block-2").len()),
+            (8, 8, 2)
+        );
+    }
+}
