@@ -21,7 +21,7 @@
 //! The lab data is compiled in (`config/lab.toml`, `lab/seed.json`, `lab/sample.log`), so the binary runs from
 //! any directory and in a container; `--config`, `--seed` and `--sample` replace them.
 //!
-//! Backends: the config's (`address-group` for `lab.toml`), or `--backend`. With `threat-feed` ([`feeds`]) the
+//! Backends: the config's (`address-group` for `lab.toml`), or `--backend`. With `threat-feed` (`lab/feeds.rs`) the
 //! blocks are entries of the emulated FortiGate's external threat feeds: the lab sets up the daemon's feed listener
 //! and the feed objects, the 120-day-old block is seeded in the journal's ledger instead of as an address object,
 //! "on the FortiGate" means in a feed the FortiGate loaded, the foreign-object check does not apply (reported as

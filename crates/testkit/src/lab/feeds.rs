@@ -542,7 +542,8 @@ pub struct OldBlock {
     pub loaded_before: Option<bool>,
     /// Its ledger entry is closed.
     pub ledger_closed: bool,
-    /// Still in a served feed; `None`: not applicable (see [`Feeds::wait_unserved`]).
+    /// Still in a served feed; `None`: not applicable (nothing served, the ledger entry still open, or
+    /// `contents = "indicators"`).
     pub served: Option<bool>,
     /// Still in a feed the FortiGate loaded; `None`: not applicable (`contents = "indicators"`).
     pub loaded: Option<bool>,
