@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
     backend: Option<Backend>,
     /// With the threat-feed backend, how the FortiGate gets the feeds: pull (it fetches them from the daemon over
-    /// HTTPS), push (the daemon pushes them) or both (pushed, and served too) [default: the config's [feed] update,
+    /// HTTPS), push (the daemon pushes them) or both (pushed, and served too) [default: the config's feed.update,
     /// else pull].
     #[arg(long, value_name = "METHOD")]
     update: Option<FeedUpdate>,
