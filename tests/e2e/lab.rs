@@ -1,39 +1,82 @@
 //! The lab (`lab --headless --json`): its report must agree with what is really on the emulated FortiGate and in
-//! the journal, checked over the FortiGate's REST API and by opening the journal, while the lab keeps running; and
-//! `lab --config` runs the shipped production config with its credentials replaced by the lab's.
+//! the journal, checked over the FortiGate's REST API and by opening the journal, while the lab keeps running (with
+//! the address-group backend, and with `--backend threat-feed`, where the FortiGate's feeds, the served files and
+//! the daemon's metrics are checked too); and `lab --config` runs the shipped production config with its
+//! credentials replaced by the lab's.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fortimisp_core::journal::Journal;
-use fortimisp_e2e::bin;
+use fortimisp_e2e::{bin, scrape};
 use serde_json::Value;
+
+/// A `lab --keep-running` child and its JSON report (the first line it prints). Dropped, it gets SIGTERM and is
+/// waited for (killed after 20 s), so a failing assertion never leaves the lab and its daemon running, holding the
+/// test's output pipe open.
+struct KeptLab {
+    child: Option<std::process::Child>,
+}
+
+impl KeptLab {
+    /// Starts `lab ARGS --headless --json --keep-running --no-build --rate 100 --bin-dir <the daemons> --dir DIR`
+    /// and reads its report.
+    fn start(args: &[&str], dir: &std::path::Path) -> (KeptLab, Value) {
+        let bin_dir = bin("integration").parent().unwrap().to_path_buf();
+        let mut child = Command::new(bin("lab"))
+            .args(["--headless", "--json", "--keep-running", "--no-build", "--rate", "100"])
+            .args(args)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lab = KeptLab { child: Some(child) };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let report =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("lab printed no JSON report ({e}): {line:?}"));
+        (lab, report)
+    }
+
+    /// SIGTERM, then its exit status: it must stop within 20 s.
+    async fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let wait = tokio::task::spawn_blocking(move || {
+            fortimisp_e2e::fortimisp_testkit::child::sigterm(&child);
+            let status = fortimisp_e2e::fortimisp_testkit::child::wait_timeout(&mut child, Duration::from_secs(20));
+            if status.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            status
+        });
+        wait.await.unwrap().expect("lab stops within 20 s of SIGTERM")
+    }
+}
+
+impl Drop for KeptLab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            fortimisp_e2e::fortimisp_testkit::child::sigterm(&child);
+            if fortimisp_e2e::fortimisp_testkit::child::wait_timeout(&mut child, Duration::from_secs(20)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_report_matches_the_fortigate_and_the_journal() {
     let work = tempfile::tempdir().unwrap();
-    let bin_dir = bin("integration").parent().unwrap().to_path_buf();
-    let mut lab = Command::new(bin("lab"))
-        .args(["--headless", "--json", "--keep-running", "--no-build", "--rate", "100"])
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .arg("--dir")
-        .arg(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(lab.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let stop = |lab: &mut std::process::Child| {
-        fortimisp_e2e::fortimisp_testkit::child::sigterm(lab);
-        lab.wait().unwrap()
-    };
-    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-        stop(&mut lab);
-        panic!("lab printed no JSON report ({e}): {line:?}")
-    });
+    let (lab, report) = KeptLab::start(&[], work.path());
     assert_eq!(report["ok"], true, "lab reported problems: {:#}", report["problems"]);
 
     let fg = &report["fortigate"];
@@ -106,10 +149,7 @@ async fn lab_report_matches_the_fortigate_and_the_journal() {
         blocked.len()
     );
 
-    let status = tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(move || stop(&mut lab)))
-        .await
-        .expect("lab stops within 20 s of SIGTERM")
-        .unwrap();
+    let status = lab.stop().await;
     assert!(status.success(), "lab exit status {status}");
 }
 
@@ -179,4 +219,156 @@ async fn lab_runs_a_production_config_with_its_credentials_replaced() {
             }
         }
     }
+}
+
+/// `lab --backend threat-feed` (pull, the default): its report must agree with the emulated FortiGate's feeds (their
+/// entry-list over its REST API), with the files the daemon serves (fetched over HTTPS with the report's
+/// credentials and CA, as the FortiGate fetches them), with the daemon's metrics and with the journal, while the lab
+/// keeps running. The seeded 120-day-old block is closed in the ledger and gone from both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_threat_feed_report_matches_the_feeds_and_the_journal() {
+    const OLD_BLOCK: &str = "198.51.100.66";
+    let work = tempfile::tempdir().unwrap();
+    let (lab, report) = KeptLab::start(&["--backend", "threat-feed"], work.path());
+    assert_eq!(report["ok"], true, "lab reported problems: {:#}", report["problems"]);
+    assert_eq!(report["backend"], "threat-feed");
+
+    // The FortiGate's side: each feed's entry-list over its REST API.
+    let fg = &report["fortigate"];
+    let (url, token) = (fg["url"].as_str().unwrap(), fg["token"].as_str().unwrap());
+    let ca = std::fs::read(fg["ca_file"].as_str().unwrap()).unwrap();
+    let client =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap()).build().unwrap();
+    let feeds = &report["feeds"];
+    assert_eq!((feeds["update"].as_str(), feeds["contents"].as_str()), (Some("pull"), Some("blocked")));
+    let rows = feeds["feeds"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fortimisp-block", "fortimisp-block6"]);
+    let mut loaded: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for row in rows {
+        let name = row["name"].as_str().unwrap();
+        let response = client
+            .get(format!("{url}/api/v2/monitor/system/external-resource/entry-list"))
+            .query(&[("mkey", name), ("vdom", "root")])
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "entry-list of {name}");
+        let body: Value = response.json().await.unwrap();
+        let status = &body["results"];
+        let entries: BTreeSet<String> = status["entries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("entry-list of {name}: {body}"))
+            .iter()
+            .map(|e| e["entry"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(status["resource_file_status"], "downloaded", "{name}: the FortiGate pulled it: {status}");
+        assert_eq!(row["loaded"].as_u64(), Some(entries.len() as u64), "{name}: loaded");
+        assert_eq!(row["loaded"], status["valid_count"], "{name}");
+        assert_eq!(row["overflow"], status["overflow"], "{name}");
+        assert_eq!(row["last_load"], status["last_content_update_time"], "{name}");
+        assert_eq!(row["method"], "pull");
+        loaded.insert(name.to_string(), entries);
+    }
+
+    // The daemon's side: the served files, with the FortiGate's credentials, and nothing without them.
+    let feed_ca = std::fs::read(feeds["ca_file"].as_str().unwrap()).unwrap();
+    let feed_client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&feed_ca).unwrap())
+        .build()
+        .unwrap();
+    let (base, user, password) =
+        (feeds["url"].as_str().unwrap(), feeds["username"].as_str().unwrap(), feeds["password"].as_str().unwrap());
+    for row in rows {
+        let name = row["name"].as_str().unwrap();
+        let response =
+            feed_client.get(format!("{base}/feeds/{name}.txt")).basic_auth(user, Some(password)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+        let served: BTreeSet<String> = response
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(row["served"].as_u64(), Some(served.len() as u64), "{name}: served");
+        assert_eq!(served, loaded[name], "{name}: the FortiGate holds what is served");
+        let refused = feed_client
+            .get(format!("{base}/feeds/{name}.txt"))
+            .basic_auth(user, Some("not the password"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401, "{name} without the password");
+    }
+
+    // The daemon's metrics say what the report says.
+    let written = std::fs::read_to_string(work.path().join("config.toml")).unwrap();
+    let raw = fortimisp_core::config::RawConfig::parse(&written).unwrap();
+    let metrics: std::net::SocketAddr = raw.metrics.listen.parse().unwrap();
+    for row in rows {
+        let name = row["name"].as_str().unwrap();
+        let gauge = scrape(metrics, &format!("fortimisp_feed_loaded_entries{{feed=\"{name}\"}}")).await;
+        assert_eq!(row["daemon"]["loaded_entries"].as_f64(), Some(gauge), "{name}");
+        assert_eq!(gauge, loaded[name].len() as f64, "{name}: the daemon counted what the FortiGate loaded");
+    }
+    for (event, n) in feeds["events"].as_object().unwrap() {
+        let counted = scrape(metrics, &format!("fortimisp_feed_events_total{{reason=\"{event}\"}}")).await;
+        assert!(counted >= n.as_f64().unwrap(), "{event}: {counted} counted, {n} reported");
+    }
+    assert!(feeds["events"]["loaded"].as_u64().unwrap() >= 2, "each feed was loaded: {}", feeds["events"]);
+
+    // Every reported block is in a feed the FortiGate loaded; nothing else is, and the old block is gone.
+    let blocked = report["blocked"].as_array().unwrap();
+    assert!(blocked.len() >= 5, "the sample blocks IPv4, IPv6, CIDR and destination indicators: {blocked:?}");
+    for b in blocked {
+        let (ip, feed) = (b["ip"].as_str().unwrap(), b["group"].as_str().unwrap());
+        assert_eq!(b["on_fortigate"], true, "{ip}");
+        assert!(loaded[feed].contains(ip), "{ip} reported in {feed}, which holds {:?}", loaded[feed]);
+    }
+    let all: BTreeSet<&String> = loaded.values().flatten().collect();
+    assert_eq!(all.len(), blocked.len(), "the feeds hold the reported blocks and nothing else: {all:?}");
+    for n in report["not_blocked"].as_array().unwrap() {
+        assert!(!all.contains(&n["ip"].as_str().unwrap().to_string()), "{n} is in a feed");
+    }
+    assert!(!all.contains(&OLD_BLOCK.to_string()));
+    let hk = &report["housekeeping"];
+    assert_eq!((hk["exit_code"].as_i64(), hk["old_block_removed"].as_bool()), (Some(0), Some(true)), "{hk}");
+    assert_eq!(hk["foreign_untouched"], Value::Null, "not applicable to feeds: {hk}");
+    let checks = &hk["old_block_checks"];
+    assert_eq!(
+        [&checks["loaded_before"], &checks["ledger_closed"], &checks["served"], &checks["loaded"]],
+        [&Value::Bool(true), &Value::Bool(true), &Value::Bool(false), &Value::Bool(false)],
+        "{checks}"
+    );
+
+    // The journal: the open ledger holds exactly the reported blocks, each a threat-feed entry; the seeded block's
+    // entry is closed by housekeeping.
+    let journal = Journal::open(&work.path().join("state.db")).unwrap();
+    let active = journal.active_blocks().await.unwrap();
+    drop(journal);
+    assert!(active.iter().all(|b| b.backend == "threat-feed" && b.group.is_none()), "{active:?}");
+    let mut ledger: Vec<String> = active.iter().map(|b| b.ip.to_string()).collect();
+    let mut reported: Vec<String> = blocked.iter().map(|b| b["ip"].as_str().unwrap().to_string()).collect();
+    ledger.sort();
+    reported.sort();
+    assert_eq!(ledger, reported);
+    let db =
+        rusqlite::Connection::open_with_flags(work.path().join("state.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let (backend, closed): (String, Option<String>) = db
+        .query_row("SELECT backend, unblocked_at FROM blocks WHERE ip = ?1", [OLD_BLOCK], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(backend, "threat-feed");
+    assert!(closed.is_some(), "housekeeping closed the seeded block's ledger entry");
+    drop(db);
+
+    let status = lab.stop().await;
+    assert!(status.success(), "lab exit status {status}");
 }

@@ -14,8 +14,9 @@
 //! - [`Daemon`]: one daemon as a child process, its stderr in a log file; waited on until ready (failing early,
 //!   with the log, if it exits), stopped with SIGTERM and a bounded wait ([`crate::child`]); killed when dropped,
 //!   so an error or a panic never leaves one behind.
-//! - Every binary runs without the [`CREDENTIAL_ENV`] variables: they win over the config's keys, so an operator's
-//!   real key in the environment would otherwise reach the emulators in place of the key the harness wrote.
+//! - Every binary runs without the [`CREDENTIAL_ENV`] variables: they win over the config's keys (and the threat
+//!   feed's password), so an operator's real secret in the environment would otherwise reach the emulators in place
+//!   of the one the harness wrote.
 //!
 //! Design decision: the daemons are the shipped binaries and the config is the production format, so nothing here
 //! is a second code path. What differs between the users is data (which base document, which overrides), never
@@ -29,17 +30,21 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fortimisp_core::config::{Check, TriggerRule, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY};
+use fortimisp_core::config::{
+    Backend, Check, TriggerRule, UpdateMethod, ENV_FEED_PASSWORD, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY,
+};
+use ipnet::IpNet;
 use toml_edit::{value, DocumentMut, Item, Table};
 
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator};
 use crate::misp::{MispEmulator, Seed};
 use crate::tls::{server_config, TestCa};
 
-/// The environment variables that override the config's API keys. The harness removes them from every binary it
-/// starts ([`Binaries::command`], [`Daemon::spawn`]) and reads configs without them ([`env_without_credentials`]):
-/// the keys are the ones [`ConfigDoc::endpoints`] wrote.
-pub const CREDENTIAL_ENV: [&str; 2] = [ENV_MISP_API_KEY, ENV_FORTIGATE_API_KEY];
+/// The environment variables that override the config's API keys and the threat feed's password. The harness
+/// removes them from every binary it starts ([`Binaries::command`], [`Daemon::spawn`]) and reads configs without
+/// them ([`env_without_credentials`]): the secrets are the ones [`ConfigDoc::endpoints`] and
+/// [`ConfigDoc::feed_password`] wrote.
+pub const CREDENTIAL_ENV: [&str; 3] = [ENV_MISP_API_KEY, ENV_FORTIGATE_API_KEY, ENV_FEED_PASSWORD];
 
 /// The process environment as the harness's binaries see it: without [`CREDENTIAL_ENV`]. For
 /// `Config::load_with_env`.
@@ -307,6 +312,64 @@ impl ConfigDoc {
     /// `log.level`.
     pub fn log_level(&mut self, level: &str) -> &mut Self {
         self.section("log")["level"] = value(level);
+        self
+    }
+
+    /// `fortigate.backend`.
+    pub fn backend(&mut self, backend: Backend) -> &mut Self {
+        self.section("fortigate")["backend"] = value(backend.to_string());
+        self
+    }
+
+    /// `feed.update`.
+    pub fn feed_update(&mut self, methods: &[UpdateMethod]) -> &mut Self {
+        let names = methods.iter().map(|m| match m {
+            UpdateMethod::Pull => "pull",
+            UpdateMethod::Push => "push",
+        });
+        self.section("feed")["update"] = value(names.collect::<toml_edit::Array>());
+        self
+    }
+
+    /// The threat-feed listener: `feed.listen`, `feed.tls_cert`, `feed.tls_key` and `feed.url`
+    /// (`https://<listen>`). `None`: no listener (`listen = ""`, push only; the other three keys removed).
+    pub fn feed_listener(&mut self, listener: Option<(SocketAddr, &Path, &Path)>) -> &mut Self {
+        let feed = self.section("feed");
+        match listener {
+            Some((listen, cert, key)) => {
+                feed["listen"] = value(listen.to_string());
+                feed["tls_cert"] = value(cert.to_string_lossy().into_owned());
+                feed["tls_key"] = value(key.to_string_lossy().into_owned());
+                feed["url"] = value(format!("https://{listen}"));
+            }
+            None => {
+                feed["listen"] = value("");
+                for key in ["tls_cert", "tls_key", "url"] {
+                    feed.remove(key);
+                }
+            }
+        }
+        self
+    }
+
+    /// `feed.password`, with `feed.password_file` removed (so a production config's file is never read).
+    pub fn feed_password(&mut self, password: &str) -> &mut Self {
+        let feed = self.section("feed");
+        feed.remove("password_file");
+        feed["password"] = value(password);
+        self
+    }
+
+    /// `feed.allowed_clients`.
+    pub fn feed_allowed_clients(&mut self, clients: &[IpNet]) -> &mut Self {
+        let clients = clients.iter().map(|c| c.to_string());
+        self.section("feed")["allowed_clients"] = value(clients.collect::<toml_edit::Array>());
+        self
+    }
+
+    /// `feed.status_interval`.
+    pub fn feed_status_interval(&mut self, interval: Duration) -> &mut Self {
+        self.section("feed")["status_interval"] = value(duration(interval));
         self
     }
 
@@ -634,6 +697,53 @@ mod tests {
             assert_eq!(env_without_credentials(name), None);
         }
         assert_eq!(env_without_credentials("PATH"), std::env::var("PATH").ok(), "other variables are read");
+    }
+
+    /// The threat-feed setters turn a production `[feed]` (a password file that does not exist, a listener on
+    /// every interface with the production certificate) into the lab's, for pull and push alike.
+    #[tokio::test]
+    async fn the_feed_setters_write_a_valid_feed_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let servers = Servers::start(ServerOptions::default(), dir.path()).await.unwrap();
+        let production = format!(
+            "{TEMPLATE}\n[feed]\nlisten = \"0.0.0.0:8514\"\ntls_cert = \"/etc/fortimisp/feed.crt\"\n\
+             tls_key = \"/etc/fortimisp/feed.key\"\npassword_file = \"/nonexistent/feed_password\"\n\
+             allowed_clients = [\"10.0.0.1/32\"]\n"
+        );
+        let (cert, key) = (dir.path().join("feed.crt"), dir.path().join("feed.key"));
+        let listen: SocketAddr = "127.0.0.1:18514".parse().unwrap();
+        let loopback: IpNet = "127.0.0.0/8".parse().unwrap();
+        for (methods, listener) in [
+            (&[UpdateMethod::Pull, UpdateMethod::Push][..], Some((listen, cert.as_path(), key.as_path()))),
+            (&[UpdateMethod::Push][..], None),
+        ] {
+            let mut doc = ConfigDoc::parse(&production).unwrap();
+            doc.endpoints(&servers.endpoints(), &Listen::free(), &dir.path().join("state.db"))
+                .backend(Backend::ThreatFeed)
+                .feed_update(methods)
+                .feed_listener(listener)
+                .feed_password("correct horse battery staple")
+                .feed_allowed_clients(&[loopback])
+                .feed_status_interval(Duration::from_secs(2));
+            let text = doc.render();
+            assert!(!text.contains("/nonexistent/") && !text.contains("/etc/fortimisp/"), "{text}");
+            let config = RawConfig::parse(&text).unwrap().validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(config.fortigate.backend, Backend::ThreatFeed);
+            let feed = config.feed.expect("[feed]");
+            assert_eq!(feed.push, methods.contains(&UpdateMethod::Push));
+            assert_eq!(feed.status_interval, Duration::from_secs(2));
+            match (feed.serve, listener) {
+                (Some(serve), Some(_)) => {
+                    assert_eq!(serve.listen, listen);
+                    assert_eq!((serve.tls_cert, serve.tls_key), (cert.clone(), key.clone()));
+                    assert_eq!(serve.password.expose(), "correct horse battery staple");
+                    assert_eq!(serve.allowed_clients, [loopback]);
+                    assert_eq!(feed.url.map(|u| u.to_string()), Some("https://127.0.0.1:18514/".to_string()));
+                }
+                (None, None) => assert!(text.contains("listen = \"\"") && !text.contains("tls_cert"), "{text}"),
+                (serve, _) => panic!("listener {serve:?} for {methods:?}\n{text}"),
+            }
+        }
     }
 
     #[test]

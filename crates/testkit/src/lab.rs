@@ -20,6 +20,12 @@
 //!
 //! The lab data is compiled in (`config/lab.toml`, `lab/seed.json`, `lab/sample.log`), so the binary runs from
 //! any directory and in a container; `--config`, `--seed` and `--sample` replace them.
+//!
+//! Backends: the config's (`address-group` for `lab.toml`), or `--backend`. With `threat-feed` (`lab/feeds.rs`) the
+//! blocks are entries of the emulated FortiGate's external threat feeds: the lab sets up the daemon's feed listener
+//! and the feed objects, the 120-day-old block is seeded in the journal's ledger instead of as an address object,
+//! "on the FortiGate" means in a feed the FortiGate loaded, the foreign-object check does not apply (reported as
+//! such), and the report gains a "FortiGate feeds" part.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -31,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use fortimisp_core::config::{Check, Config, RawConfig, TriggerRule};
+use fortimisp_core::config::{Backend, Check, Config, Contents, RawConfig, TriggerRule};
 use fortimisp_core::fortigate::Comment;
 use fortimisp_core::indicators::IndicatorSet;
 use fortimisp_core::journal::{BlockRecord, Journal};
@@ -42,6 +48,11 @@ use fortimisp_core::{clients, syslog, view};
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
 use crate::harness::{self, Binaries, ConfigDoc, Daemon, Listen, ServerOptions, Servers};
 use crate::misp::Seed;
+
+mod feeds;
+
+use feeds::Feeds;
+pub use feeds::{DaemonView, FeedRow, FeedUpdate, FeedsReport, OldBlock, FEED_PASSWORD};
 
 /// `config/lab.toml`, compiled in.
 pub const LAB_TOML: &str = include_str!("../../../config/lab.toml");
@@ -79,6 +90,10 @@ pub struct Options {
     pub rate: f64,
     /// No live progress.
     pub headless: bool,
+    /// `fortigate.backend` to run (`address-group` or `threat-feed`); `None`: the config's.
+    pub backend: Option<Backend>,
+    /// With `threat-feed`: how the FortiGate gets the feeds; `None`: the config's `[feed] update`, else pull.
+    pub update: Option<FeedUpdate>,
 }
 
 /// Everything the lab found, printed as a table or JSON.
@@ -88,6 +103,8 @@ pub struct Report {
     /// Where the daemons that ran are.
     pub bin_dir: PathBuf,
     pub config_path: PathBuf,
+    /// The backend that ran.
+    pub backend: Backend,
     pub fortigate_url: String,
     pub fortigate_token: String,
     pub fortigate_ca: PathBuf,
@@ -95,6 +112,8 @@ pub struct Report {
     pub blocked: Vec<Blocked>,
     pub not_blocked: Vec<NotBlocked>,
     pub housekeeping: Housekeeping,
+    /// The "FortiGate feeds" part (threat-feed only).
+    pub feeds: Option<FeedsReport>,
     /// Expected blocks that did not land, and blocks nobody expected: empty when the loop worked.
     pub problems: Vec<String>,
 }
@@ -109,7 +128,9 @@ impl Report {
 #[derive(Debug, Clone)]
 pub struct Blocked {
     pub ip: IpAddr,
+    /// The address object (threat-feed: the feed the journal names).
     pub object: String,
+    /// Its block group (threat-feed: the feed the FortiGate loaded it in, else the journal's).
     pub group: String,
     pub event_id: Option<u64>,
     pub event_info: String,
@@ -119,7 +140,8 @@ pub struct Blocked {
     pub rule_text: String,
     /// Line numbers of the sample that named this address.
     pub lines: Vec<usize>,
-    /// The object exists on the FortiGate and is a member of `group`.
+    /// The object exists on the FortiGate and is a member of `group` (threat-feed: a feed the FortiGate loaded
+    /// holds the address).
     pub on_fortigate: bool,
 }
 
@@ -138,7 +160,34 @@ pub struct NotBlocked {
 pub struct Housekeeping {
     pub exit_code: Option<i32>,
     pub old_block_removed: bool,
-    pub foreign_untouched: bool,
+    /// `None`: not applicable (threat feeds hold only fortimisp's entries: there is no foreign object to seed).
+    pub foreign_untouched: Option<bool>,
+    /// Threat-feed: how the old block's removal was checked (ledger, served feeds, the FortiGate's loaded lists).
+    pub old_block: Option<OldBlock>,
+}
+
+/// Where a block lands on the FortiGate, for the backend that runs.
+enum Target<'a> {
+    /// An address object that is a member of its block group.
+    Groups { fortigate: &'a FortiGateEmulator, config: &'a Config },
+    /// An entry of a feed the FortiGate loaded.
+    Feeds { fortigate: &'a FortiGateEmulator, feeds: &'a Feeds },
+}
+
+impl Target<'_> {
+    /// Where `ip` is blocked on the FortiGate, if it is: its group, or the feed that holds it. `record`: what the
+    /// journal says (object and group names), when it has the block.
+    fn holding(&self, ip: IpAddr, record: Option<&BlockRecord>) -> Option<String> {
+        match self {
+            Target::Groups { fortigate, config } => {
+                let object = record.map_or_else(|| object_name(config, ip), |b| b.object.clone());
+                let group = record.and_then(|b| b.group.clone()).unwrap_or_else(|| group_of(config, ip).to_string());
+                let member = fortigate.members(&group).unwrap_or_default().contains(&object);
+                (fortigate.object(&object).is_some() && member).then_some(group)
+            }
+            Target::Feeds { fortigate, feeds } => feeds.holding(fortigate, ip),
+        }
+    }
 }
 
 /// The daemon's counters, scraped from its `/metrics`.
@@ -233,7 +282,12 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     };
     let lab_toml = read_or(&opts.config, LAB_TOML)?;
     // The file must be a valid config on its own (same parser as the daemons), not a template.
-    RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
+    let raw = RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
+    let backend = opts.backend.unwrap_or(raw.fortigate.backend);
+    let base_update = raw.feed.as_ref().and_then(|f| FeedUpdate::of(&f.update));
+    if opts.update.is_some() && backend != Backend::ThreatFeed {
+        bail!("--update applies to the threat-feed backend only (--backend threat-feed)");
+    }
     let seed: Seed = serde_json::from_str(&read_or(&opts.seed, SEED_JSON)?).context("the MISP seed")?;
     let sample = read_or(&opts.sample, SAMPLE_LOG)?;
     let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -259,23 +313,65 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     let (fortigate, misp) = (&servers.fortigate, &servers.misp);
     say(&format!("FortiGate emulator {}  MISP emulator {} ({} events)", fortigate.url(), misp.url(), events.len()));
 
-    // The config: lab.toml with the emulators' addresses and free loopback ports filled in.
+    // The config: lab.toml with the emulators' addresses and free loopback ports filled in; for threat feeds (or a
+    // config that has a [feed] table, which is checked whatever the backend) the lab's listener and password.
     let listen = Listen { tcp: None, ..Listen::free() };
     let (udp, metrics_addr) = (listen.udp, listen.metrics);
     let config_path = dir.join("config.toml");
     let mut doc = ConfigDoc::parse(&lab_toml).with_context(|| config_name(opts))?;
     doc.endpoints(&servers.endpoints(), &listen, &dir.join("state.db"));
+    if opts.backend.is_some() {
+        doc.backend(backend);
+    }
+    let update = opts.update.or(base_update).unwrap_or(FeedUpdate::Pull);
+    let listener = if backend == Backend::ThreatFeed || raw.feed.is_some() {
+        let listener = feeds::Listener::create(&dir)?;
+        feeds::configure(&mut doc, &listener, update);
+        Some(listener)
+    } else {
+        None
+    };
     let text = format!(
         "# Written by `lab` from {}: misp/fortigate url, api_key (the lab's; api_key_file removed) and ca_file, \
-         syslog, metrics and state.path replaced.\n{}",
+         syslog, metrics and state.path replaced{}.\n{}",
         config_name(opts),
+        match (opts.backend, &listener) {
+            (Some(_), Some(_)) => "; fortigate.backend and [feed] (update, listener, password) set",
+            (Some(_), None) => "; fortigate.backend set",
+            (None, Some(_)) => "; [feed] update, listener, password, allowed_clients and status_interval replaced",
+            (None, None) => "",
+        },
         doc.render()
     );
     harness::write_private(&config_path, &text)?;
     let config = Config::load_with_env(&config_path, &harness::env_without_credentials)
         .map_err(|e| anyhow::anyhow!("derived config: {e}"))?;
     say(&format!("config {}", config_path.display()));
-    seed_fortigate(fortigate, &config);
+    let old_block: IpAddr = OLD_BLOCK.parse().expect("invariant: OLD_BLOCK is an address");
+    let feeds = match (config.fortigate.backend, &listener) {
+        (Backend::ThreatFeed, Some(listener)) => {
+            let feeds = Feeds::new(&config, listener, update)?;
+            let fortigate_ca = servers.fortigate_ca.as_deref().context("the FortiGate emulator serves HTTPS")?;
+            feeds.set_up(fortigate, fortigate_ca, &config.fortigate.vdom, udp).await?;
+            let age = chrono::Duration::days(OLD_BLOCK_AGE_DAYS);
+            feeds::seed_old_block(&config, old_block, age, &format!("indicator={OLD_BLOCK}/32 seeded by the lab"))
+                .await?;
+            say(&format!(
+                "threat feeds {} ({update}{})",
+                feeds.names.join(", "),
+                feeds.url.as_ref().map_or(String::new(), |u| format!(", served at {u}/feeds/<name>.txt"))
+            ));
+            Some(feeds)
+        }
+        _ => {
+            seed_fortigate(fortigate, &config);
+            None
+        }
+    };
+    let target = match &feeds {
+        Some(feeds) => Target::Feeds { fortigate, feeds },
+        None => Target::Groups { fortigate, config: &config },
+    };
 
     // What fortimisp-core says should happen to each address of the sample.
     let plan = Plan::build(&config, &lines, &events).await?;
@@ -293,23 +389,55 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
             })
             .await?;
     }
+    if let Some(feeds) = &feeds {
+        feeds.start_polling(fortigate);
+    }
     say(&format!(
         "integration running (pid {}), syslog udp {udp}, metrics http://{metrics_addr}/metrics",
         daemon.pid()
     ));
 
     // Replay, with live progress.
-    let progress = replay(opts, &lines, udp, metrics_addr, fortigate, &config, &plan, &mut daemon).await?;
+    let progress = replay(opts, &lines, udp, metrics_addr, &target, &plan, &mut daemon).await?;
 
     // One housekeeping pass: ages out the 120-day-old block, leaves everything else alone.
+    let indicators = feeds.as_ref().is_some_and(|f| f.contents == Contents::Indicators);
+    let old_loaded_before = feeds.as_ref().filter(|_| !indicators).map(|f| f.holding(fortigate, old_block).is_some());
     let hk = tokio::task::block_in_place(|| run_once(&bins, &config_path, &dir))?;
-    let housekeeping = Housekeeping {
-        exit_code: hk.code(),
-        old_block_removed: fortigate.object(&object_name(&config, OLD_BLOCK.parse()?)).is_none(),
-        foreign_untouched: fortigate.object(FOREIGN_OBJECT).is_some()
-            && fortigate.members(&config.fortigate.block_group).unwrap_or_default().iter().any(|m| m == FOREIGN_OBJECT),
-    };
     say(&format!("housekeeping --once exited {}", hk.code().map_or("by signal".into(), |c| c.to_string())));
+    let (housekeeping, feeds_report) = match &feeds {
+        None => {
+            let housekeeping = Housekeeping {
+                exit_code: hk.code(),
+                old_block_removed: fortigate.object(&object_name(&config, old_block)).is_none(),
+                foreign_untouched: Some(
+                    fortigate.object(FOREIGN_OBJECT).is_some()
+                        && fortigate
+                            .members(&config.fortigate.block_group)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|m| m == FOREIGN_OBJECT),
+                ),
+                old_block: None,
+            };
+            (housekeeping, None)
+        }
+        Some(feeds) => {
+            // Read while the daemon runs: what it serves and what its metrics say go with it.
+            let ledger_closed = !feeds::ledger_open(&config.state.path, old_block).await?;
+            let served = feeds.wait_unserved(old_block, ledger_closed).await;
+            let report = feeds.report(fortigate, metrics_addr).await;
+            let loaded = (!indicators).then(|| report.loaded_anywhere(old_block));
+            let old = OldBlock { loaded_before: old_loaded_before, ledger_closed, served, loaded };
+            let housekeeping = Housekeeping {
+                exit_code: hk.code(),
+                old_block_removed: old.removed(),
+                foreign_untouched: None,
+                old_block: Some(old),
+            };
+            (housekeeping, Some(report))
+        }
+    };
 
     let mut problems = Vec::new();
     let daemon = if keep_running {
@@ -324,23 +452,32 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     };
 
     let journal = Journal::open(&config.state.path).context("the journal")?;
-    let ledger = journal.active_blocks().await.context("the journal")?;
-    let blocked = plan.blocked(&config, &ledger, fortigate, &events);
+    let mut ledger = journal.active_blocks().await.context("the journal")?;
+    if feeds.is_some() {
+        // The seeded block is housekeeping's case (reported there), not one of the sample's.
+        ledger.retain(|b| b.ip != old_block);
+    }
+    let blocked = plan.blocked(&config, &ledger, &target, &events);
     let not_blocked = plan.not_blocked(&ledger);
     problems.extend(plan.problems(&blocked));
     if housekeeping.exit_code != Some(0) {
         problems.push(format!("housekeeping --once exited with {:?}", housekeeping.exit_code));
     }
     if !housekeeping.old_block_removed {
-        problems.push(format!("the {OLD_BLOCK_AGE_DAYS}-day-old block of {OLD_BLOCK} was not aged out"));
+        let how = housekeeping.old_block.map(|o| format!(" ({})", o.describe())).unwrap_or_default();
+        problems.push(format!("the {OLD_BLOCK_AGE_DAYS}-day-old block of {OLD_BLOCK} was not aged out{how}"));
     }
-    if !housekeeping.foreign_untouched {
+    if housekeeping.foreign_untouched == Some(false) {
         problems.push(format!("the foreign object {FOREIGN_OBJECT} was modified or removed"));
+    }
+    if let Some(report) = &feeds_report {
+        problems.extend(report.problems.iter().cloned());
     }
     let report = Report {
         dir,
         bin_dir: bins.dir.clone(),
         config_path,
+        backend: config.fortigate.backend,
         fortigate_url: fortigate.url().to_string(),
         fortigate_token: fortigate.token(),
         fortigate_ca: servers.fortigate_ca.clone().unwrap_or_default(),
@@ -348,6 +485,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         blocked,
         not_blocked,
         housekeeping,
+        feeds: feeds_report,
         problems,
     };
     Ok(Running { report, servers, daemon })
@@ -444,14 +582,12 @@ fn run_once(bins: &Binaries, config: &Path, dir: &Path) -> Result<ExitStatus> {
 
 /// Sends the lines over UDP at `opts.rate`, drawing progress; returns once the daemon has settled: every line
 /// received, every expected block on the FortiGate, nothing pending, and the counters still for a moment.
-#[allow(clippy::too_many_arguments)]
 async fn replay(
     opts: &Options,
     lines: &[&str],
     udp: SocketAddr,
     metrics: SocketAddr,
-    fortigate: &FortiGateEmulator,
-    config: &Config,
+    target: &Target<'_>,
     plan: &Plan,
     daemon: &mut Daemon,
 ) -> Result<Progress> {
@@ -486,16 +622,13 @@ async fn replay(
         }
         tokio::time::sleep(interval).await;
     }
-    let expected: Vec<(String, String)> =
-        plan.expected.iter().map(|ip| (object_name(config, *ip), group_of(config, *ip).to_string())).collect();
     let deadline = Instant::now() + WAIT;
     let mut last = Progress::default();
     let mut still = 0;
     loop {
         let p = Progress::from_metrics(&harness::metrics_text(metrics).await, total, total);
         show(&p, &mut shown, false);
-        let landed =
-            expected.iter().all(|(name, group)| fortigate.members(group).unwrap_or_default().iter().any(|m| m == name));
+        let landed = plan.expected.iter().all(|ip| target.holding(*ip, None).is_some());
         still = if p == last { still + 1 } else { 0 };
         if p.received + p.dropped >= total && landed && p.pending == 0 && still >= 3 {
             show(&p, &mut shown, true);
@@ -627,19 +760,16 @@ impl Plan {
         Ok(Plan { looked_up, untriggered, expected, reasons, view, rules: config.trigger.clone() })
     }
 
-    fn blocked(
-        &self,
-        config: &Config,
-        ledger: &[BlockRecord],
-        fortigate: &FortiGateEmulator,
-        events: &[String],
-    ) -> Vec<Blocked> {
+    fn blocked(&self, config: &Config, ledger: &[BlockRecord], target: &Target<'_>, events: &[String]) -> Vec<Blocked> {
         ledger
             .iter()
             .map(|b| {
-                let group = b.group.clone().unwrap_or_else(|| group_of(config, b.ip).to_string());
-                let on_fortigate = fortigate.object(&b.object).is_some()
-                    && fortigate.members(&group).unwrap_or_default().contains(&b.object);
+                let holding = target.holding(b.ip, Some(b));
+                let on_fortigate = holding.is_some();
+                let group = match target {
+                    Target::Groups { .. } => b.group.clone().unwrap_or_else(|| group_of(config, b.ip).to_string()),
+                    Target::Feeds { .. } => holding.unwrap_or_else(|| b.object.clone()),
+                };
                 Blocked {
                     ip: b.ip,
                     object: b.object.clone(),
@@ -707,24 +837,20 @@ pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
     let p = &report.progress;
     out.push_str(&format!(
-        "\nReplayed {} lines: {} received, {} triggered, {} never-block, {} lookups, {} blocked, {} dropped.\n",
-        p.total, p.received, p.triggered, p.never_block, p.lookups, p.blocks, p.dropped
+        "\nReplayed {} lines: {} received{}, {} triggered, {} never-block, {} lookups, {} blocked, {} dropped.\n",
+        p.total,
+        p.received,
+        if report.feeds.is_some() { " (with the FortiGate's feed events)" } else { "" },
+        p.triggered,
+        p.never_block,
+        p.lookups,
+        p.blocks,
+        p.dropped
     ));
     out.push_str(&format!("\nBLOCKED ({})\n", report.blocked.len()));
-    let mut rows = vec![[
-        "IP".to_string(),
-        "OBJECT".into(),
-        "GROUP".into(),
-        "MISP EVENT".into(),
-        "INDICATOR".into(),
-        "TRIGGER".into(),
-        "LINES".into(),
-    ]];
-    for b in &report.blocked {
-        rows.push([
-            b.ip.to_string(),
-            format!("{}{}", b.object, if b.on_fortigate { "" } else { " (MISSING on FortiGate)" }),
-            b.group.clone(),
+    // What every backend shows: MISP event, indicator, trigger, lines.
+    let why = |b: &Blocked| {
+        [
             match b.event_id {
                 Some(id) => format!("#{id} {}", b.event_info),
                 None => "manual".into(),
@@ -735,22 +861,63 @@ pub fn render_table(report: &Report) -> String {
                 None => "-".into(),
             },
             join_lines(&b.lines),
-        ]);
+        ]
+    };
+    let why_header = ["MISP EVENT".to_string(), "INDICATOR".into(), "TRIGGER".into(), "LINES".into()];
+    if report.feeds.is_some() {
+        let mut rows = vec![["IP".to_string(), "FEED".into()]];
+        rows.extend(report.blocked.iter().map(|b| {
+            [
+                b.ip.to_string(),
+                format!("{}{}", b.group, if b.on_fortigate { "" } else { " (NOT LOADED by the FortiGate)" }),
+            ]
+        }));
+        let rows: Vec<[String; 6]> = rows
+            .into_iter()
+            .zip(std::iter::once(why_header).chain(report.blocked.iter().map(why)))
+            .map(|([a, b], [c, d, e, f])| [a, b, c, d, e, f])
+            .collect();
+        out.push_str(&columns(&rows));
+    } else {
+        let mut rows = vec![["IP".to_string(), "OBJECT".into(), "GROUP".into()]];
+        rows.extend(report.blocked.iter().map(|b| {
+            [
+                b.ip.to_string(),
+                format!("{}{}", b.object, if b.on_fortigate { "" } else { " (MISSING on FortiGate)" }),
+                b.group.clone(),
+            ]
+        }));
+        let rows: Vec<[String; 7]> = rows
+            .into_iter()
+            .zip(std::iter::once(why_header).chain(report.blocked.iter().map(why)))
+            .map(|([a, b, c], [d, e, f, g])| [a, b, c, d, e, f, g])
+            .collect();
+        out.push_str(&columns(&rows));
     }
-    out.push_str(&columns(&rows));
     out.push_str(&format!("\nNOT BLOCKED ({})\n", report.not_blocked.len()));
     let mut rows = vec![["IP".to_string(), "WHY".into(), "DETAIL".into(), "LINES".into()]];
     for n in &report.not_blocked {
         rows.push([n.ip.to_string(), n.kind.to_string(), n.why.clone(), join_lines(&n.lines)]);
     }
     out.push_str(&columns(&rows));
+    if let Some(feeds) = &report.feeds {
+        out.push_str(&render_feeds(feeds));
+    }
     let hk = &report.housekeeping;
+    let removed = if hk.old_block_removed { "removed" } else { "STILL THERE" };
+    let old = match &hk.old_block {
+        Some(how) => format!("{removed} ({})", how.describe()),
+        None => removed.to_string(),
+    };
+    let foreign = match hk.foreign_untouched {
+        Some(true) => format!("{FOREIGN_OBJECT} (in the block group, not fortimisp's): untouched"),
+        Some(false) => format!("{FOREIGN_OBJECT} (in the block group, not fortimisp's): MODIFIED"),
+        None => "foreign objects: not applicable (a threat feed holds only fortimisp's entries)".to_string(),
+    };
     out.push_str(&format!(
-        "\nHOUSEKEEPING (--once, exit {})\n  {OLD_BLOCK} (blocked {OLD_BLOCK_AGE_DAYS} days ago, older than max_age): {}\n  \
-         {FOREIGN_OBJECT} (in the block group, not fortimisp's): {}\n",
+        "\nHOUSEKEEPING (--once, exit {})\n  {OLD_BLOCK} (blocked {OLD_BLOCK_AGE_DAYS} days ago, older than max_age): \
+         {old}\n  {foreign}\n",
         hk.exit_code.map_or("-".into(), |c| c.to_string()),
-        if hk.old_block_removed { "removed" } else { "STILL THERE" },
-        if hk.foreign_untouched { "untouched" } else { "MODIFIED" },
     ));
     if report.ok() {
         out.push_str("\nOK: every expected block landed, nothing else was blocked.\n");
@@ -765,6 +932,52 @@ pub fn render_table(report: &Report) -> String {
         report.dir.display()
     ));
     out
+}
+
+/// The "FortiGate feeds" part of the table.
+fn render_feeds(feeds: &FeedsReport) -> String {
+    let served_at = match &feeds.url {
+        Some(url) => format!("; served at {url}/feeds/<name>.txt"),
+        None => "; nothing served (push only)".into(),
+    };
+    let mut out = format!("\nFORTIGATE FEEDS (update {}, contents {}{served_at})\n", feeds.update, feeds.contents);
+    let mut rows = vec![[
+        "FEED".to_string(),
+        "METHOD".into(),
+        "SERVED".into(),
+        "LOADED".into(),
+        "LAST LOAD".into(),
+        "OVERFLOW".into(),
+        "DAEMON: LOADED".into(),
+        "DAEMON: LAST LOAD".into(),
+    ]];
+    for f in &feeds.feeds {
+        rows.push([
+            f.name.clone(),
+            f.method.to_string(),
+            f.served.as_ref().map_or_else(|| "-".into(), |s| s.len().to_string()),
+            f.loaded.len().to_string(),
+            unix_time(f.last_load),
+            if f.overflow { format!("YES ({} dropped)", f.dropped) } else { "no".into() },
+            f.daemon.loaded.to_string(),
+            unix_time(i64::try_from(f.daemon.last_loaded).unwrap_or(0)),
+        ]);
+    }
+    out.push_str(&columns(&rows));
+    let events: Vec<String> = feeds.events.iter().map(|(event, n)| format!("{event} {n}")).collect();
+    out.push_str(&format!(
+        "  Feed events the daemon received (fortimisp_feed_events_total): {}\n",
+        if events.is_empty() { "none".to_string() } else { events.join(", ") }
+    ));
+    out
+}
+
+/// Unix seconds as RFC 3339 (UTC); `-` for 0 (never).
+fn unix_time(secs: i64) -> String {
+    match chrono::DateTime::from_timestamp(secs, 0) {
+        Some(t) if secs > 0 => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        _ => "-".into(),
+    }
 }
 
 fn join_lines(lines: &[usize]) -> String {
@@ -802,6 +1015,7 @@ pub fn render_json(report: &Report) -> serde_json::Value {
         "problems": report.problems,
         "dir": report.dir,
         "config": report.config_path,
+        "backend": report.backend.to_string(),
         "fortigate": {"url": report.fortigate_url, "token": report.fortigate_token, "ca_file": report.fortigate_ca},
         "progress": {"lines": p.total, "received": p.received, "triggered": p.triggered, "never_block": p.never_block,
                      "lookups": p.lookups, "blocks": p.blocks, "dropped": p.dropped},
@@ -813,11 +1027,47 @@ pub fn render_json(report: &Report) -> serde_json::Value {
         "not_blocked": report.not_blocked.iter().map(|n| json!({
             "ip": n.ip.to_string(), "why": n.kind, "detail": n.why, "lines": n.lines,
         })).collect::<Vec<_>>(),
-        "housekeeping": {
-            "exit_code": report.housekeeping.exit_code,
-            "old_block_removed": report.housekeeping.old_block_removed,
-            "foreign_untouched": report.housekeeping.foreign_untouched,
-        },
+        "housekeeping": housekeeping_json(&report.housekeeping),
+        "feeds": report.feeds.as_ref().map(feeds_json),
+    })
+}
+
+fn housekeeping_json(hk: &Housekeeping) -> serde_json::Value {
+    use serde_json::json;
+    let mut out = json!({
+        "exit_code": hk.exit_code,
+        "old_block": OLD_BLOCK,
+        "old_block_removed": hk.old_block_removed,
+        "foreign_untouched": hk.foreign_untouched,
+    });
+    if hk.foreign_untouched.is_none() {
+        out["foreign_check"] = "not applicable: a threat feed holds only fortimisp's entries".into();
+    }
+    if let Some(old) = &hk.old_block {
+        out["old_block_checks"] = json!({
+            "loaded_before": old.loaded_before, "ledger_closed": old.ledger_closed, "served": old.served,
+            "loaded": old.loaded,
+        });
+    }
+    out
+}
+
+fn feeds_json(feeds: &FeedsReport) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "update": feeds.update.to_string(),
+        "contents": feeds.contents.to_string(),
+        "url": feeds.url,
+        "username": feeds.username,
+        "password": feeds.password,
+        "ca_file": feeds.ca_file,
+        "events": feeds.events,
+        "feeds": feeds.feeds.iter().map(|f| json!({
+            "name": f.name, "method": f.method, "served": f.served.as_ref().map(Vec::len), "loaded": f.loaded.len(),
+            "last_load": f.last_load, "overflow": f.overflow, "dropped": f.dropped,
+            "daemon": {"entries": f.daemon.entries, "loaded_entries": f.daemon.loaded,
+                       "last_loaded": f.daemon.last_loaded, "overflow": f.daemon.overflow},
+        })).collect::<Vec<_>>(),
     })
 }
 

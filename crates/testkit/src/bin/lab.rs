@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run -p fortimisp-testkit --bin lab                 # the README's first command
 //! lab [--config config/lab.toml] [--seed lab/seed.json] [--sample lab/sample.log] [--rate 10]
+//!     [--backend address-group|threat-feed] [--update pull|push|both]
 //!     [--headless] [--json] [--keep-running] [--bin-dir DIR] [--no-build] [--dir DIR]
 //! ```
 //! Exits 0 when every expected block landed and nothing else was blocked, 1 otherwise. This file parses the
@@ -13,7 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use fortimisp_testkit::lab::{self, Options};
+use fortimisp_core::config::Backend;
+use fortimisp_testkit::lab::{self, FeedUpdate, Options};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +34,15 @@ struct Args {
     /// FortiGate log lines replayed over UDP [default: lab/sample.log, compiled in].
     #[arg(long, value_name = "FILE")]
     sample: Option<PathBuf>,
+    /// The backend the daemons run: address-group or threat-feed [default: the config's; lab.toml's is
+    /// address-group]. threat-feed: the blocks are entries of the emulated FortiGate's external threat feeds.
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
+    backend: Option<Backend>,
+    /// With the threat-feed backend, how the FortiGate gets the feeds: pull (it fetches them from the daemon over
+    /// HTTPS), push (the daemon pushes them) or both (pushed, and served too) [default: the config's feed.update,
+    /// else pull].
+    #[arg(long, value_name = "METHOD")]
+    update: Option<FeedUpdate>,
     /// Lines per second.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
@@ -56,6 +67,15 @@ struct Args {
     dir: Option<PathBuf>,
 }
 
+/// `--backend`: the backends the lab knows how to check.
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    match s {
+        "address-group" => Ok(Backend::AddressGroup),
+        "threat-feed" => Ok(Backend::ThreatFeed),
+        other => Err(format!("`{other}`: expected address-group or threat-feed")),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let opts = Options {
@@ -67,6 +87,8 @@ fn main() -> ExitCode {
         dir: args.dir,
         rate: args.rate,
         headless: args.headless,
+        backend: args.backend,
+        update: args.update,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -103,6 +125,9 @@ fn main() -> ExitCode {
             let bins = report.bin_dir.display();
             eprintln!("[lab] still running; try, in another terminal:");
             eprintln!("[lab]   {bins}/integration --config {config} list");
+            if report.feeds.is_some() {
+                eprintln!("[lab]   {bins}/integration --config {config} list --feeds");
+            }
             eprintln!("[lab]   {bins}/integration --config {config} lookup 192.0.2.53");
             eprintln!("[lab]   {bins}/integration --config {config} block 203.0.113.7");
             eprintln!("[lab]   {bins}/housekeeping --config {config} --once --dry-run");
