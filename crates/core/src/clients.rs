@@ -21,6 +21,7 @@ pub fn fortigate_timed(cfg: &config::FortiGate, metrics: &Metrics) -> Result<for
 
 fn fortigate_options(cfg: &config::FortiGate) -> fortigate::ClientOptions {
     let mut opts = fortigate::ClientOptions::new(cfg.url.as_str().trim_end_matches('/'), cfg.api_key.clone());
+    opts.fallback_urls = cfg.urls.iter().map(|u| u.as_str().trim_end_matches('/').to_string()).collect();
     opts.vdom = cfg.vdom.clone();
     opts.ca_file = cfg.ca_file.clone();
     opts.verify_tls = cfg.verify_tls;

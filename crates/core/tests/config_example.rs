@@ -55,6 +55,7 @@ const CONTRACT: &[(&str, &[&str])] = &[
             "max_group_members",
             "requests_per_second",
             "object_prefix",
+            "urls",
         ],
     ),
     (

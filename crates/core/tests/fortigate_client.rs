@@ -963,3 +963,51 @@ async fn every_request_is_timed_and_normal_answers_are_not_errors() {
     assert_eq!(emu.total_requests(), sent + 1, "a 401 is not retried");
     assert_eq!((timed(&metrics, "ok"), timed(&metrics, "error")), (sent, 1));
 }
+
+// ---- HA cluster URLs ----------------------------------------------------------------------------------------
+
+/// A URL that refuses connections: a port bound, then released.
+fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = listener.local_addr().expect("bound");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// The current URL refuses connections: the call goes to the next URL at once, and so do the calls after it; a
+/// unit that stops answering later is left the same way. Nothing is lost and nothing retried with backoff.
+#[tokio::test]
+async fn an_unreachable_url_fails_over_to_the_next_and_stays_there() {
+    let second = emulator(EmulatorConfig::default()).await;
+    let third = emulator(EmulatorConfig { token: second.token(), ..EmulatorConfig::default() }).await;
+    let mut o = options(&second);
+    o.url = dead_url();
+    o.fallback_urls = vec![second.url().to_string(), third.url().to_string()];
+    o.retry = RetryPolicy { max_attempts: 1, ..o.retry };
+    let client = Client::new(o).expect("client builds");
+
+    let started = Instant::now();
+    client.block(ip("198.51.100.7"), &comment("1")).await.expect("blocked through the second URL");
+    assert!(second.object("misp-198.51.100.7").is_some());
+    assert_eq!(client.transport().base(), second.url().trim_end_matches('/'));
+    let on_second = second.total_requests();
+    client.block(ip("198.51.100.8"), &comment("1")).await.expect("blocked");
+    assert!(second.total_requests() > on_second, "the second URL stays in use");
+    assert!(started.elapsed() < Duration::from_secs(4), "no backoff between URLs: {:?}", started.elapsed());
+
+    // The second unit goes away: the third takes over (it holds the synced configuration in a real cluster).
+    drop(second);
+    third.seed_group(Table::Addrgrp, "MISP_BLOCK", &[], "");
+    third.seed_group(Table::Addrgrp6, "MISP_BLOCK6", &[], "");
+    client.block(ip("198.51.100.9"), &comment("1")).await.expect("blocked through the third URL");
+    assert!(third.object("misp-198.51.100.9").is_some());
+    assert_eq!(client.transport().base(), third.url().trim_end_matches('/'));
+}
+
+/// A TLS verification failure is not a reason to try another URL: the same cluster shows the same certificate.
+#[test]
+fn certificate_failures_are_not_unreachable() {
+    assert!(Error::Timeout.is_unreachable());
+    assert!(!Error::Unauthorized.is_unreachable());
+    assert!(!Error::Http { status: 503 }.is_unreachable());
+}

@@ -210,6 +210,10 @@ pub struct RawFortiGate {
     /// Name prefix of created address objects: prefix + IP.
     #[serde(default = "default_prefix")]
     pub object_prefix: String,
+    /// Further management URLs of the same FortiGate (an HA cluster's units), tried in order when `url` does not
+    /// answer.
+    #[serde(default)]
+    pub urls: Vec<String>,
 }
 
 /// `[syslog]`: the listeners. Used as is after validation of the addresses.
@@ -620,6 +624,8 @@ pub struct FortiGate {
     pub max_group_members: u32,
     pub requests_per_second: f64,
     pub object_prefix: String,
+    /// Further management URLs, tried in order when the current one does not answer.
+    pub urls: Vec<url::Url>,
 }
 
 /// `[syslog]`, validated: each listener present only when enabled.
@@ -780,6 +786,20 @@ impl RawConfig {
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
 
         let fg_url = parse_url("fortigate.url", &self.fortigate.url)?;
+        let fg_urls = self
+            .fortigate
+            .urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let key = format!("fortigate.urls[{i}]");
+                let url = parse_url(&key, u)?;
+                if url == fg_url {
+                    return Err(Error::invalid(key, "repeats fortigate.url"));
+                }
+                Ok(url)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let fg_key = resolve_key(
             "fortigate",
             ENV_FORTIGATE_API_KEY,
@@ -923,6 +943,7 @@ impl RawConfig {
                 max_group_members: self.fortigate.max_group_members,
                 requests_per_second: rps,
                 object_prefix: self.fortigate.object_prefix,
+                urls: fg_urls,
             },
             syslog,
             trigger: self.trigger,

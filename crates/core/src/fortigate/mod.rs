@@ -102,6 +102,8 @@ pub fn classify_response(status: u16, body: &[u8]) -> Result<usize, Error> {
 pub struct ClientOptions {
     /// Base URL, e.g. `https://fortigate.example.org` (no path).
     pub url: String,
+    /// Further management URLs of the same FortiGate, tried in order when the current one does not answer.
+    pub fallback_urls: Vec<String>,
     /// REST API admin token, sent as `Authorization: Bearer`.
     pub api_key: ApiKey,
     /// VDOM sent as `vdom=` on every call.
@@ -135,6 +137,7 @@ impl ClientOptions {
     pub fn transport_options(&self) -> TransportOptions {
         TransportOptions {
             url: self.url.clone(),
+            fallback_urls: self.fallback_urls.clone(),
             api_key: self.api_key.clone(),
             vdom: self.vdom.clone(),
             ca_file: self.ca_file.clone(),
@@ -161,6 +164,7 @@ impl ClientOptions {
     pub fn new(url: impl Into<String>, api_key: ApiKey) -> Self {
         ClientOptions {
             url: url.into(),
+            fallback_urls: Vec::new(),
             api_key,
             vdom: "root".into(),
             ca_file: None,
@@ -291,6 +295,16 @@ impl Error {
         self.is_retryable()
             || self.is_fatal()
             || matches!(self, Error::Transport(_) | Error::Http { .. } | Error::Protocol { .. })
+    }
+
+    /// The request reached no FortiGate: a timeout or a connection that failed (not a TLS verification failure:
+    /// another URL of the same box presents the same certificate). What makes a transport try its next URL.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Timeout => true,
+            Error::Transport(e) => !is_certificate_error(e),
+            _ => false,
+        }
     }
 
     /// The operator must act (token, trusted hosts, profile permissions); the daemon should alert and stop calling.

@@ -120,6 +120,9 @@ impl RateLimiter {
 pub struct TransportOptions {
     /// Base URL, e.g. `https://fortigate.example.org` (no path).
     pub url: String,
+    /// Further management URLs of the same FortiGate (an HA cluster's units), tried in order when the current one
+    /// does not answer.
+    pub fallback_urls: Vec<String>,
     /// REST API admin token, sent as `Authorization: Bearer`.
     pub api_key: crate::secret::ApiKey,
     /// VDOM sent as `vdom=` on every call.
@@ -142,7 +145,9 @@ pub struct TransportOptions {
 /// pool, one rate limit for every layer built over it (block groups, banned IPs, later threat feeds).
 pub struct Transport {
     http: reqwest::Client,
-    base: String,
+    /// `url`, then the fallback URLs; `current` indexes the one in use (a failover moves it on, for every caller).
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     auth: HeaderValue,
     vdom: String,
     limiter: RateLimiter,
@@ -152,7 +157,7 @@ pub struct Transport {
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport").field("url", &self.base).field("vdom", &self.vdom).finish_non_exhaustive()
+        f.debug_struct("Transport").field("url", &self.base()).field("vdom", &self.vdom).finish_non_exhaustive()
     }
 }
 
@@ -188,9 +193,14 @@ impl Transport {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", opts.api_key.expose()))
             .map_err(|_| Error::InvalidOption { key: "api_key", reason: "not a valid http header value" })?;
         auth.set_sensitive(true);
+        let bases = std::iter::once(&opts.url)
+            .chain(&opts.fallback_urls)
+            .map(|url| url.trim_end_matches('/').to_string())
+            .collect();
         Ok(Transport {
             http,
-            base: opts.url.trim_end_matches('/').to_string(),
+            bases,
+            current: std::sync::atomic::AtomicUsize::new(0),
             auth,
             vdom: opts.vdom,
             limiter: RateLimiter::new(opts.requests_per_second),
@@ -213,7 +223,7 @@ impl Transport {
             Endpoint::Monitor(p) => format!("/api/v2/monitor/{p}"),
         };
         let value = |s: &str| utf8_percent_encode(s, QUERY_VALUE).to_string();
-        let mut url = format!("{}{path}?vdom={}", self.base, value(&self.vdom));
+        let mut url = format!("{path}?vdom={}", value(&self.vdom));
         for (k, v) in query {
             url.push('&');
             url.push_str(k);
@@ -221,6 +231,11 @@ impl Transport {
             url.push_str(&value(v));
         }
         url
+    }
+
+    /// The management URL in use (the first that answered since the last failover).
+    pub fn base(&self) -> &str {
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
     }
 
     /// The one function that sends requests: guard, rate limit, attempt, classify, retry. `name` is the entry the
@@ -246,11 +261,27 @@ impl Transport {
                 Error::InvalidName { name: String::new(), reason: "empty" }
             });
         }
-        let url = self.url(&endpoint, query);
+        let path = self.url(&endpoint, query);
         let mut attempt = 1;
+        let mut failovers = 0;
         loop {
+            let base = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len();
+            let url = format!("{}{path}", self.bases[base]);
             let result = self.attempt(&method, &url, body, name).await;
             match result {
+                // Another management URL of the same FortiGate may answer: each is tried once per call, at once.
+                Err(error) if error.is_unreachable() && failovers + 1 < self.bases.len() => {
+                    failovers += 1;
+                    let next = (base + 1) % self.bases.len();
+                    let _ = self.current.compare_exchange(
+                        base,
+                        next,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    tracing::warn!(message = "FortiGate URL does not answer; trying the next one.", %error,
+                        from = %self.bases[base], to = %self.bases[next]);
+                }
                 Err(error) if error.is_retryable() && attempt < self.retry.max_attempts => {
                     let delay = self.backoff(attempt, &error);
                     tracing::warn!(message = "FortiGate request failed, retrying.", %error, %method,

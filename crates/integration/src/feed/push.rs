@@ -5,7 +5,8 @@
 //! feed the `remove` and `add` that turn what it last pushed into them, so blocks that arrive together go out in
 //! one request. Its first round, and one every `snapshot_interval`, sends a `snapshot` of every feed instead:
 //! that repairs any drift (an entry removed by hand, a FortiGate restored from backup, a hand-run `integration
-//! block` that pushed to the family's first feed).
+//! block` that pushed to the family's first feed), and so does a round after the transport switched to another
+//! management URL (an HA cluster's other unit).
 //!
 //! Waiters: [`PushWait::until`] is how the blocker learns that a block's generation reached the FortiGate (its
 //! journal action completes only then). A failure is published to the waiters: a retryable one (timeout, 5xx) is
@@ -124,8 +125,14 @@ impl Pusher {
         snapshot_timer.reset();
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         let mut attempt = 0;
+        let mut unit = self.transport.base().to_string();
         loop {
             changes.borrow_and_update();
+            // Another unit of an HA cluster answers now: what it holds is unknown, so it gets a snapshot.
+            if self.transport.base() != unit {
+                unit = self.transport.base().to_string();
+                snapshot_due = true;
+            }
             let built = self.state.current();
             let result = if snapshot_due {
                 self.snapshot_round(&built, &mut pushed).await
