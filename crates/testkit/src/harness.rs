@@ -29,17 +29,19 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fortimisp_core::config::{Check, TriggerRule, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY};
+use fortimisp_core::config::{
+    Check, Contents, TriggerRule, UpdateMethod, ENV_FEED_PASSWORD, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY,
+};
 use toml_edit::{value, DocumentMut, Item, Table};
 
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator};
 use crate::misp::{MispEmulator, Seed};
 use crate::tls::{server_config, TestCa};
 
-/// The environment variables that override the config's API keys. The harness removes them from every binary it
-/// starts ([`Binaries::command`], [`Daemon::spawn`]) and reads configs without them ([`env_without_credentials`]):
-/// the keys are the ones [`ConfigDoc::endpoints`] wrote.
-pub const CREDENTIAL_ENV: [&str; 2] = [ENV_MISP_API_KEY, ENV_FORTIGATE_API_KEY];
+/// The environment variables that override the config's API keys and the feed password. The harness removes them
+/// from every binary it starts ([`Binaries::command`], [`Daemon::spawn`]) and reads configs without them
+/// ([`env_without_credentials`]): the keys are the ones [`ConfigDoc::endpoints`] (and [`ConfigDoc::feed`]) wrote.
+pub const CREDENTIAL_ENV: [&str; 3] = [ENV_MISP_API_KEY, ENV_FORTIGATE_API_KEY, ENV_FEED_PASSWORD];
 
 /// The process environment as the harness's binaries see it: without [`CREDENTIAL_ENV`]. For
 /// `Config::load_with_env`.
@@ -310,6 +312,38 @@ impl ConfigDoc {
         self
     }
 
+    /// `fortigate.backend` (`address-group`, `banned-ip` or `threat-feed`).
+    pub fn backend(&mut self, backend: &str) -> &mut Self {
+        self.section("fortigate")["backend"] = value(backend);
+        self
+    }
+
+    /// Writes the `[feed]` keys of `keys` (the threat-feed backend; set [`backend`](Self::backend) too). Keys
+    /// `keys` does not name keep what the base has, or their defaults.
+    pub fn feed(&mut self, keys: &FeedKeys) -> &mut Self {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let feed = self.section("feed");
+        feed["listen"] = value(keys.listen.map(|a| a.to_string()).unwrap_or_default());
+        feed["tls_cert"] = value(path(&keys.tls_cert));
+        feed["tls_key"] = value(path(&keys.tls_key));
+        feed.remove("password_file");
+        feed["password"] = value(keys.password.as_str());
+        let update: toml_edit::Array = keys
+            .update
+            .iter()
+            .map(|u| match u {
+                UpdateMethod::Pull => "pull",
+                UpdateMethod::Push => "push",
+            })
+            .collect();
+        feed["update"] = value(update);
+        feed["contents"] = value(keys.contents.to_string());
+        feed["max_entries"] = value(i64::from(keys.max_entries));
+        feed["max_feeds"] = value(i64::from(keys.max_feeds));
+        feed["status_interval"] = value(duration(keys.status_interval));
+        self
+    }
+
     /// Replaces every `[[trigger]]` with `rules`.
     pub fn triggers(&mut self, rules: &[TriggerRule]) -> &mut Self {
         let mut tables = toml_edit::ArrayOfTables::new();
@@ -351,6 +385,23 @@ impl ConfigDoc {
             .as_table_mut()
             .unwrap_or_else(|| panic!("[{name}] of the config is a table"))
     }
+}
+
+/// The `[feed]` keys [`ConfigDoc::feed`] writes.
+#[derive(Debug, Clone)]
+pub struct FeedKeys {
+    /// `listen`; `None`: `""` (push only).
+    pub listen: Option<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Written inline (`password`); any `password_file` of the base is removed.
+    pub password: String,
+    pub update: Vec<UpdateMethod>,
+    pub contents: Contents,
+    /// 0: the FortiGate's limit.
+    pub max_entries: u32,
+    pub max_feeds: u32,
+    pub status_interval: Duration,
 }
 
 /// A duration as the config writes it (`"10s"`, `"5m"`, `"0s"`).
@@ -596,6 +647,41 @@ mod tests {
             assert!(!text.contains("housekeeping_listen"), "{text}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The threat-feed keys land where the daemon reads them, and the document still validates (a pulled feed needs
+    /// the listener, TLS files and the password together).
+    #[tokio::test]
+    async fn the_feed_keys_make_a_valid_threat_feed_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let servers = Servers::start(ServerOptions::default(), dir.path()).await.unwrap();
+        let listen = Listen::free();
+        let mut doc = ConfigDoc::template();
+        doc.endpoints(&servers.endpoints(), &listen, &dir.path().join("state.db"))
+            .sync_interval(Duration::from_secs(300))
+            .backend("threat-feed")
+            .feed(&FeedKeys {
+                listen: Some(listen.metrics),
+                tls_cert: dir.path().join("feed.crt"),
+                tls_key: dir.path().join("feed.key"),
+                password: "twelve chars or more".into(),
+                update: vec![UpdateMethod::Pull, UpdateMethod::Push],
+                contents: Contents::Indicators,
+                max_entries: 1000,
+                max_feeds: 3,
+                status_interval: Duration::from_secs(5),
+            });
+        let text = doc.render();
+        let config = RawConfig::parse(&text).unwrap().validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.fortigate.backend, fortimisp_core::config::Backend::ThreatFeed, "{text}");
+        let feed = config.feed.expect("[feed] is read with the threat-feed backend");
+        let serve = feed.serve.expect("pull has a listener");
+        assert_eq!(serve.listen, listen.metrics);
+        assert_eq!(serve.password.expose(), "twelve chars or more");
+        assert!(feed.push);
+        assert_eq!(feed.contents, Contents::Indicators);
+        assert_eq!((feed.max_entries, feed.max_feeds), (Some(1000), 3));
+        assert_eq!(feed.status_interval, Duration::from_secs(5));
     }
 
     /// A production config's credentials (key files that do not exist here, no inline key) are replaced by the
