@@ -15,7 +15,9 @@
 //!   appears, which is where block latency ends.
 //! - [`Lab`]: both emulators in this process (plain HTTP, optional latency) and the real `integration` binary as a
 //!   child process, all started through [`crate::harness`] (its config template with the settings of
-//!   [`LabOptions`]).
+//!   [`LabOptions`]). With [`LabOptions::feed`] the daemon runs the threat-feed backend ([`LabFeed`]: the lab
+//!   makes the listener's certificate and creates the feed objects on the emulated FortiGate; [`FeedAccess`]
+//!   says how to fetch the feeds). Used by [`crate::feedbench`] too.
 //! - [`Flood`]: the scan scenario instead of the pool: every line triggers and comes from a new source, and a few
 //!   indicators among them are each sent a few times. Reports when the last indicator was blocked after the end
 //!   of the flood, what the daemon shed, and its RSS at start, peak and end ([`FloodReport`]).

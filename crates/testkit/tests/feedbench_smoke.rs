@@ -41,7 +41,12 @@ async fn feedbench_measures_every_part() {
             misp_latency: Duration::ZERO,
             fortigate_latency: Duration::ZERO,
         }),
-        memory: Some(MemoryOptions { indicators: 3_000, max_entries: 1_000, max_feeds: 2 }),
+        memory: Some(MemoryOptions {
+            indicators: 3_000,
+            max_entries: 1_000,
+            max_feeds: 2,
+            settle: Duration::from_millis(100),
+        }),
     };
     let report = feedbench::run(&opts).await.unwrap_or_else(|e| panic!("feedbench failed: {e:#}"));
     println!("{report}");

@@ -84,6 +84,9 @@ struct Args {
     /// Memory: `[feed] max_feeds` (8 × 131 072 holds 1 M).
     #[arg(long, default_value_t = 8)]
     memory_max_feeds: u32,
+    /// Memory: idle time before the second RSS reading.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    memory_settle: Duration,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +118,7 @@ async fn main() -> Result<()> {
             indicators: args.memory_indicators,
             max_entries: args.memory_max_entries,
             max_feeds: args.memory_max_feeds,
+            settle: args.memory_settle,
         }),
     };
     let report = feedbench::run(&opts).await?;

@@ -1,8 +1,9 @@
 //! The daemon's memory with a large mirror: the same data (N MISP indicators, two addresses apart so nothing
 //! aggregates) and the same daemon, once with the address-group backend (the mirror alone) and once with the
 //! threat-feed backend in `contents = "indicators"` mode. Each is measured after the mirror's first full sync
-//! and, for the feeds, once every IPv4 feed served all its entries to one fetch: `VmRSS` then, and `VmHWM` (the
-//! peak since the start, sync included).
+//! and, for the feeds, once every IPv4 feed served all its entries to one fetch: `VmRSS` then and again after
+//! `settle` idle seconds (what was freed by then, e.g. the sync's buffers, is gone in both runs), and `VmHWM`
+//! (the peak since the start, sync included).
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct MemoryOptions {
     /// `[feed] max_entries` and `max_feeds` of the threat-feed run.
     pub max_entries: u32,
     pub max_feeds: u32,
+    /// Idle time between the first RSS reading and the second.
+    pub settle: Duration,
 }
 
 impl MemoryOptions {
@@ -48,7 +51,9 @@ pub struct MemoryFigures {
     pub served_bytes: u64,
     /// Seconds from the mirror synced to every entry served (threat feed only).
     pub served_after_sync_s: f64,
+    /// `VmRSS` when measured, then after [`MemoryOptions::settle`]; `VmHWM` then, all KiB.
     pub rss_kib: u64,
+    pub rss_settled_kib: u64,
     pub hwm_kib: u64,
 }
 
@@ -60,14 +65,17 @@ pub async fn measure(daemon: &Path, opts: &MemoryOptions) -> Result<(MemoryFigur
     lab_opts.mirror = true;
     let mirror_only = {
         let lab = Lab::start(&lab_opts).await?;
-        let (rss_kib, hwm_kib) = rss_kib(lab.daemon_pid());
+        let rss = rss_kib(lab.daemon_pid()).0;
+        tokio::time::sleep(opts.settle).await;
+        let (rss_settled_kib, hwm_kib) = rss_kib(lab.daemon_pid());
         MemoryFigures {
             system: "address-group (mirror only)",
             mirror_indicators: mirror_indicators(&lab),
             served_entries: 0,
             served_bytes: 0,
             served_after_sync_s: 0.0,
-            rss_kib,
+            rss_kib: rss,
+            rss_settled_kib,
             hwm_kib,
         }
     };
@@ -92,14 +100,17 @@ pub async fn measure(daemon: &Path, opts: &MemoryOptions) -> Result<(MemoryFigur
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let served_after_sync_s = synced.elapsed().as_secs_f64();
-    let (rss_kib, hwm_kib) = rss_kib(lab.daemon_pid());
+    let rss = rss_kib(lab.daemon_pid()).0;
+    tokio::time::sleep(opts.settle).await;
+    let (rss_settled_kib, hwm_kib) = rss_kib(lab.daemon_pid());
     let feeds = MemoryFigures {
         system: "threat-feed, contents = indicators",
         mirror_indicators: mirror_indicators(&lab),
         served_entries,
         served_bytes,
         served_after_sync_s,
-        rss_kib,
+        rss_kib: rss,
+        rss_settled_kib,
         hwm_kib,
     };
     Ok((mirror_only, feeds))

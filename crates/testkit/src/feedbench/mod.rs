@@ -319,7 +319,8 @@ impl MemoryFigures {
             "system": self.system, "mirror_indicators": self.mirror_indicators,
             "served_entries": self.served_entries, "served_bytes": self.served_bytes,
             "served_after_sync_s": self.served_after_sync_s,
-            "rss_mib": mib(self.rss_kib), "hwm_mib": mib(self.hwm_kib),
+            "rss_mib": mib(self.rss_kib), "rss_settled_mib": mib(self.rss_settled_kib),
+            "hwm_mib": mib(self.hwm_kib),
         })
     }
 }
@@ -348,9 +349,10 @@ impl Report {
             })),
             "memory": self.memory.as_ref().map(|mem| json!({
                 "indicators": mem.options.indicators, "max_entries": mem.options.max_entries,
-                "max_feeds": mem.options.max_feeds,
+                "max_feeds": mem.options.max_feeds, "settle_s": mem.options.settle.as_secs_f64(),
                 "address_group": mem.address_group.to_json(), "threat_feed": mem.feeds.to_json(),
                 "difference_rss_mib": mib(mem.feeds.rss_kib) - mib(mem.address_group.rss_kib),
+                "difference_rss_settled_mib": mib(mem.feeds.rss_settled_kib) - mib(mem.address_group.rss_settled_kib),
                 "difference_hwm_mib": mib(mem.feeds.hwm_kib) - mib(mem.address_group.hwm_kib),
             })),
         })
@@ -401,26 +403,34 @@ impl std::fmt::Display for Report {
                 "\n== Memory with {} MISP indicators (feeds: max_entries {}, max_feeds {})",
                 mem.options.indicators, mem.options.max_entries, mem.options.max_feeds
             )?;
-            writeln!(f, "{:<38} {:>10} {:>10} {:>10} {:>10}", "system", "mirror", "served", "RSS MiB", "peak MiB")?;
+            let settled = format!("RSS +{} s", mem.options.settle.as_secs());
+            writeln!(
+                f,
+                "{:<38} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "system", "mirror", "served", "RSS MiB", settled, "peak MiB"
+            )?;
             for fig in [&mem.address_group, &mem.feeds] {
                 writeln!(
                     f,
-                    "{:<38} {:>10} {:>10} {:>10.1} {:>10.1}",
+                    "{:<38} {:>10} {:>10} {:>10.1} {:>10.1} {:>10.1}",
                     fig.system,
                     fig.mirror_indicators,
                     fig.served_entries,
                     mib(fig.rss_kib),
+                    mib(fig.rss_settled_kib),
                     mib(fig.hwm_kib)
                 )?;
             }
+            let d = |get: fn(&MemoryFigures) -> u64| mib(get(&mem.feeds)) - mib(get(&mem.address_group));
             writeln!(
                 f,
-                "{:<38} {:>10} {:>10} {:>+10.1} {:>+10.1}",
+                "{:<38} {:>10} {:>10} {:>+10.1} {:>+10.1} {:>+10.1}",
                 "difference",
                 "",
                 "",
-                mib(mem.feeds.rss_kib) - mib(mem.address_group.rss_kib),
-                mib(mem.feeds.hwm_kib) - mib(mem.address_group.hwm_kib)
+                d(|m| m.rss_kib),
+                d(|m| m.rss_settled_kib),
+                d(|m| m.hwm_kib)
             )?;
             writeln!(
                 f,
