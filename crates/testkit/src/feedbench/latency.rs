@@ -73,6 +73,11 @@ pub struct LatencyFigures {
     /// Addresses that showed before the settle time ran out.
     pub seen: u32,
     pub ms: Summary,
+    /// The first line's latency (its block may do one-off work: create the group, load MISP's CIDR
+    /// indicators), ms.
+    pub first_ms: Option<f64>,
+    /// The highest latency of the other lines, ms.
+    pub others_max_ms: Option<f64>,
 }
 
 /// Runs `opts` against one system.
@@ -142,11 +147,14 @@ async fn run(lab: &Lab, system: System, opts: &LatencyOptions) -> Result<Latency
     stop.store(true, Ordering::Relaxed);
     task.await.context("the probe task panicked")??;
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let mut ms: Vec<f64> = seen
-        .iter()
-        .filter_map(|(ip, at)| Some(at.saturating_duration_since(*sent_at.get(ip)?).as_secs_f64() * 1000.0))
-        .collect();
-    Ok(LatencyFigures { system, sent: opts.lines, seen: ms.len() as u32, ms: Summary::of(&mut ms) })
+    let latency = |ip: &String| Some(seen.get(ip)?.saturating_duration_since(*sent_at.get(ip)?).as_secs_f64() * 1000.0);
+    let first = addresses.first().map(IpAddr::to_string);
+    let first_ms = first.as_ref().and_then(latency);
+    let others_max_ms =
+        seen.keys().filter(|ip| Some(*ip) != first.as_ref()).filter_map(latency).max_by(|a, b| a.total_cmp(b));
+    let mut ms: Vec<f64> = seen.keys().filter_map(latency).collect();
+    let ms = Summary::of(&mut ms);
+    Ok(LatencyFigures { system, sent: opts.lines, seen: ms.n as u32, ms, first_ms, others_max_ms })
 }
 
 /// Polls `check` every 50 ms until it holds, [`READY_WITHIN`] at most.

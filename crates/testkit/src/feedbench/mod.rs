@@ -309,7 +309,10 @@ impl ServingFigures {
 
 impl LatencyFigures {
     fn to_json(&self) -> Value {
-        json!({"system": self.system.as_str(), "sent": self.sent, "seen": self.seen, "latency": self.ms.to_json()})
+        json!({
+            "system": self.system.as_str(), "sent": self.sent, "seen": self.seen, "latency": self.ms.to_json(),
+            "first_line_ms": self.first_ms, "others_max_ms": self.others_max_ms,
+        })
     }
 }
 
@@ -379,19 +382,21 @@ impl std::fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "{:<28} {:>6} {:>10} {:>10} {:>10} {:>14}",
-                "system", "seen", "p50 ms", "p99 ms", "max ms", "p50 ÷ addr-grp"
+                "{:<28} {:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>14}",
+                "system", "seen", "p50 ms", "p99 ms", "max ms", "first ms", "others max", "p50 ÷ addr-grp"
             )?;
             for fig in [&l.address_group, &l.push, &l.pull] {
                 let r = ratio(fig.ms.p50, l.address_group.ms.p50);
                 writeln!(
                     f,
-                    "{:<28} {:>6} {:>10} {:>10} {:>10} {:>14}",
+                    "{:<28} {:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>14}",
                     fig.system.as_str(),
                     format!("{}/{}", fig.seen, fig.sent),
                     fmt_ms(fig.ms.p50),
                     fmt_ms(fig.ms.p99),
                     fmt_ms(fig.ms.max),
+                    fig.first_ms.map_or_else(|| "—".into(), fmt_ms),
+                    fig.others_max_ms.map_or_else(|| "—".into(), fmt_ms),
                     fmt_ratio(r)
                 )?;
             }
