@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md, in one command (release builds):
 #
-#   bench/run.sh            # everything: ~14 min on a 2-core machine
+#   bench/run.sh            # everything: ~17 min on a 2-core machine
 #   bench/run.sh ingest     # only the loadgen part (rate ladder, 60 s at R and 2R, naive baseline)
 #   bench/run.sh core       # only the criterion / memory / full-sync benches
 #   bench/run.sh parser     # only the parser: criterion, CPU-time passes, and the CPython baseline
 #   bench/run.sh flood      # only the scan flood (BASE_DAEMON=path/to/integration also runs that binary first)
-#   bench/run.sh feeds      # only the threat feeds (feedbench: serving, line to entry, memory at 1 M; ~5 min)
+#   bench/run.sh feeds      # only the threat feeds (feedbench: serving, line to entry, memory at 1 M; ~2.5 min)
 #
 # Environment: RATES (ladder, lines/s), LADDER_SECS (per step), SECS (the long runs), LATENCY (both emulators).
 # Raises net.core.rmem_max (root) so the daemon gets the 8 MiB UDP receive buffer it asks for.

@@ -2,7 +2,7 @@
 //! (see [`fortimisp_testkit::feedbench`]).
 //!
 //! ```text
-//! feedbench                                   # everything, the defaults below (release build: ~5 minutes)
+//! feedbench                                   # everything, the defaults below (release build: about 2.5 minutes)
 //! feedbench --parts serving --entries 300000 --duration 10s --clients 1,4
 //! feedbench --parts latency --lines 50 --gap 200ms --misp-latency 50ms --fortigate-latency 50ms
 //! feedbench --parts memory --memory-indicators 1000000
