@@ -86,7 +86,10 @@ if [ "$what" = all ] || [ "$what" = flood ]; then
 fi
 
 if [ "$what" = all ] || [ "$what" = feeds ]; then
-  cargo build --release -p integration -p fortimisp-testkit --bin integration --bin feedbench
+  # Two builds: built together with the testkit, cargo would unify dependency features into the daemon; built
+  # alone it is the binary the Dockerfile ships.
+  cargo build --release -p integration
+  cargo build --release -p fortimisp-testkit --bin feedbench
   # Serving 300 000 entries (Python http.server baseline), line to entry (address-group baseline), memory at 1 M.
   echo "== threat feeds"; uptime
   target/release/feedbench --misp-latency "$LATENCY" --fortigate-latency "$LATENCY" | tee "$OUT/feeds.txt"

@@ -73,8 +73,8 @@ pub struct LatencyFigures {
     /// Addresses that showed before the settle time ran out.
     pub seen: u32,
     pub ms: Summary,
-    /// The first line's latency (its block may do one-off work: create the group, load MISP's CIDR
-    /// indicators), ms.
+    /// The first line's latency, ms. It is sent right after the daemon is healthy and may wait for one-off work
+    /// (a MISP request more; with address groups, the start-up reads of the FortiGate).
     pub first_ms: Option<f64>,
     /// The highest latency of the other lines, ms.
     pub others_max_ms: Option<f64>,
