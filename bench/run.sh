@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md, in one command (release builds):
 #
-#   bench/run.sh            # everything: ~14 min on a 2-core machine
+#   bench/run.sh            # everything: ~17 min on a 2-core machine
 #   bench/run.sh ingest     # only the loadgen part (rate ladder, 60 s at R and 2R, naive baseline)
 #   bench/run.sh core       # only the criterion / memory / full-sync benches
 #   bench/run.sh parser     # only the parser: criterion, CPU-time passes, and the CPython baseline
 #   bench/run.sh flood      # only the scan flood (BASE_DAEMON=path/to/integration also runs that binary first)
+#   bench/run.sh feeds      # only the threat feeds (feedbench: serving, line to entry, memory at 1 M; ~2.5 min)
 #
 # Environment: RATES (ladder, lines/s), LADDER_SECS (per step), SECS (the long runs), LATENCY (both emulators).
 # Raises net.core.rmem_max (root) so the daemon gets the 8 MiB UDP receive buffer it asks for.
@@ -82,4 +83,14 @@ if [ "$what" = all ] || [ "$what" = flood ]; then
   fi
   echo "== scan flood"; uptime
   "$LG" "${flood[@]}" --settle 60s | tee "$OUT/flood.txt"
+fi
+
+if [ "$what" = all ] || [ "$what" = feeds ]; then
+  # Two builds: built together with the testkit, cargo would unify dependency features into the daemon; built
+  # alone it is the binary the Dockerfile ships.
+  cargo build --release -p integration
+  cargo build --release -p fortimisp-testkit --bin feedbench
+  # Serving 300 000 entries (Python http.server baseline), line to entry (address-group baseline), memory at 1 M.
+  echo "== threat feeds"; uptime
+  target/release/feedbench --misp-latency "$LATENCY" --fortigate-latency "$LATENCY" | tee "$OUT/feeds.txt"
 fi

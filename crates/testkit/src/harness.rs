@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fortimisp_core::config::{
-    Backend, Check, TriggerRule, UpdateMethod, ENV_FEED_PASSWORD, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY,
+    Backend, Check, Contents, TriggerRule, UpdateMethod, ENV_FEED_PASSWORD, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY,
 };
 use ipnet::IpNet;
 use toml_edit::{value, DocumentMut, Item, Table};
@@ -373,6 +373,20 @@ impl ConfigDoc {
         self
     }
 
+    /// Writes the `[feed]` keys of `keys` (the threat-feed backend; set [`backend`](Self::backend) too) through the
+    /// setters above. Keys `keys` does not name keep what the base has, or their defaults.
+    pub fn feed(&mut self, keys: &FeedKeys) -> &mut Self {
+        self.feed_listener(keys.listen.map(|listen| (listen, keys.tls_cert.as_path(), keys.tls_key.as_path())))
+            .feed_password(&keys.password)
+            .feed_update(&keys.update)
+            .feed_status_interval(keys.status_interval);
+        let feed = self.section("feed");
+        feed["contents"] = value(keys.contents.to_string());
+        feed["max_entries"] = value(i64::from(keys.max_entries));
+        feed["max_feeds"] = value(i64::from(keys.max_feeds));
+        self
+    }
+
     /// Replaces every `[[trigger]]` with `rules`.
     pub fn triggers(&mut self, rules: &[TriggerRule]) -> &mut Self {
         let mut tables = toml_edit::ArrayOfTables::new();
@@ -414,6 +428,23 @@ impl ConfigDoc {
             .as_table_mut()
             .unwrap_or_else(|| panic!("[{name}] of the config is a table"))
     }
+}
+
+/// The `[feed]` keys [`ConfigDoc::feed`] writes.
+#[derive(Debug, Clone)]
+pub struct FeedKeys {
+    /// `listen`; `None`: `""` (push only).
+    pub listen: Option<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Written inline (`password`); any `password_file` of the base is removed.
+    pub password: String,
+    pub update: Vec<UpdateMethod>,
+    pub contents: Contents,
+    /// 0: the FortiGate's limit.
+    pub max_entries: u32,
+    pub max_feeds: u32,
+    pub status_interval: Duration,
 }
 
 /// A duration as the config writes it (`"10s"`, `"5m"`, `"0s"`).
@@ -659,6 +690,41 @@ mod tests {
             assert!(!text.contains("housekeeping_listen"), "{text}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The threat-feed keys land where the daemon reads them, and the document still validates (a pulled feed needs
+    /// the listener, TLS files and the password together).
+    #[tokio::test]
+    async fn the_feed_keys_make_a_valid_threat_feed_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let servers = Servers::start(ServerOptions::default(), dir.path()).await.unwrap();
+        let listen = Listen::free();
+        let mut doc = ConfigDoc::template();
+        doc.endpoints(&servers.endpoints(), &listen, &dir.path().join("state.db"))
+            .sync_interval(Duration::from_secs(300))
+            .backend(Backend::ThreatFeed)
+            .feed(&FeedKeys {
+                listen: Some(listen.metrics),
+                tls_cert: dir.path().join("feed.crt"),
+                tls_key: dir.path().join("feed.key"),
+                password: "twelve chars or more".into(),
+                update: vec![UpdateMethod::Pull, UpdateMethod::Push],
+                contents: Contents::Indicators,
+                max_entries: 1000,
+                max_feeds: 3,
+                status_interval: Duration::from_secs(5),
+            });
+        let text = doc.render();
+        let config = RawConfig::parse(&text).unwrap().validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.fortigate.backend, fortimisp_core::config::Backend::ThreatFeed, "{text}");
+        let feed = config.feed.expect("[feed] is read with the threat-feed backend");
+        let serve = feed.serve.expect("pull has a listener");
+        assert_eq!(serve.listen, listen.metrics);
+        assert_eq!(serve.password.expose(), "twelve chars or more");
+        assert!(feed.push);
+        assert_eq!(feed.contents, Contents::Indicators);
+        assert_eq!((feed.max_entries, feed.max_feeds), (Some(1000), 3));
+        assert_eq!(feed.status_interval, Duration::from_secs(5));
     }
 
     /// A production config's credentials (key files that do not exist here, no inline key) are replaced by the

@@ -12,12 +12,15 @@
 //!   daemons; used by the lab, loadgen and the end-to-end tests.
 //! - [`child`]: SIGTERM and a bounded wait for the child processes of the lab and the tests.
 //! - [`loadgen`]: corpus lines at a fixed rate into the daemon (or a naive baseline), and the report (the
-//!   `loadgen` binary and the benchmarks).
+//!   `loadgen` binary and the benchmarks); its `Lab` runs the daemon with either backend.
+//! - [`feedbench`]: the threat-feed benchmarks (serving a large feed, line-to-entry latency, memory), each
+//!   against a baseline in the same run (the `feedbench` binary).
 //!
 //! Never a dependency of the daemons.
 
 pub mod child;
 pub mod corpus;
+pub mod feedbench;
 pub mod fortigate;
 pub mod harness;
 pub mod lab;

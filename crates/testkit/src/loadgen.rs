@@ -15,7 +15,9 @@
 //!   appears, which is where block latency ends.
 //! - [`Lab`]: both emulators in this process (plain HTTP, optional latency) and the real `integration` binary as a
 //!   child process, all started through [`crate::harness`] (its config template with the settings of
-//!   [`LabOptions`]).
+//!   [`LabOptions`]). With [`LabOptions::feed`] the daemon runs the threat-feed backend ([`LabFeed`]: the lab
+//!   makes the listener's certificate and creates the feed objects on the emulated FortiGate; [`FeedAccess`]
+//!   says how to fetch the feeds). Used by [`crate::feedbench`] too.
 //! - [`Flood`]: the scan scenario instead of the pool: every line triggers and comes from a new source, and a few
 //!   indicators among them are each sent a few times. Reports when the last indicator was blocked after the end
 //!   of the flood, what the daemon shed, and its RSS at start, peak and end ([`FloodReport`]).
@@ -37,11 +39,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fortimisp_core::config::{Check, TriggerRule};
+use fortimisp_core::config::{Check, Contents, TriggerRule, UpdateMethod};
+use fortimisp_core::feed::Names;
 
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
-use crate::harness::{self, ConfigDoc, Daemon, Listen, ServerOptions, Servers};
+use crate::harness::{self, ConfigDoc, Daemon, FeedKeys, Listen, ServerOptions, Servers};
 use crate::misp::MispEmulator;
+use crate::tls::TestCa;
 
 /// The address written into templates to find out whether the parser sees the rewritten `srcip`.
 const PROBE: Ipv4Addr = Ipv4Addr::new(45, 33, 32, 156);
@@ -589,9 +593,11 @@ pub struct LabOptions {
     pub daemon: PathBuf,
     pub misp_latency: Duration,
     pub fortigate_latency: Duration,
-    /// Indicators MISP holds (`add_synthetic` from `first_indicator`).
+    /// Indicators MISP holds (`add_synthetic_every` from `first_indicator`, `indicator_stride` apart).
     pub indicators: u64,
     pub first_indicator: Ipv4Addr,
+    /// Addresses between two indicators (1: consecutive; 2: no two in one /31, so a feed cannot aggregate them).
+    pub indicator_stride: u32,
     /// Sync a local mirror (`sync_interval = "5m"`) instead of asking MISP per address (`"0s"`).
     pub mirror: bool,
     /// `[fortigate] requests_per_second`.
@@ -602,7 +608,49 @@ pub struct LabOptions {
     pub recv_buffer_bytes: usize,
     /// `[log] level` of the daemon.
     pub log_level: String,
+    /// The threat-feed backend instead of address groups.
+    pub feed: Option<LabFeed>,
 }
+
+/// The lab daemon's threat-feed backend (`backend = "threat-feed"`, a `[feed]` table). The lab makes the
+/// listener's certificate (its own CA, which the emulated FortiGate trusts for its pulls), picks the port, and
+/// creates every feed object on the emulated FortiGate before the daemon starts, as an operator does: pulled
+/// ones pointing at the listener, or push ones when `update` has push.
+#[derive(Debug, Clone)]
+pub struct LabFeed {
+    pub update: Vec<UpdateMethod>,
+    /// `indicators` needs [`LabOptions::mirror`].
+    pub contents: Contents,
+    /// Entries per feed (0: the FortiGate's limit).
+    pub max_entries: u32,
+    pub max_feeds: u32,
+}
+
+/// How to reach the lab daemon's threat feeds.
+#[derive(Debug, Clone)]
+pub struct FeedAccess {
+    /// The HTTPS listener (`None`: push only).
+    pub listen: Option<SocketAddr>,
+    /// The CA that issued the listener's certificate (PEM).
+    pub ca_pem: String,
+    /// The listener's certificate chain and key (PEM), for a baseline server that serves with the same one.
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub username: String,
+    pub password: String,
+    pub names: Names,
+}
+
+impl FeedAccess {
+    /// `https://<listen>/feeds/<name>.txt` (`None`: push only).
+    pub fn url(&self, name: &str) -> Option<String> {
+        self.listen.map(|addr| format!("https://{addr}/feeds/{name}.txt"))
+    }
+}
+
+/// The basic-auth user and password of the lab's feed listener.
+const LAB_FEED_USER: &str = "fortigate";
+const LAB_FEED_PASSWORD: &str = "lab feed password, not a secret";
 
 impl LabOptions {
     pub fn new(daemon: PathBuf) -> LabOptions {
@@ -612,11 +660,13 @@ impl LabOptions {
             fortigate_latency: Duration::ZERO,
             indicators: 0,
             first_indicator: FIRST_INDICATOR,
+            indicator_stride: 1,
             mirror: false,
             fortigate_rps: 10,
             max_blocks_per_minute: 600,
             recv_buffer_bytes: 8 << 20,
             log_level: "warn".into(),
+            feed: None,
         }
     }
 }
@@ -630,6 +680,8 @@ pub struct Lab {
     pub tcp: SocketAddr,
     pub metrics: SocketAddr,
     pub dir: PathBuf,
+    /// Set with [`LabOptions::feed`].
+    pub feed: Option<FeedAccess>,
     daemon: Daemon,
 }
 
@@ -652,7 +704,8 @@ impl Lab {
         let fortigate = EmulatorConfig { table_limit: 1_000_000, ..EmulatorConfig::default() };
         let servers = Servers::start(ServerOptions { fortigate, ..ServerOptions::default() }, &dir).await?;
         if opts.indicators > 0 {
-            servers.misp.add_synthetic(opts.indicators, opts.first_indicator, chrono::Utc::now().timestamp() - 86_400);
+            let base_ts = chrono::Utc::now().timestamp() - 86_400;
+            servers.misp.add_synthetic_every(opts.indicators, opts.first_indicator, opts.indicator_stride, base_ts);
         }
         let listen = Listen { housekeeping_metrics: None, ..Listen::free() };
         let mut config = ConfigDoc::template();
@@ -666,14 +719,35 @@ impl Lab {
             .max_blocks_per_minute(opts.max_blocks_per_minute)
             .log_level(&opts.log_level)
             .triggers(&[TriggerRule { log_type: Some("traffic".into()), check: Check::Src, ..TriggerRule::default() }]);
+        let feed = match &opts.feed {
+            Some(lab_feed) => {
+                let access = feed_access(lab_feed, &dir)?;
+                config.backend(fortimisp_core::config::Backend::ThreatFeed).feed(&FeedKeys {
+                    listen: access.listen,
+                    tls_cert: dir.join("feed.crt"),
+                    tls_key: dir.join("feed.key"),
+                    password: access.password.clone(),
+                    update: lab_feed.update.clone(),
+                    contents: lab_feed.contents,
+                    max_entries: lab_feed.max_entries,
+                    max_feeds: lab_feed.max_feeds,
+                    status_interval: Duration::from_secs(60),
+                });
+                create_feed_objects(&servers.fortigate, &access, lab_feed.update.contains(&UpdateMethod::Push)).await?;
+                servers.fortigate.set_feed_ca(access.ca_pem.as_bytes());
+                servers.fortigate.set_event_syslog(listen.udp);
+                Some(access)
+            }
+            None => None,
+        };
         let config_path = dir.join("config.toml");
         harness::write_private(&config_path, &config.render())?;
         let args = [OsStr::new("--config"), config_path.as_os_str()];
         let daemon = Daemon::spawn(&opts.daemon, &args, dir.join("daemon.log"))?;
         let Servers { fortigate, misp, .. } = servers;
         let tcp = listen.tcp.expect("Listen::free sets every address");
-        let lab =
-            Lab { misp, fortigate: Arc::new(fortigate), udp: listen.udp, tcp, metrics: listen.metrics, dir, daemon };
+        let fortigate = Arc::new(fortigate);
+        let lab = Lab { misp, fortigate, udp: listen.udp, tcp, metrics: listen.metrics, dir, feed, daemon };
         lab.wait_ready(opts).await?;
         // Latency applies to traffic from now on, not to the start-up checks and the first sync.
         lab.misp.set_latency((!opts.misp_latency.is_zero()).then_some(opts.misp_latency));
@@ -718,6 +792,53 @@ impl Drop for Lab {
         let _ = self.daemon.stop(Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The listener's certificate (a fresh CA) written to `dir` as `feed.crt`/`feed.key`, a free port when pulled.
+fn feed_access(feed: &LabFeed, dir: &Path) -> Result<FeedAccess> {
+    let ca = TestCa::new();
+    let cert = ca.issue_server_cert();
+    std::fs::write(dir.join("feed.crt"), &cert.cert_pem).context("cannot write feed.crt")?;
+    harness::write_private(&dir.join("feed.key"), &cert.key_pem)?;
+    let pull = feed.update.contains(&UpdateMethod::Pull);
+    Ok(FeedAccess {
+        listen: pull.then(|| SocketAddr::from(([127, 0, 0, 1], crate::free_port()))),
+        ca_pem: ca.ca_pem.clone(),
+        cert_pem: cert.cert_pem.clone(),
+        key_pem: cert.key_pem.clone(),
+        username: LAB_FEED_USER.into(),
+        password: LAB_FEED_PASSWORD.into(),
+        names: Names::new("fortimisp-block", true, feed.max_feeds),
+    })
+}
+
+/// Creates every feed of `access.names` on the emulated FortiGate through its REST API: push feeds, or pulled
+/// ones pointing at the listener with its credentials.
+async fn create_feed_objects(fortigate: &FortiGateEmulator, access: &FeedAccess, push: bool) -> Result<()> {
+    let http = reqwest::Client::new();
+    for name in access.names.all() {
+        let body = match access.url(&name) {
+            Some(url) if !push => serde_json::json!({
+                "name": name, "type": "address", "resource": url, "username": access.username,
+                "password": access.password, "server-identity-check": "full", "refresh-rate": 5,
+            }),
+            _ => serde_json::json!({
+                "name": name, "type": "address", "update-method": "push",
+                "resource": "https://fortimisp.invalid/push-only",
+            }),
+        };
+        let response = http
+            .post(format!("{}/api/v2/cmdb/system/external-resource?vdom=root", fortigate.url()))
+            .bearer_auth(fortigate.token())
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("cannot create feed {name} on the FortiGate emulator"))?;
+        if !response.status().is_success() {
+            bail!("creating feed {name}: {} {}", response.status(), response.text().await.unwrap_or_default());
+        }
+    }
+    Ok(())
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.

@@ -434,14 +434,22 @@ impl MispEmulator {
     /// Adds `n` live `to_ids` `ip-dst` attributes with consecutive IPv4 values from `first`, spread over events
     /// of 10 000 attributes, timestamps `base_ts + i`. For load tests and benchmarks.
     pub fn add_synthetic(&self, n: u64, first: std::net::Ipv4Addr, base_ts: i64) {
+        self.add_synthetic_every(n, first, 1, base_ts);
+    }
+
+    /// [`add_synthetic`](Self::add_synthetic) with the values `stride` addresses apart (`first`, `first +
+    /// stride`, ...). With a stride of 2 from an odd address no two values share a /31, so a feed cannot
+    /// aggregate them into CIDRs. A stride of 0 counts as 1.
+    pub fn add_synthetic_every(&self, n: u64, first: std::net::Ipv4Addr, stride: u32, base_ts: i64) {
         let mut inner = self.lock();
         let start = u32::from(first);
+        let stride = stride.max(1);
         let mut event = 0;
         for i in 0..n {
             if i % 10_000 == 0 {
                 event = inner.store.add_event(&format!("synthetic {}", i / 10_000), true, Vec::new());
             }
-            let ip = std::net::Ipv4Addr::from(start.wrapping_add(i as u32));
+            let ip = std::net::Ipv4Addr::from(start.wrapping_add((i as u32).wrapping_mul(stride)));
             let spec = AttributeSpec::new("ip-dst", ip.to_string()).timestamp(base_ts + i as i64);
             inner.store.add_attribute(event, spec);
         }
