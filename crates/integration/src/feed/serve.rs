@@ -521,19 +521,8 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// Standard base64 with padding (RFC 4648 §4), as basic auth encodes `user:password`.
 fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 /// Refusals logged at most once per [`REFUSAL_LOG_INTERVAL`] per reason, so a scanner cannot flood the log.
@@ -975,22 +964,6 @@ mod tests {
             assert_eq!(access.allows(peer.parse().unwrap()), allowed, "{peer}");
         }
         assert!(Access::new(USER, PASSWORD, Vec::new()).allows("::ffff:198.51.100.1".parse().unwrap()));
-    }
-
-    #[test]
-    fn base64_matches_rfc_4648() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), expected, "{input}");
-        }
-        assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
     }
 
     #[test]
