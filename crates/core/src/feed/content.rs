@@ -217,18 +217,11 @@ fn span(host_bits: u32) -> u128 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
 
     use super::*;
     use crate::indicators::Entry;
 
-    fn net(s: &str) -> IpNet {
-        s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).unwrap()
-    }
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|s| net(s)).collect()
-    }
+    use crate::feed::testutil::{net, nets};
 
     #[test]
     fn subtract_splits_around_holes_into_the_fewest_cidrs() {

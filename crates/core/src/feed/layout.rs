@@ -211,13 +211,7 @@ mod tests {
 
     use super::*;
 
-    fn net(s: &str) -> IpNet {
-        s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).unwrap()
-    }
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|s| net(s)).collect()
-    }
+    use crate::feed::testutil::nets;
 
     #[test]
     fn names_per_family_and_overflow() {

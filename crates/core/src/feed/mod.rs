@@ -43,3 +43,19 @@ impl Names {
         (0..all.len() as u32).map(|i| self.name(family, i)).filter(|name| all.contains(name)).collect()
     }
 }
+
+/// Networks from text, for the tests of this module's files.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use ipnet::IpNet;
+    use std::net::IpAddr;
+
+    /// `198.51.100.0/24` or a bare address (a host network).
+    pub fn net(s: &str) -> IpNet {
+        s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).unwrap()
+    }
+
+    pub fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| net(s)).collect()
+    }
+}
