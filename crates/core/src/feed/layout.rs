@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+
+use crate::fortigate::EntryText;
 use ipnet::IpNet;
 
 /// An address family, when the families are split into separate feeds.
@@ -169,7 +171,7 @@ pub fn render(content: &FeedContent, built_at: SystemTime, note: &str) -> Snapsh
     }
     let header = body.len();
     for net in &content.entries {
-        let _ = if is_host(net) { writeln!(body, "{}", net.addr()) } else { writeln!(body, "{net}") };
+        let _ = writeln!(body, "{}", EntryText(*net));
     }
     let etag = format!("\"{:016x}\"", fnv1a64(&body[header..]));
     Snapshot { name: content.name.clone(), body: Bytes::from(body), etag, built_at, entries: n }

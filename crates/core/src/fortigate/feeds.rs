@@ -104,13 +104,24 @@ impl Transport {
     }
 }
 
-/// A feed line: a host network as the bare address, others as CIDR.
-pub fn entry_text(net: IpNet) -> String {
-    if net.prefix_len() == net.max_prefix_len() {
-        net.addr().to_string()
-    } else {
-        net.to_string()
+/// One feed entry as FortiOS reads it, in a served file and in a push alike: a host network as the bare address,
+/// others as CIDR.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryText(pub IpNet);
+
+impl std::fmt::Display for EntryText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
     }
+}
+
+/// [`EntryText`] as a string.
+pub fn entry_text(net: IpNet) -> String {
+    EntryText(net).to_string()
 }
 
 /// The entry-list status, read defensively.

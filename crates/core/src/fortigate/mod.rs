@@ -79,7 +79,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use api::{AddressEntry, BannedIp, Change, Group, GroupMeta, SystemStatus};
-pub use feeds::{entry_text, ExternalResource, FeedStatus, PushCommand};
+pub use feeds::{entry_text, EntryText, ExternalResource, FeedStatus, PushCommand};
 pub use groups::{BlockOutcome, Client, GroupOptions, LegacyMember, OwnedObject, UnblockOutcome};
 pub use objects::{Comment, CommentKind, Family, Marker, ObjectName};
 pub use probe::{WriteProbe, PROBE_IP};

@@ -1239,34 +1239,30 @@ fn forbidden(
 
 /// `with_meta=1` on a table nothing references in the emulator: `q_ref` 0.
 fn add_meta_for(path: &str, name: &str, outcome: Outcome, with_meta: bool) -> Outcome {
-    match outcome {
-        Outcome::Ok { results: Some(Value::Array(items)) } if with_meta => {
-            let items = items
-                .into_iter()
-                .map(|item| match item {
-                    Value::Object(mut entry) => {
-                        entry.extend(schema::meta_for(path, name, 0));
-                        Value::Object(entry)
-                    }
-                    other => other,
-                })
-                .collect();
-            Outcome::Ok { results: Some(Value::Array(items)) }
-        }
-        other => other,
-    }
+    with_meta_fields(outcome, with_meta, |_| schema::meta_for(path, name, 0))
 }
 
 /// `with_meta=1`: each result gets FortiOS's meta fields, `q_ref` counting the objects that reference it.
 fn add_meta(db: &Db, table: Table, outcome: Outcome, with_meta: bool) -> Outcome {
+    with_meta_fields(outcome, with_meta, |entry| {
+        let name = entry.get("name").and_then(Value::as_str).unwrap_or_default();
+        schema::meta(table, db.references(name))
+    })
+}
+
+/// Adds `meta(entry)` to each object of a successful list answer when `with_meta` is set.
+fn with_meta_fields<M>(outcome: Outcome, with_meta: bool, meta: impl Fn(&Map<String, Value>) -> M) -> Outcome
+where
+    M: IntoIterator<Item = (String, Value)>,
+{
     match outcome {
         Outcome::Ok { results: Some(Value::Array(items)) } if with_meta => {
             let items = items
                 .into_iter()
                 .map(|item| match item {
                     Value::Object(mut entry) => {
-                        let name = entry.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-                        entry.extend(schema::meta(table, db.references(&name)));
+                        let fields = meta(&entry);
+                        entry.extend(fields);
                         Value::Object(entry)
                     }
                     other => other,
