@@ -30,6 +30,7 @@ pub mod backoff;
 pub mod clients;
 pub mod config;
 pub mod feed;
+pub mod fleet;
 pub mod fortigate;
 pub mod indicators;
 pub mod journal;

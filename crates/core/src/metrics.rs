@@ -79,6 +79,90 @@ pub struct FeedLabel {
     pub feed: String,
 }
 
+/// A `target` label: a FortiGate target's name (a closed set: the config's targets).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: String,
+}
+
+/// `target` and `outcome` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetOutcome {
+    pub target: String,
+    pub outcome: &'static str,
+}
+
+/// `target` and `reason` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetReason {
+    pub target: String,
+    pub reason: &'static str,
+}
+
+/// The metrics of one FortiGate target: every series it touches carries its `target` label, created at 0 when
+/// the handle is made (the alert rules watch them). Cheap to clone: the series share their values.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    metrics: std::sync::Arc<Metrics>,
+    target: String,
+    /// `fortimisp_pending_actions{target}`.
+    pub pending: Gauge,
+    /// `fortimisp_block_rate_limited{target}`: 1 while `max_blocks_per_minute` holds this target's blocks back.
+    pub rate_limited: Gauge,
+    /// `fortimisp_fortigate_unauthorized{target}`: 1 while this FortiGate refuses the token.
+    pub unauthorized: Gauge,
+    latency: Histogram,
+}
+
+impl std::fmt::Debug for TargetMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetMetrics").field("target", &self.target).finish()
+    }
+}
+
+impl TargetMetrics {
+    pub fn new(metrics: std::sync::Arc<Metrics>, target: &str) -> TargetMetrics {
+        let label = TargetLabel { target: target.to_owned() };
+        let pending = metrics.pending_actions.get_or_create(&label).clone();
+        let rate_limited = metrics.block_rate_limited.get_or_create(&label).clone();
+        let unauthorized = metrics.fortigate_unauthorized.get_or_create(&label).clone();
+        let latency = metrics.block_latency_seconds.get_or_create(&label).clone();
+        TargetMetrics { metrics, target: target.to_owned(), pending, rate_limited, unauthorized, latency }
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The daemon's metrics (the series without a target).
+    pub fn all(&self) -> &std::sync::Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Counts a block action's outcome.
+    pub fn block(&self, outcome: &'static str) {
+        self.metrics.blocks.get_or_create(&TargetOutcome { target: self.target.clone(), outcome }).inc();
+    }
+
+    /// The count of a block outcome so far.
+    pub fn blocks(&self, outcome: &'static str) -> u64 {
+        self.metrics.blocks.get_or_create(&TargetOutcome { target: self.target.clone(), outcome }).get()
+    }
+
+    pub fn block_latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    /// The housekeeping counter of `reason` for this target (`pruned`: blocks removed; else failures).
+    pub fn pruned(&self, reason: &'static str) -> Counter {
+        self.metrics.hk_pruned.get_or_create(&TargetReason { target: self.target.clone(), reason }).clone()
+    }
+
+    pub fn failure(&self, reason: &'static str) -> Counter {
+        self.metrics.hk_failures.get_or_create(&TargetReason { target: self.target.clone(), reason }).clone()
+    }
+}
+
 /// `command` and `outcome` labels of a threat-feed push.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PushLabels {
@@ -117,6 +201,11 @@ impl RequestObserver {
         let outcome = if failed { "error" } else { "ok" };
         self.family.get_or_create(&RequestLabels { server: self.server, outcome }).observe(elapsed.as_secs_f64());
     }
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms .. ~41 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
 fn histogram() -> Histogram {
@@ -166,13 +255,13 @@ pub struct Metrics {
     pub mirror_rejected_wide: Gauge,
     // Blocking.
     /// Block actions by outcome (`blocked`, `already_blocked`, `dry_run`, `failed`, `retry`, `foreign`).
-    pub blocks: Family<Outcome, Counter>,
-    /// Actions waiting in the journal.
-    pub pending_actions: Gauge,
-    /// 1 while new blocks are held back by `max_blocks_per_minute`.
-    pub block_rate_limited: Gauge,
-    /// 1 while the FortiGate rejects the token (401): writes stopped, operator must act.
-    pub fortigate_unauthorized: Gauge,
+    pub blocks: Family<TargetOutcome, Counter>,
+    /// Actions waiting in the journal, per target.
+    pub pending_actions: Family<TargetLabel, Gauge>,
+    /// 1 while new blocks are held back by `max_blocks_per_minute`, per target.
+    pub block_rate_limited: Family<TargetLabel, Gauge>,
+    /// 1 while the FortiGate rejects the token (401): writes stopped, operator must act. Per target.
+    pub fortigate_unauthorized: Family<TargetLabel, Gauge>,
     /// 1 while the journal file cannot be written (actions kept in memory).
     pub journal_degraded: Gauge,
     /// Queue depth between stages, by stage.
@@ -180,15 +269,15 @@ pub struct Metrics {
     /// Latency of every HTTP request, by server (`misp`, `fortigate`) and outcome (`ok`; `error`: no usable
     /// answer), observed by the clients through a [`RequestObserver`].
     pub request_seconds: RequestFamily,
-    /// Time from receipt of the first triggering line to the block being in place.
-    pub block_latency_seconds: Histogram,
+    /// Time from receipt of the first triggering line to the block being in place, per target.
+    pub block_latency_seconds: Family<TargetLabel, Histogram, fn() -> Histogram>,
     // Housekeeping.
     /// Owned objects examined by prune passes.
     pub hk_examined: Counter,
     /// Blocks removed, by reason (`max_age`, `revoked`, `legacy`).
-    pub hk_pruned: Family<Reason, Counter>,
+    pub hk_pruned: Family<TargetReason, Counter>,
     /// Prune failures, by reason (`in_use`, `error`, `safety_rail`, `misp_unavailable`, `panic`).
-    pub hk_failures: Family<Reason, Counter>,
+    pub hk_failures: Family<TargetReason, Counter>,
     /// Feed updates by outcome (`queued`, `completed`, `no_feed_enabled`, `other`: MISP answered; `feed_disabled`,
     /// `failed`: MISP refused or failed; `error`: no answer).
     pub feed_updates: Family<Outcome, Counter>,
@@ -249,13 +338,13 @@ impl Metrics {
             mirror_syncs: Family::default(),
             mirror_rejected_wide: Gauge::default(),
             blocks: Family::default(),
-            pending_actions: Gauge::default(),
-            block_rate_limited: Gauge::default(),
-            fortigate_unauthorized: Gauge::default(),
+            pending_actions: Family::default(),
+            block_rate_limited: Family::default(),
+            fortigate_unauthorized: Family::default(),
             journal_degraded: Gauge::default(),
             queue_depth: Family::default(),
             request_seconds: Family::new_with_constructor(histogram),
-            block_latency_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            block_latency_seconds: Family::new_with_constructor(latency_histogram),
             hk_examined: Counter::default(),
             hk_pruned: Family::default(),
             hk_failures: Family::default(),

@@ -3,7 +3,9 @@
 //! A daemon is *alive* when none of its tasks died for good; it is *ready* when, in addition:
 //! - `misp`: MISP answered the last probe (`/servers/getVersion`), and that probe is recent;
 //! - `fortigate`: the FortiGate answered the last probe (`monitor/system/status`) with our token accepted, and no
-//!   write was refused with 401/403 since (then writes are paused, see the blocker);
+//!   write was refused with 401/403 since (then writes are paused, see the blocker). With a fleet, each target is
+//!   probed and reported under `targets`, and the check passes while at least `blocking.healthy_share` of them
+//!   pass: one branch firewall down must not take the others' fortimisp out of a load balancer;
 //! - `journal`: the journal writes to its file (not degraded to memory);
 //! - `mirror` (only with a mirror, `sync_interval` > 0): the mirror has synced, and not longer ago than
 //!   [`Readiness::with_mirror`]'s bound.
@@ -53,6 +55,8 @@ pub struct ReadyReport {
     /// Names of the failing checks, for a quick look.
     pub failing: Vec<&'static str>,
     pub checks: BTreeMap<&'static str, CheckReport>,
+    /// Each FortiGate target's own check, by name.
+    pub targets: BTreeMap<String, CheckReport>,
 }
 
 impl ReadyReport {
@@ -64,17 +68,23 @@ impl ReadyReport {
 /// What `/readyz` reports; shared by the probe task and the metrics server.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    probes: Arc<Mutex<BTreeMap<&'static str, Probe>>>,
+    /// MISP's probe, and each target's.
+    probes: Arc<Mutex<BTreeMap<String, Probe>>>,
     /// With a mirror: the oldest last sync that still counts as fresh.
     mirror_max_age: Option<Duration>,
-    /// Servers this daemon talks to (a probe not answered yet fails the check).
-    servers: Vec<&'static str>,
+    /// The FortiGate targets by name (a probe not answered yet fails the target).
+    targets: Vec<String>,
+    /// Share of the targets that must pass for the `fortigate` check to pass.
+    healthy_share: f64,
 }
 
+/// The key of MISP's probe (target names are lowercase letters, digits and '-': no clash).
+const MISP: &str = "MISP";
+
 impl Readiness {
-    /// Readiness over MISP, the FortiGate and the journal.
-    pub fn new() -> Self {
-        Readiness { servers: vec!["misp", "fortigate"], ..Readiness::default() }
+    /// Readiness over MISP, the FortiGate targets and the journal.
+    pub fn new(targets: Vec<String>, healthy_share: f64) -> Self {
+        Readiness { targets, healthy_share, ..Readiness::default() }
     }
 
     /// Adds the mirror check: its last good sync must be at most `max_age` old.
@@ -83,38 +93,53 @@ impl Readiness {
         self
     }
 
-    /// Records a probe's answer at Unix time `at`.
-    pub fn record(&self, server: &'static str, ok: bool, detail: impl Into<String>, at: i64) {
-        let probe = Probe { ok, detail: detail.into(), at };
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).insert(server, probe);
+    /// Records MISP's probe answer at Unix time `at`.
+    pub fn record_misp(&self, ok: bool, detail: impl Into<String>, at: i64) {
+        self.record(MISP.to_owned(), ok, detail.into(), at);
+    }
+
+    /// Records a target's probe answer at Unix time `at`.
+    pub fn record_target(&self, target: &str, ok: bool, detail: impl Into<String>, at: i64) {
+        self.record(target.to_owned(), ok, detail.into(), at);
+    }
+
+    fn record(&self, key: String, ok: bool, detail: String, at: i64) {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Probe { ok, detail, at });
     }
 
     /// The `/readyz` body at Unix time `now`, from the probes and the metrics (journal degraded, mirror last sync,
     /// FortiGate refusal).
     pub fn report(&self, metrics: &Metrics, now: i64) -> ReadyReport {
         let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let probe = |key: &str| match probes.get(key) {
+            None => CheckReport { ok: false, detail: "not checked yet".into() },
+            Some(p) if now - p.at > STALE_AFTER.as_secs() as i64 => {
+                CheckReport { ok: false, detail: format!("no probe answer for {}s", now - p.at) }
+            }
+            Some(p) => CheckReport { ok: p.ok, detail: p.detail.clone() },
+        };
         let mut checks = BTreeMap::new();
-        for server in &self.servers {
-            let check = match probes.get(server) {
-                None => CheckReport { ok: false, detail: "not checked yet".into() },
-                Some(p) if now - p.at > STALE_AFTER.as_secs() as i64 => {
-                    CheckReport { ok: false, detail: format!("no probe answer for {}s", now - p.at) }
-                }
-                Some(p) => CheckReport { ok: p.ok, detail: p.detail.clone() },
-            };
-            checks.insert(*server, check);
-        }
-        if metrics.fortigate_unauthorized.get() != 0 {
-            checks.insert(
-                "fortigate",
+        checks.insert("misp", probe(MISP));
+        let mut targets = BTreeMap::new();
+        for target in &self.targets {
+            let refused = metrics
+                .fortigate_unauthorized
+                .get_or_create(&crate::metrics::TargetLabel { target: target.clone() })
+                .get()
+                != 0;
+            let check = if refused {
                 CheckReport {
                     ok: false,
                     detail: "the FortiGate refused our token (401/403); writes are paused. Check the API token and \
                              trusted hosts"
                         .into(),
-                },
-            );
+                }
+            } else {
+                probe(target)
+            };
+            targets.insert(target.clone(), check);
         }
+        checks.insert("fortigate", self.fleet_check(&targets));
         let degraded = metrics.journal_degraded.get() != 0;
         checks.insert(
             "journal",
@@ -142,37 +167,69 @@ impl Readiness {
             checks.insert("mirror", check);
         }
         let failing: Vec<&'static str> = checks.iter().filter(|(_, c)| !c.ok).map(|(name, _)| *name).collect();
-        ReadyReport { status: if failing.is_empty() { "ready" } else { "not_ready" }, failing, checks }
+        ReadyReport { status: if failing.is_empty() { "ready" } else { "not_ready" }, failing, checks, targets }
+    }
+
+    /// The `fortigate` check: one target's own, or for a fleet, whether enough of them pass.
+    fn fleet_check(&self, targets: &BTreeMap<String, CheckReport>) -> CheckReport {
+        if targets.len() == 1 {
+            return targets.values().next().expect("one target").clone();
+        }
+        let passing = targets.values().filter(|c| c.ok).count();
+        let needed = (self.healthy_share * targets.len() as f64).ceil() as usize;
+        let failing: Vec<String> =
+            targets.iter().filter(|(_, c)| !c.ok).map(|(name, c)| format!("{name}: {}", c.detail)).collect();
+        let mut detail = format!("{passing} of {} targets answer (at least {needed} needed)", targets.len());
+        if !failing.is_empty() {
+            detail.push_str("; ");
+            detail.push_str(&failing.join("; "));
+        }
+        CheckReport { ok: passing >= needed && (passing > 0 || needed == 0), detail }
     }
 }
 
-/// Probes MISP and the FortiGate every [`PROBE_EVERY`] until `shutdown`, recording each answer.
+/// One FortiGate target as the probe sees it.
+#[derive(Clone)]
+pub struct ProbedTarget {
+    pub client: Arc<fortigate::Client>,
+    pub metrics: crate::metrics::TargetMetrics,
+}
+
+/// Probes MISP and every target every [`PROBE_EVERY`] until `shutdown`, recording each answer.
 pub async fn probe(
     misp: Arc<misp::Client>,
-    fortigate: Arc<fortigate::Client>,
+    targets: Vec<ProbedTarget>,
     readiness: Readiness,
-    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut fortigate_next = tokio::time::Instant::now();
+    let mut next = vec![tokio::time::Instant::now(); targets.len()];
     loop {
         let now = || chrono::Utc::now().timestamp();
         match misp.version().await {
-            Ok(v) => readiness.record("misp", true, format!("version {}", v.version), now()),
-            Err(error) => readiness.record("misp", false, error.to_string(), now()),
+            Ok(v) => readiness.record_misp(true, format!("version {}", v.version), now()),
+            Err(error) => readiness.record_misp(false, error.to_string(), now()),
         }
-        // A token the FortiGate refused (here or on a write) is not tried again before the pause ends.
-        if metrics.fortigate_unauthorized.get() == 0 && tokio::time::Instant::now() >= fortigate_next {
-            match fortigate.system_status().await {
-                Ok(status) => readiness.record("fortigate", true, format!("version {}", status.version), now()),
-                Err(error) => {
-                    if error.is_fatal() {
-                        fortigate_next = tokio::time::Instant::now() + REFUSED_PAUSE;
+        // A token a FortiGate refused (here or on a write) is not tried again before the pause ends. The targets
+        // are probed together: one slow box does not delay the others' answers.
+        let probes = targets.iter().zip(next.iter_mut()).map(|(target, next)| {
+            let readiness = &readiness;
+            async move {
+                if target.metrics.unauthorized.get() != 0 || tokio::time::Instant::now() < *next {
+                    return;
+                }
+                let name = target.metrics.target();
+                match target.client.system_status().await {
+                    Ok(status) => readiness.record_target(name, true, format!("version {}", status.version), now()),
+                    Err(error) => {
+                        if error.is_fatal() {
+                            *next = tokio::time::Instant::now() + REFUSED_PAUSE;
+                        }
+                        readiness.record_target(name, false, error.to_string(), now());
                     }
-                    readiness.record("fortigate", false, error.to_string(), now());
                 }
             }
-        }
+        });
+        futures::future::join_all(probes).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PROBE_EVERY) => {}
@@ -193,24 +250,25 @@ mod tests {
     fn each_check_fails_on_its_own_cause() {
         let metrics = Metrics::new();
         let now = 1_000_000;
-        let ready = Readiness::new().with_mirror(Duration::from_secs(600));
+        let ready = Readiness::new(vec!["default".into()], 0.5).with_mirror(Duration::from_secs(600));
         assert_eq!(names(&ready.report(&metrics, now)), ["fortigate", "mirror", "misp"], "nothing probed yet");
 
-        ready.record("misp", true, "version 2.5", now);
-        ready.record("fortigate", true, "version v7.4.4", now);
+        ready.record_misp(true, "version 2.5", now);
+        ready.record_target("default", true, "version v7.4.4", now);
         metrics.mirror_last_sync.set(now - 60);
         let report = ready.report(&metrics, now);
         assert!(report.is_ready(), "{report:?}");
         assert_eq!(report.status, "ready");
 
-        ready.record("misp", false, "connection refused", now);
+        ready.record_misp(false, "connection refused", now);
         assert_eq!(names(&ready.report(&metrics, now)), ["misp"]);
         assert_eq!(ready.report(&metrics, now).checks["misp"].detail, "connection refused");
-        ready.record("misp", true, "version 2.5", now);
+        ready.record_misp(true, "version 2.5", now);
 
-        metrics.fortigate_unauthorized.set(1);
+        let label = crate::metrics::TargetLabel { target: "default".into() };
+        metrics.fortigate_unauthorized.get_or_create(&label).set(1);
         assert_eq!(names(&ready.report(&metrics, now)), ["fortigate"]);
-        metrics.fortigate_unauthorized.set(0);
+        metrics.fortigate_unauthorized.get_or_create(&label).set(0);
 
         metrics.journal_degraded.set(1);
         assert_eq!(names(&ready.report(&metrics, now)), ["journal"]);
@@ -230,11 +288,32 @@ mod tests {
     #[test]
     fn no_mirror_no_mirror_check() {
         let metrics = Metrics::new();
-        let ready = Readiness::new();
-        ready.record("misp", true, "", 5);
-        ready.record("fortigate", true, "", 5);
+        let ready = Readiness::new(vec!["default".into()], 0.5);
+        ready.record_misp(true, "", 5);
+        ready.record_target("default", true, "", 5);
         let report = ready.report(&metrics, 5);
         assert!(report.is_ready());
         assert!(!report.checks.contains_key("mirror"));
+    }
+
+    /// A fleet is ready while the configured share of its targets answers; each target is reported.
+    #[test]
+    fn a_fleet_is_ready_while_enough_targets_answer() {
+        let metrics = Metrics::new();
+        let ready = Readiness::new(vec!["a".into(), "b".into(), "c".into()], 0.5);
+        ready.record_misp(true, "", 5);
+        ready.record_target("a", true, "", 5);
+        ready.record_target("b", true, "", 5);
+        ready.record_target("c", false, "connection refused", 5);
+        let report = ready.report(&metrics, 5);
+        assert!(report.is_ready(), "{report:?}");
+        assert!(!report.targets["c"].ok);
+        assert!(report.checks["fortigate"].detail.contains("c: connection refused"), "{report:?}");
+        ready.record_target("b", false, "timeout", 5);
+        assert_eq!(names(&ready.report(&metrics, 5)), ["fortigate"], "1 of 3 is below half");
+        let strict = Readiness::new(vec!["a".into(), "b".into()], 1.0);
+        strict.record_misp(true, "", 5);
+        strict.record_target("a", true, "", 5);
+        assert_eq!(names(&strict.report(&metrics, 5)), ["fortigate"], "b not probed yet");
     }
 }

@@ -125,6 +125,8 @@ impl Unblocked {
 /// Removes blocks, journal first. Cheap to build per call site; holds only references.
 #[derive(Debug, Clone, Copy)]
 pub struct Unblocker<'a> {
+    /// The name of the fleet target `fortigate` writes to (`default` for a single `[fortigate]` table).
+    pub target_name: &'a str,
     pub fortigate: &'a fortigate::Client,
     pub journal: &'a Journal,
 }
@@ -142,7 +144,7 @@ impl Unblocker<'_> {
         };
         let unblocked = Unblocked::classify(self.remove(request).await);
         if let (Some(ip), true) = (ip, unblocked.is_gone()) {
-            if let Err(error) = self.journal.record_unblock(ip, &request.reason, Utc::now()).await {
+            if let Err(error) = self.journal.record_unblock(self.target_name, ip, &request.reason, Utc::now()).await {
                 warn!(message = "Could not close the block in the journal ledger.", %error, %ip);
             }
         }
@@ -162,6 +164,7 @@ impl Unblocker<'_> {
     /// even that failed, and the FortiGate is not touched without a record.
     async fn journal_pending(&self, ip: IpAddr, reason: &str) -> Result<ActionId, crate::journal::Error> {
         let action = NewAction {
+            target: self.target_name.to_string(),
             kind: ActionKind::Unblock,
             ip,
             reason: reason.to_string(),

@@ -58,7 +58,9 @@ impl Error {
 }
 
 mod feed;
+mod target;
 
+pub use target::{env_api_key, FortiGate, RawFortiGate, RawTargets, DEFAULT_TARGET, MAX_TARGETS, MAX_TARGET_NAME};
 pub use feed::{Contents, Feed, RawFeed, Serve, UpdateMethod, ENV_FEED_PASSWORD, FALLBACK_LIMIT, MAX_FEED_NAME};
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -70,7 +72,8 @@ pub use feed::{Contents, Feed, RawFeed, Serve, UpdateMethod, ENV_FEED_PASSWORD, 
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub misp: RawMisp,
-    pub fortigate: RawFortiGate,
+    /// `[fortigate]` (one target) or `[[fortigate]]` (a fleet).
+    pub fortigate: RawTargets,
     #[serde(default)]
     pub syslog: Syslog,
     #[serde(default)]
@@ -169,51 +172,6 @@ impl fmt::Display for Backend {
             Backend::ThreatFeed => "threat-feed",
         })
     }
-}
-
-/// `[fortigate]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFortiGate {
-    /// Base URL of the FortiGate management interface.
-    pub url: String,
-    /// REST API admin token, sent as `Authorization: Bearer`.
-    pub api_key: Option<String>,
-    /// A file holding the REST API token.
-    pub api_key_file: Option<PathBuf>,
-    /// Extra trust root (PEM) on top of the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// `false` disables TLS verification, with a loud warning at start.
-    #[serde(default = "yes")]
-    pub verify_tls: bool,
-    /// Request timeout. Extension of the contract.
-    #[serde(default = "d_10s", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// The VDOM every call targets.
-    #[serde(default = "default_vdom")]
-    pub vdom: String,
-    /// `address-group` or `banned-ip`.
-    #[serde(default = "default_backend")]
-    pub backend: Backend,
-    /// IPv4 address group referenced by a deny policy; created if missing.
-    #[serde(default = "default_group")]
-    pub block_group: String,
-    /// IPv6 address group; created if missing.
-    #[serde(default = "default_group6")]
-    pub block_group6: String,
-    /// Members per group before overflowing into `<group>-2`, `<group>-3` ...
-    #[serde(default = "d_600")]
-    pub max_group_members: u32,
-    /// Client-side rate limit.
-    #[serde(default = "d_10f")]
-    pub requests_per_second: f64,
-    /// Name prefix of created address objects: prefix + IP.
-    #[serde(default = "default_prefix")]
-    pub object_prefix: String,
-    /// Further management URLs of the same FortiGate (an HA cluster's units), tried in order when `url` does not
-    /// answer.
-    #[serde(default)]
-    pub urls: Vec<String>,
 }
 
 /// `[syslog]`: the listeners. Used as is after validation of the addresses.
@@ -349,11 +307,43 @@ pub struct RawBlocking {
     /// Beyond this, new blocks wait in the journal and an alert metric is set.
     #[serde(default = "d_600")]
     pub max_blocks_per_minute: u32,
+    /// Which targets block an address a line names: those claiming the line's device, or all of them.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Share of the targets that must be reachable for `/healthz` to answer 200 (fleet extension).
+    #[serde(default = "d_half")]
+    pub healthy_share: f64,
 }
 
 impl Default for RawBlocking {
     fn default() -> Self {
-        RawBlocking { never_block: Vec::new(), dry_run: false, max_blocks_per_minute: d_600() }
+        RawBlocking {
+            never_block: Vec::new(),
+            dry_run: false,
+            max_blocks_per_minute: d_600(),
+            scope: Scope::default(),
+            healthy_share: d_half(),
+        }
+    }
+}
+
+/// `blocking.scope`: where a decision to block lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// On the targets that claim the line's device (`devices`, `vdoms`).
+    #[default]
+    Origin,
+    /// On every target.
+    Fleet,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::Origin => "origin",
+            Scope::Fleet => "fleet",
+        })
     }
 }
 
@@ -570,7 +560,8 @@ fn default_level() -> String {
 #[derive(Debug)]
 pub struct Config {
     pub misp: Misp,
-    pub fortigate: FortiGate,
+    /// The FortiGate targets, in the config's order (one, `default`, for a single `[fortigate]` table).
+    pub targets: Vec<FortiGate>,
     pub syslog: Listeners,
     pub trigger: Vec<TriggerRule>,
     pub blocking: Blocking,
@@ -609,25 +600,6 @@ pub struct Misp {
     pub min_prefix_v6: u8,
 }
 
-/// `[fortigate]`, validated.
-#[derive(Debug, Clone)]
-pub struct FortiGate {
-    pub url: url::Url,
-    pub api_key: ApiKey,
-    pub ca_file: Option<PathBuf>,
-    pub verify_tls: bool,
-    pub timeout: Duration,
-    pub vdom: String,
-    pub backend: Backend,
-    pub block_group: String,
-    pub block_group6: String,
-    pub max_group_members: u32,
-    pub requests_per_second: f64,
-    pub object_prefix: String,
-    /// Further management URLs, tried in order when the current one does not answer.
-    pub urls: Vec<url::Url>,
-}
-
 /// `[syslog]`, validated: each listener present only when enabled.
 #[derive(Debug, Clone)]
 pub struct Listeners {
@@ -653,7 +625,11 @@ pub struct TlsListener {
 pub struct Blocking {
     pub never_block: Vec<IpNet>,
     pub dry_run: bool,
+    /// Per target: each target has its own safety rail.
     pub max_blocks_per_minute: u32,
+    pub scope: Scope,
+    /// `/healthz` stays 200 while at least this share of the targets answers.
+    pub healthy_share: f64,
 }
 
 /// `[metrics]`, validated. `None`: no metrics server.
@@ -675,7 +651,7 @@ impl Config {
         let raw = RawConfig::parse(&text)?;
         // Only a file that holds a key is worth protecting: the shipped config points at key files and may stay
         // world-readable (docs/production.md).
-        let holds_key = raw.misp.api_key.is_some() || raw.fortigate.api_key.is_some();
+        let holds_key = raw.misp.api_key.is_some() || raw.fortigate.tables().iter().any(|t| t.api_key.is_some());
         let mut config = raw.validate(env)?;
         if let Some(warning) = holds_key.then(|| permission_warning(path)).flatten() {
             config.warnings.push(warning);
@@ -785,64 +761,7 @@ impl RawConfig {
         }
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
 
-        let fg_url = parse_url("fortigate.url", &self.fortigate.url)?;
-        let fg_urls = self
-            .fortigate
-            .urls
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let key = format!("fortigate.urls[{i}]");
-                let url = parse_url(&key, u)?;
-                if url == fg_url {
-                    return Err(Error::invalid(key, "repeats fortigate.url"));
-                }
-                Ok(url)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let fg_key = resolve_key(
-            "fortigate",
-            ENV_FORTIGATE_API_KEY,
-            self.fortigate.api_key.as_deref(),
-            self.fortigate.api_key_file.as_deref(),
-            env,
-        )?;
-        check_ca("fortigate.ca_file", self.fortigate.ca_file.as_deref())?;
-        if !self.fortigate.verify_tls {
-            warnings.push("fortigate.verify_tls is false: the FortiGate's certificate is NOT verified".into());
-        }
-        if self.fortigate.timeout.is_zero() {
-            return Err(Error::invalid("fortigate.timeout", "must be greater than 0s"));
-        }
-        if self.fortigate.vdom.is_empty() {
-            return Err(Error::invalid("fortigate.vdom", "must not be empty"));
-        }
-        for (key, name) in [
-            ("fortigate.block_group", &self.fortigate.block_group),
-            ("fortigate.block_group6", &self.fortigate.block_group6),
-        ] {
-            check_object_name(key, name)?;
-        }
-        if self.fortigate.block_group == self.fortigate.block_group6 {
-            return Err(Error::invalid(
-                "fortigate.block_group6",
-                "must differ from fortigate.block_group (names are one namespace on FortiOS)",
-            ));
-        }
-        check_object_name("fortigate.object_prefix", &self.fortigate.object_prefix)?;
-        if self.fortigate.object_prefix.is_empty() {
-            return Err(Error::invalid(
-                "fortigate.object_prefix",
-                "must not be empty: it tells fortimisp's objects apart",
-            ));
-        }
-        if self.fortigate.max_group_members < 2 {
-            return Err(Error::invalid("fortigate.max_group_members", "must be at least 2"));
-        }
-        let rps = self.fortigate.requests_per_second;
-        if !(rps.is_finite() && rps > 0.0) {
-            return Err(Error::invalid("fortigate.requests_per_second", "must be a number greater than 0"));
-        }
+        let targets = self.fortigate.validate(env, &mut warnings)?;
 
         let syslog = validate_syslog(self.syslog)?;
 
@@ -867,6 +786,9 @@ impl RawConfig {
             .enumerate()
             .map(|(i, s)| parse_net(&format!("blocking.never_block[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
+        if !(0.0..=1.0).contains(&self.blocking.healthy_share) {
+            return Err(Error::invalid("blocking.healthy_share", "must be between 0.0 and 1.0"));
+        }
         if self.blocking.max_blocks_per_minute == 0 {
             return Err(Error::invalid("blocking.max_blocks_per_minute", "must be at least 1"));
         }
@@ -895,12 +817,11 @@ impl RawConfig {
 
         // A `[feed]` table is checked whatever the backend (a typo is caught before the switch), and kept only
         // for the threat-feed backend, which cannot run without one.
-        let feed = match (self.feed.map(|raw| raw.validate(env)).transpose()?, self.fortigate.backend) {
-            (Some(feed), Backend::ThreatFeed) => Some(feed),
-            (None, Backend::ThreatFeed) => {
-                return Err(Error::invalid("feed", "required when fortigate.backend = \"threat-feed\""))
-            }
-            (_, _) => None,
+        let threat_feed = targets.iter().any(|t| t.backend == Backend::ThreatFeed);
+        let feed = match (self.feed.map(|raw| raw.validate(env)).transpose()?, threat_feed) {
+            (Some(feed), true) => Some(feed),
+            (None, true) => return Err(Error::invalid("feed", "required when a target's backend = \"threat-feed\"")),
+            (_, false) => None,
         };
         if feed.as_ref().is_some_and(|f| f.contents == Contents::Indicators) && self.misp.sync_interval.is_zero() {
             return Err(Error::invalid(
@@ -930,27 +851,15 @@ impl RawConfig {
                 min_prefix_v4: self.misp.min_prefix_v4,
                 min_prefix_v6: self.misp.min_prefix_v6,
             },
-            fortigate: FortiGate {
-                url: fg_url,
-                api_key: fg_key,
-                ca_file: self.fortigate.ca_file,
-                verify_tls: self.fortigate.verify_tls,
-                timeout: self.fortigate.timeout,
-                vdom: self.fortigate.vdom,
-                backend: self.fortigate.backend,
-                block_group: self.fortigate.block_group,
-                block_group6: self.fortigate.block_group6,
-                max_group_members: self.fortigate.max_group_members,
-                requests_per_second: rps,
-                object_prefix: self.fortigate.object_prefix,
-                urls: fg_urls,
-            },
+            targets,
             syslog,
             trigger: self.trigger,
             blocking: Blocking {
                 never_block,
                 dry_run: self.blocking.dry_run,
                 max_blocks_per_minute: self.blocking.max_blocks_per_minute,
+                scope: self.blocking.scope,
+                healthy_share: self.blocking.healthy_share,
             },
             housekeeping: self.housekeeping,
             state: self.state,
@@ -1032,10 +941,9 @@ fn check_ca(key: &str, path: Option<&Path>) -> Result<(), Error> {
 
 /// FortiOS names, by the one definition in `fortigate::objects`: a group name leaves room for its overflow
 /// suffix, a prefix for the longest IP address, neither holds `/` or a character FortiOS refuses.
-fn check_object_name(key: &str, name: &str) -> Result<(), Error> {
+fn check_object_name(key: &str, name: &str, prefix: bool) -> Result<(), Error> {
     use crate::fortigate::{objects, Error as FgError};
-    let checked =
-        if key == "fortigate.object_prefix" { objects::check_prefix(name) } else { objects::check_group_name(name) };
+    let checked = if prefix { objects::check_prefix(name) } else { objects::check_group_name(name) };
     match checked {
         Err(FgError::InvalidName { reason: "empty", .. }) => Err(Error::invalid(key, "must not be empty")),
         Err(FgError::InvalidName { reason, .. }) => Err(Error::invalid(key, reason)),

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use super::schema::{ts, SqlIp, SqlTime};
 use super::shadow::Applied;
-use super::{ActionId, ActionKind, NewAction, Outcome, PendingAction};
+use super::{ActionId, ActionKind, NewAction, Outcome, PendingAction, PendingQuery};
 
 impl FromSql for ActionKind {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
@@ -25,7 +25,7 @@ impl ToSql for ActionKind {
 }
 
 const PENDING_COLUMNS: &str =
-    "SELECT id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error FROM actions";
+    "SELECT id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error, target FROM actions";
 
 fn pending_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingAction> {
     Ok(PendingAction {
@@ -39,14 +39,23 @@ fn pending_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingAction> {
         requested_at: row.get::<_, SqlTime>(7)?.0,
         attempts: row.get(8)?,
         last_error: row.get(9)?,
+        target: row.get(10)?,
     })
 }
 
 /// The pending queue, oldest first.
 pub(super) fn load_pending(db: &Connection) -> rusqlite::Result<Vec<PendingAction>> {
-    let mut stmt =
-        db.prepare_cached(&format!("{PENDING_COLUMNS} WHERE state = 'pending' ORDER BY requested_at, id"))?;
-    let rows = stmt.query_map([], pending_row)?;
+    load_pending_where(db, &PendingQuery::default())
+}
+
+/// The pending actions `query` selects, oldest first.
+pub(super) fn load_pending_where(db: &Connection, query: &PendingQuery) -> rusqlite::Result<Vec<PendingAction>> {
+    let mut stmt = db.prepare_cached(&format!(
+        "{PENDING_COLUMNS} WHERE state = 'pending' AND (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR target = ?2)
+         ORDER BY requested_at, id LIMIT ?3"
+    ))?;
+    let limit = query.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)).unwrap_or(-1);
+    let rows = stmt.query_map(params![query.kind, query.target, limit], pending_row)?;
     rows.collect()
 }
 
@@ -54,17 +63,19 @@ pub(super) fn load_pending(db: &Connection) -> rusqlite::Result<Vec<PendingActio
 pub(super) fn enqueue(db: &Connection, a: &NewAction) -> rusqlite::Result<Applied> {
     let ip = a.ip.to_string();
     let existing = db
-        .prepare_cached(&format!("{PENDING_COLUMNS} WHERE state = 'pending' AND kind = ?1 AND ip = ?2"))?
-        .query_row(params![a.kind, ip], pending_row)
+        .prepare_cached(&format!(
+            "{PENDING_COLUMNS} WHERE state = 'pending' AND target = ?3 AND kind = ?1 AND ip = ?2"
+        ))?
+        .query_row(params![a.kind, ip, a.target], pending_row)
         .optional()?;
     if let Some(row) = existing {
         return Ok(Applied::Enqueued(row));
     }
     db.prepare_cached(
-        "INSERT INTO actions (kind, ip, reason, event_id, rule, comment, requested_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO actions (kind, ip, reason, event_id, rule, comment, requested_at, target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![a.kind, ip, a.reason, a.event_id, a.rule, a.comment, ts(&a.requested_at)])?;
+    .execute(params![a.kind, ip, a.reason, a.event_id, a.rule, a.comment, ts(&a.requested_at), a.target])?;
     Ok(Applied::Enqueued(PendingAction::new(db.last_insert_rowid(), a)))
 }
 
@@ -72,8 +83,8 @@ pub(super) fn enqueue(db: &Connection, a: &NewAction) -> rusqlite::Result<Applie
 pub(super) fn restore(db: &Connection, p: &PendingAction) -> rusqlite::Result<()> {
     db.prepare_cached(
         "INSERT OR IGNORE INTO actions
-           (id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+           (id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error, target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         p.id.0,
@@ -85,7 +96,8 @@ pub(super) fn restore(db: &Connection, p: &PendingAction) -> rusqlite::Result<()
         p.comment,
         ts(&p.requested_at),
         p.attempts,
-        p.last_error
+        p.last_error,
+        p.target
     ])?;
     Ok(())
 }

@@ -14,16 +14,16 @@ pub(super) fn write(db: &Connection, d: &Decision) -> rusqlite::Result<()> {
     let repeated = db
         .prepare_cached(
             "UPDATE decisions SET repeats = repeats + 1, last_at = max(last_at, ?1)
-             WHERE id = (SELECT max(id) FROM decisions WHERE ip = ?2)
+             WHERE id = (SELECT max(id) FROM decisions WHERE ip = ?2 AND target IS ?7)
                AND verdict = ?3 AND detail = ?4 AND event_id IS ?5 AND rule IS ?6",
         )?
-        .execute(params![at, ip, d.verdict, d.detail, d.event_id, d.rule])?;
+        .execute(params![at, ip, d.verdict, d.detail, d.event_id, d.rule, d.target])?;
     if repeated == 0 {
         db.prepare_cached(
-            "INSERT INTO decisions (at, last_at, ip, verdict, detail, event_id, rule)
-             VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO decisions (at, last_at, ip, verdict, detail, event_id, rule, target)
+             VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .execute(params![at, ip, d.verdict, d.detail, d.event_id, d.rule])?;
+        .execute(params![at, ip, d.verdict, d.detail, d.event_id, d.rule, d.target])?;
     }
     Ok(())
 }
@@ -37,7 +37,9 @@ pub(super) fn prune(db: &Connection, cutoff: &str) -> rusqlite::Result<usize> {
 #[cfg(test)]
 pub(super) fn load_recent(db: &Connection, limit: usize) -> rusqlite::Result<Vec<Decision>> {
     let mut stmt =
-        db.prepare_cached("SELECT at, ip, verdict, detail, event_id, rule FROM decisions ORDER BY id DESC LIMIT ?1")?;
+        db.prepare_cached(
+            "SELECT at, ip, verdict, detail, event_id, rule, target FROM decisions ORDER BY id DESC LIMIT ?1",
+        )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map([limit], |row| {
         Ok(Decision {
@@ -47,6 +49,7 @@ pub(super) fn load_recent(db: &Connection, limit: usize) -> rusqlite::Result<Vec
             detail: row.get(3)?,
             event_id: row.get(4)?,
             rule: row.get(5)?,
+            target: row.get(6)?,
         })
     })?;
     rows.collect()

@@ -13,7 +13,9 @@ use tracing::error;
 use super::sqlite::SqliteStore;
 use super::store::Store;
 use super::writer::{self, Request, Status};
-use super::{ActionId, ActionKind, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, Pruned};
+use super::{
+    ActionId, ActionKind, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, PendingQuery, Pruned,
+};
 
 /// Handle on the journal. Cloning is cheap and shares the one writer; `Send + Sync`.
 ///
@@ -112,14 +114,17 @@ impl Journal {
     /// The pending queue, oldest first (by `requested_at`, then id): what a restart resumes. Healthy, it reads the
     /// file, so it includes what the other daemon queued; degraded, it is this process's in-memory view.
     pub async fn pending(&self) -> Result<Vec<PendingAction>, Error> {
-        self.call(|store| store.pending()).await
+        self.pending_where(PendingQuery::default()).await
     }
 
     /// [`Journal::pending`] restricted to one kind (the integration daemon resumes blocks, housekeeping unblocks).
     pub async fn pending_of(&self, kind: ActionKind) -> Result<Vec<PendingAction>, Error> {
-        let mut all = self.pending().await?;
-        all.retain(|a| a.kind == kind);
-        Ok(all)
+        self.pending_where(PendingQuery { kind: Some(kind), ..PendingQuery::default() }).await
+    }
+
+    /// The pending actions `query` selects (a kind, a target, the oldest N), oldest first.
+    pub async fn pending_where(&self, query: PendingQuery) -> Result<Vec<PendingAction>, Error> {
+        self.call(move |store| store.pending(&query)).await
     }
 
     /// Notes a failed attempt: `attempts += 1`, `last_error = error`. The action stays pending. A no-op on an
@@ -155,16 +160,23 @@ impl Journal {
         self.call(move |store| store.record_block(&block)).await
     }
 
-    /// Closes the open ledger entry for `ip`. A removal of a block the ledger never saw (made before the journal,
+    /// Closes the open ledger entry for `ip` on `target`. A removal of a block the ledger never saw (made before the journal,
     /// adopted from the legacy service, or lost while degraded) is still recorded, as a closed entry.
-    pub async fn record_unblock(&self, ip: IpAddr, reason: &str, at: DateTime<Utc>) -> Result<(), Error> {
-        let reason = reason.to_owned();
-        self.call(move |store| store.record_unblock(ip, &reason, at)).await
+    pub async fn record_unblock(&self, target: &str, ip: IpAddr, reason: &str, at: DateTime<Utc>) -> Result<(), Error> {
+        let (target, reason) = (target.to_owned(), reason.to_owned());
+        self.call(move |store| store.record_unblock(&target, ip, &reason, at)).await
     }
 
     /// Open ledger entries, oldest block first.
     pub async fn active_blocks(&self) -> Result<Vec<BlockRecord>, Error> {
         self.call(|store| store.active_blocks()).await
+    }
+
+    /// Open ledger entries of one target, oldest block first.
+    pub async fn active_blocks_of(&self, target: &str) -> Result<Vec<BlockRecord>, Error> {
+        let mut all = self.active_blocks().await?;
+        all.retain(|b| b.target == target);
+        Ok(all)
     }
 
     /// Deletes history older than `older_than`: decisions last seen before it, actions finished before it and

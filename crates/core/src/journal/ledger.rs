@@ -10,9 +10,9 @@ use super::BlockRecord;
 /// Opens an entry; an open entry for the same IP is replaced.
 pub(super) fn open(db: &Connection, b: &BlockRecord) -> rusqlite::Result<()> {
     db.prepare_cached(
-        "INSERT INTO blocks (ip, object, grp, event_id, rule, reason, blocked_at, backend)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (ip) WHERE unblocked_at IS NULL DO UPDATE SET
+        "INSERT INTO blocks (ip, object, grp, event_id, rule, reason, blocked_at, backend, target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (target, ip) WHERE unblocked_at IS NULL DO UPDATE SET
            object = excluded.object, grp = excluded.grp, event_id = excluded.event_id,
            rule = excluded.rule, reason = excluded.reason, blocked_at = excluded.blocked_at,
            backend = excluded.backend",
@@ -25,22 +25,24 @@ pub(super) fn open(db: &Connection, b: &BlockRecord) -> rusqlite::Result<()> {
         b.rule,
         b.reason,
         ts(&b.blocked_at),
-        b.backend
+        b.backend,
+        b.target
     ])?;
     Ok(())
 }
 
-/// Closes the open entry for `ip`, or records a closed one if the ledger never saw the block.
-pub(super) fn close(db: &Connection, ip: IpAddr, reason: &str, at: &str) -> rusqlite::Result<()> {
+/// Closes the open entry for `ip` on `target`, or records a closed one if the ledger never saw the block.
+pub(super) fn close(db: &Connection, target: &str, ip: IpAddr, reason: &str, at: &str) -> rusqlite::Result<()> {
     let ip = ip.to_string();
     let closed = db
         .prepare_cached(
-            "UPDATE blocks SET unblocked_at = ?2, unblock_reason = ?3 WHERE ip = ?1 AND unblocked_at IS NULL",
+            "UPDATE blocks SET unblocked_at = ?2, unblock_reason = ?3
+             WHERE ip = ?1 AND target = ?4 AND unblocked_at IS NULL",
         )?
-        .execute(params![ip, at, reason])?;
+        .execute(params![ip, at, reason, target])?;
     if closed == 0 {
-        db.prepare_cached("INSERT INTO blocks (ip, unblocked_at, unblock_reason) VALUES (?1, ?2, ?3)")?
-            .execute(params![ip, at, reason])?;
+        db.prepare_cached("INSERT INTO blocks (ip, unblocked_at, unblock_reason, target) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![ip, at, reason, target])?;
     }
     Ok(())
 }
@@ -53,7 +55,7 @@ pub(super) fn prune(db: &Connection, cutoff: &str) -> rusqlite::Result<usize> {
 /// Open entries, oldest block first.
 pub(super) fn load_active(db: &Connection) -> rusqlite::Result<Vec<BlockRecord>> {
     let mut stmt = db.prepare_cached(
-        "SELECT ip, object, grp, event_id, rule, reason, blocked_at, backend FROM blocks
+        "SELECT ip, object, grp, event_id, rule, reason, blocked_at, backend, target FROM blocks
          WHERE unblocked_at IS NULL ORDER BY blocked_at, id",
     )?;
     let rows = stmt.query_map([], |row| {
@@ -66,6 +68,7 @@ pub(super) fn load_active(db: &Connection) -> rusqlite::Result<Vec<BlockRecord>>
             reason: row.get(5)?,
             blocked_at: row.get::<_, SqlTime>(6)?.0,
             backend: row.get(7)?,
+            target: row.get(8)?,
         })
     })?;
     rows.collect()

@@ -143,6 +143,8 @@ impl fmt::Display for ActionKind {
 /// A block or unblock to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewAction {
+    /// The FortiGate target it is for (`default` for a single `[fortigate]` table).
+    pub target: String,
     pub kind: ActionKind,
     pub ip: IpAddr,
     /// Why, for the operator: `misp-event=1234 rule=0`, `max_age`, `revoked`, `manual`.
@@ -158,6 +160,7 @@ pub struct NewAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PendingAction {
     pub id: ActionId,
+    pub target: String,
     pub kind: ActionKind,
     pub ip: IpAddr,
     pub reason: String,
@@ -173,6 +176,7 @@ impl PendingAction {
     fn new(id: i64, a: &NewAction) -> PendingAction {
         PendingAction {
             id: ActionId(id),
+            target: a.target.clone(),
             kind: a.kind,
             ip: a.ip,
             reason: a.reason.clone(),
@@ -222,6 +226,8 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub at: DateTime<Utc>,
+    /// The target an execution's verdict is about; `None` for a verdict about the address alone.
+    pub target: Option<String>,
     pub ip: IpAddr,
     /// `block`, `clean`, `never-block`, `warninglisted`, `dry-run`, ...
     pub verdict: String,
@@ -233,6 +239,8 @@ pub struct Decision {
 /// A block fortimisp made on the FortiGate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlockRecord {
+    /// The FortiGate target the block is on.
+    pub target: String,
     pub ip: IpAddr,
     /// The address object name (`misp-198.51.100.7`), or the IP for the banned-ip backend.
     pub object: String,
@@ -243,6 +251,28 @@ pub struct BlockRecord {
     pub blocked_at: DateTime<Utc>,
     /// `address-group` or `banned-ip`.
     pub backend: String,
+}
+
+/// Which pending actions [`Journal::pending_where`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingQuery {
+    pub kind: Option<ActionKind>,
+    pub target: Option<String>,
+    /// The oldest this many at most.
+    pub limit: Option<usize>,
+}
+
+impl PendingQuery {
+    /// Pending blocks on `target`, the oldest `limit` at most.
+    pub fn blocks_of(target: &str, limit: usize) -> PendingQuery {
+        PendingQuery { kind: Some(ActionKind::Block), target: Some(target.to_owned()), limit: Some(limit) }
+    }
+}
+
+impl PendingQuery {
+    fn selects(&self, p: &PendingAction) -> bool {
+        self.kind.is_none_or(|k| k == p.kind) && self.target.as_ref().is_none_or(|t| *t == p.target)
+    }
 }
 
 /// Rows removed by [`Journal::prune`].

@@ -70,6 +70,22 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX blocks_active ON blocks (ip) WHERE unblocked_at IS NULL;
     CREATE INDEX blocks_closed ON blocks (unblocked_at) WHERE unblocked_at IS NOT NULL;
     ",
+    // 2: fleets. Every action, decision and ledger entry belongs to a target; rows written before are the single
+    // `[fortigate]` table's, the target named `default`. One pending action per (target, kind, IP), one open
+    // block per (target, IP).
+    "
+    ALTER TABLE actions ADD COLUMN target TEXT NOT NULL DEFAULT 'default';
+    DROP INDEX actions_one_pending;
+    CREATE UNIQUE INDEX actions_one_pending ON actions (target, kind, ip) WHERE state = 'pending';
+    DROP INDEX actions_queue;
+    CREATE INDEX actions_queue ON actions (target, requested_at, id) WHERE state = 'pending';
+
+    ALTER TABLE decisions ADD COLUMN target TEXT;
+
+    ALTER TABLE blocks ADD COLUMN target TEXT NOT NULL DEFAULT 'default';
+    DROP INDEX blocks_active;
+    CREATE UNIQUE INDEX blocks_active ON blocks (target, ip) WHERE unblocked_at IS NULL;
+    ",
 ];
 
 /// The schema version this build writes.

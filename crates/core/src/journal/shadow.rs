@@ -10,7 +10,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::schema::{is_unavailable, ts};
 use super::{actions, decisions, ledger};
-use super::{ActionId, ActionKind, BlockRecord, Decision, NewAction, Outcome, PendingAction};
+use super::{ActionId, ActionKind, BlockRecord, Decision, NewAction, Outcome, PendingAction, PendingQuery};
 
 /// A write, as kept in memory while degraded and replayed in order when the file is writable again.
 #[derive(Debug, Clone)]
@@ -33,6 +33,7 @@ pub(super) enum Op {
     Decision(Decision),
     Block(BlockRecord),
     Unblock {
+        target: String,
         ip: IpAddr,
         reason: String,
         at: DateTime<Utc>,
@@ -56,7 +57,9 @@ pub(super) fn apply(db: &Connection, op: &Op, translate: &dyn Fn(i64) -> i64) ->
         Op::Complete { id, outcome, at } => actions::complete(db, translate(*id), outcome, &ts(at)),
         Op::Decision(d) => decisions::write(db, d).map(|()| Applied::Written),
         Op::Block(b) => ledger::open(db, b).map(|()| Applied::Written),
-        Op::Unblock { ip, reason, at } => ledger::close(db, *ip, reason, &ts(at)).map(|()| Applied::Written),
+        Op::Unblock { target, ip, reason, at } => {
+            ledger::close(db, target, *ip, reason, &ts(at)).map(|()| Applied::Written)
+        }
     }
 }
 
@@ -64,7 +67,7 @@ pub(super) fn apply(db: &Connection, op: &Op, translate: &dyn Fn(i64) -> i64) ->
 #[derive(Debug, Default)]
 pub(super) struct Shadow {
     pub(super) by_id: BTreeMap<i64, PendingAction>,
-    by_key: HashMap<(ActionKind, IpAddr), i64>,
+    by_key: HashMap<(String, ActionKind, IpAddr), i64>,
 }
 
 impl Shadow {
@@ -77,19 +80,20 @@ impl Shadow {
     }
 
     pub(super) fn insert(&mut self, p: PendingAction) {
-        self.by_key.entry((p.kind, p.ip)).or_insert(p.id.0);
+        self.by_key.entry((p.target.clone(), p.kind, p.ip)).or_insert(p.id.0);
         self.by_id.entry(p.id.0).or_insert(p);
     }
 
-    pub(super) fn find(&self, kind: ActionKind, ip: IpAddr) -> Option<ActionId> {
-        self.by_key.get(&(kind, ip)).map(|id| ActionId(*id))
+    pub(super) fn find(&self, target: &str, kind: ActionKind, ip: IpAddr) -> Option<ActionId> {
+        self.by_key.get(&(target.to_owned(), kind, ip)).map(|id| ActionId(*id))
     }
 
     pub(super) fn remove(&mut self, id: i64) -> bool {
         match self.by_id.remove(&id) {
             Some(p) => {
-                if self.by_key.get(&(p.kind, p.ip)) == Some(&id) {
-                    self.by_key.remove(&(p.kind, p.ip));
+                let key = (p.target, p.kind, p.ip);
+                if self.by_key.get(&key) == Some(&id) {
+                    self.by_key.remove(&key);
                 }
                 true
             }
@@ -109,9 +113,29 @@ impl Shadow {
     }
 
     pub(super) fn list(&self) -> Vec<PendingAction> {
-        let mut all: Vec<PendingAction> = self.by_id.values().cloned().collect();
+        self.list_where(&PendingQuery::default())
+    }
+
+    /// The entries `query` selects, oldest first.
+    pub(super) fn list_where(&self, query: &PendingQuery) -> Vec<PendingAction> {
+        let mut all: Vec<PendingAction> = self.by_id.values().filter(|p| query.selects(p)).cloned().collect();
         all.sort_by_key(|p| (p.requested_at, p.id.0.unsigned_abs()));
+        all.truncate(query.limit.unwrap_or(usize::MAX));
         all
+    }
+
+    /// Takes in what a read of the file returned for `query`: the entries it selects are replaced when the read
+    /// was complete (no limit); a limited read only adds.
+    pub(super) fn refresh(&mut self, query: &PendingQuery, rows: Vec<PendingAction>) {
+        if query.limit.is_none() {
+            let stale: Vec<i64> = self.by_id.values().filter(|p| query.selects(p)).map(|p| p.id.0).collect();
+            for id in stale {
+                self.remove(id);
+            }
+        }
+        for row in rows {
+            self.insert(row);
+        }
     }
 }
 
@@ -120,10 +144,10 @@ pub(super) fn active_blocks(mut base: Vec<BlockRecord>, backlog: &[Op]) -> Vec<B
     for op in backlog {
         match op {
             Op::Block(b) => {
-                base.retain(|x| x.ip != b.ip);
+                base.retain(|x| (x.ip, &x.target) != (b.ip, &b.target));
                 base.push(b.clone());
             }
-            Op::Unblock { ip, .. } => base.retain(|x| x.ip != *ip),
+            Op::Unblock { target, ip, .. } => base.retain(|x| (x.ip, &x.target) != (*ip, target)),
             _ => {}
         }
     }

@@ -16,7 +16,7 @@ use super::shadow::{self, Applied, Op, Shadow};
 use super::store::Store;
 use super::{actions, decisions, ledger};
 use super::{
-    ActionId, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, Pruned, MAX_BUFFERED_DECISIONS,
+    ActionId, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, PendingQuery, Pruned, MAX_BUFFERED_DECISIONS,
     RETRY_INTERVAL,
 };
 
@@ -356,7 +356,7 @@ impl Store for SqliteStore {
                 other => unreachable!("an enqueue applies as Enqueued, not {other:?}"),
             },
             None => {
-                if let Some(id) = self.shadow.find(action.kind, action.ip) {
+                if let Some(id) = self.shadow.find(&action.target, action.kind, action.ip) {
                     return Ok(id);
                 }
                 let id = self.next_mem_id;
@@ -368,24 +368,24 @@ impl Store for SqliteStore {
         }
     }
 
-    fn pending(&mut self) -> Result<Vec<PendingAction>, Error> {
+    fn pending(&mut self, query: &PendingQuery) -> Result<Vec<PendingAction>, Error> {
         if self.degraded {
             self.retry_if_due();
         }
         if self.degraded {
-            return Ok(self.shadow.list());
+            return Ok(self.shadow.list_where(query));
         }
         let Some(db) = self.db.as_ref() else {
-            return Ok(self.shadow.list());
+            return Ok(self.shadow.list_where(query));
         };
-        match actions::load_pending(db) {
+        match actions::load_pending_where(db, query) {
             Ok(rows) => {
-                self.shadow = Shadow::from_rows(rows.clone());
+                self.shadow.refresh(query, rows.clone());
                 Ok(rows)
             }
             Err(error) if is_unavailable(&error) => {
                 warn!(message = "Journal cannot be read; serving the pending queue from memory.", %error);
-                Ok(self.shadow.list())
+                Ok(self.shadow.list_where(query))
             }
             Err(source) => Err(self.sql_error(source)),
         }
@@ -419,8 +419,8 @@ impl Store for SqliteStore {
         self.write_simple(Op::Block(block.clone()))
     }
 
-    fn record_unblock(&mut self, ip: IpAddr, reason: &str, at: DateTime<Utc>) -> Result<(), Error> {
-        self.write_simple(Op::Unblock { ip, reason: reason.to_owned(), at })
+    fn record_unblock(&mut self, target: &str, ip: IpAddr, reason: &str, at: DateTime<Utc>) -> Result<(), Error> {
+        self.write_simple(Op::Unblock { target: target.to_owned(), ip, reason: reason.to_owned(), at })
     }
 
     fn active_blocks(&mut self) -> Result<Vec<BlockRecord>, Error> {

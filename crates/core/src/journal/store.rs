@@ -5,19 +5,19 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
-use super::{ActionId, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, Pruned};
+use super::{ActionId, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, PendingQuery, Pruned};
 
 /// A journal implementation behind [`super::Journal`]. Today's is [`super::sqlite::SqliteStore`]; the public
 /// methods of `Journal` document the semantics each method must keep (idempotent enqueue, first outcome wins,
 /// writes kept in memory rather than refused while the backing store is unavailable).
 pub(crate) trait Store: Send {
     fn enqueue(&mut self, action: &NewAction) -> Result<ActionId, Error>;
-    fn pending(&mut self) -> Result<Vec<PendingAction>, Error>;
+    fn pending(&mut self, query: &PendingQuery) -> Result<Vec<PendingAction>, Error>;
     fn record_attempt(&mut self, id: ActionId, error: &str, at: DateTime<Utc>) -> Result<(), Error>;
     fn complete(&mut self, id: ActionId, outcome: &Outcome, at: DateTime<Utc>) -> Result<(), Error>;
     fn record_decision(&mut self, decision: &Decision) -> Result<(), Error>;
     fn record_block(&mut self, block: &BlockRecord) -> Result<(), Error>;
-    fn record_unblock(&mut self, ip: IpAddr, reason: &str, at: DateTime<Utc>) -> Result<(), Error>;
+    fn record_unblock(&mut self, target: &str, ip: IpAddr, reason: &str, at: DateTime<Utc>) -> Result<(), Error>;
     fn active_blocks(&mut self) -> Result<Vec<BlockRecord>, Error>;
     fn prune(&mut self, older_than: DateTime<Utc>) -> Result<Pruned, Error>;
     /// Writes back what is buffered in memory; how many entries were written.
