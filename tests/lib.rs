@@ -446,7 +446,8 @@ pub fn recent_decisions(env: &Env, limit: usize) -> Vec<fortimisp_core::journal:
     if !env.state.exists() {
         return Vec::new();
     }
-    let sql = format!("SELECT at, ip, verdict, detail, event_id, rule FROM decisions ORDER BY id DESC LIMIT {limit}");
+    let sql =
+        format!("SELECT at, ip, verdict, detail, event_id, rule, target FROM decisions ORDER BY id DESC LIMIT {limit}");
     env.journal_rows(&sql)
         .into_iter()
         .map(|r| fortimisp_core::journal::Decision {
@@ -456,6 +457,7 @@ pub fn recent_decisions(env: &Env, limit: usize) -> Vec<fortimisp_core::journal:
             detail: r[3].clone(),
             event_id: r[4].parse().ok(),
             rule: r[5].parse().ok(),
+            target: Some(r[6].clone()).filter(|t| !t.is_empty()),
         })
         .collect()
 }

@@ -651,6 +651,7 @@ async fn revoked_bans_are_journalled() {
     for (addr, event_id) in [(listed, Some(7)), (revoked, Some(7)), (manual, None)] {
         env.fortigate.seed_banned(addr, 86_400);
         let record = BlockRecord {
+            target: "default".into(),
             ip: addr,
             object: addr.to_string(),
             group: None,

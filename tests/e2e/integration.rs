@@ -549,6 +549,7 @@ async fn senders_outside_the_allowlist_are_dropped_and_counted() {
 async fn leave_pending(env: &Env, address: IpAddr) {
     use fortimisp_core::journal::{ActionKind, NewAction};
     let action = NewAction {
+        target: "default".into(),
         kind: ActionKind::Block,
         ip: address,
         reason: "misp-event=1 rule=0".into(),

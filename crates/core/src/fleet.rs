@@ -126,10 +126,19 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn new(targets: &[FortiGate], scope: Scope) -> Claims {
+    /// The claims of the config's targets.
+    pub fn of_targets(targets: &[FortiGate], scope: Scope) -> Claims {
+        Claims::new(targets.iter().map(|t| (t.devices.as_slice(), t.vdoms.as_slice())), scope)
+    }
+
+    /// The claims of targets given as their (`devices`, `vdoms`), in order.
+    pub fn new<'a>(targets: impl IntoIterator<Item = (&'a [String], &'a [String])>, scope: Scope) -> Claims {
         let claims: Vec<Claim> = targets
-            .iter()
-            .map(|t| Claim { devices: t.devices.iter().cloned().collect(), vdoms: t.vdoms.iter().cloned().collect() })
+            .into_iter()
+            .map(|(devices, vdoms)| Claim {
+                devices: devices.iter().cloned().collect(),
+                vdoms: vdoms.iter().cloned().collect(),
+            })
             .collect();
         let claims_everything = claims.iter().all(|c| c.devices.is_empty() && c.vdoms.is_empty());
         Claims { all: TargetSet::first(claims.len()), claims, scope, claims_everything }
@@ -168,26 +177,32 @@ mod tests {
         config.targets.into_iter().next().unwrap()
     }
 
+    impl Claims {
+        fn of_test(targets: &[FortiGate], scope: Scope) -> Claims {
+            Claims::of_targets(targets, scope)
+        }
+    }
+
     #[test]
     fn origin_scope_picks_the_claiming_targets_and_fleet_scope_all_of_them() {
         let targets =
             [target(&["FGA", "edge-a"], &[]), target(&["FGB"], &["root"]), target(&["FGB"], &["dmz"])];
-        let origin = Claims::new(&targets, Scope::Origin);
+        let origin = Claims::of_test(&targets, Scope::Origin);
         assert_eq!(origin.of(Some("FGA"), None, Some("x")), TargetSet::single(0));
         assert_eq!(origin.of(None, Some("edge-a"), None), TargetSet::single(0), "devname claims too");
         assert_eq!(origin.of(Some("FGB"), None, Some("dmz")), TargetSet::single(2));
         assert_eq!(origin.of(Some("FGB"), None, None), TargetSet::EMPTY, "a target with vdoms needs a vd");
         assert_eq!(origin.of(Some("FGZ"), None, Some("root")), TargetSet::EMPTY);
-        let fleet = Claims::new(&targets, Scope::Fleet);
+        let fleet = Claims::of_test(&targets, Scope::Fleet);
         assert_eq!(fleet.of(Some("FGA"), None, None), TargetSet::first(3));
         assert_eq!(fleet.of(Some("FGZ"), None, None), TargetSet::EMPTY, "unclaimed stays unclaimed");
     }
 
     #[test]
     fn a_target_without_devices_claims_every_line() {
-        let claims = Claims::new(&[target(&[], &[])], Scope::Origin);
+        let claims = Claims::of_test(&[target(&[], &[])], Scope::Origin);
         assert_eq!(claims.of(None, None, None), TargetSet::single(0));
-        let claims = Claims::new(&[target(&["FGA"], &[]), target(&[], &[])], Scope::Origin);
+        let claims = Claims::of_test(&[target(&["FGA"], &[]), target(&[], &[])], Scope::Origin);
         assert_eq!(claims.of(Some("FGA"), None, None), TargetSet::first(2));
         assert_eq!(claims.of(Some("FGQ"), None, None), TargetSet::single(1));
     }

@@ -349,8 +349,8 @@ fn api_keys_are_compose_secrets() {
     // config.toml reads them where compose puts them.
     let raw = config();
     assert_eq!(raw.misp.api_key_file, Some("/run/secrets/misp_api_key".into()));
-    assert_eq!(raw.fortigate.api_key_file, Some("/run/secrets/fortigate_api_key".into()));
-    assert!(raw.misp.api_key.is_none() && raw.fortigate.api_key.is_none(), "no inline key in config.toml");
+    assert_eq!(raw.fortigate.tables()[0].api_key_file, Some("/run/secrets/fortigate_api_key".into()));
+    assert!(raw.misp.api_key.is_none() && raw.fortigate.tables()[0].api_key.is_none(), "no inline key in config.toml");
     // Keys must never be baked into an image.
     assert!(
         DOCKERIGNORE.lines().any(|l| l.trim().trim_end_matches('/') == "secrets"),

@@ -320,7 +320,7 @@ fn no_api_key_is_inline() {
     }
     let raw = parse(EXAMPLE);
     assert_eq!(raw.misp.api_key_file.as_deref(), Some(std::path::Path::new("/run/secrets/misp_api_key")));
-    assert_eq!(raw.fortigate.api_key_file.as_deref(), Some(std::path::Path::new("/run/secrets/fortigate_api_key")));
+    assert_eq!(raw.fortigate.tables()[0].api_key_file.as_deref(), Some(std::path::Path::new("/run/secrets/fortigate_api_key")));
 }
 
 #[test]

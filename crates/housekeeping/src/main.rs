@@ -29,7 +29,7 @@ use clap::Parser;
 use fortimisp_core::clients;
 use fortimisp_core::config::Config;
 use fortimisp_core::journal::Journal;
-use fortimisp_core::metrics::{self, Health, Metrics};
+use fortimisp_core::metrics::{self, Health, Metrics, TargetMetrics};
 use fortimisp_core::process;
 use fortimisp_core::ready::{self, Readiness};
 use fortimisp_core::supervise::{Faults, Supervisor};
@@ -106,8 +106,9 @@ fn main() -> ExitCode {
 struct Daemon {
     supervisor: Supervisor,
     config: Config,
-    /// Shared with the readiness probe, so the FortiGate sees one client and one request rate.
-    fortigate: Arc<fortimisp_core::fortigate::Client>,
+    /// The FortiGate targets; each client is shared with the readiness probe, so a FortiGate sees one client and
+    /// one request rate.
+    targets: Vec<pass::HkTarget>,
     misp: Arc<fortimisp_core::misp::Client>,
     journal: Journal,
     metrics: Arc<Metrics>,
@@ -123,19 +124,46 @@ enum ReportTo {
 }
 
 impl Daemon {
+    /// One cycle: a pass per target, one after the other, each with its own safety rail; they share one read of
+    /// MISP. A target that fails does not stop the others. True when every pass succeeded.
     async fn prune(&self, dry_run: bool, force: bool, shutdown: &CancellationToken, report_to: ReportTo) -> bool {
+        let view = pass::MispView::new();
+        let mut all_ok = true;
+        for target in &self.targets {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            all_ok &= self.prune_target(target, &view, dry_run, force, shutdown, report_to).await;
+        }
+        if all_ok && !dry_run {
+            self.metrics.hk_last_success.set(chrono::Utc::now().timestamp());
+        }
+        all_ok
+    }
+
+    async fn prune_target(
+        &self,
+        target: &pass::HkTarget,
+        view: &pass::MispView,
+        dry_run: bool,
+        force: bool,
+        shutdown: &CancellationToken,
+        report_to: ReportTo,
+    ) -> bool {
         let pass = pass::Pass {
             config: &self.config,
-            fortigate: &self.fortigate,
+            target,
             misp: &self.misp,
+            view,
             journal: &self.journal,
             metrics: &self.metrics,
             dry_run,
             force,
         };
+        let name = target.config.name.as_str();
         let started = std::time::Instant::now();
         let Ok(result) = self.supervisor.pass("prune", pass.run(shutdown)).await else {
-            Metrics::inc(&self.metrics.hk_failures, "panic");
+            target.metrics.failure("panic").inc();
             return false;
         };
         match result {
@@ -149,27 +177,30 @@ impl Daemon {
                             unblock_revoked: hk.unblock_revoked,
                             max_unblock_fraction: hk.max_unblock_fraction,
                         };
+                        if self.targets.len() > 1 {
+                            println!("target {name}:");
+                        }
                         println!("{}", summary::summary(&report, &settings));
                     }
                     ReportTo::Log => {
-                        info!(message = "Prune pass done.", examined = report.examined,
+                        info!(message = "Prune pass done.", target = name, examined = report.examined,
                               removed = report.removed.total(), failed = report.failed, readded = report.readded,
                               dangling = report.dangling, revocation = report.revocation(), took = ?started.elapsed());
                     }
                 }
-                if report.is_success() && !dry_run {
-                    self.metrics.hk_last_success.set(chrono::Utc::now().timestamp());
-                }
                 // The FortiGate answered the listing: refused again only if a removal was refused.
-                self.metrics.fortigate_unauthorized.set(i64::from(report.refused));
+                target.metrics.unauthorized.set(i64::from(report.refused));
                 report.is_success()
             }
             Err(error) => {
                 if error.is_fatal() {
-                    self.metrics.fortigate_unauthorized.set(1);
+                    target.metrics.unauthorized.set(1);
                 }
-                Metrics::inc(&self.metrics.hk_failures, "error");
-                error!(message = "Prune pass failed: cannot read the FortiGate.", %error);
+                target.metrics.failure("error").inc();
+                error!(message = "Prune pass failed: cannot read the FortiGate.", %error, target = name);
+                if report_to == ReportTo::Summary {
+                    println!("target {name}: cannot read the FortiGate: {error}");
+                }
                 false
             }
         }
@@ -186,8 +217,19 @@ impl Daemon {
 
 async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
-    // The series the alert rules watch start at 0, so their first increase is seen.
-    Metrics::start_at_zero(&metrics.hk_failures, &["in_use", "error", "safety_rail", "misp_unavailable", "panic"]);
+    let targets = config
+        .targets
+        .iter()
+        .map(|t| {
+            let client = clients::fortigate_timed(t, &metrics).with_context(|| format!("fortigate {}", t.name))?;
+            let target_metrics = TargetMetrics::new(metrics.clone(), &t.name);
+            // The series the alert rules watch start at 0, so their first increase is seen.
+            for reason in ["in_use", "error", "safety_rail", "misp_unavailable", "panic"] {
+                drop(target_metrics.failure(reason));
+            }
+            Ok(pass::HkTarget { config: t.clone(), client: Arc::new(client), metrics: target_metrics })
+        })
+        .collect::<Result<Vec<_>>>()?;
     if config.misp.feed_update_interval.is_some() {
         Metrics::start_at_zero(&metrics.feed_updates, &["error", "failed", "feed_disabled"]);
     }
@@ -199,7 +241,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     let supervisor = Supervisor::new(Health::default(), cli.faults());
     let daemon = Daemon {
         supervisor: supervisor.clone(),
-        fortigate: Arc::new(clients::fortigate_timed(&config.fortigate, &metrics).context("fortigate")?),
+        targets,
         misp: Arc::new(clients::misp_timed(&config.misp, &metrics).context("misp")?),
         journal,
         metrics: metrics.clone(),
@@ -223,17 +265,22 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("metrics.housekeeping_listen: cannot listen on {addr}"))?;
-        let readiness = Readiness::new();
+        let names = daemon.targets.iter().map(|t| t.config.name.clone()).collect();
+        let readiness = Readiness::new(names, daemon.config.blocking.healthy_share);
         let (m, h, r, stop) = (metrics.clone(), supervisor.health().clone(), readiness.clone(), metrics_stop.clone());
         tokio::spawn(supervisor.fatal("metrics", async move {
             if let Err(error) = metrics::serve(listener, m, h, r, stop).await {
                 error!(message = "Metrics server failed.", %error);
             }
         }));
-        let (misp, fortigate) = (daemon.misp.clone(), daemon.fortigate.clone());
-        let (m, stop) = (metrics.clone(), metrics_stop.clone());
+        let probed: Vec<ready::ProbedTarget> = daemon
+            .targets
+            .iter()
+            .map(|t| ready::ProbedTarget { client: t.client.clone(), metrics: t.metrics.clone() })
+            .collect();
+        let (misp, stop) = (daemon.misp.clone(), metrics_stop.clone());
         tokio::spawn(supervisor.restarting("readiness", metrics_stop.clone(), move || {
-            ready::probe(misp.clone(), fortigate.clone(), readiness.clone(), m.clone(), stop.clone())
+            ready::probe(misp.clone(), probed.clone(), readiness.clone(), stop.clone())
         }));
     }
     // A fatal death stops the timers the way SIGTERM does; either way `/healthz` turns 503 at once.

@@ -17,6 +17,9 @@
 //! With `backend = "banned-ip"` the pass reads the bans the journal's ledger says fortimisp made, and `plan()`
 //! decides the revocations under the same safety rail; each goes through the same `Unblocker`. With
 //! `backend = "threat-feed"` the ledger's feed entries are planned the same way, and also age out.
+//!
+//! A pass is one target's: with a fleet, the daemon runs one per target per cycle, each with its own safety rail
+//! and its own failures; they share one read of MISP ([`MispView`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
@@ -24,10 +27,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::Utc;
-use fortimisp_core::config::{Backend, Config};
+use fortimisp_core::config::{Backend, Config, FortiGate};
+use fortimisp_core::indicators::IndicatorSet;
 use fortimisp_core::fortigate::{self, Comment, Family, OwnedObject};
 use fortimisp_core::journal::Journal;
-use fortimisp_core::metrics::Metrics;
+use fortimisp_core::metrics::{Metrics, TargetMetrics};
 use fortimisp_core::unblock::{self, Target, Unblocked, Unblocker};
 use fortimisp_core::{misp, view};
 use tokio_util::sync::CancellationToken;
@@ -100,11 +104,23 @@ impl Report {
 /// Which block groups each member name is in (names are one namespace across both families).
 type MemberOf = HashMap<String, Vec<String>>;
 
+/// One FortiGate target as housekeeping sees it.
+pub struct HkTarget {
+    pub config: FortiGate,
+    pub client: Arc<fortigate::Client>,
+    pub metrics: TargetMetrics,
+}
+
+/// MISP's complete view of the blocking indicators, read at most once per cycle whatever the number of targets;
+/// `None` when it could not be read.
+pub type MispView = tokio::sync::OnceCell<Option<Arc<IndicatorSet>>>;
+
 /// The shared handles of a pass.
 pub struct Pass<'a> {
     pub config: &'a Config,
-    pub fortigate: &'a fortigate::Client,
+    pub target: &'a HkTarget,
     pub misp: &'a misp::Client,
+    pub view: &'a MispView,
     pub journal: &'a Journal,
     pub metrics: &'a Arc<Metrics>,
     pub dry_run: bool,
@@ -114,18 +130,18 @@ pub struct Pass<'a> {
 impl Pass<'_> {
     /// Runs one pass. Errors reading the FortiGate fail the pass; everything after is per object.
     pub async fn run(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
-        match self.config.fortigate.backend {
+        match self.target.config.backend {
             Backend::BannedIp => return self.run_banned(shutdown).await,
             Backend::ThreatFeed => return self.run_feed(shutdown).await,
             Backend::AddressGroup => {}
         }
         if !self.dry_run {
             // Keeps the groups (and their placeholders) valid, whatever an admin did since the last pass.
-            self.fortigate.ensure_groups().await?;
+            self.target.client.ensure_groups().await?;
         }
-        let owned = self.fortigate.list_owned().await?;
+        let owned = self.target.client.list_owned().await?;
         let legacy =
-            if self.config.housekeeping.adopt_legacy { self.fortigate.legacy_members().await? } else { Vec::new() };
+            if self.config.housekeeping.adopt_legacy { self.target.client.legacy_members().await? } else { Vec::new() };
         let still_listed = self.misp_view(&owned).await;
         let misp_unavailable = self.config.housekeeping.unblock_revoked && !owned.is_empty() && still_listed.is_none();
         let rules = self.rules();
@@ -150,9 +166,10 @@ impl Pass<'_> {
         self.metrics.hk_examined.inc_by(plan.examined as u64);
         let mut report = Report { examined: plan.examined, misp_view, misp_unavailable, ..Report::default() };
         if let Some((would, of)) = plan.held_back {
-            Metrics::inc(&self.metrics.hk_failures, "safety_rail");
+            self.target.metrics.failure("safety_rail").inc();
             error!(message = "Revocation held back: it would remove more than max_unblock_fraction of the blocks. Check MISP; rerun with --force to proceed.",
-                   would_remove = would, blocks = of, max_unblock_fraction = self.config.housekeeping.max_unblock_fraction);
+                   would_remove = would, blocks = of, max_unblock_fraction = self.config.housekeeping.max_unblock_fraction,
+                   target = self.target.metrics.target());
             report.held_back = Some((would, of));
         }
         report
@@ -163,14 +180,30 @@ impl Pass<'_> {
         if !self.config.housekeeping.unblock_revoked || owned.is_empty() {
             return None;
         }
-        match view::full(self.misp, &self.config.misp).await {
-            Ok((set, _)) => Some(owned.iter().map(|o| o.ip).filter(|ip| set.lookup(*ip).is_some()).collect()),
-            Err(error) => {
-                Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
-                warn!(message = "No complete view of MISP; nothing is unblocked for revocation this pass.", %error);
+        match self.misp_set().await {
+            Some(set) => Some(owned.iter().map(|o| o.ip).filter(|ip| set.lookup(*ip).is_some()).collect()),
+            None => {
+                self.target.metrics.failure("misp_unavailable").inc();
                 None
             }
         }
+    }
+
+    /// MISP's view, read by the first pass of the cycle that needs it.
+    async fn misp_set(&self) -> Option<Arc<IndicatorSet>> {
+        self.view
+            .get_or_init(|| async {
+                match view::full(self.misp, &self.config.misp).await {
+                    Ok((set, _)) => Some(Arc::new(set)),
+                    Err(error) => {
+                        warn!(message = "No complete view of MISP; nothing is unblocked for revocation this cycle.",
+                              %error);
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
     }
 
     async fn reconcile(
@@ -182,8 +215,8 @@ impl Pass<'_> {
     ) -> Result<MemberOf, fortigate::Error> {
         let mut members = MemberOf::new();
         for family in [Family::V4, Family::V6] {
-            for group in self.fortigate.block_groups(family).await? {
-                for member in self.fortigate.group_members(family, &group).await? {
+            for group in self.target.client.block_groups(family).await? {
+                for member in self.target.client.group_members(family, &group).await? {
                     members.entry(member).or_default().push(group.clone());
                 }
             }
@@ -203,7 +236,7 @@ impl Pass<'_> {
                     object.comment.event_id.as_deref().unwrap_or("manual"),
                     &object.comment.rest,
                 );
-                match self.fortigate.block(object.ip, &comment).await {
+                match self.target.client.block(object.ip, &comment).await {
                     Ok(_) => report.readded += 1,
                     Err(error) => warn!(message = "Could not re-add the object to a block group.", %error,
                                         object = %object.name),
@@ -211,7 +244,7 @@ impl Pass<'_> {
             }
         }
         let names: HashSet<&str> = owned.iter().map(|o| o.name.as_str()).collect();
-        let prefix = &self.config.fortigate.object_prefix;
+        let prefix = &self.target.config.object_prefix;
         for member in members.keys() {
             if member.starts_with(prefix.as_str())
                 && !names.contains(member.as_str())
@@ -231,7 +264,8 @@ impl Pass<'_> {
     async fn remove(&self, plan: Plan, member_of: &MemberOf, shutdown: &CancellationToken, report: &mut Report) {
         let total = plan.removals.len();
         let progress = total >= 100 && std::io::stderr().is_terminal();
-        let unblocker = Unblocker { fortigate: self.fortigate, journal: self.journal };
+        let unblocker =
+            Unblocker { target_name: &self.target.config.name, fortigate: &self.target.client, journal: self.journal };
         for (i, removal) in plan.removals.into_iter().enumerate() {
             if shutdown.is_cancelled() {
                 report.interrupted = true;
@@ -250,7 +284,7 @@ impl Pass<'_> {
             let (target, member_of) = match removal {
                 Removal::Owned { object, .. } => (Target::Address(object.ip), groups()),
                 Removal::Legacy { member } => (Target::Legacy(member), groups()),
-                Removal::Ledger { ip, .. } if self.config.fortigate.backend == Backend::ThreatFeed => {
+                Removal::Ledger { ip, .. } if self.target.config.backend == Backend::ThreatFeed => {
                     let push_to = self.config.feed.as_ref().map_or_else(Vec::new, |f| f.push_targets(ip));
                     (Target::Feed { ip, push_to }, None)
                 }
@@ -260,15 +294,15 @@ impl Pass<'_> {
             match unblocker.unblock(&request).await {
                 Unblocked::Done | Unblocked::NotThere => {
                     report.removed.add(why);
-                    Metrics::inc(&self.metrics.hk_pruned, reason);
-                    info!(message = "Removed block.", object = %name, reason);
+                    self.target.metrics.pruned(reason).inc();
+                    info!(message = "Removed block.", object = %name, reason, target = self.target.metrics.target());
                 }
                 Unblocked::Refused(error) => {
                     // Every further request would be refused too, and each refusal counts toward an admin lockout
                     // that would also stop the integration daemon's blocks: the pass stops here.
                     report.failed += 1;
                     report.refused = true;
-                    Metrics::inc(&self.metrics.hk_failures, "error");
+                    self.target.metrics.failure("error").inc();
                     error!(message = "FortiGate refused our credentials; the pass stops so as not to extend an admin lockout. Check the API token, its profile and trusted hosts.",
                            object = %name, %error, left = total - i - 1);
                     break;
@@ -276,7 +310,7 @@ impl Pass<'_> {
                 failed => {
                     report.failed += 1;
                     let label = if matches!(failed, Unblocked::InUse(_)) { "in_use" } else { "error" };
-                    Metrics::inc(&self.metrics.hk_failures, label);
+                    self.target.metrics.failure(label).inc();
                     let error = match &failed {
                         Unblocked::Foreign(e)
                         | Unblocked::InUse(e)
@@ -301,7 +335,7 @@ impl Pass<'_> {
     /// `backend = "banned-ip"`: bans expire natively; only revocations are removed, and only bans the journal
     /// says fortimisp made. `plan()` decides, under the same safety rail as address objects.
     async fn run_banned(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
-        let ledger = match self.journal.active_blocks().await {
+        let ledger = match self.journal.active_blocks_of(&self.target.config.name).await {
             Ok(ledger) => ledger,
             Err(error) => {
                 warn!(message = "Journal cannot be read; no ban is examined this pass.", %error);
@@ -311,7 +345,8 @@ impl Pass<'_> {
         let ours: HashMap<IpAddr, bool> =
             ledger.into_iter().filter(|b| b.backend == "banned-ip").map(|b| (b.ip, b.event_id.is_none())).collect();
         let banned: Vec<Ban> = self
-            .fortigate
+            .target
+            .client
             .list_banned()
             .await?
             .into_iter()
@@ -324,7 +359,7 @@ impl Pass<'_> {
     /// out by `max_age` and are revoked under the same rail as objects. A removal closes the ledger entry (the
     /// integration daemon stops serving it within seconds) and, with push, sends `remove` at once.
     async fn run_feed(&self, shutdown: &CancellationToken) -> Result<Report, fortigate::Error> {
-        let ledger = match self.journal.active_blocks().await {
+        let ledger = match self.journal.active_blocks_of(&self.target.config.name).await {
             Ok(ledger) => ledger,
             Err(error) => {
                 warn!(message = "Journal cannot be read; no feed entry is examined this pass.", %error);
@@ -344,13 +379,12 @@ impl Pass<'_> {
         let mut still_listed = None;
         let mut misp_unavailable = false;
         if self.config.housekeeping.unblock_revoked && !blocks.is_empty() {
-            match view::full(self.misp, &self.config.misp).await {
-                Ok((set, _)) => {
+            match self.misp_set().await {
+                Some(set) => {
                     still_listed = Some(blocks.iter().map(|b| b.ip).filter(|ip| set.lookup(*ip).is_some()).collect());
                 }
-                Err(error) => {
-                    Metrics::inc(&self.metrics.hk_failures, "misp_unavailable");
-                    warn!(message = "No complete view of MISP; nothing is removed for revocation this pass.", %error);
+                None => {
+                    self.target.metrics.failure("misp_unavailable").inc();
                     misp_unavailable = true;
                 }
             }

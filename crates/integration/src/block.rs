@@ -1,5 +1,8 @@
 //! The blocking stage: journal first, then the FortiGate, retried until done.
 //!
+//! One [`Blocker`] per FortiGate target, each with its own executor, rate rail, retries and pause, so a target
+//! that is down, slow or refusing the token holds only its own blocks (they wait in the journal under its name).
+//!
 //! Every [`BlockRequest`] is written to the journal as a pending action *before* any FortiGate call, so a crash,
 //! a SIGKILL or an outage loses nothing: at start the [`Blocker`] resumes every pending block from the journal.
 //!
@@ -26,9 +29,9 @@ use chrono::Utc;
 use fortimisp_core::fortigate::{self, Comment, CommentKind};
 use fortimisp_core::indicators::{format_uuid, Hit};
 use fortimisp_core::journal::{
-    ActionId, ActionKind, BlockRecord, Decision, Journal, NewAction, Outcome, PendingAction,
+    ActionId, ActionKind, BlockRecord, Decision, Journal, NewAction, Outcome, PendingAction, PendingQuery,
 };
-use fortimisp_core::metrics::{Metrics, Stage};
+use fortimisp_core::metrics::{Stage, TargetMetrics};
 use fortimisp_core::policy::NeverBlock;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -38,6 +41,7 @@ use tokio_util::time::delay_queue::{DelayQueue, Expired};
 use tracing::{error, info, warn};
 
 use crate::decide::BlockRequest;
+use fortimisp_core::fleet::TargetSet;
 
 /// How long every write pauses after the FortiGate refused the token (retrying sooner extends its lockout).
 pub const FATAL_PAUSE: Duration = Duration::from_secs(300);
@@ -124,7 +128,8 @@ pub struct Executor<B: Backend, S: Sighter> {
     pub journal: Journal,
     pub never_block: NeverBlock,
     pub dry_run: bool,
-    pub metrics: Arc<Metrics>,
+    /// The target it writes to: its name and its metrics.
+    pub target: TargetMetrics,
 }
 
 impl<B: Backend, S: Sighter> Executor<B, S> {
@@ -177,6 +182,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
         comment: &Comment,
     ) -> Option<ActionId> {
         let action = NewAction {
+            target: self.target.target().to_string(),
             kind: ActionKind::Block,
             ip,
             reason: reason.to_string(),
@@ -204,7 +210,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             return Executed::Protected(reason);
         }
         if self.dry_run {
-            Metrics::inc(&self.metrics.blocks, "dry_run");
+            self.target.block("dry_run");
             self.finish(job, Outcome::Skipped { reason: "dry_run".into() }, "dry-run", &job.reason).await;
             return Executed::DryRun;
         }
@@ -215,11 +221,12 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
                     Applied::Blocked { object, group } => ("blocked", object.clone(), group.clone()),
                     Applied::AlreadyBlocked { object, group } => ("already_blocked", object.clone(), group.clone()),
                 };
-                Metrics::inc(&self.metrics.blocks, outcome);
+                self.target.block(outcome);
                 if let Some(received) = job.received {
-                    self.metrics.block_latency_seconds.observe(received.elapsed().as_secs_f64());
+                    self.target.block_latency(received.elapsed().as_secs_f64());
                 }
                 let record = BlockRecord {
+                    target: self.target.target().to_string(),
                     ip: job.ip,
                     object,
                     group,
@@ -250,7 +257,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             }
             Err(error) if error.is_fatal() => Executed::Fatal(error.to_string()),
             Err(error) if error.is_retryable() => {
-                Metrics::inc(&self.metrics.blocks, "retry");
+                self.target.block("retry");
                 let text = error.to_string();
                 if let Some(id) = job.action {
                     if let Err(error) = self.journal.record_attempt(id, &text).await {
@@ -261,7 +268,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             }
             Err(error) => {
                 let outcome = if matches!(error, fortigate::Error::Foreign { .. }) { "foreign" } else { "failed" };
-                Metrics::inc(&self.metrics.blocks, outcome);
+                self.target.block(outcome);
                 let reason = error.to_string();
                 self.finish(job, Outcome::Failed { reason: reason.clone() }, "failed", &reason).await;
                 Executed::Failed(reason)
@@ -272,6 +279,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
     async fn finish(&self, job: &Job, outcome: Outcome, verdict: &str, detail: &str) {
         let decision = Decision {
             at: Utc::now(),
+            target: Some(self.target.target().to_string()),
             ip: job.ip,
             verdict: verdict.to_string(),
             detail: detail.to_string(),
@@ -360,6 +368,11 @@ pub struct Blocker<B: Backend, S: Sighter> {
     paused_until: Option<Instant>,
     /// Hand-run mode ([`Blocker::leaving_failures_pending`]): what cannot be done now is not retried here.
     leave_failures_pending: bool,
+    /// How long writes pause after the FortiGate refused the token ([`FATAL_PAUSE`]; tests shorten it).
+    fatal_pause: Duration,
+    /// The jobs held, as last added to the shared `queue_depth{stage="block"}` gauge (every target's blocker
+    /// adds its own share).
+    published_held: i64,
     /// Blocks given up by this run and left pending in the journal (hand-run mode).
     left_pending: usize,
 }
@@ -378,7 +391,15 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             paused_until: None,
             leave_failures_pending: false,
             left_pending: 0,
+            fatal_pause: FATAL_PAUSE,
+            published_held: 0,
         }
+    }
+
+    /// Pauses this long after a refused token instead of [`FATAL_PAUSE`] (the debug builds' test hook).
+    pub fn with_fatal_pause(mut self, pause: Duration) -> Self {
+        self.fatal_pause = pause;
+        self
     }
 
     /// Hand-run mode (`replay`): a block that cannot be done now (a retryable error, or a refused token) is not
@@ -413,16 +434,21 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
     /// were pending outside memory before the read.
     async fn read_journal(&mut self) -> usize {
         let room = WINDOW.saturating_sub(self.held_jobs());
-        let pending = match self.executor.journal.pending_of(ActionKind::Block).await {
-            Ok(p) => p,
-            Err(error) => {
+        // This target's oldest pending blocks: the held ones are among them, and `room` more are wanted.
+        let target = self.executor.target.target();
+        let journal = &self.executor.journal;
+        let query = PendingQuery::blocks_of(target, self.held.len() + room);
+        let (pending, count) = match (journal.pending_where(query.clone()).await, journal.count_pending(query).await) {
+            (Ok(p), Ok(n)) => (p, n),
+            (Err(error), _) | (_, Err(error)) => {
                 // Left for the next turn: `more_in_journal` stays set.
-                error!(message = "Could not read pending actions from the journal.", %error);
+                error!(message = "Could not read pending actions from the journal.", %error, target);
                 return 0;
             }
         };
+        let held_pending = pending.iter().filter(|p| self.held.contains(&p.ip)).count();
         let waiting: Vec<PendingAction> = pending.into_iter().filter(|p| !self.held.contains(&p.ip)).collect();
-        let total = waiting.len();
+        let total = count.saturating_sub(held_pending).max(waiting.len());
         for p in waiting.into_iter().take(room) {
             self.held.insert(p.ip);
             self.ready.push_back(Job::resumed(p));
@@ -533,8 +559,8 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             return Some(until);
         }
         if self.paused_until.take().is_some() {
-            self.executor.metrics.fortigate_unauthorized.set(0);
-            info!(message = "Resuming FortiGate writes after the pause.");
+            self.executor.target.unauthorized.set(0);
+            info!(message = "Resuming FortiGate writes after the pause.", target = self.executor.target.target());
         }
         let mut limited = false;
         while self.running.len() < MAX_IN_FLIGHT {
@@ -552,12 +578,13 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             });
         }
         // Logged on the transition only: this runs on every loop turn.
-        let was_limited = self.executor.metrics.block_rate_limited.get() == 1;
-        self.executor.metrics.block_rate_limited.set(i64::from(limited));
+        let was_limited = self.executor.target.rate_limited.get() == 1;
+        self.executor.target.rate_limited.set(i64::from(limited));
         if limited && !was_limited {
             warn!(
                 message = "max_blocks_per_minute reached; further blocks wait in the journal.",
-                waiting = self.ready.len() + self.in_journal
+                waiting = self.ready.len() + self.in_journal,
+                target = self.executor.target.target()
             );
         }
         limited.then(|| self.rate.next_token())
@@ -573,7 +600,7 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                 info!(message = "Blocked.", ip = %job.ip, %object, group = group.as_deref().unwrap_or("-"),
                       reason = %job.reason, outcome);
                 // The FortiGate took a write: whatever refused the token before (at start) is fixed.
-                self.executor.metrics.fortigate_unauthorized.set(0);
+                self.executor.target.unauthorized.set(0);
                 self.held.remove(&job.ip);
             }
             Executed::DryRun => {
@@ -601,21 +628,23 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             }
             Executed::Fatal(error) => {
                 if self.paused_until.is_none() {
-                    error!(message = "FortiGate refused our credentials; pausing all writes. Check the API token and trusted hosts.",
-                           %error, pause = ?FATAL_PAUSE);
+                    error!(message = "FortiGate refused our credentials; pausing its writes. Check the API token and trusted hosts.",
+                           %error, pause = ?self.fatal_pause, target = self.executor.target.target());
                 }
-                self.executor.metrics.fortigate_unauthorized.set(1);
-                self.paused_until = Some(Instant::now() + FATAL_PAUSE);
+                self.executor.target.unauthorized.set(1);
+                self.paused_until = Some(Instant::now() + self.fatal_pause);
                 self.ready.push_front(job);
             }
         }
     }
 
-    fn publish_gauges(&self) {
-        let metrics = &self.executor.metrics;
-        metrics.pending_actions.set((self.ready.len() + self.retries.len() + self.in_journal) as i64);
-        metrics.queue_depth.get_or_create(&Stage { stage: "block" }).set(self.held_jobs() as i64);
-        metrics.journal_degraded.set(i64::from(self.executor.journal.is_degraded()));
+    fn publish_gauges(&mut self) {
+        let target = &self.executor.target;
+        target.pending.set((self.ready.len() + self.retries.len() + self.in_journal) as i64);
+        let held = self.held_jobs() as i64;
+        target.all().queue_depth.get_or_create(&Stage { stage: "block" }).inc_by(held - self.published_held);
+        self.published_held = held;
+        target.all().journal_degraded.set(i64::from(self.executor.journal.is_degraded()));
     }
 }
 
@@ -635,7 +664,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 pub fn manual_request(ip: IpAddr, note: String) -> BlockRequest {
     use fortimisp_core::indicators::Entry;
     let hit = Hit { network: ip.into(), entry: Entry { event_id: 0, uuid: 0, timestamp: 0 } };
-    BlockRequest { ip, hit, rule: None, received: Instant::now(), note: Some(note) }
+    BlockRequest { ip, targets: TargetSet::EMPTY, hit, rule: None, received: Instant::now(), note: Some(note) }
 }
 
 #[cfg(test)]
@@ -687,7 +716,7 @@ mod tests {
             journal: journal.clone(),
             never_block: NeverBlock::new(Vec::new()),
             dry_run: false,
-            metrics: metrics.clone(),
+            target: TargetMetrics::new(metrics.clone(), "default"),
         };
         (Blocker::new(executor, per_minute), metrics)
     }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use fortimisp_core::config::{Backend as BackendKind, Config, Contents};
-use fortimisp_core::journal::{ActionKind, Outcome};
-use fortimisp_core::metrics::Metrics;
+use fortimisp_core::journal::{ActionKind, Outcome, PendingQuery};
+use fortimisp_core::metrics::{Metrics, TargetMetrics};
 use fortimisp_core::misp::SearchQuery;
 use fortimisp_core::policy::Protected;
 use fortimisp_core::preflight;
@@ -56,20 +56,31 @@ pub async fn validate(config: Config) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
     let cfg = &parts.config;
     let mut ok = true;
-    println!("ok    config: {} trigger rule(s), backend {}", cfg.trigger.len(), cfg.fortigate.backend);
+    let backends: Vec<String> = parts.targets.iter().map(|t| format!("{} {}", t.name(), t.config.backend)).collect();
+    println!("ok    config: {} trigger rule(s), target(s): {}", cfg.trigger.len(), backends.join(", "));
     for warning in &cfg.warnings {
         println!("warn  {warning}");
     }
     // Each permission the configured backend needs, proven against the live servers (core::preflight): one line
     // per check; MISSING or FAIL exits 1.
-    let mut checks = preflight::misp(&parts.misp, &cfg.misp).await;
-    checks.extend(preflight::fortigate(&parts.fortigate, &cfg.fortigate, Utc::now()).await);
-    if let Some(feed) = &cfg.feed {
-        checks.extend(fortimisp_core::feed::check::checks(parts.fortigate.transport(), feed).await);
-    }
+    let checks = preflight::misp(&parts.misp, &cfg.misp).await;
     for check in &checks {
         println!("{check}");
         ok &= check.status.passes();
+    }
+    // Each target on its own, under a header naming it when there are several.
+    for target in &parts.targets {
+        if parts.targets.len() > 1 {
+            println!("target {} ({})", target.name(), target.config.url);
+        }
+        let mut checks = preflight::fortigate(&target.client, &target.config, Utc::now()).await;
+        if let (Some(feed), BackendKind::ThreatFeed) = (&cfg.feed, target.config.backend) {
+            checks.extend(fortimisp_core::feed::check::checks(target.client.transport(), feed).await);
+        }
+        for check in &checks {
+            println!("{check}");
+            ok &= check.status.passes();
+        }
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -115,8 +126,15 @@ pub async fn lookup(config: Config, ip: IpAddr) -> Result<ExitCode> {
 }
 
 /// `integration block IP`: the daemon's execution path, by hand.
-pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: bool) -> Result<ExitCode> {
+pub async fn block(
+    config: Config,
+    ip: IpAddr,
+    comment: Option<String>,
+    force: bool,
+    target: Option<&str>,
+) -> Result<ExitCode> {
     let mut parts = Parts::build(config)?;
+    let selected = parts.select(target)?;
     match parts.never_block.check(ip) {
         Some(Protected::Reserved { range, name }) => {
             bail!("{ip} is in the reserved range {range} ({name}); it can never be blocked")
@@ -130,84 +148,109 @@ pub async fn block(config: Config, ip: IpAddr, comment: Option<String>, force: b
         }
         None => {}
     }
-    let executor = parts.executor(false);
     let request = block::manual_request(ip, comment.unwrap_or_else(|| "manual".into()));
-    let job = executor.enqueue(&request).await;
-    let executed = executor.execute(&job).await;
-    flush_journal(&parts).await;
-    match executed {
-        Executed::Done(applied) => {
-            println!("{}", output::block_sentence(ip, &applied, &parts.config.fortigate.backend.to_string()));
-            if parts.config.feed.as_ref().is_some_and(|f| !f.push) {
-                println!(
-                    "the running integration daemon serves it within seconds; the FortiGate loads it at its next pull"
-                );
+    // Every selected target is tried, whatever the others did; each outcome is printed once.
+    let mut failures = Vec::new();
+    for i in selected {
+        let t = &parts.targets[i];
+        let on = if parts.targets.len() > 1 { format!(" on {}", t.name()) } else { String::new() };
+        let executor = parts.executor_of(i, false);
+        let job = executor.enqueue(&request).await;
+        match executor.execute(&job).await {
+            Executed::Done(applied) => {
+                println!("{}{on}", output::block_sentence(ip, &applied, &t.config.backend.to_string()));
+                if t.config.backend == BackendKind::ThreatFeed && parts.config.feed.as_ref().is_some_and(|f| !f.push) {
+                    println!(
+                        "the running integration daemon serves it within seconds; the FortiGate loads it at its \
+                         next pull"
+                    );
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            Executed::DryRun => println!("dry run: {ip} would be blocked{on}"),
+            Executed::Protected(reason) => failures.push(format!("not blocked{on}: {reason}")),
+            Executed::Retry(error) => {
+                failures.push(format!("not blocked yet{on} (the daemon will retry it from the journal): {error}"))
+            }
+            Executed::Fatal(error) | Executed::Failed(error) => failures.push(format!("not blocked{on}: {error}")),
         }
-        Executed::DryRun => {
-            println!("dry run: {ip} would be blocked");
-            Ok(ExitCode::SUCCESS)
-        }
-        Executed::Protected(reason) => bail!("not blocked: {reason}"),
-        Executed::Retry(error) => bail!("not blocked yet (the daemon will retry it from the journal): {error}"),
-        Executed::Fatal(error) | Executed::Failed(error) => bail!("not blocked: {error}"),
+    }
+    flush_journal(&parts).await;
+    match failures.len() {
+        0 => Ok(ExitCode::SUCCESS),
+        1 => bail!("{}", failures[0]),
+        _ => bail!("{}", failures.join("; ")),
     }
 }
 
 /// `integration unblock IP`: removes fortimisp's block (never a foreign object), through the core's one unblock
 /// path: the journal has the pending unblock before the FortiGate is touched.
-pub async fn unblock(config: Config, ip: IpAddr) -> Result<ExitCode> {
+pub async fn unblock(config: Config, ip: IpAddr, target: Option<&str>) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
-    let target = match parts.config.fortigate.backend {
+    let mut failures = Vec::new();
+    for i in parts.select(target)? {
+        let t = &parts.targets[i];
+        let on = if parts.targets.len() > 1 { format!(" on {}", t.name()) } else { String::new() };
+        if let Err(error) = unblock_on(&parts, t, ip, &on).await {
+            failures.push(format!("{error:#}"));
+        }
+    }
+    flush_journal(&parts).await;
+    match failures.len() {
+        0 => Ok(ExitCode::SUCCESS),
+        _ => bail!("{}", failures.join("; ")),
+    }
+}
+
+/// One target's part of `integration unblock`.
+async fn unblock_on(parts: &Parts, t: &crate::run::TargetParts, ip: IpAddr, on: &str) -> Result<()> {
+    let what = match t.config.backend {
         BackendKind::AddressGroup => Target::Address(ip),
         BackendKind::BannedIp => Target::Banned(ip),
         BackendKind::ThreatFeed => {
             Target::Feed { ip, push_to: parts.config.feed.as_ref().map_or_else(Vec::new, |f| f.push_targets(ip)) }
         }
     };
-    let unblocker = Unblocker { fortigate: &parts.fortigate, journal: &parts.journal };
-    let request = unblock::Request { target, reason: "manual".into(), member_of: None };
+    let unblocker = Unblocker { target_name: t.name(), fortigate: &t.client, journal: &parts.journal };
+    let request = unblock::Request { target: what, reason: "manual".into(), member_of: None };
     let unblocked = unblocker.unblock(&request).await;
     let result = match &unblocked {
-        Unblocked::Done if parts.config.fortigate.backend == BackendKind::BannedIp => {
-            println!("unbanned {ip}");
+        Unblocked::Done if t.config.backend == BackendKind::BannedIp => {
+            println!("unbanned {ip}{on}");
             Ok(())
         }
         Unblocked::Done => {
-            println!("unblocked {ip}");
+            println!("unblocked {ip}{on}");
             Ok(())
         }
         Unblocked::NotThere => {
-            println!("{ip} was not blocked by fortimisp");
+            println!("{ip} was not blocked by fortimisp{on}");
             Ok(())
         }
         Unblocked::Retryable(error) => {
-            Err(anyhow::anyhow!("not unblocked yet (pending in the journal; run unblock again): {error}"))
+            Err(anyhow::anyhow!("not unblocked yet{on} (pending in the journal; run unblock again): {error}"))
         }
         Unblocked::Refused(error) => Err(anyhow::anyhow!(
-            "not unblocked: the FortiGate refused the token or its profile (pending in the journal; fix the token, \
-             then run unblock again): {error}"
+            "not unblocked{on}: the FortiGate refused the token or its profile (pending in the journal; fix the \
+             token, then run unblock again): {error}"
         )),
         Unblocked::Foreign(error) | Unblocked::InUse(error) | Unblocked::Fatal(error) => {
-            Err(anyhow::anyhow!("not unblocked: {error}"))
+            Err(anyhow::anyhow!("not unblocked{on}: {error}"))
         }
     };
     // A block of this address still pending in the journal would undo the operator's unblock on the daemon's
     // next start: it is closed as skipped.
     if unblocked.is_gone() {
         let mut cancelled = 0;
-        for action in parts.journal.pending_of(ActionKind::Block).await?.into_iter().filter(|a| a.ip == ip) {
+        let query = PendingQuery { kind: Some(ActionKind::Block), target: Some(t.name().into()), limit: None };
+        for action in parts.journal.pending_where(query).await?.into_iter().filter(|a| a.ip == ip) {
             parts.journal.complete(action.id, &Outcome::Skipped { reason: "unblocked by hand".into() }).await?;
             cancelled += 1;
         }
         if cancelled > 0 {
-            println!("cancelled {cancelled} pending block(s) of {ip} in the journal");
+            println!("cancelled {cancelled} pending block(s) of {ip} in the journal{on}");
         }
     }
-    flush_journal(&parts).await;
-    result.context("FortiGate")?;
-    Ok(ExitCode::SUCCESS)
+    result.context("FortiGate")
 }
 
 /// A hand-run command exits right after: what the journal buffered in memory (the file refused writes) gets
@@ -223,11 +266,11 @@ async fn flush_journal(parts: &Parts) {
 /// it loaded (entry-list status).
 pub async fn list_feeds(config: Config) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
-    let Some(cfg) = parts.config.feed.as_ref() else {
-        bail!("fortigate.backend is not \"threat-feed\": there are no threat feeds to list");
+    let (Some(cfg), Some(target)) = (parts.config.feed.as_ref(), parts.feed_target()) else {
+        bail!("no target has backend = \"threat-feed\": there are no threat feeds to list");
     };
     let state = FeedState::new(cfg, parts.metrics.clone());
-    let ledger = parts.journal.active_blocks().await?;
+    let ledger = parts.journal.active_blocks_of(target.name()).await?;
     state.replace_blocked(
         ledger.iter().filter(|b| b.backend == crate::feed::BACKEND).map(|b| (b.ip, b.blocked_at.timestamp())).collect(),
     );
@@ -235,7 +278,7 @@ pub async fn list_feeds(config: Config) -> Result<ExitCode> {
         let (set, _) = view::full(&parts.misp, &parts.config.misp).await.context("MISP")?;
         state.set_indicators(fortimisp_core::feed::content::entries(&set, &parts.never_block));
     }
-    let transport = parts.fortigate.transport();
+    let transport = target.client.transport();
     let mut statuses = Vec::new();
     for name in state.names().all() {
         statuses.push((name.clone(), transport.feed_status(&name).await));
@@ -257,68 +300,78 @@ pub async fn list_feeds(config: Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `integration list`: the FortiGate's view joined with the journal's.
-pub async fn list(config: Config) -> Result<ExitCode> {
+/// `integration list [--target NAME]`: each target's FortiGate view joined with the journal's.
+pub async fn list(config: Config, target: Option<&str>) -> Result<ExitCode> {
     let parts = Parts::build(config)?;
     let ledger = parts.journal.active_blocks().await?;
+    let mut rows = Vec::new();
+    for i in parts.select(target)? {
+        let t = &parts.targets[i];
+        let of_target: Vec<_> = ledger.iter().filter(|b| b.target == t.name()).cloned().collect();
+        rows.extend(list_target(t, &of_target).await?);
+    }
+    print!("{}", output::list_table(rows, parts.targets.len() > 1));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One target's rows of `integration list`.
+async fn list_target(
+    t: &crate::run::TargetParts,
+    ledger: &[fortimisp_core::journal::BlockRecord],
+) -> Result<Vec<ListRow>> {
     let now = Utc::now();
     let event_of = |event_id: Option<u64>| event_id.map_or_else(|| "manual".to_string(), |e| e.to_string());
+    let context = || format!("FortiGate {}", t.name());
     let mut rows = Vec::new();
-    match parts.config.fortigate.backend {
+    let row = |ip, object, age, event, comment| ListRow { target: t.name().to_string(), ip, object, age, event, comment };
+    match t.config.backend {
         BackendKind::AddressGroup => {
-            let owned = parts.fortigate.list_owned().await.context("FortiGate")?;
+            let owned = t.client.list_owned().await.with_context(context)?;
             for obj in &owned {
-                rows.push(ListRow {
-                    ip: obj.ip,
-                    object: obj.name.to_string(),
-                    age: Some(now.signed_duration_since(obj.comment.created_at)),
-                    event: obj.comment.event_id.clone().unwrap_or_else(|| "-".into()),
+                rows.push(row(
+                    obj.ip,
+                    obj.name.to_string(),
+                    Some(now.signed_duration_since(obj.comment.created_at)),
+                    obj.comment.event_id.clone().unwrap_or_else(|| "-".into()),
                     // What follows the marker: the operator's --comment, or the indicator and rule.
-                    comment: obj.comment.rest.clone(),
-                });
+                    obj.comment.rest.clone(),
+                ));
             }
             for b in ledger.iter().filter(|b| !owned.iter().any(|o| o.ip == b.ip)) {
-                rows.push(ListRow {
-                    ip: b.ip,
-                    object: b.object.clone(),
-                    age: Some(now.signed_duration_since(b.blocked_at)),
-                    event: event_of(b.event_id),
-                    comment: "in the journal only: not on the FortiGate".into(),
-                });
+                rows.push(row(
+                    b.ip,
+                    b.object.clone(),
+                    Some(now.signed_duration_since(b.blocked_at)),
+                    event_of(b.event_id),
+                    "in the journal only: not on the FortiGate".into(),
+                ));
             }
         }
         BackendKind::BannedIp => {
-            for banned in parts.fortigate.list_banned().await.context("FortiGate")? {
+            for banned in t.client.list_banned().await.with_context(context)? {
                 let ours = ledger.iter().find(|b| b.ip == banned.ip);
-                rows.push(ListRow {
-                    ip: banned.ip,
-                    object: "(banned ip)".into(),
-                    age: banned.created.map(|created| now.signed_duration_since(created)),
-                    event: ours.map_or_else(|| "-".into(), |b| event_of(b.event_id)),
-                    comment: match ours.and_then(|b| b.rule) {
-                        Some(rule) => format!("rule={rule}"),
-                        None => String::new(),
-                    },
-                });
+                rows.push(row(
+                    banned.ip,
+                    "(banned ip)".into(),
+                    banned.created.map(|created| now.signed_duration_since(created)),
+                    ours.map_or_else(|| "-".into(), |b| event_of(b.event_id)),
+                    ours.and_then(|b| b.rule).map(|rule| format!("rule={rule}")).unwrap_or_default(),
+                ));
             }
         }
         BackendKind::ThreatFeed => {
             for b in ledger.iter().filter(|b| b.backend == crate::feed::BACKEND) {
-                rows.push(ListRow {
-                    ip: b.ip,
-                    object: format!("feed {}", b.object),
-                    age: Some(now.signed_duration_since(b.blocked_at)),
-                    event: event_of(b.event_id),
-                    comment: match b.rule {
-                        Some(rule) => format!("rule={rule}"),
-                        None => String::new(),
-                    },
-                });
+                rows.push(row(
+                    b.ip,
+                    format!("feed {}", b.object),
+                    Some(now.signed_duration_since(b.blocked_at)),
+                    event_of(b.event_id),
+                    b.rule.map(|rule| format!("rule={rule}")).unwrap_or_default(),
+                ));
             }
         }
     }
-    print!("{}", output::list_table(rows));
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 /// `integration replay LOGFILE`: the file's lines through ingest, decide and block, then a summary.
@@ -332,10 +385,17 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     let mirror: SharedMirror = Arc::new(RwLock::new(None));
     let decider = tokio::spawn(parts.decider(mirror).run(candidate_rx, block_tx, shutdown.clone()));
     // A block the FortiGate refuses for now is left pending in the journal for the daemon: replay ends.
-    let mut blocker =
-        Blocker::new(parts.executor(dry_run), parts.config.blocking.max_blocks_per_minute).leaving_failures_pending();
-    blocker.resume_pending().await;
-    let blocker = tokio::spawn(blocker.run(block_rx, CancellationToken::new(), Duration::from_secs(30)));
+    let mut blockers = Vec::new();
+    let mut inputs = Vec::new();
+    for i in 0..parts.targets.len() {
+        let (tx, rx) = mpsc::channel(1024);
+        let mut blocker = Blocker::new(parts.executor_of(i, dry_run), parts.config.blocking.max_blocks_per_minute)
+            .leaving_failures_pending();
+        blocker.resume_pending().await;
+        blockers.push(tokio::spawn(blocker.run(rx, CancellationToken::new(), Duration::from_secs(30))));
+        inputs.push(tx);
+    }
+    let fan_out = tokio::spawn(crate::run::fan_out(block_rx, inputs));
     let ingest = parts.ingest(candidate_tx);
     let mut lines = 0u64;
     for line in text.split(|b| *b == b'\n') {
@@ -349,10 +409,15 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
     }
     drop(ingest);
     decider.await?;
-    let left_pending = blocker.await?;
+    fan_out.await?;
+    let mut left_pending = 0;
+    for blocker in blockers {
+        left_pending += blocker.await?;
+    }
     flush_journal(&parts).await;
     let lookup_errors = Metrics::count(&parts.metrics.lookups, "misp_error");
-    println!("{}", replay_summary(&parts.metrics, lines, left_pending));
+    let targets: Vec<TargetMetrics> = parts.targets.iter().map(|t| t.metrics.clone()).collect();
+    println!("{}", replay_summary(&parts.metrics, &targets, lines, left_pending));
     if left_pending > 0 {
         eprintln!("error: {left_pending} block(s) not done yet; they are pending in the journal for the daemon");
     }
@@ -363,17 +428,18 @@ pub async fn replay(config: Config, logfile: &Path, dry_run: bool) -> Result<Exi
 }
 
 /// `replay`'s one-line summary, read from the counters themselves.
-fn replay_summary(m: &Metrics, lines: u64, left_pending: usize) -> String {
+fn replay_summary(m: &Metrics, targets: &[TargetMetrics], lines: u64, left_pending: usize) -> String {
+    let blocks = |outcome| targets.iter().map(|t| t.blocks(outcome)).sum::<u64>();
     format!(
         "lines {lines}, parse errors {}, triggered {}, MISP requests {}, MISP lookup errors {}, blocked {}, already blocked {}, dry run {}, failed {}, left pending {left_pending}",
         m.parse_errors_total(),
         m.triggered.get(),
         m.misp_lookup_requests.get(),
         Metrics::count(&m.lookups, "misp_error"),
-        Metrics::count(&m.blocks, "blocked"),
-        Metrics::count(&m.blocks, "already_blocked"),
-        Metrics::count(&m.blocks, "dry_run"),
-        Metrics::count(&m.blocks, "failed"),
+        blocks("blocked"),
+        blocks("already_blocked"),
+        blocks("dry_run"),
+        blocks("failed"),
     )
 }
 
@@ -384,16 +450,17 @@ mod tests {
     /// The summary counts come from `Metrics` directly; parse errors of every kind are summed.
     #[test]
     fn replay_summary_reads_the_counters() {
-        let m = Metrics::new();
+        let m = Arc::new(Metrics::new());
+        let targets = [TargetMetrics::new(m.clone(), "a"), TargetMetrics::new(m.clone(), "b")];
         Metrics::inc(&m.parse_errors, "bad_pri");
         Metrics::inc(&m.parse_errors, "bad_pri");
         Metrics::inc(&m.parse_errors, "not_fortigate");
         m.triggered.inc();
-        Metrics::inc(&m.blocks, "blocked");
-        Metrics::inc(&m.blocks, "failed");
+        targets[0].block("blocked");
+        targets[1].block("failed");
         Metrics::inc(&m.lookups, "misp_error");
         assert_eq!(
-            replay_summary(&m, 5, 1),
+            replay_summary(&m, &targets, 5, 1),
             "lines 5, parse errors 3, triggered 1, MISP requests 0, MISP lookup errors 1, blocked 1, already blocked 0, \
              dry run 0, failed 1, left pending 1"
         );

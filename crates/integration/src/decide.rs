@@ -5,7 +5,10 @@
 //! Output: [`BlockRequest`]s to the blocker. In between, for each address:
 //!
 //! 1. Dedup: an address already blocked, being blocked, being looked up, or recently found clean is dropped here
-//!    and costs no lookup and no API call ([`IpState`]).
+//!    and costs no lookup and no API call ([`IpState`]). With a fleet, each candidate names the targets that act
+//!    on its line; the decision is made once per address, whatever the targets: an address blocked on A that
+//!    shows up in B's logs is blocked on B with the hit already known (no second lookup), and the targets of the
+//!    lines that arrive while a lookup is pending are gathered into its one answer.
 //! 2. Local mirror: when the mirror has completed a sync it answers hits and misses itself.
 //! 3. Otherwise an on-demand MISP lookup: the address waits in [`Waiting`] until a batch is sent, one request in
 //!    flight per address, answers (hits and misses) cached for `lookup_cache_ttl`.
@@ -34,6 +37,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use fortimisp_core::fleet::TargetSet;
 use fortimisp_core::indicators::{Hit, IndicatorSet};
 use fortimisp_core::metrics::Metrics;
 use fortimisp_core::misp;
@@ -50,12 +54,16 @@ pub struct Candidate {
     pub rule: usize,
     /// When the line was received (for block latency).
     pub received: Instant,
+    /// The targets that act on the line (`blocking.scope`).
+    pub targets: TargetSet,
 }
 
-/// A decision to block, sent to the blocker.
+/// A decision to block, sent to the blocker (which fans it out to each target's own blocker).
 #[derive(Debug, Clone)]
 pub struct BlockRequest {
     pub ip: IpAddr,
+    /// The targets to block it on.
+    pub targets: TargetSet,
     pub hit: Hit,
     pub rule: Option<usize>,
     pub received: Instant,
@@ -81,17 +89,35 @@ pub trait Lookup: Send + Sync + 'static {
 pub type SharedMirror = Arc<RwLock<Option<IndicatorSet>>>;
 
 /// What the decision stage knows about one address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum IpState {
-    /// Blocked (or its block is queued); rechecked after `until` so a block housekeeping removed can return.
-    Blocked { until: Instant },
-    /// Waiting in [`Waiting`] for a lookup since its first line was received. `repeated`: a later line came
-    /// meanwhile, so it waits in the queue that goes first.
-    Waiting { since: Instant, repeated: bool },
-    /// A lookup for it is in flight; further lines for it wait for that answer.
-    InFlight,
+    /// Blocked (or its block is queued) on some targets; rechecked after `until` so a block housekeeping removed
+    /// can return. Boxed: rarer than the other states, and bigger.
+    Blocked(Box<Blocked>),
+    /// Waiting in [`Waiting`] for a lookup since its first line was received, for `targets` (the union of its
+    /// lines' targets). `repeated`: a later line came meanwhile, so it waits in the queue that goes first.
+    Waiting { since: Instant, repeated: bool, targets: TargetSet },
+    /// A lookup for it is in flight; further lines for it wait for that answer, adding their targets.
+    InFlight { targets: TargetSet },
     /// MISP does not list it (or not as blocking), as of `until - ttl`.
     Clean { until: Instant },
+}
+
+/// What the decision stage knows about a blocked address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Blocked {
+    until: Instant,
+    /// The targets it is blocked on (or queued for).
+    on: TargetSet,
+    /// The indicator that decided it; `None` for a block read from a FortiGate at start (a line from another
+    /// target then goes through a lookup).
+    hit: Option<Hit>,
+}
+
+impl IpState {
+    fn blocked(until: Instant, on: TargetSet, hit: Option<Hit>) -> IpState {
+        IpState::Blocked(Box::new(Blocked { until, on, hit }))
+    }
 }
 
 /// Tuning of the decision stage.
@@ -175,11 +201,16 @@ impl<L: Lookup> Decider<L> {
         }
     }
 
-    /// Marks addresses already blocked on the FortiGate (read at start), so they cost nothing.
-    pub fn seed_blocked(&mut self, ips: impl IntoIterator<Item = IpAddr>) {
+    /// Marks addresses already blocked on a target's FortiGate (read at start), so they cost nothing.
+    pub fn seed_blocked(&mut self, target: usize, ips: impl IntoIterator<Item = IpAddr>) {
         let until = Instant::now() + self.settings.cache_ttl;
         for ip in ips {
-            self.state.insert(ip, IpState::Blocked { until });
+            match self.state.get_mut(&ip) {
+                Some(IpState::Blocked(b)) => b.on.insert(target),
+                _ => {
+                    self.state.insert(ip, IpState::blocked(until, TargetSet::single(target), None));
+                }
+            }
         }
     }
 
@@ -256,32 +287,56 @@ impl<L: Lookup> Decider<L> {
 
     async fn on_candidate(&mut self, c: Candidate, output: &mpsc::Sender<BlockRequest>) {
         let now = Instant::now();
-        match self.state.get(&c.ip).copied() {
-            Some(IpState::Blocked { until }) if until > now => {
-                Metrics::inc(&self.metrics.candidates, "known_blocked");
+        match self.state.get_mut(&c.ip) {
+            Some(IpState::Blocked(b)) if b.until > now => {
+                let new = c.targets.minus(b.on);
+                match b.hit {
+                    _ if new.is_empty() => Metrics::inc(&self.metrics.candidates, "known_blocked"),
+                    Some(hit) => {
+                        // Known to MISP already: block on the new targets with the same hit, no second lookup.
+                        b.on = b.on.union(new);
+                        Metrics::inc(&self.metrics.candidates, "new_target");
+                        self.send(BlockRequest { targets: new, ..request(&c, hit) }, output).await;
+                    }
+                    None => {
+                        // Read from a FortiGate at start, not decided here: look it up for the new targets.
+                        self.state.remove(&c.ip);
+                        Metrics::inc(&self.metrics.lookups, "cache_miss");
+                        self.decide_fresh(Candidate { targets: new, ..c }, now, output).await;
+                    }
+                }
                 return;
             }
-            Some(IpState::InFlight) => {
+            Some(IpState::InFlight { targets }) => {
+                *targets = targets.union(c.targets);
                 Metrics::inc(&self.metrics.candidates, "in_flight");
                 return;
             }
-            Some(IpState::Waiting { since, repeated: false }) => {
+            Some(IpState::Waiting { since, repeated: repeated @ false, targets }) => {
                 Metrics::inc(&self.metrics.candidates, "repeated");
-                self.state.insert(c.ip, IpState::Waiting { since, repeated: true });
+                *repeated = true;
+                *targets = targets.union(c.targets);
+                let since = *since;
                 self.waiting.repeated.push_back(Candidate { received: since, ..c });
                 return;
             }
-            Some(IpState::Waiting { repeated: true, .. }) => {
+            Some(IpState::Waiting { repeated: true, targets, .. }) => {
+                *targets = targets.union(c.targets);
                 Metrics::inc(&self.metrics.candidates, "waiting");
                 return;
             }
-            Some(IpState::Clean { until }) if until > now => {
+            Some(IpState::Clean { until }) if *until > now => {
                 Metrics::inc(&self.metrics.candidates, "known_clean");
                 Metrics::inc(&self.metrics.lookups, "cache_hit");
                 return;
             }
             _ => {}
         }
+        self.decide_fresh(c, now, output).await;
+    }
+
+    /// An address with no current state: the mirror decides, or it waits for an on-demand lookup.
+    async fn decide_fresh(&mut self, c: Candidate, now: Instant, output: &mpsc::Sender<BlockRequest>) {
         // The mirror, when it has completed a sync, is authoritative for hits and misses.
         let mirror_answer = {
             let guard = self.mirror.read().expect("mirror lock is never held across a panic");
@@ -324,7 +379,7 @@ impl<L: Lookup> Decider<L> {
                 return;
             }
         }
-        self.state.insert(c.ip, IpState::Waiting { since: c.received, repeated: false });
+        self.state.insert(c.ip, IpState::Waiting { since: c.received, repeated: false, targets: c.targets });
         self.waiting.first.push_back(c);
         self.waiting.len += 1;
         if self.waiting_since.is_none() {
@@ -357,9 +412,12 @@ impl<L: Lookup> Decider<L> {
             while batch.len() < n {
                 let Some(c) = queue.pop_front() else { break };
                 if let Some(s) = self.state.get_mut(&c.ip) {
-                    if matches!(s, IpState::Waiting { repeated: r, .. } if *r == repeated) {
-                        *s = IpState::InFlight;
-                        batch.push(c);
+                    if let IpState::Waiting { repeated: r, targets, .. } = s {
+                        if *r == repeated {
+                            let targets = *targets;
+                            *s = IpState::InFlight { targets };
+                            batch.push(c);
+                        }
                     }
                 }
             }
@@ -372,10 +430,14 @@ impl<L: Lookup> Decider<L> {
     }
 
     async fn decide_block(&mut self, c: Candidate, hit: Hit, output: &mpsc::Sender<BlockRequest>) {
-        self.track(c.ip, IpState::Blocked { until: Instant::now() + self.settings.cache_ttl });
-        let request = BlockRequest { ip: c.ip, hit, rule: Some(c.rule), received: c.received, note: None };
+        self.track(c.ip, IpState::blocked(Instant::now() + self.settings.cache_ttl, c.targets, Some(hit)));
+        self.send(request(&c, hit), output).await;
+    }
+
+    async fn send(&self, request: BlockRequest, output: &mpsc::Sender<BlockRequest>) {
+        let ip = request.ip;
         if output.send(request).await.is_err() {
-            warn!(message = "Blocker is gone; block request not delivered.", ip = %c.ip);
+            warn!(message = "Blocker is gone; block request not delivered.", %ip);
         }
     }
 
@@ -417,7 +479,11 @@ impl<L: Lookup> Decider<L> {
             Ok(hits) => {
                 let hits: HashMap<IpAddr, Hit> = hits.into_iter().collect();
                 let until = Instant::now() + self.settings.cache_ttl;
-                for candidate in answer.batch {
+                for mut candidate in answer.batch {
+                    // The lines that came while the lookup ran added their targets to the state.
+                    if let Some(IpState::InFlight { targets }) = self.state.get(&candidate.ip) {
+                        candidate.targets = *targets;
+                    }
                     match hits.get(&candidate.ip) {
                         Some(hit) => {
                             Metrics::inc(&self.metrics.lookups, "misp_hit");
@@ -455,8 +521,9 @@ impl<L: Lookup> Decider<L> {
         let now = Instant::now();
         let before = self.state.len();
         self.state.retain(|_, s| match s {
-            IpState::Blocked { until } | IpState::Clean { until } => *until > now,
-            IpState::Waiting { .. } | IpState::InFlight => true,
+            IpState::Blocked(b) => b.until > now,
+            IpState::Clean { until } => *until > now,
+            IpState::Waiting { .. } | IpState::InFlight { .. } => true,
         });
         if self.state.len() >= self.settings.max_tracked {
             self.state.retain(|_, s| !matches!(s, IpState::Clean { .. }));
@@ -468,6 +535,11 @@ impl<L: Lookup> Decider<L> {
             .get_or_create(&fortimisp_core::metrics::Outcome { outcome: "evicted" })
             .inc_by(evicted as u64);
     }
+}
+
+/// The block request a candidate's hit makes.
+fn request(c: &Candidate, hit: Hit) -> BlockRequest {
+    BlockRequest { ip: c.ip, targets: c.targets, hit, rule: Some(c.rule), received: c.received, note: None }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -1,6 +1,6 @@
 //! From one syslog message to at most two candidate addresses, on the listener's own task.
 //!
-//! Sender allowlist → parse → trigger rules → never-block. Every step that drops a message counts it in the
+//! Sender allowlist → parse → trigger rules → the targets that claim the line's device → never-block. Every step that drops a message counts it in the
 //! metrics, by reason; nothing here waits on MISP or the FortiGate, and nothing allocates for a line that does not
 //! trigger (the record borrows from the receive buffer).
 //!
@@ -21,6 +21,7 @@ use tracing::debug;
 
 use crate::decide::Candidate;
 use fortimisp_core::feed::event::FeedEvent;
+use fortimisp_core::fleet::{Claims, TargetSet};
 
 /// What one message turned into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +30,16 @@ pub enum Evaluation {
     Unparsed(syslog::ErrorKind),
     /// Parsed, matched no trigger rule.
     Untriggered,
-    /// Matched rule `rule`; up to two addresses to look up (protected ones already removed).
-    Triggered { rule: usize, ips: [Option<IpAddr>; 2] },
+    /// Matched a rule, but no target claims the line's device (`devid`/`devname`, `vd`).
+    Unclaimed,
+    /// Matched rule `rule`; up to two addresses to look up (protected ones already removed), for `targets`.
+    Triggered { rule: usize, ips: [Option<IpAddr>; 2], targets: TargetSet },
 }
 
 /// The ingest stage's settings and its handle on the next stage.
 pub struct Ingest {
     triggers: Triggers,
+    claims: Claims,
     never_block: NeverBlock,
     allowed_senders: Vec<IpNet>,
     metrics: Arc<Metrics>,
@@ -53,8 +57,9 @@ const RECENT_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 /// Addresses recently handed to the decision stage, so that a flood of lines from a few addresses costs one
 /// candidate per address per second instead of filling the queue and crowding out first sightings. Only a
 /// successful hand-over is remembered: a candidate dropped for a full queue is offered again on its next line.
+/// An address is "seen" only for the targets it was handed over for: a line from another device goes through.
 struct Recent {
-    slots: std::sync::Mutex<Vec<Option<(IpAddr, Instant)>>>,
+    slots: std::sync::Mutex<Vec<Option<(IpAddr, TargetSet, Instant)>>>,
 }
 
 impl Recent {
@@ -69,27 +74,38 @@ impl Recent {
         (h.finish() as usize) % RECENT_SLOTS
     }
 
-    /// Whether `ip` was handed over within the window.
-    fn seen(&self, ip: IpAddr, now: Instant) -> bool {
+    /// Whether `ip` was handed over for (at least) `targets` within the window.
+    fn seen(&self, ip: IpAddr, targets: TargetSet, now: Instant) -> bool {
         let slots = self.slots.lock().expect("the recent filter is never held across a panic");
-        matches!(slots[Self::slot(&ip)], Some((seen, at)) if seen == ip && now.duration_since(at) < RECENT_WINDOW)
+        matches!(slots[Self::slot(&ip)], Some((seen, for_targets, at))
+            if seen == ip && targets.is_subset(&for_targets) && now.duration_since(at) < RECENT_WINDOW)
     }
 
-    fn remember(&self, ip: IpAddr, now: Instant) {
+    fn remember(&self, ip: IpAddr, targets: TargetSet, now: Instant) {
         let mut slots = self.slots.lock().expect("the recent filter is never held across a panic");
-        slots[Self::slot(&ip)] = Some((ip, now));
+        slots[Self::slot(&ip)] = Some((ip, targets, now));
     }
 }
 
 impl Ingest {
     pub fn new(
         triggers: Triggers,
+        claims: Claims,
         never_block: NeverBlock,
         allowed_senders: Vec<IpNet>,
         metrics: Arc<Metrics>,
         out: mpsc::Sender<Candidate>,
     ) -> Self {
-        Ingest { triggers, never_block, allowed_senders, metrics, out, recent: Recent::new(), feed_events: None }
+        Ingest {
+            triggers,
+            claims,
+            never_block,
+            allowed_senders,
+            metrics,
+            out,
+            recent: Recent::new(),
+            feed_events: None,
+        }
     }
 
     /// Hands the FortiGate's threat-feed events to `events` (without waiting: a full queue drops the event, the
@@ -136,6 +152,11 @@ impl Ingest {
             return Evaluation::Untriggered;
         };
         self.metrics.triggered.inc();
+        let targets = self.claims.of(record.devid(), record.devname(), record.vd());
+        if targets.is_empty() {
+            Metrics::inc(&self.metrics.dropped, "unclaimed_device");
+            return Evaluation::Unclaimed;
+        }
         let mut ips = [None, None];
         for (slot, ip) in ips.iter_mut().zip(self.triggers.targets(&facts).iter()) {
             match self.never_block.check(ip) {
@@ -146,19 +167,19 @@ impl Ingest {
                 None => *slot = Some(ip),
             }
         }
-        Evaluation::Triggered { rule, ips }
+        Evaluation::Triggered { rule, ips, targets }
     }
 
     /// UDP path: evaluate and hand over without waiting. A full queue drops the candidate and counts it.
     pub fn offer_nowait(&self, message: &[u8], received: Instant) {
-        if let Evaluation::Triggered { rule, ips } = self.evaluate(message) {
+        if let Evaluation::Triggered { rule, ips, targets } = self.evaluate(message) {
             for ip in ips.into_iter().flatten() {
-                if self.recent.seen(ip, received) {
+                if self.recent.seen(ip, targets, received) {
                     Metrics::inc(&self.metrics.candidates, "recent");
                     continue;
                 }
-                match self.out.try_send(Candidate { ip, rule, received }) {
-                    Ok(()) => self.recent.remember(ip, received),
+                match self.out.try_send(Candidate { ip, rule, received, targets }) {
+                    Ok(()) => self.recent.remember(ip, targets, received),
                     Err(_) => Metrics::inc(&self.metrics.candidates, "queue_full"),
                 }
             }
@@ -168,9 +189,9 @@ impl Ingest {
     /// TCP/TLS path: evaluate and wait for room in the next stage (back-pressure on the sender).
     /// Returns `false` once the next stage is gone (shutdown).
     pub async fn offer(&self, message: &[u8], received: Instant) -> bool {
-        if let Evaluation::Triggered { rule, ips } = self.evaluate(message) {
+        if let Evaluation::Triggered { rule, ips, targets } = self.evaluate(message) {
             for ip in ips.into_iter().flatten() {
-                if self.out.send(Candidate { ip, rule, received }).await.is_err() {
+                if self.out.send(Candidate { ip, rule, received, targets }).await.is_err() {
                     return false;
                 }
             }
@@ -182,13 +203,14 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fortimisp_core::config::{Check, TriggerRule};
+    use fortimisp_core::config::{Check, Scope, TriggerRule};
 
     fn ingest(rules: Vec<TriggerRule>, never: &[&str], allowed: &[&str]) -> (Ingest, mpsc::Receiver<Candidate>) {
         let (tx, rx) = mpsc::channel(2);
         let nets = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<IpNet>>();
         let ingest = Ingest::new(
             Triggers::new(rules),
+            Claims::new([(&[][..], &[][..])], Scope::Origin),
             NeverBlock::new(nets(never)),
             nets(allowed),
             Arc::new(Metrics::new()),
@@ -212,15 +234,16 @@ mod tests {
     fn evaluation_table() {
         let (ing, _rx) = ingest(vec![rule7(Check::Both)], &["203.0.113.0/24"], &[]);
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let one = TargetSet::single(0);
         let cases: Vec<(Vec<u8>, Evaluation)> = vec![
-            (LINE.to_vec(), Evaluation::Triggered { rule: 0, ips: [ip("198.51.100.7"), None] }),
+            (LINE.to_vec(), Evaluation::Triggered { rule: 0, ips: [ip("198.51.100.7"), None], targets: one }),
             (
                 String::from_utf8_lossy(LINE).replace("dstip=10.0.0.5", "dstip=192.0.2.9").into_bytes(),
-                Evaluation::Triggered { rule: 0, ips: [ip("198.51.100.7"), ip("192.0.2.9")] },
+                Evaluation::Triggered { rule: 0, ips: [ip("198.51.100.7"), ip("192.0.2.9")], targets: one },
             ),
             (
                 String::from_utf8_lossy(LINE).replace("srcip=198.51.100.7", "srcip=203.0.113.5").into_bytes(),
-                Evaluation::Triggered { rule: 0, ips: [None, None] },
+                Evaluation::Triggered { rule: 0, ips: [None, None], targets: one },
             ),
             (String::from_utf8_lossy(LINE).replace("policyid=7", "policyid=8").into_bytes(), Evaluation::Untriggered),
         ];
@@ -230,6 +253,32 @@ mod tests {
         assert!(matches!(ing.evaluate(b"\x00\xff garbage"), Evaluation::Unparsed(_)));
         assert_eq!(ing.metrics().untriggered.get(), 1);
         assert_eq!(Metrics::count(&ing.metrics().candidates, "never_block"), 3, "10.0.0.5 twice and 203.0.113.5");
+    }
+
+    /// A line is handed over for the targets claiming its device; a device nobody claims is counted and dropped;
+    /// the one-second filter does not hide a second device's line for the same address.
+    #[tokio::test(start_paused = true)]
+    async fn lines_go_to_the_targets_that_claim_their_device() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let devices = [vec!["fw1".to_string()], vec!["FGT-B".to_string()]];
+        let claims = Claims::new(devices.iter().map(|d| (d.as_slice(), &[][..])), Scope::Origin);
+        let ing = Ingest::new(
+            Triggers::new(vec![rule7(Check::Src)]),
+            claims,
+            NeverBlock::new(vec![]),
+            vec![],
+            Arc::new(Metrics::new()),
+            tx,
+        );
+        let from = |dev: &str| String::from_utf8_lossy(LINE).replace("devname=\"fw1\"", &format!("devname=\"{dev}\""));
+        ing.offer_nowait(from("fw1").as_bytes(), Instant::now());
+        ing.offer_nowait(from("FGT-B").as_bytes(), Instant::now());
+        ing.offer_nowait(from("FGT-B").as_bytes(), Instant::now());
+        ing.offer_nowait(from("FGT-Z").as_bytes(), Instant::now());
+        assert_eq!(rx.try_recv().unwrap().targets, TargetSet::single(0));
+        assert_eq!(rx.try_recv().unwrap().targets, TargetSet::single(1), "B's line is not hidden by A's");
+        assert!(rx.try_recv().is_err(), "B's repeat is, and Z's line is dropped");
+        assert_eq!(Metrics::count(&ing.metrics().dropped, "unclaimed_device"), 1);
     }
 
     #[test]

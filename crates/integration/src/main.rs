@@ -41,6 +41,10 @@ struct Cli {
     #[cfg(debug_assertions)]
     #[arg(long, global = true, hide = true, value_name = "DIR")]
     panic_trigger_dir: Option<PathBuf>,
+    /// Test hook, debug builds only: how long a target's writes pause after a refused token (default 5m).
+    #[cfg(debug_assertions)]
+    #[arg(long, global = true, hide = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    fatal_pause: Option<std::time::Duration>,
 }
 
 impl Cli {
@@ -51,6 +55,15 @@ impl Cli {
             return fortimisp_core::supervise::Faults::panic_on_file(dir.clone());
         }
         fortimisp_core::supervise::Faults::none()
+    }
+
+    /// The pause after a refused token: [`block::FATAL_PAUSE`] but in a debug build told otherwise.
+    fn fatal_pause(&self) -> std::time::Duration {
+        #[cfg(debug_assertions)]
+        if let Some(pause) = self.fatal_pause {
+            return pause;
+        }
+        block::FATAL_PAUSE
     }
 }
 
@@ -71,11 +84,22 @@ enum Command {
         /// Block even an address in never_block (reserved ranges can never be blocked).
         #[arg(long)]
         force: bool,
+        /// The target to block on, or `all` (the default).
+        #[arg(long, value_name = "NAME|all")]
+        target: Option<String>,
     },
     /// Remove a block fortimisp made.
-    Unblock { ip: std::net::IpAddr },
+    Unblock {
+        ip: std::net::IpAddr,
+        /// The target to unblock on, or `all` (the default).
+        #[arg(long, value_name = "NAME|all")]
+        target: Option<String>,
+    },
     /// List the blocks fortimisp owns on the FortiGate, with age and reason.
     List {
+        /// Only this target's blocks (default: every target, with a TARGET column for a fleet).
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
         /// Threat-feed backend: per feed, entries served, entries the FortiGate loaded, last load, overflow.
         #[arg(long)]
         feeds: bool,
@@ -127,20 +151,22 @@ fn main() -> ExitCode {
         None | Some(Command::Run) => process::Role::Daemon,
         Some(_) => process::Role::Command,
     };
-    let faults = cli.faults();
+    let (faults, fatal_pause) = (cli.faults(), cli.fatal_pause());
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(process::cancel_on_signal(shutdown.clone()));
-                run::run(config, shutdown, faults).await.map(|()| ExitCode::SUCCESS)
+                run::run(config, shutdown, faults, fatal_pause).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Validate => commands::validate(config).await,
             Command::Lookup { ip } => commands::lookup(config, ip).await,
-            Command::Block { ip, comment, force } => commands::block(config, ip, comment, force).await,
-            Command::Unblock { ip } => commands::unblock(config, ip).await,
-            Command::List { feeds: false } => commands::list(config).await,
-            Command::List { feeds: true } => commands::list_feeds(config).await,
+            Command::Block { ip, comment, force, target } => {
+                commands::block(config, ip, comment, force, target.as_deref()).await
+            }
+            Command::Unblock { ip, target } => commands::unblock(config, ip, target.as_deref()).await,
+            Command::List { feeds: false, target } => commands::list(config, target.as_deref()).await,
+            Command::List { feeds: true, .. } => commands::list_feeds(config).await,
             Command::Replay { logfile, dry_run } => commands::replay(config, &logfile, dry_run).await,
             Command::Parse { .. } => unreachable!("handled before the config is loaded"),
         }

@@ -147,6 +147,8 @@ fn quoted(names: &[String]) -> String {
 /// One block in `integration list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListRow {
+    /// The target's name (shown for a fleet).
+    pub target: String,
     pub ip: IpAddr,
     /// The address object, or `(banned ip)`.
     pub object: String,
@@ -160,18 +162,25 @@ pub struct ListRow {
 
 /// `integration list`'s table: sorted by address (numerically, IPv4 before IPv6), each column as wide as its
 /// widest cell, two spaces between columns, no trailing blanks.
-pub fn list_table(mut rows: Vec<ListRow>) -> String {
+pub fn list_table(mut rows: Vec<ListRow>, with_target: bool) -> String {
     if rows.is_empty() {
         return "fortimisp has no blocks on the FortiGate\n".to_string();
     }
-    rows.sort_by(|a, b| (a.ip, &a.object).cmp(&(b.ip, &b.object)));
-    let header = ["IP", "OBJECT", "AGE", "EVENT", "COMMENT"].map(String::from);
-    let cells: Vec<[String; 5]> = std::iter::once(header)
-        .chain(rows.into_iter().map(|r| {
-            [r.ip.to_string(), r.object, r.age.map_or_else(|| "-".to_string(), format_age), r.event, r.comment]
-        }))
-        .collect();
-    columns(&cells, [false, false, true, false, false])
+    rows.sort_by(|a, b| (a.ip, &a.target, &a.object).cmp(&(b.ip, &b.target, &b.object)));
+    let cells = rows.into_iter().map(|r| {
+        [r.target, r.ip.to_string(), r.object, r.age.map_or_else(|| "-".to_string(), format_age), r.event, r.comment]
+    });
+    if with_target {
+        let header = ["TARGET", "IP", "OBJECT", "AGE", "EVENT", "COMMENT"].map(String::from);
+        let cells: Vec<[String; 6]> = std::iter::once(header).chain(cells).collect();
+        columns(&cells, [false, false, false, true, false, false])
+    } else {
+        let header = ["IP", "OBJECT", "AGE", "EVENT", "COMMENT"].map(String::from);
+        let cells: Vec<[String; 5]> = std::iter::once(header)
+            .chain(cells.map(|[_, ip, object, age, event, comment]| [ip, object, age, event, comment]))
+            .collect();
+        columns(&cells, [false, false, true, false, false])
+    }
 }
 
 /// Rows as columns: each as wide as its widest cell (right-aligned where `right`), two spaces between columns, the

@@ -2,14 +2,16 @@
 //! them until shutdown.
 //!
 //! ```text
-//! listeners ──Candidate──▶ decider ──BlockRequest──▶ blocker ──▶ FortiGate
-//!  (udp/tcp/tls,           (dedup, mirror,          (journal first,
-//!   parse, triggers,        on-demand MISP)          rate limit, retries)
-//!   never-block)
+//! listeners ──Candidate──▶ decider ──BlockRequest──▶ fan-out ──▶ blocker (one per target) ──▶ FortiGate
+//!  (udp/tcp/tls,           (dedup, mirror,           (by the      (journal first,
+//!   parse, triggers,        on-demand MISP;           request's    rate limit, retries,
+//!   device → targets,       one decision per          targets)     pause on 401)
+//!   never-block)            address)
 //! ```
 //!
 //! Shutdown order (SIGTERM/SIGINT): listeners stop first; the decider drains what it holds and closes its output;
-//! the blocker journals everything it received, lets running executions finish, and returns. The whole sequence
+//! the fan-out hands on what it holds; each blocker journals everything it received, lets running executions
+//! finish, and returns. The whole sequence
 //! is bounded by [`SHUTDOWN_BUDGET`], inside the contract's 10 s.
 //!
 //! Supervision ([`Supervisor`]): every task runs under it, so none dies silently. The listeners, the mirror and
@@ -25,9 +27,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fortimisp_core::clients;
-use fortimisp_core::config::{Backend as BackendKind, Config};
+use fortimisp_core::config::{Backend as BackendKind, Config, FortiGate};
+use fortimisp_core::fleet::Claims;
 use fortimisp_core::journal::Journal;
-use fortimisp_core::metrics::{self, Health, Metrics};
+use fortimisp_core::metrics::{self, Health, Metrics, TargetMetrics};
 use fortimisp_core::policy::{NeverBlock, Triggers};
 use fortimisp_core::supervise::{Faults, Supervisor};
 use tokio::sync::mpsc;
@@ -62,11 +65,25 @@ pub struct Parts {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub journal: Journal,
-    pub fortigate: Arc<fortimisp_core::fortigate::Client>,
+    /// The FortiGate targets, in the config's order (index = the target's bit in a `TargetSet`).
+    pub targets: Vec<TargetParts>,
     pub misp: Arc<fortimisp_core::misp::Client>,
     pub never_block: NeverBlock,
     /// The threat-feed backend's live state, in the daemon only (hand-run commands block directly).
     pub feed: Option<FeedParts>,
+}
+
+/// One FortiGate target: its settings, its client (own transport, rate limit and failover) and its metrics.
+pub struct TargetParts {
+    pub config: FortiGate,
+    pub client: Arc<fortimisp_core::fortigate::Client>,
+    pub metrics: TargetMetrics,
+}
+
+impl TargetParts {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
 }
 
 /// The daemon's threat-feed state and pusher (`backend = "threat-feed"`).
@@ -86,17 +103,48 @@ impl Parts {
                    %error, path = %config.state.path.display());
             metrics.journal_degraded.set(1);
         }
-        let fortigate = Arc::new(clients::fortigate_timed(&config.fortigate, &metrics).context("fortigate")?);
+        let targets = config
+            .targets
+            .iter()
+            .map(|t| {
+                let client = clients::fortigate_timed(t, &metrics).with_context(|| format!("fortigate {}", t.name))?;
+                Ok(TargetParts {
+                    config: t.clone(),
+                    client: Arc::new(client),
+                    metrics: TargetMetrics::new(metrics.clone(), &t.name),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let misp = Arc::new(clients::misp_timed(&config.misp, &metrics).context("misp")?);
         let never_block = NeverBlock::new(config.blocking.never_block.clone());
-        Ok(Parts { config, metrics, journal, fortigate, misp, never_block, feed: None })
+        Ok(Parts { config, metrics, journal, targets, misp, never_block, feed: None })
     }
 
-    pub fn backend(&self) -> AnyBackend {
-        match self.config.fortigate.backend {
-            BackendKind::AddressGroup => AnyBackend::AddressGroup(AddressGroup(self.fortigate.clone())),
+    /// The targets `selector` names: every target for `None` or `all`, else the one of that name.
+    pub fn select(&self, selector: Option<&str>) -> Result<Vec<usize>> {
+        match selector {
+            None | Some("all") => Ok((0..self.targets.len()).collect()),
+            Some(name) => match self.targets.iter().position(|t| t.name() == name) {
+                Some(i) => Ok(vec![i]),
+                None => {
+                    let names: Vec<&str> = self.targets.iter().map(|t| t.name()).collect();
+                    anyhow::bail!("no target named `{name}` (targets: {})", names.join(", "))
+                }
+            },
+        }
+    }
+
+    /// The target whose backend is the threat feed (at most one, config validation sees to it).
+    pub fn feed_target(&self) -> Option<&TargetParts> {
+        self.targets.iter().find(|t| t.config.backend == BackendKind::ThreatFeed)
+    }
+
+    pub fn backend_of(&self, target: usize) -> AnyBackend {
+        let t = &self.targets[target];
+        match t.config.backend {
+            BackendKind::AddressGroup => AnyBackend::AddressGroup(AddressGroup(t.client.clone())),
             BackendKind::BannedIp => AnyBackend::BannedIp(BannedIp {
-                client: self.fortigate.clone(),
+                client: t.client.clone(),
                 expiry: self.config.housekeeping.max_age,
             }),
             BackendKind::ThreatFeed => match &self.feed {
@@ -107,7 +155,7 @@ impl Parts {
                 None => {
                     let cfg = self.config.feed.as_ref().expect("config validation requires [feed] for threat-feed");
                     AnyBackend::ThreatFeedDirect(ThreatFeedDirect {
-                        transport: self.fortigate.transport().clone(),
+                        transport: t.client.transport().clone(),
                         names: cfg.names(),
                         push: cfg.push,
                     })
@@ -116,15 +164,16 @@ impl Parts {
         }
     }
 
-    pub fn executor(&self, dry_run: bool) -> Executor<AnyBackend, MispSighter> {
+    pub fn executor_of(&self, target: usize, dry_run: bool) -> Executor<AnyBackend, MispSighter> {
         Executor {
-            backend: self.backend(),
-            sighter: self.config.misp.sightings.then(|| Arc::new(MispSighter(self.misp.clone()))),
+            backend: self.backend_of(target),
+            // One sighting per address: the first target's executor adds it for a fleet-wide decision too.
+            sighter: (self.config.misp.sightings && target == 0).then(|| Arc::new(MispSighter(self.misp.clone()))),
             background_sightings: false,
             journal: self.journal.clone(),
             never_block: self.never_block.clone(),
             dry_run: dry_run || self.config.blocking.dry_run,
-            metrics: self.metrics.clone(),
+            target: self.targets[target].metrics.clone(),
         }
     }
 
@@ -142,6 +191,7 @@ impl Parts {
     pub fn ingest(&self, out: mpsc::Sender<decide::Candidate>) -> Ingest {
         Ingest::new(
             Triggers::new(self.config.trigger.clone()),
+            Claims::of_targets(&self.config.targets, self.config.blocking.scope),
             self.never_block.clone(),
             self.config.syslog.allowed_senders.clone(),
             self.metrics.clone(),
@@ -149,14 +199,15 @@ impl Parts {
         )
     }
 
-    /// Reads the blocks already on the FortiGate (ours), so the decider does not redo them. Best effort.
-    pub async fn known_blocks(&self) -> Vec<IpAddr> {
-        let result = match self.config.fortigate.backend {
-            BackendKind::AddressGroup => self.member_objects().await,
-            BackendKind::BannedIp => self.fortigate.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect()),
+    /// Reads the blocks already on a target's FortiGate (ours), so the decider does not redo them. Best effort.
+    pub async fn known_blocks(&self, target: usize) -> Vec<IpAddr> {
+        let t = &self.targets[target];
+        let result = match t.config.backend {
+            BackendKind::AddressGroup => member_objects(&t.client).await,
+            BackendKind::BannedIp => t.client.list_banned().await.map(|b| b.into_iter().map(|b| b.ip).collect()),
             BackendKind::ThreatFeed => self
                 .journal
-                .active_blocks()
+                .active_blocks_of(t.name())
                 .await
                 .map(|ledger| ledger.into_iter().filter(|b| b.backend == feed::BACKEND).map(|b| b.ip).collect())
                 .map_err(|error| fortimisp_core::fortigate::Error::NotConfirmed {
@@ -166,41 +217,56 @@ impl Parts {
         match result {
             Ok(ips) => ips,
             Err(error) => {
-                warn!(message = "Could not list existing blocks at start; repeats will cost an API call each.", %error);
+                warn!(message = "Could not list existing blocks at start; repeats will cost an API call each.", %error,
+                      target = t.name());
                 Vec::new()
             }
         }
     }
 }
 
-impl Parts {
-    /// Our objects that are members of a block group. An object of ours outside every group (left by a run that
-    /// stopped between the create and the member add, or by a block that failed on a full group) blocks nothing,
-    /// so it must not be taken as blocked: the next line for it goes through the blocker, which adopts it.
-    async fn member_objects(&self) -> Result<Vec<IpAddr>, fortimisp_core::fortigate::Error> {
-        use fortimisp_core::fortigate::Family;
-        let owned = self.fortigate.list_owned().await?;
-        let mut members = std::collections::HashSet::new();
-        for family in [Family::V4, Family::V6] {
-            for group in self.fortigate.block_groups(family).await? {
-                members.extend(self.fortigate.group_members(family, &group).await?);
+/// Our objects that are members of a block group. An object of ours outside every group (left by a run that
+/// stopped between the create and the member add, or by a block that failed on a full group) blocks nothing,
+/// so it must not be taken as blocked: the next line for it goes through the blocker, which adopts it.
+async fn member_objects(
+    client: &fortimisp_core::fortigate::Client,
+) -> Result<Vec<IpAddr>, fortimisp_core::fortigate::Error> {
+    use fortimisp_core::fortigate::Family;
+    let owned = client.list_owned().await?;
+    let mut members = std::collections::HashSet::new();
+    for family in [Family::V4, Family::V6] {
+        for group in client.block_groups(family).await? {
+            members.extend(client.group_members(family, &group).await?);
+        }
+    }
+    Ok(owned.into_iter().filter(|o| members.contains(o.name.as_str())).map(|o| o.ip).collect())
+}
+
+/// Hands each block request to the blocker of every target it names. A blocker journals on receipt, so a
+/// target that is down or slow does not hold this up (its blocks wait in the journal).
+pub async fn fan_out(mut input: mpsc::Receiver<decide::BlockRequest>, blockers: Vec<mpsc::Sender<decide::BlockRequest>>) {
+    while let Some(request) = input.recv().await {
+        for target in request.targets.iter() {
+            let Some(blocker) = blockers.get(target) else { continue };
+            if blocker.send(request.clone()).await.is_err() {
+                warn!(message = "A target's blocker is gone; block request not delivered.", ip = %request.ip, target);
             }
         }
-        Ok(owned.into_iter().filter(|o| members.contains(o.name.as_str())).map(|o| o.ip).collect())
     }
 }
 
 /// Runs the daemon until `shutdown` fires, or until a task whose death is fatal dies (then: an error). `faults`
 /// is the debug builds' test hook ([`Faults::none`] otherwise).
-pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) -> Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults, fatal_pause: Duration) -> Result<()> {
     let mut parts = Parts::build(config)?;
-    if let Some(feed_cfg) = &parts.config.feed {
+    if let (Some(feed_cfg), Some(target)) = (&parts.config.feed, parts.feed_target()) {
         let state = Arc::new(FeedState::new(feed_cfg, parts.metrics.clone()));
+        let transport = target.client.transport().clone();
         let pusher = feed_cfg.push.then(|| {
             Arc::new(Pusher::new(
-                parts.fortigate.transport().clone(),
+                transport,
                 state.clone(),
-                parts.metrics.clone(),
+                &target.metrics,
                 feed_cfg.snapshot_interval,
             ))
         });
@@ -258,6 +324,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
     let listeners_stop = CancellationToken::new();
     let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
+    let (target_txs, target_rxs): (Vec<_>, Vec<_>) = parts.targets.iter().map(|_| mpsc::channel(BLOCK_QUEUE)).unzip();
 
     let (feed_event_tx, feed_event_rx) = mpsc::channel(FEED_EVENT_QUEUE);
     let mut ingest = parts.ingest(candidate_tx);
@@ -300,22 +367,28 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
         Err(error) => warn!(message = "MISP not reachable at start; lookups retry as lines arrive.", %error),
     }
     // A refused token at start is reported once and the token is not tried again before the first block:
-    // FortiOS locks the source address out after a few failed logins (3 by default).
-    let mut refused_at_start = false;
-    if cfg.fortigate.backend == BackendKind::AddressGroup && !cfg.blocking.dry_run {
-        match parts.fortigate.ensure_groups().await {
-            Ok(()) => {}
+    // FortiOS locks the source address out after a few failed logins (3 by default). The targets are checked
+    // together: one slow or unreachable FortiGate does not delay the others.
+    let refused_at_start: Vec<bool> = futures::future::join_all(parts.targets.iter().map(|t| async {
+        if t.config.backend != BackendKind::AddressGroup || cfg.blocking.dry_run {
+            return false;
+        }
+        match t.client.ensure_groups().await {
+            Ok(()) => false,
             Err(error) if error.is_fatal() => {
                 error!(message = "FortiGate refused our credentials at start. Check the API token and trusted hosts.",
-                       %error);
-                parts.metrics.fortigate_unauthorized.set(1);
-                refused_at_start = true;
+                       %error, target = t.name());
+                t.metrics.unauthorized.set(1);
+                true
             }
             Err(error) => {
-                warn!(message = "Could not ensure the block groups at start; each block retries it.", %error)
+                warn!(message = "Could not ensure the block groups at start; each block retries it.", %error,
+                      target = t.name());
+                false
             }
         }
-    }
+    }))
+    .await;
 
     let decider_stop = CancellationToken::new();
     let blocker_stop = CancellationToken::new();
@@ -323,7 +396,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
 
     // Readiness: MISP and the FortiGate probed, the journal, and the mirror's age (three sync intervals, at least
     // ten minutes, cover a slow full sync).
-    let mut readiness = Readiness::new();
+    let target_names = parts.targets.iter().map(|t| t.name().to_string()).collect();
+    let mut readiness = Readiness::new(target_names, cfg.blocking.healthy_share);
     if let Some(interval) = cfg.misp.sync_interval {
         readiness = readiness.with_mirror((interval * 3).max(Duration::from_secs(600)));
     }
@@ -336,10 +410,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
                 error!(message = "Metrics server failed.", %error);
             }
         }));
-        let (misp, fortigate, m, stop) =
-            (parts.misp.clone(), parts.fortigate.clone(), parts.metrics.clone(), aux_stop.clone());
+        let probed: Vec<ready::ProbedTarget> = parts
+            .targets
+            .iter()
+            .map(|t| ready::ProbedTarget { client: t.client.clone(), metrics: t.metrics.clone() })
+            .collect();
+        let (misp, stop) = (parts.misp.clone(), aux_stop.clone());
         tracker.spawn(supervisor.restarting("readiness", aux_stop.clone(), move || {
-            ready::probe(misp.clone(), fortigate.clone(), readiness.clone(), m.clone(), stop.clone())
+            ready::probe(misp.clone(), probed.clone(), readiness.clone(), stop.clone())
         }));
     }
 
@@ -388,24 +466,38 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
         .await;
     }
 
-    let executor = Executor { background_sightings: true, ..parts.executor(false) };
-    let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute);
-    blocker.resume_pending().await;
-    let blocker_task = tokio::spawn(supervisor.fatal(
-        "blocker",
-        blocker.run(block_rx, blocker_stop.clone(), Duration::from_secs(3)).instrument(tracing::info_span!("blocker")),
-    ));
+    // One blocker per target: a target that is down, slow or refusing the token holds only its own blocks.
+    let mut blocker_tasks = Vec::with_capacity(parts.targets.len());
+    for (i, rx) in target_rxs.into_iter().enumerate() {
+        let executor = Executor { background_sightings: true, ..parts.executor_of(i, false) };
+        let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute).with_fatal_pause(fatal_pause);
+        blocker.resume_pending().await;
+        let name = parts.targets[i].name();
+        // A task's name lives as long as the process (the supervisor's health map keys on it); one per target.
+        let task: &'static str =
+            if parts.targets.len() == 1 { "blocker" } else { Box::leak(format!("blocker:{name}").into_boxed_str()) };
+        let span = tracing::info_span!("blocker", target = %name);
+        blocker_tasks.push(tokio::spawn(
+            supervisor.fatal(task, blocker.run(rx, blocker_stop.clone(), Duration::from_secs(3)).instrument(span)),
+        ));
+    }
+    let fan_out_task = tokio::spawn(supervisor.fatal("fan_out", fan_out(block_rx, target_txs)));
 
     let mut decider = parts.decider(shared_mirror.clone());
-    if !refused_at_start {
-        decider.seed_blocked(parts.known_blocks().await);
+    let parts_ref = &parts;
+    let unrefused = (0..parts.targets.len()).filter(|i| !refused_at_start[*i]);
+    let known =
+        futures::future::join_all(unrefused.map(|i| async move { (i, parts_ref.known_blocks(i).await) })).await;
+    for (i, ips) in known {
+        decider.seed_blocked(i, ips);
     }
     let decider_task = tokio::spawn(supervisor.fatal(
         "decider",
         decider.run(candidate_rx, block_tx, decider_stop.clone()).instrument(tracing::info_span!("decider")),
     ));
-    info!(message = "fortimisp integration running.", backend = %cfg.fortigate.backend, dry_run = cfg.blocking.dry_run,
-          triggers = cfg.trigger.len(), mirror = cfg.misp.sync_interval.is_some());
+    let backends: Vec<String> = parts.targets.iter().map(|t| format!("{}={}", t.name(), t.config.backend)).collect();
+    info!(message = "fortimisp integration running.", targets = %backends.join(","), scope = %cfg.blocking.scope,
+          dry_run = cfg.blocking.dry_run, triggers = cfg.trigger.len(), mirror = cfg.misp.sync_interval.is_some());
 
     let failed = tokio::select! {
         _ = shutdown.cancelled() => None,
@@ -423,14 +515,20 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults) ->
         warn!(message = "Decision stage did not drain in time; its undecided candidates are dropped.");
         decider_stop.cancel();
     }
-    // 3. The blocker journals what it received and lets running executions finish.
+    // 3. The fan-out hands on what it holds (the blockers journal on receipt), then each blocker journals what
+    // it received and lets running executions finish.
+    let _ = tokio::time::timeout_at(decider_deadline + Duration::from_secs(1), fan_out_task).await;
     blocker_stop.cancel();
-    match tokio::time::timeout_at(deadline, blocker_task).await {
-        Ok(Ok(Some(left))) if left > 0 => {
-            info!(message = "Blocks left pending in the journal for the next start.", count = left)
+    let mut left = 0;
+    for task in blocker_tasks {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Some(n))) => left += n,
+            Ok(_) => {}
+            Err(_) => warn!(message = "A blocker did not stop in time; its pending actions are in the journal."),
         }
-        Ok(_) => {}
-        Err(_) => warn!(message = "Blocker did not stop in time; its pending actions are in the journal."),
+    }
+    if left > 0 {
+        info!(message = "Blocks left pending in the journal for the next start.", count = left);
     }
     aux_stop.cancel();
     // A journal running from memory gets one last chance to reach the file.
@@ -467,7 +565,8 @@ async fn start_feeds(
     stop: &CancellationToken,
 ) {
     let state = feed_parts.state.clone();
-    match parts.journal.active_blocks().await {
+    let feed_target = parts.feed_target().expect("feeds run for the threat-feed target");
+    match parts.journal.active_blocks_of(feed_target.name()).await {
         Ok(ledger) => {
             let open =
                 ledger.into_iter().filter(|b| b.backend == feed::BACKEND).map(|b| (b.ip, b.blocked_at.timestamp()));
@@ -477,8 +576,9 @@ async fn start_feeds(
     }
     {
         let (journal, state, stop2) = (parts.journal.clone(), state.clone(), stop.clone());
+        let target = feed_target.name().to_string();
         tracker.spawn(supervisor.restarting("feed_ledger", stop.clone(), move || {
-            feed::follow_ledger(journal.clone(), state.clone(), feed::LEDGER_EVERY, stop2.clone())
+            feed::follow_ledger(journal.clone(), target.clone(), state.clone(), feed::LEDGER_EVERY, stop2.clone())
         }));
     }
     {
@@ -524,7 +624,7 @@ async fn start_feeds(
     }
     {
         let (confirm, transport, every, stop2) =
-            (confirm.clone(), parts.fortigate.transport().clone(), cfg.status_interval, stop.clone());
+            (confirm.clone(), feed_target.client.transport().clone(), cfg.status_interval, stop.clone());
         tracker.spawn(supervisor.restarting("feed_status", stop.clone(), move || {
             let (confirm, transport, stop) = (confirm.clone(), transport.clone(), stop2.clone());
             async move { confirm.poll(&transport, every, stop).await }

@@ -681,7 +681,7 @@ mod tests {
             let raw = RawConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             let config = raw.validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(config.misp.url.as_str().trim_end_matches('/'), servers.misp.url());
-            assert_eq!(config.fortigate.requests_per_second, 7.0);
+            assert_eq!(config.targets[0].requests_per_second, 7.0);
             assert_eq!(config.misp.sync_interval, Some(Duration::from_secs(300)));
             assert_eq!(config.syslog.udp, Some(listen.udp));
             assert_eq!(config.syslog.tcp, None);
@@ -716,7 +716,7 @@ mod tests {
             });
         let text = doc.render();
         let config = RawConfig::parse(&text).unwrap().validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(config.fortigate.backend, fortimisp_core::config::Backend::ThreatFeed, "{text}");
+        assert_eq!(config.targets[0].backend, fortimisp_core::config::Backend::ThreatFeed, "{text}");
         let feed = config.feed.expect("[feed] is read with the threat-feed backend");
         let serve = feed.serve.expect("pull has a listener");
         assert_eq!(serve.listen, listen.metrics);
@@ -749,7 +749,7 @@ mod tests {
         assert!(!text.contains("api_key_file") && !text.contains("/nonexistent/"), "{text}");
         let config = RawConfig::parse(&text).unwrap().validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.misp.api_key.expose(), servers.misp.key());
-        assert_eq!(config.fortigate.api_key.expose(), servers.fortigate.token());
+        assert_eq!(config.targets[0].api_key.expose(), servers.fortigate.token());
     }
 
     /// The variables that would override the written keys never reach a binary the harness starts, nor a config the
@@ -794,7 +794,7 @@ mod tests {
             let text = doc.render();
             assert!(!text.contains("/nonexistent/") && !text.contains("/etc/fortimisp/"), "{text}");
             let config = RawConfig::parse(&text).unwrap().validate(&|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
-            assert_eq!(config.fortigate.backend, Backend::ThreatFeed);
+            assert_eq!(config.targets[0].backend, Backend::ThreatFeed);
             let feed = config.feed.expect("[feed]");
             assert_eq!(feed.push, methods.contains(&UpdateMethod::Push));
             assert_eq!(feed.status_interval, Duration::from_secs(2));

@@ -283,7 +283,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     let lab_toml = read_or(&opts.config, LAB_TOML)?;
     // The file must be a valid config on its own (same parser as the daemons), not a template.
     let raw = RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
-    let backend = opts.backend.unwrap_or(raw.fortigate.backend);
+    let backend = opts.backend.unwrap_or(raw.fortigate.tables()[0].backend);
     let base_update = raw.feed.as_ref().and_then(|f| FeedUpdate::of(&f.update));
     if opts.update.is_some() && backend != Backend::ThreatFeed {
         bail!("--update applies to the threat-feed backend only (--backend threat-feed)");
@@ -348,11 +348,11 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         .map_err(|e| anyhow::anyhow!("derived config: {e}"))?;
     say(&format!("config {}", config_path.display()));
     let old_block: IpAddr = OLD_BLOCK.parse().expect("invariant: OLD_BLOCK is an address");
-    let feeds = match (config.fortigate.backend, &listener) {
+    let feeds = match (config.targets[0].backend, &listener) {
         (Backend::ThreatFeed, Some(listener)) => {
             let feeds = Feeds::new(&config, listener, update)?;
             let fortigate_ca = servers.fortigate_ca.as_deref().context("the FortiGate emulator serves HTTPS")?;
-            feeds.set_up(fortigate, fortigate_ca, &config.fortigate.vdom, udp).await?;
+            feeds.set_up(fortigate, fortigate_ca, &config.targets[0].vdom, udp).await?;
             let age = chrono::Duration::days(OLD_BLOCK_AGE_DAYS);
             feeds::seed_old_block(&config, old_block, age, &format!("indicator={OLD_BLOCK}/32 seeded by the lab"))
                 .await?;
@@ -413,7 +413,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
                 foreign_untouched: Some(
                     fortigate.object(FOREIGN_OBJECT).is_some()
                         && fortigate
-                            .members(&config.fortigate.block_group)
+                            .members(&config.targets[0].block_group)
                             .unwrap_or_default()
                             .iter()
                             .any(|m| m == FOREIGN_OBJECT),
@@ -477,7 +477,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         dir,
         bin_dir: bins.dir.clone(),
         config_path,
-        backend: config.fortigate.backend,
+        backend: config.targets[0].backend,
         fortigate_url: fortigate.url().to_string(),
         fortigate_token: fortigate.token(),
         fortigate_ca: servers.fortigate_ca.clone().unwrap_or_default(),
@@ -503,7 +503,7 @@ pub fn lab_keys() -> LabKeys {
     let raw = RawConfig::parse(LAB_TOML).expect("invariant: config/lab.toml parses (tested)");
     LabKeys {
         misp: raw.misp.api_key.expect("invariant: config/lab.toml sets misp.api_key (tested)"),
-        fortigate: raw.fortigate.api_key.expect("invariant: config/lab.toml sets fortigate.api_key (tested)"),
+        fortigate: raw.fortigate.tables()[0].api_key.clone().expect("invariant: config/lab.toml sets fortigate.api_key (tested)"),
     }
 }
 
@@ -525,12 +525,12 @@ fn seed_fortigate(fortigate: &FortiGateEmulator, config: &Config) {
     let name = object_name(config, OLD_BLOCK.parse().expect("OLD_BLOCK is an address"));
     fortigate.seed_address(&name, &format!("{OLD_BLOCK}/32"), comment.as_str());
     fortigate.seed_address(FOREIGN_OBJECT, FOREIGN_SUBNET, "added by hand by the network team");
-    let group = &config.fortigate.block_group;
+    let group = &config.targets[0].block_group;
     fortigate.seed_group(Table::Addrgrp, group, &[&name, FOREIGN_OBJECT], "deny policy fortimisp-block-in");
 }
 
 fn object_name(config: &Config, ip: IpAddr) -> String {
-    format!("{}{ip}", config.fortigate.object_prefix)
+    format!("{}{ip}", config.targets[0].object_prefix)
 }
 
 /// Where the daemons are, built first by cargo when the lab itself was started by cargo.
@@ -649,8 +649,8 @@ async fn replay(
 
 fn group_of(config: &Config, ip: IpAddr) -> &str {
     match ip {
-        IpAddr::V4(_) => &config.fortigate.block_group,
-        IpAddr::V6(_) => &config.fortigate.block_group6,
+        IpAddr::V4(_) => &config.targets[0].block_group,
+        IpAddr::V6(_) => &config.targets[0].block_group6,
     }
 }
 

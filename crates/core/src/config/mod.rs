@@ -1056,10 +1056,10 @@ policy_id = 7
         assert_eq!(c.misp.types, default_types());
         assert!(c.misp.to_ids_only && c.misp.enforce_warninglist && !c.misp.published_only);
         assert_eq!((c.misp.min_prefix_v4, c.misp.min_prefix_v6), (16, 48));
-        assert_eq!(c.fortigate.block_group, "MISP_BLOCK");
-        assert_eq!(c.fortigate.block_group6, "MISP_BLOCK6");
-        assert_eq!(c.fortigate.backend, Backend::AddressGroup);
-        assert_eq!(c.fortigate.object_prefix, "misp-");
+        assert_eq!(c.targets[0].block_group, "MISP_BLOCK");
+        assert_eq!(c.targets[0].block_group6, "MISP_BLOCK6");
+        assert_eq!(c.targets[0].backend, Backend::AddressGroup);
+        assert_eq!(c.targets[0].object_prefix, "misp-");
         assert_eq!(c.syslog.udp, Some("0.0.0.0:514".parse().unwrap()));
         assert_eq!(c.housekeeping.max_age, Duration::from_secs(90 * 86400));
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9514".parse().unwrap()));
@@ -1163,7 +1163,7 @@ policy_id = 7
     fn environment_wins_over_inline_and_file() {
         let env = |name: &str| (name == ENV_FORTIGATE_API_KEY).then(|| "from-env".to_string());
         let c = RawConfig::parse(MINIMAL).unwrap().validate(&env).unwrap();
-        assert_eq!(c.fortigate.api_key.expose(), "from-env");
+        assert_eq!(c.targets[0].api_key.expose(), "from-env");
         assert_eq!(c.misp.api_key.expose(), "0123456789012345678901234567890123456789");
     }
 
@@ -1174,7 +1174,7 @@ policy_id = 7
         std::fs::write(&path, "tok-from-file\n").unwrap();
         let text =
             MINIMAL.replace("api_key = \"fgtoken\"", &format!("api_key_file = {:?}", path.display().to_string()));
-        assert_eq!(check_ok(&text).fortigate.api_key.expose(), "tok-from-file");
+        assert_eq!(check_ok(&text).targets[0].api_key.expose(), "tok-from-file");
     }
 
     #[test]
@@ -1249,7 +1249,7 @@ policy_id = 7
                     assert!(len <= objects::MAX_PREFIX_LEN, "prefix of {len} accepted");
                     ObjectName::for_ip(&prefix, longest_ip).expect("prefix + the longest IP");
                     ObjectName::parse(&format!("{prefix}placeholder6")).expect("placeholder");
-                    crate::clients::fortigate(&config.fortigate).expect("the client builds");
+                    crate::clients::fortigate(&config.targets[0]).expect("the client builds");
                 }
                 Err(e) => {
                     assert!(len > objects::MAX_PREFIX_LEN, "prefix of {len} refused: {e}");
@@ -1261,7 +1261,7 @@ policy_id = 7
                 Ok(config) => {
                     assert!(len <= objects::MAX_GROUP_NAME_LEN, "group of {len} accepted");
                     ObjectName::parse(&format!("{group}-{}", MAX_OVERFLOW_GROUPS + 1)).expect("last overflow group");
-                    crate::clients::fortigate(&config.fortigate).expect("the client builds");
+                    crate::clients::fortigate(&config.targets[0]).expect("the client builds");
                 }
                 Err(e) => assert!(len > objects::MAX_GROUP_NAME_LEN, "group of {len} refused: {e}"),
             }

@@ -59,6 +59,16 @@ pub(super) fn load_pending_where(db: &Connection, query: &PendingQuery) -> rusql
     rows.collect()
 }
 
+/// How many pending actions `query` selects (its limit ignored).
+pub(super) fn count_pending(db: &Connection, query: &PendingQuery) -> rusqlite::Result<usize> {
+    db.prepare_cached(
+        "SELECT count(*) FROM actions WHERE state = 'pending' AND (?1 IS NULL OR kind = ?1)
+         AND (?2 IS NULL OR target = ?2)",
+    )?
+    .query_row(params![query.kind, query.target], |row| row.get::<_, i64>(0))
+    .map(|n| usize::try_from(n).unwrap_or(0))
+}
+
 /// Queues `a`, or returns the pending action of the same kind and IP.
 pub(super) fn enqueue(db: &Connection, a: &NewAction) -> rusqlite::Result<Applied> {
     let ip = a.ip.to_string();

@@ -127,6 +127,11 @@ impl Journal {
         self.call(move |store| store.pending(&query)).await
     }
 
+    /// How many pending actions `query` selects (its limit ignored).
+    pub async fn count_pending(&self, query: PendingQuery) -> Result<usize, Error> {
+        self.call(move |store| store.count_pending(&query)).await
+    }
+
     /// Notes a failed attempt: `attempts += 1`, `last_error = error`. The action stays pending. A no-op on an
     /// action already completed.
     ///

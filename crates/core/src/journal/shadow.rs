@@ -112,10 +112,6 @@ impl Shadow {
         }
     }
 
-    pub(super) fn list(&self) -> Vec<PendingAction> {
-        self.list_where(&PendingQuery::default())
-    }
-
     /// The entries `query` selects, oldest first.
     pub(super) fn list_where(&self, query: &PendingQuery) -> Vec<PendingAction> {
         let mut all: Vec<PendingAction> = self.by_id.values().filter(|p| query.selects(p)).cloned().collect();

@@ -391,6 +391,19 @@ impl Store for SqliteStore {
         }
     }
 
+    fn count_pending(&mut self, query: &PendingQuery) -> Result<usize, Error> {
+        let all = PendingQuery { limit: None, ..query.clone() };
+        if self.degraded || self.db.is_none() {
+            return Ok(self.shadow.list_where(&all).len());
+        }
+        let db = self.db.as_ref().expect("checked above");
+        match actions::count_pending(db, &all) {
+            Ok(n) => Ok(n),
+            Err(error) if is_unavailable(&error) => Ok(self.shadow.list_where(&all).len()),
+            Err(source) => Err(self.sql_error(source)),
+        }
+    }
+
     fn record_attempt(&mut self, id: ActionId, error: &str, at: DateTime<Utc>) -> Result<(), Error> {
         let raw = self.resolve(id);
         let op = Op::Attempt { id: raw, error: error.to_owned(), at };

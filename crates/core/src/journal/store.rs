@@ -13,6 +13,8 @@ use super::{ActionId, BlockRecord, Decision, Error, NewAction, Outcome, PendingA
 pub(crate) trait Store: Send {
     fn enqueue(&mut self, action: &NewAction) -> Result<ActionId, Error>;
     fn pending(&mut self, query: &PendingQuery) -> Result<Vec<PendingAction>, Error>;
+    /// How many pending actions `query` selects (its limit ignored).
+    fn count_pending(&mut self, query: &PendingQuery) -> Result<usize, Error>;
     fn record_attempt(&mut self, id: ActionId, error: &str, at: DateTime<Utc>) -> Result<(), Error>;
     fn complete(&mut self, id: ActionId, outcome: &Outcome, at: DateTime<Utc>) -> Result<(), Error>;
     fn record_decision(&mut self, decision: &Decision) -> Result<(), Error>;

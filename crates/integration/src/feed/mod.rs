@@ -37,7 +37,13 @@ pub const BACKEND: &str = "threat-feed";
 pub const LEDGER_EVERY: Duration = Duration::from_secs(5);
 
 /// Rereads the ledger's open threat-feed blocks every `every` into `state`, until `stop`.
-pub async fn follow_ledger(journal: Journal, state: Arc<FeedState>, every: Duration, stop: CancellationToken) {
+pub async fn follow_ledger(
+    journal: Journal,
+    target: String,
+    state: Arc<FeedState>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut timer = tokio::time::interval(every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -46,7 +52,7 @@ pub async fn follow_ledger(journal: Journal, state: Arc<FeedState>, every: Durat
             _ = stop.cancelled() => return,
             _ = timer.tick() => {}
         }
-        match journal.active_blocks().await {
+        match journal.active_blocks_of(&target).await {
             Ok(blocks) => {
                 failing = false;
                 let open: HashMap<_, _> = blocks

@@ -21,7 +21,7 @@ use std::time::Duration;
 use fortimisp_core::backoff::Backoff;
 use fortimisp_core::feed::diff;
 use fortimisp_core::fortigate::{self, PushCommand, Transport};
-use fortimisp_core::metrics::{Metrics, PushLabels};
+use fortimisp_core::metrics::{Metrics, PushLabels, TargetMetrics};
 use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -85,18 +85,28 @@ pub struct Pusher {
     pub transport: Arc<Transport>,
     pub state: Arc<FeedState>,
     pub metrics: Arc<Metrics>,
+    /// The target's `fortimisp_fortigate_unauthorized` series.
+    unauthorized: fortimisp_core::metrics::Gauge,
     pub snapshot_interval: Duration,
     progress: watch::Sender<Progress>,
 }
 
 impl Pusher {
+    /// A pusher writing to `target`'s FortiGate through `transport`.
     pub fn new(
         transport: Arc<Transport>,
         state: Arc<FeedState>,
-        metrics: Arc<Metrics>,
+        target: &TargetMetrics,
         snapshot_interval: Duration,
     ) -> Pusher {
-        Pusher { transport, state, metrics, snapshot_interval, progress: watch::channel(Progress::default()).0 }
+        Pusher {
+            transport,
+            state,
+            metrics: target.all().clone(),
+            unauthorized: target.unauthorized.clone(),
+            snapshot_interval,
+            progress: watch::channel(Progress::default()).0,
+        }
     }
 
     pub fn waiter(&self) -> PushWait {
@@ -159,7 +169,7 @@ impl Pusher {
                 Err(failure) => {
                     attempt += 1;
                     let pause = if failure.is_fatal() {
-                        self.metrics.fortigate_unauthorized.set(1);
+                        self.unauthorized.set(1);
                         error!(message = "FortiGate refused the push; pushing pauses. Check the API token, its profile (external-resource write) and trusted hosts.",
                                error = %failure, pause = ?REFUSED_PAUSE);
                         REFUSED_PAUSE
@@ -231,7 +241,7 @@ impl Pusher {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.tf_pushes.get_or_create(&PushLabels { command: command.as_str(), outcome }).inc();
         if result.is_ok() {
-            self.metrics.fortigate_unauthorized.set(0);
+            self.unauthorized.set(0);
         }
         result
     }
@@ -269,7 +279,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let raw: RawFeed = toml::from_str("update = [\"push\"]").unwrap();
         let state = Arc::new(FeedState::new(&raw.validate(&|_| None).unwrap(), metrics.clone()));
-        let pusher = Arc::new(Pusher::new(transport, state.clone(), metrics, Duration::from_secs(3600)));
+        let pusher = Arc::new(Pusher::new(transport, state.clone(), &TargetMetrics::new(metrics, "default"), Duration::from_secs(3600)));
         (emu, state, pusher)
     }
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use fortimisp_core::config::{Config, Contents, UpdateMethod};
+use fortimisp_core::config::{Backend, Config, Contents, UpdateMethod};
 use fortimisp_core::feed::check::served_path;
 use fortimisp_core::journal::{BlockRecord, Journal};
 use ipnet::IpNet;
@@ -172,7 +172,9 @@ pub fn configure(doc: &mut ConfigDoc, listener: &Listener, update: FeedUpdate) {
 pub async fn seed_old_block(config: &Config, ip: IpAddr, age: chrono::Duration, note: &str) -> Result<()> {
     let feed = config.feed.as_ref().context("backend = \"threat-feed\" without [feed]")?;
     let journal = Journal::open(&config.state.path).context("the journal")?;
+    let target = config.targets.iter().find(|t| t.backend == Backend::ThreatFeed).context("no threat-feed target")?;
     let record = BlockRecord {
+        target: target.name.clone(),
         ip,
         object: feed.names().first_of(ip),
         group: None,
