@@ -666,12 +666,15 @@ mod tests {
     fn watched_series_start_at_zero() {
         let m = Metrics::new();
         assert!(!m.render().contains("reason=\"safety_rail\""));
-        Metrics::start_at_zero(&m.hk_failures, &["safety_rail", "error"]);
+        let shared = std::sync::Arc::new(m);
+        let target = TargetMetrics::new(shared.clone(), "default");
+        drop((target.failure("safety_rail"), target.failure("error")));
+        let m = &*shared;
         let observer = m.requests("fortigate");
         let text = m.render();
         for sample in [
-            "fortimisp_housekeeping_failures_total{reason=\"safety_rail\"} 0",
-            "fortimisp_housekeeping_failures_total{reason=\"error\"} 0",
+            "fortimisp_housekeeping_failures_total{target=\"default\",reason=\"safety_rail\"} 0",
+            "fortimisp_housekeeping_failures_total{target=\"default\",reason=\"error\"} 0",
             "fortimisp_request_duration_seconds_count{server=\"fortigate\",outcome=\"ok\"} 0",
             "fortimisp_request_duration_seconds_count{server=\"fortigate\",outcome=\"error\"} 0",
         ] {

@@ -198,9 +198,6 @@ impl Daemon {
                 }
                 target.metrics.failure("error").inc();
                 error!(message = "Prune pass failed: cannot read the FortiGate.", %error, target = name);
-                if report_to == ReportTo::Summary {
-                    println!("target {name}: cannot read the FortiGate: {error}");
-                }
                 false
             }
         }

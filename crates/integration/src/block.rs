@@ -672,6 +672,8 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::sync::Mutex;
 
+    use fortimisp_core::metrics::Metrics;
+
     use super::*;
 
     /// A FortiGate that takes every block, recording the order, and fails the first `failures` calls per address.
@@ -792,7 +794,7 @@ mod tests {
         let calls = fake.calls.lock().unwrap().clone();
         assert_eq!(calls, (0..total).map(ip).collect::<Vec<_>>(), "each block once, in arrival order");
         assert_eq!(pending_blocks(&journal).await, 0);
-        assert_eq!(metrics.pending_actions.get(), 0);
+        assert_eq!(TargetMetrics::new(metrics.clone(), "default").pending.get(), 0);
     }
 
     /// Retries wait on their own timers until done (the journal's writer thread runs in real time while this
@@ -814,7 +816,7 @@ mod tests {
         let distinct: HashSet<IpAddr> = calls.iter().copied().collect();
         assert_eq!(distinct.len(), 50);
         assert_eq!(pending_blocks(&journal).await, 0);
-        assert_eq!(metrics.blocks.get_or_create(&fortimisp_core::metrics::Outcome { outcome: "retry" }).get(), 100);
+        assert_eq!(TargetMetrics::new(metrics.clone(), "default").blocks("retry"), 100);
     }
 
     /// A second request for an address already held is not a second job.

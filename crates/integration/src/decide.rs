@@ -625,7 +625,7 @@ mod tests {
 
     async fn flood(rig: &Rig, range: std::ops::Range<u32>) {
         for i in range {
-            rig.input.send(Candidate { ip: nth(i), rule: 0, received: Instant::now() }).await.unwrap();
+            rig.input.send(Candidate { ip: nth(i), rule: 0, received: Instant::now(), targets: TargetSet::single(0) }).await.unwrap();
         }
     }
 
@@ -638,7 +638,7 @@ mod tests {
     }
 
     fn candidate(s: &str) -> Candidate {
-        Candidate { ip: ip(s), rule: 0, received: Instant::now() }
+        Candidate { ip: ip(s), rule: 0, received: Instant::now(), targets: TargetSet::single(0) }
     }
 
     struct Rig {

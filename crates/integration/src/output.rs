@@ -409,6 +409,7 @@ mod tests {
 
     fn row(ip_text: &str, comment: &str) -> ListRow {
         ListRow {
+            target: "default".into(),
             ip: ip(ip_text),
             object: format!("misp-{ip_text}"),
             age: Some(chrono::Duration::hours(5)),
@@ -437,8 +438,13 @@ IP             OBJECT              AGE  EVENT   COMMENT
 203.0.113.45   misp-203.0.113.45    5h  12      indicator=203.0.113.45/32 rule=0
 2001:db8::5    misp-2001:db8::5     5h  12      indicator=2001:db8::5/128 rule=0
 ";
-        assert_eq!(list_table(rows), expected);
-        assert_eq!(list_table(Vec::new()), "fortimisp has no blocks on the FortiGate\n");
+        assert_eq!(list_table(rows.clone(), false), expected);
+        assert_eq!(list_table(Vec::new(), false), "fortimisp has no blocks on the FortiGate\n");
+        let mut fleet = rows;
+        fleet[0].target = "edge-b".into();
+        let table = list_table(fleet, true);
+        assert!(table.starts_with("TARGET   IP "), "{table}");
+        assert!(table.contains("\nedge-b   2001:db8::5 "), "{table}");
     }
 
     #[test]

@@ -265,7 +265,7 @@ mod tests {
             ["unblock 198.51.100.9"]
         );
         housekeeping.complete(u, &Outcome::Done).await.expect("complete");
-        housekeeping.record_unblock(ip("198.51.100.9"), "max_age", at(3)).await.expect("unblock");
+        housekeeping.record_unblock("default", ip("198.51.100.9"), "max_age", at(3)).await.expect("unblock");
         integration.record_block(&record("198.51.100.7", 4)).await.expect("block");
         assert_eq!(ips(&integration.pending().await.expect("pending")), ["block 198.51.100.7"]);
         assert_eq!(housekeeping.active_blocks().await.expect("active"), vec![record("198.51.100.7", 4)]);

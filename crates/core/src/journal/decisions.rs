@@ -92,7 +92,7 @@ mod tests {
         journal.complete(old, &Outcome::Done).await.expect("complete");
         journal.record_block(&record("198.51.100.4", 0)).await.expect("block");
         journal.record_block(&record("198.51.100.5", 0)).await.expect("block");
-        journal.record_unblock(ip("198.51.100.5"), "max_age", at(1)).await.expect("unblock");
+        journal.record_unblock("default", ip("198.51.100.5"), "max_age", at(1)).await.expect("unblock");
         let future = Utc::now() + chrono::Duration::days(1);
         let pruned = journal.prune(future).await.expect("prune");
         assert_eq!(pruned, Pruned { decisions: 2, actions: 1, blocks: 1 });

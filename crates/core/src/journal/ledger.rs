@@ -88,9 +88,9 @@ mod tests {
         let reblocked = BlockRecord { reason: "misp-event=99".into(), ..record("198.51.100.1", 3) };
         journal.record_block(&reblocked).await.expect("block");
         assert_eq!(journal.active_blocks().await.expect("active"), vec![record("2001:db8::2", 2), reblocked.clone()]);
-        journal.record_unblock(ip("2001:db8::2"), "max_age", at(4)).await.expect("unblock");
+        journal.record_unblock("default", ip("2001:db8::2"), "max_age", at(4)).await.expect("unblock");
         // a removal the ledger never saw is still recorded, closed
-        journal.record_unblock(ip("198.51.100.77"), "adopt_legacy", at(5)).await.expect("unblock");
+        journal.record_unblock("default", ip("198.51.100.77"), "adopt_legacy", at(5)).await.expect("unblock");
         assert_eq!(journal.active_blocks().await.expect("active"), vec![reblocked]);
         let closed: Vec<(String, String)> = with_conn(&journal, |c| {
             let mut s =

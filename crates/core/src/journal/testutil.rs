@@ -20,6 +20,7 @@ pub fn ip(s: &str) -> IpAddr {
 
 pub fn block(addr: &str, secs: i64) -> NewAction {
     NewAction {
+        target: "default".to_owned(),
         kind: ActionKind::Block,
         ip: ip(addr),
         reason: "misp-event=1234 rule=0".to_owned(),
@@ -43,6 +44,7 @@ pub fn unblock(addr: &str, secs: i64) -> NewAction {
 
 pub fn record(addr: &str, secs: i64) -> BlockRecord {
     BlockRecord {
+        target: "default".to_owned(),
         ip: ip(addr),
         object: format!("misp-{addr}"),
         group: Some("MISP_BLOCK".to_owned()),
@@ -57,6 +59,7 @@ pub fn record(addr: &str, secs: i64) -> BlockRecord {
 pub fn decision(addr: &str, secs: i64, verdict: &str) -> Decision {
     Decision {
         at: at(secs),
+        target: None,
         ip: ip(addr),
         verdict: verdict.to_owned(),
         detail: format!("{verdict} detail"),

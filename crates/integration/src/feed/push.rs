@@ -363,7 +363,7 @@ mod tests {
         let result = pusher.waiter().until(generation, Duration::from_secs(20)).await;
         assert!(matches!(result, Err(fortigate::Error::Unauthorized)), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(20), "not a timeout");
-        assert_eq!(pusher.metrics.fortigate_unauthorized.get(), 1);
+        assert_eq!(pusher.unauthorized.get(), 1);
         stop.cancel();
         task.await.unwrap();
     }
