@@ -243,7 +243,8 @@ mod tests {
     #[test]
     fn stamping_gives_a_line_another_device() {
         let device = Device::numbered(2);
-        let with = Device::corpus().traffic_line("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap(), 7, "accept");
+        let with =
+            Device::corpus().traffic_line("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap(), 7, "accept");
         let without = r#"<189>date=2019-05-15 time=18:03:41 logid="0000000013" type="traffic" srcvd="x" srcip=192.0.2.77 dstip=192.0.2.78 action="accept" policyid=7"#;
         let bare = r#"date=2019-05-15 time=18:03:41 devid=FGT60E devname=fw type="traffic" srcip=192.0.2.77 dstip=192.0.2.78 policyid=7"#;
         for line in [with.as_str(), without, bare] {

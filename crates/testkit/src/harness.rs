@@ -413,7 +413,8 @@ impl ConfigDoc {
             // `name` first, as an operator writes it; the other keys as the base has them (with their comments).
             let mut t = Table::new();
             t["name"] = value(target.name.as_str());
-            for (key, item) in base.iter().filter_map(|(k, _)| base.get_key_value(k)).filter(|(k, _)| k.get() != "name") {
+            for (key, item) in base.iter().filter_map(|(k, _)| base.get_key_value(k)).filter(|(k, _)| k.get() != "name")
+            {
                 t.insert_formatted(key, item.clone());
             }
             t["url"] = value(target.fortigate.url());
@@ -887,7 +888,9 @@ mod tests {
             "vdom = \"root\"\nblock_group = \"EDGE_BLOCK\"\nobject_prefix = \"fm-\"\nurls = [\"https://192.0.2.9\"]\n",
         );
         let mut doc = ConfigDoc::parse(&base).unwrap();
-        doc.endpoints(&fleet.endpoints(), &Listen::free(), &dir.path().join("state.db")).fleet(&fleet).scope(Scope::Fleet);
+        doc.endpoints(&fleet.endpoints(), &Listen::free(), &dir.path().join("state.db"))
+            .fleet(&fleet)
+            .scope(Scope::Fleet);
         let text = doc.render();
         assert_eq!(text.matches("[[fortigate]]").count(), 3, "{text}");
         assert!(!text.contains("\n[fortigate]"), "{text}");

@@ -503,7 +503,10 @@ pub fn lab_keys() -> LabKeys {
     let raw = RawConfig::parse(LAB_TOML).expect("invariant: config/lab.toml parses (tested)");
     LabKeys {
         misp: raw.misp.api_key.expect("invariant: config/lab.toml sets misp.api_key (tested)"),
-        fortigate: raw.fortigate.tables()[0].api_key.clone().expect("invariant: config/lab.toml sets fortigate.api_key (tested)"),
+        fortigate: raw.fortigate.tables()[0]
+            .api_key
+            .clone()
+            .expect("invariant: config/lab.toml sets fortigate.api_key (tested)"),
     }
 }
 
