@@ -13,6 +13,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use fortimisp_testkit::fleet::Device;
 use fortimisp_testkit::fortigate::{EmulatorConfig, FortiGateEmulator};
 use fortimisp_testkit::harness::{self, Binaries, ConfigDoc, Endpoints, Listen, ServerOptions, Servers};
 use fortimisp_testkit::misp::MispEmulator;
@@ -261,11 +262,10 @@ where
 }
 
 /// A real FortiGate forward-traffic log line (from the corpus: elastic-beats.default.log line 5) with the
-/// addresses, policy id and action replaced.
+/// addresses, policy id and action replaced, from the corpus line's device ([`Device::corpus`]); a fleet test
+/// names the device with [`Device::traffic_line`].
 pub fn traffic_line(src: IpAddr, dst: IpAddr, policyid: u32, action: &str) -> String {
-    format!(
-        r#"<189>date=2020-04-23 time=12:14:28 devname="firewall3" devid="oldfwid" logid="0000000013" type="traffic" subtype="forward" level="notice" vd="root" eventtime=1587230069291463928 tz="-0500" srcip={src} srcport=56603 srcintf="port1" srcintfrole="lan" dstip={dst} dstport=442 dstintf="wan1" dstintfrole="wan" sessionid=2345 proto=6 action="{action}" policyid={policyid} policytype="policy" service="HTTPS" dstcountry="Russian Federation" srccountry="United Kingdom" trandisp="snat" transip=175.16.199.1 transport=56603 duration=1 sentbyte=1234 rcvdbyte=5678 sentpkt=5 rcvdpkt=4 appcat="unscanned""#
-    )
+    Device::corpus().traffic_line(src, dst, policyid, action)
 }
 
 /// Sends each line as one UDP datagram.

@@ -210,7 +210,10 @@ async fn lab_runs_a_production_config_with_its_credentials_replaced() {
         let raw = fortimisp_core::config::RawConfig::parse(&written).unwrap();
         assert_eq!(raw.misp.api_key.as_deref(), Some(keys.misp.as_str()), "{case}");
         assert_eq!(raw.fortigate.tables()[0].api_key.as_deref(), Some(keys.fortigate.as_str()), "{case}");
-        assert!(raw.misp.api_key_file.is_none() && raw.fortigate.tables()[0].api_key_file.is_none(), "{case}: {written}");
+        assert!(
+            raw.misp.api_key_file.is_none() && raw.fortigate.tables()[0].api_key_file.is_none(),
+            "{case}: {written}"
+        );
         for file in ["config.toml", "integration.log", "housekeeping.log"] {
             let text = std::fs::read_to_string(work.path().join(file)).unwrap_or_default();
             assert!(!text.contains("no-such-dir"), "{case}: {file} names the production key file");

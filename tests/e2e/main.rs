@@ -7,6 +7,8 @@ mod contract;
 mod faults;
 /// The threat-feed backend: pull (TLS, basic auth, allowed clients), push, indicators mode, consistency.
 mod feeds;
+/// Fleets: three emulated FortiGates, origin and fleet scope, failure isolation, per-target housekeeping.
+mod fleet;
 /// The housekeeping daemon: pruning by age, revocation and legacy adoption, safety rails, feed updates, scale.
 mod housekeeping;
 /// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.

@@ -31,11 +31,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fortimisp_core::config::{
-    Backend, Check, Contents, TriggerRule, UpdateMethod, ENV_FEED_PASSWORD, ENV_FORTIGATE_API_KEY, ENV_MISP_API_KEY,
+    Backend, Check, Contents, Scope, TriggerRule, UpdateMethod, ENV_FEED_PASSWORD, ENV_FORTIGATE_API_KEY,
+    ENV_MISP_API_KEY,
 };
 use ipnet::IpNet;
 use toml_edit::{value, DocumentMut, Item, Table};
 
+use crate::fleet::Fleet;
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator};
 use crate::misp::{MispEmulator, Seed};
 use crate::tls::{server_config, TestCa};
@@ -46,10 +48,17 @@ use crate::tls::{server_config, TestCa};
 /// [`ConfigDoc::feed_password`] wrote.
 pub const CREDENTIAL_ENV: [&str; 3] = [ENV_MISP_API_KEY, ENV_FORTIGATE_API_KEY, ENV_FEED_PASSWORD];
 
-/// The process environment as the harness's binaries see it: without [`CREDENTIAL_ENV`]. For
-/// `Config::load_with_env`.
+/// Whether `name` overrides a credential: one of [`CREDENTIAL_ENV`], or a fleet target's own
+/// `FORTIMISP_FORTIGATE_<NAME>_API_KEY` ([`fortimisp_core::config::env_api_key`]).
+pub fn is_credential_env(name: &str) -> bool {
+    CREDENTIAL_ENV.contains(&name)
+        || name.strip_prefix("FORTIMISP_FORTIGATE_").is_some_and(|rest| rest.ends_with("_API_KEY"))
+}
+
+/// The process environment as the harness's binaries see it: without the credential variables
+/// ([`is_credential_env`]). For `Config::load_with_env`.
 pub fn env_without_credentials(name: &str) -> Option<String> {
-    if CREDENTIAL_ENV.contains(&name) {
+    if is_credential_env(name) {
         None
     } else {
         std::env::var(name).ok()
@@ -387,6 +396,53 @@ impl ConfigDoc {
         self
     }
 
+    /// Turns the `[fortigate]` table (or the first `[[fortigate]]` table of the base) into one `[[fortigate]]`
+    /// table per target of `fleet`, in its place: each keeps the base's other keys (backend, group names, rate ...)
+    /// and gets the target's `name`, `url`, `api_key` (`api_key_file` removed), `ca_file` and
+    /// `devices = [devid, devname]`; `vdoms` and `urls` are removed (every VDOM, one URL). Call it after
+    /// [`endpoints`](Self::endpoints), which writes the single table it starts from.
+    pub fn fleet(&mut self, fleet: &Fleet) -> &mut Self {
+        let base = match self.doc.get("fortigate") {
+            Some(Item::Table(t)) => t.clone(),
+            Some(Item::ArrayOfTables(a)) => a.get(0).cloned().unwrap_or_default(),
+            _ => Table::new(),
+        };
+        let position = base.position();
+        let mut tables = toml_edit::ArrayOfTables::new();
+        for target in &fleet.targets {
+            // `name` first, as an operator writes it; the other keys as the base has them (with their comments).
+            let mut t = Table::new();
+            t["name"] = value(target.name.as_str());
+            for (key, item) in base.iter().filter_map(|(k, _)| base.get_key_value(k)).filter(|(k, _)| k.get() != "name")
+            {
+                t.insert_formatted(key, item.clone());
+            }
+            t["url"] = value(target.fortigate.url());
+            t.remove("api_key_file");
+            t["api_key"] = value(target.fortigate.token());
+            t["ca_file"] = value(fleet.fortigate_ca.to_string_lossy().into_owned());
+            t["devices"] = value(toml_edit::Array::from_iter([&target.device.devid, &target.device.devname]));
+            t.remove("vdoms");
+            t.remove("urls");
+            if let Some(p) = position {
+                t.set_position(p);
+            }
+            tables.push(t);
+        }
+        if let Some(first) = tables.get_mut(0) {
+            *first.decor_mut() = base.decor().clone();
+        }
+        self.doc.remove("fortigate");
+        self.doc.insert("fortigate", Item::ArrayOfTables(tables));
+        self
+    }
+
+    /// `blocking.scope`.
+    pub fn scope(&mut self, scope: Scope) -> &mut Self {
+        self.section("blocking")["scope"] = value(scope.to_string());
+        self
+    }
+
     /// Replaces every `[[trigger]]` with `rules`.
     pub fn triggers(&mut self, rules: &[TriggerRule]) -> &mut Self {
         let mut tables = toml_edit::ArrayOfTables::new();
@@ -522,10 +578,16 @@ impl Binaries {
     }
 }
 
-/// Removes [`CREDENTIAL_ENV`] from what `cmd` inherits.
+/// Removes the credential variables ([`is_credential_env`]: [`CREDENTIAL_ENV`] and every target's own) from what
+/// `cmd` inherits.
 fn without_credentials(cmd: &mut Command) {
     for name in CREDENTIAL_ENV {
         cmd.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_credential_env) {
+            cmd.env_remove(name);
+        }
     }
 }
 
@@ -810,6 +872,55 @@ mod tests {
                 (serve, _) => panic!("listener {serve:?} for {methods:?}\n{text}"),
             }
         }
+    }
+
+    /// `fleet` writes one `[[fortigate]]` table per target in place of `[fortigate]`, keeping the base's other
+    /// keys in each; the result validates as a fleet whose targets claim their devices, and `scope` lands.
+    #[tokio::test]
+    async fn the_fleet_config_has_one_target_per_emulator() {
+        use crate::fleet::{Fleet, FleetOptions};
+        use fortimisp_core::config::Scope;
+        let parse = |text: &str| RawConfig::parse(text).and_then(|raw| raw.validate(&|_| None));
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::start(FleetOptions::of(3), dir.path()).await.unwrap();
+        let base = TEMPLATE.replace(
+            "vdom = \"root\"\n",
+            "vdom = \"root\"\nblock_group = \"EDGE_BLOCK\"\nobject_prefix = \"fm-\"\nurls = [\"https://192.0.2.9\"]\n",
+        );
+        let mut doc = ConfigDoc::parse(&base).unwrap();
+        doc.endpoints(&fleet.endpoints(), &Listen::free(), &dir.path().join("state.db"))
+            .fleet(&fleet)
+            .scope(Scope::Fleet);
+        let text = doc.render();
+        assert_eq!(text.matches("[[fortigate]]").count(), 3, "{text}");
+        assert!(!text.contains("\n[fortigate]"), "{text}");
+        assert!(text.find("[[fortigate]]") < text.find("[syslog]"), "the targets stay where [fortigate] was:\n{text}");
+        let config = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.blocking.scope, Scope::Fleet);
+        assert_eq!(config.targets.len(), 3);
+        for (target, emulator) in config.targets.iter().zip(&fleet.targets) {
+            assert_eq!(target.name, emulator.name);
+            assert_eq!(target.url.as_str().trim_end_matches('/'), emulator.fortigate.url());
+            assert_eq!(target.api_key.expose(), emulator.fortigate.token());
+            assert_eq!(target.ca_file.as_deref(), Some(fleet.fortigate_ca.as_path()));
+            assert_eq!(target.devices, [emulator.device.devid.clone(), emulator.device.devname.clone()]);
+            assert!(target.vdoms.is_empty() && target.urls.is_empty(), "{text}");
+            // The base's other keys, in every target.
+            assert_eq!((target.block_group.as_str(), target.object_prefix.as_str()), ("EDGE_BLOCK", "fm-"));
+            assert_eq!(target.requests_per_second, 200.0);
+        }
+        // Again on the result (a fleet base, as `lab --fleet --config fleet.toml` has): same targets.
+        let again = ConfigDoc::parse(&text).unwrap().fleet(&fleet).render();
+        assert_eq!(again.matches("[[fortigate]]").count(), 3, "{again}");
+        assert_eq!(parse(&again).unwrap_or_else(|e| panic!("{e}\n{again}")).targets.len(), 3);
+    }
+
+    #[test]
+    fn every_target_key_variable_is_a_credential() {
+        assert!(is_credential_env("FORTIMISP_FORTIGATE_EDGE_A_API_KEY"));
+        assert!(is_credential_env(ENV_FORTIGATE_API_KEY));
+        assert!(!is_credential_env("FORTIMISP_CONFIG"));
+        assert!(is_credential_env(&fortimisp_core::config::env_api_key("b")));
     }
 
     #[test]

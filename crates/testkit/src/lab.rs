@@ -45,14 +45,17 @@ use fortimisp_core::misp::SearchQuery;
 use fortimisp_core::policy::{LineFacts, NeverBlock, Protected, Triggers};
 use fortimisp_core::{clients, syslog, view};
 
+use crate::fleet::Fleet;
 use crate::fortigate::{EmulatorConfig, FortiGateEmulator, Table};
 use crate::harness::{self, Binaries, ConfigDoc, Daemon, Listen, ServerOptions, Servers};
 use crate::misp::Seed;
 
 mod feeds;
+mod fleet;
 
 use feeds::Feeds;
 pub use feeds::{DaemonView, FeedRow, FeedUpdate, FeedsReport, OldBlock, FEED_PASSWORD};
+pub use fleet::TargetBlocks;
 
 /// `config/lab.toml`, compiled in.
 pub const LAB_TOML: &str = include_str!("../../../config/lab.toml");
@@ -94,6 +97,8 @@ pub struct Options {
     pub backend: Option<Backend>,
     /// With `threat-feed`: how the FortiGate gets the feeds; `None`: the config's `[feed] update`, else pull.
     pub update: Option<FeedUpdate>,
+    /// Run a fleet of this many emulated FortiGates (`lab/fleet.rs`); `None`: one.
+    pub fleet: Option<usize>,
 }
 
 /// Everything the lab found, printed as a table or JSON.
@@ -114,6 +119,8 @@ pub struct Report {
     pub housekeeping: Housekeeping,
     /// The "FortiGate feeds" part (threat-feed only).
     pub feeds: Option<FeedsReport>,
+    /// Blocks per target (`--fleet` only).
+    pub targets: Option<Vec<TargetBlocks>>,
     /// Expected blocks that did not land, and blocks nobody expected: empty when the loop worked.
     pub problems: Vec<String>,
 }
@@ -256,7 +263,7 @@ fn sum(text: &str, name: &str, label: Option<&str>) -> u64 {
 /// The parts of a run that outlive [`run`] when the caller keeps the lab up (`--keep-running`).
 pub struct Running {
     pub report: Report,
-    servers: Servers,
+    servers: Emulators,
     /// Killed when dropped, so an error or Ctrl-C never leaves a daemon behind.
     daemon: Option<Daemon>,
 }
@@ -267,9 +274,18 @@ impl Running {
         if let Some(mut daemon) = self.daemon.take() {
             let _ = daemon.stop(Duration::from_secs(10));
         }
-        self.servers.misp.shutdown();
+        match &self.servers {
+            Emulators::One(servers) => servers.misp.shutdown(),
+            Emulators::Fleet(fleet) => fleet.misp.shutdown(),
+        }
         drop(self.servers);
     }
+}
+
+/// What serves the daemon: one FortiGate and MISP, or a fleet.
+enum Emulators {
+    One(Servers),
+    Fleet(Fleet),
 }
 
 /// Runs the lab. With `keep_running`, the daemon is left running (for the operator to try the subcommands);
@@ -280,6 +296,9 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
             eprintln!("[lab] {text}");
         }
     };
+    if opts.fleet.is_some() {
+        return fleet::run(opts, keep_running).await;
+    }
     let lab_toml = read_or(&opts.config, LAB_TOML)?;
     // The file must be a valid config on its own (same parser as the daemons), not a template.
     let raw = RawConfig::parse(&lab_toml).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(opts)))?;
@@ -398,7 +417,8 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     ));
 
     // Replay, with live progress.
-    let progress = replay(opts, &lines, udp, metrics_addr, &target, &plan, &mut daemon).await?;
+    let landed = || plan.expected.iter().all(|ip| target.holding(*ip, None).is_some());
+    let progress = replay(opts, &lines, udp, metrics_addr, &landed, &mut daemon).await?;
 
     // One housekeeping pass: ages out the 120-day-old block, leaves everything else alone.
     let indicators = feeds.as_ref().is_some_and(|f| f.contents == Contents::Indicators);
@@ -486,9 +506,10 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
         not_blocked,
         housekeeping,
         feeds: feeds_report,
+        targets: None,
         problems,
     };
-    Ok(Running { report, servers, daemon })
+    Ok(Running { report, servers: Emulators::One(servers), daemon })
 }
 
 /// The keys the emulators accept in the lab, whatever config is given: `config/lab.toml`'s own (compiled in).
@@ -503,7 +524,10 @@ pub fn lab_keys() -> LabKeys {
     let raw = RawConfig::parse(LAB_TOML).expect("invariant: config/lab.toml parses (tested)");
     LabKeys {
         misp: raw.misp.api_key.expect("invariant: config/lab.toml sets misp.api_key (tested)"),
-        fortigate: raw.fortigate.tables()[0].api_key.clone().expect("invariant: config/lab.toml sets fortigate.api_key (tested)"),
+        fortigate: raw.fortigate.tables()[0]
+            .api_key
+            .clone()
+            .expect("invariant: config/lab.toml sets fortigate.api_key (tested)"),
     }
 }
 
@@ -581,14 +605,13 @@ fn run_once(bins: &Binaries, config: &Path, dir: &Path) -> Result<ExitStatus> {
 }
 
 /// Sends the lines over UDP at `opts.rate`, drawing progress; returns once the daemon has settled: every line
-/// received, every expected block on the FortiGate, nothing pending, and the counters still for a moment.
-async fn replay(
+/// received, every expected block on the FortiGate (`landed`), nothing pending, and the counters still for a moment.
+async fn replay<S: AsRef<str>>(
     opts: &Options,
-    lines: &[&str],
+    lines: &[S],
     udp: SocketAddr,
     metrics: SocketAddr,
-    target: &Target<'_>,
-    plan: &Plan,
+    landed: &dyn Fn() -> bool,
     daemon: &mut Daemon,
 ) -> Result<Progress> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
@@ -611,7 +634,7 @@ async fn replay(
     let interval = Duration::from_secs_f64(1.0 / opts.rate.max(0.1));
     let mut next_draw = Instant::now();
     for (i, line) in lines.iter().enumerate() {
-        socket.send_to(line.as_bytes(), udp).context("sending syslog")?;
+        socket.send_to(line.as_ref().as_bytes(), udp).context("sending syslog")?;
         if Instant::now() >= next_draw || i + 1 == lines.len() {
             show(
                 &Progress::from_metrics(&harness::metrics_text(metrics).await, i as u64 + 1, total),
@@ -628,9 +651,8 @@ async fn replay(
     loop {
         let p = Progress::from_metrics(&harness::metrics_text(metrics).await, total, total);
         show(&p, &mut shown, false);
-        let landed = plan.expected.iter().all(|ip| target.holding(*ip, None).is_some());
         still = if p == last { still + 1 } else { 0 };
-        if p.received + p.dropped >= total && landed && p.pending == 0 && still >= 3 {
+        if p.received + p.dropped >= total && landed() && p.pending == 0 && still >= 3 {
             show(&p, &mut shown, true);
             return Ok(p);
         }
@@ -903,6 +925,9 @@ pub fn render_table(report: &Report) -> String {
     if let Some(feeds) = &report.feeds {
         out.push_str(&render_feeds(feeds));
     }
+    if let Some(targets) = &report.targets {
+        out.push_str(&fleet::render(targets));
+    }
     let hk = &report.housekeeping;
     let removed = if hk.old_block_removed { "removed" } else { "STILL THERE" };
     let old = match &hk.old_block {
@@ -1029,6 +1054,7 @@ pub fn render_json(report: &Report) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "housekeeping": housekeeping_json(&report.housekeeping),
         "feeds": report.feeds.as_ref().map(feeds_json),
+        "targets": report.targets.as_deref().map(fleet::json),
     })
 }
 

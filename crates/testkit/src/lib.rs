@@ -10,6 +10,8 @@
 //! - [`lab`]: the lab behind the `lab` binary: both emulators, the real daemons, a replayed sample, a report.
 //! - [`harness`]: one way to start the emulators, write a production-format config for them and run the real
 //!   daemons; used by the lab, loadgen and the end-to-end tests.
+//! - [`fleet`]: N emulated FortiGates (named targets, each with its device's identity) next to one MISP, and the
+//!   one writer of a FortiGate traffic log line for a given device.
 //! - [`child`]: SIGTERM and a bounded wait for the child processes of the lab and the tests.
 //! - [`loadgen`]: corpus lines at a fixed rate into the daemon (or a naive baseline), and the report (the
 //!   `loadgen` binary and the benchmarks); its `Lab` runs the daemon with either backend.
@@ -21,6 +23,7 @@
 pub mod child;
 pub mod corpus;
 pub mod feedbench;
+pub mod fleet;
 pub mod fortigate;
 pub mod harness;
 pub mod lab;

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run -p fortimisp-testkit --bin lab                 # the README's first command
 //! lab [--config config/lab.toml] [--seed lab/seed.json] [--sample lab/sample.log] [--rate 10]
-//!     [--backend address-group|threat-feed] [--update pull|push|both]
+//!     [--backend address-group|threat-feed] [--update pull|push|both] [--fleet N]
 //!     [--headless] [--json] [--keep-running] [--bin-dir DIR] [--no-build] [--dir DIR]
 //! ```
 //! Exits 0 when every expected block landed and nothing else was blocked, 1 otherwise. This file parses the
@@ -43,6 +43,11 @@ struct Args {
     /// else pull].
     #[arg(long, value_name = "METHOD")]
     update: Option<FeedUpdate>,
+    /// Run N emulated FortiGates (targets a, b, c ...; the config's [fortigate] becomes one [[fortigate]] per
+    /// emulator, each claiming its own device); the sample's lines rotate over the devices and the report shows
+    /// the blocks per target. Address-group backend only.
+    #[arg(long, value_name = "N")]
+    fleet: Option<usize>,
     /// Lines per second.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
         headless: args.headless,
         backend: args.backend,
         update: args.update,
+        fleet: args.fleet,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
