@@ -232,17 +232,10 @@ fn rand_suffix() -> u128 {
     h.finish() as u128
 }
 
-/// Scrapes `sample` (a metric name with its labels, exactly as exposed) from a metrics endpoint.
+/// Scrapes `sample` from a metrics endpoint: the sum of the series it selects (a name and the labels that must
+/// match, in any order; `fortimisp_blocks_total{outcome="blocked"}` sums every target), 0 if none.
 pub async fn scrape(metrics: SocketAddr, sample: &str) -> f64 {
-    harness::metrics_text(metrics)
-        .await
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    harness::sample_sum(&harness::metrics_text(metrics).await, sample)
 }
 
 /// Polls `check` every 50 ms until it is true; panics with `what` after `timeout`.

@@ -185,8 +185,7 @@ mod tests {
 
     #[test]
     fn origin_scope_picks_the_claiming_targets_and_fleet_scope_all_of_them() {
-        let targets =
-            [target(&["FGA", "edge-a"], &[]), target(&["FGB"], &["root"]), target(&["FGB"], &["dmz"])];
+        let targets = [target(&["FGA", "edge-a"], &[]), target(&["FGB"], &["root"]), target(&["FGB"], &["dmz"])];
         let origin = Claims::of_test(&targets, Scope::Origin);
         assert_eq!(origin.of(Some("FGA"), None, Some("x")), TargetSet::single(0));
         assert_eq!(origin.of(None, Some("edge-a"), None), TargetSet::single(0), "devname claims too");

@@ -56,6 +56,10 @@ const CONTRACT: &[(&str, &[&str])] = &[
             "requests_per_second",
             "object_prefix",
             "urls",
+            "devices",
+            "vdoms",
+            // The [[fortigate]] example's own key.
+            "name",
         ],
     ),
     (
@@ -83,7 +87,7 @@ const CONTRACT: &[(&str, &[&str])] = &[
         &["udp", "tcp", "tls", "tls_cert", "tls_key", "allowed_senders", "max_message_bytes", "recv_buffer_bytes"],
     ),
     ("trigger", &["policy_id", "action", "type", "subtype", "srcintf", "check"]),
-    ("blocking", &["never_block", "dry_run", "max_blocks_per_minute"]),
+    ("blocking", &["never_block", "dry_run", "max_blocks_per_minute", "scope", "healthy_share"]),
     ("housekeeping", &["max_age", "interval", "unblock_revoked", "adopt_legacy", "max_unblock_fraction", "feeds"]),
     ("state", &["path"]),
     ("metrics", &["listen", "housekeeping_listen"]),
@@ -301,16 +305,51 @@ fn every_key_has_a_comment() {
 #[test]
 fn commented_out_examples_are_valid_keys() {
     // Uncomment every example key and header at once: they must still be known keys with values of the right type.
+    // The fleet example replaces the [fortigate] table, so it is left out here (`the_fleet_example_is_a_fleet`).
+    let fleet = fleet_example_lines();
     let text: String = EXAMPLE
         .lines()
-        .map(|line| match uncommented(line) {
-            Some(text) if header(text).is_some() || key_value(text).is_some() => format!("{text}\n"),
+        .enumerate()
+        .map(|(i, line)| match uncommented(line) {
+            Some(text) if !fleet.contains(&i) && (header(text).is_some() || key_value(text).is_some()) => {
+                format!("{text}\n")
+            }
             _ => format!("{line}\n"),
         })
         .collect();
     let raw = parse(&text);
     assert_eq!(raw.trigger.len(), 2, "the commented-out [[trigger]] example must become a second rule");
     assert!(raw.misp.api_key.is_some() && raw.misp.ca_file.is_some());
+}
+
+/// The lines of the commented-out `[[fortigate]]` example: from its first header to the next blank line.
+fn fleet_example_lines() -> std::ops::Range<usize> {
+    let lines: Vec<&str> = EXAMPLE.lines().collect();
+    let start = lines.iter().position(|l| l.trim() == "# [[fortigate]]").expect("a [[fortigate]] example");
+    let end = (start..lines.len()).find(|i| lines[*i].trim().is_empty()).unwrap_or(lines.len());
+    start..end
+}
+
+/// The commented-out fleet, uncommented in place of the `[fortigate]` table, is a valid two-target config.
+#[test]
+fn the_fleet_example_is_a_fleet() {
+    let lines: Vec<&str> = EXAMPLE.lines().collect();
+    let table_start = lines.iter().position(|l| l.trim() == "[fortigate]").expect("a [fortigate] table");
+    let table_end = (table_start..lines.len()).find(|i| lines[*i].trim().is_empty()).expect("its end");
+    let fleet: String = fleet_example_lines()
+        .map(|i| uncommented(lines[i]).unwrap_or(lines[i]))
+        .filter(|l| header(l).is_some() || key_value(l).is_some())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = format!("{}\n{fleet}\n{}", lines[..table_start].join("\n"), lines[table_end..].join("\n"));
+    let env = |name: &str| match name {
+        "FORTIMISP_FORTIGATE_EDGE_A_API_KEY" | "FORTIMISP_FORTIGATE_EDGE_B_API_KEY" => Some("token".to_string()),
+        other => env_with_keys(other).filter(|_| other != ENV_FORTIGATE_API_KEY),
+    };
+    let config = parse(&text).validate(&env).unwrap_or_else(|e| panic!("the fleet example does not validate: {e}"));
+    let names: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["edge-a", "edge-b"]);
+    assert_eq!(config.targets[0].devices, ["FG100FTK20000001", "FGT-EDGE"]);
 }
 
 #[test]
@@ -320,7 +359,10 @@ fn no_api_key_is_inline() {
     }
     let raw = parse(EXAMPLE);
     assert_eq!(raw.misp.api_key_file.as_deref(), Some(std::path::Path::new("/run/secrets/misp_api_key")));
-    assert_eq!(raw.fortigate.tables()[0].api_key_file.as_deref(), Some(std::path::Path::new("/run/secrets/fortigate_api_key")));
+    assert_eq!(
+        raw.fortigate.tables()[0].api_key_file.as_deref(),
+        Some(std::path::Path::new("/run/secrets/fortigate_api_key"))
+    );
 }
 
 #[test]

@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use fortimisp_core::config::{Backend, Config, FortiGate};
-use fortimisp_core::indicators::IndicatorSet;
 use fortimisp_core::fortigate::{self, Comment, Family, OwnedObject};
+use fortimisp_core::indicators::IndicatorSet;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{Metrics, TargetMetrics};
 use fortimisp_core::unblock::{self, Target, Unblocked, Unblocker};

@@ -83,6 +83,9 @@ pub struct Job {
     pub reason: String,
     pub received: Option<Instant>,
     pub attempts: u32,
+    /// Whether this target adds the MISP sighting: one per decision, by its first target (a block read back from
+    /// the journal or made by hand: the first target of the config).
+    pub sights: Option<bool>,
 }
 
 impl Job {
@@ -103,6 +106,7 @@ impl Job {
             reason: p.reason,
             received: None,
             attempts: p.attempts,
+            sights: None,
         }
     }
 }
@@ -122,6 +126,8 @@ pub enum Executed {
 pub struct Executor<B: Backend, S: Sighter> {
     pub backend: B,
     pub sighter: Option<Arc<S>>,
+    /// The target's index in the config (`TargetSet` bit): which executor adds a decision's sighting.
+    pub index: usize,
     /// Sightings run in a task of their own (the daemon: a slow MISP must not hold a block slot); otherwise they
     /// are awaited (hand-run commands, which exit right after).
     pub background_sightings: bool,
@@ -169,6 +175,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             reason,
             received: Some(request.received),
             attempts: 0,
+            sights: request.targets.iter().next().map(|first| first == self.index),
         }
     }
 
@@ -240,7 +247,8 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
                     warn!(message = "Could not record the block in the journal ledger.", %error, ip = %job.ip);
                 }
                 self.finish(job, Outcome::Done, "block", &job.reason).await;
-                if let (Some(sighter), Applied::Blocked { .. }) = (&self.sighter, &applied) {
+                let sights = job.sights.unwrap_or(self.index == 0);
+                if let (Some(sighter), Applied::Blocked { .. }, true) = (&self.sighter, &applied, sights) {
                     let (sighter, ip) = (sighter.clone(), job.ip);
                     let sight = async move {
                         if let Err(error) = sighter.sight(ip).await {
@@ -714,6 +722,7 @@ mod tests {
         let executor = Executor {
             backend: fake.clone(),
             sighter: None,
+            index: 0,
             background_sightings: false,
             journal: journal.clone(),
             never_block: NeverBlock::new(Vec::new()),

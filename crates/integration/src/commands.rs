@@ -148,7 +148,8 @@ pub async fn block(
         }
         None => {}
     }
-    let request = block::manual_request(ip, comment.unwrap_or_else(|| "manual".into()));
+    let mut request = block::manual_request(ip, comment.unwrap_or_else(|| "manual".into()));
+    request.targets = selected.iter().copied().collect();
     // Every selected target is tried, whatever the others did; each outcome is printed once.
     let mut failures = Vec::new();
     for i in selected {
@@ -323,7 +324,8 @@ async fn list_target(
     let event_of = |event_id: Option<u64>| event_id.map_or_else(|| "manual".to_string(), |e| e.to_string());
     let context = || format!("FortiGate {}", t.name());
     let mut rows = Vec::new();
-    let row = |ip, object, age, event, comment| ListRow { target: t.name().to_string(), ip, object, age, event, comment };
+    let row =
+        |ip, object, age, event, comment| ListRow { target: t.name().to_string(), ip, object, age, event, comment };
     match t.config.backend {
         BackendKind::AddressGroup => {
             let owned = t.client.list_owned().await.with_context(context)?;

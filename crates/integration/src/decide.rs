@@ -625,7 +625,10 @@ mod tests {
 
     async fn flood(rig: &Rig, range: std::ops::Range<u32>) {
         for i in range {
-            rig.input.send(Candidate { ip: nth(i), rule: 0, received: Instant::now(), targets: TargetSet::single(0) }).await.unwrap();
+            rig.input
+                .send(Candidate { ip: nth(i), rule: 0, received: Instant::now(), targets: TargetSet::single(0) })
+                .await
+                .unwrap();
         }
     }
 

@@ -143,10 +143,9 @@ impl Parts {
         let t = &self.targets[target];
         match t.config.backend {
             BackendKind::AddressGroup => AnyBackend::AddressGroup(AddressGroup(t.client.clone())),
-            BackendKind::BannedIp => AnyBackend::BannedIp(BannedIp {
-                client: t.client.clone(),
-                expiry: self.config.housekeeping.max_age,
-            }),
+            BackendKind::BannedIp => {
+                AnyBackend::BannedIp(BannedIp { client: t.client.clone(), expiry: self.config.housekeeping.max_age })
+            }
             BackendKind::ThreatFeed => match &self.feed {
                 Some(feed) => AnyBackend::ThreatFeed(ThreatFeed {
                     state: feed.state.clone(),
@@ -167,8 +166,9 @@ impl Parts {
     pub fn executor_of(&self, target: usize, dry_run: bool) -> Executor<AnyBackend, MispSighter> {
         Executor {
             backend: self.backend_of(target),
-            // One sighting per address: the first target's executor adds it for a fleet-wide decision too.
-            sighter: (self.config.misp.sightings && target == 0).then(|| Arc::new(MispSighter(self.misp.clone()))),
+            // One sighting per decision: the executor of its first target adds it (`Job::sights`).
+            sighter: self.config.misp.sightings.then(|| Arc::new(MispSighter(self.misp.clone()))),
+            index: target,
             background_sightings: false,
             journal: self.journal.clone(),
             never_block: self.never_block.clone(),
@@ -244,7 +244,10 @@ async fn member_objects(
 
 /// Hands each block request to the blocker of every target it names. A blocker journals on receipt, so a
 /// target that is down or slow does not hold this up (its blocks wait in the journal).
-pub async fn fan_out(mut input: mpsc::Receiver<decide::BlockRequest>, blockers: Vec<mpsc::Sender<decide::BlockRequest>>) {
+pub async fn fan_out(
+    mut input: mpsc::Receiver<decide::BlockRequest>,
+    blockers: Vec<mpsc::Sender<decide::BlockRequest>>,
+) {
     while let Some(request) = input.recv().await {
         for target in request.targets.iter() {
             let Some(blocker) = blockers.get(target) else { continue };
@@ -262,14 +265,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults, fa
     if let (Some(feed_cfg), Some(target)) = (&parts.config.feed, parts.feed_target()) {
         let state = Arc::new(FeedState::new(feed_cfg, parts.metrics.clone()));
         let transport = target.client.transport().clone();
-        let pusher = feed_cfg.push.then(|| {
-            Arc::new(Pusher::new(
-                transport,
-                state.clone(),
-                &target.metrics,
-                feed_cfg.snapshot_interval,
-            ))
-        });
+        let pusher = feed_cfg
+            .push
+            .then(|| Arc::new(Pusher::new(transport, state.clone(), &target.metrics, feed_cfg.snapshot_interval)));
         parts.feed = Some(FeedParts { state, pusher });
     }
     let cfg = &parts.config;
@@ -486,8 +484,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults, fa
     let mut decider = parts.decider(shared_mirror.clone());
     let parts_ref = &parts;
     let unrefused = (0..parts.targets.len()).filter(|i| !refused_at_start[*i]);
-    let known =
-        futures::future::join_all(unrefused.map(|i| async move { (i, parts_ref.known_blocks(i).await) })).await;
+    let known = futures::future::join_all(unrefused.map(|i| async move { (i, parts_ref.known_blocks(i).await) })).await;
     for (i, ips) in known {
         decider.seed_blocked(i, ips);
     }

@@ -708,6 +708,34 @@ impl Drop for Daemon {
 }
 
 /// One scrape of a daemon's `/metrics` as text (empty when it does not answer).
+/// Whether the series `series` (`name{a="x",b="y"}` as exposed) is selected by `query`: the same name, and every
+/// label the query names with the same value (a query without labels selects every series of the name). So
+/// `fortimisp_blocks_total{outcome="blocked"}` selects that outcome on every target.
+pub fn series_matches(series: &str, query: &str) -> bool {
+    let split = |s: &str| -> (String, Vec<String>) {
+        match s.split_once('{') {
+            Some((name, labels)) => (
+                name.to_string(),
+                labels.trim_end_matches('}').split("\",").map(|l| l.trim_end_matches('"').to_string()).collect(),
+            ),
+            None => (s.to_string(), Vec::new()),
+        }
+    };
+    let ((name, labels), (want_name, wanted)) = (split(series), split(query));
+    name == want_name && wanted.iter().filter(|w| !w.is_empty()).all(|w| labels.contains(w))
+}
+
+/// The sum of the samples of a Prometheus text exposition that `query` selects ([`series_matches`]); 0 if none.
+pub fn sample_sum(text: &str, query: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            series_matches(series, query).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
 pub async fn metrics_text(metrics: SocketAddr) -> String {
     match reqwest::get(format!("http://{metrics}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -719,6 +747,20 @@ pub async fn metrics_text(metrics: SocketAddr) -> String {
 mod tests {
     use super::*;
     use fortimisp_core::config::RawConfig;
+
+    #[test]
+    fn a_query_selects_series_by_name_and_the_labels_it_names() {
+        let text = "# HELP x\nfortimisp_blocks_total{target=\"a\",outcome=\"blocked\"} 2\n\
+                    fortimisp_blocks_total{target=\"b\",outcome=\"blocked\"} 3\n\
+                    fortimisp_blocks_total{target=\"b\",outcome=\"retry\"} 7\nfortimisp_blocks_totalx 9\n\
+                    fortimisp_journal_degraded 1\n";
+        assert_eq!(sample_sum(text, "fortimisp_blocks_total{outcome=\"blocked\"}"), 5.0);
+        assert_eq!(sample_sum(text, "fortimisp_blocks_total{target=\"b\",outcome=\"blocked\"}"), 3.0);
+        assert_eq!(sample_sum(text, "fortimisp_blocks_total{outcome=\"blocked\",target=\"b\"}"), 3.0);
+        assert_eq!(sample_sum(text, "fortimisp_blocks_total"), 12.0);
+        assert_eq!(sample_sum(text, "fortimisp_journal_degraded"), 1.0);
+        assert_eq!(sample_sum(text, "fortimisp_blocks_total{outcome=\"dry_run\"}"), 0.0);
+    }
 
     /// A document with the endpoints and every typed override written in parses as a config, and the edits land
     /// where the daemons read them.

@@ -463,7 +463,8 @@ impl Scrape {
 
     /// One sample, 0 if absent.
     pub fn get(&self, sample: &str) -> f64 {
-        self.0.get(sample).copied().unwrap_or(0.0)
+        // Every target's series of it (`fortimisp_blocks_total{outcome="blocked"}` sums the targets).
+        self.0.iter().filter(|(k, _)| crate::harness::series_matches(k, sample)).map(|(_, v)| v).sum()
     }
 
     /// The sum of every sample of a family (`name` or `name{...}`).

@@ -60,8 +60,8 @@ impl Error {
 mod feed;
 mod target;
 
-pub use target::{env_api_key, FortiGate, RawFortiGate, RawTargets, DEFAULT_TARGET, MAX_TARGETS, MAX_TARGET_NAME};
 pub use feed::{Contents, Feed, RawFeed, Serve, UpdateMethod, ENV_FEED_PASSWORD, FALLBACK_LIMIT, MAX_FEED_NAME};
+pub use target::{env_api_key, FortiGate, RawFortiGate, RawTargets, DEFAULT_TARGET, MAX_TARGETS, MAX_TARGET_NAME};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Raw: the TOML as written.

@@ -297,3 +297,99 @@ impl RawFortiGate {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    const MISP: &str = "[misp]\nurl = \"https://misp.example.org\"\napi_key = \"k\"\n";
+
+    fn load(fortigate: &str, env: &[(&str, &str)]) -> Result<Vec<FortiGate>, Error> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        RawConfig::parse(&format!("{MISP}{fortigate}"))?.validate(&lookup).map(|c| c.targets)
+    }
+
+    fn error(fortigate: &str) -> String {
+        load(fortigate, &[]).expect_err("must be refused").to_string()
+    }
+
+    const TWO: &str = "[[fortigate]]\nname = \"edge-a\"\nurl = \"https://192.0.2.1\"\napi_key = \"ka\"\n\
+                       devices = [\"FGA\"]\n\
+                       [[fortigate]]\nname = \"edge-b\"\nurl = \"https://192.0.2.2\"\ndevices = [\"FGB\"]\n\
+                       vdoms = [\"root\"]\nbackend = \"banned-ip\"\n";
+
+    #[test]
+    fn a_single_table_is_the_default_target() {
+        let targets = load("[fortigate]\nurl = \"https://fg\"\n", &[(ENV_FORTIGATE_API_KEY, "env-key")]).unwrap();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].name, DEFAULT_TARGET);
+        assert_eq!(targets[0].api_key.expose(), "env-key");
+        assert!(targets[0].devices.is_empty() && targets[0].vdoms.is_empty());
+    }
+
+    #[test]
+    fn an_array_is_a_fleet_each_with_its_own_key_and_claims() {
+        let targets = load(TWO, &[("FORTIMISP_FORTIGATE_EDGE_B_API_KEY", "kb"), (ENV_FORTIGATE_API_KEY, "no")])
+            .expect("a valid fleet");
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["edge-a", "edge-b"]);
+        assert_eq!(targets[0].api_key.expose(), "ka", "the shared variable feeds no target of a fleet");
+        assert_eq!(targets[1].api_key.expose(), "kb");
+        assert_eq!(targets[1].backend, Backend::BannedIp);
+        assert_eq!((targets[1].devices.clone(), targets[1].vdoms.clone()), (vec!["FGB".into()], vec!["root".into()]));
+        assert_eq!(env_api_key("edge-b"), "FORTIMISP_FORTIGATE_EDGE_B_API_KEY");
+    }
+
+    /// Each mistake is refused at start with one line naming the key as written.
+    #[test]
+    fn fleet_mistakes_name_their_key() {
+        let a = "[[fortigate]]\nname = \"a\"\nurl = \"https://192.0.2.1\"\napi_key = \"k\"\n";
+        let cases = [
+            (TWO.to_string(), "fortigate[1].api_key: required"),
+            (
+                format!("{a}[[fortigate]]\nurl = \"https://192.0.2.2\"\napi_key = \"k\"\n"),
+                "fortigate[1].name: required",
+            ),
+            (format!("{a}{a}"), "fortigate[1].name: `a` is used twice"),
+            (a.replace("name = \"a\"", "name = \"Edge_A\""), "fortigate[0].name: `Edge_A`"),
+            (format!("{a}{}", a.replace("name = \"a\"", "name = \"b\"")), "fortigate[1].url: target `a` already"),
+            (
+                format!(
+                    "{a}backend = \"threat-feed\"\n{}",
+                    a.replace("\"a\"", "\"b\"").replace(".1\"", ".2\"") + "backend = \"threat-feed\"\n"
+                ),
+                "fortigate[1].backend: threat-feed on one target only",
+            ),
+            (a.replace("url = \"https://192.0.2.1\"", "url = \"ftp://x\""), "fortigate[0].url:"),
+            (format!("{a}devices = [\" FGA\"]\n"), "fortigate[0].devices[0]:"),
+            (format!("{a}block_group = \"a/b\"\n"), "fortigate[0].block_group:"),
+        ];
+        for (text, expected) in cases {
+            let message = error(&text);
+            assert!(message.starts_with(expected), "{expected:?} for:\n{text}\ngot: {message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+    }
+
+    #[test]
+    fn an_empty_fleet_is_refused() {
+        let raw = RawConfig::parse(&format!("fortigate = []\n{MISP}")).unwrap();
+        let error = raw.validate(&|_| None).unwrap_err().to_string();
+        assert!(error.starts_with("fortigate: at least one"), "{error}");
+    }
+
+    #[test]
+    fn scope_and_healthy_share_are_read_and_checked() {
+        let text = format!("{MISP}[fortigate]\nurl = \"https://fg\"\napi_key = \"k\"\n[blocking]\nscope = \"fleet\"\n");
+        let config = RawConfig::parse(&text).unwrap().validate(&|_| None).unwrap();
+        assert_eq!(config.blocking.scope, crate::config::Scope::Fleet);
+        let bad = text.replace("scope = \"fleet\"", "healthy_share = 1.5");
+        let error = RawConfig::parse(&bad).unwrap().validate(&|_| None).unwrap_err().to_string();
+        assert!(error.starts_with("blocking.healthy_share:"), "{error}");
+        let bad = text.replace("\"fleet\"", "\"everywhere\"");
+        let error = RawConfig::parse(&bad).map(|_| ()).unwrap_err().to_string();
+        assert!(error.starts_with("blocking.scope:"), "{error}");
+    }
+}

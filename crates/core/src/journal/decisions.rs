@@ -36,10 +36,9 @@ pub(super) fn prune(db: &Connection, cutoff: &str) -> rusqlite::Result<usize> {
 /// The latest `limit` decisions, newest first.
 #[cfg(test)]
 pub(super) fn load_recent(db: &Connection, limit: usize) -> rusqlite::Result<Vec<Decision>> {
-    let mut stmt =
-        db.prepare_cached(
-            "SELECT at, ip, verdict, detail, event_id, rule, target FROM decisions ORDER BY id DESC LIMIT ?1",
-        )?;
+    let mut stmt = db.prepare_cached(
+        "SELECT at, ip, verdict, detail, event_id, rule, target FROM decisions ORDER BY id DESC LIMIT ?1",
+    )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map([limit], |row| {
         Ok(Decision {

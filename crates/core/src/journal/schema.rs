@@ -214,6 +214,46 @@ mod tests {
     use crate::journal::testutil::*;
     use crate::journal::Journal;
 
+    /// A journal written before fleets (schema 1) opens as the `default` target's: its pending actions and open
+    /// blocks are kept, and the uniqueness rules now hold per target.
+    #[tokio::test]
+    async fn a_journal_from_before_fleets_becomes_the_default_targets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATIONS[0]).expect("schema 1");
+            conn.pragma_update(None, "user_version", 1).expect("version");
+            conn.execute_batch(
+                "INSERT INTO actions (kind, ip, reason, requested_at) VALUES ('block', '198.51.100.7', 'm', '2026-01-01T00:00:00.000000Z');
+                 INSERT INTO blocks (ip, object, reason, blocked_at, backend)
+                 VALUES ('198.51.100.8', 'misp-198.51.100.8', 'm', '2026-01-01T00:00:00.000000Z', 'address-group');",
+            )
+            .expect("rows of schema 1");
+        }
+        let journal = Journal::open(&path).expect("migrated");
+        let pending = journal.pending().await.expect("pending");
+        assert_eq!((pending.len(), pending[0].target.as_str()), (1, "default"));
+        let active = journal.active_blocks().await.expect("ledger");
+        assert_eq!((active.len(), active[0].target.as_str()), (1, "default"));
+        // The same address may now be pending and open on another target.
+        let mut other = block("198.51.100.7", 5);
+        other.target = "edge-b".into();
+        let id = journal.enqueue(&other).await.expect("enqueue");
+        assert_ne!(id, pending[0].id, "a second pending action, for the other target");
+        let mut record = record("198.51.100.8", 6);
+        record.target = "edge-b".into();
+        journal.record_block(&record).await.expect("ledger");
+        assert_eq!(journal.active_blocks().await.expect("ledger").len(), 2);
+        assert_eq!(journal.active_blocks_of("edge-b").await.expect("ledger").len(), 1);
+        let query = crate::journal::PendingQuery::blocks_of("edge-b", 10);
+        assert_eq!(journal.pending_where(query.clone()).await.expect("pending").len(), 1);
+        assert_eq!(journal.count_pending(query).await.expect("count"), 1);
+        journal.record_unblock("default", ip("198.51.100.8"), "max_age", at(7)).await.expect("unblock");
+        let left = journal.active_blocks().await.expect("ledger");
+        assert_eq!((left.len(), left[0].target.as_str()), (1, "edge-b"), "only the default target's entry closed");
+    }
+
     #[tokio::test]
     async fn open_errors_name_the_path() {
         let dir = tempfile::tempdir().expect("tempdir");

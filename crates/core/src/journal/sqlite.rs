@@ -16,8 +16,8 @@ use super::shadow::{self, Applied, Op, Shadow};
 use super::store::Store;
 use super::{actions, decisions, ledger};
 use super::{
-    ActionId, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, PendingQuery, Pruned, MAX_BUFFERED_DECISIONS,
-    RETRY_INTERVAL,
+    ActionId, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, PendingQuery, Pruned,
+    MAX_BUFFERED_DECISIONS, RETRY_INTERVAL,
 };
 
 /// While degraded, the loud error is repeated at most this often (with the number of buffered entries).

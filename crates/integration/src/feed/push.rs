@@ -279,7 +279,12 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let raw: RawFeed = toml::from_str("update = [\"push\"]").unwrap();
         let state = Arc::new(FeedState::new(&raw.validate(&|_| None).unwrap(), metrics.clone()));
-        let pusher = Arc::new(Pusher::new(transport, state.clone(), &TargetMetrics::new(metrics, "default"), Duration::from_secs(3600)));
+        let pusher = Arc::new(Pusher::new(
+            transport,
+            state.clone(),
+            &TargetMetrics::new(metrics, "default"),
+            Duration::from_secs(3600),
+        ));
         (emu, state, pusher)
     }
 
