@@ -66,6 +66,17 @@ impl FleetEnv {
         tokio::task::block_in_place(|| cmd.output()).unwrap()
     }
 
+    /// `integration --config <config> ARGS...` run by hand, to completion: (success, stdout, stderr).
+    fn command(&self, args: &[&str]) -> (bool, String, String) {
+        let config = self.write_config();
+        let bins = Binaries::locate().expect("the test knows its own path");
+        let mut cmd = bins.command("integration");
+        cmd.arg("--config").arg(&config).args(args);
+        let out = tokio::task::block_in_place(|| cmd.output()).unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    }
+
     async fn metric(&self, sample: &str) -> f64 {
         scrape(self.listen.metrics, sample).await
     }
@@ -124,13 +135,8 @@ fn failed_logins(target: &FleetTarget) -> usize {
 async fn settled(env: &FleetEnv, blocked: f64) {
     eventually(WAIT, &format!("{blocked} blocks done, nothing pending"), || async {
         let text = harness::metrics_text(env.listen.metrics).await;
-        let sum = |name: &str, label: &str| -> f64 {
-            text.lines()
-                .filter(|l| l.starts_with(name) && l.contains(label))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
-        sum("fortimisp_blocks_total{", "outcome=\"blocked\"") == blocked && sum("fortimisp_pending_actions{", "") == 0.0
+        harness::sample_sum(&text, "fortimisp_blocks_total{outcome=\"blocked\"}") == blocked
+            && harness::sample_sum(&text, "fortimisp_pending_actions") == 0.0
     })
     .await;
 }
@@ -302,4 +308,54 @@ async fn housekeeping_prunes_each_target_independently() {
             t.fortigate.route_counts().iter().filter(|(r, _)| r.starts_with("DELETE ")).map(|(_, n)| n).sum();
         assert_eq!(deletes, if t.name == "c" { 0 } else { 2 }, "{}: {:?}", t.name, t.fortigate.route_counts());
     }
+}
+
+/// The hand-run commands act per target: `block`/`unblock --target NAME|all`, `list` with a TARGET column and
+/// `--target`, an unknown target refused by name, and `validate` reporting each target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_run_commands_take_a_target() {
+    let env = FleetEnv::start(Scope::Origin).await;
+    let (a, b, c) = (env.target("a"), env.target("b"), env.target("c"));
+
+    let (ok, out, err) = env.command(&["block", "198.51.100.20", "--target", "b"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("on b"), "the sentence names the target: {out}");
+    assert!(blocks(b, "198.51.100.20") && !blocks(a, "198.51.100.20") && !blocks(c, "198.51.100.20"));
+
+    let (ok, out, err) = env.command(&["block", "198.51.100.21"]);
+    assert!(ok, "{out}{err}");
+    assert!([a, b, c].iter().all(|t| blocks(t, "198.51.100.21")), "no --target: every target");
+
+    let (ok, out, _) = env.command(&["unblock", "198.51.100.21", "--target", "c"]);
+    assert!(ok && out.contains("unblocked 198.51.100.21 on c"), "{out}");
+    assert!(!blocks(c, "198.51.100.21") && blocks(a, "198.51.100.21") && blocks(b, "198.51.100.21"));
+
+    let (ok, out, _) = env.command(&["list"]);
+    assert!(ok && out.starts_with("TARGET"), "{out}");
+    let rows: Vec<(String, String)> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut cells = l.split_whitespace();
+            (cells.next().unwrap().to_string(), cells.next().unwrap().to_string())
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [("a", "198.51.100.21"), ("b", "198.51.100.20"), ("b", "198.51.100.21")]
+        .iter()
+        .map(|(t, ip)| (t.to_string(), ip.to_string()))
+        .collect();
+    let mut sorted = rows.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "{out}");
+
+    let (ok, out, _) = env.command(&["list", "--target", "c"]);
+    assert!(ok && out.contains("no blocks"), "{out}");
+    let (ok, _, err) = env.command(&["list", "--target", "nope"]);
+    assert!(!ok && err.contains("no target named `nope` (targets: a, b, c)"), "{err}");
+
+    let (ok, out, err) = env.command(&["validate"]);
+    for name in ["a", "b", "c"] {
+        assert!(out.contains(&format!("target {name} (https://")), "validate reports target {name}:\n{out}{err}");
+    }
+    assert!(ok, "every target of the fleet passes:\n{out}{err}");
 }

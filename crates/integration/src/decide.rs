@@ -691,6 +691,60 @@ mod tests {
         rig.task.await.unwrap();
     }
 
+    /// A fleet: the lines that come while an address's lookup runs add their targets to its one answer; a line
+    /// from another target after the block is blocked there with the known hit, and a target that already has
+    /// the block costs nothing. One lookup throughout.
+    #[tokio::test(start_paused = true)]
+    async fn one_decision_per_address_whatever_the_targets() {
+        let mut lookup = FakeLookup::gated();
+        lookup.hits.insert(ip("198.51.100.7"), hit("198.51.100.7/32", 42));
+        let mut rig = start(None, lookup, Settings::default());
+        let from = |target: usize| Candidate { targets: TargetSet::single(target), ..candidate("198.51.100.7") };
+        rig.input.send(from(0)).await.unwrap();
+        until("the lookup is asked", || !rig.lookup.calls().is_empty()).await;
+        rig.input.send(from(2)).await.unwrap();
+        rig.input.send(from(0)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        rig.lookup.open_gate();
+        let first = rig.output.recv().await.unwrap();
+        assert_eq!(first.targets, [0, 2].into_iter().collect::<TargetSet>(), "the waiting lines' targets joined");
+        rig.input.send(from(1)).await.unwrap();
+        let second = rig.output.recv().await.unwrap();
+        assert_eq!((second.targets, second.hit.entry.event_id), (TargetSet::single(1), 42), "the known hit");
+        rig.input.send(from(2)).await.unwrap();
+        rig.input.send(Candidate { targets: TargetSet::first(3), ..from(0) }).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(rig.output.try_recv().is_err(), "blocked on every target already");
+        assert_eq!(rig.lookup.calls().len(), 1, "one lookup");
+        assert_eq!(Metrics::count(&rig.metrics.candidates, "new_target"), 1);
+        rig.shutdown.cancel();
+        rig.task.await.unwrap();
+    }
+
+    /// A block read from a FortiGate at start has no hit: a line from another target is looked up (for that
+    /// target only), a line from the seeded target costs nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_seeded_block_is_looked_up_for_another_target_only() {
+        let mut lookup = FakeLookup::default();
+        lookup.hits.insert(ip("198.51.100.9"), hit("198.51.100.9/32", 7));
+        let lookup = Arc::new(lookup);
+        let metrics = Arc::new(Metrics::new());
+        let mut decider =
+            Decider::new(Settings::default(), Arc::new(RwLock::new(None)), lookup.clone(), metrics.clone());
+        decider.seed_blocked(0, [ip("198.51.100.9")]);
+        let (input, rx) = mpsc::channel(16);
+        let (tx, mut output) = mpsc::channel(16);
+        let task = tokio::spawn(decider.run(rx, tx, CancellationToken::new()));
+        let seen = Candidate { targets: TargetSet::single(0), ..candidate("198.51.100.9") };
+        input.send(seen).await.unwrap();
+        input.send(Candidate { targets: TargetSet::first(2), ..seen }).await.unwrap();
+        let request = output.recv().await.unwrap();
+        assert_eq!(request.targets, TargetSet::single(1), "not again on the target that has it");
+        assert_eq!(lookup.calls().len(), 1);
+        drop(input);
+        task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn cached_answers_expire_after_the_ttl() {
         let settings = Settings { cache_ttl: Duration::from_secs(60), ..Settings::default() };
