@@ -244,6 +244,19 @@ impl Progress {
 }
 
 /// Sums the samples of one metric (optionally only those whose labels contain `label`).
+/// Keeps the daemon for `--keep-running`, or stops it (SIGTERM), noting in `problems` an exit that is not clean.
+fn stop_unless_kept(mut daemon: Daemon, keep_running: bool, problems: &mut Vec<String>) -> Option<Daemon> {
+    if keep_running {
+        return Some(daemon);
+    }
+    match tokio::task::block_in_place(|| daemon.stop(Duration::from_secs(10))) {
+        Some(status) if status.success() => {}
+        Some(status) => problems.push(format!("integration exited with {status} after SIGTERM")),
+        None => problems.push("integration did not exit within 10 s of SIGTERM".into()),
+    }
+    None
+}
+
 fn sum(text: &str, name: &str, label: Option<&str>) -> u64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -460,16 +473,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     };
 
     let mut problems = Vec::new();
-    let daemon = if keep_running {
-        Some(daemon)
-    } else {
-        match tokio::task::block_in_place(|| daemon.stop(Duration::from_secs(10))) {
-            Some(status) if status.success() => {}
-            Some(status) => problems.push(format!("integration exited with {status} after SIGTERM")),
-            None => problems.push("integration did not exit within 10 s of SIGTERM".into()),
-        }
-        None
-    };
+    let daemon = stop_unless_kept(daemon, keep_running, &mut problems);
 
     let journal = Journal::open(&config.state.path).context("the journal")?;
     let mut ledger = journal.active_blocks().await.context("the journal")?;

@@ -14,16 +14,15 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fortimisp_core::config::{Backend, Config, RawConfig, Scope, MAX_TARGETS};
 use fortimisp_core::journal::{BlockRecord, Journal};
 
 use super::{
-    config_name, lab_keys, locate_binaries, object_name, read_or, replay, run_once, seed_fortigate, Emulators,
-    Housekeeping, Options, Plan, Report, Running, Target, FOREIGN_OBJECT, LAB_TOML, OLD_BLOCK, SAMPLE_LOG, SEED_JSON,
-    WAIT,
+    config_name, lab_keys, locate_binaries, object_name, read_or, replay, run_once, seed_fortigate, stop_unless_kept,
+    Emulators, Housekeeping, Options, Plan, Report, Running, Target, FOREIGN_OBJECT, LAB_TOML, OLD_BLOCK, SAMPLE_LOG,
+    SEED_JSON, WAIT,
 };
 use crate::fleet::{Fleet, FleetOptions, FleetTarget};
 use crate::fortigate::EmulatorConfig;
@@ -146,16 +145,7 @@ pub(super) async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     let hk_ok: Vec<bool> = fleet.targets.iter().map(|t| housekeeping_ok(t, &config, old_block)).collect();
 
     let mut problems = Vec::new();
-    let daemon = if keep_running {
-        Some(daemon)
-    } else {
-        match tokio::task::block_in_place(|| daemon.stop(Duration::from_secs(10))) {
-            Some(status) if status.success() => {}
-            Some(status) => problems.push(format!("integration exited with {status} after SIGTERM")),
-            None => problems.push("integration did not exit within 10 s of SIGTERM".into()),
-        }
-        None
-    };
+    let daemon = stop_unless_kept(daemon, keep_running, &mut problems);
 
     let journal = Journal::open(&config.state.path).context("the journal")?;
     let ledger = journal.active_blocks().await.context("the journal")?;
