@@ -375,3 +375,40 @@ async fn lab_threat_feed_report_matches_the_feeds_and_the_journal() {
     let status = lab.stop().await;
     assert!(status.success(), "lab exit status {status}");
 }
+
+/// `lab --fleet 3`: every target's report agrees with the journal's ledger of that target, each target holds what
+/// its devices' lines call for (origin scope: not all the same), and together they hold every blocked address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_fleet_report_matches_each_target_and_the_journal() {
+    let work = tempfile::tempdir().unwrap();
+    let (lab, report) = KeptLab::start(&["--fleet", "3"], work.path());
+    assert_eq!(report["ok"], true, "lab reported problems: {:#}", report["problems"]);
+    let targets = report["targets"].as_array().expect("a targets array");
+    let names: Vec<&str> = targets.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+
+    let journal = Journal::open(&work.path().join("state.db")).unwrap();
+    let ledger = journal.active_blocks().await.unwrap();
+    let list = |v: &Value| -> Vec<String> {
+        let mut out: Vec<String> = v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+        out.sort();
+        out
+    };
+    let mut union = std::collections::BTreeSet::new();
+    let mut per_target = Vec::new();
+    for t in targets {
+        let name = t["name"].as_str().unwrap();
+        let (expected, on) = (list(&t["expected"]), list(&t["on_fortigate"]));
+        assert_eq!(on, expected, "target {name}");
+        let mut in_ledger: Vec<String> = ledger.iter().filter(|b| b.target == name).map(|b| b.ip.to_string()).collect();
+        in_ledger.sort();
+        assert_eq!(in_ledger, on, "target {name}: the journal's ledger and the FortiGate agree");
+        union.extend(on.clone());
+        per_target.push(on);
+    }
+    assert!(per_target.iter().any(|on| *on != per_target[0]), "origin scope: targets differ: {per_target:?}");
+    let blocked: std::collections::BTreeSet<String> =
+        report["blocked"].as_array().unwrap().iter().map(|b| b["ip"].as_str().unwrap().to_string()).collect();
+    assert_eq!(union, blocked, "together the targets hold every blocked address");
+    assert!(lab.stop().await.success());
+}
