@@ -34,6 +34,7 @@ pub mod fleet;
 pub mod fortigate;
 pub mod indicators;
 pub mod journal;
+pub mod lease;
 pub mod metrics;
 pub mod misp;
 pub mod policy;
