@@ -129,12 +129,14 @@ impl FleetLab {
         self.daemon.log_tail()
     }
 
-    /// How many `misp-<ip>` members target `i` holds over its block groups.
+    /// How many `misp-<ip>` members target `i` holds over its block groups (the daemon's placeholder members,
+    /// which keep a group from being empty, name no address).
     pub fn blocked_on(&self, i: usize) -> usize {
         let fortigate = &self.fleet.targets[i].fortigate;
+        let is_block = |m: &String| m.strip_prefix(PREFIX).is_some_and(|ip| ip.parse::<IpAddr>().is_ok());
         block_groups(fortigate, BLOCK_GROUP)
             .iter()
-            .map(|g| fortigate.members(g).unwrap_or_default().iter().filter(|m| m.starts_with(PREFIX)).count())
+            .map(|g| fortigate.members(g).unwrap_or_default().iter().filter(|m| is_block(m)).count())
             .sum()
     }
 }
