@@ -134,11 +134,8 @@ mod tests {
 
     #[test]
     fn summaries_and_ratios() {
-        let cases: [(&[f64], (usize, f64, f64, f64)); 3] = [
-            (&[], (0, 0.0, 0.0, 0.0)),
-            (&[5.0], (1, 5.0, 5.0, 5.0)),
-            (&[4.0, 1.0, 3.0, 2.0], (4, 2.0, 4.0, 4.0)),
-        ];
+        let cases: [(&[f64], (usize, f64, f64, f64)); 3] =
+            [(&[], (0, 0.0, 0.0, 0.0)), (&[5.0], (1, 5.0, 5.0, 5.0)), (&[4.0, 1.0, 3.0, 2.0], (4, 2.0, 4.0, 4.0))];
         for (values, (n, p50, p99, max)) in cases {
             let s = Summary::of(&mut values.to_vec());
             assert_eq!(s, Summary { n, p50, p99, max }, "{values:?}");

@@ -34,8 +34,8 @@ use fortimisp_core::feed::Family;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-pub use crate::bench::{Machine, Summary};
 use crate::bench::{fmt_ms, fmt_ratio, mib, ratio};
+pub use crate::bench::{Machine, Summary};
 use crate::loadgen::{Lab, LabFeed, LabOptions};
 use baseline::{Baseline, BaselineCommand, BaselineFiles};
 use client::FeedClient;

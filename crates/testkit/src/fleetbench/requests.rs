@@ -133,13 +133,8 @@ mod tests {
     fn windows_count_what_falls_within_one_second() {
         let t0 = Instant::now();
         let ms = |v: &[u64]| v.iter().map(|m| t0 + Duration::from_millis(*m)).collect::<Vec<_>>();
-        let cases: [(&[u64], usize); 5] = [
-            (&[], 0),
-            (&[0], 1),
-            (&[0, 999], 2),
-            (&[0, 1000], 1),
-            (&[0, 100, 200, 1100, 1150, 1190, 1199], 5),
-        ];
+        let cases: [(&[u64], usize); 5] =
+            [(&[], 0), (&[0], 1), (&[0, 999], 2), (&[0, 1000], 1), (&[0, 100, 200, 1100, 1150, 1190, 1199], 5)];
         for (times, want) in cases {
             assert_eq!(max_in_window(&ms(times), Duration::from_secs(1)), want, "{times:?}");
         }
@@ -158,6 +153,9 @@ mod tests {
         assert!((r.mean_rate() - 50.0).abs() < 1e-6, "{}", r.mean_rate());
         assert_eq!(r.max_per_second, 5);
         assert_eq!(r.last_write, Some(at(80)));
-        assert_eq!(spread(&[r.clone(), TargetRequests { blocks: 1, ..r }], TargetRequests::per_block), (2.5, 3.75, 5.0));
+        assert_eq!(
+            spread(&[r.clone(), TargetRequests { blocks: 1, ..r }], TargetRequests::per_block),
+            (2.5, 3.75, 5.0)
+        );
     }
 }
