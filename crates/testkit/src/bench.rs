@@ -134,11 +134,13 @@ mod tests {
 
     #[test]
     fn summaries_and_ratios() {
-        let cases: [(&[f64], (usize, f64, f64, f64)); 3] =
-            [(&[], (0, 0.0, 0.0, 0.0)), (&[5.0], (1, 5.0, 5.0, 5.0)), (&[4.0, 1.0, 3.0, 2.0], (4, 2.0, 4.0, 4.0))];
-        for (values, (n, p50, p99, max)) in cases {
-            let s = Summary::of(&mut values.to_vec());
-            assert_eq!(s, Summary { n, p50, p99, max }, "{values:?}");
+        let cases: [(&[f64], Summary); 3] = [
+            (&[], Summary::default()),
+            (&[5.0], Summary { n: 1, p50: 5.0, p99: 5.0, max: 5.0 }),
+            (&[4.0, 1.0, 3.0, 2.0], Summary { n: 4, p50: 2.0, p99: 4.0, max: 4.0 }),
+        ];
+        for (values, want) in cases {
+            assert_eq!(Summary::of(&mut values.to_vec()), want, "{values:?}");
         }
         assert_eq!(fmt_ratio(ratio(1.0, 0.0)), "—");
         assert_eq!(fmt_ratio(ratio(3.0, 2.0)), "1.50×");

@@ -38,6 +38,8 @@ pub struct BlocksFigures {
     pub done_s: f64,
     /// Each target's requests in this part.
     pub requests: Vec<TargetRequests>,
+    /// The daemon's user + system CPU seconds from the first line to the end of the part.
+    pub daemon_cpu_s: f64,
     /// The most `misp-` members a target holds short of what it should (0: every target has every block).
     pub missing_max: usize,
 }
@@ -57,6 +59,7 @@ impl BlocksFigures {
             "done_s": self.done_s, "floor_s": self.floor_s(), "total_over_floor": self.total_s / self.floor_s(),
             "mean_rate_min": min_rate, "mean_rate_mean": mean_rate, "mean_rate_max": max_rate,
             "max_requests_in_one_second": most_in_a_second, "missing_max": self.missing_max,
+            "daemon_cpu_s": self.daemon_cpu_s,
             "targets": self.requests.iter().map(TargetRequests::to_json).collect::<Vec<_>>(),
         })
     }
@@ -80,6 +83,7 @@ pub async fn measure(
         }
     }
     let want: f64 = before.iter().map(|b| *b as f64).sum::<f64>() + expected.iter().map(|e| f64::from(*e)).sum::<f64>();
+    let cpu_before = lab.cpu_seconds();
     let start = Instant::now();
     // 100 pacing steps a second.
     let per_step = (opts.send_rate / 100).max(1);
@@ -102,6 +106,7 @@ pub async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let daemon_cpu_s = lab.cpu_seconds() - cpu_before;
     let mut requests = Vec::new();
     let mut missing_max = 0;
     for (i, target) in lab.fleet.targets.iter().enumerate() {
@@ -111,5 +116,5 @@ pub async fn measure(
     }
     let last_write = requests.iter().filter_map(|r| r.last_write).max();
     let total_s = last_write.map_or(done_s, |t| t.duration_since(start).as_secs_f64());
-    Ok(BlocksFigures { blocks: opts.blocks, rps, send_s, total_s, done_s, requests, missing_max })
+    Ok(BlocksFigures { blocks: opts.blocks, rps, send_s, total_s, done_s, requests, daemon_cpu_s, missing_max })
 }

@@ -19,7 +19,7 @@ use fortimisp_core::config::{Check, Scope, TriggerRule};
 use crate::fleet::{Device, Fleet, FleetOptions};
 use crate::fortigate::EmulatorConfig;
 use crate::harness::{self, ConfigDoc, Daemon, Listen};
-use crate::loadgen::{block_groups, rss_kib, FIRST_INDICATOR};
+use crate::loadgen::{block_groups, cpu_seconds, rss_kib, FIRST_INDICATOR};
 
 /// The block group the template's `[fortigate]` table leaves at its default.
 pub const BLOCK_GROUP: &str = "MISP_BLOCK";
@@ -123,6 +123,11 @@ impl FleetLab {
     /// `VmRSS` and `VmHWM` of the daemon, KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
         rss_kib(self.daemon.pid())
+    }
+
+    /// User + system CPU seconds the daemon used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.daemon.pid())
     }
 
     pub fn log_tail(&self) -> String {

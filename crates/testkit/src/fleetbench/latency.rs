@@ -46,6 +46,8 @@ pub struct LatencyFigures {
     pub to_last: Summary,
     /// The first line's time to the last target, ms: it pays for the daemon's first reads of every FortiGate.
     pub first_line_ms: Option<f64>,
+    /// The highest time to the last target of the other lines, ms.
+    pub others_max_ms: Option<f64>,
     /// Each target's requests while the lines were blocked.
     pub requests: Vec<TargetRequests>,
 }
@@ -55,6 +57,7 @@ impl LatencyFigures {
         json!({
             "lines": self.lines, "complete": self.complete, "to_first_target": self.to_first.to_json(),
             "to_last_target": self.to_last.to_json(), "first_line_to_last_ms": self.first_line_ms,
+            "others_max_to_last_ms": self.others_max_ms,
             "targets": self.requests.iter().map(TargetRequests::to_json).collect::<Vec<_>>(),
         })
     }
@@ -85,7 +88,8 @@ pub async fn measure(lab: &mut FleetLab, scope: Scope, opts: &LatencyOptions) ->
     stop.store(true, Ordering::Relaxed);
     let seen = probe.join().unwrap_or_default();
 
-    let (mut to_first, mut to_last, mut first_line_ms, mut complete) = (Vec::new(), Vec::new(), None, 0);
+    let (mut to_first, mut to_last, mut complete) = (Vec::new(), Vec::new(), 0);
+    let (mut first_line_ms, mut others_max_ms) = (None, None::<f64>);
     for (k, targets) in expected.iter().enumerate() {
         let times: Option<Vec<Instant>> = targets.iter().map(|i| seen.get(&(*i, k as u32)).copied()).collect();
         let Some(times) = times.filter(|t| !t.is_empty()) else { continue };
@@ -96,6 +100,8 @@ pub async fn measure(lab: &mut FleetLab, scope: Scope, opts: &LatencyOptions) ->
         complete += 1;
         if k == 0 {
             first_line_ms = Some(last);
+        } else {
+            others_max_ms = Some(others_max_ms.map_or(last, |m| m.max(last)));
         }
     }
     let requests = (0..n)
@@ -111,6 +117,7 @@ pub async fn measure(lab: &mut FleetLab, scope: Scope, opts: &LatencyOptions) ->
         to_first: Summary::of(&mut to_first),
         to_last: Summary::of(&mut to_last),
         first_line_ms,
+        others_max_ms,
         requests,
     })
 }

@@ -191,7 +191,7 @@ fn latency_table(r: &Report) -> String {
         "figure",
         head(fleet.targets),
         base.map_or_else(|| "—".into(), |b| head(b.targets)),
-        "ratio"
+        "ratio*"
     );
     let mut row = |label: &str, a: String, b: Option<String>, ratio: Option<f64>| {
         let _ = writeln!(out, "{label:<44} {a:>18} {:>18} {:>10}", b.unwrap_or_else(|| "—".into()), fmt_ratio(ratio));
@@ -201,15 +201,21 @@ fn latency_table(r: &Report) -> String {
         ("line → first target, p50 / p99 ms", fleet.latency.to_first, base.map(|b| b.latency.to_first)),
     ];
     for (label, a, b) in timing {
-        row(label, a.p50_p99(), b.map(Summary::p50_p99), b.and_then(|b| ratio(a.p99, b.p99)));
+        row(label, a.p50_p99(), b.map(Summary::p50_p99), b.and_then(|b| ratio(a.p50, b.p50)));
     }
-    let first = |x: &FleetFigures| x.latency.first_line_ms;
-    row(
-        "first line → last target, ms",
-        first(fleet).map_or_else(|| "—".into(), fmt_ms),
-        base.and_then(first).map(fmt_ms),
-        first(fleet).zip(base.and_then(first)).and_then(|(a, b)| ratio(a, b)),
-    );
+    type Get = fn(&FleetFigures) -> Option<f64>;
+    let firsts: [(&str, Get); 2] = [
+        ("first line → last target, ms", |x| x.latency.first_line_ms),
+        ("other lines → last target, max ms", |x| x.latency.others_max_ms),
+    ];
+    for (label, get) in firsts {
+        row(
+            label,
+            get(fleet).map_or_else(|| "—".into(), fmt_ms),
+            base.and_then(get).map(fmt_ms),
+            get(fleet).zip(base.and_then(get)).and_then(|(a, b)| ratio(a, b)),
+        );
+    }
     let complete = |x: &FleetFigures| format!("{}/{}", x.latency.complete, x.latency.lines);
     row("lines blocked on every target", complete(fleet), base.map(complete), None);
     let per_block = |x: &FleetFigures| spread(&x.latency.requests, TargetRequests::per_block);
@@ -233,6 +239,8 @@ fn latency_table(r: &Report) -> String {
         base.map(|b| format!("{:.1}", mib(b.rss_after_latency_kib))),
         base.and_then(|b| ratio(fleet.rss_after_latency_kib as f64, b.rss_after_latency_kib as f64)),
     );
+    let _ =
+        writeln!(out, "(* {} ÷ {} targets; of the p50s for p50 / p99)", fleet.targets, base.map_or(0, |b| b.targets));
     out
 }
 
@@ -265,6 +273,7 @@ fn blocks_table(r: &Report, b: &BlocksFigures) -> String {
         ("request rate per target, min/mean/max", format!("{rate_min:.1}/{rate_mean:.1}/{rate_max:.1} /s")),
         ("most requests in any 1 s, any target", format!("{most} (rps {})", b.rps)),
         ("blocks missing on the worst target", b.missing_max.to_string()),
+        ("daemon CPU, s (cores while blocking)", format!("{:.1} ({:.2})", b.daemon_cpu_s, b.daemon_cpu_s / b.total_s)),
         ("daemon RSS at the end / peak, MiB", format!("{:.1} / {:.1}", mib(fleet.rss_end_kib), mib(fleet.hwm_kib))),
     ];
     for (label, value) in rows {
