@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md, in one command (release builds):
 #
-#   bench/run.sh            # everything: ~17 min on a 2-core machine
+#   bench/run.sh            # everything: ~17 min on a 2-core machine, plus ~9 min for the fleet part
 #   bench/run.sh ingest     # only the loadgen part (rate ladder, 60 s at R and 2R, naive baseline)
 #   bench/run.sh core       # only the criterion / memory / full-sync benches
 #   bench/run.sh parser     # only the parser: criterion, CPU-time passes, and the CPython baseline

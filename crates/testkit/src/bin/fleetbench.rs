@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! fleetbench                                  # 50 targets at 50 ms, 50 lines, 1 000 blocks at 50 rps (~2 min)
-//! fleetbench --blocks 10000                   # the BENCHMARKS.md run (the blocks part alone: ~7 min)
+//! fleetbench --blocks 10000                   # the BENCHMARKS.md run (~9 min on 2 cores, CPU-bound)
 //! fleetbench --targets 3 --blocks 20 --latency 0s --baseline-targets 0
 //! ```
 //!
