@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md, in one command (release builds):
 #
-#   bench/run.sh            # everything: ~17 min on a 2-core machine
+#   bench/run.sh            # everything: ~17 min on a 2-core machine, plus ~9 min for the fleet part
 #   bench/run.sh ingest     # only the loadgen part (rate ladder, 60 s at R and 2R, naive baseline)
 #   bench/run.sh core       # only the criterion / memory / full-sync benches
 #   bench/run.sh parser     # only the parser: criterion, CPU-time passes, and the CPython baseline
 #   bench/run.sh flood      # only the scan flood (BASE_DAEMON=path/to/integration also runs that binary first)
 #   bench/run.sh feeds      # only the threat feeds (feedbench: serving, line to entry, memory at 1 M; ~2.5 min)
+#   bench/run.sh fleet      # only the fleet (fleetbench: 50 targets, line to the last one, 10 000 blocks; ~9 min)
 #
 # Environment: RATES (ladder, lines/s), LADDER_SECS (per step), SECS (the long runs), LATENCY (both emulators).
 # Raises net.core.rmem_max (root) so the daemon gets the 8 MiB UDP receive buffer it asks for.
@@ -93,4 +94,14 @@ if [ "$what" = all ] || [ "$what" = feeds ]; then
   # Serving 300 000 entries (Python http.server baseline), line to entry (address-group baseline), memory at 1 M.
   echo "== threat feeds"; uptime
   target/release/feedbench --misp-latency "$LATENCY" --fortigate-latency "$LATENCY" | tee "$OUT/feeds.txt"
+fi
+
+if [ "$what" = all ] || [ "$what" = fleet ]; then
+  # The daemon built alone, as for the threat feeds.
+  cargo build --release -p integration
+  cargo build --release -p fortimisp-testkit --bin fleetbench
+  # 50 targets at $LATENCY, fleet scope: line to the last target (1-target baseline), requests per block per
+  # target, RSS; then 10 000 new blocks at 50 rps per target (the rate limit's time floor as baseline).
+  echo "== fleet"; uptime
+  target/release/fleetbench --targets 50 --latency "$LATENCY" --blocks 10000 --rps 50 --json | tee "$OUT/fleet.txt"
 fi

@@ -15,15 +15,21 @@
 //! - [`child`]: SIGTERM and a bounded wait for the child processes of the lab and the tests.
 //! - [`loadgen`]: corpus lines at a fixed rate into the daemon (or a naive baseline), and the report (the
 //!   `loadgen` binary and the benchmarks); its `Lab` runs the daemon with either backend.
+//! - [`bench`]: what the benchmark tools report alike (machine, percentiles, ratios).
 //! - [`feedbench`]: the threat-feed benchmarks (serving a large feed, line-to-entry latency, memory), each
 //!   against a baseline in the same run (the `feedbench` binary).
+//! - [`fleetbench`]: the fleet benchmarks (block latency to the last of N targets, requests per block per target,
+//!   RSS, N targets' rate limits under thousands of blocks), against one target and the rate limit's time floor
+//!   (the `fleetbench` binary).
 //!
 //! Never a dependency of the daemons.
 
+pub mod bench;
 pub mod child;
 pub mod corpus;
 pub mod feedbench;
 pub mod fleet;
+pub mod fleetbench;
 pub mod fortigate;
 pub mod harness;
 pub mod lab;

@@ -509,10 +509,7 @@ impl Watcher {
             let mut sizes: HashMap<String, usize> = HashMap::new();
             while !flag.load(Ordering::Relaxed) {
                 let now = Instant::now();
-                for name in fortigate.names(Table::Addrgrp) {
-                    if name != group && !name.strip_prefix(&group).is_some_and(|s| s.starts_with('-')) {
-                        continue;
-                    }
+                for name in block_groups(&fortigate, &group) {
                     let members = fortigate.members(&name).unwrap_or_default();
                     if sizes.get(&name) == Some(&members.len()) {
                         continue;
@@ -537,6 +534,14 @@ impl Watcher {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
     }
+}
+
+/// The IPv4 address groups on `fortigate` named `group` or `group-N` (the overflow groups the daemon adds when
+/// one is full).
+pub fn block_groups(fortigate: &FortiGateEmulator, group: &str) -> Vec<String> {
+    let mut names = fortigate.names(Table::Addrgrp);
+    names.retain(|name| name == group || name.strip_prefix(group).is_some_and(|s| s.starts_with('-')));
+    names
 }
 
 /// `a - b` in seconds, negative when `a` is earlier.

@@ -34,7 +34,9 @@ use fortimisp_core::feed::Family;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::loadgen::{percentiles, Lab, LabFeed, LabOptions};
+use crate::bench::{fmt_ms, fmt_ratio, mib, ratio};
+pub use crate::bench::{Machine, Summary};
+use crate::loadgen::{Lab, LabFeed, LabOptions};
 use baseline::{Baseline, BaselineCommand, BaselineFiles};
 use client::FeedClient;
 use latency::{LatencyFigures, LatencyOptions};
@@ -97,79 +99,6 @@ pub struct MemoryReport {
     pub feeds: MemoryFigures,
 }
 
-/// Where and when it ran.
-#[derive(Debug, Clone)]
-pub struct Machine {
-    pub started: String,
-    pub cpus: usize,
-    pub cpu_model: String,
-    pub kernel: String,
-    /// `/proc/loadavg`'s three averages, at the start and at the end.
-    pub load_start: String,
-    pub load_end: String,
-    pub seconds: f64,
-}
-
-impl Machine {
-    fn now() -> Machine {
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| Some(l.strip_prefix("model name")?.trim_start_matches([' ', '\t', ':']).to_string()))
-            })
-            .unwrap_or_default();
-        Machine {
-            started: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
-            load_start: load_average(),
-            load_end: String::new(),
-            seconds: 0.0,
-        }
-    }
-}
-
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
-/// p50 / p99 / max (nearest rank) of a set of milliseconds; all zero when `n` is 0.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Summary {
-    pub n: usize,
-    pub p50: f64,
-    pub p99: f64,
-    pub max: f64,
-}
-
-impl Summary {
-    pub fn of(values: &mut [f64]) -> Summary {
-        match percentiles(values) {
-            Some((p50, p99, max)) => Summary { n: values.len(), p50, p99, max },
-            None => Summary::default(),
-        }
-    }
-
-    fn to_json(self) -> Value {
-        if self.n == 0 {
-            return Value::Null;
-        }
-        json!({"n": self.n, "p50_ms": self.p50, "p99_ms": self.p99, "max_ms": self.max})
-    }
-
-    /// `p50 / p99` in ms, or `n/a`.
-    fn p50_p99(self) -> String {
-        if self.n == 0 {
-            "n/a".into()
-        } else {
-            format!("{} / {}", fmt_ms(self.p50), fmt_ms(self.p99))
-        }
-    }
-}
-
 /// Runs the parts `opts` asks for, in order: serving, latency, memory.
 pub async fn run(opts: &Options) -> Result<Report> {
     let mut machine = Machine::now();
@@ -194,8 +123,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
         None => None,
     };
-    machine.load_end = load_average();
-    machine.seconds = start.elapsed().as_secs_f64();
+    machine.finish(start.elapsed().as_secs_f64());
     Ok(Report { machine, serving, latency, memory })
 }
 
@@ -263,29 +191,6 @@ async fn serve(opts: &Options, run: &ServingRun) -> Result<ServingReport> {
 
 // ---- report -----------------------------------------------------------------------------------------------
 
-fn fmt_ms(ms: f64) -> String {
-    if ms >= 100.0 {
-        format!("{ms:.0}")
-    } else if ms >= 10.0 {
-        format!("{ms:.1}")
-    } else {
-        format!("{ms:.2}")
-    }
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-/// `a / b`, or `None` when `b` is zero.
-fn ratio(a: f64, b: f64) -> Option<f64> {
-    (b > 0.0).then(|| a / b)
-}
-
-fn fmt_ratio(r: Option<f64>) -> String {
-    r.map_or_else(|| "—".into(), |r| if r >= 10.0 { format!("{r:.0}×") } else { format!("{r:.2}×") })
-}
-
 impl ServingFigures {
     fn to_json(&self) -> Value {
         json!({
@@ -331,12 +236,8 @@ impl MemoryFigures {
 impl Report {
     /// One JSON object (for scripts and BENCHMARKS.md).
     pub fn to_json(&self) -> Value {
-        let m = &self.machine;
         json!({
-            "machine": {
-                "started": m.started, "cpus": m.cpus, "cpu_model": m.cpu_model, "kernel": m.kernel,
-                "load_start": m.load_start, "load_end": m.load_end, "seconds": m.seconds,
-            },
+            "machine": self.machine.to_json(),
             "serving": self.serving.as_ref().map(|s| json!({
                 "entries": s.entries, "sequential_fetches": s.options.fetches,
                 "rate_seconds": s.options.duration.as_secs_f64(),
@@ -364,9 +265,7 @@ impl Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = &self.machine;
-        writeln!(f, "feedbench {}: {} CPUs ({}), Linux {}", m.started, m.cpus, m.cpu_model, m.kernel)?;
-        writeln!(f, "load average {} at the start, {} at the end; {:.0} s", m.load_start, m.load_end, m.seconds)?;
+        f.write_str(&self.machine.header("feedbench"))?;
         if let Some(s) = &self.serving {
             f.write_str(&serving_table(s))?;
         }
