@@ -50,13 +50,16 @@
 //! by a newer build.
 
 mod actions;
+mod buffered;
 mod decisions;
 mod handle;
 mod ledger;
+mod postgres;
 mod schema;
 mod shadow;
 mod sqlite;
 mod store;
+pub mod transfer;
 mod writer;
 
 #[cfg(test)]
@@ -71,6 +74,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use handle::Journal;
+pub use postgres::PostgresTarget;
 
 /// How long a write waits for the other daemon's write lock. Longer counts as "unavailable": the write is
 /// buffered in memory (degraded mode) rather than stalling the blocker. Kept well under the 10 s SIGTERM budget:
@@ -94,10 +98,19 @@ pub enum Error {
     Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("journal {}: schema version {found} is newer than this build understands ({supported})", path.display())]
     TooNew { path: PathBuf, found: i64, supported: i64 },
-    #[error("journal {}: not open (degraded, working from memory)", path.display())]
-    Unavailable { path: PathBuf },
-    #[error("journal {}: the file was deleted or replaced while open", path.display())]
-    Moved { path: PathBuf },
+    #[error("journal {at}: not open (degraded, working from memory)")]
+    Unavailable { at: String },
+    #[error("journal {at}: the file was deleted or replaced while open")]
+    Moved { at: String },
+    /// A PostgreSQL journal's error; `at` is its URL (which never holds a password).
+    #[error("journal {at}: {source}")]
+    Postgres { at: String, source: ::postgres::Error },
+    #[error("journal {at}: schema version {found} is newer than this build understands ({supported})")]
+    TooNewDatabase { at: String, found: i64, supported: i64 },
+    #[error("journal {at}: {message}")]
+    Setup { at: String, message: String },
+    #[error("journal {at}: not empty ({rows} rows); import only into an empty journal")]
+    NotEmpty { at: String, rows: i64 },
     #[error("journal: no action with id {0}")]
     UnknownAction(ActionId),
     #[error("journal: cannot start its writer thread: {0}")]
@@ -118,7 +131,7 @@ impl fmt::Display for ActionId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionKind {
     Block,
