@@ -316,15 +316,18 @@ impl Journal {
             .expect("the writer answers")
     }
 
-    /// Runs `inspect` on the PostgreSQL store, on the writer thread.
+    /// The latest `limit` decisions, newest first (buffered ones included), from either store.
     #[cfg(test)]
-    pub(super) async fn with_postgres<T: Send + 'static>(
-        &self,
-        inspect: impl FnOnce(&mut PostgresStore) -> T + Send + 'static,
-    ) -> T {
-        self.call(move |store| Ok(inspect(store.as_any().downcast_mut().expect("a PostgreSQL journal"))))
-            .await
-            .expect("the writer answers")
+    pub(super) async fn recent_decisions(&self, limit: usize) -> Vec<Decision> {
+        self.call(move |store| {
+            let any = store.as_any();
+            if let Some(sqlite) = any.downcast_mut::<SqliteStore>() {
+                return sqlite.recent_decisions(limit);
+            }
+            any.downcast_mut::<PostgresStore>().expect("a SQLite or PostgreSQL journal").recent_decisions(limit)
+        })
+        .await
+        .expect("recent decisions")
     }
 
     /// Resolves once the writer thread has ended (after the last handle is dropped).

@@ -64,6 +64,10 @@ mod writer;
 
 #[cfg(test)]
 mod testutil;
+#[cfg(test)]
+mod testdb;
+#[cfg(test)]
+mod contract;
 
 use std::fmt;
 use std::net::IpAddr;

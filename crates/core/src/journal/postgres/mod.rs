@@ -385,10 +385,8 @@ impl PostgresStore {
     pub(super) fn unconnected(target: PostgresTarget) -> PostgresStore {
         Buffered::new(Database::new(target))
     }
-
-    /// The client, for tests that look at the database through the writer's own connection.
-    #[cfg(test)]
-    pub(super) fn client(&mut self) -> Option<&mut Client> {
-        self.backend.client.as_mut()
-    }
 }
+
+/// The schema version, for the contract tests.
+#[cfg(test)]
+pub(crate) const SCHEMA_VERSION_FOR_TESTS: i64 = schema::SCHEMA_VERSION;
