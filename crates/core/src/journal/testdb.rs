@@ -5,7 +5,7 @@
 //! the CI's). Each test gets a database of its own, `fortimisp_test_<random>`, dropped when the fixture goes.
 //! Without a server a PostgreSQL test prints a loud `SKIP` line and passes, unless `FORTIMISP_REQUIRE_POSTGRES=1`.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,7 +90,11 @@ impl TestDatabase {
             Err(error) => {
                 let required = std::env::var(REQUIRE_POSTGRES).is_ok_and(|v| v == "1");
                 assert!(!required, "{REQUIRE_POSTGRES}=1 but PostgreSQL is not usable at {url}: {error}");
-                eprintln!("SKIP {test}: no PostgreSQL at {url} ({error}); set {REQUIRE_POSTGRES}=1 to fail instead");
+                // Straight to stderr, past the test harness's capture, so the skip shows in every run.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIP {test}: no PostgreSQL at {url} ({error}); set {REQUIRE_POSTGRES}=1 to fail instead"
+                );
                 None
             }
         }
