@@ -422,7 +422,9 @@ impl State {
             return Err(Error::invalid("state.path", "must not be empty"));
         }
         let Some(url) = self.url.as_deref() else {
-            for (key, set) in [("state.password_file", self.password_file.is_some()), ("state.ca_file", self.ca_file.is_some())] {
+            for (key, set) in
+                [("state.password_file", self.password_file.is_some()), ("state.ca_file", self.ca_file.is_some())]
+            {
                 if set {
                     return Err(Error::invalid(key, "only applies with state.url (PostgreSQL)"));
                 }
@@ -1177,6 +1179,23 @@ policy_id = 7
             ("[[trigger]]", "[log]\nlevel = \"integration=loud\"\n[[trigger]]", "log.level: `integration=loud`"),
             ("[[trigger]]", "[log]\nlevel = \" \"\n[[trigger]]", "log.level: must not be empty"),
             ("[[trigger]]", "[state]\npath = \"\"\n[[trigger]]", "state.path:"),
+            (
+                "[[trigger]]",
+                "[state]\nurl = \"postgres://u:hunter2@db/j\"\n[[trigger]]",
+                "state.url: must not carry a password",
+            ),
+            ("[[trigger]]", "[state]\nurl = \"mysql://db/j\"\n[[trigger]]", "state.url: scheme must be postgres"),
+            (
+                "[[trigger]]",
+                "[state]\nurl = \"postgres://u@db/j?sslmode=prefer\"\n[[trigger]]",
+                "state.url: sslmode=prefer",
+            ),
+            ("[[trigger]]", "[state]\npassword_file = \"/p\"\n[[trigger]]", "state.password_file: only applies"),
+            (
+                "[[trigger]]",
+                "[state]\nurl = \"postgres://u@db/j\"\npassword_file = \"/nonexistent/p\"\n[[trigger]]",
+                "state.password_file: cannot read",
+            ),
             ("[[trigger]]", "[bogus]\n[[trigger]]", "bogus: unknown field"),
             ("[misp]\nurl = \"https://misp.example.org\"", "[misp]", "misp.url: missing field"),
         ];
@@ -1184,6 +1203,44 @@ policy_id = 7
             assert!(MINIMAL.contains(from), "case {expected}: {from:?} not in the minimal config");
             check_err(&MINIMAL.replacen(from, to, 1), expected);
         }
+    }
+
+    /// `[state] url` picks PostgreSQL: the password from `$FORTIMISP_STATE_PASSWORD` over `password_file`, never
+    /// shown; a plain connection to another host warns, a loopback one or TLS does not.
+    #[test]
+    fn state_url_selects_postgres_with_the_password_from_env_or_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let with = |state: &str| MINIMAL.replace("[[trigger]]", &format!("[state]\n{state}\n[[trigger]]"));
+        let text = with(&format!(
+            "url = \"postgres://fortimisp@db.example.org:5432/journal\"\npassword_file = {:?}",
+            file.display().to_string()
+        ));
+        let env = |name: &str| (name == ENV_STATE_PASSWORD).then(|| "from-env".to_owned());
+        let cases: [(&dyn Fn(&str) -> Option<String>, &str); 2] = [(&no_env, "from-file"), (&env, "from-env")];
+        for (env, expected) in cases {
+            let config = RawConfig::parse(&text).and_then(|raw| raw.validate(env)).expect("valid");
+            let target = config.state.postgres.as_ref().expect("a PostgreSQL journal");
+            assert_eq!(target.location(), "postgres://fortimisp@db.example.org:5432/journal");
+            assert_eq!(target.password_for_tests(), Some(expected));
+            assert!(!format!("{:?}", config.state).contains(expected), "the password is never printed");
+            assert!(config
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("state.url: the connection to db.example.org is not encrypted")));
+        }
+        for (url, warns) in [
+            ("postgres://u@127.0.0.1/j", false),
+            ("postgres://u@localhost/j", false),
+            ("postgres://u@db.example.org/j?sslmode=verify-full", false),
+            ("postgres://u@db.example.org/j?sslmode=disable", true),
+        ] {
+            let config = check_ok(&with(&format!("url = {url:?}")));
+            assert!(config.state.postgres.is_some());
+            assert_eq!(config.warnings.iter().any(|w| w.starts_with("state.url:")), warns, "{url}");
+        }
+        assert!(check_ok(MINIMAL).state.postgres.is_none(), "SQLite by default");
     }
 
     /// `log.level` passes validation exactly when the logging setup can install it (`EnvFilter::try_new`), bare

@@ -487,9 +487,10 @@ impl<B: Backend + 'static> Store for Buffered<B> {
         if self.backend.is_open() {
             return Ok(());
         }
-        let opened = self.backend.open().and_then(|()| {
-            self.backend.load_pending(&PendingQuery::default()).map_err(Failure::into_error)
-        });
+        let opened = self
+            .backend
+            .open()
+            .and_then(|()| self.backend.load_pending(&PendingQuery::default()).map_err(Failure::into_error));
         match opened {
             Ok(rows) => {
                 self.shadow = Shadow::from_rows(rows);

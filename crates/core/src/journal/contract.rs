@@ -205,7 +205,10 @@ async fn the_ledger_opens_and_closes(fixture: &Fixture) {
         .collect();
     assert_eq!(
         closed,
-        [("2001:db8::2".to_owned(), Some("max_age".to_owned())), ("198.51.100.77".to_owned(), Some("adopt_legacy".to_owned()))]
+        [
+            ("2001:db8::2".to_owned(), Some("max_age".to_owned())),
+            ("198.51.100.77".to_owned(), Some("adopt_legacy".to_owned()))
+        ]
     );
 }
 

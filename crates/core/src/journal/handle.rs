@@ -14,11 +14,11 @@ use super::postgres::{PostgresStore, PostgresTarget};
 use super::sqlite::SqliteStore;
 use super::store::Store;
 use super::transfer::{Imported, Row};
-use crate::config;
 use super::writer::{self, Request, Status};
 use super::{
     ActionId, ActionKind, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, PendingQuery, Pruned,
 };
+use crate::config;
 
 /// Handle on the journal. Cloning is cheap and shares the one writer; `Send + Sync`.
 ///

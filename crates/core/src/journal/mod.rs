@@ -1,4 +1,5 @@
-//! The journal: fortimisp's durable memory, one SQLite file (`[state] path`) shared by both daemons.
+//! The journal: fortimisp's durable memory, shared by both daemons: one SQLite file (`[state] path`), or a
+//! PostgreSQL database (`[state] url`) that several instances can share.
 //!
 //! It owns three tables and nothing else:
 //! - `actions`, the work queue ([`actions`](self::actions)). Every block and unblock is
@@ -17,22 +18,30 @@
 //! - `handle`: [`Journal`], the async handle every caller holds (cheap to clone).
 //! - `writer`: the one thread that owns the store; requests arrive on a bounded channel and are answered on a
 //!   oneshot each. `store`: the [`Store`](store::Store) trait the writer executes requests against.
-//! - `sqlite`: the SQLite store (today's only one): transactions, degraded mode, the loud error.
-//! - `shadow`: the degraded mode's memory: the buffered writes and the shadow of the pending queue, and their
-//!   replay into the file.
-//! - `schema`: migrations, opening and configuring the file, the text encodings of times and IPs.
-//! - `actions`, `decisions`, `ledger`: the SQL of each table.
+//! - `buffered`: degraded mode, once for both stores: [`Buffered`](buffered::Buffered) wraps a
+//!   [`Backend`](buffered::Backend) (one store's SQL) and is the `Store` the writer runs; the loud error, the
+//!   retries with backoff, the write-back.
+//! - `shadow`: the degraded mode's memory: the buffered writes, the shadow of the pending queue, and the order in
+//!   which a store replays them.
+//! - `sqlite`: the SQLite backend. `schema`: its migrations, opening and configuring the file, the text encodings
+//!   of times and IPs. `actions`, `decisions`, `ledger`: its SQL of each table.
+//! - `postgres`: the PostgreSQL backend ([`PostgresTarget`]: URL, password, TLS), its migrations and SQL.
+//! - `transfer`: every row as JSON lines, the same from either store (`integration journal export`/`import`).
+//! - `contract` (tests): one suite run against both stores; `testdb`: its fixtures.
 //!
 //! # Invariants
-//! - At most one *pending* action per (kind, IP), enforced by a partial unique index, so [`Journal::enqueue`] is
-//!   idempotent across restarts and across the two processes.
-//! - A write is never dropped silently. When SQLite refuses a write (disk full, permissions, file deleted or
-//!   replaced, lock held longer than [`BUSY_TIMEOUT`]) the journal turns *degraded*: it logs one loud error (then at
+//! - At most one *pending* action per (target, kind, IP), enforced by a partial unique index in either store, so
+//!   [`Journal::enqueue`] is idempotent across restarts and across processes (and instances sharing PostgreSQL).
+//! - A write is never dropped silently. When the store refuses a write because it is unavailable (SQLite: disk
+//!   full, permissions, file deleted or replaced, lock held longer than [`BUSY_TIMEOUT`]; PostgreSQL: refused,
+//!   reset, restarting, a connect or statement timeout) the journal turns *degraded*: it logs one loud error (then at
 //!   most one every minute while it lasts), keeps the write in memory, and keeps serving enqueue, pending and
-//!   complete from its in-memory shadow of the pending queue. Every [`RETRY_INTERVAL`] (or on [`Journal::flush`])
-//!   it writes the buffered entries back, in order, in one transaction. Only a crash while degraded loses them.
-//! - Times are RFC 3339 UTC text with microseconds (fixed width, so text order is time order; sub-microsecond
-//!   precision is dropped). IPs are text in Rust's canonical form. `sqlite3 state.db` is readable by an operator.
+//!   complete from its in-memory shadow of the pending queue. Every [`RETRY_INTERVAL`] (PostgreSQL: doubling up to
+//!   a minute while it stays away), or on [`Journal::flush`], it tries to write the buffered entries back, in
+//!   order, in one transaction. Only a crash while degraded loses them.
+//! - Times are RFC 3339 UTC text with microseconds in SQLite (fixed width, so text order is time order;
+//!   sub-microsecond precision is dropped), `timestamptz` (also microseconds) in PostgreSQL. IPs are text in Rust's
+//!   canonical form in both. `sqlite3 state.db` and `psql` are readable by an operator.
 //!
 //! # Design
 //! rusqlite is synchronous, so one writer thread per process owns the connection and the async API never blocks a
@@ -63,11 +72,11 @@ pub mod transfer;
 mod writer;
 
 #[cfg(test)]
-mod testutil;
+mod contract;
 #[cfg(test)]
 mod testdb;
 #[cfg(test)]
-mod contract;
+mod testutil;
 
 use std::fmt;
 use std::net::IpAddr;

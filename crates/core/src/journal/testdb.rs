@@ -151,7 +151,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("address");
-        let (cut, open, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (cut, open, stop) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
         let (cut2, open2, stop2) = (cut.clone(), open.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {

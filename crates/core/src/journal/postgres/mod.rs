@@ -134,6 +134,12 @@ impl PostgresTarget {
         self.config.get_dbname()
     }
 
+    /// The password the connection will send, for the config tests.
+    #[cfg(test)]
+    pub(crate) fn password_for_tests(&self) -> Option<&str> {
+        self.config.get_password().and_then(|p| std::str::from_utf8(p).ok())
+    }
+
     /// True when the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.ssl == SslMode::Verify
@@ -202,8 +208,8 @@ pub(super) fn is_unavailable(error: &postgres::Error) -> bool {
     }
     let Some(code) = error.code() else {
         // No SQLSTATE: no answer (I/O, timeout, TLS), unless a value did not convert, which is about the data.
-        let wrong_type = std::error::Error::source(error)
-            .is_some_and(|s| s.downcast_ref::<postgres::types::WrongType>().is_some());
+        let wrong_type =
+            std::error::Error::source(error).is_some_and(|s| s.downcast_ref::<postgres::types::WrongType>().is_some());
         return !wrong_type;
     };
     let code = code.code();
@@ -247,10 +253,7 @@ impl Database {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    fn run<T>(
-        &mut self,
-        call: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
-    ) -> Result<T, Failure> {
+    fn run<T>(&mut self, call: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, Failure> {
         let result = call(self.client()?);
         result.map_err(|source| self.failure(source))
     }

@@ -105,7 +105,16 @@ fn enqueue(db: &mut impl GenericClient, a: &NewAction) -> Result<Applied> {
             "INSERT INTO actions (kind, ip, reason, event_id, rule, comment, requested_at, target)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (target, kind, ip) WHERE state = 'pending' DO NOTHING RETURNING id",
-            &[&a.kind.as_str(), &ip, &a.reason, &num(a.event_id), &index(a.rule), &a.comment, &a.requested_at, &a.target],
+            &[
+                &a.kind.as_str(),
+                &ip,
+                &a.reason,
+                &num(a.event_id),
+                &index(a.rule),
+                &a.comment,
+                &a.requested_at,
+                &a.target,
+            ],
         )?;
         if let Some(row) = inserted {
             return Ok(Applied::Enqueued(PendingAction::new(row.try_get(0)?, a)));
@@ -401,7 +410,18 @@ pub(super) fn import_row(db: &mut impl GenericClient, row: &Row) -> Result<()> {
         Row::Decision(d) => db.execute(
             "INSERT INTO decisions (id, target, at, last_at, repeats, ip, verdict, detail, event_id, rule)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[&d.id, &d.target, &d.at, &d.last_at, &d.repeats, &d.ip.to_string(), &d.verdict, &d.detail, &d.event_id, &d.rule],
+            &[
+                &d.id,
+                &d.target,
+                &d.at,
+                &d.last_at,
+                &d.repeats,
+                &d.ip.to_string(),
+                &d.verdict,
+                &d.detail,
+                &d.event_id,
+                &d.rule,
+            ],
         ),
         Row::Block(b) => db.execute(
             "INSERT INTO blocks (id, target, ip, object, grp, event_id, rule, reason, blocked_at, backend,
