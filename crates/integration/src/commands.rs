@@ -445,30 +445,6 @@ fn replay_summary(m: &Metrics, targets: &[TargetMetrics], lines: u64, left_pendi
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The summary counts come from `Metrics` directly; parse errors of every kind are summed.
-    #[test]
-    fn replay_summary_reads_the_counters() {
-        let m = Arc::new(Metrics::new());
-        let targets = [TargetMetrics::new(m.clone(), "a"), TargetMetrics::new(m.clone(), "b")];
-        Metrics::inc(&m.parse_errors, "bad_pri");
-        Metrics::inc(&m.parse_errors, "bad_pri");
-        Metrics::inc(&m.parse_errors, "not_fortigate");
-        m.triggered.inc();
-        targets[0].block("blocked");
-        targets[1].block("failed");
-        Metrics::inc(&m.lookups, "misp_error");
-        assert_eq!(
-            replay_summary(&m, &targets, 5, 1),
-            "lines 5, parse errors 3, triggered 1, MISP requests 0, MISP lookup errors 1, blocked 1, already blocked 0, \
-             dry run 0, failed 1, left pending 1"
-        );
-    }
-}
-
 /// `integration journal export [FILE|-]`: every row of the configured journal as JSON lines.
 pub async fn journal_export(config: Config, file: &str) -> Result<ExitCode> {
     let journal = Journal::open_strict(&config.state).context("the journal")?;
@@ -502,4 +478,28 @@ pub async fn journal_import(config: Config, file: &str) -> Result<ExitCode> {
         journal.location()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The summary counts come from `Metrics` directly; parse errors of every kind are summed.
+    #[test]
+    fn replay_summary_reads_the_counters() {
+        let m = Arc::new(Metrics::new());
+        let targets = [TargetMetrics::new(m.clone(), "a"), TargetMetrics::new(m.clone(), "b")];
+        Metrics::inc(&m.parse_errors, "bad_pri");
+        Metrics::inc(&m.parse_errors, "bad_pri");
+        Metrics::inc(&m.parse_errors, "not_fortigate");
+        m.triggered.inc();
+        targets[0].block("blocked");
+        targets[1].block("failed");
+        Metrics::inc(&m.lookups, "misp_error");
+        assert_eq!(
+            replay_summary(&m, &targets, 5, 1),
+            "lines 5, parse errors 3, triggered 1, MISP requests 0, MISP lookup errors 1, blocked 1, already blocked 0, \
+             dry run 0, failed 1, left pending 1"
+        );
+    }
 }

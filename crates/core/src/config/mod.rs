@@ -1218,7 +1218,8 @@ policy_id = 7
             file.display().to_string()
         ));
         let env = |name: &str| (name == ENV_STATE_PASSWORD).then(|| "from-env".to_owned());
-        let cases: [(&dyn Fn(&str) -> Option<String>, &str); 2] = [(&no_env, "from-file"), (&env, "from-env")];
+        type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+        let cases: [(Env, &str); 2] = [(&no_env, "from-file"), (&env, "from-env")];
         for (env, expected) in cases {
             let config = RawConfig::parse(&text).and_then(|raw| raw.validate(env)).expect("valid");
             let target = config.state.postgres.as_ref().expect("a PostgreSQL journal");

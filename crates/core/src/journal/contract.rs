@@ -338,8 +338,7 @@ mod postgres_only {
         let Some(db) = database("a_server_that_never_answered_is_adopted_later") else { return };
         let proxy = Proxy::start(db.server_addr());
         proxy.set_cut(true);
-        let mut state = crate::config::State::default();
-        state.postgres = Some(db.via(proxy.addr));
+        let state = crate::config::State { postgres: Some(db.via(proxy.addr)), ..Default::default() };
         let (journal, error) = Journal::open_config(&state);
         assert!(error.expect("cannot connect").to_string().contains(&proxy.addr.to_string()));
         assert!(journal.is_degraded());

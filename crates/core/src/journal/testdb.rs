@@ -38,7 +38,7 @@ pub enum Kind {
 /// A fresh, empty journal store that several handles ("processes") can open.
 pub enum Fixture {
     Sqlite { _dir: tempfile::TempDir, path: PathBuf },
-    Postgres(TestDatabase),
+    Postgres(Box<TestDatabase>),
 }
 
 impl Fixture {
@@ -50,7 +50,7 @@ impl Fixture {
                 let path = dir.path().join("state").join("state.db");
                 Some(Fixture::Sqlite { _dir: dir, path })
             }
-            Kind::Postgres => TestDatabase::create(test).map(Fixture::Postgres),
+            Kind::Postgres => TestDatabase::create(test).map(|db| Fixture::Postgres(Box::new(db))),
         }
     }
 
