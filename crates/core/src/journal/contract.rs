@@ -375,6 +375,42 @@ mod postgres_only {
         assert!(error.contains(&db.name), "names the database: {error}");
     }
 
+    /// `sslmode=verify-full` speaks TLS and verifies the certificate: against `ca_file` it connects (and the
+    /// session is encrypted), against another CA it is refused (never a silent fall-back to plain TCP). Needs the
+    /// test server to serve TLS with Debian's snakeoil certificate for `localhost`; skipped otherwise.
+    #[tokio::test]
+    async fn tls_verifies_the_server_certificate() {
+        let Some(db) = database("tls_verifies_the_server_certificate") else { return };
+        let ca = std::path::PathBuf::from("/etc/ssl/certs/ssl-cert-snakeoil.pem");
+        let bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+        let addr = db.server_addr();
+        let Some(other_ca) = bundle.split_inclusive("-----END CERTIFICATE-----\n").next().filter(|_| ca.exists())
+        else {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIP tls_verifies_the_server_certificate: no snakeoil certificate");
+            return;
+        };
+        let url = format!("postgres://postgres@localhost:{}/{}?sslmode=verify-full", addr.port(), db.name);
+        let trusted = crate::journal::PostgresTarget::new(&url, None, Some(ca)).expect("valid");
+        assert!(trusted.is_tls());
+        let journal = Journal::open_postgres(&trusted).expect("TLS with the server's CA");
+        journal.enqueue(&block("198.51.100.1", 1)).await.expect("enqueue over TLS");
+        let encrypted = std::thread::spawn(move || {
+            let mut client = trusted.connect().expect("connect");
+            let row = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).expect("query");
+            row.get::<_, bool>(0)
+        })
+        .join()
+        .expect("thread");
+        assert!(encrypted, "the session is encrypted");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wrong = dir.path().join("other-ca.pem");
+        std::fs::write(&wrong, other_ca).expect("write");
+        let untrusted = crate::journal::PostgresTarget::new(&url, None, Some(wrong)).expect("valid");
+        let error = Journal::open_postgres(&untrusted).expect_err("another CA's server is refused").to_string();
+        assert!(error.contains("certificate") || error.contains("issuer"), "{error}");
+    }
+
     /// An operator moves a SQLite journal to PostgreSQL: export from the file, import into the database.
     #[tokio::test]
     async fn a_sqlite_journal_moves_to_postgres() {

@@ -116,7 +116,7 @@ pub enum Error {
     #[error("journal {at}: the file was deleted or replaced while open")]
     Moved { at: String },
     /// A PostgreSQL journal's error; `at` is its URL (which never holds a password).
-    #[error("journal {at}: {source}")]
+    #[error("journal {at}: {}", with_causes(source))]
     Postgres { at: String, source: ::postgres::Error },
     #[error("journal {at}: schema version {found} is newer than this build understands ({supported})")]
     TooNewDatabase { at: String, found: i64, supported: i64 },
@@ -131,6 +131,21 @@ pub enum Error {
     /// The writer thread is gone (it panicked); nothing more can be written by this process.
     #[error("journal: the writer thread stopped")]
     WriterGone,
+}
+
+/// An error and its causes on one line (`error performing TLS handshake: invalid peer certificate: UnknownIssuer`):
+/// the client's own message often leaves the useful part to its source.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let more = next.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = next.source();
+    }
+    text
 }
 
 /// The id of a queued action. Ids of actions buffered in memory while degraded are negative; they stay valid after
