@@ -13,6 +13,8 @@ mod fleet;
 mod housekeeping;
 /// The integration daemon: what gets blocked, what never does, repeats, outages, restarts.
 mod integration;
+/// `integration journal export/import`: a SQLite journal moved to PostgreSQL.
+mod journal;
 /// The lab: its report agrees with the emulated FortiGate and the journal.
 mod lab;
 /// The Grafana dashboard and the Prometheus alert rules, against promtool and a real Prometheus.

@@ -89,7 +89,7 @@ const CONTRACT: &[(&str, &[&str])] = &[
     ("trigger", &["policy_id", "action", "type", "subtype", "srcintf", "check"]),
     ("blocking", &["never_block", "dry_run", "max_blocks_per_minute", "scope", "healthy_share"]),
     ("housekeeping", &["max_age", "interval", "unblock_revoked", "adopt_legacy", "max_unblock_fraction", "feeds"]),
-    ("state", &["path"]),
+    ("state", &["path", "url", "password_file", "ca_file"]),
     ("metrics", &["listen", "housekeeping_listen"]),
     ("log", &["format", "level"]),
 ];
@@ -320,6 +320,7 @@ fn commented_out_examples_are_valid_keys() {
     let raw = parse(&text);
     assert_eq!(raw.trigger.len(), 2, "the commented-out [[trigger]] example must become a second rule");
     assert!(raw.misp.api_key.is_some() && raw.misp.ca_file.is_some());
+    assert!(raw.state.url.is_some() && raw.state.password_file.is_some() && raw.state.ca_file.is_some());
 }
 
 /// The lines of the commented-out `[[fortigate]]` example: from its first header to the next blank line.

@@ -230,9 +230,12 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     if config.misp.feed_update_interval.is_some() {
         Metrics::start_at_zero(&metrics.feed_updates, &["error", "failed", "feed_disabled"]);
     }
-    let (journal, journal_error) = Journal::open_or_memory(&config.state.path);
+    let (journal, journal_error) = Journal::open_config(&config.state);
     if let Some(error) = journal_error {
-        error!(message = "Journal cannot be opened; removals are not recorded durably. Fix state.path.", %error);
+        error!(
+            message = "Journal cannot be opened; removals are not recorded durably. Fix state.path or state.url.",
+            %error
+        );
         metrics.journal_degraded.set(1);
     }
     let supervisor = Supervisor::new(Health::default(), cli.faults());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use fortimisp_core::config::{Backend as BackendKind, Config, Contents};
-use fortimisp_core::journal::{ActionKind, Outcome, PendingQuery};
+use fortimisp_core::journal::{transfer, ActionKind, Journal, Outcome, PendingQuery};
 use fortimisp_core::metrics::{Metrics, TargetMetrics};
 use fortimisp_core::misp::SearchQuery;
 use fortimisp_core::policy::Protected;
@@ -443,6 +443,41 @@ fn replay_summary(m: &Metrics, targets: &[TargetMetrics], lines: u64, left_pendi
         blocks("dry_run"),
         blocks("failed"),
     )
+}
+
+/// `integration journal export [FILE|-]`: every row of the configured journal as JSON lines.
+pub async fn journal_export(config: Config, file: &str) -> Result<ExitCode> {
+    let journal = Journal::open_strict(&config.state).context("the journal")?;
+    let rows = journal.export().await.with_context(|| format!("cannot export {}", journal.location()))?;
+    let mut out: Box<dyn Write> = if file == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(std::io::BufWriter::new(std::fs::File::create(file).with_context(|| format!("cannot create {file}"))?))
+    };
+    transfer::write_lines(&rows, &mut out).with_context(|| format!("cannot write {file}"))?;
+    eprintln!("exported {} rows from {}", rows.len(), journal.location());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `integration journal import FILE`: rows written by `journal export`, into the configured (empty) journal.
+pub async fn journal_import(config: Config, file: &str) -> Result<ExitCode> {
+    let mut input: Box<dyn BufRead> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?))
+    };
+    let rows = transfer::read_lines(&mut input).with_context(|| format!("cannot read {file}"))?;
+    let journal = Journal::open_strict(&config.state).context("the journal")?;
+    let imported = journal.import(rows).await.with_context(|| format!("cannot import into {}", journal.location()))?;
+    journal.flush().await.context("the journal")?;
+    eprintln!(
+        "imported {} actions, {} decisions, {} ledger entries into {}",
+        imported.actions,
+        imported.decisions,
+        imported.blocks,
+        journal.location()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -111,11 +111,33 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move the configured journal's contents: export to JSON lines, import into an empty journal.
+    Journal {
+        #[command(subcommand)]
+        action: JournalCommand,
+    },
     /// Print how each line is read, one JSON object per line. Needs no config.
     Parse {
         /// A file of log lines, or - for standard input.
         #[arg(default_value = "-")]
         logfile: String,
+    },
+}
+
+/// `integration journal ...`: how an operator moves a SQLite journal to PostgreSQL (export with the SQLite config,
+/// import with the PostgreSQL one).
+#[derive(Subcommand, Debug)]
+enum JournalCommand {
+    /// Write every action, decision and ledger entry of the configured journal as JSON lines.
+    Export {
+        /// The file to write, or - for standard output.
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Read JSON lines written by `journal export` into the configured journal, which must be empty.
+    Import {
+        /// The file to read, or - for standard input.
+        file: String,
     },
 }
 
@@ -168,6 +190,12 @@ fn main() -> ExitCode {
             Command::List { feeds: false, target } => commands::list(config, target.as_deref()).await,
             Command::List { feeds: true, .. } => commands::list_feeds(config).await,
             Command::Replay { logfile, dry_run } => commands::replay(config, &logfile, dry_run).await,
+            Command::Journal { action: JournalCommand::Export { file } } => {
+                commands::journal_export(config, &file).await
+            }
+            Command::Journal { action: JournalCommand::Import { file } } => {
+                commands::journal_import(config, &file).await
+            }
             Command::Parse { .. } => unreachable!("handled before the config is loaded"),
         }
     });

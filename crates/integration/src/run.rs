@@ -97,10 +97,10 @@ impl Parts {
     /// in-memory one, so blocking goes on.
     pub fn build(config: Config) -> Result<Parts> {
         let metrics = Arc::new(Metrics::new());
-        let (journal, journal_error) = Journal::open_or_memory(&config.state.path);
+        let (journal, journal_error) = Journal::open_config(&config.state);
         if let Some(error) = journal_error {
-            error!(message = "Journal cannot be opened; keeping actions in memory only. Fix state.path.",
-                   %error, path = %config.state.path.display());
+            error!(message = "Journal cannot be opened; keeping actions in memory only. Fix state.path or state.url.",
+                   %error, journal = %journal.location());
             metrics.journal_degraded.set(1);
         }
         let targets = config

@@ -25,6 +25,8 @@ use crate::secret::ApiKey;
 pub const ENV_MISP_API_KEY: &str = "FORTIMISP_MISP_API_KEY";
 /// Environment variable that overrides `fortigate.api_key` / `fortigate.api_key_file`.
 pub const ENV_FORTIGATE_API_KEY: &str = "FORTIMISP_FORTIGATE_API_KEY";
+/// Environment variable holding the PostgreSQL journal's password (wins over `state.password_file`).
+pub const ENV_STATE_PASSWORD: &str = "FORTIMISP_STATE_PASSWORD";
 /// Environment variable naming the config file when `--config` is not given.
 pub const ENV_CONFIG: &str = "FORTIMISP_CONFIG";
 /// The config file used when neither `--config` nor `$FORTIMISP_CONFIG` is given.
@@ -384,18 +386,74 @@ impl Default for Housekeeping {
     }
 }
 
-/// `[state]`.
+/// `[state]`: where the journal is.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
-    /// The SQLite journal: pending actions and audit trail.
+    /// The SQLite journal: pending actions and audit trail. Unused when `url` is set.
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
+    /// A PostgreSQL journal instead of the file: `postgres://user@host:5432/db`, optionally with
+    /// `?sslmode=require` or `verify-full` (TLS through rustls). Never with a password.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The PostgreSQL password, in a file; `$FORTIMISP_STATE_PASSWORD` wins over it.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signed PostgreSQL's certificate, for `sslmode=require|verify-full`; the system's roots
+    /// without it.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The connection `url` describes, resolved by validation (password included); `None` for SQLite.
+    #[serde(skip)]
+    pub postgres: Option<crate::journal::PostgresTarget>,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { path: default_state_path() }
+        State { path: default_state_path(), url: None, password_file: None, ca_file: None, postgres: None }
+    }
+}
+
+impl State {
+    /// Resolves `url` and the password into [`State::postgres`]; warns about a plain connection to another host.
+    fn resolve(&mut self, env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -> Result<(), Error> {
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::invalid("state.path", "must not be empty"));
+        }
+        let Some(url) = self.url.as_deref() else {
+            for (key, set) in
+                [("state.password_file", self.password_file.is_some()), ("state.ca_file", self.ca_file.is_some())]
+            {
+                if set {
+                    return Err(Error::invalid(key, "only applies with state.url (PostgreSQL)"));
+                }
+            }
+            return Ok(());
+        };
+        let password = match (env(ENV_STATE_PASSWORD).filter(|v| !v.trim().is_empty()), &self.password_file) {
+            (Some(value), _) => Some(ApiKey::new(value)),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::invalid("state.password_file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                Some(ApiKey::new(text))
+            }
+            (None, None) => None,
+        };
+        check_ca("state.ca_file", self.ca_file.as_deref())?;
+        let target = crate::journal::PostgresTarget::new(url, password.as_ref(), self.ca_file.clone())
+            .map_err(|message| Error::invalid("state.url", message))?;
+        let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let loopback = host == "localhost"
+            || host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !target.is_tls() && !loopback {
+            warnings.push(format!(
+                "state.url: the connection to {host} is not encrypted; add ?sslmode=verify-full (and state.ca_file)"
+            ));
+        }
+        self.postgres = Some(target);
+        Ok(())
     }
 }
 
@@ -804,9 +862,8 @@ impl RawConfig {
             return Err(Error::invalid("housekeeping.max_unblock_fraction", "must be between 0.0 and 1.0"));
         }
 
-        if self.state.path.as_os_str().is_empty() {
-            return Err(Error::invalid("state.path", "must not be empty"));
-        }
+        let mut state = self.state;
+        state.resolve(env, &mut warnings)?;
 
         let metrics = Metrics {
             listen: parse_listen("metrics.listen", &self.metrics.listen)?,
@@ -862,7 +919,7 @@ impl RawConfig {
                 healthy_share: self.blocking.healthy_share,
             },
             housekeeping: self.housekeeping,
-            state: self.state,
+            state,
             metrics,
             log: self.log,
             feed,
@@ -1122,6 +1179,23 @@ policy_id = 7
             ("[[trigger]]", "[log]\nlevel = \"integration=loud\"\n[[trigger]]", "log.level: `integration=loud`"),
             ("[[trigger]]", "[log]\nlevel = \" \"\n[[trigger]]", "log.level: must not be empty"),
             ("[[trigger]]", "[state]\npath = \"\"\n[[trigger]]", "state.path:"),
+            (
+                "[[trigger]]",
+                "[state]\nurl = \"postgres://u:hunter2@db/j\"\n[[trigger]]",
+                "state.url: must not carry a password",
+            ),
+            ("[[trigger]]", "[state]\nurl = \"mysql://db/j\"\n[[trigger]]", "state.url: scheme must be postgres"),
+            (
+                "[[trigger]]",
+                "[state]\nurl = \"postgres://u@db/j?sslmode=prefer\"\n[[trigger]]",
+                "state.url: sslmode=prefer",
+            ),
+            ("[[trigger]]", "[state]\npassword_file = \"/p\"\n[[trigger]]", "state.password_file: only applies"),
+            (
+                "[[trigger]]",
+                "[state]\nurl = \"postgres://u@db/j\"\npassword_file = \"/nonexistent/p\"\n[[trigger]]",
+                "state.password_file: cannot read",
+            ),
             ("[[trigger]]", "[bogus]\n[[trigger]]", "bogus: unknown field"),
             ("[misp]\nurl = \"https://misp.example.org\"", "[misp]", "misp.url: missing field"),
         ];
@@ -1129,6 +1203,45 @@ policy_id = 7
             assert!(MINIMAL.contains(from), "case {expected}: {from:?} not in the minimal config");
             check_err(&MINIMAL.replacen(from, to, 1), expected);
         }
+    }
+
+    /// `[state] url` picks PostgreSQL: the password from `$FORTIMISP_STATE_PASSWORD` over `password_file`, never
+    /// shown; a plain connection to another host warns, a loopback one or TLS does not.
+    #[test]
+    fn state_url_selects_postgres_with_the_password_from_env_or_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let with = |state: &str| MINIMAL.replace("[[trigger]]", &format!("[state]\n{state}\n[[trigger]]"));
+        let text = with(&format!(
+            "url = \"postgres://fortimisp@db.example.org:5432/journal\"\npassword_file = {:?}",
+            file.display().to_string()
+        ));
+        let env = |name: &str| (name == ENV_STATE_PASSWORD).then(|| "from-env".to_owned());
+        type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+        let cases: [(Env, &str); 2] = [(&no_env, "from-file"), (&env, "from-env")];
+        for (env, expected) in cases {
+            let config = RawConfig::parse(&text).and_then(|raw| raw.validate(env)).expect("valid");
+            let target = config.state.postgres.as_ref().expect("a PostgreSQL journal");
+            assert_eq!(target.location(), "postgres://fortimisp@db.example.org:5432/journal");
+            assert_eq!(target.password_for_tests(), Some(expected));
+            assert!(!format!("{:?}", config.state).contains(expected), "the password is never printed");
+            assert!(config
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("state.url: the connection to db.example.org is not encrypted")));
+        }
+        for (url, warns) in [
+            ("postgres://u@127.0.0.1/j", false),
+            ("postgres://u@localhost/j", false),
+            ("postgres://u@db.example.org/j?sslmode=verify-full", false),
+            ("postgres://u@db.example.org/j?sslmode=disable", true),
+        ] {
+            let config = check_ok(&with(&format!("url = {url:?}")));
+            assert!(config.state.postgres.is_some());
+            assert_eq!(config.warnings.iter().any(|w| w.starts_with("state.url:")), warns, "{url}");
+        }
+        assert!(check_ok(MINIMAL).state.postgres.is_none(), "SQLite by default");
     }
 
     /// `log.level` passes validation exactly when the logging setup can install it (`EnvFilter::try_new`), bare

@@ -10,12 +10,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
+use super::postgres::{PostgresStore, PostgresTarget};
 use super::sqlite::SqliteStore;
 use super::store::Store;
+use super::transfer::{Imported, Row};
 use super::writer::{self, Request, Status};
 use super::{
     ActionId, ActionKind, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, PendingQuery, Pruned,
 };
+use crate::config;
 
 /// Handle on the journal. Cloning is cheap and shares the one writer; `Send + Sync`.
 ///
@@ -27,13 +30,15 @@ use super::{
 pub struct Journal {
     requests: mpsc::Sender<Request>,
     status: Arc<Status>,
-    /// `None` for an in-memory journal.
+    /// `None` for an in-memory or PostgreSQL journal.
     path: Option<Arc<Path>>,
+    /// Where it is, for messages: the file's path or the database URL.
+    location: Arc<str>,
 }
 
 impl fmt::Debug for Journal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Journal").field("path", &self.path).field("degraded", &self.is_degraded()).finish()
+        f.debug_struct("Journal").field("location", &self.location).field("degraded", &self.is_degraded()).finish()
     }
 }
 
@@ -46,8 +51,74 @@ impl Journal {
     /// read-only file fails here, not at the first write), its schema is newer than this build, or the writer
     /// thread cannot be started.
     pub fn open(path: &Path) -> Result<Journal, Error> {
-        let store = SqliteStore::open(path)?;
+        let store = SqliteStore::open_file(path)?;
         Journal::start(Box::new(store), Some(path))
+    }
+
+    /// The journal `[state]` names: PostgreSQL when `url` is set, else the SQLite file at `path`. As
+    /// [`Journal::open_or_memory`]: if it cannot be opened it starts degraded (memory only) and keeps trying; the
+    /// error is returned (and logged loudly) so the daemon can decide to start anyway.
+    ///
+    /// # Panics
+    /// If the operating system refuses to start a thread.
+    pub fn open_config(state: &config::State) -> (Journal, Option<Error>) {
+        match &state.postgres {
+            Some(target) => {
+                let journal = Journal::start_postgres(target).expect("the journal writer thread starts");
+                let failure = journal.connect_now().err();
+                if let Some(error) = &failure {
+                    error!(
+                        message = "Journal database cannot be reached; pending actions are kept in memory only until it can.",
+                        %error,
+                        journal = %target.location(),
+                    );
+                }
+                (journal, failure)
+            }
+            None => Journal::open_or_memory(&state.path),
+        }
+    }
+
+    /// The journal `[state]` names, or the error: for commands that must not run on memory alone (export,
+    /// import, the lab's checks).
+    ///
+    /// # Errors
+    /// As [`Journal::open`], or the database cannot be reached, refuses the credentials, or is newer.
+    pub fn open_strict(state: &config::State) -> Result<Journal, Error> {
+        match &state.postgres {
+            Some(target) => Journal::open_postgres(target),
+            None => Journal::open(&state.path),
+        }
+    }
+
+    /// Connects to the PostgreSQL database `target` names (migrating it), then starts its writer; the
+    /// connection lives on the writer thread.
+    ///
+    /// # Errors
+    /// PostgreSQL cannot be reached or refuses, its schema is newer than this build, or no thread starts.
+    pub fn open_postgres(target: &PostgresTarget) -> Result<Journal, Error> {
+        let journal = Journal::start_postgres(target)?;
+        journal.connect_now()?;
+        Ok(journal)
+    }
+
+    fn start_postgres(target: &PostgresTarget) -> Result<Journal, Error> {
+        let (requests, status) = writer::spawn(Box::new(PostgresStore::unconnected(target.clone())))?;
+        Ok(Journal { requests, status, path: None, location: Arc::from(target.location()) })
+    }
+
+    /// Connects on the writer thread and waits for the answer (synchronously: called once at start, before the
+    /// queue has anything in it). On failure the store is left degraded and retries on its own.
+    fn connect_now(&self) -> Result<(), Error> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let status = self.status.clone();
+        let request: Request = Box::new(move |store| {
+            let result = store.start();
+            status.set_degraded(store.is_degraded());
+            let _ = reply.send(result);
+        });
+        self.requests.try_send(request).map_err(|_| Error::WriterGone)?;
+        answer.recv().map_err(|_| Error::WriterGone)?
     }
 
     /// Opens `path`, or, if that fails, starts degraded with nothing but memory and keeps trying to open `path`
@@ -57,7 +128,7 @@ impl Journal {
     /// # Panics
     /// If the operating system refuses to start a thread.
     pub fn open_or_memory(path: &Path) -> (Journal, Option<Error>) {
-        let (store, failure) = match SqliteStore::open(path) {
+        let (store, failure) = match SqliteStore::open_file(path) {
             Ok(store) => (store, None),
             Err(error) => {
                 error!(
@@ -65,7 +136,7 @@ impl Journal {
                     %error,
                     path = %path.display(),
                 );
-                (SqliteStore::unopened(path), Some(error))
+                (SqliteStore::unopened_file(path), Some(error))
             }
         };
         let journal = Journal::start(Box::new(store), Some(path)).expect("the journal writer thread starts");
@@ -83,7 +154,8 @@ impl Journal {
 
     fn start(store: Box<dyn Store>, path: Option<&Path>) -> Result<Journal, Error> {
         let (requests, status) = writer::spawn(store)?;
-        Ok(Journal { requests, status, path: path.map(Arc::from) })
+        let location = path.map_or_else(|| ":memory:".to_owned(), |p| p.display().to_string());
+        Ok(Journal { requests, status, path: path.map(Arc::from), location: Arc::from(location) })
     }
 
     /// Runs `call` on the writer and returns its answer.
@@ -207,9 +279,30 @@ impl Journal {
         self.call(|store| store.flush()).await
     }
 
-    /// The file's path, `None` for an in-memory journal.
+    /// The file's path, `None` for an in-memory or PostgreSQL journal.
     pub fn path(&self) -> Option<PathBuf> {
         self.path.as_deref().map(Path::to_owned)
+    }
+
+    /// Where the journal is: the file's path or the database URL (never with a password).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Every row of the three tables (`integration journal export`).
+    ///
+    /// # Errors
+    /// While degraded (the rows in memory are not all there is), or when the store cannot be read.
+    pub async fn export(&self) -> Result<Vec<Row>, Error> {
+        self.call(|store| store.export()).await
+    }
+
+    /// Writes exported rows, ids kept, into this journal, which must be empty (`integration journal import`).
+    ///
+    /// # Errors
+    /// [`Error::NotEmpty`], a degraded journal, or a row the store refuses (nothing is written then).
+    pub async fn import(&self, rows: Vec<Row>) -> Result<Imported, Error> {
+        self.call(move |store| store.import(&rows)).await
     }
 
     /// Runs `inspect` on the SQLite store, on the writer thread.
@@ -218,9 +311,23 @@ impl Journal {
         &self,
         inspect: impl FnOnce(&mut SqliteStore) -> T + Send + 'static,
     ) -> T {
-        self.call(move |store| Ok(inspect(store.as_sqlite().expect("a SQLite journal"))))
+        self.call(move |store| Ok(inspect(store.as_any().downcast_mut().expect("a SQLite journal"))))
             .await
             .expect("the writer answers")
+    }
+
+    /// The latest `limit` decisions, newest first (buffered ones included), from either store.
+    #[cfg(test)]
+    pub(super) async fn recent_decisions(&self, limit: usize) -> Vec<Decision> {
+        self.call(move |store| {
+            let any = store.as_any();
+            if let Some(sqlite) = any.downcast_mut::<SqliteStore>() {
+                return sqlite.recent_decisions(limit);
+            }
+            any.downcast_mut::<PostgresStore>().expect("a SQLite or PostgreSQL journal").recent_decisions(limit)
+        })
+        .await
+        .expect("recent decisions")
     }
 
     /// Resolves once the writer thread has ended (after the last handle is dropped).

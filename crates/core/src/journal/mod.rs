@@ -1,4 +1,5 @@
-//! The journal: fortimisp's durable memory, one SQLite file (`[state] path`) shared by both daemons.
+//! The journal: fortimisp's durable memory, shared by both daemons: one SQLite file (`[state] path`), or a
+//! PostgreSQL database (`[state] url`) that several instances can share.
 //!
 //! It owns three tables and nothing else:
 //! - `actions`, the work queue ([`actions`](self::actions)). Every block and unblock is
@@ -17,22 +18,30 @@
 //! - `handle`: [`Journal`], the async handle every caller holds (cheap to clone).
 //! - `writer`: the one thread that owns the store; requests arrive on a bounded channel and are answered on a
 //!   oneshot each. `store`: the [`Store`](store::Store) trait the writer executes requests against.
-//! - `sqlite`: the SQLite store (today's only one): transactions, degraded mode, the loud error.
-//! - `shadow`: the degraded mode's memory: the buffered writes and the shadow of the pending queue, and their
-//!   replay into the file.
-//! - `schema`: migrations, opening and configuring the file, the text encodings of times and IPs.
-//! - `actions`, `decisions`, `ledger`: the SQL of each table.
+//! - `buffered`: degraded mode, once for both stores: [`Buffered`](buffered::Buffered) wraps a
+//!   [`Backend`](buffered::Backend) (one store's SQL) and is the `Store` the writer runs; the loud error, the
+//!   retries with backoff, the write-back.
+//! - `shadow`: the degraded mode's memory: the buffered writes, the shadow of the pending queue, and the order in
+//!   which a store replays them.
+//! - `sqlite`: the SQLite backend. `schema`: its migrations, opening and configuring the file, the text encodings
+//!   of times and IPs. `actions`, `decisions`, `ledger`: its SQL of each table.
+//! - `postgres`: the PostgreSQL backend ([`PostgresTarget`]: URL, password, TLS), its migrations and SQL.
+//! - `transfer`: every row as JSON lines, the same from either store (`integration journal export`/`import`).
+//! - `contract` (tests): one suite run against both stores; `testdb`: its fixtures.
 //!
 //! # Invariants
-//! - At most one *pending* action per (kind, IP), enforced by a partial unique index, so [`Journal::enqueue`] is
-//!   idempotent across restarts and across the two processes.
-//! - A write is never dropped silently. When SQLite refuses a write (disk full, permissions, file deleted or
-//!   replaced, lock held longer than [`BUSY_TIMEOUT`]) the journal turns *degraded*: it logs one loud error (then at
+//! - At most one *pending* action per (target, kind, IP), enforced by a partial unique index in either store, so
+//!   [`Journal::enqueue`] is idempotent across restarts and across processes (and instances sharing PostgreSQL).
+//! - A write is never dropped silently. When the store refuses a write because it is unavailable (SQLite: disk
+//!   full, permissions, file deleted or replaced, lock held longer than [`BUSY_TIMEOUT`]; PostgreSQL: refused,
+//!   reset, restarting, a connect or statement timeout) the journal turns *degraded*: it logs one loud error (then at
 //!   most one every minute while it lasts), keeps the write in memory, and keeps serving enqueue, pending and
-//!   complete from its in-memory shadow of the pending queue. Every [`RETRY_INTERVAL`] (or on [`Journal::flush`])
-//!   it writes the buffered entries back, in order, in one transaction. Only a crash while degraded loses them.
-//! - Times are RFC 3339 UTC text with microseconds (fixed width, so text order is time order; sub-microsecond
-//!   precision is dropped). IPs are text in Rust's canonical form. `sqlite3 state.db` is readable by an operator.
+//!   complete from its in-memory shadow of the pending queue. Every [`RETRY_INTERVAL`] (PostgreSQL: doubling up to
+//!   a minute while it stays away), or on [`Journal::flush`], it tries to write the buffered entries back, in
+//!   order, in one transaction. Only a crash while degraded loses them.
+//! - Times are RFC 3339 UTC text with microseconds in SQLite (fixed width, so text order is time order;
+//!   sub-microsecond precision is dropped), `timestamptz` (also microseconds) in PostgreSQL. IPs are text in Rust's
+//!   canonical form in both. `sqlite3 state.db` and `psql` are readable by an operator.
 //!
 //! # Design
 //! rusqlite is synchronous, so one writer thread per process owns the connection and the async API never blocks a
@@ -50,15 +59,22 @@
 //! by a newer build.
 
 mod actions;
+mod buffered;
 mod decisions;
 mod handle;
 mod ledger;
+mod postgres;
 mod schema;
 mod shadow;
 mod sqlite;
 mod store;
+pub mod transfer;
 mod writer;
 
+#[cfg(test)]
+mod contract;
+#[cfg(test)]
+mod testdb;
 #[cfg(test)]
 mod testutil;
 
@@ -71,6 +87,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use handle::Journal;
+pub use postgres::PostgresTarget;
 
 /// How long a write waits for the other daemon's write lock. Longer counts as "unavailable": the write is
 /// buffered in memory (degraded mode) rather than stalling the blocker. Kept well under the 10 s SIGTERM budget:
@@ -94,10 +111,19 @@ pub enum Error {
     Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("journal {}: schema version {found} is newer than this build understands ({supported})", path.display())]
     TooNew { path: PathBuf, found: i64, supported: i64 },
-    #[error("journal {}: not open (degraded, working from memory)", path.display())]
-    Unavailable { path: PathBuf },
-    #[error("journal {}: the file was deleted or replaced while open", path.display())]
-    Moved { path: PathBuf },
+    #[error("journal {at}: not open (degraded, working from memory)")]
+    Unavailable { at: String },
+    #[error("journal {at}: the file was deleted or replaced while open")]
+    Moved { at: String },
+    /// A PostgreSQL journal's error; `at` is its URL (which never holds a password).
+    #[error("journal {at}: {}", with_causes(source))]
+    Postgres { at: String, source: ::postgres::Error },
+    #[error("journal {at}: schema version {found} is newer than this build understands ({supported})")]
+    TooNewDatabase { at: String, found: i64, supported: i64 },
+    #[error("journal {at}: {message}")]
+    Setup { at: String, message: String },
+    #[error("journal {at}: not empty ({rows} rows); import only into an empty journal")]
+    NotEmpty { at: String, rows: i64 },
     #[error("journal: no action with id {0}")]
     UnknownAction(ActionId),
     #[error("journal: cannot start its writer thread: {0}")]
@@ -105,6 +131,21 @@ pub enum Error {
     /// The writer thread is gone (it panicked); nothing more can be written by this process.
     #[error("journal: the writer thread stopped")]
     WriterGone,
+}
+
+/// An error and its causes on one line (`error performing TLS handshake: invalid peer certificate: UnknownIssuer`):
+/// the client's own message often leaves the useful part to its source.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let more = next.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = next.source();
+    }
+    text
 }
 
 /// The id of a queued action. Ids of actions buffered in memory while degraded are negative; they stay valid after
@@ -118,7 +159,7 @@ impl fmt::Display for ActionId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionKind {
     Block,

@@ -1,15 +1,13 @@
-//! Degraded mode's memory: the writes the file refused ([`Op`], kept in order), the shadow of the pending queue
-//! that keeps enqueue, pending and complete working meanwhile ([`Shadow`]), and [`replay`], which writes them back
-//! in one transaction once the file takes writes again.
+//! Degraded mode's memory, the same for every store: the writes the store refused ([`Op`], kept in order), the
+//! shadow of the pending queue that keeps enqueue, pending and complete working meanwhile ([`Shadow`]), and
+//! [`replay_ops`], the order and id translation with which a store writes them back once it takes writes again.
+//! The state machine around them is [`super::buffered`]; the SQL, each store's own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, TransactionBehavior};
 
-use super::schema::{is_unavailable, ts};
-use super::{actions, decisions, ledger};
 use super::{ActionId, ActionKind, BlockRecord, Decision, NewAction, Outcome, PendingAction, PendingQuery};
 
 /// A write, as kept in memory while degraded and replayed in order when the file is writable again.
@@ -47,20 +45,6 @@ pub(super) enum Applied {
     Written,
     /// Attempt/complete on an id that is not in the file at all.
     NoSuchAction,
-}
-
-/// Applies one write; `translate` maps memory ids to file ids. Runs inside the caller's transaction.
-pub(super) fn apply(db: &Connection, op: &Op, translate: &dyn Fn(i64) -> i64) -> rusqlite::Result<Applied> {
-    match op {
-        Op::Enqueue { action, .. } => actions::enqueue(db, action),
-        Op::Attempt { id, error, at } => actions::attempt(db, translate(*id), error, &ts(at)),
-        Op::Complete { id, outcome, at } => actions::complete(db, translate(*id), outcome, &ts(at)),
-        Op::Decision(d) => decisions::write(db, d).map(|()| Applied::Written),
-        Op::Block(b) => ledger::open(db, b).map(|()| Applied::Written),
-        Op::Unblock { target, ip, reason, at } => {
-            ledger::close(db, target, *ip, reason, &ts(at)).map(|()| Applied::Written)
-        }
-    }
 }
 
 /// The in-memory shadow of the pending queue: the rows last read from the file plus this process's writes since.
@@ -150,24 +134,21 @@ pub(super) fn active_blocks(mut base: Vec<BlockRecord>, backlog: &[Op]) -> Vec<B
     base
 }
 
-/// Replays `backlog` in one transaction, translating memory ids. Returns the new memory → file ids and the
-/// pending queue as the file now has it. Entries the file rejects for their content (not for being unwritable)
-/// are skipped and reported in `skipped`, so one bad entry cannot keep the journal degraded forever.
-pub(super) fn replay(
-    db: &mut Connection,
-    restore: &[PendingAction],
+/// Replays `backlog` in order inside the caller's transaction, translating memory ids; `apply` writes one entry
+/// and says whether a failure means the store is unavailable (then the whole replay fails and is retried later).
+/// Returns the new memory → store ids. Entries the store rejects for their content are skipped and reported in
+/// `skipped`, so one bad entry cannot keep the journal degraded forever.
+pub(super) fn replay_ops<E: std::fmt::Display>(
     backlog: &[Op],
     known: &HashMap<i64, i64>,
     skipped: &mut Vec<(Op, String)>,
-) -> rusqlite::Result<(HashMap<i64, i64>, Vec<PendingAction>)> {
-    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for p in restore {
-        actions::restore(&tx, p)?;
-    }
+    mut apply: impl FnMut(&Op, &dyn Fn(i64) -> i64) -> Result<Applied, E>,
+    is_unavailable: impl Fn(&E) -> bool,
+) -> Result<HashMap<i64, i64>, E> {
     let mut remap: HashMap<i64, i64> = HashMap::new();
     for op in backlog {
         let translate = |id: i64| remap.get(&id).or_else(|| known.get(&id)).copied().unwrap_or(id);
-        match apply(&tx, op, &translate) {
+        match apply(op, &translate) {
             Ok(Applied::Enqueued(row)) => {
                 if let Op::Enqueue { mem_id, .. } = op {
                     remap.insert(*mem_id, row.id.0);
@@ -179,9 +160,7 @@ pub(super) fn replay(
             Err(error) => skipped.push((op.clone(), error.to_string())),
         }
     }
-    let pending = actions::load_pending(&tx)?;
-    tx.commit()?;
-    Ok((remap, pending))
+    Ok(remap)
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
+use super::transfer::{Imported, Row};
 use super::{ActionId, BlockRecord, Decision, Error, NewAction, Outcome, PendingAction, PendingQuery, Pruned};
 
-/// A journal implementation behind [`super::Journal`]. Today's is [`super::sqlite::SqliteStore`]; the public
+/// A journal implementation behind [`super::Journal`]. Both stores are a [`super::buffered::Buffered`] backend: [`super::sqlite::SqliteStore`] and
+/// [`super::postgres::PostgresStore`]; the public
 /// methods of `Journal` document the semantics each method must keep (idempotent enqueue, first outcome wins,
 /// writes kept in memory rather than refused while the backing store is unavailable).
 pub(crate) trait Store: Send {
@@ -29,9 +31,15 @@ pub(crate) trait Store: Send {
     /// The last call, when every handle is gone: a last chance for buffered writes, reported if they are lost.
     fn close(&mut self);
 
-    /// The SQLite store, for tests that inspect the file through the writer's own connection.
+    /// Opens the backing store now if it is not open (a database connects on the writer thread); on failure the
+    /// store stays degraded and retries on its own.
+    fn start(&mut self) -> Result<(), Error>;
+    /// Every row, for `integration journal export` (refused while degraded).
+    fn export(&mut self) -> Result<Vec<Row>, Error>;
+    /// Writes exported rows into an empty journal (refused while degraded, or if it is not empty).
+    fn import(&mut self, rows: &[Row]) -> Result<Imported, Error>;
+
+    /// The store itself, for tests that inspect it through the writer's own connection.
     #[cfg(test)]
-    fn as_sqlite(&mut self) -> Option<&mut super::sqlite::SqliteStore> {
-        None
-    }
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
 }

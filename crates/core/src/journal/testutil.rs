@@ -93,7 +93,7 @@ pub async fn refuse_writes(journal: &Journal, refuse: bool) {
 }
 
 pub async fn recent_decisions(journal: &Journal, limit: usize) -> Vec<Decision> {
-    journal.with_sqlite(move |s| s.recent_decisions(limit).expect("recent decisions")).await
+    journal.recent_decisions(limit).await
 }
 
 pub async fn buffered(journal: &Journal) -> usize {
