@@ -46,6 +46,12 @@ impl Default for Timings {
 }
 
 impl Timings {
+    /// The timings for a configured ttl and renewal interval: the margin is a tenth of the ttl, the shortest
+    /// write window a fifth (the defaults: 1 s and 2 s of 10 s).
+    pub fn scaled(ttl: Duration, renew_every: Duration) -> Timings {
+        Timings { ttl, renew_every, margin: ttl / 10, min_window: ttl / 5 }
+    }
+
     /// The longest time between a leader's death and another instance leading.
     pub fn failover_bound(&self) -> Duration {
         self.ttl + self.renew_every
@@ -130,6 +136,7 @@ mod tests {
         let t = Timings::default();
         assert_eq!(t.check(), Ok(()));
         assert_eq!(t.failover_bound(), 12 * S);
+        assert_eq!(Timings::scaled(t.ttl, t.renew_every), t);
         assert!(Timings { renew_every: 6 * S, ..t }.check().is_err());
         assert!(Timings { min_window: 7 * S, ..t }.check().is_err());
     }

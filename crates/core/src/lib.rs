@@ -28,6 +28,7 @@
 
 pub mod backoff;
 pub mod clients;
+pub mod cluster;
 pub mod config;
 pub mod feed;
 pub mod fleet;

@@ -86,6 +86,8 @@ pub struct RawConfig {
     pub housekeeping: Housekeeping,
     #[serde(default)]
     pub state: State,
+    /// Read with `state.url`: several instances on one PostgreSQL journal.
+    pub cluster: Option<RawCluster>,
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
@@ -457,6 +459,59 @@ impl State {
     }
 }
 
+/// `[cluster]` as written: how this instance takes part in a cluster on a PostgreSQL journal (`state.url`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// This instance's name in `integration cluster status` and the logs; the host name by default.
+    pub name: Option<String>,
+    /// How long a target's lease holds without renewal, on PostgreSQL's clock.
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
+    /// How often the leader renews and the others ask.
+    #[serde(default, with = "humantime_serde")]
+    pub renew_every: Option<Duration>,
+}
+
+impl RawCluster {
+    /// The validated cluster settings, for a PostgreSQL journal.
+    fn validate(self) -> Result<Cluster, Error> {
+        let name = match self.name {
+            Some(name) => name,
+            None => host_name(),
+        };
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Error::invalid("cluster.name", "must be 1 to 64 characters, without spaces"));
+        }
+        let defaults = crate::lease::Timings::default();
+        let ttl = self.lease_ttl.unwrap_or(defaults.ttl);
+        let renew_every = self.renew_every.unwrap_or(defaults.renew_every);
+        let timings = crate::lease::Timings::scaled(ttl, renew_every);
+        timings.check().map_err(|message| {
+            let key = if self.renew_every.is_some() { "cluster.renew_every" } else { "cluster.lease_ttl" };
+            Error::invalid(key, message)
+        })?;
+        Ok(Cluster { name, timings })
+    }
+}
+
+/// This host's name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`), or `fortimisp`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "fortimisp".to_owned())
+}
+
+/// `[cluster]`, validated: present whenever the journal is PostgreSQL (a cluster of one is a cluster).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub timings: crate::lease::Timings,
+}
+
 /// `[metrics]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -625,6 +680,8 @@ pub struct Config {
     pub blocking: Blocking,
     pub housekeeping: Housekeeping,
     pub state: State,
+    /// `[cluster]`: `Some` exactly when the journal is PostgreSQL.
+    pub cluster: Option<Cluster>,
     pub metrics: Metrics,
     pub log: Log,
     /// `[feed]`, present when `fortigate.backend = "threat-feed"`.
@@ -864,6 +921,13 @@ impl RawConfig {
 
         let mut state = self.state;
         state.resolve(env, &mut warnings)?;
+        let cluster = match (self.cluster, state.postgres.is_some()) {
+            (raw, true) => Some(raw.unwrap_or_default().validate()?),
+            (Some(_), false) => {
+                return Err(Error::invalid("cluster", "only applies with state.url (a PostgreSQL journal)"))
+            }
+            (None, false) => None,
+        };
 
         let metrics = Metrics {
             listen: parse_listen("metrics.listen", &self.metrics.listen)?,
@@ -920,6 +984,7 @@ impl RawConfig {
             },
             housekeeping: self.housekeeping,
             state,
+            cluster,
             metrics,
             log: self.log,
             feed,

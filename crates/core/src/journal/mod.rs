@@ -74,7 +74,7 @@ mod writer;
 #[cfg(test)]
 mod contract;
 #[cfg(test)]
-mod testdb;
+pub(crate) mod testdb;
 #[cfg(test)]
 mod testutil;
 

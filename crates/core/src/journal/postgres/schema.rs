@@ -13,8 +13,10 @@ use super::super::Error;
 const MIGRATION_LOCK: i64 = 0x666f_7274_696d_6973;
 
 /// Schema migrations; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. Append, never edit. Version 1
-/// is SQLite's schema 2 (fleets included). A later lease table for leaders goes in as the next version.
-pub(super) const MIGRATIONS: &[&str] = &["
+/// is SQLite's schema 2 (fleets included). Version 2 adds the cluster's tables ([`crate::cluster`]), which SQLite
+/// has no use for: a SQLite journal serves one instance.
+pub(super) const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE actions (
         id              BIGSERIAL PRIMARY KEY,
         target          TEXT NOT NULL DEFAULT 'default',
@@ -69,7 +71,30 @@ pub(super) const MIGRATIONS: &[&str] = &["
     );
     CREATE UNIQUE INDEX blocks_active ON blocks (target, ip) WHERE unblocked_at IS NULL;
     CREATE INDEX blocks_closed ON blocks (unblocked_at) WHERE unblocked_at IS NOT NULL;
-    "];
+    ",
+    "
+    -- One row per FortiGate target (its name) or cluster-wide job (`job:...`): who may write, until when.
+    CREATE TABLE leases (
+        name       TEXT PRIMARY KEY,
+        holder     TEXT NOT NULL DEFAULT '',
+        epoch      BIGINT NOT NULL DEFAULT 0,
+        expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+        renewed_at TIMESTAMPTZ,
+        started_at TIMESTAMPTZ
+    );
+    -- Every running instance, refreshed with its leases: `integration cluster status`.
+    CREATE TABLE instances (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        role       TEXT NOT NULL,
+        host       TEXT NOT NULL,
+        pid        BIGINT NOT NULL,
+        version    TEXT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        seen_at    TIMESTAMPTZ NOT NULL
+    );
+    ",
+];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
