@@ -112,6 +112,8 @@ pub struct TargetMetrics {
     /// `fortimisp_fortigate_unauthorized{target}`: 1 while this FortiGate refuses the token.
     pub unauthorized: Gauge,
     latency: Histogram,
+    leader: Gauge,
+    epoch: Gauge,
 }
 
 impl std::fmt::Debug for TargetMetrics {
@@ -127,7 +129,19 @@ impl TargetMetrics {
         let rate_limited = metrics.block_rate_limited.get_or_create(&label).clone();
         let unauthorized = metrics.fortigate_unauthorized.get_or_create(&label).clone();
         let latency = metrics.block_latency_seconds.get_or_create(&label).clone();
-        TargetMetrics { metrics, target: target.to_owned(), pending, rate_limited, unauthorized, latency }
+        let leader = metrics.lease_leader.get_or_create(&label).clone();
+        let epoch = metrics.lease_epoch.get_or_create(&label).clone();
+        TargetMetrics { metrics, target: target.to_owned(), pending, rate_limited, unauthorized, latency, leader, epoch }
+    }
+
+    /// Shows whether this instance writes to the target now (`fortimisp_lease_leader`, `fortimisp_lease_epoch`).
+    pub fn set_role(&self, window: crate::cluster::Window) {
+        use crate::cluster::Window;
+        self.leader.set(i64::from(window.allows_writes()));
+        self.epoch.set(match window {
+            Window::Leader { epoch, .. } => epoch,
+            Window::Solo | Window::Follower => 0,
+        });
     }
 
     pub fn target(&self) -> &str {
@@ -262,6 +276,10 @@ pub struct Metrics {
     pub block_rate_limited: Family<TargetLabel, Gauge>,
     /// 1 while the FortiGate rejects the token (401): writes stopped, operator must act. Per target.
     pub fortigate_unauthorized: Family<TargetLabel, Gauge>,
+    /// 1 while this instance may write to the target: it leads it in a cluster, or there is no cluster.
+    pub lease_leader: Family<TargetLabel, Gauge>,
+    /// The epoch of the target's lease this instance holds (0 without a cluster or a lease).
+    pub lease_epoch: Family<TargetLabel, Gauge>,
     /// 1 while the journal file cannot be written (actions kept in memory).
     pub journal_degraded: Gauge,
     /// Queue depth between stages, by stage.
@@ -341,6 +359,8 @@ impl Metrics {
             pending_actions: Family::default(),
             block_rate_limited: Family::default(),
             fortigate_unauthorized: Family::default(),
+            lease_leader: Family::default(),
+            lease_epoch: Family::default(),
             journal_degraded: Gauge::default(),
             queue_depth: Family::default(),
             request_seconds: Family::new_with_constructor(histogram),
@@ -408,6 +428,12 @@ impl Metrics {
             "1 while the FortiGate rejects the API token",
             m.fortigate_unauthorized.clone(),
         );
+        r.register(
+            "lease_leader",
+            "1 while this instance writes to the target (its leader in a cluster)",
+            m.lease_leader.clone(),
+        );
+        r.register("lease_epoch", "The epoch of the target's lease this instance holds", m.lease_epoch.clone());
         r.register("journal_degraded", "1 while the journal cannot be written", m.journal_degraded.clone());
         r.register("queue_depth", "Messages waiting between stages", m.queue_depth.clone());
         r.register("request_duration_seconds", "REST request latency by server and outcome", m.request_seconds.clone());

@@ -18,6 +18,12 @@
 //!
 //! `max_blocks_per_minute` is a token bucket in front of the executor; what exceeds it waits in the queue (and
 //! the journal) and sets the `block_rate_limited` alert metric.
+//!
+//! In a cluster (a PostgreSQL journal shared by several instances) the [`Blocker`] of every instance journals
+//! what its decider sends, but only the target's leader executes: the blocker asks its [`Gate`] before each
+//! execution and gives it no longer than the lease window left. A follower holds nothing in memory; the leader
+//! reads the target's pending queue from the store at each lease round, so it also executes what only another
+//! instance decided.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -26,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use fortimisp_core::cluster::{Gate, Leadership, Window};
 use fortimisp_core::fortigate::{self, Comment, CommentKind};
 use fortimisp_core::indicators::{format_uuid, Hit};
 use fortimisp_core::journal::{
@@ -383,6 +390,8 @@ pub struct Blocker<B: Backend, S: Sighter> {
     published_held: i64,
     /// Blocks given up by this run and left pending in the journal (hand-run mode).
     left_pending: usize,
+    /// Whether this instance may write to the target now (always, without a cluster).
+    gate: Gate,
 }
 
 impl<B: Backend, S: Sighter> Blocker<B, S> {
@@ -401,7 +410,39 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             left_pending: 0,
             fatal_pause: FATAL_PAUSE,
             published_held: 0,
+            gate: Leadership::solo().gate(""),
         }
+    }
+
+    /// Executes only while `gate` opens a write window (the target's lease in a cluster).
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The write window now: a dry run writes nothing, so it never waits for a lease.
+    fn window(&self) -> Window {
+        if self.executor.dry_run {
+            Window::Solo
+        } else {
+            self.gate.window()
+        }
+    }
+
+    /// Lost the lease (or never had it): the ready jobs go back to the journal, where the leader finds them; they
+    /// are read again if this instance leads later. A job waiting for its retry time comes back through `ready`
+    /// when it is due; running executions end within their window.
+    fn step_down(&mut self) {
+        if self.ready.iter().all(|j| j.action.is_none()) {
+            return;
+        }
+        // Only jobs the journal holds can be left to it (a job without an action id stays).
+        let (journaled, kept): (VecDeque<Job>, VecDeque<Job>) = self.ready.drain(..).partition(|j| j.action.is_some());
+        self.ready = kept;
+        for job in journaled {
+            self.held.remove(&job.ip);
+        }
+        self.more_in_journal = true;
     }
 
     /// Pauses this long after a refused token instead of [`FATAL_PAUSE`] (the debug builds' test hook).
@@ -475,7 +516,8 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         }
         // A job the journal could not record (a dry run, or even its memory copy failed) cannot be read back
         // later, so it is held whatever the window says.
-        if job.action.is_none() || (!self.more_in_journal && self.held_jobs() < WINDOW) {
+        let leads = self.window().allows_writes();
+        if job.action.is_none() || (leads && !self.more_in_journal && self.held_jobs() < WINDOW) {
             self.held.insert(job.ip);
             self.ready.push_back(job);
         } else {
@@ -494,12 +536,18 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
         drain: Duration,
     ) -> usize {
         let mut input_open = true;
+        let clustered = self.gate.is_clustered() && !self.executor.dry_run;
         loop {
+            let window = self.window();
+            self.executor.target.set_role(window);
+            if !window.allows_writes() {
+                self.step_down();
+            }
             // Refill from the journal in pages, not per completion: one read serves a quarter of the window.
-            if self.more_in_journal && self.held_jobs() + WINDOW / 4 <= WINDOW {
+            if window.allows_writes() && self.more_in_journal && self.held_jobs() + WINDOW / 4 <= WINDOW {
                 self.read_journal().await;
             }
-            let wake = self.dispatch();
+            let wake = if window.allows_writes() { self.dispatch(window) } else { None };
             self.publish_gauges();
             // Checked after dispatch: in hand-run mode it may just have given up the whole queue.
             if !input_open && self.held_jobs() == 0 && !self.more_in_journal {
@@ -520,6 +568,9 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                     None => input_open = false,
                 },
                 _ = sleep_until_opt(wake) => {}
+                // Each lease round: a leader looks at the store's queue (what other instances decided), a
+                // follower checks whether it leads now.
+                _ = self.gate.next_round(), if clustered => self.more_in_journal = true,
             }
         }
         // Shutdown: no new executions; the running ones finish (each is journaled either way).
@@ -551,7 +602,7 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
 
     /// Starts what can start now. Returns when the loop must look again if nothing else happens (the end of a
     /// pause, or the next rate token), or `None`.
-    fn dispatch(&mut self) -> Option<Instant> {
+    fn dispatch(&mut self, window: Window) -> Option<Instant> {
         let now = Instant::now();
         if let Some(until) = self.paused_until.filter(|until| *until > now) {
             if self.leave_failures_pending && (!self.ready.is_empty() || !self.retries.is_empty()) {
@@ -580,8 +631,15 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                 break;
             }
             let executor = self.executor.clone();
+            let limit = window.limit();
             self.running.spawn(async move {
-                let executed = executor.execute(&job).await;
+                let executed = match limit {
+                    // A leader's write must end before its lease can pass to another instance.
+                    Some(limit) => tokio::time::timeout(limit, executor.execute(&job))
+                        .await
+                        .unwrap_or_else(|_| Executed::Retry("the lease window ended before the write did".into())),
+                    None => executor.execute(&job).await,
+                };
                 (job, executed)
             });
         }

@@ -459,6 +459,23 @@ pub async fn journal_export(config: Config, file: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `integration cluster status`: read from the shared PostgreSQL journal; refused on a SQLite one.
+pub async fn cluster_status(config: Config, json: bool) -> Result<ExitCode> {
+    let (Some(target), Some(cluster)) = (config.state.postgres.clone(), config.cluster.clone()) else {
+        anyhow::bail!("cluster status needs a PostgreSQL journal (state.url); this config uses the SQLite file {}", config.state.path.display());
+    };
+    // The synchronous client runs a runtime of its own: on a plain thread, outside this one.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || reply.send(fortimisp_core::cluster::status::read(&target)));
+    let status = answer.await.context("the status reader")?.context("cannot read the cluster status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).context("status as JSON")?);
+    } else {
+        print!("{}", crate::output::cluster_tables(&status, cluster.timings.ttl));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `integration journal import FILE`: rows written by `journal export`, into the configured (empty) journal.
 pub async fn journal_import(config: Config, file: &str) -> Result<ExitCode> {
     let mut input: Box<dyn BufRead> = if file == "-" {

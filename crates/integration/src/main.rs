@@ -116,6 +116,11 @@ enum Command {
         #[command(subcommand)]
         action: JournalCommand,
     },
+    /// Several instances on one PostgreSQL journal: who leads which target.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
+    },
     /// Print how each line is read, one JSON object per line. Needs no config.
     Parse {
         /// A file of log lines, or - for standard input.
@@ -138,6 +143,17 @@ enum JournalCommand {
     Import {
         /// The file to read, or - for standard input.
         file: String,
+    },
+}
+
+/// `integration cluster ...`.
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// List the instances, the leases of the targets and jobs, and each target's pending queue.
+    Status {
+        /// One JSON object instead of the tables.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -196,6 +212,7 @@ fn main() -> ExitCode {
             Command::Journal { action: JournalCommand::Import { file } } => {
                 commands::journal_import(config, &file).await
             }
+            Command::Cluster { action: ClusterCommand::Status { json } } => commands::cluster_status(config, json).await,
             Command::Parse { .. } => unreachable!("handled before the config is loaded"),
         }
     });

@@ -246,6 +246,58 @@ pub fn feeds_table(rows: Vec<FeedRow>, left_out: u64, cap: usize, now: chrono::D
     out
 }
 
+/// `integration cluster status`: the instances, the leases (targets and jobs) with their holders' names, and each
+/// target's queue. An instance not heard from within `ttl` is marked `GONE?` (dead, or cut off from the store).
+pub fn cluster_tables(status: &fortimisp_core::cluster::status::Status, ttl: std::time::Duration) -> String {
+    use fortimisp_core::cluster::status::Status;
+    let secs = |s: f64| format!("{s:.1}s");
+    let name_of = |id: &str| {
+        status.instances.iter().find(|i| i.id == id).map_or_else(|| id.to_string(), |i| format!("{} ({})", i.name, i.role))
+    };
+    let mut out = String::from("INSTANCES\n");
+    let header = ["NAME", "ROLE", "HOST", "PID", "VERSION", "LAST SEEN", "STATE"].map(String::from);
+    let cells: Vec<[String; 7]> = std::iter::once(header)
+        .chain(status.instances.iter().map(|i| {
+            let state = if i.seen_seconds_ago <= ttl.as_secs_f64() { "up" } else { "GONE?" };
+            [
+                i.name.clone(),
+                i.role.clone(),
+                i.host.clone(),
+                i.pid.to_string(),
+                i.version.clone(),
+                format!("{} ago", secs(i.seen_seconds_ago)),
+                state.to_string(),
+            ]
+        }))
+        .collect();
+    out.push_str(&columns(&cells, [false, false, false, true, false, true, false]));
+    out.push_str("\nLEASES\n");
+    let header = ["LEASE", "LEADER", "EPOCH", "EXPIRES IN"].map(String::from);
+    let cells: Vec<[String; 4]> = std::iter::once(header)
+        .chain(status.leases.iter().map(|l| {
+            let held = Status::is_held(l);
+            [
+                l.name.clone(),
+                if held { name_of(&l.holder) } else { "-".to_string() },
+                l.epoch.to_string(),
+                if held { l.expires_in.map_or_else(|| "-".to_string(), secs) } else { "expired".to_string() },
+            ]
+        }))
+        .collect();
+    out.push_str(&columns(&cells, [false, false, true, true]));
+    out.push_str("\nQUEUE\n");
+    if status.lag.is_empty() {
+        out.push_str("no pending actions\n");
+    } else {
+        let header = ["TARGET", "PENDING", "OLDEST"].map(String::from);
+        let cells: Vec<[String; 3]> = std::iter::once(header)
+            .chain(status.lag.iter().map(|l| [l.target.clone(), l.pending.to_string(), secs(l.oldest_seconds)]))
+            .collect();
+        out.push_str(&columns(&cells, [false, true, true]));
+    }
+    out
+}
+
 /// An age in whole days, hours or minutes (`3d`, `5h`, `12m`).
 pub fn format_age(age: chrono::Duration) -> String {
     let secs = age.num_seconds().max(0);

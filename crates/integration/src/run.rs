@@ -32,6 +32,7 @@ use fortimisp_core::fleet::Claims;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics, TargetMetrics};
 use fortimisp_core::policy::{NeverBlock, Triggers};
+use fortimisp_core::cluster::Leadership;
 use fortimisp_core::supervise::{Faults, Supervisor};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -262,12 +263,20 @@ pub async fn fan_out(
 /// is the debug builds' test hook ([`Faults::none`] otherwise).
 pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults, fatal_pause: Duration) -> Result<()> {
     let mut parts = Parts::build(config)?;
+    // In a cluster (a PostgreSQL journal) the lease keeper starts here; see `Leadership`.
+    let leadership = Leadership::from_config(
+        &parts.config.state,
+        parts.config.cluster.as_ref(),
+        "integration",
+        parts.targets.iter().map(|t| t.name().to_owned()).collect(),
+    );
     if let (Some(feed_cfg), Some(target)) = (&parts.config.feed, parts.feed_target()) {
         let state = Arc::new(FeedState::new(feed_cfg, parts.metrics.clone()));
         let transport = target.client.transport().clone();
-        let pusher = feed_cfg
-            .push
-            .then(|| Arc::new(Pusher::new(transport, state.clone(), &target.metrics, feed_cfg.snapshot_interval)));
+        let pusher = feed_cfg.push.then(|| {
+            let pusher = Pusher::new(transport, state.clone(), &target.metrics, feed_cfg.snapshot_interval);
+            Arc::new(pusher.with_leadership(leadership.clone(), target.name()))
+        });
         parts.feed = Some(FeedParts { state, pusher });
     }
     let cfg = &parts.config;
@@ -359,6 +368,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults, fa
     drop(ingest);
     listeners.close();
 
+    // In a cluster, the keeper's first round tells which targets this instance leads: only their leader creates
+    // the block groups below, and only it executes blocks and pushes threat feeds.
+    leadership.settled(Duration::from_secs(5)).await;
+
     // Start-up checks are reported, never fatal: MISP or the FortiGate may come back later.
     match parts.misp.check(cfg.misp.sightings, false).await {
         Ok(info) => info!(message = "MISP reachable.", version = %info.version.version),
@@ -369,6 +382,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults, fa
     // together: one slow or unreachable FortiGate does not delay the others.
     let refused_at_start: Vec<bool> = futures::future::join_all(parts.targets.iter().map(|t| async {
         if t.config.backend != BackendKind::AddressGroup || cfg.blocking.dry_run {
+            return false;
+        }
+        if !leadership.window(t.name()).allows_writes() {
+            info!(message = "Another instance leads this target; it executes the blocks.", target = t.name());
             return false;
         }
         match t.client.ensure_groups().await {
@@ -468,9 +485,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults, fa
     let mut blocker_tasks = Vec::with_capacity(parts.targets.len());
     for (i, rx) in target_rxs.into_iter().enumerate() {
         let executor = Executor { background_sightings: true, ..parts.executor_of(i, false) };
-        let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute).with_fatal_pause(fatal_pause);
-        blocker.resume_pending().await;
         let name = parts.targets[i].name();
+        let mut blocker = Blocker::new(executor, cfg.blocking.max_blocks_per_minute)
+            .with_fatal_pause(fatal_pause)
+            .with_gate(leadership.gate(name));
+        blocker.resume_pending().await;
         // A task's name lives as long as the process (the supervisor's health map keys on it); one per target.
         let task: &'static str =
             if parts.targets.len() == 1 { "blocker" } else { Box::leak(format!("blocker:{name}").into_boxed_str()) };
@@ -527,6 +546,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, faults: Faults, fa
     if left > 0 {
         info!(message = "Blocks left pending in the journal for the next start.", count = left);
     }
+    // The blockers have stopped writing: the leases go at once, so another instance leads without waiting for
+    // them to expire.
+    leadership.release(Duration::from_secs(2)).await;
     aux_stop.cancel();
     // A journal running from memory gets one last chance to reach the file.
     if let Err(error) = parts.journal.flush().await {

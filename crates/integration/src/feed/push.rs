@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fortimisp_core::cluster::Leadership;
 use fortimisp_core::backoff::Backoff;
 use fortimisp_core::feed::diff;
 use fortimisp_core::fortigate::{self, PushCommand, Transport};
@@ -89,6 +90,9 @@ pub struct Pusher {
     unauthorized: fortimisp_core::metrics::Gauge,
     pub snapshot_interval: Duration,
     progress: watch::Sender<Progress>,
+    /// In a cluster, only the feed target's leader pushes (the lease of `lease`).
+    leadership: Leadership,
+    lease: String,
 }
 
 impl Pusher {
@@ -106,7 +110,16 @@ impl Pusher {
             unauthorized: target.unauthorized.clone(),
             snapshot_interval,
             progress: watch::channel(Progress::default()).0,
+            leadership: Leadership::solo(),
+            lease: String::new(),
         }
+    }
+
+    /// Pushes only while this instance leads `target` (a snapshot first, each time it starts leading).
+    pub fn with_leadership(mut self, leadership: Leadership, target: &str) -> Pusher {
+        self.leadership = leadership;
+        self.lease = target.to_owned();
+        self
     }
 
     pub fn waiter(&self) -> PushWait {
@@ -136,7 +149,18 @@ impl Pusher {
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         let mut attempt = 0;
         let mut unit = self.transport.base().to_string();
+        let mut gate = self.leadership.gate(&self.lease);
         loop {
+            let window = gate.window();
+            if !window.allows_writes() {
+                // Another instance pushes; what the FortiGate holds when this one leads again is unknown.
+                snapshot_due = true;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = gate.next_round() => {}
+                }
+                continue;
+            }
             changes.borrow_and_update();
             // Another unit of an HA cluster answers now: what it holds is unknown, so it gets a snapshot.
             if self.transport.base() != unit {
@@ -144,10 +168,19 @@ impl Pusher {
                 snapshot_due = true;
             }
             let built = self.state.current();
-            let result = if snapshot_due {
-                self.snapshot_round(&built, &mut pushed).await
-            } else {
-                self.diff_round(&built, &mut pushed).await
+            let round = async {
+                if snapshot_due {
+                    self.snapshot_round(&built, &mut pushed).await
+                } else {
+                    self.diff_round(&built, &mut pushed).await
+                }
+            };
+            // A leader's round must end before its lease can pass to another instance.
+            let result = match window.limit() {
+                Some(limit) => tokio::time::timeout(limit, round).await.unwrap_or_else(|_| {
+                    Err(fortigate::Error::NotConfirmed { detail: "the lease window ended before the push did".into() })
+                }),
+                None => round.await,
             };
             let wait = match result {
                 Ok(()) => {
