@@ -131,7 +131,16 @@ impl TargetMetrics {
         let latency = metrics.block_latency_seconds.get_or_create(&label).clone();
         let leader = metrics.lease_leader.get_or_create(&label).clone();
         let epoch = metrics.lease_epoch.get_or_create(&label).clone();
-        TargetMetrics { metrics, target: target.to_owned(), pending, rate_limited, unauthorized, latency, leader, epoch }
+        TargetMetrics {
+            metrics,
+            target: target.to_owned(),
+            pending,
+            rate_limited,
+            unauthorized,
+            latency,
+            leader,
+            epoch,
+        }
     }
 
     /// Shows whether this instance writes to the target now (`fortimisp_lease_leader`, `fortimisp_lease_epoch`).

@@ -11,6 +11,10 @@
 //! (`housekeeping_failures_total{reason="panic"}`, `feed_updates_total{outcome="error"}`) and run again at its
 //! timer's next slot; a pass reads everything afresh, and a removal it left half-done is pending in the journal.
 //! The metrics server's death is fatal: `/healthz` answers 503 and the daemon stops with exit code 1.
+//!
+//! Cluster: on a PostgreSQL journal several housekeeping processes may run; each timer's run first takes the
+//! cluster-wide lease `job:prune` or `job:feeds` ([`Leadership::job`]), granted to one instance per half period,
+//! so the cluster prunes and fetches feeds once per cycle. A run stops between two removals if its lease lapses.
 
 mod feeds;
 mod pass;
@@ -18,6 +22,7 @@ mod plan;
 mod schedule;
 mod summary;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +32,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use fortimisp_core::clients;
+use fortimisp_core::cluster::Leadership;
 use fortimisp_core::config::Config;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics, TargetMetrics};
@@ -40,6 +46,8 @@ use tracing::{error, info, warn};
 /// exits anyway; within the contract's 10 s. A removal cut short here is still pending in the journal and the next
 /// pass plans it again.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How often a run under a job lease checks that the lease still holds.
+const JOB_LEASE_CHECK: Duration = Duration::from_millis(250);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -112,6 +120,8 @@ struct Daemon {
     misp: Arc<fortimisp_core::misp::Client>,
     journal: Journal,
     metrics: Arc<Metrics>,
+    /// In a cluster (a PostgreSQL journal), each timer's run takes a cluster-wide job lease first.
+    leadership: Leadership,
 }
 
 /// Where a pass's report goes.
@@ -203,6 +213,38 @@ impl Daemon {
         }
     }
 
+    /// Runs `job` if this instance gets the cluster-wide lease `name` for this cycle (always without a cluster):
+    /// with several instances on one journal, their timers run each job once per cycle. `job` gets a token that
+    /// is cancelled when the lease stops holding (the store unreachable), so a pass stops between two removals.
+    async fn as_job<F: Future<Output = bool>>(
+        &self,
+        name: &str,
+        period: Duration,
+        shutdown: &CancellationToken,
+        job: impl FnOnce(CancellationToken) -> F,
+    ) {
+        let Some(guard) = self.leadership.job(name, period / 2).await else {
+            info!(
+                message = "Skipped: another instance runs this job this cycle, or the cluster store did not answer.",
+                job = name
+            );
+            return;
+        };
+        let stop = shutdown.child_token();
+        let watch = async {
+            while guard.holds() {
+                tokio::time::sleep(JOB_LEASE_CHECK).await;
+            }
+            warn!(message = "Lost the job's lease (cluster store unreachable); stopping the run.", job = name);
+            stop.cancel();
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = job(stop.clone()) => {}
+            _ = watch => {}
+        }
+    }
+
     async fn feed_update(&self, shutdown: &CancellationToken) -> bool {
         let update = feeds::update(&self.misp, &self.config.housekeeping.feeds, &self.metrics, shutdown);
         self.supervisor.pass("feed", update).await.unwrap_or_else(|_| {
@@ -239,7 +281,14 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
         metrics.journal_degraded.set(1);
     }
     let supervisor = Supervisor::new(Health::default(), cli.faults());
+    // A hand-run pass (`--once`, `--dry-run`) is the operator's act: it takes no job lease.
+    let leadership = if cli.once || cli.dry_run {
+        Leadership::solo()
+    } else {
+        Leadership::from_config(&config.state, config.cluster.as_ref(), "housekeeping", Vec::new())
+    };
     let daemon = Daemon {
+        leadership,
         supervisor: supervisor.clone(),
         targets,
         misp: Arc::new(clients::misp_timed(&config.misp, &metrics).context("misp")?),
@@ -310,10 +359,14 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     let (d, stop, force) = (&daemon, &shutdown, &force_next);
     let timers = schedule::schedule(
         move || async move {
-            d.prune(false, force.swap(false, Ordering::Relaxed), stop, ReportTo::Log).await;
+            d.as_job("job:prune", intervals.prune, stop, |stop| async move {
+                d.prune(false, force.swap(false, Ordering::Relaxed), &stop, ReportTo::Log).await
+            })
+            .await;
         },
         move || async move {
-            d.feed_update(stop).await;
+            let period = intervals.feed.unwrap_or_default();
+            d.as_job("job:feeds", period, stop, |stop| async move { d.feed_update(&stop).await }).await;
         },
         intervals,
         &shutdown,
@@ -327,6 +380,7 @@ async fn run(config: Config, cli: Cli, shutdown: CancellationToken) -> Result<Ex
     }
     supervisor.begin_shutdown();
     metrics_stop.cancel();
+    daemon.leadership.release(Duration::from_secs(2)).await;
     flush_journal(&daemon.journal).await;
     info!(message = "Stopped.");
     Ok(if supervisor.failed_task().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })

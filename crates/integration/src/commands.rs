@@ -462,7 +462,10 @@ pub async fn journal_export(config: Config, file: &str) -> Result<ExitCode> {
 /// `integration cluster status`: read from the shared PostgreSQL journal; refused on a SQLite one.
 pub async fn cluster_status(config: Config, json: bool) -> Result<ExitCode> {
     let (Some(target), Some(cluster)) = (config.state.postgres.clone(), config.cluster.clone()) else {
-        anyhow::bail!("cluster status needs a PostgreSQL journal (state.url); this config uses the SQLite file {}", config.state.path.display());
+        anyhow::bail!(
+            "cluster status needs a PostgreSQL journal (state.url); this config uses the SQLite file {}",
+            config.state.path.display()
+        );
     };
     // The synchronous client runs a runtime of its own: on a plain thread, outside this one.
     let (reply, answer) = tokio::sync::oneshot::channel();

@@ -212,7 +212,9 @@ fn main() -> ExitCode {
             Command::Journal { action: JournalCommand::Import { file } } => {
                 commands::journal_import(config, &file).await
             }
-            Command::Cluster { action: ClusterCommand::Status { json } } => commands::cluster_status(config, json).await,
+            Command::Cluster { action: ClusterCommand::Status { json } } => {
+                commands::cluster_status(config, json).await
+            }
             Command::Parse { .. } => unreachable!("handled before the config is loaded"),
         }
     });

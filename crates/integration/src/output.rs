@@ -252,7 +252,11 @@ pub fn cluster_tables(status: &fortimisp_core::cluster::status::Status, ttl: std
     use fortimisp_core::cluster::status::Status;
     let secs = |s: f64| format!("{s:.1}s");
     let name_of = |id: &str| {
-        status.instances.iter().find(|i| i.id == id).map_or_else(|| id.to_string(), |i| format!("{} ({})", i.name, i.role))
+        status
+            .instances
+            .iter()
+            .find(|i| i.id == id)
+            .map_or_else(|| id.to_string(), |i| format!("{} ({})", i.name, i.role))
     };
     let mut out = String::from("INSTANCES\n");
     let header = ["NAME", "ROLE", "HOST", "PID", "VERSION", "LAST SEEN", "STATE"].map(String::from);

@@ -27,12 +27,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fortimisp_core::clients;
+use fortimisp_core::cluster::Leadership;
 use fortimisp_core::config::{Backend as BackendKind, Config, FortiGate};
 use fortimisp_core::fleet::Claims;
 use fortimisp_core::journal::Journal;
 use fortimisp_core::metrics::{self, Health, Metrics, TargetMetrics};
 use fortimisp_core::policy::{NeverBlock, Triggers};
-use fortimisp_core::cluster::Leadership;
 use fortimisp_core::supervise::{Faults, Supervisor};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

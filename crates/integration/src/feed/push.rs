@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fortimisp_core::cluster::Leadership;
 use fortimisp_core::backoff::Backoff;
+use fortimisp_core::cluster::Leadership;
 use fortimisp_core::feed::diff;
 use fortimisp_core::fortigate::{self, PushCommand, Transport};
 use fortimisp_core::metrics::{Metrics, PushLabels, TargetMetrics};
