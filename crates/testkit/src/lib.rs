@@ -15,6 +15,10 @@
 //! - [`child`]: SIGTERM and a bounded wait for the child processes of the lab and the tests.
 //! - [`loadgen`]: corpus lines at a fixed rate into the daemon (or a naive baseline), and the report (the
 //!   `loadgen` binary and the benchmarks); its `Lab` runs the daemon with either backend.
+//! - [`pg`]: a private PostgreSQL server for one test (initdb, start, stop, restart on a fixed port), for tests
+//!   that must restart or lose PostgreSQL, which the machine's shared server never may.
+//! - [`cut`]: a loopback TCP proxy a test can cut (a partition: nothing relayed, nothing closed), heal and reset,
+//!   in front of such a server.
 //! - [`bench`]: what the benchmark tools report alike (machine, percentiles, ratios).
 //! - [`feedbench`]: the threat-feed benchmarks (serving a large feed, line-to-entry latency, memory), each
 //!   against a baseline in the same run (the `feedbench` binary).
@@ -27,6 +31,7 @@
 pub mod bench;
 pub mod child;
 pub mod corpus;
+pub mod cut;
 pub mod feedbench;
 pub mod fleet;
 pub mod fleetbench;
@@ -35,6 +40,7 @@ pub mod harness;
 pub mod lab;
 pub mod loadgen;
 pub mod misp;
+pub mod pg;
 pub mod tls;
 
 /// A loopback port, free for both TCP and UDP when this returns, for a daemon the caller is about to start.
