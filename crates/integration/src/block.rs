@@ -522,7 +522,19 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             self.ready.push_back(job);
         } else {
             self.more_in_journal = true;
-            self.in_journal += 1;
+            // A follower's count comes from the store at each round (another instance may have done it already).
+            if leads {
+                self.in_journal += 1;
+            }
+        }
+    }
+
+    /// A follower's view of the target's queue: how many actions wait in the store (for the pending gauge).
+    async fn count_journal(&mut self) {
+        let target = self.executor.target.target();
+        match self.executor.journal.count_pending(PendingQuery::blocks_of(target, 0)).await {
+            Ok(n) => self.in_journal = n,
+            Err(error) => warn!(message = "Could not count pending actions in the journal.", %error, target),
         }
     }
 
@@ -537,11 +549,19 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
     ) -> usize {
         let mut input_open = true;
         let clustered = self.gate.is_clustered() && !self.executor.dry_run;
+        let mut round_passed = false;
         loop {
             let window = self.window();
             self.executor.target.set_role(window);
-            if !window.allows_writes() {
+            let round = std::mem::take(&mut round_passed);
+            if window.allows_writes() {
+                // What other instances decided is read from the store.
+                self.more_in_journal |= round;
+            } else {
                 self.step_down();
+                if round {
+                    self.count_journal().await;
+                }
             }
             // Refill from the journal in pages, not per completion: one read serves a quarter of the window.
             if window.allows_writes() && self.more_in_journal && self.held_jobs() + WINDOW / 4 <= WINDOW {
@@ -570,7 +590,7 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                 _ = sleep_until_opt(wake) => {}
                 // Each lease round: a leader looks at the store's queue (what other instances decided), a
                 // follower checks whether it leads now.
-                _ = self.gate.next_round(), if clustered => self.more_in_journal = true,
+                _ = self.gate.next_round(), if clustered => round_passed = true,
             }
         }
         // Shutdown: no new executions; the running ones finish (each is journaled either way).
