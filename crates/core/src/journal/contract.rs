@@ -42,6 +42,7 @@ contract!(
     attempts_and_outcomes_are_kept,
     two_processes_share_the_journal,
     two_processes_writing_at_once,
+    instances_deciding_the_same_lines_make_one_row_per_decision,
     decisions_repeat_and_prune,
     the_ledger_opens_and_closes,
     targets_keep_their_own_queues_and_ledgers,
@@ -135,6 +136,38 @@ async fn two_processes_writing_at_once(fixture: &Fixture) {
     let journal = fixture.open();
     assert_eq!(journal.pending().await.expect("pending").len(), 51);
     assert_eq!(recent_decisions(&journal, 1000).await.len(), 100);
+}
+
+/// Instances of a cluster receive the same lines and reach the same decisions at the same moment: the store
+/// keeps one row per decision, with the others counted as repeats.
+async fn instances_deciding_the_same_lines_make_one_row_per_decision(fixture: &Fixture) {
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let journal = fixture.open();
+            tokio::spawn(async move {
+                for host in 0..40u8 {
+                    let d = decision(&format!("203.0.113.{host}"), i64::from(host), "block");
+                    journal.record_decision(&d).await.expect("decision");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    let rows: Vec<i64> = fixture
+        .open()
+        .export()
+        .await
+        .expect("export")
+        .into_iter()
+        .filter_map(|r| match r {
+            Row::Decision(d) => Some(d.repeats),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 40, "one row per address");
+    assert!(rows.iter().all(|&r| r == 2), "the two other instances' decisions are repeats: {rows:?}");
 }
 
 async fn decisions_repeat_and_prune(fixture: &Fixture) {

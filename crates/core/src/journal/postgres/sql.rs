@@ -191,9 +191,18 @@ fn written(db: &mut impl GenericClient, id: i64, n: u64) -> Result<Applied> {
     Ok(if exists { Applied::Written } else { Applied::NoSuchAction })
 }
 
+/// The first key of the decision locks (`dc` in ASCII); the second is the hash of the target and IP.
+const DECISION_LOCK: i32 = 0x6463;
+
 fn decide(db: &mut impl GenericClient, d: &Decision) -> Result<()> {
     let ip = d.ip.to_string();
     let (event, rule) = (num(d.event_id), index(d.rule));
+    // Instances sharing the store decide the same lines: the repeat rule runs under a lock per (target, IP), held
+    // to the commit, so two identical decisions make one row with a repeat, not two rows.
+    db.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || coalesce($3, '')))",
+        &[&DECISION_LOCK, &ip, &d.target],
+    )?;
     let repeated = db.execute(
         "UPDATE decisions SET repeats = repeats + 1, last_at = greatest(last_at, $1)
          WHERE id = (SELECT max(id) FROM decisions WHERE ip = $2 AND target IS NOT DISTINCT FROM $7)
