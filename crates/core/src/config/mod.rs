@@ -1309,6 +1309,34 @@ policy_id = 7
         assert!(check_ok(MINIMAL).state.postgres.is_none(), "SQLite by default");
     }
 
+    /// `[cluster]` comes with a PostgreSQL journal (defaults: the host name, 10 s ttl, 2 s renewal); it is refused
+    /// without one, and timings that leave a leader no window name their key.
+    #[test]
+    fn cluster_settings_come_with_a_postgres_journal() {
+        let pg = |cluster: &str| {
+            MINIMAL
+                .replace("[[trigger]]", &format!("[state]\nurl = \"postgres://u@127.0.0.1/j\"\n{cluster}\n[[trigger]]"))
+        };
+        let defaults = check_ok(&pg("")).cluster.expect("a PostgreSQL journal is a cluster of one or more");
+        assert_eq!(defaults.timings, crate::lease::Timings::default());
+        assert!(!defaults.name.is_empty());
+        let set =
+            check_ok(&pg("[cluster]\nname = \"fw-a\"\nlease_ttl = \"5s\"\nrenew_every = \"1s\"")).cluster.unwrap();
+        assert_eq!(
+            (set.name.as_str(), set.timings.ttl, set.timings.failover_bound()),
+            ("fw-a", Duration::from_secs(5), Duration::from_secs(6))
+        );
+        assert!(check_ok(MINIMAL).cluster.is_none(), "SQLite: no cluster");
+        check_err(
+            &MINIMAL.replace("[[trigger]]", "[cluster]\nname = \"a\"\n[[trigger]]"),
+            "cluster: only applies with state.url",
+        );
+        check_err(&pg("[cluster]\nrenew_every = \"6s\""), "cluster.renew_every:");
+        check_err(&pg("[cluster]\nlease_ttl = \"3s\""), "cluster.lease_ttl:");
+        check_err(&pg("[cluster]\nname = \"a b\""), "cluster.name:");
+        check_err(&pg("[cluster]\nlease = \"3s\""), "cluster.lease: unknown field");
+    }
+
     /// `log.level` passes validation exactly when the logging setup can install it (`EnvFilter::try_new`), bare
     /// targets included; a filter without a default level is accepted with a warning.
     #[test]
