@@ -13,9 +13,11 @@
 //!
 //! Failover bound: a dead leader's row expires `ttl` after its last renewal, and a follower asks every
 //! `renew_every`, so another instance leads within `ttl + renew_every` of the death (with the defaults 10 s +
-//! 2 s). Each grant bumps the row's `epoch`, a fencing token the store checks on every write a leader makes for
-//! the target (a write carrying an old epoch is refused), so a leader that lost its lease cannot complete an action
-//! the next leader owns.
+//! 2 s). Each grant bumps the row's `epoch` (shown by `integration cluster status` and `fortimisp_lease_epoch`).
+//! The epoch is not a fencing token: the journal does not check it on writes. What keeps two instances from
+//! writing to one FortiGate is the local deadline above (a leader stops before its row can expire); what keeps
+//! their journal rows consistent is the store itself (one open pending action per target, kind and address, and
+//! the first outcome recorded for it wins).
 
 use std::time::Duration;
 

@@ -2,7 +2,11 @@
 //! Dockerfiles and `config/config.toml` it relies on:
 //!
 //! - services: `integration` and `housekeeping` always; `fortigate-emulator`, `misp-emulator` and `lab` only in the
-//!   `lab` profile; `prometheus` and `grafana` only in the `monitoring` profile;
+//!   `lab` profile; `prometheus` and `grafana` only in the `monitoring` profile; `integration-b` and `postgres` only
+//!   in the `ha` profile;
+//! - the ha profile: a second integration instance built, hardened and probed like the first, on its own syslog
+//!   ports and state volume, with the PostgreSQL password as a secret; PostgreSQL reads that password from the same
+//!   secret and is not published;
 //! - the monitoring profile: Prometheus scrapes both daemons on the ports `config.toml` names, with the alert rules
 //!   loaded; Grafana gets Prometheus as its data source and the dashboard; both are published on loopback only;
 //! - `integration` publishes 514/udp and 514/tcp onto the port `config.toml` listens on, as a non-root user;
@@ -34,10 +38,11 @@ const DOCKERFILES: &[(&str, &str)] = &[
 const DAEMONS: [&str; 2] = ["integration", "housekeeping"];
 const LAB: [&str; 3] = ["fortigate-emulator", "misp-emulator", "lab"];
 const MONITORING: [&str; 2] = ["prometheus", "grafana"];
+const HA: [&str; 2] = ["integration-b", "postgres"];
 const PROMETHEUS_YML: &str = include_str!("../../../deploy/prometheus/prometheus.yml");
 const GRAFANA_DATASOURCE: &str = include_str!("../../../deploy/grafana/provisioning/datasources/prometheus.yml");
 const GRAFANA_DASHBOARDS: &str = include_str!("../../../deploy/grafana/provisioning/dashboards/fortimisp.yml");
-const SECRETS: [&str; 2] = ["misp_api_key", "fortigate_api_key"];
+const SECRETS: [&str; 3] = ["misp_api_key", "fortigate_api_key", "postgres_password"];
 
 fn compose() -> Value {
     serde_norway::from_str(COMPOSE).unwrap_or_else(|e| panic!("docker-compose.yml is not valid YAML: {e}"))
@@ -231,7 +236,7 @@ fn services_and_profiles() {
         other => panic!("services must be a mapping, got {other:?}"),
     };
     let expected: BTreeSet<String> =
-        DAEMONS.iter().chain(LAB.iter()).chain(MONITORING.iter()).map(|s| s.to_string()).collect();
+        DAEMONS.iter().chain(LAB.iter()).chain(MONITORING.iter()).chain(HA.iter()).map(|s| s.to_string()).collect();
     assert_eq!(names, expected);
     for name in DAEMONS {
         assert!(
@@ -248,6 +253,9 @@ fn services_and_profiles() {
             ["monitoring"],
             "{name} must only run with `--profile monitoring`"
         );
+    }
+    for name in HA {
+        assert_eq!(list(service(&c, name).get("profiles")), ["ha"], "{name} must only run with `--profile ha`");
     }
     assert_eq!(list(service(&c, "lab").get("command")), ["lab", "--config", "/etc/fortimisp/lab.toml"]);
     for (name, binary) in [("fortigate-emulator", "fortigate-emulator"), ("misp-emulator", "misp-emulator")] {
@@ -331,7 +339,7 @@ fn api_keys_are_compose_secrets() {
         assert!(secret.get("environment").is_none(), "secret {name} must not come from an environment variable");
     }
     let mut used = BTreeSet::new();
-    for name in DAEMONS.iter().chain(LAB.iter()) {
+    for name in DAEMONS.iter().chain(LAB.iter()).chain(HA.iter()) {
         for secret in used_secrets(service(&c, name)) {
             assert!(declared.contains(&secret), "{name} uses undeclared secret {secret}");
             used.insert(secret);
@@ -346,6 +354,9 @@ fn api_keys_are_compose_secrets() {
         secrets.sort();
         assert_eq!(secrets, ["fortigate_api_key", "misp_api_key"], "{name} needs both API keys");
     }
+    let mut secrets = used_secrets(service(&c, "integration-b"));
+    secrets.sort();
+    assert_eq!(secrets, ["fortigate_api_key", "misp_api_key", "postgres_password"], "integration-b: keys and journal");
     // config.toml reads them where compose puts them.
     let raw = config();
     assert_eq!(raw.misp.api_key_file, Some("/run/secrets/misp_api_key".into()));
@@ -356,6 +367,40 @@ fn api_keys_are_compose_secrets() {
         DOCKERIGNORE.lines().any(|l| l.trim().trim_end_matches('/') == "secrets"),
         ".dockerignore excludes secrets/"
     );
+}
+
+/// The ha profile's second instance is the first one again (image, config, hardening, probe, stop), on other host
+/// ports and its own state volume; PostgreSQL takes its password from the secret the instances read, keeps its data
+/// in a named volume and is reached on the compose network only.
+#[test]
+fn ha_profile_is_a_second_instance_and_postgres() {
+    let c = compose();
+    let (a, b) = (service(&c, "integration"), service(&c, "integration-b"));
+    for key in ["build", "image", "sysctls", "environment", "read_only", "tmpfs", "cap_drop", "security_opt"] {
+        assert_eq!(a.get(key), b.get(key), "integration-b: `{key}` differs from integration's");
+    }
+    for key in ["healthcheck", "stop_signal", "stop_grace_period", "restart", "logging"] {
+        assert_eq!(a.get(key), b.get(key), "integration-b: `{key}` differs from integration's");
+    }
+    let (ports_a, ports_b) = (ports(a), ports(b));
+    assert_eq!(ports_b.len(), ports_a.len(), "integration-b publishes syslog as integration does");
+    for (host, container, protocol) in &ports_b {
+        assert!(ports_a.iter().all(|(h, _, p)| (h, p) != (host, protocol)), "integration-b reuses host port {host}");
+        assert!(ports_a.iter().any(|(_, c, p)| (c, p) == (container, protocol)), "integration-b: {container}/{protocol}");
+    }
+    let state = |s: &Value| mounts(s).into_iter().find(|m| m.target == "/var/lib/fortimisp").map(|m| m.source);
+    assert_ne!(state(a), state(b), "each instance keeps its own state directory");
+    assert!(mounts(b).iter().any(|m| m.target == "/etc/fortimisp/config.toml" && m.read_only), "same config file");
+    assert_ne!(a.get("hostname"), b.get("hostname"), "[cluster] name defaults to the host name: they must differ");
+
+    let pg = service(&c, "postgres");
+    assert_eq!(used_secrets(pg), ["postgres_password"]);
+    let env = map(pg.get("environment"));
+    assert!(env.contains(&("POSTGRES_PASSWORD_FILE".into(), "/run/secrets/postgres_password".into())), "{env:?}");
+    assert!(ports(pg).is_empty(), "PostgreSQL is reached on the compose network only");
+    let data = mounts(pg).into_iter().find(|m| m.target == "/var/lib/postgresql/data").expect("a data volume");
+    assert!(data.kind == "volume" && c["volumes"].get(data.source.as_str()).is_some(), "a declared named volume");
+    assert!(pg.get("healthcheck").is_some(), "integration-b waits for a healthy PostgreSQL");
 }
 
 #[test]

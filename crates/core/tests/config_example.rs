@@ -90,6 +90,8 @@ const CONTRACT: &[(&str, &[&str])] = &[
     ("blocking", &["never_block", "dry_run", "max_blocks_per_minute", "scope", "healthy_share"]),
     ("housekeeping", &["max_age", "interval", "unblock_revoked", "adopt_legacy", "max_unblock_fraction", "feeds"]),
     ("state", &["path", "url", "password_file", "ca_file"]),
+    // Extension (issue 16): several instances on one PostgreSQL journal.
+    ("cluster", &["name", "lease_ttl", "renew_every"]),
     ("metrics", &["listen", "housekeeping_listen"]),
     ("log", &["format", "level"]),
 ];
@@ -321,6 +323,7 @@ fn commented_out_examples_are_valid_keys() {
     assert_eq!(raw.trigger.len(), 2, "the commented-out [[trigger]] example must become a second rule");
     assert!(raw.misp.api_key.is_some() && raw.misp.ca_file.is_some());
     assert!(raw.state.url.is_some() && raw.state.password_file.is_some() && raw.state.ca_file.is_some());
+    assert!(raw.cluster.is_some_and(|c| c.name.is_some() && c.lease_ttl.is_some() && c.renew_every.is_some()));
 }
 
 /// The lines of the commented-out `[[fortigate]]` example: from its first header to the next blank line.

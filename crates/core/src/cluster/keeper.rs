@@ -1,6 +1,7 @@
 //! The keeper: one thread with its own PostgreSQL connection that grants and renews this instance's leases.
 //!
-//! Every `renew_every` it sends one transaction: this instance's heartbeat in `instances`, then one `UPDATE` of
+//! Every `renew_every` it sends one transaction: this instance's heartbeat in `instances` (and the removal of rows
+//! silent for [`INSTANCE_FORGOTTEN_AFTER`]), then one `UPDATE` of
 //! every lease it wants (its targets, and the jobs it holds) that succeeds for the rows it already holds or whose
 //! holder's lease expired, on the store's clock. The rows the update returns are granted (an expired or foreign
 //! row gets a new epoch); the others are held by someone else. No answer (a cut, a restart, a timeout) changes
@@ -22,6 +23,10 @@ use tracing::{info, warn};
 use super::Shared;
 use crate::journal::PostgresTarget;
 use crate::lease::{Answer, Lease};
+
+/// How long after its last heartbeat an instance's row is deleted by the others (a killed instance never deletes
+/// its own); until then `cluster status` shows it as gone.
+pub(super) const INSTANCE_FORGOTTEN_AFTER: Duration = Duration::from_secs(3600);
 
 /// What the daemon asks of the keeper.
 pub(super) enum Request {
@@ -101,6 +106,11 @@ impl Keeper {
                     &i64::from(std::process::id()),
                     &env!("CARGO_PKG_VERSION"),
                 ],
+            )?;
+            // An instance that was killed never deletes its row: shown as gone in `cluster status`, then removed.
+            tx.execute(
+                "DELETE FROM instances WHERE seen_at < now() - make_interval(secs => $1)",
+                &[&INSTANCE_FORGOTTEN_AFTER.as_secs_f64()],
             )?;
             tx.execute("INSERT INTO leases (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&wanted])?;
             let rows = tx.query(

@@ -142,3 +142,27 @@ async fn a_job_runs_once_per_gap_whichever_instance_asks() {
     // Solo: every job runs.
     assert!(Leadership::solo().job("job:prune", gap).await.is_some_and(|g| g.holds()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_is_shown_gone_then_forgotten() {
+    let Some(db) = database("cluster::forgotten") else { return };
+    // Two instances that died without releasing: one silent for a minute, one for longer than the limit.
+    let silent = |id: &str, secs: u64| {
+        format!(
+            "INSERT INTO instances (id, name, role, host, pid, version, started_at, seen_at)
+             VALUES ('{id}', '{id}', 'integration', 'h', 1, 'v', now(), now() - make_interval(secs => {secs}))"
+        )
+    };
+    db.execute(&silent("recent:1:0", 60));
+    db.execute(&silent("old:1:0", keeper::INSTANCE_FORGOTTEN_AFTER.as_secs() + 60));
+    let a = member(&db.target, "a", &["fg"]);
+    a.settled(Duration::from_secs(5)).await;
+    let target = db.target.clone();
+    let status = std::thread::spawn(move || status::read(&target)).join().unwrap().expect("status reads");
+    let mut names: Vec<&str> = status.instances.iter().map(|i| i.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "recent:1:0"], "the one silent past the limit is deleted, the recent one kept");
+    let recent = status.instances.iter().find(|i| i.name == "recent:1:0").unwrap();
+    assert!(recent.seen_seconds_ago >= 59.0, "{recent:?}");
+    a.release(Duration::from_secs(5)).await;
+}
