@@ -475,7 +475,7 @@ pub async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     let mut problems = Vec::new();
     let daemon = stop_unless_kept(daemon, keep_running, &mut problems);
 
-    let journal = Journal::open(&config.state.path).context("the journal")?;
+    let journal = Journal::open_strict(&config.state).context("the journal")?;
     let mut ledger = journal.active_blocks().await.context("the journal")?;
     if feeds.is_some() {
         // The seeded block is housekeeping's case (reported there), not one of the sample's.

@@ -171,7 +171,7 @@ pub fn configure(doc: &mut ConfigDoc, listener: &Listener, update: FeedUpdate) {
 /// as the executor records it), before the daemon starts: housekeeping must age it out.
 pub async fn seed_old_block(config: &Config, ip: IpAddr, age: chrono::Duration, note: &str) -> Result<()> {
     let feed = config.feed.as_ref().context("backend = \"threat-feed\" without [feed]")?;
-    let journal = Journal::open(&config.state.path).context("the journal")?;
+    let journal = Journal::open_strict(&config.state).context("the journal")?;
     let target = config.targets.iter().find(|t| t.backend == Backend::ThreatFeed).context("no threat-feed target")?;
     let record = BlockRecord {
         target: target.name.clone(),

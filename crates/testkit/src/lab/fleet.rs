@@ -147,7 +147,7 @@ pub(super) async fn run(opts: &Options, keep_running: bool) -> Result<Running> {
     let mut problems = Vec::new();
     let daemon = stop_unless_kept(daemon, keep_running, &mut problems);
 
-    let journal = Journal::open(&config.state.path).context("the journal")?;
+    let journal = Journal::open_strict(&config.state).context("the journal")?;
     let ledger = journal.active_blocks().await.context("the journal")?;
     // One row per address in BLOCKED, checked on the first target the ledger names for it.
     let mut seen = BTreeSet::new();

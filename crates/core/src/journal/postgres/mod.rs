@@ -117,7 +117,10 @@ impl PostgresTarget {
             .tcp_user_timeout(TCP_USER_TIMEOUT)
             .keepalives_idle(Duration::from_secs(30))
             .application_name("fortimisp")
-            .options(&format!("-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"));
+            // client_min_messages: no NOTICE (`CREATE ... IF NOT EXISTS` of a migrated schema) in the logs.
+            .options(&format!(
+                "-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} -c client_min_messages=warning"
+            ));
         if ssl == SslMode::Verify {
             config.ssl_mode(postgres::config::SslMode::Require);
         }
