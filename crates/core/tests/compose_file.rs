@@ -386,7 +386,10 @@ fn ha_profile_is_a_second_instance_and_postgres() {
     assert_eq!(ports_b.len(), ports_a.len(), "integration-b publishes syslog as integration does");
     for (host, container, protocol) in &ports_b {
         assert!(ports_a.iter().all(|(h, _, p)| (h, p) != (host, protocol)), "integration-b reuses host port {host}");
-        assert!(ports_a.iter().any(|(_, c, p)| (c, p) == (container, protocol)), "integration-b: {container}/{protocol}");
+        assert!(
+            ports_a.iter().any(|(_, c, p)| (c, p) == (container, protocol)),
+            "integration-b: {container}/{protocol}"
+        );
     }
     let state = |s: &Value| mounts(s).into_iter().find(|m| m.target == "/var/lib/fortimisp").map(|m| m.source);
     assert_ne!(state(a), state(b), "each instance keeps its own state directory");
