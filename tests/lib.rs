@@ -520,3 +520,75 @@ impl Env {
         })
     }
 }
+
+/// A PostgreSQL database of the test's own on the machine's server (`$FORTIMISP_TEST_POSTGRES_URL`, default the
+/// CI's `postgres://postgres@127.0.0.1:5432/postgres`), dropped at the end.
+pub struct Database {
+    admin: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl Database {
+    /// `None`, after a loud `SKIP` line naming `test`, when there is no PostgreSQL, unless
+    /// `FORTIMISP_REQUIRE_POSTGRES=1` (then it panics).
+    pub fn create(test: &str) -> Option<Database> {
+        let admin = std::env::var("FORTIMISP_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("fortimisp_test_{:016x}", (std::process::id() as u128 * 7919 + rand_suffix()) as u64);
+        let created = admin_sql(&admin, &format!("CREATE DATABASE {name}"));
+        if let Err(error) = created {
+            let required = std::env::var("FORTIMISP_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+            assert!(!required, "FORTIMISP_REQUIRE_POSTGRES=1 but PostgreSQL is not usable at {admin}: {error}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIP {test}: no PostgreSQL at {admin} ({error})");
+            return None;
+        }
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        Some(Database { admin, name, url })
+    }
+
+    /// Runs `sql` in this database and returns every row, each column as text (NULL as "").
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        query_text(&self.url, sql)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = admin_sql(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// Runs one statement on the database of `url`, on a thread of its own (the synchronous client starts a runtime,
+/// which must not happen inside the test's).
+pub fn admin_sql(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
+        client.batch_execute(&sql).map_err(|e| e.to_string())
+    })
+    .join()
+    .expect("the helper thread does not panic")
+}
+
+/// Every row `sql` returns from the database of `url`, each column cast to text by the query's caller (`::text`)
+/// or read as text; NULL as "". Panics when the query fails.
+pub fn query_text(url: &str, sql: &str) -> Vec<Vec<String>> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect to PostgreSQL");
+        let rows = client.simple_query(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(row) => {
+                    Some((0..row.len()).map(|i| row.get(i).unwrap_or("").to_owned()).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    })
+    .join()
+    .expect("the helper thread does not panic")
+}

@@ -2,59 +2,10 @@
 //! binary. Needs PostgreSQL (`$FORTIMISP_TEST_POSTGRES_URL`, default the CI's on 127.0.0.1:5432); without it the
 //! test prints a loud `SKIP` line and passes, unless `FORTIMISP_REQUIRE_POSTGRES=1`.
 
-use std::io::Write;
-
-use fortimisp_e2e::Env;
+use fortimisp_e2e::{Database, Env};
 
 fn output_text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// A database of the test's own on the test server, dropped at the end.
-struct Database {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    fn create(test: &str) -> Option<Database> {
-        let admin = std::env::var("FORTIMISP_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("fortimisp_test_{:016x}", std::process::id() as u64 * 7919 + rand_suffix());
-        let created = admin_sql(&admin, &format!("CREATE DATABASE {name}"));
-        if let Err(error) = created {
-            let required = std::env::var("FORTIMISP_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-            assert!(!required, "FORTIMISP_REQUIRE_POSTGRES=1 but PostgreSQL is not usable at {admin}: {error}");
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: no PostgreSQL at {admin} ({error})");
-            return None;
-        }
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
-        let url = format!("{base}/{name}");
-        Some(Database { admin, name, url })
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = admin_sql(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos().into())
-}
-
-/// Runs one statement on the administrative database, on a thread of its own (the synchronous client starts a
-/// runtime, which must not happen inside the test's).
-fn admin_sql(url: &str, sql: &str) -> Result<(), String> {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
-        client.batch_execute(&sql).map_err(|e| e.to_string())
-    })
-    .join()
-    .expect("the helper thread does not panic")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

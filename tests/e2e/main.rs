@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `integration` and `housekeeping` binaries against the testkit emulators (HTTPS with
 //! private CAs), fed with real FortiGate log lines over UDP and TCP. One test binary, one module per area.
 
+/// Several instances on one PostgreSQL: no duplicates, a killed leader, PostgreSQL restarted, a network cut.
+mod cluster;
 /// The real clients (PyMISP, fortigate-api) against the emulators; skipped loudly without them.
 mod contract;
 /// The fault matrix: MISP and FortiGate failures, an unwritable journal, floods and hostile datagrams.

@@ -93,6 +93,9 @@ pub struct Job {
     /// Whether this target adds the MISP sighting: one per decision, by its first target (a block read back from
     /// the journal or made by hand: the first target of the config).
     pub sights: Option<bool>,
+    /// Read back from the journal with the address's block open in the ledger (another instance of a cluster
+    /// did it after this one was decided, or a crash lost its completion).
+    pub ledger_open: bool,
 }
 
 impl Job {
@@ -114,6 +117,7 @@ impl Job {
             received: None,
             attempts: p.attempts,
             sights: None,
+            ledger_open: p.ledger_open,
         }
     }
 }
@@ -122,6 +126,8 @@ impl Job {
 #[derive(Debug)]
 pub enum Executed {
     Done(Applied),
+    /// Already in the ledger (done under another request): no FortiGate call.
+    Taken,
     DryRun,
     Protected(String),
     Retry(String),
@@ -183,6 +189,7 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             received: Some(request.received),
             attempts: 0,
             sights: request.targets.iter().next().map(|first| first == self.index),
+            ledger_open: false,
         }
     }
 
@@ -222,6 +229,14 @@ impl<B: Backend, S: Sighter> Executor<B, S> {
             let reason = format!("protected: {protected}");
             self.finish(job, Outcome::Skipped { reason: reason.clone() }, "never-block", &reason).await;
             return Executed::Protected(reason);
+        }
+        // A decided block the ledger already holds (every instance of a cluster decides each line; the leader
+        // did it under another instance's request): completed without a second FortiGate call. A hand-run block
+        // (no event) is always carried out: it is how an operator repairs an object deleted on the FortiGate.
+        if job.ledger_open && job.event_id.is_some() && !self.dry_run {
+            self.target.block("already_blocked");
+            self.finish(job, Outcome::Done, "block", &job.reason).await;
+            return Executed::Taken;
         }
         if self.dry_run {
             self.target.block("dry_run");
@@ -567,7 +582,14 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             if window.allows_writes() && self.more_in_journal && self.held_jobs() + WINDOW / 4 <= WINDOW {
                 self.read_journal().await;
             }
-            let wake = if window.allows_writes() { self.dispatch(window) } else { None };
+            let dispatched = if window.allows_writes() { self.dispatch(window) } else { None };
+            // A leader looks again when its window closes: cut off from the store, no round would wake it, and its
+            // role (the gauge) must turn follower when its writes stop.
+            let closes = window.closes_in().map(|d| Instant::now() + d + Duration::from_millis(1));
+            let wake = match (dispatched, closes) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             self.publish_gauges();
             // Checked after dispatch: in hand-run mode it may just have given up the whole queue.
             if !input_open && self.held_jobs() == 0 && !self.more_in_journal {
@@ -687,6 +709,11 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
                       reason = %job.reason, outcome);
                 // The FortiGate took a write: whatever refused the token before (at start) is fixed.
                 self.executor.target.unauthorized.set(0);
+                self.held.remove(&job.ip);
+            }
+            Executed::Taken => {
+                info!(message = "Already blocked (the journal's ledger has it): no FortiGate call.", ip = %job.ip,
+                      reason = %job.reason);
                 self.held.remove(&job.ip);
             }
             Executed::DryRun => {
@@ -920,5 +947,48 @@ mod tests {
         drop(tx);
         task.await.unwrap();
         assert_eq!(fake.calls.lock().unwrap().len(), 2, "one failure, one success: one job");
+    }
+
+    /// A decided block that another instance of a cluster completed meanwhile (its ledger entry is open) is
+    /// completed from the journal with no FortiGate call; a hand-run one (no event) is carried out all the same.
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_block_already_in_the_ledger_costs_no_fortigate_call_unless_hand_run() {
+        let fake = Arc::new(Fake::default());
+        let (journal, _dir) = journal();
+        for (n, event_id) in [(1, Some(7)), (2, None), (3, Some(7))] {
+            let action = NewAction {
+                target: "default".into(),
+                kind: ActionKind::Block,
+                ip: ip(n),
+                reason: "misp-event=7".into(),
+                event_id,
+                rule: Some(0),
+                comment: None,
+                requested_at: Utc::now(),
+            };
+            journal.enqueue(&action).await.unwrap();
+            if n != 3 {
+                let record = BlockRecord {
+                    target: "default".into(),
+                    ip: ip(n),
+                    object: format!("misp-{}", ip(n)),
+                    group: None,
+                    event_id,
+                    rule: Some(0),
+                    reason: "misp-event=7".into(),
+                    blocked_at: Utc::now(),
+                    backend: "address-group".into(),
+                };
+                journal.record_block(&record).await.unwrap();
+            }
+        }
+        let (mut blocker, metrics) = blocker(&fake, &journal, 600);
+        assert_eq!(blocker.resume_pending().await, 3);
+        let (tx, rx) = mpsc::channel(1);
+        drop(tx);
+        assert_eq!(blocker.run(rx, CancellationToken::new(), Duration::from_secs(1)).await, 0);
+        assert_eq!(fake.calls.lock().unwrap().clone(), [ip(2), ip(3)], "the hand-run one and the new one");
+        assert_eq!(pending_blocks(&journal).await, 0, "all three completed");
+        assert_eq!(TargetMetrics::new(metrics, "default").blocks("already_blocked"), 1);
     }
 }

@@ -167,6 +167,8 @@ pub async fn block(
                     );
                 }
             }
+            // A hand-run block has no event: it is always carried out.
+            Executed::Taken => println!("{ip} is already blocked{on}"),
             Executed::DryRun => println!("dry run: {ip} would be blocked{on}"),
             Executed::Protected(reason) => failures.push(format!("not blocked{on}: {reason}")),
             Executed::Retry(error) => {

@@ -33,8 +33,9 @@ use crate::lease::{Lease, Timings};
 pub enum Window {
     /// No cluster (a SQLite journal): this instance is the only writer.
     Solo,
-    /// This instance leads the target: a write may start, and must end within `left`.
-    Leader { epoch: i64, left: Duration },
+    /// This instance leads the target: a write may start, and must end within `left`. No write may start after
+    /// `closes_in` (then less than the shortest write window is left): the blocker looks again at that moment.
+    Leader { epoch: i64, left: Duration, closes_in: Duration },
     /// Another instance leads it, or this one's lease ran out: no write.
     Follower,
 }
@@ -43,6 +44,15 @@ impl Window {
     /// True when a write may start.
     pub fn allows_writes(self) -> bool {
         !matches!(self, Window::Follower)
+    }
+
+    /// How long until this window closes by itself (`None`: not a leader's window); a cut-off leader's role
+    /// changes then, with no answer from the store to wake it.
+    pub fn closes_in(self) -> Option<Duration> {
+        match self {
+            Window::Leader { closes_in, .. } => Some(closes_in),
+            Window::Solo | Window::Follower => None,
+        }
     }
 
     /// The longest a write started now may take (`None`: no limit).
@@ -85,7 +95,9 @@ impl Shared {
     fn window(&self, name: &str) -> Window {
         let leases = self.leases.lock().expect("lease map lock");
         match leases.get(name).and_then(|lease| lease.write_window(Instant::now())) {
-            Some((epoch, left)) => Window::Leader { epoch, left },
+            Some((epoch, left)) => {
+                Window::Leader { epoch, left, closes_in: left.saturating_sub(self.timings.min_window) }
+            }
             None => Window::Follower,
         }
     }

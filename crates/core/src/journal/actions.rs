@@ -25,7 +25,10 @@ impl ToSql for ActionKind {
 }
 
 const PENDING_COLUMNS: &str =
-    "SELECT id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error, target FROM actions";
+    "SELECT id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error, target,
+     kind = 'block' AND EXISTS (SELECT 1 FROM blocks b
+         WHERE b.target = actions.target AND b.ip = actions.ip AND b.unblocked_at IS NULL)
+     FROM actions";
 
 fn pending_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingAction> {
     Ok(PendingAction {
@@ -40,6 +43,7 @@ fn pending_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingAction> {
         attempts: row.get(8)?,
         last_error: row.get(9)?,
         target: row.get(10)?,
+        ledger_open: row.get(11)?,
     })
 }
 

@@ -2,8 +2,8 @@
 //! and implements [`Store`] on top of it. When the backend refuses a write because it is unavailable (a file that
 //! is read-only, full or gone; a database that is down, restarting or unreachable) it logs loudly, keeps the write
 //! in memory ([`super::shadow`]) and serves the pending queue from memory; it writes the buffer back on a later
-//! write once the retry interval has passed (growing up to [`Backend::MAX_RETRY`] while failures last), or on
-//! `flush`.
+//! write or read of the pending queue once the retry interval has passed (growing up to [`Backend::MAX_RETRY`]
+//! while failures last), or on `flush`.
 //!
 //! A backend only knows its own SQL: it applies writes in one transaction, replays a buffer, reads, prunes, and
 //! says whether a failure means "unavailable" ([`Failure::Unavailable`]: degrade and buffer) or is about the write
@@ -397,6 +397,11 @@ impl<B: Backend + 'static> Store for Buffered<B> {
 
     fn count_pending(&mut self, query: &PendingQuery) -> Result<usize, Error> {
         let all = PendingQuery { limit: None, ..query.clone() };
+        // A reader retries too: a cluster's follower only counts the queue, and what it buffered while the store
+        // was away must reach the store (and the leader) without waiting for its next write.
+        if self.degraded {
+            self.retry_if_due();
+        }
         if self.memory_only() {
             return Ok(self.shadow.list_where(&all).len());
         }

@@ -45,6 +45,7 @@ contract!(
     instances_deciding_the_same_lines_make_one_row_per_decision,
     decisions_repeat_and_prune,
     the_ledger_opens_and_closes,
+    a_pending_block_shows_whether_its_ledger_entry_is_open,
     targets_keep_their_own_queues_and_ledgers,
     export_then_import_into_an_empty_journal,
 );
@@ -243,6 +244,38 @@ async fn the_ledger_opens_and_closes(fixture: &Fixture) {
             ("198.51.100.77".to_owned(), Some("adopt_legacy".to_owned()))
         ]
     );
+}
+
+/// A block another instance completed after this one's request was queued: the pending row says so, so the leader
+/// completes it with no FortiGate call. Per target, per address, blocks only, open entries only.
+async fn a_pending_block_shows_whether_its_ledger_entry_is_open(fixture: &Fixture) {
+    let journal = fixture.open();
+    let late = journal.enqueue(&block("198.51.100.1", 1)).await.expect("enqueue");
+    journal.enqueue(&block("198.51.100.2", 2)).await.expect("enqueue");
+    journal.enqueue(&unblock("198.51.100.3", 3)).await.expect("enqueue");
+    journal.enqueue(&block("198.51.100.4", 4)).await.expect("enqueue");
+    journal.record_block(&record("198.51.100.1", 5)).await.expect("block");
+    journal.record_block(&record("198.51.100.3", 5)).await.expect("block");
+    journal.record_block(&BlockRecord { target: "edge-b".into(), ..record("198.51.100.2", 5) }).await.expect("block");
+    journal.record_block(&record("198.51.100.4", 5)).await.expect("block");
+    journal.record_unblock("default", ip("198.51.100.4"), "max_age", at(6)).await.expect("unblock");
+    let open: Vec<(String, bool)> = journal
+        .pending()
+        .await
+        .expect("pending")
+        .iter()
+        .map(|p| (format!("{} {}", p.kind.as_str(), p.ip), p.ledger_open))
+        .collect();
+    assert_eq!(
+        open,
+        [
+            ("block 198.51.100.1".to_owned(), true),
+            ("block 198.51.100.2".to_owned(), false),
+            ("unblock 198.51.100.3".to_owned(), false),
+            ("block 198.51.100.4".to_owned(), false),
+        ]
+    );
+    journal.complete(late, &Outcome::Done).await.expect("complete");
 }
 
 async fn targets_keep_their_own_queues_and_ledgers(fixture: &Fixture) {

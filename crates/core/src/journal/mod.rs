@@ -211,6 +211,11 @@ pub struct PendingAction {
     pub requested_at: DateTime<Utc>,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// A block whose target and address have an open entry in the ledger, as of the read: done already (by
+    /// another instance of a cluster, or before a crash that lost the completion). A decided block then needs no
+    /// FortiGate call. Always `false` for an action just enqueued.
+    #[serde(skip_serializing)]
+    pub ledger_open: bool,
 }
 
 impl PendingAction {
@@ -227,6 +232,7 @@ impl PendingAction {
             requested_at: a.requested_at,
             attempts: 0,
             last_error: None,
+            ledger_open: false,
         }
     }
 }

@@ -126,6 +126,7 @@ mod tests {
             seq: 0,
             at,
             status: Some(200),
+            token: None,
         }
     }
 

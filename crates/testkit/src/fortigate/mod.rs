@@ -296,6 +296,8 @@ pub struct RecordedRequest {
     pub at: std::time::Instant,
     /// The HTTP status answered; `None` while in flight or when the connection was dropped (fault).
     pub status: Option<u16>,
+    /// The token presented (`Authorization: Bearer`, else `?access_token=`): which client wrote.
+    pub token: Option<String>,
 }
 
 /// One external threat feed as a test sees it: [`FortiGateEmulator::feed`].
@@ -342,6 +344,8 @@ struct Inner {
     latency: Duration,
     faults: VecDeque<FaultRule>,
     token_revoked: bool,
+    /// More tokens accepted besides `config.token` (other REST API admins of the same box).
+    more_tokens: Vec<String>,
     untrusted: bool,
     locks: BTreeMap<IpAddr, LockState>,
     counts: BTreeMap<String, u64>,
@@ -441,6 +445,7 @@ impl FortiGateEmulator {
             latency: Duration::ZERO,
             faults: VecDeque::new(),
             token_revoked: false,
+            more_tokens: Vec::new(),
             untrusted: false,
             locks: BTreeMap::new(),
             counts: BTreeMap::new(),
@@ -602,6 +607,12 @@ impl FortiGateEmulator {
         let mut inner = self.shared.lock();
         inner.config.token = token.to_string();
         inner.token_revoked = false;
+    }
+
+    /// Accepts `token` too, as the box accepts the token of each of its REST API admins (one per instance of a
+    /// cluster, say); [`RecordedRequest::token`] tells the requests apart. Revoking stops them all.
+    pub fn add_token(&self, token: &str) {
+        self.shared.lock().more_tokens.push(token.to_string());
     }
 
     /// When false, every request is refused as if the token were bad (source not in trusted hosts).
@@ -898,6 +909,14 @@ fn plain(status: u16, text: &'static str) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], text).into_response()
 }
 
+/// The token a request presents, for the request log (whether it is accepted is [`authenticate`]'s business).
+fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let url_token = || query?.split('&').find_map(|pair| pair.strip_prefix("access_token=")).map(str::to_owned);
+    bearer.map(str::to_owned).or_else(url_token)
+}
+
 /// Checks the token and the lockout for `peer`; `Some(response)` refuses the request.
 fn authenticate(inner: &mut Inner, headers: &HeaderMap, query: &[(String, String)], peer: IpAddr) -> Option<Response> {
     let now = Instant::now();
@@ -911,8 +930,9 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap, query: &[(String, String
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.as_str())
         .filter(|_| !url_token_disabled(&inner.config.version));
-    let token_ok =
-        !inner.token_revoked && !inner.untrusted && bearer.or(url_token).is_some_and(|t| t == inner.config.token);
+    let token_ok = !inner.token_revoked
+        && !inner.untrusted
+        && bearer.or(url_token).is_some_and(|t| t == inner.config.token || inner.more_tokens.iter().any(|m| m == t));
     let lock = inner.locks.entry(peer).or_default();
     if lock.locked_until.is_some_and(|until| now < until) {
         return Some(plain(429, "Access temporarily blocked - maximum failed authentications reached"));
@@ -965,6 +985,7 @@ async fn record_and_answer(shared: &Shared, req: Request) -> (Response, u64) {
             seq,
             at: std::time::Instant::now(),
             status: None,
+            token: presented_token(&parts.headers, parts.uri.query()),
         });
         (inner.latency, inner.take_fault(&route_key), seq)
     };

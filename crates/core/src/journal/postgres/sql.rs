@@ -17,7 +17,10 @@ use super::super::{
 type Result<T> = std::result::Result<T, postgres::Error>;
 
 const PENDING_COLUMNS: &str =
-    "SELECT id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error, target FROM actions";
+    "SELECT id, kind, ip, reason, event_id, rule, comment, requested_at, attempts, last_error, target,
+     kind = 'block' AND EXISTS (SELECT 1 FROM blocks b
+         WHERE b.target = actions.target AND b.ip = actions.ip AND b.unblocked_at IS NULL)
+     FROM actions";
 
 fn num(n: Option<u64>) -> Option<i64> {
     n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
@@ -57,6 +60,7 @@ fn pending_row(row: &PgRow) -> Result<PendingAction> {
         attempts: u32::try_from(row.try_get::<_, i64>(8)?).unwrap_or(u32::MAX),
         last_error: row.try_get(9)?,
         target: row.try_get(10)?,
+        ledger_open: row.try_get(11)?,
     })
 }
 
