@@ -281,6 +281,12 @@ impl ConfigDoc {
         self
     }
 
+    /// `state.url`: the journal in PostgreSQL (`state.path` stays, unused).
+    pub fn state_url(&mut self, url: &str) -> &mut Self {
+        self.section("state")["url"] = value(url);
+        self
+    }
+
     /// `misp.timeout` and `fortigate.timeout`.
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.section("misp")["timeout"] = value(duration(timeout));

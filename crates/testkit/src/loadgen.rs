@@ -616,6 +616,8 @@ pub struct LabOptions {
     pub log_level: String,
     /// The threat-feed backend instead of address groups.
     pub feed: Option<LabFeed>,
+    /// `[state] url`: the journal in this PostgreSQL database instead of the lab directory's SQLite file.
+    pub state_url: Option<String>,
 }
 
 /// The lab daemon's threat-feed backend (`backend = "threat-feed"`, a `[feed]` table). The lab makes the
@@ -673,6 +675,7 @@ impl LabOptions {
             recv_buffer_bytes: 8 << 20,
             log_level: "warn".into(),
             feed: None,
+            state_url: None,
         }
     }
 }
@@ -725,6 +728,9 @@ impl Lab {
             .max_blocks_per_minute(opts.max_blocks_per_minute)
             .log_level(&opts.log_level)
             .triggers(&[TriggerRule { log_type: Some("traffic".into()), check: Check::Src, ..TriggerRule::default() }]);
+        if let Some(url) = &opts.state_url {
+            config.state_url(url);
+        }
         let feed = match &opts.feed {
             Some(lab_feed) => {
                 let access = feed_access(lab_feed, &dir)?;

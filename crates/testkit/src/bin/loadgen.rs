@@ -109,6 +109,10 @@ struct Args {
     /// Also print each report as one JSON line (prefixed `JSON `).
     #[arg(long)]
     json: bool,
+    /// The daemon's journal in this PostgreSQL database (`[state] url`, e.g.
+    /// `postgres://postgres@127.0.0.1:5432/loadgen`, created beforehand) instead of a SQLite file.
+    #[arg(long)]
+    state_url: Option<String>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
@@ -151,6 +155,7 @@ async fn main() -> Result<()> {
         None => fortimisp_testkit::harness::Binaries::locate()?.path("integration"),
     };
     let mut lab_opts = LabOptions::new(daemon);
+    lab_opts.state_url = args.state_url.clone();
     lab_opts.misp_latency = args.misp_latency;
     lab_opts.fortigate_latency = args.fortigate_latency;
     lab_opts.indicators = u64::from(pool.indicators()) + args.extra_indicators;
