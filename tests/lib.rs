@@ -592,3 +592,19 @@ pub fn query_text(url: &str, sql: &str) -> Vec<Vec<String>> {
     .join()
     .expect("the helper thread does not panic")
 }
+
+/// Address objects `fortigate` created with success, per object name: 1 each when nothing was duplicated. The
+/// daemon's own placeholders (created at start, so a block group is never empty) are no blocks and are left out.
+pub fn objects_created(fortigate: &FortiGateEmulator) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in fortigate.requests() {
+        if r.route == "POST /api/v2/cmdb/firewall/address" && r.status.is_some_and(|s| (200..300).contains(&s)) {
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            let name = body["name"].as_str().unwrap_or("?").to_string();
+            if !name.ends_with("placeholder") {
+                *out.entry(name).or_default() += 1;
+            }
+        }
+    }
+    out
+}

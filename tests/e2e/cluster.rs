@@ -24,7 +24,7 @@ use fortimisp_e2e::fortimisp_testkit::fortigate::{RecordedRequest, Table};
 use fortimisp_e2e::fortimisp_testkit::harness::{self, ConfigDoc, Listen};
 use fortimisp_e2e::fortimisp_testkit::misp::AttributeSpec;
 use fortimisp_e2e::fortimisp_testkit::pg::PgServer;
-use fortimisp_e2e::{eventually, own_comment, query_text, scrape, send_tcp, Daemon, Database};
+use fortimisp_e2e::{eventually, objects_created, own_comment, query_text, scrape, send_tcp, Daemon, Database};
 
 /// A hang guard for what must happen (not a speed check).
 const WAIT: Duration = Duration::from_secs(90);
@@ -32,8 +32,6 @@ const WAIT: Duration = Duration::from_secs(90);
 const FAILOVER_BOUND: Duration = Duration::from_secs(12);
 /// The default `lease_ttl`: the longest a lease granted before a cut can hold on PostgreSQL's clock.
 const LEASE_TTL: Duration = Duration::from_secs(10);
-/// The route of an address object's creation: one successful request per block.
-const CREATE: &str = "POST /api/v2/cmdb/firewall/address";
 /// How long after a SIGKILL a request the killed process had already sent may still be read.
 const GRACE: Duration = Duration::from_secs(1);
 /// Instances per cluster.
@@ -240,17 +238,7 @@ fn is_write(r: &RecordedRequest) -> bool {
 
 /// Successful object creations on `target`, per object name (the daemons' start-up placeholders left out).
 fn created(target: &FleetTarget) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in target.fortigate.requests() {
-        if r.route == CREATE && r.status.is_some_and(|s| (200..300).contains(&s)) {
-            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-            let name = body["name"].as_str().unwrap_or("?").to_owned();
-            if !name.ends_with("placeholder") {
-                *out.entry(name).or_default() += 1;
-            }
-        }
-    }
-    out
+    objects_created(&target.fortigate)
 }
 
 /// Asserts each of `ips` was created once on every target, and nothing else was.

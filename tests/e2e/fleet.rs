@@ -11,11 +11,9 @@ use fortimisp_e2e::fortimisp_testkit::fleet::{Device, Fleet, FleetOptions, Fleet
 use fortimisp_e2e::fortimisp_testkit::fortigate::{Fault, Table};
 use fortimisp_e2e::fortimisp_testkit::harness::{self, Binaries, ConfigDoc, Listen};
 use fortimisp_e2e::fortimisp_testkit::misp::AttributeSpec;
-use fortimisp_e2e::{eventually, own_comment, scrape, send_udp, Daemon};
+use fortimisp_e2e::{eventually, objects_created, own_comment, scrape, send_udp, Daemon};
 
 const WAIT: Duration = Duration::from_secs(30);
-/// The route of an address object's creation: one successful request per block.
-const CREATE: &str = "POST /api/v2/cmdb/firewall/address";
 
 /// A fleet of three, a work directory and a config for it.
 struct FleetEnv {
@@ -112,18 +110,7 @@ fn blocks(target: &FleetTarget, addr: &str) -> bool {
 
 /// Object creations `target` answered with success, per object name: 1 each when nothing was duplicated.
 fn created(target: &FleetTarget) -> std::collections::BTreeMap<String, usize> {
-    let mut out = std::collections::BTreeMap::new();
-    for r in target.fortigate.requests() {
-        if r.route == CREATE && r.status.is_some_and(|s| (200..300).contains(&s)) {
-            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-            let name = body["name"].as_str().unwrap_or("?").to_string();
-            // The daemon's own placeholders (created at start, so a block group is never empty) are no blocks.
-            if !name.ends_with("placeholder") {
-                *out.entry(name).or_default() += 1;
-            }
-        }
-    }
-    out
+    objects_created(&target.fortigate)
 }
 
 /// Requests `target` refused for the token (401): failed logins, as the box counts them towards a lockout.
