@@ -215,6 +215,19 @@ impl Cluster {
         .await;
     }
 
+    /// Waits until every address of `ips` is blocked on both targets and nothing is pending, then asserts each was
+    /// created once on every target.
+    async fn landed_once(&self, ips: &[IpAddr], what: &str) {
+        self.all_blocked(ips, what).await;
+        self.nothing_pending().await;
+        each_created_once(self, ips);
+    }
+
+    /// Write requests (anything but GET) the FortiGates have seen, all targets together.
+    fn writes(&self) -> usize {
+        self.fleet.targets.iter().map(|t| t.fortigate.requests().iter().filter(|r| is_write(r)).count()).sum()
+    }
+
     fn kill(&mut self, i: usize) {
         self.instances[i].daemon.as_mut().expect("running").sigkill();
         self.instances[i].daemon = None;
@@ -269,13 +282,11 @@ async fn every_instance_sees_every_line_and_each_block_is_made_once_by_one_write
     cluster.all_blocked(&ips, "one burst").await;
     cluster.nothing_pending().await;
     // Lines repeated later (every instance already decided them) cost no FortiGate write.
-    let before: usize =
-        cluster.fleet.targets.iter().map(|t| t.fortigate.requests().iter().filter(|r| is_write(r)).count()).sum();
+    let before = cluster.writes();
     cluster.send_to_all(&ips[..10]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.nothing_pending().await;
-    let after: usize =
-        cluster.fleet.targets.iter().map(|t| t.fortigate.requests().iter().filter(|r| is_write(r)).count()).sum();
+    let after = cluster.writes();
     assert_eq!(after, before, "repeated lines wrote to a FortiGate again");
 
     each_created_once(&cluster, &ips);
@@ -325,10 +336,7 @@ async fn the_leader_killed_mid_burst_is_replaced_within_the_bound_and_nothing_is
     let killed_at = Instant::now();
     cluster.kill(leader);
     let a = cluster.target("a");
-    cluster.all_blocked(&ips, "after the kill").await;
-    cluster.nothing_pending().await;
-
-    each_created_once(&cluster, &ips);
+    cluster.landed_once(&ips, "after the kill").await;
     for target in &cluster.fleet.targets {
         let requests = target.fortigate.requests();
         // A request the dead leader had sent may be read a moment after the kill; its lease ran 8 s longer.
@@ -370,9 +378,7 @@ async fn postgresql_restarted_mid_burst_loses_nothing_and_every_instance_reconne
     let server = server.clone();
     tokio::task::spawn_blocking(move || server.restart(Duration::from_secs(2))).await.unwrap().expect("restart");
     let restarted = chrono::Utc::now();
-    cluster.all_blocked(&ips, "after the restart").await;
-    cluster.nothing_pending().await;
-    each_created_once(&cluster, &ips);
+    cluster.landed_once(&ips, "after the restart").await;
     for i in &cluster.instances {
         eventually(WAIT, &format!("{}'s journal out of degraded mode", i.name), || async {
             scrape(i.listen.metrics, "fortimisp_journal_degraded").await == 0.0

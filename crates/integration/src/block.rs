@@ -586,10 +586,7 @@ impl<B: Backend, S: Sighter> Blocker<B, S> {
             // A leader looks again when its window closes: cut off from the store, no round would wake it, and its
             // role (the gauge) must turn follower when its writes stop.
             let closes = window.closes_in().map(|d| Instant::now() + d + Duration::from_millis(1));
-            let wake = match (dispatched, closes) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = [dispatched, closes].into_iter().flatten().min();
             self.publish_gauges();
             // Checked after dispatch: in hand-run mode it may just have given up the whole queue.
             if !input_open && self.held_jobs() == 0 && !self.more_in_journal {

@@ -911,10 +911,18 @@ fn plain(status: u16, text: &'static str) -> Response {
 
 /// The token a request presents, for the request log (whether it is accepted is [`authenticate`]'s business).
 fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    let bearer =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let url_token = || query?.split('&').find_map(|pair| pair.strip_prefix("access_token=")).map(str::to_owned);
-    bearer.map(str::to_owned).or_else(url_token)
+    let query = query_pairs(query);
+    bearer(headers).or(url_token(&query)).map(str::to_owned)
+}
+
+/// The `Authorization: Bearer` token.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The `?access_token=` token.
+fn url_token(query: &[(String, String)]) -> Option<&str> {
+    query.iter().find(|(k, _)| k == "access_token").map(|(_, v)| v.as_str())
 }
 
 /// Checks the token and the lockout for `peer`; `Some(response)` refuses the request.
@@ -922,17 +930,13 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap, query: &[(String, String
     let now = Instant::now();
     let threshold = inner.config.lockout_threshold.max(1);
     let base = inner.config.lockout_duration;
-    let bearer =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // `?access_token=` is refused from 7.4.5 / 7.6.1 on (rest-api-key-url-query disabled by default).
-    let url_token = query
-        .iter()
-        .find(|(k, _)| k == "access_token")
-        .map(|(_, v)| v.as_str())
-        .filter(|_| !url_token_disabled(&inner.config.version));
+    let url_token = url_token(query).filter(|_| !url_token_disabled(&inner.config.version));
     let token_ok = !inner.token_revoked
         && !inner.untrusted
-        && bearer.or(url_token).is_some_and(|t| t == inner.config.token || inner.more_tokens.iter().any(|m| m == t));
+        && bearer(headers)
+            .or(url_token)
+            .is_some_and(|t| t == inner.config.token || inner.more_tokens.iter().any(|m| m == t));
     let lock = inner.locks.entry(peer).or_default();
     if lock.locked_until.is_some_and(|until| now < until) {
         return Some(plain(429, "Access temporarily blocked - maximum failed authentications reached"));
